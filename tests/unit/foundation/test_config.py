@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voltana.core.config import ConfigError, effective_items, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "voltana.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file_or_env() -> None:
+    loaded = load_config()
+    assert loaded.config.enabled is False
+    assert loaded.config.hardware.vendor == "auto"
+    assert loaded.config.slo.ttft_s == pytest.approx(0.8)
+    assert loaded.source_of("slo.itl_s") == "default"
+
+
+def test_file_and_env_are_merged_with_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, '[hardware]\nvendor = "simulated"\n[slo]\nttft_s = 1.5\nitl_s = 0.04\n')
+    monkeypatch.setenv("VOLTANA_SLO__ITL_S", "0.03")
+    loaded = load_config(path)
+    assert loaded.config.hardware.vendor == "simulated"
+    assert loaded.config.slo.ttft_s == pytest.approx(1.5)
+    assert loaded.config.slo.itl_s == pytest.approx(0.03)
+    assert loaded.source_of("hardware.vendor") == f"file {path}"
+    assert loaded.source_of("slo.itl_s") == "env VOLTANA_SLO__ITL_S"
+    rows = {key: (value, source) for key, value, source in effective_items(loaded)}
+    assert rows["slo.ttft_s"] == (1.5, f"file {path}")
+
+
+def test_config_path_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "enabled = true\n")
+    monkeypatch.setenv("VOLTANA_CONFIG", str(path))
+    assert load_config().config.enabled is True
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        (
+            "VOLTANA_HARDWARE__VENDOR",
+            "nvidea",
+            "hardware.vendor = 'nvidea' (from env VOLTANA_HARDWARE__VENDOR)",
+        ),
+        ("VOLTANA_SLO__TTFT_S", "-1", "slo.ttft_s"),
+        ("VOLTANA_ROUTER__PORT", "70000", "router.port"),
+    ],
+)
+def test_bad_env_value_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "[hardware]\nvendr = 'amd'\n")
+    with pytest.raises(ConfigError, match=r"hardware\.vendr .*unknown key"):
+        load_config(path)
+
+
+def test_missing_and_garbled_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[slo\n"))
+
+
+def test_clock_range_must_be_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOLTANA_CLOCKS__MIN_MHZ", "1400")
+    monkeypatch.setenv("VOLTANA_CLOCKS__MAX_MHZ", "1000")
+    with pytest.raises(ConfigError, match="min_mhz"):
+        load_config()
+
+
+def test_admin_token_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOLTANA_ROUTER__ADMIN_TOKEN", "s3cret")
+    rows = {key: value for key, value, _ in effective_items(load_config())}
+    assert rows["router.admin_token"] == "**********"

@@ -1,0 +1,1 @@
+"""voltana.adapters.vllm."""

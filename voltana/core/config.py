@@ -1,0 +1,219 @@
+"""One typed settings object, from a TOML file (``--config`` / ``VOLTANA_CONFIG``) and ``VOLTANA_*`` env vars.
+
+Precedence: environment > TOML file > defaults. Nested keys use ``__`` in env names:
+``VOLTANA_HARDWARE__VENDOR=simulated`` sets ``hardware.vendor``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "VOLTANA_"
+CONFIG_PATH_ENV = "VOLTANA_CONFIG"
+_NOT_SETTINGS = {"VOLTANA_CONFIG", "VOLTANA_PLUGINS"}
+
+Vendor = Literal["auto", "nvidia", "amd", "simulated"]
+
+
+class ConfigError(ValueError):
+    """A user mistake in configuration; ``str()`` is one line naming key, value and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HardwareConfig(_Section):
+    """Which GPUs an instance drives and how."""
+
+    vendor: Vendor = "auto"
+    device_indices: list[int] = Field(default_factory=list, description="empty: all visible to the process")
+    simulated_gpu: str = "a100-80gb"
+    simulated_model: str = "llama-3.1-8b"
+    restore_clocks_on_exit: bool = True
+
+
+class SloConfig(_Section):
+    """Latency objectives per phase (s)."""
+
+    ttft_s: float = Field(0.8, gt=0)
+    itl_s: float = Field(0.05, gt=0)
+
+
+class ClockConfig(_Section):
+    """Allowed SM clocks: an explicit set, or a range of the device's supported clocks (MHz)."""
+
+    allowed_mhz: list[int] = Field(default_factory=list)
+    min_mhz: int | None = Field(None, gt=0)
+    max_mhz: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> ClockConfig:
+        if self.min_mhz is not None and self.max_mhz is not None and self.min_mhz > self.max_mhz:
+            raise ValueError(f"min_mhz ({self.min_mhz}) must not exceed max_mhz ({self.max_mhz})")
+        if any(f <= 0 for f in self.allowed_mhz):
+            raise ValueError("allowed_mhz must contain positive clocks")
+        return self
+
+
+class PolicyConfig(_Section):
+    """Policy names (validated against the registered plugins) and their shared knobs."""
+
+    clock: str = "ecofreq"
+    prefill_route: str = "predicted-ttft"
+    decode_route: str = "ecoroute"
+    safety_margin: float = Field(0.1, ge=0, lt=1, description="share of the SLO kept in reserve")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TelemetryConfig(_Section):
+    """OpenTelemetry export of traces and metrics."""
+
+    exporter: Literal["none", "console", "otlp"] = "none"
+    endpoint: str | None = None
+    protocol: Literal["http", "grpc"] = "http"
+    service_name: str = "voltana"
+    resource_attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class RouterConfig(_Section):
+    """The P/D proxy: where it listens and which instances it fronts."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    backend: Literal["vllm", "sglang"] = "vllm"
+    prefill: list[str] = Field(default_factory=list)
+    decode: list[str] = Field(default_factory=list)
+    admin_token: SecretStr | None = None
+    poll_interval_s: float = Field(0.5, gt=0)
+    request_timeout_s: float = Field(600.0, gt=0)
+
+
+class EngineConfig(_Section):
+    """How the engine adapters behave inside vLLM/SGLang."""
+
+    role: Literal["auto", "prefill", "decode", "mixed"] = "auto"
+    predictor_profile: str | None = None
+
+
+class VoltanaConfig(BaseSettings):
+    """The whole configuration. ``enabled`` gates every engine hook: disabled means zero effect."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True, case_sensitive=False
+    )
+
+    enabled: bool = False
+    hardware: HardwareConfig = Field(default_factory=HardwareConfig)
+    slo: SloConfig = Field(default_factory=SloConfig)
+    clocks: ClockConfig = Field(default_factory=ClockConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """The validated config and, per dotted key, where its value came from."""
+
+    config: VoltanaConfig
+    sources: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None
+
+    def source_of(self, key: str) -> str:
+        """``env VOLTANA_…``, ``file <path>`` or ``default`` for a dotted key."""
+        return self.sources.get(key, "default")
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and dotted.count(".") < 1:
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _env_keys(env: Mapping[str, str]) -> dict[str, str]:
+    """Dotted config key -> env var name, for every ``VOLTANA_*`` variable that is a setting."""
+    keys: dict[str, str] = {}
+    for name in env:
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in _NOT_SETTINGS:
+            keys[upper[len(ENV_PREFIX) :].lower().replace("__", ".")] = name
+    return keys
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+
+
+def _describe_error(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    where = sources.get(key) or next(
+        (src for k, src in sources.items() if key.startswith(k + ".") or k.startswith(key + ".")), "default"
+    )
+    message = str(first["msg"])
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    value = first.get("input")
+    shown = "" if first["type"] in {"extra_forbidden"} or isinstance(value, dict) else f" = {value!r}"
+    return f"invalid config: {key}{shown} (from {where}): {message}{more}"
+
+
+def load_config(path: str | Path | None = None) -> LoadedConfig:
+    """Load and validate the configuration (file, then ``os.environ``); raises :class:`ConfigError`."""
+    environ = dict(os.environ)
+    if path is None and environ.get(CONFIG_PATH_ENV):
+        path = environ[CONFIG_PATH_ENV]
+    file_path = Path(path).expanduser() if path else None
+    file_data = _read_toml(file_path) if file_path else {}
+    sources = {key: f"file {file_path}" for key, _ in _flatten(file_data)}
+    sources.update({key: f"env {name}" for key, name in _env_keys(environ).items()})
+    try:
+        config = VoltanaConfig(**file_data)
+    except ValidationError as exc:
+        raise ConfigError(_describe_error(exc, sources)) from None
+    return LoadedConfig(config=config, sources=sources, path=file_path)
+
+
+def effective_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
+    """(dotted key, value, source) for every setting, secrets masked, in declaration order."""
+    dumped = loaded.config.model_dump(mode="json")
+    rows: list[tuple[str, Any, str]] = []
+    for key, value in _flatten(dumped):
+        shown = "**********" if key.endswith("admin_token") and value is not None else value
+        rows.append((key, shown, loaded.source_of(key)))
+    return rows

@@ -1,0 +1,83 @@
+"""Per-instance contexts handed to policy hooks: what a policy may read and where it keeps its state."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from voltana.core.types import BatchSnapshot, Phase, Slo
+
+
+class LatencyModel(Protocol):
+    """What clock policies need from a latency predictor (implemented by ``voltana.core.predictor``)."""
+
+    def predict_latency_s(self, snapshot: BatchSnapshot, clock_mhz: int) -> float:
+        """Predicted duration of the iteration described by ``snapshot`` at ``clock_mhz`` (s)."""
+        ...
+
+
+@dataclass(slots=True)
+class ClockContext:
+    """One instance's view for the clock-choice hook.
+
+    ``allowed_clocks_mhz`` is ascending and non-empty; ``state`` is scratch space a stateful policy owns for
+    this instance (hysteresis, dwell timers); ``options`` are the policy's settings from config.
+    """
+
+    policy: str
+    instance_id: str
+    phase: Phase
+    allowed_clocks_mhz: tuple[int, ...]
+    slo: Slo
+    predictor: Any | None = None
+    power_model: Any | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_clock_mhz(self) -> int:
+        """Highest allowed clock (MHz)."""
+        return self.allowed_clocks_mhz[-1]
+
+    @property
+    def min_clock_mhz(self) -> int:
+        """Lowest allowed clock (MHz)."""
+        return self.allowed_clocks_mhz[0]
+
+
+@dataclass(slots=True)
+class RouteContext:
+    """The router's view for the instance-choice hook; ``rng`` is seeded for reproducible runs."""
+
+    policy: str
+    phase: Phase
+    slo: Slo
+    rng: random.Random = field(default_factory=random.Random)
+    predictor: Any | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+PolicyKind = Literal["clock", "route"]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInfo:
+    """A named policy a plugin provides, listed by ``voltana config show`` and validated in config."""
+
+    kind: PolicyKind
+    name: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class DoctorCheck:
+    """One line of ``voltana doctor``: ``ok`` is None for pure information; ``fix`` says what to do."""
+
+    section: str
+    name: str
+    ok: bool | None
+    detail: str
+    fix: str = ""

@@ -1,0 +1,190 @@
+"""The engine-neutral vocabulary shared by every layer.
+
+Units are in the names: ``_s`` seconds, ``_mhz`` megahertz, ``_j`` joules, ``_w`` watts. All ``*_time_s``
+timestamps of one instance use one monotonic clock chosen by its adapter; policies only take differences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    """Which half of P/D serving an iteration (or an instance) belongs to."""
+
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    """Latency objectives: time to first token and inter-token latency, in seconds."""
+
+    ttft_s: float
+    itl_s: float
+
+    def __post_init__(self) -> None:
+        if not (self.ttft_s > 0 and self.itl_s > 0):
+            raise ValueError(f"SLOs must be positive, got ttft_s={self.ttft_s}, itl_s={self.itl_s}")
+
+    def for_phase(self, phase: Phase) -> float:
+        """The latency bound of one phase: TTFT for prefill, ITL for decode (s)."""
+        return self.ttft_s if phase is Phase.PREFILL else self.itl_s
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledRequest:
+    """One request's share of an iteration.
+
+    ``new_tokens`` are computed in this iteration (a prefill chunk, or 1 for decode); ``context_tokens`` were
+    already in the KV cache before it (cached prefix, earlier chunks, generated tokens).
+    """
+
+    request_id: str
+    new_tokens: int
+    context_tokens: int
+    arrival_time_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRequest:
+    """A request waiting for its prefill: ``prompt_tokens`` still to compute."""
+
+    request_id: str
+    prompt_tokens: int
+    arrival_time_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSnapshot:
+    """What one iteration of one instance is about to run, taken right before the forward.
+
+    Invariants: ``num_new_tokens == sum(r.new_tokens)`` and ``num_context_tokens == sum(r.context_tokens)``
+    over ``requests``; build it with :meth:`build` to keep them.
+    """
+
+    phase: Phase
+    requests: tuple[ScheduledRequest, ...]
+    waiting: tuple[QueuedRequest, ...]
+    now_s: float
+    num_new_tokens: int
+    num_context_tokens: int
+    iteration: int = 0
+    instance_id: str = ""
+
+    @property
+    def batch_size(self) -> int:
+        """Number of requests in the batch."""
+        return len(self.requests)
+
+    @property
+    def is_idle(self) -> bool:
+        """True when nothing runs and nothing waits."""
+        return not self.requests and not self.waiting
+
+    @classmethod
+    def build(
+        cls,
+        phase: Phase,
+        requests: Sequence[ScheduledRequest],
+        now_s: float,
+        waiting: Sequence[QueuedRequest] = (),
+        iteration: int = 0,
+        instance_id: str = "",
+    ) -> BatchSnapshot:
+        """Build a snapshot with its token aggregates computed from ``requests``."""
+        reqs = tuple(requests)
+        return cls(
+            phase=phase,
+            requests=reqs,
+            waiting=tuple(waiting),
+            now_s=now_s,
+            num_new_tokens=sum(r.new_tokens for r in reqs),
+            num_context_tokens=sum(r.context_tokens for r in reqs),
+            iteration=iteration,
+            instance_id=instance_id,
+        )
+
+
+class DecisionReason(StrEnum):
+    """Why a clock was chosen: which constraint bound the choice."""
+
+    STATIC = "static"
+    IDLE = "idle"
+    ENERGY_OPTIMAL = "energy-optimal"
+    SLO_BOUND = "slo-bound"
+    QUEUE_BOUND = "queue-bound"
+    INFEASIBLE = "infeasible"
+    PREDICTOR_UNTRUSTED = "predictor-untrusted"
+    HYSTERESIS = "hysteresis"
+    NO_POLICY = "no-policy"
+    MONITOR_ONLY = "monitor-only"
+
+
+@dataclass(frozen=True, slots=True)
+class ClockDecision:
+    """A policy's choice of SM clock for one iteration, with the reason and its predictions."""
+
+    clock_mhz: int
+    reason: DecisionReason
+    policy: str
+    predicted_latency_s: float | None = None
+    predicted_energy_j: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceState:
+    """What the router sees of one engine instance."""
+
+    instance_id: str
+    phase: Phase
+    url: str = ""
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_tokens: int = 0
+    kv_capacity_tokens: int = 0
+    sm_clock_mhz: int | None = None
+    capture_sizes: tuple[int, ...] = ()
+    healthy: bool = True
+    updated_at_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """A request to place on an instance: its prompt length and expected output length (tokens)."""
+
+    request_id: str
+    input_tokens: int
+    max_output_tokens: int = 0
+    arrival_time_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class IterationRecord:
+    """One finished iteration: what ran, what was decided, and what was measured."""
+
+    snapshot: BatchSnapshot
+    decision: ClockDecision
+    applied_clock_mhz: int
+    start_time_s: float
+    latency_s: float
+    energy_j: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One finished request on one instance (one phase of a P/D request), for telemetry."""
+
+    request_id: str
+    phase: Phase
+    instance_id: str
+    input_tokens: int
+    output_tokens: int
+    arrival_time_s: float
+    first_token_time_s: float | None
+    finish_time_s: float
+    energy_j: float
+    clock_residency_s: dict[int, float] = field(default_factory=dict)
+    model: str = ""

@@ -1,0 +1,1 @@
+"""voltana.sim."""
