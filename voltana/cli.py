@@ -148,22 +148,10 @@ def build_app() -> typer.Typer:
 def main() -> None:
     """Console-script entry point: user mistakes become one line on stderr and exit code 2."""
     try:
-        build_app()(standalone_mode=False)
+        build_app()()
     except (ConfigError, PluginLoadError) as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except (typer.BadParameter, Exception) as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":
