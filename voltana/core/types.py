@@ -188,3 +188,5 @@ class RequestRecord:
     energy_j: float
     clock_residency_s: dict[int, float] = field(default_factory=dict)
     model: str = ""
+    trace_headers: dict[str, str] = field(default_factory=dict)
+    """W3C trace context (``traceparent``, ``tracestate``) of the request: joins its span to the trace."""
