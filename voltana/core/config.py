@@ -82,6 +82,12 @@ class TelemetryConfig(_Section):
     protocol: Literal["http", "grpc"] = "http"
     service_name: str = "voltana"
     resource_attributes: dict[str, str] = Field(default_factory=dict)
+    export_interval_s: float = Field(10.0, gt=0, description="how often metrics are pushed (background)")
+    export_timeout_s: float = Field(5.0, gt=0, description="bound on one export attempt, retries included")
+    prometheus: bool = Field(False, description="keep metrics for Prometheus text exposition")
+    prometheus_port: int | None = Field(
+        None, ge=1, le=65535, description="serve /metrics on 127.0.0.1:port from this process"
+    )
 
 
 class RouterConfig(_Section):
