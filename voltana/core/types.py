@@ -136,7 +136,11 @@ class ClockDecision:
 
 @dataclass(frozen=True, slots=True)
 class InstanceState:
-    """What the router sees of one engine instance."""
+    """What the router sees of one engine instance.
+
+    ``pending_prompt_tokens``: prompt tokens sent to a prefill instance and not yet prefilled (the router's
+    own bookkeeping); ``capture_sizes``: the engine's CUDA-graph batch sizes (ascending) for decode.
+    """
 
     instance_id: str
     phase: Phase
@@ -149,6 +153,7 @@ class InstanceState:
     capture_sizes: tuple[int, ...] = ()
     healthy: bool = True
     updated_at_s: float = 0.0
+    pending_prompt_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
