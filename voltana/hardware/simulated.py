@@ -1,0 +1,249 @@
+"""The simulated GPU: a calibrated physics model of one engine iteration, and a ``GpuDevice`` on top of it.
+
+Latency (per iteration, all TP GPUs in lock-step) is a roofline per transformer layer:
+``max(weight streaming, padded GEMM compute * f_max/f) + partial-tile compute * f_max/f`` for the linear
+layers (fitted to Vidur, padded to 128-token GEMM tiles), element-wise ops as memory traffic, attention from
+its FLOPs and KV-cache bytes (Vidur does not profile the attention kernel, so it is modelled, not fitted),
+ring all-reduce over NVLink for TP > 1, the LM head, and a fixed engine overhead. Decode batches are padded
+to the engine's CUDA-graph capture sizes. Memory-bound parts are flat in the SM clock; compute parts scale
+with 1/f.
+
+Power per GPU = idle + (clock tree + SM x compute utilisation) x f x V(f)^2 + HBM x memory utilisation, with
+a voltage floor, capped at TDP (the effective clock drops when the cap binds). Constants and their sources
+live in :mod:`voltana.hardware.profiles`.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from dataclasses import dataclass
+
+from voltana.core.types import Phase
+from voltana.hardware.errors import UnknownProfileError
+from voltana.hardware.profiles import (
+    ACTIVATION_RESERVE_BYTES,
+    CAPTURE_SIZES,
+    DECODE_OVERHEAD_S,
+    GPU_MEMORY_UTILIZATION,
+    GPUS,
+    MODELS,
+    PREFILL_OVERHEAD_S,
+    GpuSpec,
+    ModelSpec,
+    known_gpus,
+    known_models,
+)
+
+__all__ = [
+    "IterationCost",
+    "PerformanceModel",
+    "known_gpus",
+    "known_models",
+    "performance_model",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class IterationCost:
+    """Cost of one iteration on one instance (all its TP GPUs).
+
+    ``effective_clock_mhz`` is below the requested clock when the power cap binds (H100 under heavy prefill).
+    """
+
+    latency_s: float
+    energy_j: float
+    avg_power_w: float
+    effective_clock_mhz: int
+
+
+def voltage_ratio(gpu: GpuSpec, clock_mhz: float) -> float:
+    """V(f)/V_max: flat at the floor below ``voltage_floor_mhz``, linear up to 1.0 at the max clock."""
+    floor_mhz = gpu.voltage_floor_mhz
+    if clock_mhz <= floor_mhz:
+        return gpu.voltage_floor_ratio
+    span = (clock_mhz - floor_mhz) / (gpu.max_clock_mhz - floor_mhz)
+    return gpu.voltage_floor_ratio + (1.0 - gpu.voltage_floor_ratio) * span
+
+
+class PerformanceModel:
+    """Stateless physics of one GPU type x model x tensor-parallel degree.
+
+    Invariants: ``supported_clocks_mhz`` is ascending; ``cost`` is pure float math (a few µs) and never raises
+    for non-negative inputs; a clock that is not supported is snapped to the nearest supported one.
+    """
+
+    def __init__(self, gpu: GpuSpec, model: ModelSpec, tp: int) -> None:
+        if tp < 1:
+            raise ValueError(f"tensor-parallel degree must be >= 1, got {tp}")
+        self.gpu = gpu
+        self.model = model
+        self.tp = tp
+        self.name = f"{gpu.name}/{model.name}/tp{tp}"
+        self.supported_clocks_mhz: tuple[int, ...] = gpu.clocks_mhz
+        self.max_clock_mhz: int = gpu.max_clock_mhz
+        self.capture_sizes: tuple[int, ...] = CAPTURE_SIZES
+        self._clock_index = {clock: i for i, clock in enumerate(gpu.clocks_mhz)}
+        # Per-clock factors: compute slowdown f_max/f and dynamic-power factor (f/f_max) * (V/V_max)^2.
+        self._slowdown = tuple(self.max_clock_mhz / f for f in gpu.clocks_mhz)
+        self._dynamic = tuple((f / self.max_clock_mhz) * voltage_ratio(gpu, f) ** 2 for f in gpu.clocks_mhz)
+        self._precompute_shape()
+        self.kv_capacity_tokens: int = self._kv_capacity_tokens()
+
+    def _precompute_shape(self) -> None:
+        gpu, model, tp = self.gpu, self.model, self.tp
+        layers = model.n_layers
+        layer_params_per_gpu = model.layer_params / tp
+        lm_params_per_gpu = model.vocab * model.hidden / tp
+        peak_gemm = gpu.peak_flops * gpu.gemm_compute_efficiency
+        # Per iteration (all layers), seconds at the max clock.
+        self._weights_stream_s = (
+            (layers * layer_params_per_gpu + lm_params_per_gpu)
+            * model.bytes_per_param
+            / (gpu.hbm_bytes_per_s * gpu.gemm_memory_efficiency)
+        )
+        self._layer_compute_s_per_token = layers * 2.0 * layer_params_per_gpu / peak_gemm
+        self._lm_compute_s_per_token = 2.0 * lm_params_per_gpu / peak_gemm
+        self._fixed_s = layers * (gpu.gemm_fixed_s + gpu.elementwise_fixed_s)
+        self._elementwise_s_per_token = (
+            layers * gpu.elementwise_traffic_factor * model.hidden * 2.0 / gpu.hbm_bytes_per_s
+        )
+        heads_per_gpu = model.n_heads / tp
+        kv_heads_per_gpu = max(1.0, model.n_kv_heads / tp)
+        self._kv_bytes_per_token_gpu = (
+            layers * model.kv_bytes_per_token_layer * kv_heads_per_gpu / model.n_kv_heads
+        )
+        self._attn_flops_per_token_pair = layers * 4.0 * model.head_dim * heads_per_gpu
+        self._attn_compute_rate = gpu.peak_flops * gpu.attention_compute_efficiency
+        self._attn_memory_rate = gpu.hbm_bytes_per_s * gpu.attention_memory_efficiency
+        if tp > 1:
+            steps = 2 * (tp - 1)
+            self._allreduce_fixed_s = layers * 2 * steps * gpu.allreduce_step_latency_s
+            self._allreduce_s_per_token = (
+                layers * 2 * (steps / tp) * model.hidden * 2.0 / gpu.allreduce_bus_bytes_per_s
+            )
+        else:
+            self._allreduce_fixed_s = 0.0
+            self._allreduce_s_per_token = 0.0
+        self._tile = gpu.gemm_tile_tokens
+        self._partial_share = gpu.gemm_partial_tile_share
+        self._max_capture = self.capture_sizes[-1]
+
+    def _kv_capacity_tokens(self) -> int:
+        model, gpu = self.model, self.gpu
+        weights_per_gpu = (
+            (model.n_layers * model.layer_params + 2 * model.vocab * model.hidden)
+            * model.bytes_per_param
+            / self.tp
+        )
+        free_bytes = (
+            gpu.hbm_capacity_bytes * GPU_MEMORY_UTILIZATION - weights_per_gpu - ACTIVATION_RESERVE_BYTES
+        )
+        return max(0, int(free_bytes / self._kv_bytes_per_token_gpu))
+
+    def idle_power_w(self) -> float:
+        """Power of the idle instance, all TP GPUs (W)."""
+        return self.gpu.idle_w * self.tp
+
+    def padded_batch(self, batch_size: int) -> int:
+        """Decode batch the engine runs: the next CUDA-graph capture size (eager above the largest)."""
+        if batch_size > self._max_capture:
+            return batch_size
+        return self.capture_sizes[bisect_left(self.capture_sizes, batch_size)]
+
+    def _index_of(self, clock_mhz: int) -> int:
+        index = self._clock_index.get(clock_mhz)
+        if index is not None:
+            return index
+        clocks = self.supported_clocks_mhz
+        pos = min(bisect_left(clocks, clock_mhz), len(clocks) - 1)
+        if pos > 0 and abs(clocks[pos - 1] - clock_mhz) <= abs(clocks[pos] - clock_mhz):
+            pos -= 1
+        return pos
+
+    def cost(
+        self, phase: Phase, batch_size: int, num_new_tokens: int, num_context_tokens: int, clock_mhz: int
+    ) -> IterationCost:
+        """Latency, energy and power of one iteration at ``clock_mhz`` (whole instance).
+
+        Prefill: ``num_new_tokens`` prompt tokens computed, ``num_context_tokens`` cached before. Decode:
+        ``num_new_tokens == batch_size``, ``num_context_tokens`` KV tokens read.
+        """
+        index = self._index_of(clock_mhz)
+        if batch_size <= 0 or num_new_tokens <= 0:
+            idle = self.gpu.idle_w * self.tp
+            return IterationCost(0.0, 0.0, idle, self.supported_clocks_mhz[index])
+        requests = float(batch_size)
+        context = float(max(0, num_context_tokens))
+        if phase == Phase.DECODE:
+            tokens = float(self.padded_batch(batch_size))
+            overhead_s = DECODE_OVERHEAD_S
+            attn_pairs = context + tokens
+        else:
+            tokens = float(num_new_tokens)
+            overhead_s = PREFILL_OVERHEAD_S
+            # Causal attention of each request's new tokens over its context and over themselves.
+            attn_pairs = tokens * (context + 0.5 * tokens) / requests
+        # GEMM tiles: above one tile the token dimension is padded to whole tiles (Vidur's 128-token steps);
+        # below one tile cuBLAS picks narrow kernels, so the actual work counts.
+        padded = tokens if tokens <= self._tile else math.ceil(tokens / self._tile) * self._tile
+        gemm_memory_s = self._weights_stream_s
+        gemm_compute_s = self._layer_compute_s_per_token * padded + self._lm_compute_s_per_token * requests
+        partial_s = self._partial_share * self._layer_compute_s_per_token * tokens
+        attn_memory_s = (context + tokens) * self._kv_bytes_per_token_gpu / self._attn_memory_rate
+        attn_compute_s = self._attn_flops_per_token_pair * attn_pairs / self._attn_compute_rate
+        flat_s = (
+            overhead_s
+            + self._fixed_s
+            + self._elementwise_s_per_token * tokens
+            + self._allreduce_fixed_s
+            + self._allreduce_s_per_token * tokens
+        )
+        memory_busy_s = gemm_memory_s + attn_memory_s + self._elementwise_s_per_token * tokens
+        compute_at_max_s = gemm_compute_s + partial_s + attn_compute_s
+
+        gpu = self.gpu
+        while True:
+            slowdown = self._slowdown[index]
+            latency_s = (
+                flat_s
+                + max(gemm_memory_s, gemm_compute_s * slowdown)
+                + max(attn_memory_s, attn_compute_s * slowdown)
+                + partial_s * slowdown
+            )
+            compute_util = min(1.0, compute_at_max_s * slowdown / latency_s)
+            memory_util = min(1.0, memory_busy_s / latency_s)
+            power_w = (
+                gpu.idle_w
+                + self._dynamic[index] * (gpu.clock_tree_w + gpu.sm_w * compute_util)
+                + gpu.memory_w * memory_util
+            )
+            if power_w <= gpu.tdp_w or index == 0:
+                break
+            index -= 1  # the power cap binds: the GPU runs below the set clock
+        instance_power_w = power_w * self.tp
+        return IterationCost(
+            latency_s=latency_s,
+            energy_j=instance_power_w * latency_s,
+            avg_power_w=instance_power_w,
+            effective_clock_mhz=self.supported_clocks_mhz[index],
+        )
+
+
+def performance_model(
+    gpu: str = "a100-80gb", model: str = "llama-3.1-8b", tp: int | None = None
+) -> PerformanceModel:
+    """Simulated performance of ``model`` on ``gpu`` at tensor-parallel degree ``tp`` (None: model default).
+
+    Raises :class:`UnknownProfileError` naming the known choices.
+    """
+    gpu_key, model_key = gpu.strip().lower(), model.strip().lower()
+    if gpu_key not in GPUS:
+        raise UnknownProfileError(f"unknown simulated GPU {gpu!r}; known: {', '.join(known_gpus())}")
+    if model_key not in MODELS:
+        raise UnknownProfileError(f"unknown simulated model {model!r}; known: {', '.join(known_models())}")
+    spec = MODELS[model_key]
+    degree = spec.default_tp if tp is None else tp
+    if degree < 1:
+        raise UnknownProfileError(f"tensor-parallel degree must be >= 1, got {degree}")
+    return PerformanceModel(GPUS[gpu_key], spec, degree)
