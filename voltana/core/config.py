@@ -119,6 +119,7 @@ class EngineConfig(_Section):
 
     role: Literal["auto", "prefill", "decode", "mixed"] = "auto"
     predictor_profile: str | None = None
+    trace_path: str | None = Field(None, description="debug: append one JSON line per iteration to this file")
 
 
 class VoltanaConfig(BaseSettings):

@@ -1,0 +1,463 @@
+"""The engine-neutral per-instance runtime both engine adapters (vLLM, SGLang) drive once per iteration.
+
+It owns the instance's GPU group, clock applier, energy meter and frequency controller(s). The adapter calls
+:meth:`InstanceRuntime.before_iteration` right before the forward and :meth:`InstanceRuntime.after_iteration`
+when that iteration's output is back, in the same order (a pipelining engine may call ``before`` twice before
+the first ``after``). Invariants: no method raises into the engine; any failure degrades the runtime to
+monitor-only (latency still measured, clocks never touched) with exactly one loud log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from voltana.core.config import VoltanaConfig
+from voltana.core.types import (
+    BatchSnapshot,
+    ClockDecision,
+    DecisionReason,
+    IterationRecord,
+    Phase,
+    RequestRecord,
+)
+
+log = logging.getLogger("voltana.runtime")
+
+MONITOR_ONLY_POLICY = "monitor-only"
+
+
+@dataclass(slots=True)
+class _RequestAccount:
+    """Energy and clock residency accumulated for one request while it runs on this instance."""
+
+    arrival_time_s: float
+    energy_j: float = 0.0
+    first_token_time_s: float | None = None
+    clock_residency_s: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An iteration handed to the engine and not yet reported back."""
+
+    snapshot: BatchSnapshot
+    decision: ClockDecision
+    dispatch_s: float  # perf_counter when the forward could start (end of before_iteration)
+    wall_start_s: float  # the adapter's clock (snapshot.now_s) for the IterationRecord
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStatus:
+    """What the instance exposes about voltana (for /metrics, the router and benchmarks)."""
+
+    instance_id: str
+    role: str
+    monitor_only: bool
+    monitor_only_reason: str
+    sm_clock_mhz: int | None
+    policy: str
+    iterations: int
+    hook_time_s: float
+
+    @property
+    def hook_time_per_iteration_s(self) -> float:
+        """Mean time voltana spent in before+after per iteration (s)."""
+        return self.hook_time_s / self.iterations if self.iterations else 0.0
+
+
+class InstanceRuntime:
+    """One engine instance's voltana: decide a clock per iteration, apply it, measure, attribute energy.
+
+    ``phase`` is the instance's P/D role; None means a mixed (non-disaggregated) instance, which keeps a
+    controller per phase and picks by each snapshot's phase.
+    """
+
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        phase: Phase | None,
+        hook: Any,
+        controllers: Mapping[Phase, Any] | None = None,
+        devices: Any | None = None,
+        applier: Any | None = None,
+        meter: Any | None = None,
+        perf_model: Any | None = None,
+        monitor_only_reason: str = "",
+        model_name: str = "",
+        trace: Callable[[IterationRecord, RuntimeStatus], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.instance_id = instance_id
+        self.phase = phase
+        self.model_name = model_name
+        self._hook = hook
+        self._controllers = dict(controllers or {})
+        self._devices = devices
+        self._applier = applier
+        self._meter = meter
+        self._perf_model = perf_model
+        self._trace = trace
+        self._clock = clock
+        self._monitor_only_reason = monitor_only_reason
+        self._pending: deque[_Pending] = deque()
+        self._accounts: dict[str, _RequestAccount] = {}
+        self._last_end_s = 0.0
+        self._iterations = 0
+        self._hook_time_s = 0.0
+        self._policy = next(iter(self._controllers.values())).policy if self._controllers else ""
+        if monitor_only_reason or not self._controllers:
+            self._monitor_only_reason = monitor_only_reason or "no frequency controller"
+
+    # ----------------------------------------------------------------------------------------- building
+
+    @classmethod
+    def start(
+        cls,
+        config: VoltanaConfig,
+        phase: Phase | None,
+        instance_id: str,
+        *,
+        model_name: str = "",
+        hook: Any | None = None,
+    ) -> InstanceRuntime:
+        """Open the GPUs, start the applier and build the controller(s); never raises.
+
+        A GPU library that is missing, a driver that refuses, or a controller that cannot be built gives a
+        monitor-only runtime and one ERROR log line saying why and what still works.
+        """
+        if hook is None:
+            from voltana.plugins import get_plugin_manager
+
+            hook = get_plugin_manager().hook
+        role = phase.value if phase else "mixed"
+        trace = _open_trace(config)
+        try:
+            perf_model = _performance_model(config)
+        except Exception as exc:
+            perf_model = None
+            log.warning(
+                "voltana: no simulated performance model (%s); energy of a simulated GPU unknown", exc
+            )
+        try:
+            devices = _open_devices(config)
+        except Exception as exc:
+            reason = f"GPU control unavailable: {_one_line(exc)}"
+            log.error(
+                "voltana (%s, %s): %s; serving continues monitor-only (no clock changes)",
+                instance_id,
+                role,
+                reason,
+            )
+            return cls(
+                instance_id=instance_id,
+                phase=phase,
+                hook=hook,
+                perf_model=perf_model,
+                monitor_only_reason=reason,
+                model_name=model_name,
+                trace=trace,
+            )
+        try:
+            controllers = {
+                p: _build_controller(config, p, instance_id, perf_model, hook)
+                for p in ((phase,) if phase else (Phase.PREFILL, Phase.DECODE))
+            }
+            applier, meter = _start_applier_and_meter(devices, config)
+        except Exception as exc:
+            reason = f"clock control could not start: {_one_line(exc)}"
+            log.error(
+                "voltana (%s, %s): %s; serving continues monitor-only (no clock changes)",
+                instance_id,
+                role,
+                reason,
+            )
+            return cls(
+                instance_id=instance_id,
+                phase=phase,
+                hook=hook,
+                devices=devices,
+                perf_model=perf_model,
+                meter=_try_meter(devices),
+                monitor_only_reason=reason,
+                model_name=model_name,
+                trace=trace,
+            )
+        runtime = cls(
+            instance_id=instance_id,
+            phase=phase,
+            hook=hook,
+            controllers=controllers,
+            devices=devices,
+            applier=applier,
+            meter=meter,
+            perf_model=perf_model,
+            model_name=model_name,
+            trace=trace,
+        )
+        log.info("voltana (%s, %s): clock control active, policy %s", instance_id, role, runtime._policy)
+        return runtime
+
+    # ------------------------------------------------------------------------------------- hot path
+
+    @property
+    def monitor_only(self) -> bool:
+        """True when clocks are never changed (a failure, or no controller)."""
+        return bool(self._monitor_only_reason)
+
+    def before_iteration(self, snapshot: BatchSnapshot) -> ClockDecision:
+        """Decide (and submit, non-blocking) the clock for the iteration about to run; never raises."""
+        t0 = self._clock()
+        try:
+            decision = self._decide(snapshot)
+            if self._applier is not None and not self._monitor_only_reason:
+                self._applier.submit(decision.clock_mhz)
+            if self._meter is not None and not self._pending:
+                self._meter.begin()
+        except Exception as exc:
+            self._degrade(f"iteration hook failed: {_one_line(exc)}")
+            decision = self._monitor_decision()
+        t1 = self._clock()
+        self._pending.append(_Pending(snapshot, decision, t1, snapshot.now_s))
+        self._hook_time_s += t1 - t0
+        return decision
+
+    def after_iteration(self, first_token_request_ids: Iterable[str] = ()) -> IterationRecord | None:
+        """Close the oldest pending iteration: latency, energy, predictor/telemetry, per-request energy.
+
+        Latency is from when the forward could start (its dispatch, or the previous iteration's end when
+        the engine pipelines) to now. Returns the record, or None if nothing was pending.
+        """
+        t_end = self._clock()
+        if not self._pending:
+            return None
+        pending = self._pending.popleft()
+        try:
+            start_s = max(pending.dispatch_s, self._last_end_s)
+            latency_s = max(0.0, t_end - start_s)
+            self._last_end_s = t_end
+            applied = self._applied_clock_mhz(pending.decision)
+            energy_j = self._iteration_energy_j(pending.snapshot, applied)
+            record = IterationRecord(
+                snapshot=pending.snapshot,
+                decision=pending.decision,
+                applied_clock_mhz=applied,
+                start_time_s=pending.wall_start_s,
+                latency_s=latency_s,
+                energy_j=energy_j,
+            )
+            controller = self._controllers.get(pending.snapshot.phase)
+            if controller is not None and not self._monitor_only_reason:
+                controller.observe(
+                    record
+                )  # updates the predictor, then broadcasts voltana_iteration_finished
+            else:
+                self._hook.voltana_iteration_finished(record=record)
+            self._account(record, first_token_request_ids)
+            self._iterations += 1
+            if self._trace is not None:
+                self._trace(record, self.status())
+        except Exception as exc:
+            self._degrade(f"iteration report failed: {_one_line(exc)}")
+            record = None
+        self._hook_time_s += self._clock() - t_end
+        return record
+
+    def request_finished(
+        self, request_id: str, *, input_tokens: int, output_tokens: int, finish_time_s: float
+    ) -> RequestRecord | None:
+        """A request left this instance: emit ``voltana_request_finished`` with its energy; never raises."""
+        account = self._accounts.pop(request_id, None)
+        if account is None:
+            return None
+        phase = self.phase or (Phase.DECODE if output_tokens > 1 else Phase.PREFILL)
+        record = RequestRecord(
+            request_id=request_id,
+            phase=phase,
+            instance_id=self.instance_id,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            arrival_time_s=account.arrival_time_s,
+            first_token_time_s=account.first_token_time_s,
+            finish_time_s=finish_time_s,
+            energy_j=account.energy_j,
+            clock_residency_s=dict(account.clock_residency_s),
+            model=self.model_name,
+        )
+        try:
+            self._hook.voltana_request_finished(record=record)
+        except Exception as exc:
+            log.warning("voltana: a voltana_request_finished plugin failed: %s", _one_line(exc))
+        return record
+
+    def status(self) -> RuntimeStatus:
+        """A consistent view of this runtime (cheap: no driver call)."""
+        clock: int | None = None
+        if self._applier is not None:
+            clock = getattr(self._applier, "applied_clock_mhz", None)
+        return RuntimeStatus(
+            instance_id=self.instance_id,
+            role=self.phase.value if self.phase else "mixed",
+            monitor_only=self.monitor_only,
+            monitor_only_reason=self._monitor_only_reason,
+            sm_clock_mhz=clock,
+            policy=MONITOR_ONLY_POLICY if self.monitor_only else self._policy,
+            iterations=self._iterations,
+            hook_time_s=self._hook_time_s,
+        )
+
+    def close(self) -> None:
+        """Restore clocks (the applier does) and release the devices; never raises."""
+        for closer in (self._applier, self._meter, self._devices):
+            close = getattr(closer, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception as exc:
+                log.warning("voltana: closing %s failed: %s", type(closer).__name__, _one_line(exc))
+        self._applier = None
+
+    # ------------------------------------------------------------------------------------- internals
+
+    def _decide(self, snapshot: BatchSnapshot) -> ClockDecision:
+        if self._monitor_only_reason:
+            return self._monitor_decision()
+        controller = self._controllers.get(snapshot.phase)
+        if controller is None:  # a mixed batch on a pure-phase instance: use the instance's own controller
+            controller = next(iter(self._controllers.values()))
+        decision: ClockDecision = controller.decide(snapshot)
+        return decision
+
+    def _monitor_decision(self) -> ClockDecision:
+        current = self._applied_clock_mhz(None)
+        return ClockDecision(current, DecisionReason.MONITOR_ONLY, MONITOR_ONLY_POLICY)
+
+    def _applied_clock_mhz(self, decision: ClockDecision | None) -> int:
+        if self._applier is not None:
+            applied = getattr(self._applier, "applied_clock_mhz", None)
+            if applied:
+                return int(applied)
+        if decision is not None and decision.clock_mhz:
+            return decision.clock_mhz
+        return int(getattr(self._perf_model, "max_clock_mhz", 0) or 0)
+
+    def _iteration_energy_j(self, snapshot: BatchSnapshot, clock_mhz: int) -> float | None:
+        if self._devices is None:
+            return None
+        if getattr(self._devices, "is_simulated", False) and self._perf_model is not None:
+            cost = self._perf_model.cost(
+                snapshot.phase,
+                snapshot.batch_size,
+                snapshot.num_new_tokens,
+                snapshot.num_context_tokens,
+                clock_mhz,
+            )
+            self._devices.record_iteration(cost)
+        if self._meter is None:
+            return None
+        energy = self._meter.end()
+        if self._pending:  # pipelined: the next iteration's window starts where this one ended
+            self._meter.begin()
+        return None if energy is None else float(energy)
+
+    def _account(self, record: IterationRecord, first_token_request_ids: Iterable[str]) -> None:
+        snapshot = record.snapshot
+        shares: Mapping[str, float] = {}
+        if record.energy_j is not None and snapshot.requests:
+            from voltana.core.attribution import attribute_energy
+
+            shares = attribute_energy(snapshot, record.energy_j)
+        for request in snapshot.requests:
+            account = self._accounts.get(request.request_id)
+            if account is None:
+                account = self._accounts[request.request_id] = _RequestAccount(request.arrival_time_s)
+            account.energy_j += shares.get(request.request_id, 0.0)
+            residency = account.clock_residency_s
+            residency[record.applied_clock_mhz] = (
+                residency.get(record.applied_clock_mhz, 0.0) + record.latency_s
+            )
+        end_s = record.start_time_s + record.latency_s
+        for request_id in first_token_request_ids:
+            account = self._accounts.get(request_id)
+            if account is not None and account.first_token_time_s is None:
+                account.first_token_time_s = end_s
+
+    def _degrade(self, reason: str) -> None:
+        if self._monitor_only_reason:
+            return
+        self._monitor_only_reason = reason
+        role = self.phase.value if self.phase else "mixed"
+        log.error(
+            "voltana (%s, %s): %s; serving continues monitor-only (no clock changes)",
+            self.instance_id,
+            role,
+            reason,
+        )
+        applier, self._applier = self._applier, None
+        if applier is not None:
+            try:
+                applier.close()
+            except Exception as exc:
+                log.warning("voltana: restoring clocks failed: %s", _one_line(exc))
+
+
+# ----------------------------------------------------------------------------------------- wiring
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _performance_model(config: VoltanaConfig) -> Any:
+    from voltana.hardware.simulated import performance_model
+
+    return performance_model(config.hardware.simulated_gpu, config.hardware.simulated_model)
+
+
+def _open_devices(config: VoltanaConfig) -> Any:
+    from voltana.hardware.select import open_devices
+
+    return open_devices(config.hardware)
+
+
+def _build_controller(config: VoltanaConfig, phase: Phase, instance_id: str, model: Any, hook: Any) -> Any:
+    from voltana.plugins.ecofreq import build_controller
+
+    return build_controller(config, phase, instance_id, model, hook)
+
+
+def _start_applier_and_meter(devices: Any, config: VoltanaConfig) -> tuple[Any, Any]:
+    from voltana.hardware.applier import ClockApplier
+
+    applier = ClockApplier(devices)
+    return applier, _try_meter(devices)
+
+
+def _try_meter(devices: Any) -> Any | None:
+    try:
+        from voltana.hardware.energy import EnergyMeter
+
+        return EnergyMeter(devices)
+    except Exception as exc:
+        log.warning("voltana: no energy meter (%s); energy is not measured", _one_line(exc))
+        return None
+
+
+def _open_trace(config: VoltanaConfig) -> Callable[[IterationRecord, RuntimeStatus], None] | None:
+    path = getattr(config.engine, "trace_path", None)
+    if not path:
+        return None
+    from voltana.adapters.iteration_trace import IterationTrace
+
+    try:
+        return IterationTrace.open(path)
+    except OSError as exc:
+        log.error("voltana: cannot write the iteration trace %s: %s", path, exc.strerror)
+        return None
