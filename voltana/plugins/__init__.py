@@ -16,6 +16,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "voltana.plugins.doctor",
     "voltana.plugins.static_clock",
     "voltana.plugins.telemetry",
+    "voltana.plugins.routing",
+    "voltana.plugins.ecoroute",
 )
 
 _lock = threading.Lock()

@@ -1,0 +1,145 @@
+"""EcoRoute: boundary- and clock-aware decode routing on ``voltana_choose_instance``.
+
+``ecoroute-paper`` follows VoltanaLLM (arXiv 2509.04827, released code tag voltanallm-v0.1): batch-size
+boundaries every 128 requests (one GEMM tile); while every instance is below one tile, the lowest current
+clock then the fewest requests wins; otherwise prefer instances where one more request crosses no boundary,
+then (clock-aware) those that need no clock step-up, filling faster instances first.
+
+``ecoroute`` (ours): boundaries are the engine's CUDA-graph capture sizes (``InstanceState.capture_sizes``:
+a decode batch is padded up to the next one, so a request that fits in the padding costs almost nothing);
+the key is the predicted lowest SLO-feasible clock after adding the request, then no boundary crossing,
+then packing onto the busier instance (consolidation: decode is memory-bound, so one batch of 2n reads the
+weights once where two batches of n read them twice). Set ``options["ecoroute_fill"] = "spread"`` to fill
+the least-loaded instance instead.
+
+Clock awareness needs ``ctx.predictor`` (a latency model or a mapping instance id -> model) and
+``ctx.options["allowed_clocks_mhz"]`` (ascending); without them both variants fall back to boundaries
+and load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from voltana.core.contexts import PolicyInfo, RouteContext
+from voltana.core.hookspecs import hookimpl
+from voltana.core.types import BatchSnapshot, InstanceState, Phase, RouteRequest, ScheduledRequest
+from voltana.plugins.routing import healthy, predictor_for
+
+ECOROUTE_POLICIES = ("ecoroute", "ecoroute-paper")
+PAPER_TILE_REQUESTS = 128
+"""The paper's routing boundary: one 128-row GEMM tile of decode requests."""
+
+
+def padded_batch_size(n: int, capture_sizes: Sequence[int], tile: int = PAPER_TILE_REQUESTS) -> int:
+    """The batch size the engine actually runs for ``n`` requests: the next capture size, else whole tiles."""
+    for size in capture_sizes:
+        if size >= n:
+            return size
+    return -(-n // tile) * tile if n > 0 else 0
+
+
+def crosses_boundary(n: int, capture_sizes: Sequence[int], tile: int = PAPER_TILE_REQUESTS) -> bool:
+    """True when going from ``n`` to ``n + 1`` requests grows the padded batch (a latency step)."""
+    return padded_batch_size(n + 1, capture_sizes, tile) > padded_batch_size(n, capture_sizes, tile)
+
+
+def decode_snapshot(batch_size: int, kv_tokens: int) -> BatchSnapshot:
+    """A hypothetical decode batch of ``batch_size`` requests reading ``kv_tokens`` KV tokens in total."""
+    if batch_size <= 0:
+        return BatchSnapshot(Phase.DECODE, (), (), 0.0, 0, 0)
+    share, extra = divmod(kv_tokens, batch_size)
+    rest = ScheduledRequest("route", 1, share, 0.0)
+    first = ScheduledRequest("route", 1, share + extra, 0.0)
+    return BatchSnapshot(Phase.DECODE, (first,) + (rest,) * (batch_size - 1), (), 0.0, batch_size, kv_tokens)
+
+
+def needed_clock_mhz(
+    predictor: Any, batch_size: int, kv_tokens: int, clocks_mhz: Sequence[int], budget_s: float
+) -> int:
+    """Lowest clock whose predicted decode iteration fits ``budget_s``; one past the highest if none."""
+    if batch_size <= 0:
+        return clocks_mhz[0]
+    snapshot = decode_snapshot(batch_size, kv_tokens)
+    for clock in clocks_mhz:
+        if predictor.predict_latency_s(snapshot, clock) <= budget_s:
+            return clock
+    return clocks_mhz[-1] + 1
+
+
+def _clock_needs(state: InstanceState, request: RouteRequest, ctx: RouteContext) -> tuple[int, int] | None:
+    """(clock needed now, clock needed with the request) in MHz, or None without predictor or clocks."""
+    predictor = predictor_for(ctx, state.instance_id)
+    clocks = ctx.options.get("allowed_clocks_mhz")
+    if predictor is None or not clocks:
+        return None
+    budget_s = ctx.slo.itl_s * (1.0 - float(ctx.options.get("safety_margin", 0.1)))
+    n = state.num_running + state.num_waiting
+    now = needed_clock_mhz(predictor, n, state.kv_tokens, clocks, budget_s)
+    after = needed_clock_mhz(predictor, n + 1, state.kv_tokens + request.input_tokens, clocks, budget_s)
+    return now, after
+
+
+def _fits_kv(state: InstanceState, request: RouteRequest) -> bool:
+    needed = state.kv_tokens + request.input_tokens + request.max_output_tokens
+    return state.kv_capacity_tokens <= 0 or needed <= state.kv_capacity_tokens
+
+
+def _clock_of(state: InstanceState) -> int:
+    return state.sm_clock_mhz if state.sm_clock_mhz is not None else 0
+
+
+def choose_ecoroute_paper(request: RouteRequest, candidates: list[InstanceState], ctx: RouteContext) -> str:
+    """The paper's rule (see module docstring)."""
+    load = {c.instance_id: c.num_running + c.num_waiting for c in candidates}
+    if all(n < PAPER_TILE_REQUESTS for n in load.values()):
+        return min(candidates, key=lambda c: (_clock_of(c), load[c.instance_id])).instance_id
+
+    def key(c: InstanceState) -> tuple[int, int, int, int]:
+        n = load[c.instance_id]
+        crosses = n > 0 and n % PAPER_TILE_REQUESTS == 0
+        needs = _clock_needs(c, request, ctx)
+        step_up = needs is not None and needs[1] > max(needs[0], _clock_of(c))
+        return (int(crosses), int(step_up), -_clock_of(c), n)
+
+    return min(candidates, key=key).instance_id
+
+
+def choose_ecoroute(request: RouteRequest, candidates: list[InstanceState], ctx: RouteContext) -> str:
+    """Ours: lowest predicted clock after the request, then no padding boundary crossed, then fill rule."""
+    spread = ctx.options.get("ecoroute_fill", "pack") == "spread"
+    fitting = [c for c in candidates if _fits_kv(c, request)] or candidates
+
+    def key(c: InstanceState) -> tuple[int, int, int, str]:
+        n = c.num_running + c.num_waiting
+        needs = _clock_needs(c, request, ctx)
+        clock_after = needs[1] if needs is not None else 0
+        crosses = crosses_boundary(n, c.capture_sizes)
+        return (clock_after, int(crosses), n if spread else -n, c.instance_id)
+
+    return min(fitting, key=key).instance_id
+
+
+CHOOSERS: dict[str, Callable[[RouteRequest, list[InstanceState], RouteContext], str]] = {
+    "ecoroute": choose_ecoroute,
+    "ecoroute-paper": choose_ecoroute_paper,
+}
+
+
+@hookimpl
+def voltana_choose_instance(
+    request: RouteRequest, candidates: Sequence[InstanceState], ctx: RouteContext
+) -> str | None:
+    chooser = CHOOSERS.get(ctx.policy)
+    if chooser is None or not candidates:
+        return None
+    return chooser(request, healthy(candidates), ctx)
+
+
+@hookimpl
+def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
+    register(
+        PolicyInfo("route", "ecoroute", "decode: lowest predicted clock, capture-size aware, packs load")
+    )
+    register(PolicyInfo("route", "ecoroute-paper", "decode: VoltanaLLM's 128-tile, clock-aware routing"))

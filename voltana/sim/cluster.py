@@ -1,0 +1,488 @@
+"""Discrete-event simulation of a P/D disaggregated deployment: N prefill + M decode instances.
+
+Each instance runs continuous batching on a simulated GPU (``PerformanceModel.cost``) and asks its own
+real ``FrequencyController`` for the clock of every iteration (``decide`` before, ``observe`` after), exactly
+as an engine adapter does in production. Requests are placed by routing policies through the
+``voltana_choose_instance`` hook.
+
+Engine behaviour modelled (the parts that matter for clocks and energy):
+- prefill: FIFO queue, iterations of at most ``prefill_token_budget`` prompt tokens (chunked prefill: the
+  head request may be split across iterations); the first token is emitted when a request's prefill ends;
+- KV transfer P -> D: ``kv_transfer_fixed_s + tokens * kv_bytes_per_token / kv_bandwidth_bytes_per_s``;
+- decode: admission FIFO while the KV cache can hold prompt + full output (no preemption) and the batch
+  has fewer than ``max_decode_batch`` requests; each iteration emits one token per request and costs what
+  the performance model says for the batch padded up to the next CUDA-graph capture size;
+- energy: the sum of iteration energies plus idle power for the time an instance has no iteration running,
+  over the span from the first arrival to the last completion (the same for every instance of a run).
+Clock switches are applied instantly (the applier works off the hot path and a switch takes milliseconds).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from voltana.core.contexts import RouteContext
+from voltana.core.types import (
+    BatchSnapshot,
+    InstanceState,
+    IterationRecord,
+    Phase,
+    QueuedRequest,
+    RouteRequest,
+    ScheduledRequest,
+    Slo,
+)
+from voltana.sim.workload import Workload
+
+DEFAULT_PREFILL_TOKEN_BUDGET = 8192
+"""vLLM's ``max_num_batched_tokens`` and SGLang's ``chunked_prefill_size`` default on large GPUs."""
+DEFAULT_MAX_DECODE_BATCH = 256
+"""vLLM's default ``max_num_seqs``."""
+DEFAULT_KV_BANDWIDTH_BYTES_PER_S = 25e9
+"""One 200 Gb/s RDMA NIC per instance (typical for NIXL/Mooncake P/D transfer), an assumption."""
+DEFAULT_KV_TRANSFER_FIXED_S = 0.002
+"""Per-request handshake + scheduling overhead of a KV transfer (s), an assumption."""
+
+
+class Controller(Protocol):
+    """What the simulator needs of ``voltana.core.controller.FrequencyController``."""
+
+    def decide(self, snapshot: BatchSnapshot) -> Any: ...
+
+    def observe(self, record: IterationRecord) -> None: ...
+
+
+ControllerFactory = Callable[[Phase, str], Controller]
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """The deployment: ``model`` is a ``voltana.hardware.simulated.PerformanceModel`` (one per instance)."""
+
+    model: Any
+    num_prefill: int = 2
+    num_decode: int = 2
+    prefill_token_budget: int = DEFAULT_PREFILL_TOKEN_BUDGET
+    max_decode_batch: int = DEFAULT_MAX_DECODE_BATCH
+    kv_bytes_per_token: int = 131072
+    kv_bandwidth_bytes_per_s: float = DEFAULT_KV_BANDWIDTH_BYTES_PER_S
+    kv_transfer_fixed_s: float = DEFAULT_KV_TRANSFER_FIXED_S
+
+    def __post_init__(self) -> None:
+        if self.num_prefill < 1 or self.num_decode < 1:
+            raise ValueError("a P/D cluster needs at least one prefill and one decode instance")
+
+    def kv_transfer_s(self, tokens: int) -> float:
+        """Time to move ``tokens`` tokens of KV cache from a prefill to a decode instance (s)."""
+        return self.kv_transfer_fixed_s + tokens * self.kv_bytes_per_token / self.kv_bandwidth_bytes_per_s
+
+
+@dataclass(frozen=True)
+class RoutingSpec:
+    """Routing policy names (``voltana_choose_instance``) and their options."""
+
+    prefill: str = "predicted-ttft"
+    decode: str = "ecoroute"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class SimRequest:
+    """One request's life in the simulation (mutable; times in s from the first arrival)."""
+
+    __slots__ = (
+        "arrival_s",
+        "context_tokens",
+        "finish_s",
+        "first_token_s",
+        "generated",
+        "input_tokens",
+        "output_tokens",
+        "prefilled",
+        "queued",
+        "request_id",
+    )
+
+    def __init__(self, request_id: str, arrival_s: float, input_tokens: int, output_tokens: int) -> None:
+        self.request_id = request_id
+        self.arrival_s = arrival_s
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.prefilled = 0
+        self.generated = 0
+        self.context_tokens = 0
+        self.first_token_s = -1.0
+        self.finish_s = -1.0
+        self.queued = QueuedRequest(request_id, input_tokens, arrival_s)
+
+
+@dataclass
+class InstanceStats:
+    """Per-instance accounting: busy time and energy, iterations, busy seconds per set clock (MHz)."""
+
+    instance_id: str
+    phase: Phase
+    busy_s: float = 0.0
+    busy_energy_j: float = 0.0
+    iterations: int = 0
+    clock_busy_s: dict[int, float] = field(default_factory=dict)
+    timeline: list[tuple[float, int]] = field(default_factory=list)
+
+
+class _Instance:
+    __slots__ = ("busy", "clock_mhz", "controller", "iteration", "stats")
+
+    def __init__(self, instance_id: str, phase: Phase, controller: Controller, clock_mhz: int) -> None:
+        self.controller = controller
+        self.stats = InstanceStats(instance_id, phase)
+        self.busy = False
+        self.iteration = 0
+        self.clock_mhz = clock_mhz
+
+
+class _PrefillInstance(_Instance):
+    __slots__ = ("batch", "pending_tokens", "waiting")
+
+    def __init__(self, instance_id: str, controller: Controller, clock_mhz: int) -> None:
+        super().__init__(instance_id, Phase.PREFILL, controller, clock_mhz)
+        self.waiting: deque[SimRequest] = deque()
+        self.pending_tokens = 0
+        self.batch: list[tuple[SimRequest, int]] = []
+
+
+class _DecodeInstance(_Instance):
+    __slots__ = ("admit", "in_transfer", "kv_reserved", "kv_sum", "running")
+
+    def __init__(self, instance_id: str, controller: Controller, clock_mhz: int) -> None:
+        super().__init__(instance_id, Phase.DECODE, controller, clock_mhz)
+        self.admit: deque[SimRequest] = deque()
+        self.running: list[SimRequest] = []
+        self.in_transfer = 0
+        self.kv_reserved = 0
+        self.kv_sum = 0
+
+
+@dataclass
+class ClusterOutcome:
+    """What one simulation produced: the requests (with times), instance stats, decode ITL samples."""
+
+    requests: list[SimRequest]
+    instances: list[InstanceStats]
+    span_s: float
+    idle_power_w: float
+    decode_gap_s: list[float]
+    decode_gap_count: list[int]
+
+
+_PREFILL_DONE = 0
+_DECODE_DONE = 1
+_DECODE_ARRIVE = 2
+
+
+class ClusterSimulation:
+    """One run of one workload on one cluster under one set of controllers and routing policies."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        cluster: ClusterSpec,
+        controller_factory: ControllerFactory,
+        hook: Any,
+        slo: Slo,
+        routing: RoutingSpec,
+        seed: int = 0,
+        record_timeline: bool = False,
+        route_predictors: dict[str, Any] | None = None,
+    ) -> None:
+        self.workload = workload
+        self.cluster = cluster
+        self.model = cluster.model
+        self.hook = hook
+        self.record_timeline = record_timeline
+        clocks = tuple(cluster.model.supported_clocks_mhz)
+        self.prefill = [
+            _PrefillInstance(f"prefill-{i}", controller_factory(Phase.PREFILL, f"prefill-{i}"), clocks[-1])
+            for i in range(cluster.num_prefill)
+        ]
+        self.decode = [
+            _DecodeInstance(f"decode-{i}", controller_factory(Phase.DECODE, f"decode-{i}"), clocks[-1])
+            for i in range(cluster.num_decode)
+        ]
+        self.by_id: dict[str, _Instance] = {i.stats.instance_id: i for i in (*self.prefill, *self.decode)}
+        options = {"prefill_token_budget": cluster.prefill_token_budget, **routing.options}
+        self.prefill_route = RouteContext(
+            routing.prefill, Phase.PREFILL, slo, random.Random(seed), route_predictors, options
+        )
+        self.decode_route = RouteContext(
+            routing.decode, Phase.DECODE, slo, random.Random(seed + 1), route_predictors, options
+        )
+        self.capture_sizes = tuple(cluster.model.capture_sizes)
+        self.kv_capacity = int(cluster.model.kv_capacity_tokens)
+        self.events: list[tuple[float, int, int, Any, Any]] = []
+        self.seq = 0
+        self.now_s = 0.0
+        self.gap_s: list[float] = []
+        self.gap_count: list[int] = []
+        self.requests = [
+            SimRequest(f"r{i}", float(t), int(n_in), int(n_out))
+            for i, (t, n_in, n_out) in enumerate(
+                zip(workload.arrival_s, workload.input_tokens, workload.output_tokens, strict=True)
+            )
+        ]
+
+    # --- events -------------------------------------------------------------------------------------------
+    def _push(self, time_s: float, kind: int, a: Any, b: Any = None) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (time_s, self.seq, kind, a, b))
+
+    def run(self, progress: Callable[[float], None] | None = None) -> ClusterOutcome:
+        """Simulate until every request has finished; ``progress`` gets the share of arrivals processed."""
+        requests = self.requests
+        n = len(requests)
+        events = self.events
+        next_arrival = 0
+        report_every = max(1, n // 100)
+        while next_arrival < n or events:
+            if next_arrival < n and (not events or requests[next_arrival].arrival_s <= events[0][0]):
+                request = requests[next_arrival]
+                next_arrival += 1
+                self.now_s = request.arrival_s
+                self._route_prefill(request)
+                if progress is not None and next_arrival % report_every == 0:
+                    progress(next_arrival / n)
+                continue
+            time_s, _, kind, a, b = heapq.heappop(events)
+            self.now_s = time_s
+            if kind == _DECODE_DONE:
+                self._decode_done(a, b)
+            elif kind == _PREFILL_DONE:
+                self._prefill_done(a, b)
+            else:
+                self._decode_arrive(a, b)
+        if progress is not None:
+            progress(1.0)
+        span_s = max((r.finish_s for r in requests), default=0.0)
+        return ClusterOutcome(
+            requests=requests,
+            instances=[i.stats for i in (*self.prefill, *self.decode)],
+            span_s=span_s,
+            idle_power_w=float(self.model.idle_power_w()),
+            decode_gap_s=self.gap_s,
+            decode_gap_count=self.gap_count,
+        )
+
+    # --- routing ------------------------------------------------------------------------------------------
+    def _state(self, inst: _Instance) -> InstanceState:
+        if isinstance(inst, _PrefillInstance):
+            return InstanceState(
+                inst.stats.instance_id,
+                Phase.PREFILL,
+                num_running=len(inst.batch),
+                num_waiting=len(inst.waiting),
+                sm_clock_mhz=inst.clock_mhz,
+                pending_prompt_tokens=inst.pending_tokens,
+            )
+        assert isinstance(inst, _DecodeInstance)
+        return InstanceState(
+            inst.stats.instance_id,
+            Phase.DECODE,
+            num_running=len(inst.running),
+            num_waiting=len(inst.admit) + inst.in_transfer,
+            kv_tokens=inst.kv_sum + sum(r.context_tokens for r in inst.admit),
+            kv_capacity_tokens=self.kv_capacity - inst.kv_reserved + inst.kv_sum,
+            sm_clock_mhz=inst.clock_mhz,
+            capture_sizes=self.capture_sizes,
+        )
+
+    def _choose(self, request: SimRequest, instances: Sequence[_Instance], ctx: RouteContext) -> _Instance:
+        if len(instances) == 1:
+            return instances[0]
+        route = RouteRequest(request.request_id, request.input_tokens, 0, request.arrival_s)
+        chosen = self.hook.voltana_choose_instance(
+            request=route, candidates=[self._state(i) for i in instances], ctx=ctx
+        )
+        if chosen is None:
+            raise ValueError(f"no plugin implements the {ctx.phase} routing policy {ctx.policy!r}")
+        return self.by_id[chosen]
+
+    def _route_prefill(self, request: SimRequest) -> None:
+        inst = self._choose(request, self.prefill, self.prefill_route)
+        assert isinstance(inst, _PrefillInstance)
+        inst.waiting.append(request)
+        inst.pending_tokens += request.input_tokens
+        if not inst.busy:
+            self._start_prefill(inst)
+
+    # --- prefill ------------------------------------------------------------------------------------------
+    def _start_prefill(self, inst: _PrefillInstance) -> None:
+        budget = self.cluster.prefill_token_budget
+        waiting = inst.waiting
+        batch: list[tuple[SimRequest, int]] = []
+        scheduled: list[ScheduledRequest] = []
+        new_tokens = 0
+        context_tokens = 0
+        while waiting and new_tokens < budget:
+            request = waiting[0]
+            chunk = min(request.input_tokens - request.prefilled, budget - new_tokens)
+            scheduled.append(
+                ScheduledRequest(request.request_id, chunk, request.prefilled, request.arrival_s)
+            )
+            batch.append((request, chunk))
+            new_tokens += chunk
+            context_tokens += request.prefilled
+            if request.prefilled + chunk == request.input_tokens:
+                waiting.popleft()
+            else:
+                break
+        still_waiting: tuple[QueuedRequest, ...] = tuple(r.queued for r in waiting)
+        inst.iteration += 1
+        snapshot = BatchSnapshot(
+            Phase.PREFILL,
+            tuple(scheduled),
+            still_waiting,
+            self.now_s,
+            new_tokens,
+            context_tokens,
+            inst.iteration,
+            inst.stats.instance_id,
+        )
+        inst.batch = batch
+        self._run_iteration(inst, snapshot, len(scheduled), new_tokens, context_tokens, _PREFILL_DONE)
+
+    def _run_iteration(
+        self,
+        inst: _Instance,
+        snapshot: BatchSnapshot,
+        batch_size: int,
+        new_tokens: int,
+        context_tokens: int,
+        done_kind: int,
+    ) -> None:
+        decision = inst.controller.decide(snapshot)
+        clock = decision.clock_mhz
+        cost = self.model.cost(snapshot.phase, batch_size, new_tokens, context_tokens, clock)
+        latency_s = cost.latency_s
+        stats = inst.stats
+        stats.busy_s += latency_s
+        stats.busy_energy_j += cost.energy_j
+        stats.iterations += 1
+        residency = stats.clock_busy_s
+        residency[clock] = residency.get(clock, 0.0) + latency_s
+        if self.record_timeline:
+            stats.timeline.append((self.now_s, clock))
+        inst.clock_mhz = clock
+        inst.busy = True
+        record = IterationRecord(snapshot, decision, clock, self.now_s, latency_s, cost.energy_j)
+        self._push(self.now_s + latency_s, done_kind, inst, record)
+
+    def _prefill_done(self, inst: _PrefillInstance, record: IterationRecord) -> None:
+        inst.busy = False
+        inst.controller.observe(record)
+        now_s = self.now_s
+        for request, chunk in inst.batch:
+            request.prefilled += chunk
+            inst.pending_tokens -= chunk
+            if request.prefilled == request.input_tokens:
+                self._prefill_finished(request, now_s)
+            else:
+                request.queued = QueuedRequest(
+                    request.request_id, request.input_tokens - request.prefilled, request.arrival_s
+                )
+        inst.batch = []
+        if inst.waiting:
+            self._start_prefill(inst)
+
+    def _prefill_finished(self, request: SimRequest, now_s: float) -> None:
+        request.first_token_s = now_s
+        request.generated = 1
+        if request.output_tokens <= 1:
+            request.finish_s = now_s
+            return
+        request.context_tokens = request.input_tokens
+        inst = self._choose(request, self.decode, self.decode_route)
+        assert isinstance(inst, _DecodeInstance)
+        inst.in_transfer += 1
+        self._push(now_s + self.cluster.kv_transfer_s(request.input_tokens), _DECODE_ARRIVE, inst, request)
+
+    # --- decode -------------------------------------------------------------------------------------------
+    def _decode_arrive(self, inst: _DecodeInstance, request: SimRequest) -> None:
+        inst.in_transfer -= 1
+        inst.admit.append(request)
+        if not inst.busy:
+            self._start_decode(inst)
+
+    def _admit(self, inst: _DecodeInstance) -> None:
+        admit = inst.admit
+        running = inst.running
+        capacity = self.kv_capacity
+        limit = self.cluster.max_decode_batch
+        while admit and len(running) < limit:
+            request = admit[0]
+            need = request.input_tokens + request.output_tokens
+            if running and inst.kv_reserved + need > capacity:
+                break
+            admit.popleft()
+            inst.kv_reserved += need
+            inst.kv_sum += request.context_tokens
+            running.append(request)
+
+    def _start_decode(self, inst: _DecodeInstance) -> None:
+        if inst.admit:
+            self._admit(inst)
+        running = inst.running
+        if not running:
+            return
+        batch_size = len(running)
+        scheduled = tuple([ScheduledRequest(r.request_id, 1, r.context_tokens, r.arrival_s) for r in running])
+        inst.iteration += 1
+        kv_tokens = inst.kv_sum
+        snapshot = BatchSnapshot(
+            Phase.DECODE,
+            scheduled,
+            tuple(r.queued for r in inst.admit),
+            self.now_s,
+            batch_size,
+            kv_tokens,
+            inst.iteration,
+            inst.stats.instance_id,
+        )
+        # The performance model pads the batch to the next CUDA-graph capture size itself.
+        self._run_iteration(inst, snapshot, batch_size, batch_size, kv_tokens, _DECODE_DONE)
+
+    def _decode_done(self, inst: _DecodeInstance, record: IterationRecord) -> None:
+        inst.busy = False
+        inst.controller.observe(record)
+        now_s = self.now_s
+        running = inst.running
+        continuing = len(running)
+        finished = False
+        for request in running:
+            if request.generated == 1:
+                # This request's first decoded token: its gap includes KV transfer and admission waits.
+                self.gap_s.append(now_s - request.first_token_s)
+                self.gap_count.append(1)
+                continuing -= 1
+            request.generated += 1
+            request.context_tokens += 1
+            if request.generated >= request.output_tokens:
+                request.finish_s = now_s
+                finished = True
+        if continuing:
+            self.gap_s.append(record.latency_s)
+            self.gap_count.append(continuing)
+        inst.kv_sum += len(running)
+        if finished:
+            keep = []
+            for request in running:
+                if request.finish_s >= 0.0:
+                    inst.kv_reserved -= request.input_tokens + request.output_tokens
+                    inst.kv_sum -= request.context_tokens
+                else:
+                    keep.append(request)
+            inst.running = keep
+        if inst.running or inst.admit:
+            self._start_decode(inst)

@@ -1,0 +1,151 @@
+"""Summaries of a simulation: energy, latency percentiles, SLO attainment and clock residency.
+
+Definitions (also in the README):
+- TTFT of a request: from its arrival until its prefill ends (the first token is produced by prefill).
+- ITL of a request: its mean inter-token gap, ``(finish - first token) / (output_tokens - 1)`` (often called
+  TPOT); the gap before the first decoded token includes the KV transfer and decode admission wait.
+  Requests with a single output token have no ITL and meet the ITL objective trivially.
+- ITL percentiles in the tables are over every inter-token gap of every request (token-weighted).
+- SLO attainment: the share of requests whose TTFT <= SLO TTFT **and** ITL <= SLO ITL.
+- Energy: all instances (all their GPUs) from the first arrival to the last completion, idle time at idle
+  power; J/token is per output token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from voltana.core.types import Phase, Slo
+from voltana.sim.cluster import ClusterOutcome
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """p50/p90/p99 of one latency (s)."""
+
+    p50_s: float
+    p90_s: float
+    p99_s: float
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """One policy on one workload: the numbers of one table row."""
+
+    policy: str
+    rate_rps: float
+    num_requests: int
+    output_tokens: int
+    span_s: float
+    energy_j: float
+    prefill_energy_j: float
+    decode_energy_j: float
+    joules_per_token: float
+    ttft: LatencySummary
+    itl: LatencySummary
+    slo_attainment: float
+    ttft_attainment: float
+    itl_attainment: float
+    clock_residency: dict[str, dict[int, float]]
+    iterations: int
+    saving_vs_static_max: float | None = None
+    timeline: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (clock keys become strings, the timeline is left out)."""
+        data = asdict(self)
+        data.pop("timeline")
+        data["clock_residency"] = {
+            phase: {str(k): v for k, v in shares.items()} for phase, shares in self.clock_residency.items()
+        }
+        return data
+
+
+def weighted_percentiles(
+    values: Sequence[float], weights: Sequence[int], levels: Sequence[float]
+) -> list[float]:
+    """Percentiles (levels in %) of ``values`` each repeated ``weights`` times (lower interpolation)."""
+    if not values:
+        return [float("nan")] * len(levels)
+    v = np.asarray(values, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    order = np.argsort(v, kind="stable")
+    v, w = v[order], w[order]
+    cumulative = np.cumsum(w)
+    total = cumulative[-1]
+    return [float(v[min(len(v) - 1, int(np.searchsorted(cumulative, q / 100.0 * total)))]) for q in levels]
+
+
+def _summary(values: Sequence[float] | np.ndarray, weights: Sequence[int] | None = None) -> LatencySummary:
+    if weights is None:
+        if len(values) == 0:
+            return LatencySummary(float("nan"), float("nan"), float("nan"))
+        p50, p90, p99 = (float(x) for x in np.percentile(np.asarray(values), [50, 90, 99]))
+    else:
+        p50, p90, p99 = weighted_percentiles(values, weights, (50, 90, 99))
+    return LatencySummary(p50, p90, p99)
+
+
+def request_latencies(outcome: ClusterOutcome) -> tuple[np.ndarray, np.ndarray]:
+    """Per-request TTFT and mean ITL (s); ITL is 0 for single-token outputs."""
+    reqs = outcome.requests
+    ttft = np.fromiter((r.first_token_s - r.arrival_s for r in reqs), np.float64, len(reqs))
+    itl = np.fromiter(
+        (
+            (r.finish_s - r.first_token_s) / (r.output_tokens - 1) if r.output_tokens > 1 else 0.0
+            for r in reqs
+        ),
+        np.float64,
+        len(reqs),
+    )
+    return ttft, itl
+
+
+def summarize(policy: str, rate_rps: float, outcome: ClusterOutcome, slo: Slo) -> PolicyResult:
+    """The table row of one run (``saving_vs_static_max`` is filled in by the caller with the baseline)."""
+    ttft, itl = request_latencies(outcome)
+    meets_ttft = ttft <= slo.ttft_s + 1e-12
+    meets_itl = itl <= slo.itl_s + 1e-12
+    energy = {Phase.PREFILL: 0.0, Phase.DECODE: 0.0}
+    busy_by_clock: dict[str, dict[int, float]] = {Phase.PREFILL.value: {}, Phase.DECODE.value: {}}
+    timeline: dict[str, list[tuple[float, int]]] = {}
+    iterations = 0
+    for stats in outcome.instances:
+        idle_s = max(0.0, outcome.span_s - stats.busy_s)
+        energy[stats.phase] += stats.busy_energy_j + outcome.idle_power_w * idle_s
+        iterations += stats.iterations
+        residency = busy_by_clock[stats.phase.value]
+        for clock, seconds in stats.clock_busy_s.items():
+            residency[clock] = residency.get(clock, 0.0) + seconds
+        if stats.timeline:
+            timeline[stats.instance_id] = stats.timeline
+    shares = {
+        phase: {clock: seconds / total for clock, seconds in sorted(by_clock.items())}
+        for phase, by_clock in busy_by_clock.items()
+        if (total := sum(by_clock.values())) > 0
+    }
+    output_tokens = int(sum(r.output_tokens for r in outcome.requests))
+    total_j = energy[Phase.PREFILL] + energy[Phase.DECODE]
+    return PolicyResult(
+        policy=policy,
+        rate_rps=rate_rps,
+        num_requests=len(outcome.requests),
+        output_tokens=output_tokens,
+        span_s=outcome.span_s,
+        energy_j=total_j,
+        prefill_energy_j=energy[Phase.PREFILL],
+        decode_energy_j=energy[Phase.DECODE],
+        joules_per_token=total_j / max(1, output_tokens),
+        ttft=_summary(ttft),
+        itl=_summary(outcome.decode_gap_s, outcome.decode_gap_count),
+        slo_attainment=float(np.mean(meets_ttft & meets_itl)),
+        ttft_attainment=float(np.mean(meets_ttft)),
+        itl_attainment=float(np.mean(meets_itl)),
+        clock_residency=shares,
+        iterations=iterations,
+        timeline=timeline,
+    )

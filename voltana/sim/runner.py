@@ -1,0 +1,191 @@
+"""Running policies on a workload: policy specs, controllers built by the production factory, rate sweeps.
+
+A policy spec is ``<clock policy>[+<decode route>]`` (e.g. ``static-max``, ``voltana-paper``,
+``ecofreq+ecoroute``); the prefill route and an unspecified decode route come from
+:data:`DEFAULT_ROUTES` for the clock policy. ``oracle`` names the hindsight oracle (see
+:mod:`voltana.sim.oracle`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from voltana.core.config import VoltanaConfig
+from voltana.core.types import Phase, Slo
+from voltana.sim.cluster import ClusterSimulation, ClusterSpec, Controller, RoutingSpec
+from voltana.sim.metrics import PolicyResult, summarize
+from voltana.sim.workload import Workload
+
+DEFAULT_POLICIES: tuple[str, ...] = ("static-max", "static-min", "voltana-paper", "ecofreq+ecoroute")
+ORACLE = "oracle"
+PAPER_MIN_CLOCK_MHZ = 1005
+"""VoltanaLLM's lowest profiled A100 clock (arXiv 2509.04827): the default lower bound of the clock range."""
+
+DEFAULT_ROUTES: dict[str, tuple[str, str]] = {
+    # clock policy -> (prefill route, decode route)
+    "static-max": ("round-robin", "round-robin"),
+    "static-min": ("round-robin", "round-robin"),
+    "static": ("round-robin", "round-robin"),
+    "voltana-paper": ("random", "ecoroute-paper"),  # the paper's router: random prefill, EcoRoute decode
+    "ecofreq": ("predicted-ttft", "ecoroute"),
+}
+FALLBACK_ROUTES = ("round-robin", "round-robin")
+
+
+class SimulationError(ValueError):
+    """A simulation the user asked for that cannot run; ``str()`` is one line."""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """Clock policy per phase (with options) and routing: one column of the comparison."""
+
+    name: str
+    prefill_clock: str
+    decode_clock: str
+    prefill_route: str
+    decode_route: str
+    prefill_options: Mapping[str, Any] = field(default_factory=dict)
+    decode_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def clock_policy(self, phase: Phase) -> tuple[str, Mapping[str, Any]]:
+        """The clock policy name and its options for ``phase``."""
+        if phase is Phase.PREFILL:
+            return self.prefill_clock, self.prefill_options
+        return self.decode_clock, self.decode_options
+
+
+def parse_policy(text: str, prefill_route: str | None = None) -> PolicySpec:
+    """``clock[+decode_route]`` -> a spec with default routes for the clock policy."""
+    clock, _, decode = text.strip().partition("+")
+    if not clock:
+        raise SimulationError(f"empty policy name in {text!r}; expected <clock policy>[+<decode route>]")
+    default_prefill, default_decode = DEFAULT_ROUTES.get(clock, FALLBACK_ROUTES)
+    return PolicySpec(
+        name=text.strip(),
+        prefill_clock=clock,
+        decode_clock=clock,
+        prefill_route=prefill_route or default_prefill,
+        decode_route=decode or default_decode,
+    )
+
+
+def static_spec(prefill_clock_mhz: int, decode_clock_mhz: int, name: str = ORACLE) -> PolicySpec:
+    """Both phases pinned (static policy), default baseline routing."""
+    prefill_route, decode_route = DEFAULT_ROUTES["static"]
+    return PolicySpec(
+        name=name,
+        prefill_clock="static",
+        decode_clock="static",
+        prefill_route=prefill_route,
+        decode_route=decode_route,
+        prefill_options={"static_clock_mhz": prefill_clock_mhz},
+        decode_options={"static_clock_mhz": decode_clock_mhz},
+    )
+
+
+def allowed_clocks_mhz(config: VoltanaConfig, model: Any) -> tuple[int, ...]:
+    """The clocks policies may use: ``clocks.allowed_mhz`` or the supported clocks in [min_mhz, max_mhz]."""
+    supported = tuple(model.supported_clocks_mhz)
+    if config.clocks.allowed_mhz:
+        chosen = tuple(sorted(f for f in set(config.clocks.allowed_mhz) if f in supported))
+    else:
+        low = config.clocks.min_mhz or supported[0]
+        high = config.clocks.max_mhz or supported[-1]
+        chosen = tuple(f for f in supported if low <= f <= high)
+    if not chosen:
+        raise SimulationError(
+            f"no supported clock of {model.name} in the configured range; supported: "
+            f"{supported[0]}..{supported[-1]} MHz"
+        )
+    return chosen
+
+
+def with_clock_policy(config: VoltanaConfig, policy: str, options: Mapping[str, Any]) -> VoltanaConfig:
+    """``config`` with ``policy.clock`` and extra ``policy.options`` replaced (config is frozen)."""
+    merged = {**config.policy.options, **options}
+    new_policy = config.policy.model_copy(update={"clock": policy, "options": merged})
+    return config.model_copy(update={"policy": new_policy})
+
+
+def _build_controller(
+    config: VoltanaConfig, phase: Phase, instance_id: str, model: Any, hook: Any
+) -> Controller:
+    from voltana.plugins.ecofreq import build_controller
+
+    controller: Controller = build_controller(config, phase, instance_id, model, hook)
+    return controller
+
+
+@dataclass
+class SimulationSetup:
+    """Everything but the policy: cluster, SLOs, base config, plugin hook, seed."""
+
+    cluster: ClusterSpec
+    config: VoltanaConfig
+    hook: Any
+    seed: int = 0
+
+    @property
+    def slo(self) -> Slo:
+        """The SLOs from the config."""
+        return Slo(self.config.slo.ttft_s, self.config.slo.itl_s)
+
+
+def run_policy(
+    setup: SimulationSetup,
+    spec: PolicySpec,
+    workload: Workload,
+    rate_rps: float | None = None,
+    record_timeline: bool = False,
+    progress: Callable[[float], None] | None = None,
+) -> PolicyResult:
+    """Simulate ``workload`` under ``spec``: real controllers per instance, routing through the hook."""
+    model = setup.cluster.model
+    clocks = allowed_clocks_mhz(setup.config, model)
+    configs = {
+        phase: with_clock_policy(setup.config, *spec.clock_policy(phase))
+        for phase in (Phase.PREFILL, Phase.DECODE)
+    }
+    controllers: dict[str, Controller] = {}
+
+    def factory(phase: Phase, instance_id: str) -> Controller:
+        controller = _build_controller(configs[phase], phase, instance_id, model, setup.hook)
+        controllers[instance_id] = controller
+        return controller
+
+    options = {
+        "allowed_clocks_mhz": clocks,
+        "max_clock_mhz": clocks[-1],
+        "safety_margin": setup.config.policy.safety_margin,
+        **setup.config.policy.options,
+    }
+    routing = RoutingSpec(spec.prefill_route, spec.decode_route, options)
+    predictors: dict[str, Any] = {}
+    simulation = ClusterSimulation(
+        workload,
+        setup.cluster,
+        factory,
+        setup.hook,
+        setup.slo,
+        routing,
+        seed=setup.seed,
+        record_timeline=record_timeline,
+        route_predictors=predictors,
+    )
+    for instance_id, controller in controllers.items():
+        predictor = getattr(controller, "predictor", None)
+        if predictor is not None:
+            predictors[instance_id] = predictor
+    outcome = simulation.run(progress)
+    return summarize(spec.name, rate_rps if rate_rps is not None else workload.rate_rps, outcome, setup.slo)
+
+
+def with_savings(results: Sequence[PolicyResult], baseline: str = "static-max") -> list[PolicyResult]:
+    """``results`` with ``saving_vs_static_max`` = 1 - energy / baseline energy (if the baseline ran)."""
+    base = next((r for r in results if r.policy == baseline), None)
+    if base is None or base.energy_j <= 0:
+        return list(results)
+    return [replace(r, saving_vs_static_max=1.0 - r.energy_j / base.energy_j) for r in results]
