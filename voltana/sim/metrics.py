@@ -66,7 +66,7 @@ class PolicyResult:
 
 
 def weighted_percentiles(
-    values: Sequence[float], weights: Sequence[int], levels: Sequence[float]
+    values: Sequence[float] | np.ndarray, weights: Sequence[int], levels: Sequence[float]
 ) -> list[float]:
     """Percentiles (levels in %) of ``values`` each repeated ``weights`` times (lower interpolation)."""
     if not values:
