@@ -1,0 +1,317 @@
+"""The router's HTTP face (FastAPI): OpenAI endpoints, health, Prometheus metrics and the admin API."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from voltana.core.config import RouterConfig, VoltanaConfig
+from voltana.core.types import Phase, Slo
+from voltana.router.choice import InstanceChooser
+from voltana.router.disconnect import ClientGone, until_disconnect
+from voltana.router.errors import RouterError, error_body
+from voltana.router.instances import InstanceRegistry, parse_endpoint
+from voltana.router.observability import RouterMetrics, extract_context, tracer_for
+from voltana.router.polling import Poller
+from voltana.router.proxy import BackendRejected, DecodeResult, Proxy
+from voltana.router.validation import Kind, decode_json, parse_request
+
+log = logging.getLogger("voltana.router")
+ENDPOINTS: dict[str, Kind] = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
+
+
+@dataclass
+class RouterState:
+    """Everything the endpoints share; built by :func:`build_router_app`, started by its lifespan."""
+
+    config: RouterConfig
+    registry: InstanceRegistry
+    chooser: InstanceChooser
+    metrics: RouterMetrics
+    tracer: trace.Tracer
+    known_policies: dict[str, set[str]]
+    client: httpx.AsyncClient | None = None
+    poller: Poller | None = None
+    proxy: Proxy | None = None
+    draining: bool = False
+    inflight: int = 0
+
+
+def build_registry(config: RouterConfig) -> InstanceRegistry:
+    """Instances from config (raises ValueError naming a malformed entry)."""
+    default_port = config.bootstrap_port if config.backend == "sglang" else None
+    return InstanceRegistry(
+        [parse_endpoint(u, default_port) for u in config.prefill],
+        [parse_endpoint(u) for u in config.decode],
+        eject_after_failures=config.eject_after_failures,
+        readmit_after_successes=config.readmit_after_successes,
+        stale_after_s=config.stale_after_s,
+        max_inflight_per_instance=config.max_inflight_per_instance,
+    )
+
+
+def build_router_app(
+    config: VoltanaConfig,
+    hook: Any,
+    *,
+    tracer_provider: trace.TracerProvider | None = None,
+    known_policies: dict[str, set[str]] | None = None,
+    seed: int | None = None,
+) -> FastAPI:
+    """The router app for ``config.router``; ``hook`` is ``pm.hook`` (routing policies are plugins)."""
+    rc = config.router
+    registry = build_registry(rc)
+    chooser = InstanceChooser(
+        hook,
+        registry,
+        prefill_policy=config.policy.prefill_route,
+        decode_policy=config.policy.decode_route,
+        slo=Slo(config.slo.ttft_s, config.slo.itl_s),
+        options=config.policy.options,
+        seed=seed,
+    )
+    state = RouterState(
+        rc, registry, chooser, RouterMetrics(), tracer_for(tracer_provider), known_policies or {}
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=4096, keepalive_expiry=30)
+        timeout = httpx.Timeout(rc.request_timeout_s, connect=rc.connect_timeout_s)
+        async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
+            poll_timeout = httpx.Timeout(max(rc.poll_interval_s, 1.0), connect=rc.connect_timeout_s)
+            async with httpx.AsyncClient(timeout=poll_timeout, trust_env=False) as poll_client:
+                state.client = client
+                state.proxy = Proxy(
+                    backend=rc.backend,
+                    registry=registry,
+                    chooser=chooser,
+                    client=client,
+                    metrics=state.metrics,
+                    tracer=state.tracer,
+                    max_retries=rc.max_retries,
+                    request_timeout_s=rc.request_timeout_s,
+                    kv_transfer_params=rc.kv_transfer_params,
+                )
+                state.poller = Poller(registry, poll_client, rc.backend, rc.poll_interval_s)
+                await state.poller.poll_all()
+                state.poller.start()
+                try:
+                    yield
+                finally:
+                    await state.poller.stop()
+
+    app = FastAPI(title="voltana router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.router = state
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse(error_body(exc.status_code, message), status_code=exc.status_code)
+
+    @app.exception_handler(RouterError)
+    async def _router_error(request: Request, exc: RouterError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected router error on %s", request.url.path)
+        state.metrics.errors.labels("internal").inc()
+        return JSONResponse(error_body(500, f"internal router error: {type(exc).__name__}"), status_code=500)
+
+    async def openai_endpoint(request: Request) -> Response:
+        kind = ENDPOINTS[request.url.path]
+        try:
+            response = await _serve(state, request, kind)
+        except RouterError as exc:
+            kind_label = "bad_request" if exc.status < 429 else None
+            if kind_label:
+                state.metrics.errors.labels(kind_label).inc()
+            response = exc.response()
+        state.metrics.requests.labels(kind, str(response.status_code)).inc()
+        return response
+
+    for path in ENDPOINTS:
+        app.add_api_route(path, openai_endpoint, methods=["POST"], include_in_schema=False)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        limits = state.registry.model_limits()
+        names = sorted(set(rc.served_models) or set(limits))
+        data = [
+            {"id": n, "object": "model", "owned_by": "voltana", "created": 0, "max_model_len": limits.get(n)}
+            for n in names
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/health")
+    async def health() -> Response:
+        phases = {p.value: len(state.registry.usable(p)) for p in Phase}
+        ok = not state.draining and all(phases.values())
+        body = {"status": "ok" if ok else ("draining" if state.draining else "degraded"), "instances": phases}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        for inst in state.registry:
+            state.metrics.instance_admitted.labels(inst.instance_id, inst.phase.value, inst.url).set(
+                1 if inst.admitted else 0
+            )
+            state.metrics.instance_inflight.labels(inst.instance_id, inst.phase.value).set(inst.inflight)
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    _add_admin_routes(app, state)
+    return app
+
+
+async def _serve(state: RouterState, request: Request, kind: Kind) -> Response:
+    """One OpenAI request: validate, route, forward; errors become RouterError (4xx/5xx with a message)."""
+    arrived = time.perf_counter()
+    if state.draining:
+        raise RouterError(503, "router is shutting down; retry on another router", code="draining")
+    parsed = parse_request(
+        kind, decode_json(await request.body()), _served_models(state), state.config.max_tokens_limit
+    )
+    assert state.proxy is not None
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    span = state.tracer.start_span(
+        f"POST {request.url.path}",
+        context=extract_context(headers),
+        kind=SpanKind.SERVER,
+        attributes={"gen_ai.request.model": parsed.model, "gen_ai.operation.name": kind},
+    )
+    ex = state.proxy.new_exchange(parsed, headers, span)
+    span.set_attribute("voltana.request.id", ex.request_id)
+    state.inflight += 1
+    state.metrics.inflight.inc()
+    streaming = False
+
+    def done() -> None:
+        state.inflight -= 1
+        state.metrics.inflight.dec()
+        span.end()
+
+    try:
+        try:
+            result: DecodeResult = await until_disconnect(request, state.proxy.run(ex))
+        except ClientGone:
+            state.metrics.errors.labels("client_disconnect").inc()
+            span.set_status(Status(StatusCode.ERROR, "client disconnected"))
+            return Response(status_code=499)
+        except BackendRejected as exc:
+            return Response(exc.content, status_code=exc.status, media_type=exc.content_type)
+        except RouterError as exc:
+            span.set_status(Status(StatusCode.ERROR, exc.message))
+            raise
+        span.set_attribute("voltana.decode.instance", result.instance.instance_id)
+        state.metrics.added_latency.observe(max(0.0, time.perf_counter() - arrived - ex.upstream_s))
+        headers_out = {"x-request-id": ex.request_id}
+        if result.body is not None:
+            return Response(
+                json.dumps(result.body).encode(), media_type="application/json", headers=headers_out
+            )
+        streaming = True
+        return StreamingResponse(
+            state.proxy.stream(ex, result, done), media_type="text/event-stream", headers=headers_out
+        )
+    finally:
+        if not streaming:
+            done()
+
+
+def _served_models(state: RouterState) -> dict[str, int | None]:
+    limits = state.registry.model_limits()
+    if state.config.served_models:
+        return {m: limits.get(m) for m in state.config.served_models}
+    return limits
+
+
+def _add_admin_routes(app: FastAPI, state: RouterState) -> None:
+    """``/admin/*``: list instances, change a routing policy, drain or resume an instance (bearer token)."""
+
+    def authorize(request: Request) -> None:
+        token = state_token(state)
+        if token is None:
+            raise RouterError(403, "admin API is disabled: set router.admin_token to enable it")
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise RouterError(401, "admin API needs 'Authorization: Bearer <router.admin_token>'")
+
+    @app.get("/admin/instances")
+    async def list_instances(request: Request) -> Response:
+        authorize(request)
+        rows = [
+            {
+                "id": i.instance_id,
+                "phase": i.phase.value,
+                "url": i.url,
+                "admitted": i.admitted,
+                "draining": i.draining,
+                "inflight": i.inflight,
+                "consecutive_failures": i.consecutive_failures,
+                "polled_age_s": round(time.monotonic() - i.polled_at_s, 3) if i.report else None,
+            }
+            for i in state.registry
+        ]
+        policies = {p.value: state.chooser.policy(p) for p in Phase}
+        return JSONResponse({"instances": rows, "policies": policies})
+
+    @app.post("/admin/policy")
+    async def set_policy(request: Request) -> Response:
+        authorize(request)
+        body = decode_json(await request.body())
+        changes: dict[Phase, str] = {}
+        for phase in Phase:
+            name = body.get(phase.value)
+            if name is None:
+                continue
+            known = state.known_policies.get("route")
+            if not isinstance(name, str) or (known and name not in known):
+                choices = ", ".join(sorted(known or ()))
+                raise RouterError(400, f"unknown routing policy {name!r} for {phase.value}; known: {choices}")
+            changes[phase] = name
+        if not changes:
+            raise RouterError(400, "give 'prefill' and/or 'decode' policy names")
+        for phase, name in changes.items():
+            state.chooser.set_policy(phase, name)
+            log.warning("routing policy for %s set to %s", phase.value, name)
+        return JSONResponse({"policies": {p.value: state.chooser.policy(p) for p in Phase}})
+
+    async def set_draining(request: Request, draining: bool) -> Response:
+        authorize(request)
+        instance_id = request.path_params["instance_id"]
+        inst = state.registry.by_id.get(instance_id)
+        if inst is None:
+            raise RouterError(404, f"no instance {instance_id!r}; known: {', '.join(state.registry.by_id)}")
+        inst.draining = draining
+        inst.touch()
+        log.warning("instance %s %s", instance_id, "draining" if draining else "resumed")
+        return JSONResponse({"id": instance_id, "draining": draining, "inflight": inst.inflight})
+
+    @app.post("/admin/instances/{instance_id}/drain")
+    async def drain(request: Request) -> Response:
+        return await set_draining(request, True)
+
+    @app.post("/admin/instances/{instance_id}/resume")
+    async def resume(request: Request) -> Response:
+        return await set_draining(request, False)
+
+
+def state_token(state: RouterState) -> str | None:
+    """The configured admin token (None: admin API disabled)."""
+    token = state.config.admin_token
+    return token.get_secret_value() if token is not None and token.get_secret_value() else None

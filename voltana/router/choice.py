@@ -1,0 +1,103 @@
+"""The routing decision: the ``voltana_choose_instance`` hook over the routable instances of one phase.
+
+Policies are plugins (``voltana.plugins.routing``, ``voltana.plugins.ecoroute``, or a third party's); this
+module only builds the candidates and the :class:`RouteContext`, times the call and guards against a policy
+that answers nothing usable (then the least-loaded candidate is taken and the miss is counted).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from voltana.core.contexts import RouteContext
+from voltana.core.types import Phase, RouteRequest, Slo
+from voltana.router.instances import Instance, InstanceRegistry
+
+log = logging.getLogger("voltana.router")
+
+
+class NoInstanceError(Exception):
+    """No instance of a phase can take the request; ``saturated`` when some exist but are all full."""
+
+    def __init__(self, phase: Phase, saturated: bool, message: str) -> None:
+        super().__init__(message)
+        self.phase = phase
+        self.saturated = saturated
+
+
+class InstanceChooser:
+    """Chooses prefill and decode instances through the plugin hook; policies can change at run time."""
+
+    def __init__(
+        self,
+        hook: Any,
+        registry: InstanceRegistry,
+        *,
+        prefill_policy: str,
+        decode_policy: str,
+        slo: Slo,
+        options: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.hook = hook
+        self.registry = registry
+        rng = random.Random(seed)
+        self.contexts = {
+            Phase.PREFILL: RouteContext(
+                prefill_policy, Phase.PREFILL, slo, rng=rng, options=dict(options or {})
+            ),
+            Phase.DECODE: RouteContext(
+                decode_policy, Phase.DECODE, slo, rng=rng, options=dict(options or {})
+            ),
+        }
+        self.fallbacks = 0
+        self.last_decision_ns = 0
+
+    def policy(self, phase: Phase) -> str:
+        """The policy name in use for ``phase``."""
+        return self.contexts[phase].policy
+
+    def set_policy(self, phase: Phase, name: str) -> None:
+        """Switch the policy of ``phase`` (its scratch state is reset)."""
+        ctx = self.contexts[phase]
+        ctx.policy = name
+        ctx.state.clear()
+
+    def choose(self, phase: Phase, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> Instance:
+        """The instance that serves ``request`` in ``phase``; raises :class:`NoInstanceError`."""
+        start_ns = time.perf_counter_ns()
+        routable = self.registry.routable(phase, exclude)
+        if not routable:
+            usable = [i for i in self.registry.usable(phase) if i.instance_id not in exclude]
+            total = len(self.registry.by_phase[phase])
+            if usable:
+                raise NoInstanceError(
+                    phase,
+                    True,
+                    f"all {len(usable)} {phase.value} instances are saturated "
+                    f"({self.registry.max_inflight_per_instance} requests in flight each); retry later",
+                )
+            raise NoInstanceError(
+                phase, False, f"no healthy {phase.value} instance (0 of {total} available); retry later"
+            )
+        chosen = routable[0]
+        if len(routable) > 1:
+            candidates = self.registry.views(routable)
+            try:
+                picked = self.hook.voltana_choose_instance(
+                    request=request, candidates=candidates, ctx=self.contexts[phase]
+                )
+            except Exception:
+                log.exception("routing policy %r raised; using the least-loaded instance", self.policy(phase))
+                picked = None
+            found = next((i for i in routable if i.instance_id == picked), None) if picked else None
+            if found is None:
+                self.fallbacks += 1
+                found = min(routable, key=lambda i: i.inflight)
+            chosen = found
+        self.last_decision_ns = time.perf_counter_ns() - start_ns
+        return chosen

@@ -1,0 +1,125 @@
+"""Background polling of every instance: load (vLLM ``/metrics`` or SGLang ``/v1/loads``), served models,
+voltana's own state (``GET /voltana/state`` when the adapter exposes it), and health probes of ejected ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Literal
+
+import httpx
+
+from voltana.router.instances import Instance, InstanceRegistry
+from voltana.router.load_parsing import LoadReport, parse_sglang_loads, parse_vllm_metrics
+
+log = logging.getLogger("voltana.router")
+
+Backend = Literal["vllm", "sglang"]
+SGLANG_LOADS_PATH = "/v1/loads?include=core,memory,disagg,queues"
+VOLTANA_STATE_PATH = "/voltana/state"
+MODELS_REFRESH_POLLS = 20
+
+
+async def fetch_load(client: httpx.AsyncClient, inst: Instance, backend: Backend) -> LoadReport:
+    """One load poll; raises ``httpx.HTTPError`` or ``ValueError`` on failure."""
+    if backend == "vllm":
+        response = await client.get(inst.url + "/metrics")
+        response.raise_for_status()
+        return parse_vllm_metrics(response.text)
+    response = await client.get(inst.url + SGLANG_LOADS_PATH)
+    response.raise_for_status()
+    return parse_sglang_loads(response.json())
+
+
+def parse_models(payload: Any) -> dict[str, int | None]:
+    """``{model id: max_model_len or None}`` from an OpenAI ``/v1/models`` answer."""
+    found: dict[str, int | None] = {}
+    for entry in payload.get("data", []) if isinstance(payload, dict) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            max_len = entry.get("max_model_len")
+            found[entry["id"]] = max_len if isinstance(max_len, int) and max_len > 0 else None
+    return found
+
+
+class Poller:
+    """Polls every instance every ``interval_s``; one failed poll counts as one failure of the instance."""
+
+    def __init__(
+        self, registry: InstanceRegistry, client: httpx.AsyncClient, backend: Backend, interval_s: float
+    ) -> None:
+        self.registry = registry
+        self.client = client
+        self.backend = backend
+        self.interval_s = interval_s
+        self.polls = 0
+        self._voltana_state: dict[str, bool] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the loop on the running event loop (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="voltana-router-poller")
+
+    async def stop(self) -> None:
+        """Stop the loop and wait for it."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self.poll_all()
+            await asyncio.sleep(self.interval_s)
+
+    async def poll_all(self) -> None:
+        """Poll every instance once, concurrently."""
+        refresh_models = self.polls % MODELS_REFRESH_POLLS == 0
+        await asyncio.gather(*(self.poll_one(inst, refresh_models) for inst in self.registry))
+        self.polls += 1
+
+    async def poll_one(self, inst: Instance, refresh_models: bool = False) -> None:
+        """Poll one instance: a health probe while ejected, load (+ models, voltana state) otherwise."""
+        if not inst.admitted:
+            await self._probe(inst)
+            if not inst.admitted:
+                return
+            refresh_models = True
+        try:
+            report = await fetch_load(self.client, inst, self.backend)
+            if refresh_models or not inst.models:
+                response = await self.client.get(inst.url + "/v1/models")
+                response.raise_for_status()
+                inst.models = parse_models(response.json())
+            if self._voltana_state.get(inst.instance_id, True):
+                await self._fetch_voltana_state(inst)
+        except (httpx.HTTPError, ValueError) as exc:
+            self.registry.record_failure(inst, f"poll failed: {type(exc).__name__}: {exc}")
+            return
+        self.registry.record_report(inst, report)
+        self.registry.record_success(inst)
+
+    async def _probe(self, inst: Instance) -> None:
+        try:
+            response = await self.client.get(inst.url + "/health")
+            ok = response.status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        self.registry.record_probe(inst, ok)
+
+    async def _fetch_voltana_state(self, inst: Instance) -> None:
+        response = await self.client.get(inst.url + VOLTANA_STATE_PATH)
+        if response.status_code == 404:
+            self._voltana_state[inst.instance_id] = False  # this engine has no voltana state endpoint
+            return
+        response.raise_for_status()
+        state = response.json()
+        clock = state.get("sm_clock_mhz") if isinstance(state, dict) else None
+        sizes = state.get("capture_sizes") if isinstance(state, dict) else None
+        inst.sm_clock_mhz = clock if isinstance(clock, int) else None
+        if isinstance(sizes, list) and all(isinstance(s, int) for s in sizes):
+            inst.capture_sizes = tuple(sorted(sizes))
+        inst.touch()

@@ -1,0 +1,398 @@
+"""Forwarding one client request through a (prefill, decode) pair, with retries, for vLLM and SGLang.
+
+vLLM: the prefill instance gets the request with ``max_tokens=1`` (and, NIXL-style, ``kv_transfer_params =
+{"do_remote_decode": true}``); the ``kv_transfer_params`` it returns are copied into the decode request.
+With a connector that exchanges nothing (shared storage) the prefill answer carries no params and the decode
+request goes out unchanged. SGLang: the same request, plus ``bootstrap_host``/``bootstrap_port``/
+``bootstrap_room`` (random 63-bit), goes to both instances at once; the answer is streamed from decode.
+
+Retries: a failed prefill, or a decode that fails before any output reached the client, is retried on other
+instances (``max_retries``). A decode that dies mid-stream ends the stream with an OpenAI error event, so no
+request is ever lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from voltana.core.types import Phase, RouteRequest
+from voltana.router.choice import InstanceChooser, NoInstanceError
+from voltana.router.errors import RouterError, UpstreamError, error_body
+from voltana.router.instances import Instance, InstanceRegistry
+from voltana.router.observability import RouterMetrics, inject_headers
+from voltana.router.polling import Backend
+from voltana.router.validation import ParsedRequest
+
+log = logging.getLogger("voltana.router")
+FORWARDED_HEADERS = ("authorization",)
+EVENT_END = b"\n\n"
+
+
+class BackendRejected(Exception):  # noqa: N818 - an answer to pass through, not a failure
+    """An engine answered 4xx: the request itself is at fault; passed through to the client as is."""
+
+    def __init__(self, status: int, content: bytes, content_type: str) -> None:
+        super().__init__(f"engine rejected the request with {status}")
+        self.status = status
+        self.content = content
+        self.content_type = content_type
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Per-request bookkeeping: id, headers to forward, time spent waiting on engines (s)."""
+
+    request_id: str
+    parsed: ParsedRequest
+    headers: dict[str, str]
+    span: trace.Span
+    upstream_s: float = 0.0
+    attempts: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class DecodeResult:
+    """The decode instance's answer: a JSON body, or an open event stream whose first event was read."""
+
+    instance: Instance
+    body: dict[str, Any] | None = None
+    first_events: bytes = b""
+    events: AsyncIterator[bytes] | None = None
+    response: httpx.Response | None = None
+    span: trace.Span | None = None
+    prefill_task: asyncio.Task[Any] | None = None
+    released: bool = False
+
+
+def vllm_prefill_body(body: dict[str, Any], kv_transfer_params: bool) -> dict[str, Any]:
+    """The prefill request of vLLM P/D: one token, not streamed, asking the engine to keep KV for decode."""
+    prefill = dict(body)
+    prefill["max_tokens"] = 1
+    if "max_completion_tokens" in prefill:
+        prefill["max_completion_tokens"] = 1
+    prefill["stream"] = False
+    prefill.pop("stream_options", None)
+    prefill.pop("min_tokens", None)
+    if kv_transfer_params:
+        prefill["kv_transfer_params"] = {
+            "do_remote_decode": True,
+            "do_remote_prefill": False,
+            "remote_engine_id": None,
+            "remote_block_ids": None,
+            "remote_host": None,
+            "remote_port": None,
+        }
+    return prefill
+
+
+def sglang_bodies(
+    body: dict[str, Any], prefill: Instance, room: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(prefill body, decode body) of SGLang P/D: the request plus the bootstrap fields of ``prefill``."""
+    decode = dict(body)
+    decode["bootstrap_host"] = prefill.endpoint.host
+    decode["bootstrap_port"] = prefill.endpoint.bootstrap_port
+    decode["bootstrap_room"] = room
+    prefill_body = dict(decode)
+    prefill_body["stream"] = False
+    prefill_body.pop("stream_options", None)
+    return prefill_body, decode
+
+
+class Proxy:
+    """Runs requests through the P/D pairs of one backend kind."""
+
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        registry: InstanceRegistry,
+        chooser: InstanceChooser,
+        client: httpx.AsyncClient,
+        metrics: RouterMetrics,
+        tracer: trace.Tracer,
+        max_retries: int,
+        request_timeout_s: float,
+        kv_transfer_params: bool,
+    ) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.chooser = chooser
+        self.client = client
+        self.metrics = metrics
+        self.tracer = tracer
+        self.max_retries = max_retries
+        self.request_timeout_s = request_timeout_s
+        self.kv_transfer_params = kv_transfer_params
+
+    def new_exchange(self, parsed: ParsedRequest, incoming: dict[str, str], span: trace.Span) -> Exchange:
+        """Bookkeeping for one request; keeps the client's ``X-Request-Id`` when it sent one."""
+        request_id = incoming.get("x-request-id") or f"voltana-{uuid.uuid4().hex}"
+        headers = {"x-request-id": request_id, "content-type": "application/json"}
+        for name in FORWARDED_HEADERS:
+            if name in incoming:
+                headers[name] = incoming[name]
+        return Exchange(request_id, parsed, headers, span)
+
+    async def run(self, ex: Exchange) -> DecodeResult:
+        """Serve ``ex`` on some (P, D) pair, retrying failed instances; raises RouterError/BackendRejected."""
+        route = RouteRequest(
+            ex.request_id, ex.parsed.input_tokens, ex.parsed.max_tokens or 0, time.monotonic()
+        )
+        excluded: dict[Phase, set[str]] = {Phase.PREFILL: set(), Phase.DECODE: set()}
+        last: UpstreamError | None = None
+        for _ in range(1 + self.max_retries):
+            try:
+                if self.backend == "vllm":
+                    return await self._attempt_vllm(ex, route, excluded)
+                return await self._attempt_sglang(ex, route, excluded)
+            except UpstreamError as exc:
+                last = exc
+                failed = self.registry.by_id[exc.instance_id]
+                self.registry.record_failure(failed, str(exc))
+                excluded[failed.phase].add(failed.instance_id)
+                ex.attempts.append(str(exc))
+                self.metrics.errors.labels("upstream").inc()
+                log.info("request %s: %s; retrying elsewhere", ex.request_id, exc)
+            except NoInstanceError as exc:
+                if exc.saturated and last is None:
+                    self.metrics.errors.labels("saturated").inc()
+                    raise RouterError(
+                        429, str(exc), code="overloaded", headers={"retry-after": "1"}
+                    ) from None
+                self.metrics.errors.labels("no_instance").inc()
+                detail = f"; last failure: {last}" if last else ""
+                raise RouterError(503, f"{exc}{detail}", code="no_instance") from None
+        raise RouterError(
+            502,
+            f"request failed on {len(ex.attempts)} attempts: {'; '.join(ex.attempts)}",
+            code="upstream_failed",
+        )
+
+    def _choose(self, phase: Phase, route: RouteRequest, excluded: dict[Phase, set[str]]) -> Instance:
+        inst = self.chooser.choose(phase, route, frozenset(excluded[phase]))
+        self.metrics.decisions.labels(phase.value, self.chooser.policy(phase), inst.instance_id).inc()
+        self.metrics.decision_time.labels(phase.value).observe(self.chooser.last_decision_ns * 1e-9)
+        return inst
+
+    async def _attempt_vllm(
+        self, ex: Exchange, route: RouteRequest, excluded: dict[Phase, set[str]]
+    ) -> DecodeResult:
+        decode = self._choose(Phase.DECODE, route, excluded)
+        self.registry.acquire(decode)  # reserved while its prefill runs
+        try:
+            prefill = self._choose(Phase.PREFILL, route, excluded)
+            answer = await self._call_json(
+                ex, prefill, vllm_prefill_body(ex.parsed.body, self.kv_transfer_params)
+            )
+        finally:
+            self.registry.release(decode)
+        body = ex.parsed.body
+        params = answer.get("kv_transfer_params")
+        if params:
+            body = dict(body, kv_transfer_params=params)
+        return await self._decode(ex, decode, body)
+
+    async def _attempt_sglang(
+        self, ex: Exchange, route: RouteRequest, excluded: dict[Phase, set[str]]
+    ) -> DecodeResult:
+        decode = self._choose(Phase.DECODE, route, excluded)
+        prefill = self._choose(Phase.PREFILL, route, excluded)
+        prefill_body, decode_body = sglang_bodies(ex.parsed.body, prefill, secrets.randbits(63))
+        prefill_task = asyncio.create_task(self._call_json(ex, prefill, prefill_body))
+        decode_task = asyncio.create_task(self._decode(ex, decode, decode_body))
+        try:
+            await asyncio.wait((prefill_task, decode_task), return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            prefill_task.cancel()
+            decode_task.cancel()
+            raise
+        if prefill_task.done() and prefill_task.exception() is not None:
+            await _cancel(decode_task, self._discard)
+            raise prefill_task.exception()  # type: ignore[misc]
+        if decode_task.exception() is not None:
+            prefill_task.cancel()
+            raise decode_task.exception()  # type: ignore[misc]
+        result = decode_task.result()
+        if prefill_task.done():
+            _ = prefill_task.result()
+        else:
+            result.prefill_task = prefill_task
+        return result
+
+    async def _discard(self, result: DecodeResult) -> None:
+        await self.finish(result)
+
+    def _instance_span(self, ex: Exchange, inst: Instance, name: str) -> trace.Span:
+        return self.tracer.start_span(
+            name,
+            context=trace.set_span_in_context(ex.span),
+            kind=SpanKind.CLIENT,
+            attributes={
+                "voltana.instance.id": inst.instance_id,
+                "voltana.instance.phase": inst.phase.value,
+                "server.address": inst.url,
+                "voltana.request.id": ex.request_id,
+            },
+        )
+
+    async def _call_json(self, ex: Exchange, inst: Instance, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to ``inst`` and return its JSON answer (a prefill, or a non-streamed decode)."""
+        span = self._instance_span(ex, inst, f"voltana.router.{inst.phase.value}")
+        headers = inject_headers(span, dict(ex.headers))
+        pending = ex.parsed.input_tokens if inst.phase is Phase.PREFILL else 0
+        self.registry.acquire(inst, pending)
+        start = time.perf_counter()
+        try:
+            response = await self.client.post(
+                inst.url + ex.parsed.path, content=json.dumps(body).encode(), headers=headers
+            )
+            if response.status_code >= 500:
+                raise UpstreamError(
+                    inst.instance_id,
+                    f"HTTP {response.status_code}: {response.text[:200]}",
+                    status=response.status_code,
+                )
+            if response.status_code >= 400:
+                raise BackendRejected(
+                    response.status_code,
+                    response.content,
+                    response.headers.get("content-type", "application/json"),
+                )
+            answer = response.json()
+            if not isinstance(answer, dict):
+                raise UpstreamError(inst.instance_id, "answer is not a JSON object")
+        except httpx.TimeoutException as exc:
+            span.set_status(Status(StatusCode.ERROR, "timeout"))
+            raise UpstreamError(inst.instance_id, f"timed out ({type(exc).__name__})") from None
+        except (httpx.HTTPError, ValueError) as exc:
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            raise UpstreamError(inst.instance_id, f"{type(exc).__name__}: {exc}") from None
+        finally:
+            ex.upstream_s += time.perf_counter() - start
+            self.registry.release(inst, pending)
+            span.end()
+        self.registry.record_success(inst)
+        return answer
+
+    async def _decode(self, ex: Exchange, inst: Instance, body: dict[str, Any]) -> DecodeResult:
+        if not ex.parsed.stream:
+            return DecodeResult(inst, body=await self._call_json(ex, inst, body))
+        span = self._instance_span(ex, inst, "voltana.router.decode")
+        headers = inject_headers(span, dict(ex.headers))
+        request = self.client.build_request(
+            "POST", inst.url + ex.parsed.path, content=json.dumps(body).encode(), headers=headers
+        )
+        self.registry.acquire(inst)
+        result = DecodeResult(inst, span=span)
+        start = time.perf_counter()
+        try:
+            response = await self.client.send(request, stream=True)
+            result.response = response
+            if response.status_code >= 400:
+                content = await response.aread()
+                if response.status_code >= 500:
+                    raise UpstreamError(inst.instance_id, f"HTTP {response.status_code}: {content[:200]!r}")
+                raise BackendRejected(
+                    response.status_code, content, response.headers.get("content-type", "application/json")
+                )
+            result.events = _complete_events(response.aiter_bytes())
+            result.first_events = await anext(result.events, b"")
+            if not result.first_events:
+                raise UpstreamError(inst.instance_id, "stream ended before any event")
+        except BaseException as exc:
+            await self.finish(result)
+            if isinstance(exc, httpx.TimeoutException):
+                raise UpstreamError(inst.instance_id, f"timed out ({type(exc).__name__})") from None
+            if isinstance(exc, httpx.HTTPError):
+                raise UpstreamError(inst.instance_id, f"{type(exc).__name__}: {exc}") from None
+            raise
+        finally:
+            ex.upstream_s += time.perf_counter() - start
+        self.registry.record_success(inst)
+        return result
+
+    async def stream(
+        self, ex: Exchange, result: DecodeResult, on_end: Callable[[], None]
+    ) -> AsyncIterator[bytes]:
+        """The client's event stream: the first event(s), then the rest; a mid-stream failure ends it with an
+        OpenAI error event. Cancellation (client gone) closes the engine stream, so the engine aborts it.
+        """
+        try:
+            yield result.first_events
+            assert result.events is not None
+            try:
+                async for chunk in result.events:
+                    yield chunk
+            except httpx.HTTPError as exc:
+                inst = result.instance
+                self.registry.record_failure(inst, f"stream broke: {type(exc).__name__}")
+                self.metrics.errors.labels("upstream").inc()
+                message = f"decode instance {inst.instance_id} failed mid-stream ({type(exc).__name__}); " + (
+                    "the output above is incomplete, retry the request"
+                )
+                log.warning("request %s: %s", ex.request_id, message)
+                if result.span is not None:
+                    result.span.set_status(Status(StatusCode.ERROR, message))
+                payload = error_body(502, message, code="upstream_stream_broken")
+                yield b"data: " + json.dumps(payload).encode() + EVENT_END
+        finally:
+            await self.finish(result)
+            on_end()
+
+    async def finish(self, result: DecodeResult) -> None:
+        """Close the engine stream, release the decode instance, settle a pending SGLang prefill (once)."""
+        if result.released:
+            return
+        result.released = True
+        if result.response is not None:
+            await result.response.aclose()
+        if result.span is not None:
+            self.registry.release(result.instance)
+            result.span.end()
+        if result.prefill_task is not None:
+            task = result.prefill_task
+            if not task.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), timeout=5.0)
+                except (TimeoutError, asyncio.CancelledError):
+                    task.cancel()
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.info("SGLang prefill finished with an error after decode: %s", task.exception())
+
+
+async def _cancel(task: asyncio.Task[DecodeResult], cleanup: Callable[[DecodeResult], Any]) -> None:
+    """Cancel ``task``; if it already produced a result, clean that result up."""
+    if not task.done():
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):
+            return
+    if not task.cancelled() and task.exception() is None:
+        await cleanup(task.result())
+
+
+async def _complete_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Regroup a byte stream into whole server-sent events (each ending in a blank line)."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        cut = pending.rfind(EVENT_END)
+        if cut >= 0:
+            yield pending[: cut + 2]
+            pending = pending[cut + 2 :]
+    if pending:
+        yield pending
