@@ -30,7 +30,7 @@ _INVALID_LABEL = re.compile(r"[^a-zA-Z0-9_]")
 
 
 def prometheus_name(metric: Metric) -> str:
-    """The Prometheus family name of ``metric`` (without the ``_total`` counter suffix)."""
+    """The Prometheus name of ``metric`` (counters get ``_total`` on top, in :func:`render_prometheus`)."""
     name = _INVALID_NAME.sub("_", metric.name)
     word = UNIT_WORDS.get(metric.unit or "", "")
     if word and not name.endswith("_" + word):
@@ -69,12 +69,9 @@ def _number(value: float) -> str:
 
 def _family_lines(name: str, metric: Metric) -> tuple[str, list[str]]:
     data = metric.data
-    if isinstance(data, Sum) and data.is_monotonic:
-        return "counter", [
-            f"{name}_total{_labels(p.attributes)} {_number(p.value)}" for p in data.data_points
-        ]
     if isinstance(data, (Sum, Gauge)):
-        return "gauge", [f"{name}{_labels(p.attributes)} {_number(p.value)}" for p in data.data_points]
+        kind = "counter" if isinstance(data, Sum) and data.is_monotonic else "gauge"
+        return kind, [f"{name}{_labels(p.attributes)} {_number(p.value)}" for p in data.data_points]
     if isinstance(data, Histogram):
         lines: list[str] = []
         for point in data.data_points:
@@ -98,6 +95,8 @@ def render_prometheus(metrics_data: MetricsData | None) -> str:
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 name = prometheus_name(metric)
+                if isinstance(metric.data, Sum) and metric.data.is_monotonic:
+                    name += "_total"  # text format 0.0.4: the TYPE line names the sample, suffix included
                 kind, lines = _family_lines(name, metric)
                 if name in families:
                     families[name][2].extend(lines)
