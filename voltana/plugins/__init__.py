@@ -15,6 +15,9 @@ from voltana.core.plugin_manager import make_plugin_manager
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "voltana.plugins.doctor",
     "voltana.plugins.static_clock",
+    "voltana.plugins.ecofreq",
+    "voltana.plugins.paper_policy",
+    "voltana.plugins.profile_command",
     "voltana.plugins.telemetry",
     "voltana.plugins.routing",
     "voltana.plugins.ecoroute",

@@ -1,0 +1,117 @@
+"""The per-instance frequency controller: one clock decision per iteration, learning from each result.
+
+``decide`` asks the clock-choice hook (the configured policy) and always returns a usable decision: a policy
+that answers nothing, answers a clock outside the allowed set, or raises, yields the max clock with a reason.
+``observe`` feeds the measured latency (and energy) back into the predictors, then broadcasts the record to
+``voltana_iteration_finished`` observers (telemetry). Neither ever raises into the engine.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from voltana.core.contexts import ClockContext
+from voltana.core.predictor import EnergyPredictor, LatencyPredictor
+from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason, IterationRecord, Phase, Slo
+
+logger = logging.getLogger(__name__)
+
+APPLIED_CLOCK_KEY = "applied_clock_mhz"
+"""``ClockContext.state`` key where the controller records the clock the last iteration really ran at."""
+
+
+class FrequencyController:
+    """Chooses the SM clock of one engine instance for each iteration (see module docstring).
+
+    Invariant: every returned ``clock_mhz`` is one of ``allowed_clocks_mhz``.
+    """
+
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        phase: Phase,
+        allowed_clocks_mhz: Sequence[int],
+        slo: Slo,
+        policy: str,
+        hook: Any,
+        predictor: LatencyPredictor,
+        power_model: Any | None = None,
+        options: Mapping[str, Any] | None = None,
+        safety_margin: float = 0.1,
+    ) -> None:
+        clocks = tuple(sorted({int(c) for c in allowed_clocks_mhz}))
+        if not clocks or clocks[0] <= 0:
+            raise ValueError("allowed_clocks_mhz must contain at least one positive clock")
+        if not 0.0 <= safety_margin < 1.0:
+            raise ValueError(f"safety_margin must be in [0, 1), got {safety_margin}")
+        for name, model in (("predictor", predictor), ("power_model", power_model)):
+            grid = getattr(model, "clocks_mhz", clocks)
+            if model is not None and tuple(grid) != clocks:
+                raise ValueError(f"{name} is built on clocks {tuple(grid)}, not the allowed clocks {clocks}")
+        merged = {"safety_margin": safety_margin, **(options or {})}
+        self.hook = hook
+        self.predictor = predictor
+        self.power_model = power_model
+        self.ctx = ClockContext(
+            policy=policy,
+            instance_id=instance_id,
+            phase=phase,
+            allowed_clocks_mhz=clocks,
+            slo=slo,
+            predictor=predictor,
+            power_model=power_model,
+            options=merged,
+        )
+        self._allowed = frozenset(clocks)
+        self._policy_failed = False
+        self._observer_failed = False
+
+    @property
+    def allowed_clocks_mhz(self) -> tuple[int, ...]:
+        """The ascending clock set every decision is drawn from (MHz)."""
+        return self.ctx.allowed_clocks_mhz
+
+    def decide(self, snapshot: BatchSnapshot) -> ClockDecision:
+        """The clock for the iteration in ``snapshot``; never raises."""
+        try:
+            decision: ClockDecision | None = self.hook.voltana_choose_clock(snapshot=snapshot, ctx=self.ctx)
+        except Exception:
+            if not self._policy_failed:
+                logger.exception("clock policy %r failed; using the max clock", self.ctx.policy)
+                self._policy_failed = True
+            return ClockDecision(self.ctx.max_clock_mhz, DecisionReason.NO_POLICY, self.ctx.policy)
+        if decision is None:
+            return ClockDecision(self.ctx.max_clock_mhz, DecisionReason.NO_POLICY, self.ctx.policy)
+        if decision.clock_mhz not in self._allowed:
+            return ClockDecision(
+                self._round_up(decision.clock_mhz),
+                decision.reason,
+                decision.policy,
+                decision.predicted_latency_s,
+                decision.predicted_energy_j,
+            )
+        return decision
+
+    def observe(self, record: IterationRecord) -> None:
+        """Learn from a finished iteration, then broadcast it to observers; never raises."""
+        self.ctx.state[APPLIED_CLOCK_KEY] = record.applied_clock_mhz
+        try:
+            if record.snapshot.requests and record.latency_s > 0.0:
+                self.predictor.observe_iteration(record.snapshot, record.applied_clock_mhz, record.latency_s)
+                if isinstance(self.power_model, EnergyPredictor) and record.energy_j is not None:
+                    self.power_model.observe_iteration(
+                        record.snapshot, record.applied_clock_mhz, record.energy_j
+                    )
+            self.hook.voltana_iteration_finished(record=record)
+        except Exception:
+            if not self._observer_failed:
+                logger.exception("iteration observer failed (reported once per controller)")
+                self._observer_failed = True
+
+    def _round_up(self, clock_mhz: int) -> int:
+        clocks = self.ctx.allowed_clocks_mhz
+        return clocks[min(bisect.bisect_left(clocks, clock_mhz), len(clocks) - 1)]

@@ -1,0 +1,185 @@
+"""EcoPred: per-phase predictors of one iteration's latency (s) and energy (J) at every allowed clock.
+
+Features (``x0``, ``x1``) per phase: prefill (tokens computed in the batch, and their causal-attention work,
+which grows with context tokens already cached by chunked prefill and with the prompt length), decode
+(batch size, KV tokens read = sum of context lengths). Decode fits
+are split into batch-size segments (default: the engine's CUDA-graph capture sizes, where latency steps).
+Each predictor is built on the controller's allowed clocks (profiled clocks interpolated in 1/f) and then
+adapts online from measured iterations (:class:`voltana.core.rls.ClockwiseRls`). It reports its recent
+error (MAPE) and the feature range it has seen, so policies can stop trusting it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from typing import Self
+
+from voltana.core.profile import Profile, Target
+from voltana.core.rls import AdaptationSettings, ClockwiseRls
+from voltana.core.types import BatchSnapshot, Phase
+
+SEEN_RANGE_SLACK = 1.25
+"""A batch up to this factor beyond the largest profiled or observed features still counts as seen."""
+
+
+def prefill_attention_work(num_new_tokens: float, num_context_tokens: float, batch_size: int) -> float:
+    """Causal-attention token pairs of a prefill batch from its aggregates: ``n * (c + n / 2) / batch_size``.
+
+    Exact when the batch's requests are alike; it carries the context of chunked prefill and the quadratic
+    cost of long prompts into a feature the linear model can use.
+    """
+    return num_new_tokens * (num_context_tokens + 0.5 * num_new_tokens) / max(batch_size, 1)
+
+
+def features(snapshot: BatchSnapshot) -> tuple[float, float]:
+    """(x0, x1) of an iteration: prefill (new tokens, attention work); decode (batch size, KV tokens)."""
+    if snapshot.phase is Phase.PREFILL:
+        n = float(snapshot.num_new_tokens)
+        return n, prefill_attention_work(n, float(snapshot.num_context_tokens), len(snapshot.requests))
+    return float(len(snapshot.requests)), float(snapshot.num_context_tokens)
+
+
+class ClockTable:
+    """One phase's per-(segment, clock) model of one target on a fixed ascending clock grid.
+
+    Invariant: ``clocks_mhz`` is ascending and every prediction list is in that order.
+    """
+
+    target: Target = "latency_s"
+
+    def __init__(
+        self,
+        phase: Phase,
+        clocks_mhz: Sequence[int],
+        segment_ends: Sequence[int],
+        model: ClockwiseRls,
+        max_x0: float,
+        max_x1: float,
+    ) -> None:
+        clocks = tuple(int(c) for c in clocks_mhz)
+        if not clocks or list(clocks) != sorted(set(clocks)):
+            raise ValueError(f"clocks_mhz must be non-empty, ascending and distinct, got {clocks}")
+        if len(segment_ends) != model.num_segments or any(len(seg) != len(clocks) for seg in model.rows):
+            raise ValueError("model table shape must be [len(segment_ends)][len(clocks_mhz)]")
+        self.phase = phase
+        self.clocks_mhz = clocks
+        self.segment_ends = tuple(int(e) for e in segment_ends)
+        self.model = model
+        self.max_x0 = float(max_x0)
+        self.max_x1 = float(max_x1)
+        self._index = {c: i for i, c in enumerate(clocks)}
+        self._last_segment = len(self.segment_ends) - 1
+
+    @classmethod
+    def from_profile(
+        cls,
+        profile: Profile,
+        phase: Phase,
+        clocks_mhz: Sequence[int],
+        settings: AdaptationSettings | None = None,
+    ) -> Self:
+        """Seed from ``profile``'s fits of ``phase``, re-sampled onto ``clocks_mhz``."""
+        if phase not in profile.phases:
+            raise ValueError(f"profile has no {phase.value} fits")
+        fit = profile.phases[phase]
+        table = profile.coefficients_on(phase, cls.target, clocks_mhz)
+        x0_scale, x1_scale = max(fit.max_x0, 1.0), max(fit.max_x1, 1.0)
+        typical = [seg[-1][0] * x0_scale + seg[-1][1] * x1_scale + seg[-1][2] for seg in table]
+        model = ClockwiseRls(table, (x0_scale, x1_scale), max(*typical, 1e-9), settings)
+        return cls(phase, clocks_mhz, fit.segment_ends, model, fit.max_x0, fit.max_x1)
+
+    def segment_of(self, x0: float) -> int:
+        """Segment index for feature ``x0`` (tokens for prefill, batch size for decode)."""
+        return min(bisect.bisect_left(self.segment_ends, x0), self._last_segment)
+
+    def clock_index(self, clock_mhz: int) -> int:
+        """Index of ``clock_mhz`` in the grid, or of the nearest grid clock."""
+        idx = self._index.get(clock_mhz)
+        if idx is not None:
+            return idx
+        return min(range(len(self.clocks_mhz)), key=lambda i: abs(self.clocks_mhz[i] - clock_mhz))
+
+    def values(self, x0: float, x1: float) -> list[float]:
+        """Predictions at every grid clock (ascending clocks)."""
+        return self.model.predict_all(self.segment_of(x0), x0, x1)
+
+    def value_at(self, x0: float, x1: float, clock_mhz: int) -> float:
+        """Prediction at any clock: grid clocks directly, others interpolated linearly in 1/f."""
+        segment = self.segment_of(x0)
+        idx = self._index.get(clock_mhz)
+        if idx is not None or len(self.clocks_mhz) == 1:
+            return self.model.predict(segment, 0 if idx is None else idx, x0, x1)
+        clocks = self.clocks_mhz
+        hi = min(max(bisect.bisect_left(clocks, clock_mhz), 1), len(clocks) - 1)
+        lo = hi - 1
+        w = (1.0 / clock_mhz - 1.0 / clocks[lo]) / (1.0 / clocks[hi] - 1.0 / clocks[lo])
+        lo_v = self.model.predict(segment, lo, x0, x1)
+        hi_v = self.model.predict(segment, hi, x0, x1)
+        return max(0.0, (1.0 - w) * lo_v + w * hi_v)
+
+    def observe(self, x0: float, x1: float, clock_mhz: int, measured: float) -> bool:
+        """Learn from one measured iteration at ``clock_mhz``; False when rejected (outlier or invalid)."""
+        if not math.isfinite(measured) or measured <= 0.0:
+            return False
+        accepted = self.model.update(self.segment_of(x0), self.clock_index(clock_mhz), x0, x1, measured)
+        if accepted:
+            self.max_x0 = max(self.max_x0, x0)
+            self.max_x1 = max(self.max_x1, x1)
+        return accepted
+
+    def covers(self, x0: float, x1: float) -> bool:
+        """Whether (x0, x1) lies within the profiled/observed range (with :data:`SEEN_RANGE_SLACK`)."""
+        return x0 <= self.max_x0 * SEEN_RANGE_SLACK and x1 <= self.max_x1 * SEEN_RANGE_SLACK
+
+    def recent_mape(self) -> float:
+        """Rolling MAPE of a-priori predictions (fraction; NaN before any observation)."""
+        return self.model.recent_mape()
+
+    @property
+    def num_observations(self) -> int:
+        """Measurements seen (accepted or not)."""
+        return self.model.num_observations
+
+
+class LatencyPredictor(ClockTable):
+    """EcoPred latency model of one phase; satisfies :class:`voltana.core.contexts.LatencyModel`."""
+
+    target: Target = "latency_s"
+
+    def predict_latency_s(self, snapshot: BatchSnapshot, clock_mhz: int) -> float:
+        """Predicted duration of the iteration in ``snapshot`` at ``clock_mhz`` (s)."""
+        x0, x1 = features(snapshot)
+        return self.value_at(x0, x1, clock_mhz)
+
+    def latencies_s(self, snapshot: BatchSnapshot) -> list[float]:
+        """Predicted iteration duration at every grid clock (s, ascending clocks)."""
+        x0, x1 = features(snapshot)
+        return self.model.predict_all(self.segment_of(x0), x0, x1)
+
+    def observe_iteration(self, snapshot: BatchSnapshot, clock_mhz: int, latency_s: float) -> bool:
+        """Learn from a measured iteration duration (s) at the applied clock."""
+        x0, x1 = features(snapshot)
+        return self.observe(x0, x1, clock_mhz, latency_s)
+
+
+class EnergyPredictor(ClockTable):
+    """Energy model of one phase (J per iteration, whole instance), learnt and seeded like latency."""
+
+    target: Target = "energy_j"
+
+    def predict_energy_j(self, snapshot: BatchSnapshot, clock_mhz: int) -> float:
+        """Predicted energy of the iteration in ``snapshot`` at ``clock_mhz`` (J)."""
+        x0, x1 = features(snapshot)
+        return self.value_at(x0, x1, clock_mhz)
+
+    def energies_j(self, snapshot: BatchSnapshot) -> list[float]:
+        """Predicted iteration energy at every grid clock (J, ascending clocks)."""
+        x0, x1 = features(snapshot)
+        return self.model.predict_all(self.segment_of(x0), x0, x1)
+
+    def observe_iteration(self, snapshot: BatchSnapshot, clock_mhz: int, energy_j: float) -> bool:
+        """Learn from a measured iteration energy (J) at the applied clock."""
+        x0, x1 = features(snapshot)
+        return self.observe(x0, x1, clock_mhz, energy_j)

@@ -1,0 +1,269 @@
+"""EcoFreq, voltana's default clock policy (``policy.clock = "ecofreq"``).
+
+Prefill: the current batch finishes after its predicted latency; every waiting request is then served
+first-come first-served in iterations of at most ``prefill_token_budget`` tokens, each predicted with the same
+per-clock line. A clock is feasible when every running and queued request would get its first token within
+``TTFT * (1 - safety_margin)`` of its arrival; among feasible clocks the one with the least predicted energy
+wins. The paper's rule instead jumps to the max clock whenever anything waits.
+
+Decode: feasible clocks have predicted ITL <= ``ITL * (1 - safety_margin)``; the least predicted energy wins
+(energy vs clock is U-shaped, so that is not always the lowest feasible clock).
+
+Guardrails (``policy.options``): the max clock when the predictor's recent MAPE exceeds ``mape_limit`` or the
+batch lies outside what it has seen; a switch costs ``clock_change_latency_s`` of predicted latency; after a
+change the clock dwells ``min_dwell_s`` and moves for energy only when it saves more than ``hysteresis``
+(moving up to meet an SLO is never delayed); an idle instance gets the lowest clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from voltana.core.contexts import ClockContext, PolicyInfo
+from voltana.core.hookspecs import hookimpl
+from voltana.core.predictor import ClockTable, features
+from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason, Phase
+
+POLICY_NAME = "ecofreq"
+_STATE_KEY = "ecofreq"
+
+
+@dataclass(frozen=True, slots=True)
+class EcoFreqOptions:
+    """Guardrail knobs from ``policy.options`` (unknown keys belong to other policies and are ignored)."""
+
+    safety_margin: float = 0.1
+    """Share of the SLO kept in reserve (``policy.safety_margin``)."""
+    mape_limit: float = 0.15
+    """Recent predictor MAPE (fraction) above which the max clock is used."""
+    min_observations: int = 16
+    """Observations before the MAPE guardrail applies (a seeded predictor is trusted until then)."""
+    min_dwell_s: float = 0.05
+    """After a change, energy-motivated moves wait this long (s)."""
+    hysteresis: float = 0.03
+    """Relative predicted-energy saving needed to leave the current (feasible) clock."""
+    clock_change_latency_s: float = 0.001
+    """Predicted latency cost of changing the clock for one iteration (s)."""
+    prefill_token_budget: int = 8192
+    """Tokens per prefill iteration the engine schedules (vLLM/SGLang chunked-prefill budget)."""
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> EcoFreqOptions:
+        """Options from ``policy.options``; raises ValueError naming a key with a bad value."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in options:
+                raw = options[f.name]
+                try:
+                    values[f.name] = (
+                        int(raw) if f.name in {"min_observations", "prefill_token_budget"} else float(raw)
+                    )
+                except (TypeError, ValueError):
+                    raise ValueError(f"policy.options.{f.name} must be a number, got {raw!r}") from None
+        opts = cls(**values)
+        if not 0.0 <= opts.safety_margin < 1.0 or opts.prefill_token_budget < 1 or opts.hysteresis < 0:
+            raise ValueError(
+                "policy.options: need 0 <= safety_margin < 1, hysteresis >= 0, token budget >= 1"
+            )
+        return opts
+
+
+class EcoFreqState:
+    """Per-instance state: parsed options, SLO bounds and the clock currently held."""
+
+    __slots__ = ("bound_s", "clock_index", "held_since_s", "opts")
+
+    def __init__(self, ctx: ClockContext) -> None:
+        self.opts = EcoFreqOptions.from_mapping(ctx.options)
+        self.bound_s = ctx.slo.for_phase(ctx.phase) * (1.0 - self.opts.safety_margin)
+        self.clock_index: int | None = None
+        self.held_since_s = -math.inf
+
+
+def state_of(ctx: ClockContext) -> EcoFreqState:
+    """The policy's state for this instance (created on first use)."""
+    state = ctx.state.get(_STATE_KEY)
+    if state is None:
+        state = ctx.state[_STATE_KEY] = EcoFreqState(ctx)
+    return state
+
+
+def predictor_trusted(predictor: ClockTable, opts: EcoFreqOptions, x0: float, x1: float) -> bool:
+    """False when the predictor's recent error is too high or (x0, x1) lies beyond what it has seen."""
+    if not predictor.covers(x0, x1):
+        return False
+    return predictor.num_observations < opts.min_observations or not predictor.recent_mape() > opts.mape_limit
+
+
+def queue_groups(
+    snapshot: BatchSnapshot, budget: int, deadline_s: float
+) -> tuple[list[int], list[float], list[float], int]:
+    """The waiting queue as prefill iterations: per iteration that completes some request's prompt,
+    (iteration number m >= 1, cumulative attention work after it, tightest remaining deadline in s), plus the
+    total queued tokens. Requests are served in order, ``budget`` tokens per iteration."""
+    iters: list[int] = []
+    attention: list[float] = []
+    slack: list[float] = []
+    tokens = 0
+    work = 0.0
+    current = 0
+    offset = deadline_s - snapshot.now_s
+    for q in snapshot.waiting:
+        p = q.prompt_tokens
+        tokens += p
+        work += 0.5 * p * p
+        m = -(-tokens // budget)
+        r = q.arrival_time_s + offset
+        if m == current:
+            attention[-1] = work
+            slack[-1] = min(slack[-1], r)
+        else:
+            iters.append(m)
+            attention.append(work)
+            slack.append(r)
+            current = m
+    return iters, attention, slack, tokens
+
+
+def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
+    st = state_of(ctx)
+    clocks = ctx.allowed_clocks_mhz
+    top = len(clocks) - 1
+    if snapshot.is_idle:
+        return _hold(st, 0, snapshot.now_s, ClockDecision(clocks[0], DecisionReason.IDLE, POLICY_NAME))
+    predictor: ClockTable | None = ctx.predictor
+    if predictor is None:
+        return _hold(
+            st,
+            top,
+            snapshot.now_s,
+            ClockDecision(clocks[top], DecisionReason.PREDICTOR_UNTRUSTED, POLICY_NAME),
+        )
+    x0, x1 = features(snapshot)
+    opts = st.opts
+    if not predictor_trusted(predictor, opts, x0, x1):
+        return _hold(
+            st,
+            top,
+            snapshot.now_s,
+            ClockDecision(clocks[top], DecisionReason.PREDICTOR_UNTRUSTED, POLICY_NAME),
+        )
+    has_batch = bool(snapshot.requests)
+    latency = predictor.values(x0, x1) if has_batch else [0.0] * len(clocks)
+    energy_model: ClockTable | None = ctx.power_model
+    if energy_model is not None and has_batch:
+        energy = energy_model.values(x0, x1)
+    elif energy_model is not None:
+        b = float(opts.prefill_token_budget)
+        energy = energy_model.values(b, 0.5 * b * b)
+    else:
+        energy = [float(i) for i in range(len(clocks))]  # no energy model: rank lower clocks first
+    report = energy if energy_model is not None else None
+    held = st.clock_index
+    change_s = opts.clock_change_latency_s
+
+    if ctx.phase is Phase.PREFILL:
+        check = _prefill_checker(snapshot, ctx, st, predictor, latency, has_batch)
+    else:
+        bound = st.bound_s
+
+        def check(k: int) -> int:
+            cost = latency[k] + (change_s if k != held else 0.0)
+            return 0 if cost <= bound else 1
+
+    cheapest = min(range(len(clocks)), key=energy.__getitem__)
+    queue_blocked = False
+    chosen = -1
+    for k in sorted(range(len(clocks)), key=energy.__getitem__):
+        verdict = check(k)
+        if verdict == 0:
+            chosen = k
+            break
+        queue_blocked = queue_blocked or verdict == 2
+    if chosen < 0:
+        return _hold(
+            st, top, snapshot.now_s, _decision(clocks, top, DecisionReason.INFEASIBLE, latency, report)
+        )
+    if held is not None and held != chosen and check(held) == 0:
+        dwelling = snapshot.now_s - st.held_since_s < opts.min_dwell_s
+        small_gain = energy[chosen] >= energy[held] * (1.0 - opts.hysteresis)
+        if dwelling or small_gain:
+            return _decision(clocks, held, DecisionReason.HYSTERESIS, latency, report)
+    if chosen == cheapest:
+        reason = DecisionReason.ENERGY_OPTIMAL
+    else:
+        reason = DecisionReason.QUEUE_BOUND if queue_blocked else DecisionReason.SLO_BOUND
+    return _hold(st, chosen, snapshot.now_s, _decision(clocks, chosen, reason, latency, report))
+
+
+def _prefill_checker(
+    snapshot: BatchSnapshot,
+    ctx: ClockContext,
+    st: EcoFreqState,
+    predictor: ClockTable,
+    latency: list[float],
+    has_batch: bool,
+) -> Callable[[int], int]:
+    """A feasibility test per clock index: 0 feasible, 1 the batch misses TTFT, 2 a queued request does."""
+    opts = st.opts
+    held = st.clock_index
+    change_s = opts.clock_change_latency_s
+    budget = opts.prefill_token_budget
+    if has_batch:
+        oldest = min(r.arrival_time_s for r in snapshot.requests)
+        batch_slack = oldest + st.bound_s - snapshot.now_s
+    else:
+        batch_slack = math.inf
+    iters, attention, slack, total = queue_groups(snapshot, budget, st.bound_s)
+    if iters:
+        segment = predictor.segment_of(float(budget))
+        lines = [predictor.model.effective_row(segment, k) for k in range(len(latency))]
+    groups = tuple(zip(iters, attention, slack, strict=True))
+
+    def check(k: int) -> int:
+        done = latency[k] + (change_s if k != held else 0.0)
+        if done > batch_slack:
+            return 1
+        if groups:
+            c0, c1, c2 = lines[k]
+            for m, work, deadline in groups:
+                tokens = m * budget if m * budget < total else total
+                if done + c0 * tokens + c1 * work + c2 * m > deadline:
+                    return 2
+        return 0
+
+    return check
+
+
+def _decision(
+    clocks: tuple[int, ...], k: int, reason: DecisionReason, latency: list[float], energy: list[float] | None
+) -> ClockDecision:
+    return ClockDecision(clocks[k], reason, POLICY_NAME, latency[k], None if energy is None else energy[k])
+
+
+def _hold(st: EcoFreqState, k: int, now_s: float, decision: ClockDecision) -> ClockDecision:
+    if st.clock_index != k:
+        st.clock_index = k
+        st.held_since_s = now_s
+    return decision
+
+
+@hookimpl
+def voltana_choose_clock(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision | None:
+    if ctx.policy != POLICY_NAME:
+        return None
+    return _choose(snapshot, ctx)
+
+
+@hookimpl
+def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
+    register(
+        PolicyInfo(
+            "clock",
+            POLICY_NAME,
+            "least predicted energy meeting TTFT for the whole queue (prefill) or ITL (decode); guardrails",
+        )
+    )
