@@ -34,10 +34,12 @@ PAPER_TILE_REQUESTS = 128
 
 def padded_batch_size(n: int, capture_sizes: Sequence[int], tile: int = PAPER_TILE_REQUESTS) -> int:
     """The batch size the engine actually runs for ``n`` requests: the next capture size, else whole tiles."""
+    if n <= 0:
+        return 0
     for size in capture_sizes:
         if size >= n:
             return size
-    return -(-n // tile) * tile if n > 0 else 0
+    return -(-n // tile) * tile
 
 
 def crosses_boundary(n: int, capture_sizes: Sequence[int], tile: int = PAPER_TILE_REQUESTS) -> bool:

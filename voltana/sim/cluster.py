@@ -372,8 +372,8 @@ class ClusterSimulation:
         stats.iterations += 1
         residency = stats.clock_busy_s
         residency[clock] = residency.get(clock, 0.0) + latency_s
-        if self.record_timeline:
-            stats.timeline.append((self.now_s, clock))
+        if self.record_timeline and (not stats.timeline or stats.timeline[-1][1] != clock):
+            stats.timeline.append((self.now_s, clock))  # clock changes only
         inst.clock_mhz = clock
         inst.busy = True
         record = IterationRecord(snapshot, decision, clock, self.now_s, latency_s, cost.energy_j)

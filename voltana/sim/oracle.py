@@ -4,7 +4,8 @@ The physical-limit reference for clock policies that cannot see the future. For 
 other phase pinned at the highest clock, every clock of a grid is simulated and the one with the least energy
 of that phase whose per-phase attainment (TTFT for prefill, ITL for decode) is at least the reference's is
 kept. The pair is then simulated together; while its joint SLO attainment is below the reference, the phase
-whose attainment fell short steps one grid clock up. Grid: every ``stride``-th allowed clock plus the max.
+whose attainment fell short steps one grid clock up. Grid: every ``stride``-th allowed clock (default: all)
+plus the max.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def hindsight_oracle(
     workload: Workload,
     reference: PolicyResult,
     rate_rps: float | None = None,
-    stride: int = 3,
+    stride: int = 1,
     progress: Callable[[], None] | None = None,
 ) -> OracleChoice:
     """Least-energy static (prefill, decode) clocks reaching ``reference.slo_attainment`` (see module doc)."""

@@ -87,20 +87,13 @@ def static_spec(prefill_clock_mhz: int, decode_clock_mhz: int, name: str = ORACL
 
 
 def allowed_clocks_mhz(config: VoltanaConfig, model: Any) -> tuple[int, ...]:
-    """The clocks policies may use: ``clocks.allowed_mhz`` or the supported clocks in [min_mhz, max_mhz]."""
-    supported = tuple(model.supported_clocks_mhz)
-    if config.clocks.allowed_mhz:
-        chosen = tuple(sorted(f for f in set(config.clocks.allowed_mhz) if f in supported))
-    else:
-        low = config.clocks.min_mhz or supported[0]
-        high = config.clocks.max_mhz or supported[-1]
-        chosen = tuple(f for f in supported if low <= f <= high)
-    if not chosen:
-        raise SimulationError(
-            f"no supported clock of {model.name} in the configured range; supported: "
-            f"{supported[0]}..{supported[-1]} MHz"
-        )
-    return chosen
+    """The clocks the controllers use (the controller factory's own resolution of ``config.clocks``)."""
+    from voltana.plugins.ecofreq_seed import resolve_allowed_clocks
+
+    try:
+        return resolve_allowed_clocks(config.clocks, model.supported_clocks_mhz)
+    except ValueError as exc:
+        raise SimulationError(f"{model.name}: {exc}") from None
 
 
 def with_clock_policy(config: VoltanaConfig, policy: str, options: Mapping[str, Any]) -> VoltanaConfig:
@@ -113,7 +106,7 @@ def with_clock_policy(config: VoltanaConfig, policy: str, options: Mapping[str, 
 def _build_controller(
     config: VoltanaConfig, phase: Phase, instance_id: str, model: Any, hook: Any
 ) -> Controller:
-    from voltana.plugins.ecofreq import build_controller
+    from voltana.plugins.ecofreq_seed import build_controller
 
     controller: Controller = build_controller(config, phase, instance_id, model, hook)
     return controller
@@ -189,3 +182,33 @@ def with_savings(results: Sequence[PolicyResult], baseline: str = "static-max") 
     if base is None or base.energy_j <= 0:
         return list(results)
     return [replace(r, saving_vs_static_max=1.0 - r.energy_j / base.energy_j) for r in results]
+
+
+def kv_bytes_per_token(model: Any) -> int:
+    """KV-cache bytes of one token over all layers (what a P -> D transfer moves), from the model shape."""
+    shape = getattr(model, "model", None)
+    if shape is None:
+        return int(ClusterSpec.kv_bytes_per_token)
+    return int(shape.n_layers * shape.kv_bytes_per_token_layer)
+
+
+def check_slo_feasible(model: Any, slo: Slo, workload: Workload) -> None:
+    """Raise :class:`SimulationError` when no clock can meet the SLOs even for a lone request.
+
+    ITL: a decode iteration of one request with the workload's median context at the max clock. TTFT: the
+    prefill of the workload's median prompt alone at the max clock.
+    """
+    top = model.supported_clocks_mhz[-1]
+    prompt = max(1, int(sorted(workload.input_tokens)[len(workload) // 2]))
+    decode_s = model.cost(Phase.DECODE, 1, 1, prompt, top).latency_s
+    if decode_s > slo.itl_s:
+        raise SimulationError(
+            f"impossible SLOs: ITL {slo.itl_s * 1e3:g} ms is below one decode step of {model.name} "
+            f"({decode_s * 1e3:.1f} ms at {top} MHz, batch 1)"
+        )
+    prefill_s = model.cost(Phase.PREFILL, 1, prompt, 0, top).latency_s
+    if prefill_s > slo.ttft_s:
+        raise SimulationError(
+            f"impossible SLOs: TTFT {slo.ttft_s * 1e3:g} ms is below the prefill of the median prompt "
+            f"({prompt} tokens: {prefill_s * 1e3:.1f} ms at {top} MHz) on {model.name}"
+        )

@@ -1,0 +1,224 @@
+"""``voltana simulate``: what would voltana save on this workload, on these GPUs? (a simulated P/D cluster).
+
+The command lives in a plugin (``voltana_register_commands``); the simulator itself is imported when the
+command runs, so ``voltana --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from voltana.core.hookspecs import hookimpl
+
+console = Console()
+err_console = Console(stderr=True)
+
+SYNTHETIC = "synthetic"
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _parse_rates(text: str) -> list[float]:
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise _fail(f"--rates must be comma-separated numbers (req/s), got {text!r}") from None
+    if not rates or any(not r > 0 for r in rates):
+        raise _fail(f"--rates must be positive request rates (req/s), got {text!r}")
+    return rates
+
+
+def simulate(
+    ctx: typer.Context,
+    gpu: Annotated[str, typer.Option(help="Simulated GPU type.")] = "a100-80gb",
+    model: Annotated[str, typer.Option(help="Model profile.")] = "llama-3.1-8b",
+    tp: Annotated[int | None, typer.Option(help="Tensor-parallel degree (model default if unset).")] = None,
+    prefill: Annotated[int, typer.Option("--prefill", help="Prefill instances.")] = 2,
+    decode: Annotated[int, typer.Option("--decode", help="Decode instances.")] = 2,
+    ttft: Annotated[float | None, typer.Option(help="TTFT SLO in seconds (config slo.ttft_s).")] = None,
+    itl: Annotated[float | None, typer.Option(help="ITL SLO in seconds (config slo.itl_s).")] = None,
+    workload: Annotated[
+        str, typer.Option(help="'synthetic' or a trace file (Azure CSV, generic CSV, JSONL).")
+    ] = SYNTHETIC,
+    arrivals: Annotated[str, typer.Option(help="Synthetic arrivals: poisson or bursty.")] = "poisson",
+    rate: Annotated[
+        float | None, typer.Option(help="Request rate (req/s); a trace is rescaled to it.")
+    ] = None,
+    rates: Annotated[str | None, typer.Option(help="Rate sweep, e.g. '2,4,8,12' (req/s).")] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds of arrivals (synthetic default 300; trace: all).")
+    ] = None,
+    policies: Annotated[
+        str,
+        typer.Option(help="Comma-separated <clock policy>[+<decode route>] list; 'oracle' adds the oracle."),
+    ] = "static-max,static-min,voltana-paper,ecofreq+ecoroute",
+    min_clock: Annotated[
+        int | None, typer.Option(help="Lowest clock in MHz (default: config, else the paper's 1005).")
+    ] = None,
+    max_clock: Annotated[
+        int | None, typer.Option(help="Highest clock in MHz (default: config, else max).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for workload generation and random routing.")] = 0,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG: energy and SLO vs rate, clock timeline.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")] = False,
+) -> None:
+    """Simulate a P/D cluster under several clock/routing policies and compare energy and SLO attainment."""
+    from voltana.cli import cli_state
+    from voltana.hardware.errors import UnknownProfileError
+    from voltana.hardware.simulated import performance_model
+    from voltana.plugins import get_plugin_manager
+    from voltana.sim.cluster import ClusterSpec
+    from voltana.sim.plot import plot_sweep
+    from voltana.sim.report import policy_table, residency_table, sweep_json
+    from voltana.sim.runner import (
+        PAPER_MIN_CLOCK_MHZ,
+        SimulationError,
+        SimulationSetup,
+        allowed_clocks_mhz,
+        check_slo_feasible,
+        kv_bytes_per_token,
+    )
+    from voltana.sim.sweep import plan_runs, run_sweep
+    from voltana.sim.synthetic import CONV_RATE_RPS, synthetic_workload
+    from voltana.sim.workload import Workload, WorkloadError, load_workload
+
+    config = cli_state(ctx).loaded().config
+    if prefill < 1 or decode < 1:
+        raise _fail("--prefill and --decode need at least one instance each")
+    if (ttft is not None and not ttft > 0) or (itl is not None and not itl > 0):
+        raise _fail("--ttft and --itl must be positive (seconds)")
+    try:
+        perf = performance_model(gpu, model, tp)
+    except UnknownProfileError as exc:
+        raise _fail(str(exc)) from None
+    clocks = config.clocks
+    clock_update: dict[str, Any] = {}
+    if min_clock is not None or (clocks.min_mhz is None and not clocks.allowed_mhz):
+        clock_update["min_mhz"] = min_clock if min_clock is not None else PAPER_MIN_CLOCK_MHZ
+    if max_clock is not None:
+        clock_update["max_mhz"] = max_clock
+    slo_update = {k: v for k, v in (("ttft_s", ttft), ("itl_s", itl)) if v is not None}
+    config = config.model_copy(
+        update={
+            "clocks": clocks.model_copy(update=clock_update),
+            "slo": config.slo.model_copy(update=slo_update),
+        }
+    )
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    if not names:
+        raise _fail("--policies is empty")
+    try:
+        if workload == SYNTHETIC:
+            span_s = duration if duration is not None else 300.0
+            sweep_rates = _parse_rates(rates) if rates else [rate or CONV_RATE_RPS]
+
+            def workload_at(r: float) -> Workload:
+                return synthetic_workload(r, span_s, seed, arrivals)  # type: ignore[arg-type]
+
+        else:
+            trace = load_workload(workload)
+            if duration is not None:
+                trace = trace.truncated(duration)
+            sweep_rates = _parse_rates(rates) if rates else [rate or round(trace.rate_rps, 3)]
+
+            def workload_at(r: float) -> Workload:
+                return trace.at_rate(r)
+
+        probe = workload_at(sweep_rates[0])
+        allowed = allowed_clocks_mhz(config, perf)
+        setup = SimulationSetup(
+            ClusterSpec(perf, prefill, decode, kv_bytes_per_token=kv_bytes_per_token(perf)),
+            config,
+            get_plugin_manager().hook,
+            seed,
+        )
+        check_slo_feasible(perf, setup.slo, probe)
+        _check_policies(names)
+        timeline_policy = next((n for n in reversed(names) if n != "oracle"), None) if plot else None
+        total = plan_runs(names, 1, len(allowed)) * len(sweep_rates)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+            disable=as_json,
+        ) as bar:
+            task = bar.add_task("simulating", total=total)
+
+            def on_run(label: str, r: float) -> None:
+                bar.update(task, advance=1, description=f"{label} @ {r:g} req/s")
+
+            points = run_sweep(
+                setup, names, workload_at, sweep_rates, timeline_policy=timeline_policy, on_run=on_run
+            )
+    except (WorkloadError, SimulationError, UnknownProfileError) as exc:
+        raise _fail(str(exc)) from None
+    meta = {
+        "gpu": gpu,
+        "model": model,
+        "performance_model": perf.name,
+        "prefill_instances": prefill,
+        "decode_instances": decode,
+        "slo": {"ttft_s": setup.slo.ttft_s, "itl_s": setup.slo.itl_s},
+        "clocks_mhz": [allowed[0], allowed[-1]],
+        "workload": probe.name,
+        "seed": seed,
+    }
+    if plot is not None:
+        plot_sweep(points, plot, timeline_policy)
+    if as_json:
+        print(json.dumps(sweep_json(points, meta), indent=2))
+        return
+    console.print(
+        f"[bold]{perf.name}[/]: {prefill}P+{decode}D, SLO TTFT {setup.slo.ttft_s * 1e3:g} ms / "
+        f"ITL {setup.slo.itl_s * 1e3:g} ms, clocks {allowed[0]}..{allowed[-1]} MHz, workload {workload}"
+    )
+    for point in points:
+        console.print(
+            policy_table(point, setup.slo, f"{point.rate_rps:g} req/s ({probe.name.split(' (')[0]})")
+        )
+        console.print(residency_table(point))
+    console.print(
+        "[dim]saving: energy vs static-max; SLO att.: share of requests meeting TTFT and mean ITL.[/]"
+    )
+    if plot is not None:
+        console.print(f"plot written to {plot}")
+
+
+def _check_policies(names: list[str]) -> None:
+    from voltana.core.plugin_manager import registered_policies
+    from voltana.plugins import get_plugin_manager
+    from voltana.sim.runner import ORACLE, SimulationError, parse_policy
+
+    known = registered_policies(get_plugin_manager())
+    clocks = {p.name for p in known if p.kind == "clock"}
+    routes = {p.name for p in known if p.kind == "route"}
+    for name in names:
+        if name == ORACLE:
+            continue
+        spec = parse_policy(name)
+        if spec.prefill_clock not in clocks:
+            raise SimulationError(
+                f"unknown clock policy {spec.prefill_clock!r}; known: {', '.join(sorted(clocks))}"
+            )
+        for route in (spec.prefill_route, spec.decode_route):
+            if route not in routes:
+                raise SimulationError(f"unknown routing policy {route!r}; known: {', '.join(sorted(routes))}")
+
+
+@hookimpl
+def voltana_register_commands(cli: Any) -> None:
+    cli.command("simulate")(simulate)

@@ -1,0 +1,89 @@
+"""Rendering simulation results: rich tables per rate, a plain-text comparison table, JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.table import Table
+
+from voltana.core.types import Slo
+from voltana.sim.metrics import PolicyResult
+from voltana.sim.sweep import SweepPoint
+
+
+def residency_text(shares: dict[int, float], top: int = 3) -> str:
+    """The ``top`` clocks by busy-time share, e.g. ``1005:71% 1050:20% 1410:9%``."""
+    best = sorted(shares.items(), key=lambda item: -item[1])[:top]
+    return " ".join(f"{clock}:{share:.0%}" for clock, share in sorted(best))
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f}" if seconds >= 0.01 else f"{seconds * 1e3:.1f}"
+
+
+def policy_table(point: SweepPoint, slo: Slo, title: str = "") -> Table:
+    """One row per policy: energy, saving, TTFT/ITL p50/p90/p99 (ms), SLO attainment."""
+    table = Table(title=title or f"{point.rate_rps:g} req/s", title_justify="left")
+    table.add_column("policy", no_wrap=True)
+    for column in ("kJ", "J/tok", "saving", "TTFT ms\np50/90/99", "ITL ms\np50/90/99"):
+        table.add_column(column, justify="right")
+    table.add_column(f"SLO att.\n{_ms(slo.ttft_s)}/{_ms(slo.itl_s)}", justify="right")
+    for r in point.results:
+        saving = "-" if r.saving_vs_static_max is None else f"{r.saving_vs_static_max:+.1%}"
+        table.add_row(
+            r.policy,
+            f"{r.energy_j / 1e3:.1f}",
+            f"{r.joules_per_token:.3f}",
+            saving,
+            "/".join(_ms(x) for x in (r.ttft.p50_s, r.ttft.p90_s, r.ttft.p99_s)),
+            "/".join(_ms(x) for x in (r.itl.p50_s, r.itl.p90_s, r.itl.p99_s)),
+            f"{r.slo_attainment:.1%}",
+        )
+    return table
+
+
+def residency_table(point: SweepPoint) -> Table:
+    """Clock residency per policy and phase: the most used clocks by share of busy time."""
+    table = Table(
+        title=f"clock residency (MHz: share of busy time) at {point.rate_rps:g} req/s", title_justify="left"
+    )
+    table.add_column("policy", no_wrap=True)
+    table.add_column("prefill")
+    table.add_column("decode")
+    for r in point.results:
+        table.add_row(
+            r.policy,
+            residency_text(r.clock_residency.get("prefill", {})),
+            residency_text(r.clock_residency.get("decode", {})),
+        )
+    return table
+
+
+def comparison_markdown(points: Sequence[SweepPoint]) -> str:
+    """A markdown table: one row per rate, per policy ``saving / SLO attainment``."""
+    policies = [r.policy.split(" (")[0] for r in points[0].results]
+    lines = [
+        "| req/s | " + " | ".join(policies) + " |",
+        "|---:|" + "---:|" * len(policies),
+    ]
+    for point in points:
+        cells = []
+        for r in point.results:
+            saving = 0.0 if r.saving_vs_static_max is None else r.saving_vs_static_max
+            cells.append(f"{saving:+.1%} / {r.slo_attainment:.1%}")
+        lines.append(f"| {point.rate_rps:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_json(points: Sequence[SweepPoint], meta: dict[str, Any]) -> dict[str, Any]:
+    """Everything, JSON-ready: run settings and per rate, per policy results."""
+    return {
+        **meta,
+        "points": [{"rate_rps": p.rate_rps, "results": [r.to_json() for r in p.results]} for p in points],
+    }
+
+
+def find(point: SweepPoint, policy: str) -> PolicyResult | None:
+    """The result of ``policy`` (display name prefix) at ``point``."""
+    return next((r for r in point.results if r.policy.split(" (")[0] == policy), None)
