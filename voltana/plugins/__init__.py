@@ -21,6 +21,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "voltana.plugins.telemetry",
     "voltana.plugins.routing",
     "voltana.plugins.ecoroute",
+    "voltana.plugins.simulate_cli",
 )
 
 _lock = threading.Lock()
