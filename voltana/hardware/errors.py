@@ -31,9 +31,5 @@ class DeviceNotFoundError(VoltanaHardwareError):
     """A configured device index does not exist or is not visible to this process."""
 
 
-class ClockMismatchError(VoltanaHardwareError):
-    """The clock read back after setting differs from the requested one (the driver arbitrated)."""
-
-
 class UnknownProfileError(ValueError):
     """A simulated GPU or model profile name that is not known; the message lists the known ones."""

@@ -15,12 +15,18 @@ live in :mod:`voltana.hardware.profiles`.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import threading
+import time
 from bisect import bisect_left
 from dataclasses import dataclass
+from pathlib import Path
 
 from voltana.core.types import Phase
-from voltana.hardware.errors import UnknownProfileError
+from voltana.hardware.device import DeviceCapabilities, GpuDevice, GpuGroup
+from voltana.hardware.errors import InvalidArgumentError, UnknownProfileError
 from voltana.hardware.profiles import (
     ACTIVATION_RESERVE_BYTES,
     CAPTURE_SIZES,
@@ -38,9 +44,12 @@ from voltana.hardware.profiles import (
 __all__ = [
     "IterationCost",
     "PerformanceModel",
+    "SimulatedGpu",
     "known_gpus",
     "known_models",
+    "open_simulated",
     "performance_model",
+    "record_iteration",
 ]
 
 
@@ -247,3 +256,107 @@ def performance_model(
     if degree < 1:
         raise UnknownProfileError(f"tensor-parallel degree must be >= 1, got {degree}")
     return PerformanceModel(GPUS[gpu_key], spec, degree)
+
+
+class SimulatedGpu(GpuDevice):
+    """A GPU backed by a :class:`PerformanceModel`: clocks are remembered, energy advances as told.
+
+    Energy advances by :meth:`record_iteration` (this GPU's share of an instance's :class:`IterationCost`) and
+    :meth:`advance_idle_s`. With ``state_path`` every clock change is written there as JSON
+    (``{"locked_clock_mhz": int | null, "events": [...]}``), so another process can observe a restore.
+    """
+
+    vendor = "simulated"
+
+    def __init__(
+        self,
+        index: int,
+        model: PerformanceModel,
+        state_path: str | Path | None = None,
+        driver_latency_s: float = 0.0,
+    ) -> None:
+        super().__init__(index, f"Simulated {model.gpu.name}")
+        self.model = model
+        self.locked_clock_mhz: int | None = None
+        self._energy_j = 0.0
+        self._lock = threading.Lock()
+        self._state_path = Path(state_path) if state_path is not None else None
+        self._events: list[str] = []
+        self.driver_calls = 0
+        self.driver_latency_s = driver_latency_s
+
+    def supported_clocks_mhz(self) -> tuple[int, ...]:
+        return self.model.supported_clocks_mhz
+
+    def current_clock_mhz(self) -> int:
+        return self.locked_clock_mhz if self.locked_clock_mhz is not None else self.model.max_clock_mhz
+
+    def lock_clock_mhz(self, clock_mhz: int) -> int:
+        if clock_mhz not in self.model.supported_clocks_mhz:
+            raise InvalidArgumentError(
+                f"clock {clock_mhz} MHz is not supported by {self.name}; pick one of supported_clocks_mhz()"
+            )
+        if self.driver_latency_s > 0:
+            time.sleep(self.driver_latency_s)  # a real clock change is a millisecond-scale driver call
+        with self._lock:
+            self.driver_calls += 1
+            self.locked_clock_mhz = clock_mhz
+            self._persist(f"lock {clock_mhz}")
+        return clock_mhz
+
+    def reset_clocks(self) -> None:
+        with self._lock:
+            self.driver_calls += 1
+            self.locked_clock_mhz = None
+            self._persist("reset")
+
+    def energy_j(self) -> float:
+        return self._energy_j
+
+    def power_w(self) -> float | None:
+        return self.model.gpu.idle_w
+
+    def capabilities(self) -> DeviceCapabilities:
+        return DeviceCapabilities(can_lock_clocks=True, has_energy_counter=True, has_power_reading=True)
+
+    def record_iteration(self, cost: IterationCost) -> None:
+        """Add this GPU's share (1/TP) of an instance iteration's energy."""
+        with self._lock:
+            self._energy_j += cost.energy_j / self.model.tp
+
+    def advance_idle_s(self, seconds: float) -> None:
+        """Add ``seconds`` at idle power."""
+        with self._lock:
+            self._energy_j += self.model.gpu.idle_w * max(0.0, seconds)
+
+    def _persist(self, event: str) -> None:
+        if self._state_path is None:
+            return
+        self._events.append(event)
+        state = {"locked_clock_mhz": self.locked_clock_mhz, "events": self._events}
+        tmp = self._state_path.with_suffix(self._state_path.suffix + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self._state_path)
+
+
+def open_simulated(
+    gpu: str = "a100-80gb",
+    model: str = "llama-3.1-8b",
+    tp: int | None = None,
+    state_dir: str | Path | None = None,
+    driver_latency_s: float = 0.0,
+) -> GpuGroup:
+    """A group of ``tp`` simulated GPUs sharing one :class:`PerformanceModel`.
+
+    With ``state_dir``, GPU ``i`` persists its clock state to ``state_dir/gpu{i}.json``.
+    """
+    perf = performance_model(gpu, model, tp)
+    paths = [None if state_dir is None else Path(state_dir) / f"gpu{i}.json" for i in range(perf.tp)]
+    return GpuGroup([SimulatedGpu(i, perf, path, driver_latency_s) for i, path in enumerate(paths)])
+
+
+def record_iteration(group: GpuGroup, cost: IterationCost) -> None:
+    """Advance the energy counters of a simulated group by one instance iteration."""
+    for device in group.devices:
+        if isinstance(device, SimulatedGpu):
+            device.record_iteration(cost)

@@ -15,6 +15,7 @@ from voltana.core.plugin_manager import make_plugin_manager
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "voltana.plugins.doctor",
     "voltana.plugins.static_clock",
+    "voltana.plugins.hardware",
     "voltana.plugins.ecofreq",
     "voltana.plugins.paper_policy",
     "voltana.plugins.profile_command",

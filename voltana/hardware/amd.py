@@ -1,0 +1,198 @@
+"""AMD driver on ROCm's ``amdsmi``: SCLK range/limit, perf level AUTO to reset, energy accumulator, power.
+
+Named ``amd.py`` so that nothing here can be mistaken for the vendor module ``amdsmi``. Importing ``amdsmi``
+without ROCm raises (``KeyError``/``OSError``) and prints to stdout: :func:`load_amdsmi` imports it guarded,
+swallows the print and raises :class:`LibraryNotFoundError` starting with "AMD SMI unavailable: ...".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from voltana.hardware.device import (
+    DeviceCapabilities,
+    EnergyCounter,
+    GpuDevice,
+    GpuGroup,
+    has_clock_privilege,
+    visible_device_map,
+)
+from voltana.hardware.errors import (
+    DeviceNotFoundError,
+    GpuLostError,
+    InvalidArgumentError,
+    LibraryNotFoundError,
+    NoPermissionError,
+    NotSupportedError,
+    VoltanaHardwareError,
+)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+CLOCK_GRID_MHZ = 15  # clocks offered between the device's SCLK min and max (amdsmi accepts any MHz value)
+
+
+def load_amdsmi() -> Any:
+    """The ``amdsmi`` module, or :class:`LibraryNotFoundError` ("AMD SMI unavailable: ...")."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            import amdsmi
+    except (ImportError, KeyError, OSError) as exc:
+        printed = " ".join(captured.getvalue().split())
+        reason = printed or f"{type(exc).__name__}: {exc}"
+        raise LibraryNotFoundError(
+            f"AMD SMI unavailable: {reason} (install ROCm's amd-smi-lib, or use hardware.vendor=simulated)"
+        ) from None
+    return amdsmi
+
+
+def map_amdsmi_error(exc: Exception, action: str) -> VoltanaHardwareError:
+    """The voltana exception for an ``amdsmi`` exception raised while doing ``action``."""
+    amdsmi = load_amdsmi()
+    wrapper = amdsmi.amdsmi_wrapper
+    code = exc.get_error_code() if hasattr(exc, "get_error_code") else None
+    where = f"AMD SMI {action} failed: {' '.join(str(exc).split())}"
+    if code == wrapper.AMDSMI_STATUS_NO_PERM:
+        return NoPermissionError(
+            f"{where}; setting clocks needs root: run the engine as root or monitor only"
+        )
+    if code in (wrapper.AMDSMI_STATUS_NOT_SUPPORTED, wrapper.AMDSMI_STATUS_NOT_YET_IMPLEMENTED):
+        return NotSupportedError(f"{where}; this GPU or driver does not support it")
+    if code in (
+        wrapper.AMDSMI_STATUS_DRIVER_NOT_LOADED,
+        wrapper.AMDSMI_STATUS_FAIL_LOAD_MODULE,
+        wrapper.AMDSMI_STATUS_NO_DRV,
+    ):
+        return LibraryNotFoundError(f"{where}; the amdgpu driver is not loaded: load it or use simulated")
+    if code == wrapper.AMDSMI_STATUS_NOT_FOUND:
+        return GpuLostError(f"{where}; the GPU is gone: check `amd-smi list` and dmesg")
+    if code in (wrapper.AMDSMI_STATUS_INVAL, wrapper.AMDSMI_STATUS_INPUT_OUT_OF_BOUNDS):
+        return InvalidArgumentError(f"{where}; pass a clock from supported_clocks_mhz()")
+    return VoltanaHardwareError(f"{where}; see `amd-smi metric` for the device state")
+
+
+def _amd_call(action: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorator: map ``amdsmi.AmdSmiException`` raised inside to voltana's hierarchy."""
+
+    def decorate(func: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(func)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            amdsmi = load_amdsmi()
+            try:
+                return func(*args, **kwargs)
+            except amdsmi.AmdSmiException as exc:
+                raise map_amdsmi_error(exc, action) from exc
+
+        return wrapper
+
+    return decorate
+
+
+def _to_mhz(value: float) -> int:
+    """amdsmi reports frequencies in Hz; tolerate MHz from older builds."""
+    return round(value / 1e6) if value > 100_000 else int(value)
+
+
+class AmdGpu(GpuDevice):
+    """One AMD GPU through ``amdsmi`` (``handle`` from ``amdsmi_get_processor_handles``)."""
+
+    vendor = "amd"
+
+    def __init__(self, index: int, handle: Any) -> None:
+        self._smi = load_amdsmi()
+        self._handle = handle
+        super().__init__(index, self._read_name())
+        self._energy: EnergyCounter | None = None
+        self._clocks: tuple[int, ...] | None = None
+
+    @_amd_call("reading the device name")
+    def _read_name(self) -> str:
+        info = self._smi.amdsmi_get_gpu_asic_info(self._handle)
+        return str(info.get("market_name", "AMD GPU"))
+
+    @_amd_call("reading supported clocks")
+    def supported_clocks_mhz(self) -> tuple[int, ...]:
+        if self._clocks is None:
+            freq = self._smi.amdsmi_get_clk_freq(self._handle, self._smi.AmdSmiClkType.GFX)
+            levels = sorted(_to_mhz(f) for f in freq["frequency"])
+            low, high = levels[0], levels[-1]
+            self._clocks = tuple(sorted({*range(low, high, CLOCK_GRID_MHZ), high}))
+        return self._clocks
+
+    @_amd_call("reading the SCLK")
+    def current_clock_mhz(self) -> int:
+        freq = self._smi.amdsmi_get_clk_freq(self._handle, self._smi.AmdSmiClkType.GFX)
+        return _to_mhz(freq["frequency"][freq["current"]])
+
+    @_amd_call("setting the SCLK range")
+    def lock_clock_mhz(self, clock_mhz: int) -> int:
+        smi = self._smi
+        if hasattr(smi, "amdsmi_set_gpu_clk_limit"):
+            # Order keeps min <= max at every step whichever way the clock moves.
+            raising = clock_mhz >= self.current_clock_mhz()
+            for limit in ("max", "min") if raising else ("min", "max"):
+                smi.amdsmi_set_gpu_clk_limit(self._handle, "sclk", limit, clock_mhz)
+        else:
+            smi.amdsmi_set_gpu_clk_range(self._handle, clock_mhz, clock_mhz, smi.AmdSmiClkType.GFX)
+        return self.current_clock_mhz()
+
+    @_amd_call("resetting the perf level")
+    def reset_clocks(self) -> None:
+        self._smi.amdsmi_set_gpu_perf_level(self._handle, self._smi.AmdSmiDevPerfLevel.AUTO)
+
+    @_amd_call("reading the energy counter")
+    def energy_j(self) -> float:
+        reading = self._smi.amdsmi_get_energy_count(self._handle)
+        if self._energy is None:
+            # accumulator x counter_resolution = microjoules
+            self._energy = EnergyCounter(joules_per_unit=float(reading["counter_resolution"]) * 1e-6)
+        return self._energy.update(int(reading["energy_accumulator"]))
+
+    @_amd_call("reading power")
+    def power_w(self) -> float | None:
+        info = self._smi.amdsmi_get_power_info(self._handle)
+        for key in ("current_socket_power", "average_socket_power", "socket_power"):
+            value = info.get(key)
+            if isinstance(value, int | float) and value > 0:
+                return float(value)
+        return None
+
+    def capabilities(self) -> DeviceCapabilities:
+        def works(call: Callable[[], object]) -> bool:
+            try:
+                call()
+            except VoltanaHardwareError:
+                return False
+            return True
+
+        privileged = has_clock_privilege()
+        detail = (
+            ""
+            if privileged
+            else "not root: SCLK limits cannot be set; run the engine as root or monitor only"
+        )
+        return DeviceCapabilities(privileged, works(self.energy_j), works(self.power_w), detail)
+
+
+@_amd_call("listing devices")
+def open_amd(device_indices: list[int] | None = None) -> GpuGroup:
+    """The visible AMD GPUs (``HIP_VISIBLE_DEVICES``, else ``ROCR_VISIBLE_DEVICES``), or the chosen ones."""
+    amdsmi = load_amdsmi()
+    amdsmi.amdsmi_init()
+    handles = list(amdsmi.amdsmi_get_processor_handles())
+    env_var = "HIP_VISIBLE_DEVICES" if "HIP_VISIBLE_DEVICES" in os.environ else "ROCR_VISIBLE_DEVICES"
+    visible = [entry for entry in visible_device_map(env_var, len(handles)) if isinstance(entry, int)]
+    chosen = device_indices if device_indices else list(range(len(visible)))
+    for index in chosen:
+        if index < 0 or index >= len(visible):
+            raise DeviceNotFoundError(
+                f"GPU index {index} is not visible (this process sees {len(visible)} AMD GPU(s) through "
+                f"{env_var}); fix hardware.device_indices"
+            )
+    return GpuGroup([AmdGpu(index, handles[visible[index]]) for index in chosen])

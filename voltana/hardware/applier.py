@@ -1,0 +1,196 @@
+"""Applies clock decisions off the per-iteration path, on one worker thread per GPU group.
+
+Why a thread: a clock change is a driver ioctl that takes milliseconds; the iteration must not wait for it.
+``submit`` only stores the target and wakes the worker (about a microsecond): repeats are skipped, bursts
+coalesce (the worker always applies the *latest* target), and a driver error never reaches the caller: the
+applier switches to monitor-only mode and says so once, loudly.
+
+Restoring clocks: ``close()`` resets them; every live applier is also closed at interpreter exit (``atexit``)
+and on SIGTERM (a handler installed from the main thread, chaining to the previous handler). A hard crash
+(SIGKILL, segfault in the engine) cannot run any of these. The alternative design for that case, and for
+engines that do not run as root, is a small privileged helper process reached over a local socket: it
+owns the driver calls and resets the clocks when its client's connection drops. The thread was chosen here
+because it has no extra process to deploy and adds no IPC latency; the ``GpuGroup`` interface is what the
+helper would implement.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from voltana.hardware.device import GpuGroup
+
+logger = logging.getLogger("voltana.hardware")
+
+_live: weakref.WeakSet[ClockApplier] = weakref.WeakSet()
+_handlers_lock = threading.Lock()
+_atexit_installed = False
+_sigterm_installed = False
+_previous_sigterm: Any = None
+
+
+class ClockApplier:
+    """Applies the latest submitted SM clock to a :class:`GpuGroup` from a worker thread.
+
+    Invariants: ``submit`` never blocks and never raises; ``applied_clock_mhz`` is the clock read back after
+    the last successful driver call (None before the first one); after a driver error ``monitor_only`` is
+    True and no further driver calls are made except the restore on close.
+    """
+
+    def __init__(
+        self,
+        group: GpuGroup,
+        *,
+        restore_on_exit: bool = True,
+        on_monitor_only: Callable[[str], None] | None = None,
+        name: str = "voltana-clock-applier",
+    ) -> None:
+        self.group = group
+        self.restore_on_exit = restore_on_exit
+        self._on_monitor_only = on_monitor_only
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stop = False
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._target: int | None = None
+        self._last_submitted: int | None = None
+        self._touched = False
+        self.applied_clock_mhz: int | None = None
+        self.applied_at_s: float | None = None
+        self.driver_calls = 0
+        self.monitor_only = False
+        self.monitor_only_reason = ""
+        self._warned_mismatch = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        _live.add(self)
+        _install_exit_handlers()
+
+    # -- hot path --
+    def submit(self, clock_mhz: int) -> None:
+        """Ask for ``clock_mhz``; returns at once. Repeats are free; the latest target of a burst wins."""
+        if clock_mhz == self._last_submitted or self.monitor_only:
+            return
+        self._last_submitted = clock_mhz
+        self._target = clock_mhz
+        self._idle.clear()
+        self._wake.set()
+
+    # -- worker --
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop:
+                return
+            target = self._target
+            if target is not None and target != self.applied_clock_mhz and not self.monitor_only:
+                self._apply(target)
+            if self._target == target:
+                self._idle.set()
+
+    def _apply(self, target: int) -> None:
+        try:
+            self.driver_calls += 1
+            self._touched = True
+            read_back = self.group.lock_clock_mhz(target)
+        except Exception as exc:
+            self._enter_monitor_only(str(exc))
+            return
+        self.applied_clock_mhz = target
+        self.applied_at_s = time.monotonic()
+        if read_back != target and not self._warned_mismatch:
+            self._warned_mismatch = True
+            logger.warning(
+                "voltana: asked for %d MHz but the GPU reads back %d MHz (power/thermal limit or driver "
+                "arbitration); further mismatches are not logged",
+                target,
+                read_back,
+            )
+
+    def _enter_monitor_only(self, reason: str) -> None:
+        self.monitor_only = True
+        self.monitor_only_reason = reason
+        logger.error(
+            "voltana: clock control DISABLED, monitoring only (energy is still measured): %s", reason
+        )
+        if self._on_monitor_only is not None:
+            try:
+                self._on_monitor_only(reason)
+            except Exception:
+                logger.exception("voltana: monitor-only callback failed")
+
+    # -- control --
+    def wait_applied(self, timeout_s: float = 1.0) -> bool:
+        """Block until the worker has handled the latest target (tests, benchmarks, shutdown)."""
+        return self._idle.wait(timeout_s)
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Stop the worker and restore the driver's default clocks (idempotent; never raises)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop = True
+        self._wake.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
+        if self.restore_on_exit and self._touched:
+            try:
+                self.group.reset_clocks()
+                logger.info("voltana: GPU clocks restored to the driver default")
+            except Exception as exc:
+                logger.error("voltana: could not restore GPU clocks: %s", exc)
+        _live.discard(self)
+
+    def __enter__(self) -> ClockApplier:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def close_all_appliers() -> None:
+    """Close every live applier (restores clocks); used at exit and on SIGTERM."""
+    for applier in list(_live):
+        applier.close()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    close_all_appliers()
+    previous = _previous_sigterm
+    if callable(previous):
+        previous(signum, frame)
+        return
+    if previous == signal.SIG_IGN:
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _install_exit_handlers() -> None:
+    """``atexit`` once; the SIGTERM handler once, from the main thread (Python's rule: retried until then)."""
+    global _atexit_installed, _sigterm_installed, _previous_sigterm
+    with _handlers_lock:
+        if not _atexit_installed:
+            _atexit_installed = True
+            atexit.register(close_all_appliers)
+        if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+            return
+        _sigterm_installed = True
+        try:
+            _previous_sigterm = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        except (ValueError, OSError) as exc:
+            logger.warning("voltana: cannot install a SIGTERM handler (%s); clocks restore only at exit", exc)

@@ -1,0 +1,200 @@
+"""NVIDIA driver on ``nvidia-ml-py`` (module ``pynvml``): locked SM clocks, energy counter, power.
+
+Locking clocks (``nvmlDeviceSetGpuLockedClocks``) needs root or CAP_SYS_ADMIN. Application clocks are
+deprecated and not used. Every vendor error is mapped to voltana's hierarchy with what to do about it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from voltana.hardware.device import (
+    DeviceCapabilities,
+    EnergyCounter,
+    GpuDevice,
+    GpuGroup,
+    has_clock_privilege,
+    visible_device_map,
+)
+from voltana.hardware.errors import (
+    DeviceNotFoundError,
+    GpuLostError,
+    InvalidArgumentError,
+    LibraryNotFoundError,
+    NoPermissionError,
+    NotSupportedError,
+    VoltanaHardwareError,
+)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+PRIVILEGE_FIX = (
+    "run the engine as root or grant CAP_SYS_ADMIN (`sudo setcap cap_sys_admin+ep <python binary>`, "
+    "docker --cap-add SYS_ADMIN); otherwise voltana only monitors (use policy.clock=static-max)"
+)
+
+
+def _import_pynvml() -> Any:
+    try:
+        import pynvml
+    except ImportError as exc:
+        raise LibraryNotFoundError(
+            f"NVML unavailable: {exc}; install it with `pip install 'voltana[nvidia]'`"
+        ) from None
+    return pynvml
+
+
+def map_nvml_error(exc: Exception, action: str) -> VoltanaHardwareError:
+    """The voltana exception for a ``pynvml.NVMLError`` raised while doing ``action``."""
+    pynvml = _import_pynvml()
+    code = getattr(exc, "value", None)
+    where = f"NVML {action} failed: {exc}"
+    if code == pynvml.NVML_ERROR_NO_PERMISSION:
+        return NoPermissionError(f"{where}; locking clocks needs root or CAP_SYS_ADMIN: {PRIVILEGE_FIX}")
+    if code in (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
+        return NotSupportedError(
+            f"{where}; this GPU or driver does not support it (locked clocks need Volta+ and driver >= 440)"
+        )
+    if code in (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED):
+        return LibraryNotFoundError(
+            f"{where}; no NVIDIA driver here (libnvidia-ml.so missing or not loaded): install the driver, "
+            "or use hardware.vendor=simulated"
+        )
+    if code == pynvml.NVML_ERROR_GPU_IS_LOST:
+        return GpuLostError(
+            f"{where}; the GPU fell off the bus: check `nvidia-smi` and dmesg, reset or reboot"
+        )
+    if code in (pynvml.NVML_ERROR_INVALID_ARGUMENT, pynvml.NVML_ERROR_NOT_FOUND):
+        return InvalidArgumentError(f"{where}; pass a clock from supported_clocks_mhz() and a valid device")
+    return VoltanaHardwareError(f"{where}; see `nvidia-smi -q` for the device state")
+
+
+def _nvml_call(action: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorator: map ``pynvml.NVMLError`` raised inside to voltana's hierarchy."""
+
+    def decorate(func: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(func)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            pynvml = _import_pynvml()
+            try:
+                return func(*args, **kwargs)
+            except pynvml.NVMLError as exc:
+                raise map_nvml_error(exc, action) from exc
+
+        return wrapper
+
+    return decorate
+
+
+_init_lock = threading.Lock()
+_init_count = 0
+
+
+@_nvml_call("initialisation")
+def nvml_init() -> None:
+    """``nvmlInit`` once per process (reference counted)."""
+    global _init_count
+    pynvml = _import_pynvml()
+    with _init_lock:
+        if _init_count == 0:
+            pynvml.nvmlInit()
+        _init_count += 1
+
+
+def nvml_shutdown() -> None:
+    """Balance :func:`nvml_init`; errors at shutdown are ignored."""
+    global _init_count
+    pynvml = _import_pynvml()
+    with _init_lock:
+        if _init_count == 0:
+            return
+        _init_count -= 1
+        if _init_count == 0:
+            with contextlib.suppress(pynvml.NVMLError):
+                pynvml.nvmlShutdown()
+
+
+class NvmlGpu(GpuDevice):
+    """One NVIDIA GPU through NVML. ``handle_id`` is the physical index or a UUID."""
+
+    vendor = "nvidia"
+
+    @_nvml_call("opening the device")
+    def __init__(self, index: int, handle_id: int | str) -> None:
+        pynvml = _import_pynvml()
+        self._nvml = pynvml
+        if isinstance(handle_id, str):
+            self._handle = pynvml.nvmlDeviceGetHandleByUUID(handle_id)
+        else:
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(handle_id)
+        name = pynvml.nvmlDeviceGetName(self._handle)
+        super().__init__(index, name.decode() if isinstance(name, bytes) else str(name))
+        self._energy = EnergyCounter(joules_per_unit=1e-3)  # NVML reports mJ
+        self._clocks: tuple[int, ...] | None = None
+
+    @_nvml_call("reading supported clocks")
+    def supported_clocks_mhz(self) -> tuple[int, ...]:
+        if self._clocks is None:
+            memory_mhz = max(self._nvml.nvmlDeviceGetSupportedMemoryClocks(self._handle))
+            graphics = self._nvml.nvmlDeviceGetSupportedGraphicsClocks(self._handle, memory_mhz)
+            self._clocks = tuple(sorted({int(f) for f in graphics}))
+        return self._clocks
+
+    @_nvml_call("reading the SM clock")
+    def current_clock_mhz(self) -> int:
+        return int(self._nvml.nvmlDeviceGetClockInfo(self._handle, self._nvml.NVML_CLOCK_SM))
+
+    @_nvml_call("locking the SM clock")
+    def lock_clock_mhz(self, clock_mhz: int) -> int:
+        self._nvml.nvmlDeviceSetGpuLockedClocks(self._handle, clock_mhz, clock_mhz)
+        return int(self._nvml.nvmlDeviceGetClockInfo(self._handle, self._nvml.NVML_CLOCK_SM))
+
+    @_nvml_call("resetting locked clocks")
+    def reset_clocks(self) -> None:
+        self._nvml.nvmlDeviceResetGpuLockedClocks(self._handle)
+
+    @_nvml_call("reading the energy counter")
+    def energy_j(self) -> float:
+        return self._energy.update(int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)))
+
+    @_nvml_call("reading power")
+    def power_w(self) -> float | None:
+        return float(self._nvml.nvmlDeviceGetPowerUsage(self._handle)) / 1000.0
+
+    def capabilities(self) -> DeviceCapabilities:
+        try:
+            self.energy_j()
+            has_energy = True
+        except VoltanaHardwareError:
+            has_energy = False
+        try:
+            self.power_w()
+            has_power = True
+        except VoltanaHardwareError:
+            has_power = False
+        privileged = has_clock_privilege()
+        detail = (
+            "" if privileged else f"not root and no CAP_SYS_ADMIN: clocks cannot be locked; {PRIVILEGE_FIX}"
+        )
+        return DeviceCapabilities(privileged, has_energy, has_power, detail)
+
+
+@_nvml_call("listing devices")
+def open_nvidia(device_indices: list[int] | None = None) -> GpuGroup:
+    """The visible NVIDIA GPUs (``CUDA_VISIBLE_DEVICES`` honoured), or the chosen visible indices."""
+    pynvml = _import_pynvml()
+    nvml_init()
+    visible = visible_device_map("CUDA_VISIBLE_DEVICES", int(pynvml.nvmlDeviceGetCount()))
+    chosen = device_indices if device_indices else list(range(len(visible)))
+    for index in chosen:
+        if index < 0 or index >= len(visible):
+            raise DeviceNotFoundError(
+                f"GPU index {index} is not visible (this process sees {len(visible)} NVIDIA GPU(s) through "
+                "CUDA_VISIBLE_DEVICES); fix hardware.device_indices"
+            )
+    return GpuGroup([NvmlGpu(index, visible[index]) for index in chosen])

@@ -1,0 +1,94 @@
+"""Opening the GPUs of one instance by config: ``hardware.vendor = auto | nvidia | amd | simulated``.
+
+Drivers are factories ``(HardwareConfig) -> GpuGroup`` registered by name through the
+``voltana_register_hardware`` hook (the built-ins come from ``voltana.plugins.hardware``); without a hook the
+built-in factories below are used directly. ``auto`` tries NVIDIA, then AMD, and falls back to the simulated
+GPU when neither is present, saying why in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from voltana.core.config import HardwareConfig
+from voltana.hardware.device import GpuGroup
+from voltana.hardware.errors import (
+    DeviceNotFoundError,
+    LibraryNotFoundError,
+    NotSupportedError,
+    VoltanaHardwareError,
+)
+
+logger = logging.getLogger("voltana.hardware")
+
+DriverFactory = Callable[[HardwareConfig], GpuGroup]
+AUTO_ORDER = ("nvidia", "amd")
+
+
+def open_nvidia_from_config(config: HardwareConfig) -> GpuGroup:
+    """NVIDIA GPUs through NVML."""
+    from voltana.hardware.nvml import open_nvidia
+
+    return open_nvidia(list(config.device_indices))
+
+
+def open_amd_from_config(config: HardwareConfig) -> GpuGroup:
+    """AMD GPUs through amdsmi."""
+    from voltana.hardware.amd import open_amd
+
+    return open_amd(list(config.device_indices))
+
+
+def open_simulated_from_config(config: HardwareConfig) -> GpuGroup:
+    """Simulated GPUs: ``simulated_gpu`` x ``simulated_model``; one per device index, else the model's TP."""
+    from voltana.hardware.simulated import open_simulated
+
+    tp = len(config.device_indices) or None
+    return open_simulated(config.simulated_gpu, config.simulated_model, tp)
+
+
+BUILTIN_DRIVERS: dict[str, DriverFactory] = {
+    "nvidia": open_nvidia_from_config,
+    "amd": open_amd_from_config,
+    "simulated": open_simulated_from_config,
+}
+
+
+def registered_drivers(hook: Any | None = None) -> dict[str, DriverFactory]:
+    """Driver factories by vendor name: from ``hook.voltana_register_hardware`` or the built-ins."""
+    if hook is None:
+        return dict(BUILTIN_DRIVERS)
+    found: dict[str, DriverFactory] = {}
+
+    def register(name: str, factory: DriverFactory) -> None:
+        found[name] = factory
+
+    hook.voltana_register_hardware(register=register)
+    return found
+
+
+def open_devices(config: HardwareConfig, hook: Any | None = None) -> GpuGroup:
+    """The GPU group an instance drives, per ``config.vendor``; raises ``VoltanaHardwareError`` (one line)."""
+    drivers: Mapping[str, DriverFactory] = registered_drivers(hook)
+    if config.vendor != "auto":
+        factory = drivers.get(config.vendor)
+        if factory is None:
+            raise NotSupportedError(
+                f"no GPU driver named {config.vendor!r} is registered; known: {', '.join(sorted(drivers))}"
+            )
+        return factory(config)
+    reasons: list[str] = []
+    for vendor in AUTO_ORDER:
+        factory = drivers.get(vendor)
+        if factory is None:
+            continue
+        try:
+            return factory(config)
+        except (LibraryNotFoundError, DeviceNotFoundError) as exc:
+            reasons.append(f"{vendor}: {exc}")
+        except VoltanaHardwareError as exc:
+            reasons.append(f"{vendor}: {exc}")
+    logger.info("voltana: no physical GPU usable (%s); using the simulated GPU", "; ".join(reasons) or "none")
+    return drivers.get("simulated", open_simulated_from_config)(config)
