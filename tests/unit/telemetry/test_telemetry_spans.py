@@ -150,3 +150,23 @@ def test_a_failing_record_is_reported_once_and_never_raises(
             telemetry.voltana_request_finished(broken)
     warnings = [r for r in caplog.records if "recording a request failed" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_span_times_accept_unix_and_monotonic_clocks(pipeline: Pipeline) -> None:
+    unix_now_s = 1_764_000_000.0  # an engine that stamps requests with time.time()
+    first_token_s = unix_now_s + 0.3
+    telemetry.voltana_request_finished(
+        prefill_record(
+            request_id="unix",
+            arrival_time_s=unix_now_s,
+            first_token_time_s=first_token_s,
+            finish_time_s=first_token_s,
+        )
+    )
+    telemetry.voltana_request_finished(prefill_record(request_id="monotonic"))  # arrival at 10 s after boot
+
+    spans = {span.attributes[names.REQUEST_ID]: span for span in pipeline.finished_spans()}
+    assert spans["unix"].start_time == int(unix_now_s * 1e9)
+    offset_s = pipeline.telemetry.epoch_offset_s
+    assert spans["monotonic"].start_time == pytest.approx((10.0 + offset_s) * 1e9, abs=1e3)
+    assert offset_s > 1e9  # monotonic time shifted onto today's Unix time

@@ -37,6 +37,8 @@ from voltana.plugins.telemetry.spans import request_metric_attributes, request_s
 logger = logging.getLogger("voltana.telemetry")
 SCOPE = "voltana"
 _PROPAGATOR = TraceContextTextMapPropagator()
+UNIX_TIME_FLOOR_S = 1e9
+"""Timestamps from here on (September 2001) are taken as Unix time; no monotonic clock's uptime gets there."""
 
 
 @dataclass
@@ -50,8 +52,9 @@ class RequestTrace:
 class Telemetry:
     """Traces and metrics of one process (all its instances), built from ``[telemetry]``.
 
-    ``epoch_offset_s`` maps record timestamps (the adapter's monotonic clock, or simulated time) to Unix time:
-    ``unix_s = t + epoch_offset_s``. It defaults to ``time.time() - time.monotonic()``.
+    Record timestamps become span times in Unix time: a value of at least ``UNIX_TIME_FLOOR_S`` already is
+    one (vLLM's ``arrival_time`` is ``time.time()``); smaller ones (a monotonic clock counts from boot,
+    simulated time from 0) get ``epoch_offset_s`` added, by default ``time.time() - time.monotonic()``.
     """
 
     def __init__(
@@ -203,7 +206,8 @@ class Telemetry:
 
     # --- internals --------------------------------------------------------------------------------------
     def _epoch_ns(self, t_s: float) -> int:
-        return int((t_s + self.epoch_offset_s) * 1e9)
+        unix_s = t_s if t_s >= UNIX_TIME_FLOOR_S else t_s + self.epoch_offset_s
+        return int(unix_s * 1e9)
 
     def _create_instruments(self) -> None:
         meter = self.meter_provider.get_meter(SCOPE, __version__)
