@@ -106,10 +106,10 @@ class PerformanceModel:
         lm_params_per_gpu = model.vocab * model.hidden / tp
         peak_gemm = gpu.peak_flops * gpu.gemm_compute_efficiency
         # Per iteration (all layers), seconds at the max clock.
+        stream_rate = gpu.hbm_bytes_per_s * gpu.gemm_memory_efficiency
+        self._layer_stream_s = layers * layer_params_per_gpu * model.bytes_per_param / stream_rate
         self._weights_stream_s = (
-            (layers * layer_params_per_gpu + lm_params_per_gpu)
-            * model.bytes_per_param
-            / (gpu.hbm_bytes_per_s * gpu.gemm_memory_efficiency)
+            self._layer_stream_s + lm_params_per_gpu * model.bytes_per_param / stream_rate
         )
         self._layer_compute_s_per_token = layers * 2.0 * layer_params_per_gpu / peak_gemm
         self._lm_compute_s_per_token = 2.0 * lm_params_per_gpu / peak_gemm
@@ -160,6 +160,27 @@ class PerformanceModel:
             return batch_size
         return self.capture_sizes[bisect_left(self.capture_sizes, batch_size)]
 
+    def _padded_tokens(self, tokens: float) -> float:
+        """GEMM tiles: above one tile the token dimension is padded to whole tiles (Vidur's 128-token steps);
+        below one tile cuBLAS picks narrow kernels, so the actual work counts."""
+        if tokens <= self._tile:
+            return tokens
+        return float(math.ceil(tokens / self._tile) * self._tile)
+
+    def layer_linear_s(self, num_tokens: int, clock_mhz: int) -> float:
+        """One transformer layer's linear and element-wise time, without attention or all-reduce (s).
+
+        This is exactly the part of ``cost`` that Vidur's ``mlp.csv`` profiles; calibration tests compare it.
+        """
+        layers = self.model.n_layers
+        slowdown = self._slowdown[self._index_of(clock_mhz)]
+        tokens = float(num_tokens)
+        stream_s = self._layer_stream_s / layers
+        compute_s = self._layer_compute_s_per_token * self._padded_tokens(tokens) / layers
+        partial_s = self._partial_share * self._layer_compute_s_per_token * tokens / layers
+        flat_s = (self._fixed_s + self._elementwise_s_per_token * tokens) / layers
+        return max(stream_s, compute_s * slowdown) + partial_s * slowdown + flat_s
+
     def _index_of(self, clock_mhz: int) -> int:
         index = self._clock_index.get(clock_mhz)
         if index is not None:
@@ -193,9 +214,7 @@ class PerformanceModel:
             overhead_s = PREFILL_OVERHEAD_S
             # Causal attention of each request's new tokens over its context and over themselves.
             attn_pairs = tokens * (context + 0.5 * tokens) / requests
-        # GEMM tiles: above one tile the token dimension is padded to whole tiles (Vidur's 128-token steps);
-        # below one tile cuBLAS picks narrow kernels, so the actual work counts.
-        padded = tokens if tokens <= self._tile else math.ceil(tokens / self._tile) * self._tile
+        padded = self._padded_tokens(tokens)
         gemm_memory_s = self._weights_stream_s
         gemm_compute_s = self._layer_compute_s_per_token * padded + self._lm_compute_s_per_token * requests
         partial_s = self._partial_share * self._layer_compute_s_per_token * tokens
