@@ -110,9 +110,13 @@ class InstanceRuntime:
         self._last_end_s = 0.0
         self._iterations = 0
         self._hook_time_s = 0.0
-        self._policy = next(iter(self._controllers.values())).policy if self._controllers else ""
+        self._window: Any | None = None
+        self._failure_logged = False
+        first = next(iter(self._controllers.values()), None)
+        self._policy = str(first.ctx.policy) if first is not None else ""
         if monitor_only_reason or not self._controllers:
             self._monitor_only_reason = monitor_only_reason or "no frequency controller"
+        self._default_clock_mhz = _default_clock_mhz(devices, perf_model)
 
     # ----------------------------------------------------------------------------------------- building
 
@@ -132,78 +136,76 @@ class InstanceRuntime:
         monitor-only runtime and one ERROR log line saying why and what still works.
         """
         if hook is None:
-            from voltana.plugins import get_plugin_manager
-
-            hook = get_plugin_manager().hook
-        role = phase.value if phase else "mixed"
-        trace = _open_trace(config)
+            hook = _plugin_hook_or_null()
+        common: dict[str, Any] = {
+            "instance_id": instance_id,
+            "phase": phase,
+            "hook": hook,
+            "model_name": model_name,
+            "trace": _open_trace(config),
+        }
         try:
-            perf_model = _performance_model(config)
+            devices = _open_devices(config, hook)
         except Exception as exc:
-            perf_model = None
-            log.warning(
-                "voltana: no simulated performance model (%s); energy of a simulated GPU unknown", exc
-            )
-        try:
-            devices = _open_devices(config)
-        except Exception as exc:
-            reason = f"GPU control unavailable: {_one_line(exc)}"
-            log.error(
-                "voltana (%s, %s): %s; serving continues monitor-only (no clock changes)",
-                instance_id,
-                role,
-                reason,
-            )
-            return cls(
-                instance_id=instance_id,
-                phase=phase,
-                hook=hook,
-                perf_model=perf_model,
-                monitor_only_reason=reason,
-                model_name=model_name,
-                trace=trace,
-            )
+            return cls._monitor_only(f"GPU control unavailable: {_one_line(exc)}", **common)
+        perf_model = _performance_model(config, devices)
+        meter = _try_meter(devices)
         try:
             controllers = {
-                p: _build_controller(config, p, instance_id, perf_model, hook)
+                p: _build_controller(config, p, instance_id, perf_model, hook, devices)
                 for p in ((phase,) if phase else (Phase.PREFILL, Phase.DECODE))
             }
-            applier, meter = _start_applier_and_meter(devices, config)
         except Exception as exc:
-            reason = f"clock control could not start: {_one_line(exc)}"
-            log.error(
-                "voltana (%s, %s): %s; serving continues monitor-only (no clock changes)",
-                instance_id,
-                role,
-                reason,
+            reason = f"no frequency controller: {_one_line(exc)}"
+            return cls._monitor_only(reason, devices=devices, meter=meter, perf_model=perf_model, **common)
+        runtime = cls(controllers=controllers, devices=devices, meter=meter, perf_model=perf_model, **common)
+        try:
+            from voltana.hardware.applier import ClockApplier
+
+            runtime._applier = ClockApplier(
+                devices,
+                restore_on_exit=config.hardware.restore_clocks_on_exit,
+                on_monitor_only=runtime._applier_gave_up,
+                name=f"voltana-clock-{instance_id}",
             )
-            return cls(
-                instance_id=instance_id,
-                phase=phase,
-                hook=hook,
-                devices=devices,
-                perf_model=perf_model,
-                meter=_try_meter(devices),
-                monitor_only_reason=reason,
-                model_name=model_name,
-                trace=trace,
-            )
-        runtime = cls(
-            instance_id=instance_id,
-            phase=phase,
-            hook=hook,
-            controllers=controllers,
-            devices=devices,
-            applier=applier,
-            meter=meter,
-            perf_model=perf_model,
-            model_name=model_name,
-            trace=trace,
+        except Exception as exc:
+            runtime._degrade(f"clock applier could not start: {_one_line(exc)}")
+            return runtime
+        log.info(
+            "voltana (%s, %s): clock control active on %s, policy %s",
+            instance_id,
+            runtime.role,
+            getattr(devices, "vendor", "?"),
+            runtime._policy,
         )
-        log.info("voltana (%s, %s): clock control active, policy %s", instance_id, role, runtime._policy)
         return runtime
 
+    @classmethod
+    def _monitor_only(cls, reason: str, **kwargs: Any) -> InstanceRuntime:
+        runtime = cls(monitor_only_reason=reason, **kwargs)
+        log.error(
+            "voltana (%s, %s): %s; serving continues monitor-only (no clock changes)",
+            runtime.instance_id,
+            runtime.role,
+            reason,
+        )
+        return runtime
+
+    @classmethod
+    def monitor_only_runtime(
+        cls, instance_id: str, phase: Phase | None, reason: str, *, model_name: str = ""
+    ) -> InstanceRuntime:
+        """A runtime that only measures (e.g. the config is invalid); logs ``reason`` once as an ERROR."""
+        return cls._monitor_only(
+            reason, instance_id=instance_id, phase=phase, hook=_plugin_hook_or_null(), model_name=model_name
+        )
+
     # ------------------------------------------------------------------------------------- hot path
+
+    @property
+    def role(self) -> str:
+        """``prefill``, ``decode`` or ``mixed``."""
+        return self.phase.value if self.phase else "mixed"
 
     @property
     def monitor_only(self) -> bool:
@@ -218,9 +220,9 @@ class InstanceRuntime:
             if self._applier is not None and not self._monitor_only_reason:
                 self._applier.submit(decision.clock_mhz)
             if self._meter is not None and not self._pending:
-                self._meter.begin()
+                self._window = self._meter.begin()
         except Exception as exc:
-            self._degrade(f"iteration hook failed: {_one_line(exc)}")
+            self._fail(f"iteration hook failed: {_one_line(exc)}")
             decision = self._monitor_decision()
         t1 = self._clock()
         self._pending.append(_Pending(snapshot, decision, t1, snapshot.now_s))
@@ -230,26 +232,25 @@ class InstanceRuntime:
     def after_iteration(self, first_token_request_ids: Iterable[str] = ()) -> IterationRecord | None:
         """Close the oldest pending iteration: latency, energy, predictor/telemetry, per-request energy.
 
-        Latency is from when the forward could start (its dispatch, or the previous iteration's end when
-        the engine pipelines) to now. Returns the record, or None if nothing was pending.
+        Latency runs from when the forward could start (its dispatch, or the previous iteration's end when
+        the engine pipelines) to now. Returns the record, or None if nothing was pending or it failed.
         """
         t_end = self._clock()
         if not self._pending:
             return None
         pending = self._pending.popleft()
+        record: IterationRecord | None = None
         try:
-            start_s = max(pending.dispatch_s, self._last_end_s)
-            latency_s = max(0.0, t_end - start_s)
+            latency_s = max(0.0, t_end - max(pending.dispatch_s, self._last_end_s))
             self._last_end_s = t_end
             applied = self._applied_clock_mhz(pending.decision)
-            energy_j = self._iteration_energy_j(pending.snapshot, applied)
             record = IterationRecord(
                 snapshot=pending.snapshot,
                 decision=pending.decision,
                 applied_clock_mhz=applied,
                 start_time_s=pending.wall_start_s,
                 latency_s=latency_s,
-                energy_j=energy_j,
+                energy_j=self._iteration_energy_j(pending.snapshot, applied),
             )
             controller = self._controllers.get(pending.snapshot.phase)
             if controller is not None and not self._monitor_only_reason:
@@ -263,8 +264,7 @@ class InstanceRuntime:
             if self._trace is not None:
                 self._trace(record, self.status())
         except Exception as exc:
-            self._degrade(f"iteration report failed: {_one_line(exc)}")
-            record = None
+            self._fail(f"iteration report failed: {_one_line(exc)}")
         self._hook_time_s += self._clock() - t_end
         return record
 
@@ -275,10 +275,9 @@ class InstanceRuntime:
         account = self._accounts.pop(request_id, None)
         if account is None:
             return None
-        phase = self.phase or (Phase.DECODE if output_tokens > 1 else Phase.PREFILL)
         record = RequestRecord(
             request_id=request_id,
-            phase=phase,
+            phase=self.phase or (Phase.DECODE if output_tokens > 1 else Phase.PREFILL),
             instance_id=self.instance_id,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -297,23 +296,22 @@ class InstanceRuntime:
 
     def status(self) -> RuntimeStatus:
         """A consistent view of this runtime (cheap: no driver call)."""
-        clock: int | None = None
-        if self._applier is not None:
-            clock = getattr(self._applier, "applied_clock_mhz", None)
         return RuntimeStatus(
             instance_id=self.instance_id,
-            role=self.phase.value if self.phase else "mixed",
+            role=self.role,
             monitor_only=self.monitor_only,
             monitor_only_reason=self._monitor_only_reason,
-            sm_clock_mhz=clock,
+            sm_clock_mhz=self._applied_clock_mhz(None) or None,
             policy=MONITOR_ONLY_POLICY if self.monitor_only else self._policy,
             iterations=self._iterations,
             hook_time_s=self._hook_time_s,
         )
 
     def close(self) -> None:
-        """Restore clocks (the applier does) and release the devices; never raises."""
-        for closer in (self._applier, self._meter, self._devices):
+        """Restore clocks (the applier does) and release the devices; idempotent, never raises."""
+        applier, self._applier = self._applier, None
+        devices, self._devices = self._devices, None
+        for closer in (applier, devices, self._trace):
             close = getattr(closer, "close", None)
             if close is None:
                 continue
@@ -321,7 +319,6 @@ class InstanceRuntime:
                 close()
             except Exception as exc:
                 log.warning("voltana: closing %s failed: %s", type(closer).__name__, _one_line(exc))
-        self._applier = None
 
     # ------------------------------------------------------------------------------------- internals
 
@@ -329,28 +326,29 @@ class InstanceRuntime:
         if self._monitor_only_reason:
             return self._monitor_decision()
         controller = self._controllers.get(snapshot.phase)
-        if controller is None:  # a mixed batch on a pure-phase instance: use the instance's own controller
+        if controller is None:  # a pure-phase instance always uses its own controller
             controller = next(iter(self._controllers.values()))
         decision: ClockDecision = controller.decide(snapshot)
         return decision
 
     def _monitor_decision(self) -> ClockDecision:
-        current = self._applied_clock_mhz(None)
-        return ClockDecision(current, DecisionReason.MONITOR_ONLY, MONITOR_ONLY_POLICY)
+        return ClockDecision(self._applied_clock_mhz(None), DecisionReason.MONITOR_ONLY, MONITOR_ONLY_POLICY)
 
     def _applied_clock_mhz(self, decision: ClockDecision | None) -> int:
-        if self._applier is not None:
-            applied = getattr(self._applier, "applied_clock_mhz", None)
-            if applied:
-                return int(applied)
-        if decision is not None and decision.clock_mhz:
+        """The clock the GPUs run at: read back by the applier, else the decision, else the default clock."""
+        applier = self._applier
+        if applier is not None and applier.applied_clock_mhz:
+            return int(applier.applied_clock_mhz)
+        if decision is not None and decision.clock_mhz and not self._monitor_only_reason:
             return decision.clock_mhz
-        return int(getattr(self._perf_model, "max_clock_mhz", 0) or 0)
+        return self._default_clock_mhz
 
     def _iteration_energy_j(self, snapshot: BatchSnapshot, clock_mhz: int) -> float | None:
-        if self._devices is None:
+        if self._devices is None or self._meter is None:
             return None
-        if getattr(self._devices, "is_simulated", False) and self._perf_model is not None:
+        if self._perf_model is not None and getattr(self._devices, "vendor", "") == "simulated":
+            from voltana.hardware.simulated import record_iteration
+
             cost = self._perf_model.cost(
                 snapshot.phase,
                 snapshot.batch_size,
@@ -358,13 +356,11 @@ class InstanceRuntime:
                 snapshot.num_context_tokens,
                 clock_mhz,
             )
-            self._devices.record_iteration(cost)
-        if self._meter is None:
-            return None
-        energy = self._meter.end()
-        if self._pending:  # pipelined: the next iteration's window starts where this one ended
-            self._meter.begin()
-        return None if energy is None else float(energy)
+            record_iteration(self._devices, cost)
+        window = self._window
+        energy_j = float(self._meter.end(window)) if window is not None else None
+        self._window = self._meter.begin() if self._pending else None  # pipelined: next window starts now
+        return energy_j
 
     def _account(self, record: IterationRecord, first_token_request_ids: Iterable[str]) -> None:
         snapshot = record.snapshot
@@ -373,30 +369,40 @@ class InstanceRuntime:
             from voltana.core.attribution import attribute_energy
 
             shares = attribute_energy(snapshot, record.energy_j)
+        clock = record.applied_clock_mhz
         for request in snapshot.requests:
             account = self._accounts.get(request.request_id)
             if account is None:
                 account = self._accounts[request.request_id] = _RequestAccount(request.arrival_time_s)
             account.energy_j += shares.get(request.request_id, 0.0)
-            residency = account.clock_residency_s
-            residency[record.applied_clock_mhz] = (
-                residency.get(record.applied_clock_mhz, 0.0) + record.latency_s
-            )
+            account.clock_residency_s[clock] = account.clock_residency_s.get(clock, 0.0) + record.latency_s
         end_s = record.start_time_s + record.latency_s
         for request_id in first_token_request_ids:
             account = self._accounts.get(request_id)
             if account is not None and account.first_token_time_s is None:
                 account.first_token_time_s = end_s
 
+    def _applier_gave_up(self, reason: str) -> None:
+        """The applier hit a driver error and logged it: record monitor-only without a second log line."""
+        if not self._monitor_only_reason:
+            self._monitor_only_reason = f"clock control disabled by a driver error: {reason}"
+
+    def _fail(self, reason: str) -> None:
+        """A hot-path failure: the first one is logged (once), and clock control stops."""
+        if not self._failure_logged:
+            self._failure_logged = True
+            if self._monitor_only_reason:
+                log.error("voltana (%s, %s): %s; monitoring continues", self.instance_id, self.role, reason)
+        self._degrade(reason)
+
     def _degrade(self, reason: str) -> None:
         if self._monitor_only_reason:
             return
         self._monitor_only_reason = reason
-        role = self.phase.value if self.phase else "mixed"
         log.error(
             "voltana (%s, %s): %s; serving continues monitor-only (no clock changes)",
             self.instance_id,
-            role,
+            self.role,
             reason,
         )
         applier, self._applier = self._applier, None
@@ -410,34 +416,61 @@ class InstanceRuntime:
 # ----------------------------------------------------------------------------------------- wiring
 
 
+class _NullHook:
+    """Stands in for the plugin hooks when the plugin manager itself cannot be built."""
+
+    def voltana_iteration_finished(self, record: IterationRecord) -> None:
+        return None
+
+    def voltana_request_finished(self, record: RequestRecord) -> None:
+        return None
+
+
+def _plugin_hook_or_null() -> Any:
+    try:
+        from voltana.plugins import get_plugin_manager
+
+        return get_plugin_manager().hook
+    except Exception as exc:
+        log.error(
+            "voltana: plugins could not be loaded (%s); iteration and request hooks are off", _one_line(exc)
+        )
+        return _NullHook()
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _performance_model(config: VoltanaConfig) -> Any:
-    from voltana.hardware.simulated import performance_model
+def _performance_model(config: VoltanaConfig, devices: Any) -> Any | None:
+    """The physics model: the simulated group's own, else the configured profile (seeds the predictor)."""
+    model = (
+        getattr(devices.devices[0], "model", None) if getattr(devices, "vendor", "") == "simulated" else None
+    )
+    if model is not None:
+        return model
+    try:
+        from voltana.hardware.simulated import performance_model
 
-    return performance_model(config.hardware.simulated_gpu, config.hardware.simulated_model)
+        return performance_model(config.hardware.simulated_gpu, config.hardware.simulated_model)
+    except Exception as exc:
+        log.warning("voltana: no performance model for seeding (%s)", _one_line(exc))
+        return None
 
 
-def _open_devices(config: VoltanaConfig) -> Any:
+def _open_devices(config: VoltanaConfig, hook: Any) -> Any:
     from voltana.hardware.select import open_devices
 
-    return open_devices(config.hardware)
+    return open_devices(config.hardware, hook if hasattr(hook, "voltana_register_hardware") else None)
 
 
-def _build_controller(config: VoltanaConfig, phase: Phase, instance_id: str, model: Any, hook: Any) -> Any:
-    from voltana.plugins.ecofreq import build_controller
+def _build_controller(
+    config: VoltanaConfig, phase: Phase, instance_id: str, model: Any, hook: Any, devices: Any
+) -> Any:
+    from voltana.plugins.ecofreq_seed import build_controller
 
-    return build_controller(config, phase, instance_id, model, hook)
-
-
-def _start_applier_and_meter(devices: Any, config: VoltanaConfig) -> tuple[Any, Any]:
-    from voltana.hardware.applier import ClockApplier
-
-    applier = ClockApplier(devices)
-    return applier, _try_meter(devices)
+    return build_controller(config, phase, instance_id, model, hook, devices.supported_clocks_mhz())
 
 
 def _try_meter(devices: Any) -> Any | None:
@@ -448,6 +481,16 @@ def _try_meter(devices: Any) -> Any | None:
     except Exception as exc:
         log.warning("voltana: no energy meter (%s); energy is not measured", _one_line(exc))
         return None
+
+
+def _default_clock_mhz(devices: Any | None, perf_model: Any | None) -> int:
+    """The clock the GPUs run at before voltana changes anything (0 when unknown); read once at start."""
+    try:
+        if devices is not None:
+            return int(devices.current_clock_mhz())
+    except Exception as exc:
+        log.debug("voltana: current clock unreadable: %s", exc)
+    return int(getattr(perf_model, "max_clock_mhz", 0) or 0)
 
 
 def _open_trace(config: VoltanaConfig) -> Callable[[IterationRecord, RuntimeStatus], None] | None:

@@ -1,0 +1,144 @@
+"""Instance state for the router, added to vLLM's own ``/metrics``.
+
+vLLM's scheduler (where voltana decides) runs in the EngineCore process; ``/metrics`` is served by the API
+server process. The EngineCore side writes a small JSON file per engine (atomically, at most every
+:data:`PUBLISH_INTERVAL_S`); the API server side registers a Prometheus collector that reads those files at
+scrape time. The directory travels to child processes in ``_VOLTANA_VLLM_STATE_DIR``, set by the first
+process that loads the plugin (the API server, before it spawns the engine).
+
+Metrics (one sample per engine, label ``engine`` = data-parallel rank, as vLLM's own):
+``voltana:sm_clock_mhz``, ``voltana:monitor_only``, ``voltana:num_requests_running``,
+``voltana:num_requests_waiting``, ``voltana:kv_tokens``, ``voltana:kv_capacity_tokens``,
+``voltana:iterations_total``, ``voltana:hook_seconds_total`` and ``voltana:instance_info`` (value 1, labels
+``role``, ``policy``, ``instance_id``, ``capture_sizes`` = comma-separated CUDA-graph batch sizes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+STATE_DIR_ENV = "_VOLTANA_VLLM_STATE_DIR"
+PUBLISH_INTERVAL_S = 0.25
+STATE_MAX_AGE_S = 60.0
+_GAUGES = (
+    ("sm_clock_mhz", "SM clock voltana applied last (MHz)"),
+    ("monitor_only", "1 when voltana only measures (clock control off)"),
+    ("num_requests_running", "requests in the running batch"),
+    ("num_requests_waiting", "requests waiting for their prefill"),
+    ("kv_tokens", "tokens held in the KV cache by running requests"),
+    ("kv_capacity_tokens", "KV cache capacity (tokens)"),
+)
+_COUNTERS = (
+    ("iterations", "iterations voltana saw"),
+    ("hook_seconds", "time spent in voltana's per-iteration hook (s)"),
+)
+
+
+def state_dir(create: bool = False) -> Path | None:
+    """The shared state directory; with ``create`` make one (and export it to children) if unset."""
+    current = os.environ.get(STATE_DIR_ENV)
+    if current:
+        return Path(current)
+    if not create:
+        return None
+    path = tempfile.mkdtemp(prefix="voltana-vllm-")
+    os.environ[STATE_DIR_ENV] = path
+    return Path(path)
+
+
+class StatePublisher:
+    """EngineCore side: writes this engine's state file, throttled to :data:`PUBLISH_INTERVAL_S`."""
+
+    def __init__(self, directory: Path | None, engine_index: int) -> None:
+        self._path = directory / f"engine-{engine_index}.json" if directory else None
+        self._last_s = 0.0
+
+    def due(self) -> bool:
+        """True when a publish would write now (cheap; call before building the state)."""
+        return self._path is not None and time.monotonic() - self._last_s >= PUBLISH_INTERVAL_S
+
+    def publish(self, state: dict[str, Any]) -> None:
+        """Write ``state`` atomically (never raises: state is best effort)."""
+        if self._path is None:
+            return
+        self._last_s = time.monotonic()
+        try:
+            tmp = self._path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(state), encoding="utf-8")
+            tmp.replace(self._path)
+        except OSError:
+            pass
+
+
+def read_states(directory: Path) -> Iterator[dict[str, Any]]:
+    """Fresh engine states in ``directory`` (files older than :data:`STATE_MAX_AGE_S` are skipped)."""
+    now = time.time()
+    for path in sorted(directory.glob("engine-*.json")):
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if now - float(state.get("updated_at_s", 0.0)) <= STATE_MAX_AGE_S:
+            yield state
+
+
+class VoltanaStateCollector:
+    """API-server side: a Prometheus collector turning the state files into ``voltana:*`` samples."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+        states = list(read_states(self._directory))
+        for name, doc in _GAUGES:
+            family = GaugeMetricFamily(f"voltana:{name}", doc, labels=["engine"])
+            for s in states:
+                if s.get(name) is not None:
+                    family.add_metric([str(s["engine"])], float(s[name]))
+            yield family
+        for name, doc in _COUNTERS:
+            family_c = CounterMetricFamily(f"voltana:{name}", doc, labels=["engine"])
+            for s in states:
+                family_c.add_metric([str(s["engine"])], float(s.get(name, 0)))
+            yield family_c
+        info = InfoMetricFamily(
+            "voltana:instance", "voltana role, policy and CUDA-graph capture sizes", labels=["engine"]
+        )
+        for s in states:
+            info.add_metric(
+                [str(s["engine"])],
+                {
+                    "instance_id": str(s.get("instance_id", "")),
+                    "role": str(s.get("role", "")),
+                    "policy": str(s.get("policy", "")),
+                    "capture_sizes": ",".join(str(c) for c in s.get("capture_sizes", [])),
+                },
+            )
+        yield info
+
+
+_collector_registered = False
+
+
+def register_collector() -> None:
+    """Add the collector to the default Prometheus registry once per process (what vLLM's /metrics serves)."""
+    global _collector_registered
+    if _collector_registered:
+        return
+    directory = state_dir(create=True)
+    if directory is None:
+        return
+    try:
+        from prometheus_client import REGISTRY
+    except ImportError:
+        return
+    REGISTRY.register(VoltanaStateCollector(directory))
+    _collector_registered = True
