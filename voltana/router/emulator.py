@@ -662,8 +662,7 @@ class EmulatorCluster:
 
     async def stop(self) -> None:
         """Stop every live instance."""
-        for inst in self.instances:
-            await inst.stop()
+        await asyncio.gather(*(inst.stop() for inst in self.instances))
 
     def router_lists(self) -> tuple[list[str], list[str]]:
         """(prefill entries, decode entries) for ``router.prefill`` / ``router.decode``."""

@@ -1,6 +1,9 @@
 """The router's live picture of its engine instances: in-flight counts, polled load, health, draining.
 
-An instance is *admitted* (routable) unless ejected (too many consecutive failures) or draining. The state a
+An instance is *admitted* (routable) unless ejected (too many consecutive failures) or draining. An ejected
+instance sits out a quarantine that doubles with every ejection (``readmit_backoff_s`` x 2^k, at most
+``MAX_QUARANTINE_S``), then needs ``readmit_after_successes`` healthy probes; once back it is on probation:
+one more failure ejects it again (a circuit breaker's half-open state), its first success clears its record. The state a
 routing policy sees (:class:`InstanceState`) combines what the router knows exactly (its own in-flight
 requests) with the last poll (load from other clients, KV usage), and drops the polled part once it is older
 than ``stale_after_s``.
@@ -18,6 +21,7 @@ from voltana.core.types import InstanceState, Phase
 from voltana.router.load_parsing import LoadReport
 
 log = logging.getLogger("voltana.router")
+MAX_QUARANTINE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +66,10 @@ class Instance:
     admitted: bool = True
     draining: bool = False
     consecutive_failures: int = 0
+    poll_failures: int = 0
     probe_successes: int = 0
+    ejections: int = 0
+    quarantine_until_s: float = 0.0
     report: LoadReport | None = None
     inflight_at_poll: int = 0
     polled_at_s: float = 0.0
@@ -124,7 +131,9 @@ class InstanceRegistry:
         readmit_after_successes: int = 2,
         stale_after_s: float = 2.0,
         max_inflight_per_instance: int = 256,
+        readmit_backoff_s: float = 1.0,
     ) -> None:
+        self.readmit_backoff_s = readmit_backoff_s
         self.eject_after_failures = eject_after_failures
         self.readmit_after_successes = readmit_after_successes
         self.stale_after_s = stale_after_s
@@ -174,35 +183,51 @@ class InstanceRegistry:
         inst._view = None
 
     def record_success(self, inst: Instance) -> None:
-        """A request or poll succeeded: reset the failure streak."""
+        """A request succeeded: reset the failure streak and the ejection record."""
         inst.consecutive_failures = 0
-
-    def record_failure(self, inst: Instance, why: str) -> None:
-        """A request or poll failed; eject after ``eject_after_failures`` in a row."""
-        inst.consecutive_failures += 1
-        if inst.admitted and inst.consecutive_failures >= self.eject_after_failures:
-            inst.admitted = False
-            inst.probe_successes = 0
-            inst.touch()
-            log.warning("ejected %s (%s): %s", inst.instance_id, inst.url, why)
-
-    def record_probe(self, inst: Instance, ok: bool) -> None:
-        """A health probe of an ejected instance; re-admit after ``readmit_after_successes`` in a row."""
         if inst.admitted:
-            return
-        inst.probe_successes = inst.probe_successes + 1 if ok else 0
-        if inst.probe_successes >= self.readmit_after_successes:
-            inst.admitted = True
-            inst.consecutive_failures = 0
-            inst.touch()
-            log.warning("re-admitted %s (%s)", inst.instance_id, inst.url)
+            inst.ejections = 0
 
-    def record_report(self, inst: Instance, report: LoadReport) -> None:
-        """A fresh load poll of ``inst``."""
+    def record_poll(self, inst: Instance, report: LoadReport | None, why: str = "") -> None:
+        """A load poll: its report, or None when it failed (``why``); failed polls in a row eject too."""
+        if report is None:
+            inst.poll_failures += 1
+            self._maybe_eject(inst, inst.poll_failures, why)
+            return
+        inst.poll_failures = 0
         inst.report = report
         inst.inflight_at_poll = inst.inflight
         inst.polled_at_s = time.monotonic()
         inst.touch()
+
+    def record_failure(self, inst: Instance, why: str) -> None:
+        """A request failed; eject after ``eject_after_failures`` in a row (one while on probation)."""
+        inst.consecutive_failures += 1
+        self._maybe_eject(inst, inst.consecutive_failures, why)
+
+    def _maybe_eject(self, inst: Instance, streak: int, why: str) -> None:
+        if inst.admitted and streak >= self.eject_after_failures:
+            inst.admitted = False
+            inst.probe_successes = 0
+            quarantine_s = min(MAX_QUARANTINE_S, self.readmit_backoff_s * 2**inst.ejections)
+            inst.quarantine_until_s = time.monotonic() + quarantine_s
+            inst.ejections += 1
+            inst.touch()
+            log.warning(
+                "ejected %s (%s) for at least %.1f s: %s", inst.instance_id, inst.url, quarantine_s, why
+            )
+
+    def record_probe(self, inst: Instance, ok: bool) -> None:
+        """A health probe of an ejected instance; re-admit after ``readmit_after_successes`` in a row."""
+        if inst.admitted or time.monotonic() < inst.quarantine_until_s:
+            return
+        inst.probe_successes = inst.probe_successes + 1 if ok else 0
+        if inst.probe_successes >= self.readmit_after_successes:
+            inst.admitted = True
+            inst.consecutive_failures = self.eject_after_failures - 1  # probation: one failure ejects again
+            inst.poll_failures = 0
+            inst.touch()
+            log.warning("re-admitted %s (%s)", inst.instance_id, inst.url)
 
     def model_limits(self) -> dict[str, int | None]:
         """Every model some instance serves, with the smallest known max length (None when unknown)."""

@@ -44,7 +44,7 @@ def parse_models(payload: Any) -> dict[str, int | None]:
 
 
 class Poller:
-    """Polls every instance every ``interval_s``; one failed poll counts as one failure of the instance."""
+    """Polls every instance every ``interval_s``; ``eject_after_failures`` failed polls in a row eject."""
 
     def __init__(
         self, registry: InstanceRegistry, client: httpx.AsyncClient, backend: Backend, interval_s: float
@@ -97,10 +97,9 @@ class Poller:
             if self._voltana_state.get(inst.instance_id, True):
                 await self._fetch_voltana_state(inst)
         except (httpx.HTTPError, ValueError) as exc:
-            self.registry.record_failure(inst, f"poll failed: {type(exc).__name__}: {exc}")
+            self.registry.record_poll(inst, None, f"poll failed: {type(exc).__name__}: {exc}")
             return
-        self.registry.record_report(inst, report)
-        self.registry.record_success(inst)
+        self.registry.record_poll(inst, report)
 
     async def _probe(self, inst: Instance) -> None:
         try:

@@ -152,14 +152,12 @@ class Proxy:
             ex.request_id, ex.parsed.input_tokens, ex.parsed.max_tokens or 0, time.monotonic()
         )
         excluded: dict[Phase, set[str]] = {Phase.PREFILL: set(), Phase.DECODE: set()}
-        last: UpstreamError | None = None
         for _ in range(1 + self.max_retries):
             try:
                 if self.backend == "vllm":
                     return await self._attempt_vllm(ex, route, excluded)
                 return await self._attempt_sglang(ex, route, excluded)
             except UpstreamError as exc:
-                last = exc
                 failed = self.registry.by_id[exc.instance_id]
                 self.registry.record_failure(failed, str(exc))
                 excluded[failed.phase].add(failed.instance_id)
@@ -167,14 +165,15 @@ class Proxy:
                 self.metrics.errors.labels("upstream").inc()
                 log.info("request %s: %s; retrying elsewhere", ex.request_id, exc)
             except NoInstanceError as exc:
-                if exc.saturated and last is None:
+                if ex.attempts:
+                    break  # every instance that could serve it failed: report those failures
+                if exc.saturated:
                     self.metrics.errors.labels("saturated").inc()
                     raise RouterError(
                         429, str(exc), code="overloaded", headers={"retry-after": "1"}
                     ) from None
                 self.metrics.errors.labels("no_instance").inc()
-                detail = f"; last failure: {last}" if last else ""
-                raise RouterError(503, f"{exc}{detail}", code="no_instance") from None
+                raise RouterError(503, str(exc), code="no_instance") from None
         raise RouterError(
             502,
             f"request failed on {len(ex.attempts)} attempts: {'; '.join(ex.attempts)}",

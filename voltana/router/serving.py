@@ -79,7 +79,16 @@ class BackgroundLoop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
     def close(self) -> None:
-        """Stop the loop and join the thread."""
+        """Cancel what still runs on the loop, stop it and join the thread."""
+
+        async def cancel_rest() -> None:
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            self.run(cancel_rest(), timeout_s=10.0)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
@@ -102,7 +111,6 @@ async def start_server(
 async def stop_server(server: EmbeddedServer, task: asyncio.Task[None], *, crash: bool = False) -> None:
     """Stop ``server``: gracefully, or as a crash (connections dropped mid-response)."""
     if crash:
-        server.force_exit = True
         server.kill_connections()
     server.should_exit = True
     with contextlib.suppress(asyncio.CancelledError):
