@@ -3,10 +3,11 @@
 An instance is *admitted* (routable) unless ejected (too many consecutive failures) or draining. An ejected
 instance sits out a quarantine that doubles with every ejection (``readmit_backoff_s`` x 2^k, at most
 ``MAX_QUARANTINE_S``), then needs ``readmit_after_successes`` healthy probes; once back it is on probation:
-one more failure ejects it again (a circuit breaker's half-open state), its first success clears its record. The state a
-routing policy sees (:class:`InstanceState`) combines what the router knows exactly (its own in-flight
-requests) with the last poll (load from other clients, KV usage), and drops the polled part once it is older
-than ``stale_after_s``.
+one more failure ejects it again (a circuit breaker's half-open state), its first success clears its record.
+
+The state a routing policy sees (:class:`InstanceState`) combines what the router knows exactly (its own
+in-flight requests) with the last poll (load from other clients, KV usage), and drops the polled part once
+it is older than ``stale_after_s``.
 """
 
 from __future__ import annotations
