@@ -37,6 +37,7 @@ class Pipeline:
         return list(self.spans.get_finished_spans())
 
     def metrics(self) -> dict[str, Metric]:
+        self.telemetry.process_pending()
         return metrics_by_name(self.reader.get_metrics_data())
 
 

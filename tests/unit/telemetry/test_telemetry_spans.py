@@ -144,12 +144,16 @@ def test_registry_is_bounded_and_keeps_only_trace_headers() -> None:
 def test_a_failing_record_is_reported_once_and_never_raises(
     pipeline: Pipeline, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broken = prefill_record(clock_residency_s=None)  # not a dict: attribute building fails inside the hook
+    broken = prefill_record(clock_residency_s=None)  # not a dict: building its attributes fails
     with caplog.at_level("WARNING", logger="voltana.telemetry"):
         for _ in range(3):
-            telemetry.voltana_request_finished(broken)
-    warnings = [r for r in caplog.records if "recording a request failed" in r.getMessage()]
+            telemetry.voltana_request_finished(broken)  # queued: the engine's thread sees no error
+        telemetry.voltana_request_finished(prefill_record(request_id="fine"))
+        spans = pipeline.finished_spans()  # processes the queue
+    warnings = [r for r in caplog.records if "recording requests failed" in r.getMessage()]
     assert len(warnings) == 1
+    assert pipeline.telemetry.requests.failed == 3
+    assert [span.attributes[names.REQUEST_ID] for span in spans] == ["fine"]
 
 
 def test_span_times_accept_unix_and_monotonic_clocks(pipeline: Pipeline) -> None:

@@ -1,8 +1,9 @@
 """The process's telemetry pipeline: OpenTelemetry providers, instruments, request spans, Prometheus text.
 
 Per iteration only :class:`~voltana.plugins.telemetry.aggregates.Aggregates` is updated; observable
-instruments read it when a reader collects (background thread or a scrape). Per finished request one span
-is recorded with explicit start/end times and handed to a BatchSpanProcessor queue (exports in background).
+instruments read it when a reader collects (background thread or a scrape). A finished request is queued;
+a worker thread records its span (explicit start/end times) and request metrics, and a BatchSpanProcessor
+exports spans in the background.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from voltana.plugins.telemetry.context import TraceContextRegistry, trace_header
 from voltana.plugins.telemetry.exporters import ExportHealth, build_exporters, describe_target
 from voltana.plugins.telemetry.prometheus import PrometheusEndpoint, render_prometheus
 from voltana.plugins.telemetry.spans import request_metric_attributes, request_span_attributes
+from voltana.plugins.telemetry.worker import BackgroundQueue
 
 logger = logging.getLogger("voltana.telemetry")
 SCOPE = "voltana"
@@ -103,6 +105,7 @@ class Telemetry:
         self.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         self.tracer = self.tracer_provider.get_tracer(SCOPE, __version__)
         self._create_instruments()
+        self.requests = BackgroundQueue(self.record_request_now, what="requests")
         self._endpoint: PrometheusEndpoint | None = None
         if config.prometheus_port is not None:
             self._endpoint = PrometheusEndpoint(self.prometheus_text, port=config.prometheus_port)
@@ -118,7 +121,15 @@ class Telemetry:
         self.trace_contexts.bind(request_id, headers)
 
     def observe_request(self, record: RequestRecord) -> None:
-        """Record the span and request metrics of one finished phase of a request."""
+        """Queue one finished request phase; its span and metrics are built on the worker thread."""
+        self.requests.put(record)
+
+    def process_pending(self) -> int:
+        """Build the spans and metrics of all queued requests now, in the calling thread; returns how many."""
+        return self.requests.drain()
+
+    def record_request_now(self, record: RequestRecord) -> None:
+        """Record one request phase's span and metrics in the calling thread (what the worker does)."""
         carrier = trace_headers_from(record.trace_headers) or self.trace_contexts.get(record.request_id)
         parent = _PROPAGATOR.extract(carrier) if carrier else None
         attributes = request_span_attributes(record, self.slo)
@@ -180,6 +191,7 @@ class Telemetry:
         """Current metrics in Prometheus text format ('' unless ``telemetry.prometheus`` is on)."""
         if self._prometheus_reader is None:
             return ""
+        self.process_pending()
         return render_prometheus(self._prometheus_reader.get_metrics_data())
 
     @property
@@ -190,6 +202,7 @@ class Telemetry:
     def force_flush(self, timeout_s: float = 5.0) -> bool:
         """Export what is queued now (tests, shutdown); bounded by ``timeout_s``."""
         millis = int(timeout_s * 1000)
+        self.process_pending()
         spans_ok = self.tracer_provider.force_flush(millis)
         metrics_ok = self.meter_provider.force_flush(millis)
         return bool(spans_ok and metrics_ok)
@@ -198,6 +211,7 @@ class Telemetry:
         """Flush and stop the exporters and the ``/metrics`` endpoint; never raises."""
         if self._endpoint is not None:
             self._endpoint.close()
+        self.requests.close()
         for provider in (self.tracer_provider, self.meter_provider):
             try:
                 provider.shutdown()
