@@ -41,9 +41,10 @@ _previous_sigterm: Any = None
 class ClockApplier:
     """Applies the latest submitted SM clock to a :class:`GpuGroup` from a worker thread.
 
-    Invariants: ``submit`` never blocks and never raises; ``applied_clock_mhz`` is the clock read back after
-    the last successful driver call (None before the first one); after a driver error ``monitor_only`` is
-    True and no further driver calls are made except the restore on close.
+    Invariants: ``submit`` never blocks and never raises; ``applied_clock_mhz`` is the clock locked by the
+    last successful driver call and ``applied_at_s`` when (``time.monotonic``), ``read_back_clock_mhz`` what
+    the GPU reported right after (None before the first call); after a driver error ``monitor_only`` is True
+    and no further driver calls are made except the restore on close.
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class ClockApplier:
         self._touched = False
         self.applied_clock_mhz: int | None = None
         self.applied_at_s: float | None = None
+        self.read_back_clock_mhz: int | None = None
         self.driver_calls = 0
         self.monitor_only = False
         self.monitor_only_reason = ""
@@ -110,6 +112,7 @@ class ClockApplier:
             return
         self.applied_clock_mhz = target
         self.applied_at_s = time.monotonic()
+        self.read_back_clock_mhz = read_back
         if read_back != target and not self._warned_mismatch:
             self._warned_mismatch = True
             logger.warning(

@@ -57,13 +57,16 @@ BUILTIN_DRIVERS: dict[str, DriverFactory] = {
 
 
 def registered_drivers(hook: Any | None = None) -> dict[str, DriverFactory]:
-    """Driver factories by vendor name: from ``hook.voltana_register_hardware`` or the built-ins."""
+    """Driver factories by vendor name: from ``hook.voltana_register_hardware`` or the built-ins.
+
+    pluggy calls the newest plugin first, so a plugin registered after the built-ins overrides a vendor name.
+    """
     if hook is None:
         return dict(BUILTIN_DRIVERS)
     found: dict[str, DriverFactory] = {}
 
     def register(name: str, factory: DriverFactory) -> None:
-        found[name] = factory
+        found.setdefault(name, factory)
 
     hook.voltana_register_hardware(register=register)
     return found

@@ -47,7 +47,7 @@ def test_linear_layers_match_vidur_at_max_clock() -> None:
         within = sum(abs(e) <= TOLERANCE for e in errs) / len(errs)
         median = statistics.median(abs(e) for e in errs)
         CALIBRATION_ROWS.append(
-            f"Vidur linear+elementwise per layer, {gpu}: {len(errs)} points (3 models x TP 1-8 x "
+            f"Vidur linear+elementwise per layer, {gpu}: {len(errs)} points (models x TP 1-8 x "
             f"{len(VIDUR_TOKENS)} token counts), median |error| {median:.1%}, within 15%: {within:.0%}, "
             f"worst {max(errs, key=abs):+.0%}"
         )

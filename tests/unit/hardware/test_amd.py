@@ -1,0 +1,185 @@
+"""The AMD driver against the real ``amdsmi`` Python package, vendor calls patched with autospec.
+
+Without ROCm, ``import amdsmi`` fails because ``libamd_smi.so`` cannot be loaded. The fixture then imports
+the real package with only that C library replaced (the vendor-call boundary): its Python API, enums and
+exception classes are the real ones, and the API functions voltana calls are patched with autospec.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from voltana.hardware import amd
+from voltana.hardware.errors import (
+    GpuLostError,
+    InvalidArgumentError,
+    LibraryNotFoundError,
+    NoPermissionError,
+    NotSupportedError,
+    VoltanaHardwareError,
+)
+
+VENDOR_CALLS = (
+    "amdsmi_init",
+    "amdsmi_get_processor_handles",
+    "amdsmi_get_gpu_asic_info",
+    "amdsmi_get_clk_freq",
+    "amdsmi_set_gpu_clk_limit",
+    "amdsmi_set_gpu_clk_range",
+    "amdsmi_set_gpu_perf_level",
+    "amdsmi_get_energy_count",
+    "amdsmi_get_power_info",
+)
+_cached: dict[str, ModuleType] = {}
+
+
+def _real_amdsmi_modules() -> dict[str, ModuleType]:
+    """The real ``amdsmi`` package and submodules, imported over a stand-in ``libamd_smi.so`` if needed."""
+    if _cached:
+        return _cached
+    before = set(sys.modules)
+    real_cdll = ctypes.CDLL
+
+    def cdll(name: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(name).endswith("libamd_smi.so"):
+            try:
+                return real_cdll(name, *args, **kwargs)
+            except OSError:
+                return mock.MagicMock(name="libamd_smi.so")
+        return real_cdll(name, *args, **kwargs)
+
+    with mock.patch.object(ctypes, "CDLL", cdll):
+        import amdsmi  # noqa: F401
+    for name in set(sys.modules) - before:
+        if name == "amdsmi" or name.startswith("amdsmi."):
+            _cached[name] = sys.modules.pop(name)
+    return _cached
+
+
+@pytest.fixture
+def smi(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Real amdsmi in sys.modules for this test only; two GPUs whose API calls are autospec mocks."""
+    for name, module in _real_amdsmi_modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    module = sys.modules["amdsmi"]
+    monkeypatch.delenv("HIP_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("ROCR_VISIBLE_DEVICES", raising=False)
+    with mock.patch.multiple(module, **dict.fromkeys(VENDOR_CALLS, mock.DEFAULT), autospec=True) as calls:
+        calls["amdsmi_get_processor_handles"].return_value = ["h0", "h1"]
+        calls["amdsmi_get_gpu_asic_info"].return_value = {"market_name": "AMD Instinct MI300X"}
+        calls["amdsmi_get_clk_freq"].return_value = {
+            "num_supported": 3,
+            "current": 2,
+            "frequency": [500_000_000, 1_500_000_000, 2_100_000_000],
+        }
+        calls["amdsmi_get_energy_count"].return_value = {
+            "energy_accumulator": 0,
+            "counter_resolution": 15.3,
+            "timestamp": 0,
+        }
+        calls["amdsmi_get_power_info"].return_value = {
+            "current_socket_power": 640,
+            "average_socket_power": 600,
+        }
+        yield module, calls
+
+
+def test_opens_gpus_and_reads_clock_range_in_mhz(smi: Any) -> None:
+    group = amd.open_amd()
+    assert len(group) == 2 and group.devices[0].name == "AMD Instinct MI300X"
+    clocks = group.supported_clocks_mhz()
+    assert clocks[0] == 500 and clocks[-1] == 2100 and 1505 in clocks
+    assert group.current_clock_mhz() == 2100
+    assert group.power_w() == pytest.approx(1280.0)
+
+
+def test_hip_visible_devices_mapping(smi: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    module, calls = smi
+    monkeypatch.setenv("HIP_VISIBLE_DEVICES", "1")
+    group = amd.open_amd()
+    assert [d.index for d in group.devices] == [0]
+    group.reset_clocks()
+    calls["amdsmi_set_gpu_perf_level"].assert_called_once_with("h1", module.AmdSmiDevPerfLevel.AUTO)
+
+
+def test_lock_uses_clock_limits_in_a_safe_order(smi: Any) -> None:
+    _, calls = smi
+    device = amd.open_amd([0]).devices[0]
+    device.lock_clock_mhz(1200)  # lowering from 2100: min first, then max
+    assert calls["amdsmi_set_gpu_clk_limit"].call_args_list == [
+        mock.call("h0", "sclk", "min", 1200),
+        mock.call("h0", "sclk", "max", 1200),
+    ]
+
+
+def test_lock_falls_back_to_clock_range(smi: Any) -> None:
+    module, calls = smi
+    newer_call = module.amdsmi_set_gpu_clk_limit
+    del module.amdsmi_set_gpu_clk_limit  # an older amdsmi without the clock-limit call
+    try:
+        amd.open_amd([0]).devices[0].lock_clock_mhz(1200)
+    finally:
+        module.amdsmi_set_gpu_clk_limit = newer_call
+    calls["amdsmi_set_gpu_clk_range"].assert_called_once_with("h0", 1200, 1200, module.AmdSmiClkType.GFX)
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "advice"),
+    [
+        ("AMDSMI_STATUS_NO_PERM", NoPermissionError, "root"),
+        ("AMDSMI_STATUS_NOT_SUPPORTED", NotSupportedError, "does not support"),
+        ("AMDSMI_STATUS_NOT_FOUND", GpuLostError, "amd-smi list"),
+        ("AMDSMI_STATUS_INVAL", InvalidArgumentError, "supported_clocks_mhz"),
+        ("AMDSMI_STATUS_DRIVER_NOT_LOADED", LibraryNotFoundError, "amdgpu driver"),
+        ("AMDSMI_STATUS_BUSY", VoltanaHardwareError, "amd-smi metric"),
+    ],
+)
+def test_each_vendor_error_maps_to_voltana_with_advice(
+    smi: Any, status: str, error: type[Exception], advice: str
+) -> None:
+    module, calls = smi
+    code = getattr(module.amdsmi_wrapper, status)
+    calls["amdsmi_set_gpu_clk_limit"].side_effect = module.AmdSmiLibraryException(code)
+    device = amd.open_amd([0]).devices[0]
+    with pytest.raises(error, match=advice) as caught:
+        device.lock_clock_mhz(1200)
+    assert "\n" not in str(caught.value) and status in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("accumulators", "expected_j"),
+    [
+        ([1_000, 3_000], 2_000 * 15.3e-6),
+        ([2**32 - 10, 5], 15 * 15.3e-6),  # the accumulator wrapped at 32 bits
+        ([2**64 - 10, 5], 15 * 15.3e-6),
+    ],
+)
+def test_energy_is_accumulator_times_resolution_with_wrap(
+    smi: Any, accumulators: list[int], expected_j: float
+) -> None:
+    _, calls = smi
+    calls["amdsmi_get_energy_count"].side_effect = [
+        {"energy_accumulator": value, "counter_resolution": 15.3, "timestamp": 0} for value in accumulators
+    ]
+    device = amd.open_amd([0]).devices[0]
+    assert device.energy_j() == 0.0
+    assert device.energy_j() == pytest.approx(expected_j)
+
+
+def test_without_rocm_import_fails_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        amd.load_amdsmi()
+    except LibraryNotFoundError as exc:
+        message = str(exc)
+    else:
+        pytest.skip("ROCm's libamd_smi.so is installed here")
+    assert message.startswith("AMD SMI unavailable: ") and "\n" not in message
+    assert capsys.readouterr().out == ""  # the vendor's print is swallowed into the message
+    assert "amdsmi" not in sys.modules
