@@ -65,6 +65,7 @@ class ClockApplier:
         self._closed = False
         self._close_lock = threading.Lock()
         self._target: int | None = None
+        self._last_handled: int | None = None
         self._last_submitted: int | None = None
         self._touched = False
         self.applied_clock_mhz: int | None = None
@@ -74,6 +75,9 @@ class ClockApplier:
         self.monitor_only = False
         self.monitor_only_reason = ""
         self._warned_mismatch = False
+        self._warned_unsupported = False
+        self._clocks = group.supported_clocks_mhz()
+        self._clock_set = frozenset(self._clocks)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         _live.add(self)
@@ -97,12 +101,13 @@ class ClockApplier:
             if self._stop:
                 return
             target = self._target
-            if target is not None and target != self.applied_clock_mhz and not self.monitor_only:
+            if target is not None and target != self._last_handled and not self.monitor_only:
                 self._apply(target)
             if self._target == target:
                 self._idle.set()
 
-    def _apply(self, target: int) -> None:
+    def _apply(self, requested: int) -> None:
+        target = self._supported(requested)
         try:
             self.driver_calls += 1
             self._touched = True
@@ -110,6 +115,7 @@ class ClockApplier:
         except Exception as exc:
             self._enter_monitor_only(str(exc))
             return
+        self._last_handled = requested
         self.applied_clock_mhz = target
         self.applied_at_s = time.monotonic()
         self.read_back_clock_mhz = read_back
@@ -121,6 +127,21 @@ class ClockApplier:
                 target,
                 read_back,
             )
+
+    def _supported(self, clock_mhz: int) -> int:
+        """The nearest clock the group supports (a policy or config mistake must not disable control)."""
+        clocks = self._clocks
+        if not clocks or clock_mhz in self._clock_set:
+            return clock_mhz
+        nearest = min(clocks, key=lambda f: (abs(f - clock_mhz), -f))
+        if not self._warned_unsupported:
+            self._warned_unsupported = True
+            logger.warning(
+                "voltana: %d MHz is not a supported clock of this GPU group; using %d MHz (logged once)",
+                clock_mhz,
+                nearest,
+            )
+        return nearest
 
     def _enter_monitor_only(self, reason: str) -> None:
         self.monitor_only = True

@@ -128,6 +128,8 @@ class NvmlGpu(GpuDevice):
     def __init__(self, index: int, handle_id: int | str) -> None:
         pynvml = _import_pynvml()
         self._nvml = pynvml
+        nvml_init()
+        self._open = True
         if isinstance(handle_id, str):
             self._handle = pynvml.nvmlDeviceGetHandleByUUID(handle_id)
         else:
@@ -166,6 +168,11 @@ class NvmlGpu(GpuDevice):
     def power_w(self) -> float | None:
         return float(self._nvml.nvmlDeviceGetPowerUsage(self._handle)) / 1000.0
 
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            nvml_shutdown()
+
     def capabilities(self) -> DeviceCapabilities:
         try:
             self.energy_j()
@@ -189,12 +196,15 @@ def open_nvidia(device_indices: list[int] | None = None) -> GpuGroup:
     """The visible NVIDIA GPUs (``CUDA_VISIBLE_DEVICES`` honoured), or the chosen visible indices."""
     pynvml = _import_pynvml()
     nvml_init()
-    visible = visible_device_map("CUDA_VISIBLE_DEVICES", int(pynvml.nvmlDeviceGetCount()))
-    chosen = device_indices if device_indices else list(range(len(visible)))
-    for index in chosen:
-        if index < 0 or index >= len(visible):
-            raise DeviceNotFoundError(
-                f"GPU index {index} is not visible (this process sees {len(visible)} NVIDIA GPU(s) through "
-                "CUDA_VISIBLE_DEVICES); fix hardware.device_indices"
-            )
-    return GpuGroup([NvmlGpu(index, visible[index]) for index in chosen])
+    try:
+        visible = visible_device_map("CUDA_VISIBLE_DEVICES", int(pynvml.nvmlDeviceGetCount()))
+        chosen = device_indices if device_indices else list(range(len(visible)))
+        for index in chosen:
+            if index < 0 or index >= len(visible):
+                raise DeviceNotFoundError(
+                    f"GPU index {index} is not visible (this process sees {len(visible)} NVIDIA GPU(s) "
+                    "through CUDA_VISIBLE_DEVICES); fix hardware.device_indices"
+                )
+        return GpuGroup([NvmlGpu(index, visible[index]) for index in chosen])
+    finally:
+        nvml_shutdown()  # each NvmlGpu holds its own reference

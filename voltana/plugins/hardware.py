@@ -57,8 +57,10 @@ def _selected_check(config: Any) -> DoctorCheck:
     hardware = getattr(config, "hardware", None)
     if hardware is None:
         return DoctorCheck("hardware", "devices", None, "no hardware config given")
+    from voltana.plugins import get_plugin_manager
+
     try:
-        group = open_devices(hardware)
+        group = open_devices(hardware, get_plugin_manager().hook)
     except VoltanaHardwareError as exc:
         return DoctorCheck("hardware", "devices", False, str(exc), "fix hardware.vendor / device_indices")
     try:

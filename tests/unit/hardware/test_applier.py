@@ -122,3 +122,14 @@ def test_process_end_restores_clocks(tmp_path: Path, how: str) -> None:
     state = json.loads((tmp_path / "gpu0.json").read_text())
     assert state == {"locked_clock_mhz": None, "events": ["lock 1005", "reset"]}
     assert returncode == (-signal.SIGTERM if how == "sigterm" else 0)
+
+
+def test_unsupported_clock_is_snapped_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    group = open_simulated()
+    with caplog.at_level(logging.WARNING, logger="voltana.hardware"), ClockApplier(group) as applier:
+        applier.submit(1007)
+        assert applier.wait_applied(1.0)
+        assert applier.applied_clock_mhz == 1005 and not applier.monitor_only
+        applier.submit(1008)
+        assert applier.wait_applied(1.0)
+    assert sum("not a supported clock" in r.getMessage() for r in caplog.records) == 1

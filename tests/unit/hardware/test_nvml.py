@@ -63,6 +63,10 @@ def test_opens_visible_gpus_and_reads_supported_clocks(fake_nvml: Any) -> None:
     assert group.supported_clocks_mhz()[0] == 210 and group.max_clock_mhz() == 1410
     fake_nvml["nvmlDeviceGetSupportedGraphicsClocks"].assert_called_with("handle1", 1593)
     assert group.power_w() == pytest.approx(500.0)
+    fake_nvml["nvmlShutdown"].assert_not_called()  # each open device holds an NVML reference
+    group.close()
+    fake_nvml["nvmlInit"].assert_called_once_with()
+    fake_nvml["nvmlShutdown"].assert_called_once_with()
 
 
 def test_cuda_visible_devices_maps_indices_and_uuids(fake_nvml: Any, monkeypatch: pytest.MonkeyPatch) -> None:
