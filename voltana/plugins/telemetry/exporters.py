@@ -8,6 +8,7 @@ library's per-batch retry noise at DEBUG, and say once when exports succeed agai
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -181,7 +182,8 @@ def build_exporters(
         from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-        return ConsoleSpanExporter(), ConsoleMetricExporter()
+        # sys.stdout as it is now (the exporters' defaults bind the stream of their import time)
+        return ConsoleSpanExporter(out=sys.stdout), ConsoleMetricExporter(out=sys.stdout)
     spans, metrics = _otlp_exporters(config)
     quiet_otlp_library_logs()
     return GuardedSpanExporter(spans, health), GuardedMetricExporter(metrics, health)
