@@ -25,7 +25,7 @@ env-engines: $(VENV)/.stamp-engines
 
 ## The main job on the embedded default: what would voltana save on this workload, on these GPUs?
 demo: env
-	$(VENV)/bin/voltana doctor
+	$(VENV)/bin/voltana simulate
 
 lint: env
 	$(VENV)/bin/ruff check voltana tests benchmarks
