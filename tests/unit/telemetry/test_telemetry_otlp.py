@@ -208,3 +208,51 @@ def test_outage_warns_once_and_recovery_is_reported(
     messages = [r.getMessage() for r in caplog.records if r.name == "voltana.telemetry"]
     assert sum("cannot export" in m for m in messages) == 1
     assert sum("succeed again" in m for m in messages) == 1
+
+
+def test_spans_and_metrics_arrive_over_otlp_grpc() -> None:
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received: dict[str, list[Any]] = {"traces": [], "metrics": []}
+
+    class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            received["traces"].append(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            received["metrics"].append(request)
+            return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        running = telemetry.configure_telemetry(otlp_config(f"http://127.0.0.1:{port}", protocol="grpc"))
+        assert running is not None
+        serve_one_request(get_plugin_manager().hook)
+        assert running.force_flush(timeout_s=10)
+        telemetry.shutdown_telemetry()
+    finally:
+        server.stop(grace=None)
+
+    spans = [
+        s for r in received["traces"] for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans
+    ]
+    (span,) = spans
+    assert attributes_of(span.attributes)["voltana.energy.prefill.joules"] == 36.0
+    metric_names = {
+        m.name
+        for r in received["metrics"]
+        for rm in r.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    }
+    assert {names.HW_ENERGY, names.TIME_TO_FIRST_TOKEN, names.SM_CLOCK} <= metric_names
