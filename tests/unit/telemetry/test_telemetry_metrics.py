@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import pytest
 from opentelemetry.sdk.metrics.export import Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from telemetry_helpers import Pipeline, iteration, point_values
 
-from voltana.core.config import VoltanaConfig
-from voltana.core.types import DecisionReason, Phase, RequestRecord, ScheduledRequest
+from voltana.core.config import TelemetryConfig, VoltanaConfig
+from voltana.core.types import DecisionReason, Phase, RequestRecord, ScheduledRequest, Slo
 from voltana.plugins import get_plugin_manager, telemetry
 from voltana.plugins.telemetry import names
 from voltana.plugins.telemetry.aggregates import InstanceAggregate
+from voltana.plugins.telemetry.pipeline import Telemetry
 from voltana.plugins.telemetry.prometheus import CONTENT_TYPE, PrometheusEndpoint
 
 DECODE_BATCH = [ScheduledRequest(f"r{i}", 1, 300, 0.0) for i in range(4)]
@@ -159,3 +162,25 @@ def test_metrics_endpoint_serves_prometheus_text_on_loopback() -> None:
     assert response.headers["content-type"] == CONTENT_TYPE
     assert 'hw_energy_joules_total{hw_id="d0"' in response.text
     assert missing.status_code == 404
+
+
+def test_configured_metrics_port_serves_and_a_taken_port_only_warns(caplog: pytest.LogCaptureFixture) -> None:
+    first = telemetry.configure_telemetry(VoltanaConfig(telemetry={"prometheus_port": free_port()}))
+    assert first is not None and first.prometheus_port is not None
+    telemetry.voltana_iteration_finished(iteration(Phase.DECODE, "d0", DECODE_BATCH, energy_j=7.0))
+    try:
+        body = httpx.get(f"http://127.0.0.1:{first.prometheus_port}/metrics", timeout=5).text
+        assert "hw_energy_joules_total" in body
+        with caplog.at_level("WARNING", logger="voltana.telemetry"):
+            taken = Telemetry(TelemetryConfig(prometheus_port=first.prometheus_port), Slo(0.8, 0.05))
+        assert taken.prometheus_port is None
+        assert any("cannot serve /metrics" in r.getMessage() for r in caplog.records)
+        taken.shutdown()
+    finally:
+        telemetry.shutdown_telemetry()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

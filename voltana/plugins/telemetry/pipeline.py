@@ -108,7 +108,14 @@ class Telemetry:
         self.requests = BackgroundQueue(self.record_request_now, what="requests")
         self._endpoint: PrometheusEndpoint | None = None
         if config.prometheus_port is not None:
-            self._endpoint = PrometheusEndpoint(self.prometheus_text, port=config.prometheus_port)
+            try:
+                self._endpoint = PrometheusEndpoint(self.prometheus_text, port=config.prometheus_port)
+            except OSError as exc:  # e.g. another process of this engine (a TP rank) serves it already
+                logger.warning(
+                    "telemetry: cannot serve /metrics on 127.0.0.1:%d (%s); other exports go on",
+                    config.prometheus_port,
+                    exc.strerror or exc,
+                )
 
     # --- hot path ---------------------------------------------------------------------------------------
     def observe_iteration(self, record: IterationRecord) -> None:
