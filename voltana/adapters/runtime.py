@@ -329,7 +329,27 @@ class InstanceRuntime:
         if controller is None:  # a pure-phase instance always uses its own controller
             controller = next(iter(self._controllers.values()))
         decision: ClockDecision = controller.decide(snapshot)
+        if self.phase is None and snapshot.phase is Phase.PREFILL:
+            decision = self._guard_decodes_in_mixed_batch(snapshot, decision)
         return decision
+
+    def _guard_decodes_in_mixed_batch(
+        self, snapshot: BatchSnapshot, decision: ClockDecision
+    ) -> ClockDecision:
+        """A mixed batch also carries decode steps (one new token after a context): their ITL bounds it too,
+        so the clock is the higher of the TTFT-path and the ITL-path decisions."""
+        decodes = [r for r in snapshot.requests if r.new_tokens == 1 and r.context_tokens > 0]
+        if not decodes:
+            return decision
+        sub = BatchSnapshot.build(
+            Phase.DECODE,
+            decodes,
+            snapshot.now_s,
+            iteration=snapshot.iteration,
+            instance_id=snapshot.instance_id,
+        )
+        itl_decision: ClockDecision = self._controllers[Phase.DECODE].decide(sub)
+        return itl_decision if itl_decision.clock_mhz > decision.clock_mhz else decision
 
     def _monitor_decision(self) -> ClockDecision:
         return ClockDecision(self._applied_clock_mhz(None), DecisionReason.MONITOR_ONLY, MONITOR_ONLY_POLICY)
