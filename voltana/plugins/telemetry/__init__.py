@@ -88,6 +88,7 @@ def shutdown_telemetry() -> None:
     with _lock:
         telemetry, _active = _active, None
         _failed_once = False
+        _pending_contexts.clear()
     if telemetry is not None:
         telemetry.shutdown()
 
@@ -103,8 +104,9 @@ def start_request_trace(
 ) -> Iterator[dict[str, str]]:
     """The router's side: yields the W3C headers to forward to the request's prefill AND decode instance.
 
-    With telemetry running, a router span wraps the block and the headers point at it; without, the incoming
-    trace headers are passed on, or a fresh sampled ``traceparent`` is made: both phases share a trace.
+    With telemetry running, a router span wraps the block (child of the incoming ``traceparent``, else of the
+    current span) and the headers point at it; without, the incoming trace headers are passed on, or a fresh
+    sampled ``traceparent`` is made: both phases share a trace either way.
     """
     telemetry = _active
     if telemetry is None:

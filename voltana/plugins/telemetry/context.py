@@ -69,5 +69,10 @@ class TraceContextRegistry:
         with self._lock:
             self._headers.pop(request_id, None)
 
+    def clear(self) -> None:
+        """Forget every request."""
+        with self._lock:
+            self._headers.clear()
+
     def __len__(self) -> int:
         return len(self._headers)
