@@ -44,6 +44,7 @@ RUN_BATCH_TARGET = "sglang.srt.managers.scheduler.Scheduler.run_batch"
 PROCESS_RESULT_TARGET = "sglang.srt.managers.scheduler.Scheduler.process_batch_result"
 BINDING_ATTR = "_voltana_binding"
 MAX_UNREPORTED = 16  # iterations launched and never processed (should not happen) are closed beyond this
+MAX_REMEMBERED_DEPARTURES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,7 @@ class SchedulerBinding:
         self._clock = clock
         self._iteration = 0
         self._in_flight: deque[Any] = deque()  # result objects of tracked batches, launch order
+        self._departed: dict[str, None] = {}  # recently reported requests (insertion-ordered, bounded)
         self._broken = ""
 
     @property
@@ -229,13 +231,23 @@ class SchedulerBinding:
         now_s = self._clock()
         done = set(prefill_done) if self.disaggregation_mode == PREFILL_MODE else set()
         for req in batch.reqs:
-            if req.rid in done or req.finished():
-                self.runtime.request_finished(
-                    req.rid,
-                    input_tokens=len(req.origin_input_ids),
-                    output_tokens=max(len(req.output_ids), 1 if req.rid in done else 0),
-                    finish_time_s=now_s,
-                )
+            if not (req.rid in done or req.finished()):
+                continue
+            if req.rid in self._departed:
+                # Overlap scheduling launched one more step of a request that had already finished.
+                forget = getattr(self.runtime, "forget_request", None)
+                if forget is not None:
+                    forget(req.rid)
+                continue
+            self.runtime.request_finished(
+                req.rid,
+                input_tokens=len(req.origin_input_ids),
+                output_tokens=max(len(req.output_ids), 1 if req.rid in done else 0),
+                finish_time_s=now_s,
+            )
+            self._departed[req.rid] = None
+            if len(self._departed) > MAX_REMEMBERED_DEPARTURES:
+                del self._departed[next(iter(self._departed))]
 
     def fail(self, what: str, exc: BaseException) -> None:
         """Stop acting (pass-through from now on) and say why in one ERROR line, once."""
