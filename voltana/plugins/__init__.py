@@ -23,6 +23,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "voltana.plugins.routing",
     "voltana.plugins.ecoroute",
     "voltana.plugins.simulate_cli",
+    "voltana.plugins.router_cli",
 )
 
 _lock = threading.Lock()

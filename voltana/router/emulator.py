@@ -646,7 +646,10 @@ class EmulatorCluster:
                 bootstrap_timeout_s=bootstrap_timeout_s,
             )
 
-        self.prefill = [make("prefill", first_bootstrap_port + i) for i in range(num_prefill)]
+        self.prefill = [
+            make("prefill", first_bootstrap_port + i if protocol == "sglang" else None)
+            for i in range(num_prefill)
+        ]
         self.decode = [make("decode") for _ in range(num_decode)]
 
     @property
