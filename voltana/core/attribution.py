@@ -10,6 +10,8 @@ remainder). An empty batch attributes nothing.
 
 from __future__ import annotations
 
+import math
+
 from voltana.core.types import BatchSnapshot
 
 ATTENTION_WEIGHT = 1.0
@@ -33,18 +35,15 @@ def attribute_energy(snapshot: BatchSnapshot, energy_j: float) -> dict[str, floa
     if total <= 0.0:
         weights = [1.0] * len(requests)
         total = float(len(requests))
+    # Exactness: every share but the last is truncated to a multiple of ulp(energy_j), so every partial sum is
+    # an exact multiple of that ulp no larger than energy_j, and the remainder energy_j - assigned is exact.
+    quantum = math.ulp(energy_j)
     shares: dict[str, float] = {}
     assigned = 0.0
     for request, weight in zip(requests[:-1], weights[:-1], strict=True):
-        share = energy_j * weight / total
+        share = math.trunc(energy_j * (weight / total) / quantum) * quantum
         shares[request.request_id] = shares.get(request.request_id, 0.0) + share
         assigned += share
     last = requests[-1].request_id
     shares[last] = shares.get(last, 0.0) + (energy_j - assigned)
-    # Float rounding: nudge the last share until the left-to-right sum is exactly energy_j.
-    for _ in range(4):
-        error = energy_j - sum(shares.values())
-        if error == 0.0:
-            break
-        shares[last] += error
     return shares

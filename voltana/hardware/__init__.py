@@ -1,1 +1,6 @@
-"""voltana.hardware."""
+"""voltana.hardware: GPUs behind one interface.
+
+``device`` (GpuDevice, GpuGroup), drivers ``nvml`` (NVIDIA), ``amd`` (AMD SMI) and ``simulated`` (a calibrated
+physics model; constants in ``profiles``), ``applier`` (clock changes off the hot path), ``energy`` (meter
+windows), ``select`` (vendor by config), ``errors`` (one exception hierarchy).
+"""

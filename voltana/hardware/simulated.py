@@ -303,6 +303,7 @@ class SimulatedGpu(GpuDevice):
         self._events: list[str] = []
         self.driver_calls = 0
         self.driver_latency_s = driver_latency_s
+        self._power_w = model.gpu.idle_w
 
     def supported_clocks_mhz(self) -> tuple[int, ...]:
         return self.model.supported_clocks_mhz
@@ -333,7 +334,8 @@ class SimulatedGpu(GpuDevice):
         return self._energy_j
 
     def power_w(self) -> float | None:
-        return self.model.gpu.idle_w
+        """Average power of the last recorded iteration (idle power before any, or after idle time)."""
+        return self._power_w
 
     def capabilities(self) -> DeviceCapabilities:
         return DeviceCapabilities(can_lock_clocks=True, has_energy_counter=True, has_power_reading=True)
@@ -342,11 +344,13 @@ class SimulatedGpu(GpuDevice):
         """Add this GPU's share (1/TP) of an instance iteration's energy."""
         with self._lock:
             self._energy_j += cost.energy_j / self.model.tp
+            self._power_w = cost.avg_power_w / self.model.tp
 
     def advance_idle_s(self, seconds: float) -> None:
         """Add ``seconds`` at idle power."""
         with self._lock:
             self._energy_j += self.model.gpu.idle_w * max(0.0, seconds)
+            self._power_w = self.model.gpu.idle_w
 
     def _persist(self, event: str) -> None:
         if self._state_path is None:

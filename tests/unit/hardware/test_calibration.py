@@ -127,6 +127,7 @@ def test_power_levels_near_splitwise(gpu: str) -> None:
         ("prefill 2048 tokens", Phase.PREFILL, 1, 2048, 0),
         ("prefill 4 x 512 tokens", Phase.PREFILL, 4, 2048, 0),
         ("full decode batch 256, 256-token contexts", Phase.DECODE, 256, 256, 256 * 256),
+        ("full decode batch 256, 1000-token contexts", Phase.DECODE, 256, 256, 256 * 1000),
     ],
 )
 def test_a100_energy_is_u_shaped_with_minimum_between_900_and_1410(

@@ -28,6 +28,7 @@ def test_windows_measure_iterations_on_all_tp_gpus() -> None:
     assert meter.end(second) == pytest.approx(decode.energy_j)
     assert meter.end(run) == pytest.approx(cost.energy_j + decode.energy_j)
     assert meter.per_device_j()[0] == pytest.approx(meter.per_device_j()[1])
+    assert group.power_w() == pytest.approx(decode.avg_power_w)
 
 
 def test_idle_time_accrues_idle_power() -> None:
