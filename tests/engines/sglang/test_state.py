@@ -1,0 +1,151 @@
+"""The router's view: a leader scheduler publishes voltana's state; SGLang's HTTP server serves it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+import uvicorn
+from sglang.srt.disaggregation.utils import DisaggregationMode
+
+from tests.engines.sglang.conftest import decode_batch, make_req, scheduler_shell
+from voltana.adapters.sglang import binding, plugin, state
+from voltana.core.config import VoltanaConfig
+from voltana.core.types import Phase
+
+pytestmark = pytest.mark.sglang
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(state, "state_dir", lambda: tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def sglang_http(state_dir: Path) -> Iterator[str]:
+    """SGLang's own FastAPI app, with voltana's route added by the launch hook, on a loopback port."""
+    from sglang.srt.entrypoints.http_server import app
+
+    port = free_port()
+    plugin._before_http_launch(SimpleNamespace(port=port))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(5)
+
+
+def test_leader_binding_runs_a_runtime_and_publishes_state(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VOLTANA_HARDWARE__VENDOR", "simulated")
+    scheduler = scheduler_shell(DisaggregationMode.DECODE, port=31234)
+    made = plugin.make_binding(VoltanaConfig(enabled=True), scheduler)
+    assert made is not None
+    try:
+        assert made.instance_id == "127.0.0.1:31234"
+        assert made.runtime.phase is Phase.DECODE
+        assert made.capture_sizes == (1, 2, 4, 8, 16)
+        published = state.read_state(31234, state_dir)
+        assert published is not None
+        assert published["instance_id"] == "127.0.0.1:31234" and published["role"] == "decode"
+        assert published["capture_sizes"] == [1, 2, 4, 8, 16]
+    finally:
+        made.runtime.close()
+
+
+def test_non_leader_rank_gets_no_binding(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugin, "placement_of", lambda s: binding.Placement(tp_rank=3, tp_size=4))
+    assert (
+        plugin.make_binding(VoltanaConfig(enabled=True), scheduler_shell(DisaggregationMode.DECODE)) is None
+    )
+
+
+def test_leader_drives_all_gpus_of_its_tensor_parallel_group() -> None:
+    assert binding.Placement(tp_size=4, gpu_id=4).instance_gpu_ids == [4, 5, 6, 7]
+    assert binding.Placement(tp_size=2, gpu_id=1, gpu_id_step=2).instance_gpu_ids == [1, 3]
+    assert binding.Placement(tp_size=8, nnodes=2).instance_gpu_ids == [0, 1, 2, 3]
+    assert binding.Placement(port=30001, dp_rank=2).instance_id == "127.0.0.1:30001#dp2"
+
+
+def test_sglang_http_server_serves_voltana_state(sglang_http: str, state_dir: Path) -> None:
+    port = int(sglang_http.rsplit(":", 1)[1])
+    answer = httpx.get(sglang_http + state.STATE_ROUTE, timeout=5)
+    assert answer.status_code == 200
+    assert answer.json() == {"sm_clock_mhz": None, "capture_sizes": []}  # leader not up yet
+
+    state.write_state(
+        state.state_path(port, None, state_dir), {"sm_clock_mhz": 1110, "capture_sizes": [1, 2, 4]}
+    )
+    state.write_state(
+        state.state_path(port, 1, state_dir), {"sm_clock_mhz": 1410, "capture_sizes": [1, 2, 4]}
+    )
+    served = httpx.get(sglang_http + state.STATE_ROUTE, timeout=5).json()
+    assert served["sm_clock_mhz"] == 1110 and served["capture_sizes"] == [1, 2, 4]
+    assert [r["sm_clock_mhz"] for r in served["replicas"]] == [1110, 1410]
+
+
+def test_state_publisher_writes_only_changes_and_cleans_up(state_dir: Path) -> None:
+    values = {"sm_clock_mhz": 1005}
+    path = state.state_path(30000, None, state_dir)
+    publisher = state.StatePublisher(path, lambda: dict(values), interval_s=0.01).start()
+    first = path.stat().st_mtime_ns
+    time.sleep(0.05)
+    assert path.stat().st_mtime_ns == first  # unchanged state is not rewritten
+    values["sm_clock_mhz"] = 1410
+    deadline = time.monotonic() + 2
+    while state.read_state(30000, state_dir)["sm_clock_mhz"] != 1410 and time.monotonic() < deadline:  # type: ignore[index]
+        time.sleep(0.01)
+    assert state.read_state(30000, state_dir)["sm_clock_mhz"] == 1410  # type: ignore[index]
+    publisher.close()
+    assert not path.exists()
+
+
+def test_binding_state_reports_queues_after_an_iteration(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VOLTANA_HARDWARE__VENDOR", "simulated")
+    scheduler = scheduler_shell(
+        DisaggregationMode.DECODE,
+        prealloc=[make_req("pre", 10)],
+        transfer=[make_req("t1", 10), make_req("t2", 9)],
+    )
+    made = plugin.make_binding(VoltanaConfig(enabled=True), scheduler)
+    assert made is not None
+    try:
+        batch = decode_batch([make_req("d", 12, output_tokens=2)])
+        assert made.before(scheduler, batch)
+        result = object()
+        made.launched(result)
+        made.processed(scheduler, batch, result, [])
+        snapshot = state.binding_state(made)
+        assert snapshot["queues"] == {
+            "waiting": 0,
+            "bootstrap": 0,
+            "inflight": 0,
+            "prealloc": 1,
+            "transfer": 2,
+        }
+        assert snapshot["iterations"] == 1
+    finally:
+        made.runtime.close()
