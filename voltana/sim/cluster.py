@@ -443,7 +443,7 @@ class ClusterSimulation:
         snapshot = BatchSnapshot(
             Phase.DECODE,
             scheduled,
-            tuple(r.queued for r in inst.admit),
+            tuple([r.queued for r in inst.admit]) if inst.admit else (),
             self.now_s,
             batch_size,
             kv_tokens,

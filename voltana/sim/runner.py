@@ -72,9 +72,11 @@ def parse_policy(text: str, prefill_route: str | None = None) -> PolicySpec:
     )
 
 
-def static_spec(prefill_clock_mhz: int, decode_clock_mhz: int, name: str = ORACLE) -> PolicySpec:
-    """Both phases pinned (static policy), default baseline routing."""
-    prefill_route, decode_route = DEFAULT_ROUTES["static"]
+def static_spec(
+    prefill_clock_mhz: int, decode_clock_mhz: int, name: str = ORACLE, routes_of: str = "static"
+) -> PolicySpec:
+    """Both phases pinned (static policy); routing as for the clock policy ``routes_of``."""
+    prefill_route, decode_route = DEFAULT_ROUTES[routes_of]
     return PolicySpec(
         name=name,
         prefill_clock="static",
