@@ -1,19 +1,22 @@
 """Online recursive least squares over a (segment x clock) table of 3-coefficient linear models.
 
 One table predicts one target (iteration latency in s, or iteration energy in J) of one phase:
-``y ~= drift * (c0 * x0 + c1 * x1 + c2)`` with ``coef[segment][clock] = (c0, c1, c2)`` in natural units.
+``y ~= d * (g0 * r0 * x0 + g1 * r1 * x1 + g2 * r2)`` with base rows ``(r0, r1, r2) = rows[segment][clock]``,
+shared per-term gains ``(g0, g1, g2)`` and a shared drift factor ``d``.
 
-Adaptation has two time scales:
-- ``drift`` is one multiplicative factor shared by every row: each accepted observation pulls it towards
-  ``measured / predicted`` with weight ``drift_rate``, so a uniform change (another GPU of the same kind,
-  thermal throttling, a new driver) reaches clocks that are rarely visited within a few iterations;
-- each (segment, clock) row runs its own RLS with forgetting on the remainder (``measured / drift``), which
-  fixes shape errors of the seed (a clock or batch range the profile got wrong).
+Adaptation has three levels, fast to slow, each learning what the previous one left:
+- the drift ``d`` pulls towards ``measured / predicted`` with weight ``drift_rate`` on every observation: a
+  uniform change (another GPU of the same kind, thermal throttling, a new driver) reaches every clock and
+  batch size within a few iterations, even those the controller rarely visits;
+- the gains are one 3-parameter RLS (relative errors) over every observation, whatever its segment and clock:
+  a change in one term everywhere (KV reads that cost 4x more per token on a model with 4x the KV heads);
+- each (segment, clock) row runs its own RLS for what is left (shape errors of the seed in one batch range or
+  at one clock), more slowly (``row_covariance``).
 
 Robustness: an observation whose relative residual exceeds ``max(outlier_floor, outlier_sigmas * spread)``
 is rejected unless ``regime_change_after`` such observations arrive in a row (then it is a real change and is
-learnt). Covariances stop growing at ``max_covariance`` (no wind-up on rows that see no new information), and
-coefficients are kept non-negative (work never takes negative time or energy).
+learnt). Covariances stop growing at ``max_covariance`` (no wind-up while nothing new is observed), rows stay
+non-negative (work never takes negative time or energy) and gains stay within ``gain_bounds``.
 
 Everything is plain Python floats: at 3 coefficients and ~8 clocks that is faster than numpy calls.
 """
@@ -34,13 +37,19 @@ class AdaptationSettings:
     """Knobs of the online adaptation (all dimensionless)."""
 
     forgetting: float = 0.98
-    """RLS forgetting factor in (0, 1]; a row remembers about ``1 / (1 - forgetting)`` of its observations."""
-    initial_covariance: float = 1.0
-    """RLS covariance of a seeded row in normalised units: larger trusts the seed less and adapts faster."""
-    max_covariance: float = 50.0
-    """Anti-wind-up bound on the covariance diagonal (normalised units)."""
+    """RLS forgetting factor of each row in (0, 1]: a row remembers ~``1 / (1 - forgetting)`` observations."""
     drift_rate: float = 0.2
-    """Weight of one observation in the shared drift factor (0 disables cross-clock propagation)."""
+    """Weight of one observation in the shared drift factor (0 disables it)."""
+    gain_forgetting: float = 0.98
+    """Forgetting factor of the shared gains (shorter memory: they carry fast, uniform changes)."""
+    gain_covariance: float = 1.0
+    """Initial RLS covariance of the shared gains (normalised units)."""
+    row_covariance: float = 0.1
+    """Initial RLS covariance of a seeded row (normalised units): larger trusts the seed less."""
+    max_covariance: float = 10.0
+    """Anti-wind-up bound on each covariance diagonal entry (normalised units)."""
+    gain_bounds: tuple[float, float] = (0.05, 20.0)
+    """Each shared gain stays within these bounds."""
     outlier_floor: float = 0.3
     """Relative residuals below this are never treated as outliers."""
     outlier_sigmas: float = 6.0
@@ -51,31 +60,78 @@ class AdaptationSettings:
     """Observations in the rolling mean absolute percentage error."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.forgetting <= 1.0:
-            raise ValueError(f"forgetting must be in (0, 1], got {self.forgetting}")
-        if self.initial_covariance <= 0 or self.max_covariance < self.initial_covariance:
-            raise ValueError("need 0 < initial_covariance <= max_covariance")
+        for name in ("forgetting", "gain_forgetting"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if (
+            not 0
+            < min(self.gain_covariance, self.row_covariance)
+            <= max(self.gain_covariance, self.row_covariance)
+            <= self.max_covariance
+        ):
+            raise ValueError("need 0 < gain_covariance, row_covariance <= max_covariance")
         if not 0.0 <= self.drift_rate < 1.0:
             raise ValueError(f"drift_rate must be in [0, 1), got {self.drift_rate}")
+        if not 0 < self.gain_bounds[0] <= 1.0 <= self.gain_bounds[1]:
+            raise ValueError(f"gain_bounds must bracket 1.0, got {self.gain_bounds}")
         if self.mape_window < 1 or self.regime_change_after < 0:
             raise ValueError("mape_window must be >= 1 and regime_change_after >= 0")
 
 
-class ClockwiseRls:
-    """RLS rows per (segment, clock) with a shared drift factor, outlier rejection and a rolling MAPE.
+def rls_step(
+    theta: Row, p: Row, u0: float, u1: float, u2: float, target: float, lam: float, cap: float
+) -> None:
+    """One RLS step with forgetting ``lam`` on 3 parameters, in place (``p``: symmetric 3x3, row-major).
 
-    ``feature_scales`` (x0, x1) and ``target_scale`` normalise the regression so one ``initial_covariance``
-    suits every GPU and model; they do not change predictions.
+    Numerically guarded: the covariance is updated symmetrically, is not inflated by ``1 / lam`` once a
+    diagonal entry reaches ``cap`` (anti-wind-up in directions the data do not excite), and is reset to
+    ``cap * 0.1 * I`` if rounding ever makes a diagonal entry non-positive.
+    """
+    error = target - (theta[0] * u0 + theta[1] * u1 + theta[2] * u2)
+    pu0 = p[0] * u0 + p[1] * u1 + p[2] * u2
+    pu1 = p[1] * u0 + p[4] * u1 + p[5] * u2
+    pu2 = p[2] * u0 + p[5] * u1 + p[8] * u2
+    inv_denom = 1.0 / (lam + u0 * pu0 + u1 * pu1 + u2 * pu2)
+    k0, k1, k2 = pu0 * inv_denom, pu1 * inv_denom, pu2 * inv_denom
+    theta[0] += k0 * error
+    theta[1] += k1 * error
+    theta[2] += k2 * error
+    inv = 1.0 / lam if max(p[0], p[4], p[8]) < cap else 1.0
+    p00 = (p[0] - k0 * pu0) * inv
+    p11 = (p[4] - k1 * pu1) * inv
+    p22 = (p[8] - k2 * pu2) * inv
+    if min(p00, p11, p22) <= 0.0:
+        p[:] = _identity(0.1 * cap)
+        return
+    p01 = (p[1] - k0 * pu1) * inv
+    p02 = (p[2] - k0 * pu2) * inv
+    p12 = (p[5] - k1 * pu2) * inv
+    p[0], p[1], p[2] = p00, p01, p02
+    p[3], p[4], p[5] = p01, p11, p12
+    p[6], p[7], p[8] = p02, p12, p22
+
+
+def _identity(scale: float) -> Row:
+    return [scale, 0.0, 0.0, 0.0, scale, 0.0, 0.0, 0.0, scale]
+
+
+class ClockwiseRls:
+    """Base rows per (segment, clock) and shared per-term gains, with outlier rejection and a rolling MAPE.
+
+    ``feature_scales`` (x0, x1) and ``target_scale`` normalise the regressions so one set of covariances suits
+    every GPU and model; they do not change predictions.
     """
 
     __slots__ = (
         "_ape_sum",
         "_apes",
         "_cov",
+        "_gain_cov",
         "_next",
         "_outliers_in_row",
         "_spread",
         "drift",
+        "gains",
         "num_observations",
         "num_rejected",
         "rows",
@@ -100,10 +156,12 @@ class ClockwiseRls:
         self.rows: list[list[Row]] = [[[max(0.0, float(c)) for c in row] for row in seg] for seg in coef]
         self.x0_scale, self.x1_scale = float(feature_scales[0]), float(feature_scales[1])
         self.y_scale = float(target_scale)
-        p0 = self.settings.initial_covariance
-        identity = [p0, 0.0, 0.0, 0.0, p0, 0.0, 0.0, 0.0, p0]
-        self._cov: list[list[Row]] = [[list(identity) for _ in seg] for seg in self.rows]
+        self._cov: list[list[Row]] = [
+            [_identity(self.settings.row_covariance) for _ in seg] for seg in self.rows
+        ]
         self.drift = 1.0
+        self.gains: Row = [1.0, 1.0, 1.0]
+        self._gain_cov = _identity(self.settings.gain_covariance)
         self.num_observations = 0
         self.num_rejected = 0
         self._spread = 0.05
@@ -119,19 +177,23 @@ class ClockwiseRls:
 
     def predict(self, segment: int, clock_index: int, x0: float, x1: float) -> float:
         """Prediction for one clock (target units)."""
-        c0, c1, c2 = self.rows[segment][clock_index]
-        return self.drift * (c0 * x0 + c1 * x1 + c2)
+        g0, g1, g2 = self.gains
+        r0, r1, r2 = self.rows[segment][clock_index]
+        return self.drift * (g0 * r0 * x0 + g1 * r1 * x1 + g2 * r2)
 
     def predict_all(self, segment: int, x0: float, x1: float) -> list[float]:
         """Predictions for every clock of the table, ascending clock order (target units)."""
-        g = self.drift
-        return [g * (c0 * x0 + c1 * x1 + c2) for c0, c1, c2 in self.rows[segment]]
+        d = self.drift
+        g0, g1, g2 = self.gains
+        a0, a1, a2 = d * g0 * x0, d * g1 * x1, d * g2
+        return [r0 * a0 + r1 * a1 + r2 * a2 for r0, r1, r2 in self.rows[segment]]
 
     def effective_row(self, segment: int, clock_index: int) -> tuple[float, float, float]:
-        """(c0, c1, c2) with the drift folded in: the prediction is ``c0 * x0 + c1 * x1 + c2``."""
-        g = self.drift
-        c0, c1, c2 = self.rows[segment][clock_index]
-        return g * c0, g * c1, g * c2
+        """(c0, c1, c2) with drift and gains folded in: the prediction is ``c0 * x0 + c1 * x1 + c2``."""
+        d = self.drift
+        g0, g1, g2 = self.gains
+        r0, r1, r2 = self.rows[segment][clock_index]
+        return d * g0 * r0, d * g1 * r1, d * g2 * r2
 
     def recent_mape(self) -> float:
         """Mean absolute percentage error (a fraction) of the last ``mape_window`` a-priori predictions.
@@ -147,7 +209,9 @@ class ClockwiseRls:
             return False
         s = self.settings
         row = self.rows[segment][clock_index]
-        predicted = max(self.drift * (row[0] * x0 + row[1] * x1 + row[2]), _MIN_PREDICTION)
+        g = self.gains
+        t0, t1, t2 = g[0] * row[0] * x0, g[1] * row[1] * x1, g[2] * row[2]
+        predicted = max(self.drift * (t0 + t1 + t2), _MIN_PREDICTION)
         self._record_error(abs(y - predicted) / y)
         relative = y / predicted - 1.0
         threshold = max(s.outlier_floor, s.outlier_sigmas * self._spread)
@@ -160,7 +224,50 @@ class ClockwiseRls:
         if s.drift_rate > 0.0:
             log_ratio = max(-_MAX_LOG_RATIO, min(_MAX_LOG_RATIO, math.log(y / predicted)))
             self.drift *= math.exp(s.drift_rate * log_ratio)
-        self._rls_step(row, self._cov[segment][clock_index], x0, x1, y / self.drift)
+        # Shared gains on what the drift left, in relative terms: regressors are the row's own shares.
+        unit = 1.0 / max(t0 + t1 + t2, _MIN_PREDICTION)
+        target = y / self.drift
+        rls_step(
+            g,
+            self._gain_cov,
+            t0 * unit / g[0],
+            t1 * unit / g[1],
+            t2 * unit / g[2],
+            target * unit,
+            s.gain_forgetting,
+            s.max_covariance,
+        )
+        lo, hi = s.gain_bounds
+        g[0], g[1], g[2] = (min(hi, max(lo, v)) for v in g)
+        # Keep the mean gain at 1: the drift carries the uniform part, the gains only the shape (no drift-gain
+        # trade-off that could wander off). Rescaling the parameters rescales their covariance.
+        mean = (g[0] + g[1] + g[2]) / 3.0
+        if abs(mean - 1.0) > 1e-3:
+            self.drift *= mean
+            inv_mean = 1.0 / mean
+            g[0], g[1], g[2] = g[0] * inv_mean, g[1] * inv_mean, g[2] * inv_mean
+            cov_scale = inv_mean * inv_mean
+            cov = self._gain_cov
+            for i in range(9):
+                cov[i] *= cov_scale
+        target = y / self.drift
+        # Then the row, on what drift and gains left, in normalised coordinates.
+        inv_y = 1.0 / self.y_scale
+        sx0, sx1 = self.x0_scale, self.x1_scale
+        theta = [row[0] * sx0 * inv_y, row[1] * sx1 * inv_y, row[2] * inv_y]
+        rls_step(
+            theta,
+            self._cov[segment][clock_index],
+            g[0] * x0 / sx0,
+            g[1] * x1 / sx1,
+            g[2],
+            target * inv_y,
+            s.forgetting,
+            s.max_covariance,
+        )
+        row[0] = max(0.0, theta[0] * self.y_scale / sx0)
+        row[1] = max(0.0, theta[1] * self.y_scale / sx1)
+        row[2] = max(0.0, theta[2] * self.y_scale)
         return True
 
     def _record_error(self, ape: float) -> None:
@@ -170,31 +277,5 @@ class ClockwiseRls:
         self._apes[slot] = ape
         self._next = (slot + 1) % len(self._apes)
         self.num_observations += 1
-        if self._next == 0:  # re-sum once per window against float drift
+        if self._next == 0:  # re-sum once per window against accumulated rounding
             self._ape_sum = math.fsum(self._apes)
-
-    def _rls_step(self, row: Row, p: Row, x0: float, x1: float, target: float) -> None:
-        """One RLS step with forgetting on a row, in normalised coordinates (unrolled 3x3 algebra)."""
-        lam = self.settings.forgetting
-        sx0, sx1, sy = self.x0_scale, self.x1_scale, self.y_scale
-        u0, u1 = x0 / sx0, x1 / sx1
-        t0, t1, t2 = row[0] * sx0 / sy, row[1] * sx1 / sy, row[2] / sy
-        error = target / sy - (t0 * u0 + t1 * u1 + t2)
-        pu0 = p[0] * u0 + p[1] * u1 + p[2]
-        pu1 = p[3] * u0 + p[4] * u1 + p[5]
-        pu2 = p[6] * u0 + p[7] * u1 + p[8]
-        denom = lam + u0 * pu0 + u1 * pu1 + pu2
-        k0, k1, k2 = pu0 / denom, pu1 / denom, pu2 / denom
-        row[0] = max(0.0, (t0 + k0 * error) * sy / sx0)
-        row[1] = max(0.0, (t1 + k1 * error) * sy / sx1)
-        row[2] = max(0.0, (t2 + k2 * error) * sy)
-        inv = 1.0 / lam if p[0] + p[4] + p[8] < 3.0 * self.settings.max_covariance else 1.0
-        p[0] = (p[0] - k0 * pu0) * inv
-        p[1] = (p[1] - k0 * pu1) * inv
-        p[2] = (p[2] - k0 * pu2) * inv
-        p[3] = (p[3] - k1 * pu0) * inv
-        p[4] = (p[4] - k1 * pu1) * inv
-        p[5] = (p[5] - k1 * pu2) * inv
-        p[6] = (p[6] - k2 * pu0) * inv
-        p[7] = (p[7] - k2 * pu1) * inv
-        p[8] = (p[8] - k2 * pu2) * inv

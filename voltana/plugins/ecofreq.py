@@ -18,8 +18,11 @@ change the clock dwells ``min_dwell_s`` and moves for energy only when it saves 
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from itertools import accumulate
+from operator import attrgetter, mul
 from typing import Any
 
 from voltana.core.contexts import ClockContext, PolicyInfo
@@ -29,6 +32,8 @@ from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason, Pha
 
 POLICY_NAME = "ecofreq"
 _STATE_KEY = "ecofreq"
+_prompt_tokens = attrgetter("prompt_tokens")
+_arrival_time_s = attrgetter("arrival_time_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,34 +103,32 @@ def predictor_trusted(predictor: ClockTable, opts: EcoFreqOptions, x0: float, x1
     return predictor.num_observations < opts.min_observations or not predictor.recent_mape() > opts.mape_limit
 
 
-def queue_groups(
-    snapshot: BatchSnapshot, budget: int, deadline_s: float
-) -> tuple[list[int], list[float], list[float], int]:
-    """The waiting queue as prefill iterations: per iteration that completes some request's prompt,
-    (iteration number m >= 1, cumulative attention work after it, tightest remaining deadline in s), plus the
-    total queued tokens. Requests are served in order, ``budget`` tokens per iteration."""
-    iters: list[int] = []
-    attention: list[float] = []
-    slack: list[float] = []
-    tokens = 0
-    work = 0.0
-    current = 0
-    offset = deadline_s - snapshot.now_s
-    for q in snapshot.waiting:
-        p = q.prompt_tokens
-        tokens += p
-        work += 0.5 * p * p
-        m = -(-tokens // budget)
-        r = q.arrival_time_s + offset
-        if m == current:
-            attention[-1] = work
-            slack[-1] = min(slack[-1], r)
-        else:
-            iters.append(m)
-            attention.append(work)
-            slack.append(r)
-            current = m
-    return iters, attention, slack, tokens
+def queue_groups(snapshot: BatchSnapshot, budget: int, bound_s: float) -> list[tuple[int, int, float, float]]:
+    """The waiting queue as the prefill iterations that complete some request's prompt.
+
+    Requests are served in order, ``budget`` tokens per iteration (chunked prefill). Per such iteration
+    ``m >= 1`` after the current one: ``(m, queued tokens computed by its end, attention work by its end,
+    time left to the tightest first-token deadline among the requests it completes (s))``. The attention work
+    counts each prompt as one causal request (``p**2 / 2``), matching the prefill feature.
+    """
+    waiting = snapshot.waiting
+    if not waiting:
+        return []
+    tokens = list(map(_prompt_tokens, waiting))
+    cumulative = list(accumulate(tokens))
+    squares = list(accumulate(map(mul, tokens, tokens)))
+    arrivals = list(map(_arrival_time_s, waiting))
+    total = cumulative[-1]
+    offset = bound_s - snapshot.now_s
+    groups: list[tuple[int, int, float, float]] = []
+    lo, count = 0, len(cumulative)
+    while lo < count:
+        m = -(-cumulative[lo] // budget)
+        hi = bisect_right(cumulative, m * budget, lo)
+        end_tokens = m * budget if m * budget < total else total
+        groups.append((m, end_tokens, 0.5 * squares[hi - 1], min(arrivals[lo:hi]) + offset))
+        lo = hi
+    return groups
 
 
 def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
@@ -213,24 +216,21 @@ def _prefill_checker(
     change_s = opts.clock_change_latency_s
     budget = opts.prefill_token_budget
     if has_batch:
-        oldest = min(r.arrival_time_s for r in snapshot.requests)
+        oldest = min(map(_arrival_time_s, snapshot.requests))
         batch_slack = oldest + st.bound_s - snapshot.now_s
     else:
         batch_slack = math.inf
-    iters, attention, slack, total = queue_groups(snapshot, budget, st.bound_s)
-    if iters:
-        segment = predictor.segment_of(float(budget))
-        lines = [predictor.model.effective_row(segment, k) for k in range(len(latency))]
-    groups = tuple(zip(iters, attention, slack, strict=True))
+    groups = queue_groups(snapshot, budget, st.bound_s)
+    segment = predictor.segment_of(float(budget))
+    effective_row = predictor.model.effective_row
 
     def check(k: int) -> int:
         done = latency[k] + (change_s if k != held else 0.0)
         if done > batch_slack:
             return 1
         if groups:
-            c0, c1, c2 = lines[k]
-            for m, work, deadline in groups:
-                tokens = m * budget if m * budget < total else total
+            c0, c1, c2 = effective_row(segment, k)
+            for m, tokens, work, deadline in groups:
                 if done + c0 * tokens + c1 * work + c2 * m > deadline:
                     return 2
         return 0

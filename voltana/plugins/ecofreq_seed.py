@@ -16,6 +16,8 @@ from voltana.core.profile import Profile, Sample, fit_phase, load_profile
 from voltana.core.rls import AdaptationSettings
 from voltana.core.types import Phase, Slo
 from voltana.hardware.simulated import PerformanceModel
+from voltana.plugins.ecofreq import POLICY_NAME as ECOFREQ_POLICY
+from voltana.plugins.ecofreq import EcoFreqOptions
 
 PREFILL_SEGMENT_ENDS: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 """Prefill token-count segments: the roofline bends below ~256 tokens and attention grows beyond ~4k."""
@@ -173,6 +175,8 @@ def build_controller(
             "no supported clocks: give the device's clocks, a simulated GPU or a predictor profile"
         )
     clocks = resolve_allowed_clocks(config.clocks, supported)
+    if config.policy.clock == ECOFREQ_POLICY:
+        EcoFreqOptions.from_mapping(config.policy.options)  # a bad knob is a one-line error now, not later
     if profile is None:
         if model is None:
             raise ValueError("no predictor seed: set engine.predictor_profile (see `voltana profile`)")

@@ -1,0 +1,163 @@
+"""Property tests of the clock policies against a slow, independent reference of EcoFreq's constraints.
+
+For random allowed clock sets, SLOs, margins, batches and queues (predictors seeded from the simulated A100):
+the chosen clock is always allowed; it is never predicted to violate the SLO when some clock is feasible; it
+is the max clock when none is; among feasible clocks it has the least predicted energy (up to hysteresis).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ecofreq_helpers import a100, controller
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from voltana.core.controller import FrequencyController
+from voltana.core.predictor import features
+from voltana.core.types import (
+    BatchSnapshot,
+    DecisionReason,
+    Phase,
+    QueuedRequest,
+    ScheduledRequest,
+    Slo,
+)
+from voltana.plugins.ecofreq import state_of
+
+NOW_S = 100.0
+BUDGET = 8192
+
+clock_sets = st.lists(st.sampled_from(a100().supported_clocks_mhz), min_size=1, max_size=10, unique=True).map(
+    lambda clocks: tuple(sorted(clocks))
+)
+slos = st.builds(Slo, ttft_s=st.floats(0.02, 3.0), itl_s=st.floats(0.004, 0.15))
+margins = st.floats(0.0, 0.5)
+
+
+@st.composite
+def decode_snapshots(draw: st.DrawFn) -> BatchSnapshot:
+    batch = draw(st.integers(1, 512))
+    kv_per_request = draw(st.integers(1, max(1, 380_000 // batch)))
+    requests = [ScheduledRequest(f"d{i}", 1, kv_per_request, 0.0) for i in range(batch)]
+    return BatchSnapshot.build(Phase.DECODE, requests, now_s=NOW_S)
+
+
+@st.composite
+def prefill_snapshots(draw: st.DrawFn) -> BatchSnapshot:
+    count = draw(st.integers(0, 6))
+    requests = [
+        ScheduledRequest(
+            f"p{i}",
+            draw(st.integers(1, 4096)),
+            draw(st.sampled_from((0, 0, 512, 4096))),
+            NOW_S - draw(st.floats(0.0, 1.0)),
+        )
+        for i in range(count)
+    ]
+    waiting = [
+        QueuedRequest(f"q{i}", draw(st.integers(1, 4096)), NOW_S - draw(st.floats(0.0, 1.0)))
+        for i in range(draw(st.integers(0 if count else 1, 64)))
+    ]
+    return BatchSnapshot.build(Phase.PREFILL, requests, now_s=NOW_S, waiting=waiting)
+
+
+def reference_feasible(ctl: FrequencyController, snapshot: BatchSnapshot, k: int, held: int | None) -> bool:
+    """EcoFreq's documented constraints, computed the slow way, request by request."""
+    state = state_of(ctl.ctx)
+    opts = state.opts
+    predictor = ctl.predictor
+    clock = ctl.allowed_clocks_mhz[k]
+    x0, x1 = features(snapshot)
+    done_s = predictor.value_at(x0, x1, clock) if snapshot.requests else 0.0
+    done_s += opts.clock_change_latency_s if k != held else 0.0
+    if snapshot.phase is Phase.DECODE:
+        return done_s <= state.bound_s
+    if snapshot.requests:
+        oldest = min(r.arrival_time_s for r in snapshot.requests)
+        if done_s > oldest + state.bound_s - snapshot.now_s:
+            return False
+    budget = opts.prefill_token_budget
+    c0, c1, c2 = predictor.model.effective_row(predictor.segment_of(float(budget)), k)
+    prompts = [q.prompt_tokens for q in snapshot.waiting]
+    total = sum(prompts)
+    finish_iteration = [math.ceil(sum(prompts[: i + 1]) / budget) for i in range(len(prompts))]
+    for i, q in enumerate(snapshot.waiting):
+        m = finish_iteration[i]
+        work = sum(0.5 * p * p for p, mj in zip(prompts, finish_iteration, strict=True) if mj <= m)
+        first_token_s = done_s + c0 * min(m * budget, total) + c1 * work + c2 * m
+        if first_token_s > q.arrival_time_s + state.bound_s - snapshot.now_s:
+            return False
+    return True
+
+
+def check_decision(ctl: FrequencyController, snapshot: BatchSnapshot) -> None:
+    held = state_of(ctl.ctx).clock_index
+    decision = ctl.decide(snapshot)
+    clocks = ctl.allowed_clocks_mhz
+    assert decision.clock_mhz in clocks
+    if decision.reason is DecisionReason.PREDICTOR_UNTRUSTED:
+        assert decision.clock_mhz == clocks[-1]
+        return
+    feasible = [k for k in range(len(clocks)) if reference_feasible(ctl, snapshot, k, held)]
+    chosen = clocks.index(decision.clock_mhz)
+    if not feasible:
+        assert decision.clock_mhz == clocks[-1]
+        assert decision.reason is DecisionReason.INFEASIBLE
+        return
+    assert chosen in feasible, (decision, feasible)
+    x0, x1 = features(snapshot)
+    energy = [ctl.power_model.value_at(x0, x1, c) for c in clocks] if snapshot.requests else None
+    if energy is not None and decision.reason is not DecisionReason.HYSTERESIS:
+        assert energy[chosen] <= min(energy[k] for k in feasible) * (1 + 1e-9)
+
+
+common = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@common
+@given(clocks=clock_sets, slo=slos, margin=margins, first=decode_snapshots(), second=decode_snapshots())
+def test_decode_choice_is_allowed_feasible_and_least_energy(
+    clocks: tuple[int, ...], slo: Slo, margin: float, first: BatchSnapshot, second: BatchSnapshot
+) -> None:
+    ctl = controller(Phase.DECODE, clocks=clocks, slo=slo, safety_margin=margin)
+    check_decision(ctl, first)
+    check_decision(ctl, second)  # with a held clock: hysteresis and clock-change cost in play
+
+
+@common
+@given(clocks=clock_sets, slo=slos, margin=margins, first=prefill_snapshots(), second=prefill_snapshots())
+def test_prefill_choice_is_allowed_and_meets_every_queued_deadline_when_possible(
+    clocks: tuple[int, ...], slo: Slo, margin: float, first: BatchSnapshot, second: BatchSnapshot
+) -> None:
+    ctl = controller(Phase.PREFILL, clocks=clocks, slo=slo, safety_margin=margin)
+    check_decision(ctl, first)
+    check_decision(ctl, second)
+
+
+@common
+@given(clocks=clock_sets, slo=slos, snapshot=st.one_of(decode_snapshots(), prefill_snapshots()))
+def test_paper_policy_picks_the_lowest_feasible_clock_or_max(
+    clocks: tuple[int, ...], slo: Slo, snapshot: BatchSnapshot
+) -> None:
+    ctl = controller(snapshot.phase, "voltana-paper", clocks=clocks, slo=slo, safety_margin=0.0)
+    decision = ctl.decide(snapshot)
+    assert decision.clock_mhz in clocks
+    if snapshot.phase is Phase.PREFILL and snapshot.waiting:
+        assert decision.clock_mhz == clocks[-1]
+        return
+    bound = slo.for_phase(snapshot.phase)
+    if snapshot.phase is Phase.PREFILL:
+        bound -= NOW_S - min(r.arrival_time_s for r in snapshot.requests)
+    x0, x1 = features(snapshot)
+    feasible = [c for c in clocks if ctl.predictor.value_at(x0, x1, c) <= bound]
+    assert decision.clock_mhz == (feasible[0] if feasible else clocks[-1])
+
+
+@given(clocks=clock_sets, phase=st.sampled_from(Phase), policy=st.sampled_from(("ecofreq", "voltana-paper")))
+@settings(max_examples=20, deadline=None)
+def test_idle_instance_gets_the_lowest_clock(clocks: tuple[int, ...], phase: Phase, policy: str) -> None:
+    ctl = controller(phase, policy, clocks=clocks)
+    decision = ctl.decide(BatchSnapshot.build(phase, (), now_s=NOW_S))
+    assert decision.clock_mhz == clocks[0]
+    assert decision.reason is DecisionReason.IDLE

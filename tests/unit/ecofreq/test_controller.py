@@ -1,0 +1,120 @@
+"""FrequencyController: always a usable decision, learning from each iteration, hooks for third parties."""
+
+from __future__ import annotations
+
+import logging
+
+import pluggy
+import pytest
+from ecofreq_helpers import SLO, a100, controller, decode_snapshot, default_clocks, predictors
+
+from voltana.core.contexts import ClockContext
+from voltana.core.controller import APPLIED_CLOCK_KEY, FrequencyController
+from voltana.core.hookspecs import hookimpl
+from voltana.core.plugin_manager import make_plugin_manager
+from voltana.core.types import (
+    BatchSnapshot,
+    ClockDecision,
+    DecisionReason,
+    IterationRecord,
+    Phase,
+)
+from voltana.plugins import DEFAULT_PLUGINS
+
+
+class Recorder:
+    """A third-party plugin: a clock policy named "fixed-1000" and an iteration observer."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.records: list[IterationRecord] = []
+        self.fail = fail
+
+    @hookimpl
+    def voltana_choose_clock(self, snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision | None:
+        if ctx.policy == "boom":
+            raise RuntimeError("policy bug")
+        if ctx.policy != "fixed-1000":
+            return None
+        return ClockDecision(1000, DecisionReason.STATIC, ctx.policy)
+
+    @hookimpl
+    def voltana_iteration_finished(self, record: IterationRecord) -> None:
+        if self.fail:
+            raise RuntimeError("observer bug")
+        self.records.append(record)
+
+
+@pytest.fixture
+def pm() -> pluggy.PluginManager:
+    return make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False)
+
+
+def test_unknown_policy_gives_the_max_clock(pm: pluggy.PluginManager) -> None:
+    ctl = controller(Phase.DECODE, "nobody-implements-this", hook=pm.hook)
+    decision = ctl.decide(decode_snapshot(8, 100))
+    assert decision == ClockDecision(default_clocks()[-1], DecisionReason.NO_POLICY, "nobody-implements-this")
+
+
+def test_a_failing_policy_never_raises_and_is_logged_once(
+    pm: pluggy.PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    pm.register(Recorder())
+    ctl = controller(Phase.DECODE, "boom", hook=pm.hook)
+    with caplog.at_level(logging.ERROR):
+        decisions = [ctl.decide(decode_snapshot(8, 100)) for _ in range(3)]
+    assert {d.clock_mhz for d in decisions} == {default_clocks()[-1]}
+    assert {d.reason for d in decisions} == {DecisionReason.NO_POLICY}
+    assert sum("failed" in r.message for r in caplog.records) == 1
+
+
+def test_a_third_party_clock_outside_the_allowed_set_is_rounded_up(pm: pluggy.PluginManager) -> None:
+    pm.register(Recorder())
+    ctl = controller(Phase.DECODE, "fixed-1000", hook=pm.hook)
+    decision = ctl.decide(decode_snapshot(8, 100))
+    assert decision.clock_mhz == min(c for c in default_clocks() if c >= 1000)
+    assert decision.reason is DecisionReason.STATIC
+
+
+def test_observe_updates_both_predictors_then_broadcasts(pm: pluggy.PluginManager) -> None:
+    recorder = Recorder()
+    pm.register(recorder)
+    ctl = controller(Phase.DECODE, hook=pm.hook)
+    snapshot = decode_snapshot(32, 500)
+    decision = ctl.decide(snapshot)
+    cost = a100().cost(Phase.DECODE, 32, 32, 32 * 500, decision.clock_mhz)
+    record = IterationRecord(snapshot, decision, decision.clock_mhz, 10.0, cost.latency_s, cost.energy_j)
+    ctl.observe(record)
+    assert ctl.predictor.num_observations == 1
+    assert ctl.power_model.num_observations == 1
+    assert recorder.records == [record]
+    assert ctl.ctx.state[APPLIED_CLOCK_KEY] == decision.clock_mhz
+
+
+def test_observe_survives_a_failing_observer_and_idle_iterations(
+    pm: pluggy.PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    pm.register(Recorder(fail=True))
+    ctl = controller(Phase.DECODE, hook=pm.hook)
+    idle = BatchSnapshot.build(Phase.DECODE, (), now_s=1.0)
+    decision = ctl.decide(idle)
+    with caplog.at_level(logging.ERROR):
+        ctl.observe(IterationRecord(idle, decision, decision.clock_mhz, 1.0, 0.0, None))
+        ctl.observe(IterationRecord(idle, decision, decision.clock_mhz, 1.0, 0.0, None))
+    assert ctl.predictor.num_observations == 0
+    assert sum("observer failed" in r.message for r in caplog.records) == 1
+
+
+def test_predictors_must_be_built_on_the_allowed_clocks(pm: pluggy.PluginManager) -> None:
+    latency, _ = predictors(Phase.DECODE)
+    with pytest.raises(ValueError, match="not the allowed clocks"):
+        FrequencyController(
+            instance_id="d0",
+            phase=Phase.DECODE,
+            allowed_clocks_mhz=default_clocks()[:4],
+            slo=SLO,
+            policy="ecofreq",
+            hook=pm.hook,
+            predictor=latency,
+        )
+    with pytest.raises(ValueError, match="safety_margin"):
+        controller(Phase.DECODE, safety_margin=1.0)

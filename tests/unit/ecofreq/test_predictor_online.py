@@ -1,0 +1,140 @@
+"""EcoPred online: RLS convergence, outliers and regime changes, MAPE, seen range, interpolation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from ecofreq_helpers import a100, default_clocks, predictors
+
+from voltana.core.predictor import LatencyPredictor, features, prefill_attention_work
+from voltana.core.rls import AdaptationSettings, ClockwiseRls
+from voltana.core.types import BatchSnapshot, Phase, ScheduledRequest
+
+
+def single_row(coef: tuple[float, float, float], **settings: float) -> ClockwiseRls:
+    return ClockwiseRls([[coef]], (1000.0, 1000.0), 1.0, AdaptationSettings(**settings))  # type: ignore[arg-type]
+
+
+def test_rls_learns_the_true_linear_coefficients_from_a_wrong_seed() -> None:
+    true = (2e-4, 5e-5, 0.01)
+    model = single_row((1e-4, 1e-4, 0.03), outlier_floor=10.0)
+    points = [(x0, x1) for x0 in (10, 200, 500, 900) for x1 in (0, 300, 1000)]
+    for _ in range(40):
+        for x0, x1 in points:
+            model.update(0, 0, x0, x1, true[0] * x0 + true[1] * x1 + true[2])
+    for x0, x1 in [(50, 50), (700, 800), (1000, 0)]:
+        expected = true[0] * x0 + true[1] * x1 + true[2]
+        assert model.predict(0, 0, x0, x1) == pytest.approx(expected, rel=1e-3)
+
+
+def test_a_single_spike_is_rejected_and_changes_nothing() -> None:
+    predictor, _ = predictors(Phase.DECODE)
+    before = predictor.values(64.0, 64_000.0)
+    expected = predictor.value_at(64.0, 64_000.0, default_clocks()[-1])
+    assert not predictor.observe(64.0, 64_000.0, default_clocks()[-1], expected * 5.0)
+    assert predictor.values(64.0, 64_000.0) == before
+    assert predictor.model.num_rejected == 1
+
+
+def test_a_persistent_change_is_accepted_after_regime_change_after_outliers() -> None:
+    predictor, _ = predictors(Phase.DECODE)
+    clock = default_clocks()[-1]
+    expected = predictor.value_at(64.0, 64_000.0, clock)
+    verdicts = [predictor.observe(64.0, 64_000.0, clock, expected * 2.0) for _ in range(5)]
+    limit = predictor.model.settings.regime_change_after
+    assert verdicts[:limit] == [False] * limit
+    assert verdicts[limit] is True
+    assert predictor.value_at(64.0, 64_000.0, clock) > expected * 1.1
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
+def test_invalid_measurements_are_ignored(bad: float) -> None:
+    predictor, _ = predictors(Phase.PREFILL)
+    before = predictor.values(1024.0, 5e5)
+    assert not predictor.observe(1024.0, 5e5, default_clocks()[-1], bad)
+    assert predictor.values(1024.0, 5e5) == before
+    assert predictor.num_observations == 0
+
+
+def test_recent_mape_is_nan_before_data_and_tracks_relative_error() -> None:
+    predictor, _ = predictors(Phase.DECODE)
+    assert math.isnan(predictor.recent_mape())
+    clock = default_clocks()[-1]
+    truth = a100().cost(Phase.DECODE, 32, 32, 32_000, clock).latency_s
+    predictor.observe(32.0, 32_000.0, clock, truth * 1.1)  # prediction was ~truth: 1/1.1 - 1 ~ 9.1% off
+    assert predictor.recent_mape() == pytest.approx(0.1 / 1.1, abs=0.01)
+
+
+def test_covers_the_profiled_range_and_grows_with_observations() -> None:
+    predictor, _ = predictors(Phase.DECODE)
+    assert predictor.covers(256.0, 100_000.0)
+    assert not predictor.covers(4096.0, 100_000.0)
+    clock = default_clocks()[-1]
+    big = a100().cost(Phase.DECODE, 1024, 1024, 400_000, clock).latency_s
+    for _ in range(4):  # the first looks like an outlier run; a regime change is then accepted
+        predictor.observe(1024.0, 400_000.0, clock, big)
+    assert predictor.covers(1024.0, 400_000.0)
+
+
+def test_clocks_between_grid_clocks_are_interpolated_in_the_period() -> None:
+    predictor, _ = predictors(Phase.PREFILL)
+    clocks = default_clocks()
+    lo, hi = clocks[-2], clocks[-1]
+    middle = 1320  # a supported A100 clock between two grid clocks
+    assert lo < middle < hi
+    x0, x1 = 4096.0, prefill_attention_work(4096, 0, 1)
+    a, b = predictor.value_at(x0, x1, lo), predictor.value_at(x0, x1, hi)
+    w = (1 / middle - 1 / lo) / (1 / hi - 1 / lo)
+    assert predictor.value_at(x0, x1, middle) == pytest.approx((1 - w) * a + w * b)
+    truth = a100().cost(Phase.PREFILL, 1, 4096, 0, middle).latency_s
+    assert predictor.value_at(x0, x1, middle) == pytest.approx(truth, rel=0.05)
+
+
+def test_snapshot_api_matches_feature_api() -> None:
+    predictor, energy = predictors(Phase.PREFILL)
+    requests = [ScheduledRequest("a", 700, 300, 0.0), ScheduledRequest("b", 500, 0, 0.0)]
+    snapshot = BatchSnapshot.build(Phase.PREFILL, requests, now_s=1.0)
+    x0, x1 = features(snapshot)
+    assert (x0, x1) == (1200.0, prefill_attention_work(1200, 300, 2))
+    clock = default_clocks()[3]
+    assert predictor.predict_latency_s(snapshot, clock) == predictor.value_at(x0, x1, clock)
+    assert predictor.latencies_s(snapshot) == predictor.values(x0, x1)
+    assert energy.energies_j(snapshot) == energy.values(x0, x1)
+    assert energy.predict_energy_j(snapshot, clock) > 0
+
+
+def test_seeded_energy_model_matches_the_simulated_gpu_and_shows_the_u_curve() -> None:
+    _, energy = predictors(Phase.PREFILL)
+    clocks = default_clocks()
+    x0, x1 = 8192.0, prefill_attention_work(8192, 0, 4)
+    predicted = energy.values(x0, x1)
+    truth = [a100().cost(Phase.PREFILL, 4, 8192, 0, c).energy_j for c in clocks]
+    for p, t in zip(predicted, truth, strict=True):
+        assert p == pytest.approx(t, rel=0.05)
+    cheapest = min(range(len(clocks)), key=predicted.__getitem__)
+    assert 0 < cheapest < len(clocks) - 1  # neither the lowest nor the highest clock: a U-curve
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"forgetting": 0.0},
+        {"gain_forgetting": 1.5},
+        {"row_covariance": 100.0},
+        {"gain_bounds": (2.0, 3.0)},
+        {"drift_rate": 1.0},
+        {"mape_window": 0},
+    ],
+)
+def test_adaptation_settings_reject_nonsense(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        AdaptationSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_table_shape_must_match_clocks_and_segments() -> None:
+    model = ClockwiseRls([[(1.0, 1.0, 1.0)]], (1.0, 1.0), 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        LatencyPredictor(Phase.DECODE, (1005, 1410), (8,), model, 8.0, 100.0)
+    with pytest.raises(ValueError, match="ascending"):
+        LatencyPredictor(Phase.DECODE, (1410, 1005), (8,), model, 8.0, 100.0)

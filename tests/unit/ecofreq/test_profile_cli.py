@@ -1,0 +1,59 @@
+"""``voltana profile`` run as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from voltana.core.profile import load_profile
+from voltana.core.types import Phase
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOLTANA_")}
+    return subprocess.run(
+        [sys.executable, "-m", "voltana.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_profile_writes_a_loadable_profile(tmp_path: Path) -> None:
+    out = tmp_path / "h100.json"
+    result = run_cli(
+        "profile",
+        "--gpu",
+        "h100-80gb",
+        "--model",
+        "llama-3.1-8b",
+        "--clocks",
+        "1005,1410,1980",
+        "-o",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    assert str(out) in result.stdout
+    profile = load_profile(out)
+    assert profile.clocks_mhz == (1005, 1410, 1980)
+    assert profile.metadata["gpu"] == "h100-80gb"
+    assert set(profile.phases) == set(Phase)
+
+
+def test_unknown_gpu_model_or_clock_is_one_line(tmp_path: Path) -> None:
+    for args, expected in (
+        (("--gpu", "x100"), "unknown simulated GPU 'x100'; known: a100-80gb"),
+        (("--model", "gpt-9"), "unknown simulated model 'gpt-9'"),
+        (("--clocks", "999"), "not supported"),
+    ):
+        result = run_cli("profile", *args, "-o", str(tmp_path / "p.json"))
+        assert result.returncode == 2
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, result.stderr
+        assert expected in lines[0]
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "p.json").exists()
