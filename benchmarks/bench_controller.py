@@ -55,9 +55,10 @@ def per_call_us(fn: Callable[[], object]) -> tuple[float, float]:
     return statistics.median(samples), samples[int(0.9 * (len(samples) - 1))]
 
 
-def prefill_snapshot(queue: int) -> BatchSnapshot:
+def prefill_snapshot(queue: int, prompt_tokens: int) -> BatchSnapshot:
+    """4 running prompts of 512 tokens and ``queue`` waiting ones of ~``prompt_tokens`` (all recent)."""
     running = [ScheduledRequest(f"r{i}", 512, 0, 9.9) for i in range(4)]
-    waiting = [QueuedRequest(f"q{i}", 300 + 37 * (i % 11), 9.9 + 0.001 * i) for i in range(queue)]
+    waiting = [QueuedRequest(f"q{i}", prompt_tokens + 7 * (i % 11), 9.9 + 0.001 * i) for i in range(queue)]
     return BatchSnapshot.build(Phase.PREFILL, running, now_s=10.0, waiting=waiting)
 
 
@@ -76,13 +77,15 @@ def main() -> None:
     rows: list[tuple[str, float, float, float | None]] = []
 
     for label, controller, snapshot in (
-        ("decide prefill, 64 queued", prefill, prefill_snapshot(64)),
-        ("decide prefill, empty queue", prefill, prefill_snapshot(0)),
+        ("decide prefill, 64 queued, a clock fits", prefill, prefill_snapshot(64, 60)),
+        ("decide prefill, 64 queued, none fits", prefill, prefill_snapshot(64, 480)),
+        ("decide prefill, empty queue", prefill, prefill_snapshot(0, 0)),
         ("decide decode, batch 64", decode, decode_snapshot(64)),
         ("decide idle", decode, BatchSnapshot.build(Phase.DECODE, (), now_s=10.0)),
     ):
+        reason = controller.decide(snapshot).reason.value
         median, p90 = per_call_us(lambda c=controller, s=snapshot: c.decide(s))
-        rows.append((label, median, p90, DECISION_TARGET_US))
+        rows.append((f"{label} ({reason})", median, p90, DECISION_TARGET_US))
 
     # Predictor update: alternate two measurements so every call does a real RLS step (no outliers).
     snap = decode_snapshot(64)

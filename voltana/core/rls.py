@@ -238,18 +238,19 @@ class ClockwiseRls:
             s.max_covariance,
         )
         lo, hi = s.gain_bounds
-        g[0], g[1], g[2] = (min(hi, max(lo, v)) for v in g)
+        g0 = lo if g[0] < lo else hi if g[0] > hi else g[0]
+        g1 = lo if g[1] < lo else hi if g[1] > hi else g[1]
+        g2 = lo if g[2] < lo else hi if g[2] > hi else g[2]
         # Keep the mean gain at 1: the drift carries the uniform part, the gains only the shape (no drift-gain
         # trade-off that could wander off). Rescaling the parameters rescales their covariance.
-        mean = (g[0] + g[1] + g[2]) / 3.0
+        mean = (g0 + g1 + g2) / 3.0
         if abs(mean - 1.0) > 1e-3:
             self.drift *= mean
             inv_mean = 1.0 / mean
-            g[0], g[1], g[2] = g[0] * inv_mean, g[1] * inv_mean, g[2] * inv_mean
+            g0, g1, g2 = g0 * inv_mean, g1 * inv_mean, g2 * inv_mean
             cov_scale = inv_mean * inv_mean
-            cov = self._gain_cov
-            for i in range(9):
-                cov[i] *= cov_scale
+            self._gain_cov = [c * cov_scale for c in self._gain_cov]
+        g[0], g[1], g[2] = g0, g1, g2
         target = y / self.drift
         # Then the row, on what drift and gains left, in normalised coordinates.
         inv_y = 1.0 / self.y_scale

@@ -114,19 +114,21 @@ def queue_groups(snapshot: BatchSnapshot, budget: int, bound_s: float) -> list[t
     waiting = snapshot.waiting
     if not waiting:
         return []
-    tokens = list(map(_prompt_tokens, waiting))
-    cumulative = list(accumulate(tokens))
-    squares = list(accumulate(map(mul, tokens, tokens)))
-    arrivals = list(map(_arrival_time_s, waiting))
-    total = cumulative[-1]
     offset = bound_s - snapshot.now_s
+    tokens = list(map(_prompt_tokens, waiting))
+    total = sum(tokens)
+    if total <= budget:  # the common case: the whole queue fits in the next iteration
+        return [(1, total, 0.5 * sum(map(mul, tokens, tokens)), min(map(_arrival_time_s, waiting)) + offset)]
+    cumulative = list(accumulate(tokens))
     groups: list[tuple[int, int, float, float]] = []
-    lo, count = 0, len(cumulative)
+    lo, count, work = 0, len(cumulative), 0.0
     while lo < count:
         m = -(-cumulative[lo] // budget)
         hi = bisect_right(cumulative, m * budget, lo)
+        chunk = tokens[lo:hi]
+        work += 0.5 * sum(map(mul, chunk, chunk))
         end_tokens = m * budget if m * budget < total else total
-        groups.append((m, end_tokens, 0.5 * squares[hi - 1], min(arrivals[lo:hi]) + offset))
+        groups.append((m, end_tokens, work, min(map(_arrival_time_s, waiting[lo:hi])) + offset))
         lo = hi
     return groups
 
