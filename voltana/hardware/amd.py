@@ -44,10 +44,10 @@ def load_amdsmi() -> Any:
         with contextlib.redirect_stdout(captured):
             import amdsmi
     except (ImportError, KeyError, OSError) as exc:
-        printed = " ".join(captured.getvalue().split())
-        reason = printed or f"{type(exc).__name__}: {exc}"
+        printed = [line.strip() for line in captured.getvalue().splitlines() if line.strip()]
+        reason = printed[0] if printed else f"{type(exc).__name__}: {exc}"
         raise LibraryNotFoundError(
-            f"AMD SMI unavailable: {reason} (install ROCm's amd-smi-lib, or use hardware.vendor=simulated)"
+            f"AMD SMI unavailable: {reason}; install ROCm's amd-smi-lib or use hardware.vendor=simulated"
         ) from None
     return amdsmi
 
