@@ -82,7 +82,8 @@ class VllmServer:
         body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0}
         body.update(extra)
         resp = httpx.post(f"{self.url}/v1/completions", json=body, timeout=120.0)
-        resp.raise_for_status()
+        if resp.status_code != 200:
+            raise RuntimeError(f"{self.name}: /v1/completions answered {resp.status_code}: {resp.text[:500]}")
         result: dict[str, object] = resp.json()
         return result
 
