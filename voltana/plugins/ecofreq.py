@@ -138,7 +138,9 @@ def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
     clocks = ctx.allowed_clocks_mhz
     top = len(clocks) - 1
     if snapshot.is_idle:
-        return _hold(st, 0, snapshot.now_s, ClockDecision(clocks[0], DecisionReason.IDLE, POLICY_NAME))
+        # Idle is not a choice to dwell on: the first batch after it may move at once.
+        st.clock_index, st.held_since_s = 0, -math.inf
+        return ClockDecision(clocks[0], DecisionReason.IDLE, POLICY_NAME)
     predictor: ClockTable | None = ctx.predictor
     if predictor is None:
         return _hold(
@@ -171,7 +173,7 @@ def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
     change_s = opts.clock_change_latency_s
 
     if ctx.phase is Phase.PREFILL:
-        check = _prefill_checker(snapshot, ctx, st, predictor, latency, has_batch)
+        check = _prefill_checker(snapshot, st, predictor, latency, has_batch)
     else:
         bound = st.bound_s
 
@@ -206,7 +208,6 @@ def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
 
 def _prefill_checker(
     snapshot: BatchSnapshot,
-    ctx: ClockContext,
     st: EcoFreqState,
     predictor: ClockTable,
     latency: list[float],

@@ -85,3 +85,12 @@ def test_bad_options_are_one_line_errors(options: dict[str, object], message: st
 def test_options_ignore_other_policies_keys() -> None:
     opts = EcoFreqOptions.from_mapping({"static_clock_mhz": 1200, "hysteresis": "0.1"})
     assert opts.hysteresis == 0.1
+
+
+def test_the_first_batch_after_idle_is_not_held_at_the_idle_clock() -> None:
+    ctl = controller(Phase.DECODE, options={"min_dwell_s": 10.0, "hysteresis": 0.0})
+    idle = ctl.decide(decode_snapshot(0, 0, now_s=0.0))
+    busy = ctl.decide(decode_snapshot(64, 500, now_s=0.001))
+    assert idle.reason is DecisionReason.IDLE
+    assert busy.clock_mhz > idle.clock_mhz
+    assert busy.reason is DecisionReason.ENERGY_OPTIMAL
