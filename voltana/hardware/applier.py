@@ -7,10 +7,12 @@ applier switches to monitor-only mode and says so once, loudly.
 
 Restoring clocks: ``close()`` resets them; every live applier is also closed at interpreter exit (``atexit``)
 and on SIGTERM (a handler installed from the main thread, chaining to the previous handler). A hard crash
-(SIGKILL, segfault in the engine) cannot run any of these. The alternative design for that case, and for
-engines that do not run as root, is a small privileged helper process reached over a local socket: it
-owns the driver calls and resets the clocks when its client's connection drops. The thread was chosen here
-because it has no extra process to deploy and adds no IPC latency; the ``GpuGroup`` interface is what the
+(SIGKILL, segfault in the engine) cannot run any of these: pass a ``watchdog``
+(:mod:`voltana.hardware.watchdog`), a child process that resets the clocks when the engine's pipe to it
+closes uncleanly. The alternative design, also for engines that do not run as root, is a privileged helper
+process reached over a local socket that owns every driver call and resets the clocks when its client's
+connection drops. The thread was chosen
+because it adds no IPC to each change and nothing to deploy; the ``GpuGroup`` interface is what such a
 helper would implement.
 """
 
@@ -25,9 +27,12 @@ import time
 import weakref
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voltana.hardware.device import GpuGroup
+
+if TYPE_CHECKING:
+    from voltana.hardware.watchdog import Watchdog
 
 logger = logging.getLogger("voltana.hardware")
 
@@ -53,10 +58,12 @@ class ClockApplier:
         *,
         restore_on_exit: bool = True,
         on_monitor_only: Callable[[str], None] | None = None,
+        watchdog: Watchdog | None = None,
         name: str = "voltana-clock-applier",
     ) -> None:
         self.group = group
         self.restore_on_exit = restore_on_exit
+        self.watchdog = watchdog
         self._on_monitor_only = on_monitor_only
         self._wake = threading.Event()
         self._idle = threading.Event()
@@ -170,12 +177,16 @@ class ClockApplier:
         self._wake.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout_s)
+        restored = True
         if self.restore_on_exit and self._touched:
             try:
                 self.group.reset_clocks()
                 logger.info("voltana: GPU clocks restored to the driver default")
             except Exception as exc:
+                restored = False
                 logger.error("voltana: could not restore GPU clocks: %s", exc)
+        if self.watchdog is not None:
+            self.watchdog.disarm(clean=restored)  # not clean: the watchdog process retries the reset
         _live.discard(self)
 
     def __enter__(self) -> ClockApplier:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,62 @@ def test_unsupported_clock_is_snapped_not_fatal(caplog: pytest.LogCaptureFixture
         applier.submit(1008)
         assert applier.wait_applied(1.0)
     assert sum("not a supported clock" in r.getMessage() for r in caplog.records) == 1
+
+
+CRASHING_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from voltana.core.config import HardwareConfig
+    from voltana.hardware.applier import ClockApplier
+    from voltana.hardware.simulated import open_simulated
+    from voltana.hardware.watchdog import start_watchdog
+
+    state_dir = sys.argv[1]
+    watchdog = start_watchdog(HardwareConfig(vendor="simulated"), simulated_state_dir=state_dir)
+    applier = ClockApplier(open_simulated(state_dir=state_dir), watchdog=watchdog)
+    applier.submit(1005)
+    applier.wait_applied(5.0)
+    print("ready", flush=True)
+    if sys.argv[2] == "close":
+        applier.close()
+        print("closed", flush=True)
+    time.sleep(30)
+    """
+)
+
+
+def _state_after(
+    path: Path, done: Callable[[dict[str, object]], bool], timeout_s: float = 15.0
+) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state: dict[str, object] = json.loads(path.read_text())
+        if done(state) or time.monotonic() > deadline:
+            return state
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("ending", ["sigkill", "close-then-sigkill"])
+def test_watchdog_restores_clocks_after_a_hard_crash_only(tmp_path: Path, ending: str) -> None:
+    mode = "close" if ending == "close-then-sigkill" else "crash"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_CHILD, str(tmp_path), mode], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        if mode == "close":
+            assert child.stdout.readline().strip() == "closed"
+        child.kill()  # SIGKILL: no handler, no atexit
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    path = tmp_path / "gpu0.json"
+    if mode == "crash":
+        # The engine's own record still says 1005 until the watchdog reopens the device and resets it.
+        state = _state_after(path, lambda s: s["events"] == ["reset"])
+        assert state == {"locked_clock_mhz": None, "events": ["reset"]}
+    else:
+        time.sleep(0.5)
+        assert json.loads(path.read_text()) == {"locked_clock_mhz": None, "events": ["lock 1005", "reset"]}
