@@ -199,7 +199,14 @@ def emulate(
         await stop.wait()
         await cluster.stop()
 
-    asyncio.run(serve())
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # uvloop is optional (uvicorn[standard]); plain asyncio works, a little slower
+        loop_factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve())
 
 
 @hookimpl

@@ -6,6 +6,8 @@ With a connector that exchanges nothing (shared storage) the prefill answer carr
 request goes out unchanged. SGLang: the same request, plus ``bootstrap_host``/``bootstrap_port``/
 ``bootstrap_room`` (random 63-bit), goes to both instances at once; the answer is streamed from decode.
 
+Engine calls go through one aiohttp session (far cheaper per call than httpx, see ``app.py``).
+
 Retries: a failed prefill, or a decode that fails before any output reached the client, is retried on other
 instances (``max_retries``). A decode that dies mid-stream ends the stream with an OpenAI error event, so no
 request is ever lost silently.
@@ -23,7 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -64,13 +66,16 @@ class Exchange:
 
 @dataclass(slots=True)
 class DecodeResult:
-    """The decode instance's answer: a JSON body, or an open event stream whose first event was read."""
+    """The decode instance's answer: a whole body (passed on unparsed), or an open event stream whose first
+    event was read."""
 
     instance: Instance
-    body: dict[str, Any] | None = None
+    content: bytes | None = None
+    content_type: str = "application/json"
     first_events: bytes = b""
     events: AsyncIterator[bytes] | None = None
-    response: httpx.Response | None = None
+    response: aiohttp.ClientResponse | None = None
+    complete: bool = False
     span: trace.Span | None = None
     prefill_task: asyncio.Task[Any] | None = None
     released: bool = False
@@ -120,7 +125,7 @@ class Proxy:
         backend: Backend,
         registry: InstanceRegistry,
         chooser: InstanceChooser,
-        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
         metrics: RouterMetrics,
         tracer: trace.Tracer,
         max_retries: int,
@@ -130,7 +135,7 @@ class Proxy:
         self.backend = backend
         self.registry = registry
         self.chooser = chooser
-        self.client = client
+        self.session = session
         self.metrics = metrics
         self.tracer = tracer
         self.max_retries = max_retries
@@ -247,75 +252,80 @@ class Proxy:
             },
         )
 
-    async def _call_json(self, ex: Exchange, inst: Instance, body: dict[str, Any]) -> dict[str, Any]:
-        """POST ``body`` to ``inst`` and return its JSON answer (a prefill, or a non-streamed decode)."""
+    async def _call(self, ex: Exchange, inst: Instance, body: dict[str, Any]) -> tuple[bytes, str]:
+        """POST ``body`` to ``inst`` and return its whole answer (content, content type) when it is a 2xx."""
         span = self._instance_span(ex, inst, f"voltana.router.{inst.phase.value}")
         headers = inject_headers(span, dict(ex.headers))
         pending = ex.parsed.input_tokens if inst.phase is Phase.PREFILL else 0
         self.registry.acquire(inst, pending)
         start = time.perf_counter()
         try:
-            response = await self.client.post(
-                inst.url + ex.parsed.path, content=json.dumps(body).encode(), headers=headers
-            )
-            if response.status_code >= 500:
-                raise UpstreamError(
-                    inst.instance_id,
-                    f"HTTP {response.status_code}: {response.text[:200]}",
-                    status=response.status_code,
-                )
-            if response.status_code >= 400:
-                raise BackendRejected(
-                    response.status_code,
-                    response.content,
-                    response.headers.get("content-type", "application/json"),
-                )
-            answer = response.json()
-            if not isinstance(answer, dict):
-                raise UpstreamError(inst.instance_id, "answer is not a JSON object")
-        except httpx.TimeoutException as exc:
+            async with self.session.post(
+                inst.url + ex.parsed.path, data=json.dumps(body), headers=headers
+            ) as answer:
+                content = await answer.read()
+                status = answer.status
+                content_type = answer.headers.get("content-type", "application/json")
+        except TimeoutError:
             span.set_status(Status(StatusCode.ERROR, "timeout"))
-            raise UpstreamError(inst.instance_id, f"timed out ({type(exc).__name__})") from None
-        except (httpx.HTTPError, ValueError) as exc:
+            raise UpstreamError(
+                inst.instance_id, f"timed out (no answer within {self.request_timeout_s:g} s)"
+            ) from None
+        except aiohttp.ClientError as exc:
             span.set_status(Status(StatusCode.ERROR, str(exc)))
             raise UpstreamError(inst.instance_id, f"{type(exc).__name__}: {exc}") from None
         finally:
             ex.upstream_s += time.perf_counter() - start
             self.registry.release(inst, pending)
             span.end()
+        if status >= 500:
+            raise UpstreamError(inst.instance_id, f"HTTP {status}: {content[:200].decode(errors='replace')}")
+        if status >= 400:
+            raise BackendRejected(status, content, content_type)
         self.registry.record_success(inst)
+        return content, content_type
+
+    async def _call_json(self, ex: Exchange, inst: Instance, body: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`_call` for an answer that must be a JSON object (a prefill's)."""
+        content, _ = await self._call(ex, inst, body)
+        try:
+            answer = json.loads(content)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise UpstreamError(inst.instance_id, "answer is not a JSON object")
         return answer
 
     async def _decode(self, ex: Exchange, inst: Instance, body: dict[str, Any]) -> DecodeResult:
         if not ex.parsed.stream:
-            return DecodeResult(inst, body=await self._call_json(ex, inst, body))
+            content, content_type = await self._call(ex, inst, body)
+            return DecodeResult(inst, content=content, content_type=content_type)
         span = self._instance_span(ex, inst, "voltana.router.decode")
         headers = inject_headers(span, dict(ex.headers))
-        request = self.client.build_request(
-            "POST", inst.url + ex.parsed.path, content=json.dumps(body).encode(), headers=headers
-        )
         self.registry.acquire(inst)
         result = DecodeResult(inst, span=span)
         start = time.perf_counter()
         try:
-            response = await self.client.send(request, stream=True)
+            response = await self.session.post(
+                inst.url + ex.parsed.path, data=json.dumps(body), headers=headers
+            )
             result.response = response
-            if response.status_code >= 400:
-                content = await response.aread()
-                if response.status_code >= 500:
-                    raise UpstreamError(inst.instance_id, f"HTTP {response.status_code}: {content[:200]!r}")
+            if response.status >= 400:
+                content = await response.read()
+                if response.status >= 500:
+                    raise UpstreamError(inst.instance_id, f"HTTP {response.status}: {content[:200]!r}")
                 raise BackendRejected(
-                    response.status_code, content, response.headers.get("content-type", "application/json")
+                    response.status, content, response.headers.get("content-type", "application/json")
                 )
-            result.events = _complete_events(response.aiter_bytes())
+            result.events = _complete_events(response.content.iter_any())
             result.first_events = await anext(result.events, b"")
             if not result.first_events:
                 raise UpstreamError(inst.instance_id, "stream ended before any event")
         except BaseException as exc:
             await self.finish(result)
-            if isinstance(exc, httpx.TimeoutException):
-                raise UpstreamError(inst.instance_id, f"timed out ({type(exc).__name__})") from None
-            if isinstance(exc, httpx.HTTPError):
+            if isinstance(exc, TimeoutError):
+                raise UpstreamError(inst.instance_id, "timed out before the first event") from None
+            if isinstance(exc, aiohttp.ClientError):
                 raise UpstreamError(inst.instance_id, f"{type(exc).__name__}: {exc}") from None
             raise
         finally:
@@ -335,7 +345,8 @@ class Proxy:
             try:
                 async for chunk in result.events:
                     yield chunk
-            except httpx.HTTPError as exc:
+                result.complete = True
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 inst = result.instance
                 self.registry.record_failure(inst, f"stream broke: {type(exc).__name__}")
                 self.metrics.errors.labels("upstream").inc()
@@ -352,12 +363,19 @@ class Proxy:
             on_end()
 
     async def finish(self, result: DecodeResult) -> None:
-        """Close the engine stream, release the decode instance, settle a pending SGLang prefill (once)."""
+        """Close the engine stream, release the decode instance, settle a pending SGLang prefill (once).
+
+        A stream read to its end goes back to the connection pool; any other is closed, which makes the
+        engine abort the request.
+        """
         if result.released:
             return
         result.released = True
         if result.response is not None:
-            await result.response.aclose()
+            if result.complete:
+                result.response.release()
+            else:
+                result.response.close()
         if result.span is not None:
             self.registry.release(result.instance)
             result.span.end()
