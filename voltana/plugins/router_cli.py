@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -199,6 +200,7 @@ def emulate(
         await stop.wait()
         await cluster.stop()
 
+    loop_factory: Callable[[], asyncio.AbstractEventLoop]
     try:
         import uvloop
 
