@@ -44,7 +44,7 @@ class GpuSpec:
 
     name: str
     clocks_mhz: tuple[int, ...]
-    peak_flops: float
+    peak_flop_per_s: float
     hbm_bytes_per_s: float
     hbm_capacity_bytes: float
     allreduce_bus_bytes_per_s: float
@@ -110,7 +110,7 @@ GPUS: dict[str, GpuSpec] = {
     "a100-80gb": GpuSpec(
         name="a100-80gb",
         clocks_mhz=A100_CLOCKS_MHZ,
-        peak_flops=312e12,  # [A100-DS]
+        peak_flop_per_s=312e12,  # [A100-DS]
         hbm_bytes_per_s=2.039e12,  # [A100-DS]
         hbm_capacity_bytes=80e9,  # [A100-DS]
         allreduce_bus_bytes_per_s=230e9,  # [NCCL]
@@ -135,7 +135,7 @@ GPUS: dict[str, GpuSpec] = {
     "h100-80gb": GpuSpec(
         name="h100-80gb",
         clocks_mhz=H100_CLOCKS_MHZ,
-        peak_flops=989.4e12,  # [H100-DS]
+        peak_flop_per_s=989.4e12,  # [H100-DS]
         hbm_bytes_per_s=3.35e12,  # [H100-DS]
         hbm_capacity_bytes=80e9,  # [H100-DS]
         allreduce_bus_bytes_per_s=360e9,  # [NCCL]

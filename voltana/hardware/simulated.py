@@ -104,7 +104,7 @@ class PerformanceModel:
         layers = model.n_layers
         layer_params_per_gpu = model.layer_params / tp
         lm_params_per_gpu = model.vocab * model.hidden / tp
-        peak_gemm = gpu.peak_flops * gpu.gemm_compute_efficiency
+        peak_gemm = gpu.peak_flop_per_s * gpu.gemm_compute_efficiency
         # Per iteration (all layers), seconds at the max clock.
         stream_rate = gpu.hbm_bytes_per_s * gpu.gemm_memory_efficiency
         self._layer_stream_s = layers * layer_params_per_gpu * model.bytes_per_param / stream_rate
@@ -123,7 +123,7 @@ class PerformanceModel:
             layers * model.kv_bytes_per_token_layer * kv_heads_per_gpu / model.n_kv_heads
         )
         self._attn_flops_per_token_pair = layers * 4.0 * model.head_dim * heads_per_gpu
-        self._attn_compute_rate = gpu.peak_flops * gpu.attention_compute_efficiency
+        self._attn_compute_rate = gpu.peak_flop_per_s * gpu.attention_compute_efficiency
         self._attn_memory_rate = gpu.hbm_bytes_per_s * gpu.attention_memory_efficiency
         if tp > 1:
             steps = 2 * (tp - 1)
