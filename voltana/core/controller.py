@@ -67,6 +67,7 @@ class FrequencyController:
             options=merged,
         )
         self._allowed = frozenset(clocks)
+        self._choose_clock = hook.voltana_choose_clock
         self._policy_failed = False
         self._observer_failed = False
 
@@ -78,7 +79,7 @@ class FrequencyController:
     def decide(self, snapshot: BatchSnapshot) -> ClockDecision:
         """The clock for the iteration in ``snapshot``; never raises."""
         try:
-            decision: ClockDecision | None = self.hook.voltana_choose_clock(snapshot=snapshot, ctx=self.ctx)
+            decision: ClockDecision | None = self._choose_clock(snapshot=snapshot, ctx=self.ctx)
         except Exception:
             if not self._policy_failed:
                 logger.exception("clock policy %r failed; using the max clock", self.ctx.policy)

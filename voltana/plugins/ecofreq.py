@@ -181,10 +181,10 @@ def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
             cost = latency[k] + (change_s if k != held else 0.0)
             return 0 if cost <= bound else 1
 
-    cheapest = min(range(len(clocks)), key=energy.__getitem__)
+    order = sorted(range(len(clocks)), key=energy.__getitem__)
     queue_blocked = False
     chosen = -1
-    for k in sorted(range(len(clocks)), key=energy.__getitem__):
+    for k in order:
         verdict = check(k)
         if verdict == 0:
             chosen = k
@@ -199,7 +199,7 @@ def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
         small_gain = energy[chosen] >= energy[held] * (1.0 - opts.hysteresis)
         if dwelling or small_gain:
             return _decision(clocks, held, DecisionReason.HYSTERESIS, latency, report)
-    if chosen == cheapest:
+    if chosen == order[0]:
         reason = DecisionReason.ENERGY_OPTIMAL
     else:
         reason = DecisionReason.QUEUE_BOUND if queue_blocked else DecisionReason.SLO_BOUND
