@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from voltana.core.types import Phase
-from voltana.hardware.errors import UnknownProfileError
-from voltana.hardware.simulated import IterationCost, known_gpus, known_models, performance_model
+from voltana.hardware.device import GpuGroup
+from voltana.hardware.errors import InvalidArgumentError, UnknownProfileError, VoltanaHardwareError
+from voltana.hardware.simulated import (
+    IterationCost,
+    SimulatedGpu,
+    known_gpus,
+    known_models,
+    performance_model,
+)
 
 
 @pytest.mark.parametrize("gpu", known_gpus())
@@ -58,3 +67,44 @@ def test_decode_pads_to_capture_sizes() -> None:
     assert perf.cost(Phase.DECODE, 5, 5, 500, 1410).latency_s == pytest.approx(
         perf.cost(Phase.DECODE, 8, 8, 500, 1410).latency_s, rel=0.01
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    profile=st.sampled_from([(g, m) for g in known_gpus() for m in known_models()]),
+    phase=st.sampled_from(list(Phase)),
+    batch=st.integers(1, 512),
+    new_per_request=st.integers(1, 4096),
+    context_per_request=st.integers(0, 8192),
+)
+def test_physics_invariants(
+    profile: tuple[str, str], phase: Phase, batch: int, new_per_request: int, context_per_request: int
+) -> None:
+    perf = performance_model(*profile)
+    new = batch if phase is Phase.DECODE else batch * new_per_request
+    previous_latency = float("inf")
+    for clock in (*perf.supported_clocks_mhz[::10], perf.max_clock_mhz):
+        cost = perf.cost(phase, batch, new, batch * context_per_request, clock)
+        assert cost.latency_s > 0 and cost.energy_j > 0
+        assert cost.effective_clock_mhz <= clock
+        assert cost.avg_power_w <= perf.gpu.tdp_w * perf.tp + 1e-9
+        assert cost.avg_power_w >= perf.idle_power_w()
+        assert cost.latency_s <= previous_latency * (1 + 1e-12)  # a faster clock never makes it slower
+        previous_latency = cost.latency_s
+
+
+def test_group_of_mixed_devices_uses_common_clocks_and_slowest_read_back() -> None:
+    a100 = SimulatedGpu(0, performance_model("a100-80gb"))
+    h100 = SimulatedGpu(1, performance_model("h100-80gb"))
+    group = GpuGroup([a100, h100])
+    assert group.supported_clocks_mhz()[0] == 345 and group.max_clock_mhz() == 1410
+    assert group.lock_clock_mhz(1005) == 1005
+    with pytest.raises(InvalidArgumentError, match="not supported"):
+        group.lock_clock_mhz(1980)
+    group.reset_clocks()
+    assert group.current_clock_mhz() == 1410
+
+
+def test_empty_group_is_a_clear_error() -> None:
+    with pytest.raises(VoltanaHardwareError, match="no GPU devices selected"):
+        GpuGroup([])
