@@ -113,7 +113,7 @@ def decode_snapshot(batch: int, kv_per_request: int, now_s: float = 10.0) -> Bat
 
 @dataclass
 class PrefillRun:
-    """Outcome of :func:`run_prefill`: per-request TTFT (s), the clocks used, energy (J)."""
+    """Outcome of :func:`run_prefill`: per-request TTFT (s), clocks used, energy (J, idle gaps included)."""
 
     ttft_s: dict[str, float] = field(default_factory=dict)
     clocks_mhz: list[int] = field(default_factory=list)
@@ -149,19 +149,29 @@ def run_prefill(
 ) -> PrefillRun:
     """Serve ``prompts`` (id, tokens, arrival s) on one simulated prefill instance, first come first served.
 
-    Each iteration packs whole prompts up to ``budget`` tokens (one prompt always fits), takes the clock from
-    ``policy`` (a controller, which also observes the measured iteration, or a fixed clock) and advances time
-    by the simulated GPU's latency at that clock. A prompt's first token comes at the end of its iteration.
+    Each iteration packs the arrived prompts in order up to ``budget`` tokens (one prompt always fits), takes
+    the clock from ``policy`` (a controller, which also observes the measured iteration, or a fixed clock) and
+    advances time by the simulated GPU's latency at that clock; with nothing arrived, time jumps to the next
+    arrival (after one idle decision) and the idle GPU draws its idle power. A prompt's first token comes at
+    the end of its iteration.
     """
     gpu = model or a100()
-    queue = sorted(prompts, key=lambda p: p[2])
+    pending = sorted(prompts, key=lambda p: p[2])
     now = start_s
     run = PrefillRun()
     iteration = 0
-    while queue:
-        snapshot = next_prefill_iteration(queue, budget, now, iteration)
-        batch = queue[: len(snapshot.requests)]
-        del queue[: len(snapshot.requests)]
+    while pending:
+        arrived = [p for p in pending if p[2] <= now]
+        if not arrived:
+            if isinstance(policy, FrequencyController):
+                policy.decide(BatchSnapshot.build(Phase.PREFILL, (), now_s=now))
+            run.energy_j += gpu.idle_power_w() * (pending[0][2] - now)
+            now = pending[0][2]
+            continue
+        snapshot = next_prefill_iteration(arrived, budget, now, iteration)
+        batch = arrived[: len(snapshot.requests)]
+        for p in batch:
+            pending.remove(p)
         used = snapshot.num_new_tokens
         if isinstance(policy, FrequencyController):
             decision = policy.decide(snapshot)
