@@ -1,0 +1,217 @@
+"""The engine-neutral instance runtime on the simulated GPU, with the real controller, applier and hooks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from voltana.adapters.iteration_trace import read_trace
+from voltana.adapters.runtime import InstanceRuntime
+from voltana.core.attribution import attribute_energy
+from voltana.core.config import VoltanaConfig
+from voltana.core.hookspecs import hookimpl
+from voltana.core.types import (
+    BatchSnapshot,
+    DecisionReason,
+    IterationRecord,
+    Phase,
+    RequestRecord,
+    ScheduledRequest,
+)
+from voltana.plugins import get_plugin_manager
+
+
+class Recorder:
+    """A plugin that keeps what the runtime broadcasts."""
+
+    def __init__(self) -> None:
+        self.iterations: list[IterationRecord] = []
+        self.requests: list[RequestRecord] = []
+
+    @hookimpl
+    def voltana_iteration_finished(self, record: IterationRecord) -> None:
+        self.iterations.append(record)
+
+    @hookimpl
+    def voltana_request_finished(self, record: RequestRecord) -> None:
+        self.requests.append(record)
+
+
+class StepClock:
+    """A perf_counter stand-in the test advances by hand (s)."""
+
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    pm = get_plugin_manager()
+    plugin = Recorder()
+    pm.register(plugin, name="test-recorder")
+    yield plugin
+    pm.unregister(name="test-recorder")
+
+
+def _config(**overrides: object) -> VoltanaConfig:
+    data: dict[str, object] = {"enabled": True, "hardware": {"vendor": "simulated"}}
+    data.update(overrides)
+    return VoltanaConfig(**data)  # type: ignore[arg-type]
+
+
+def _decode_snapshot(
+    now_s: float, iteration: int = 0, contexts: tuple[int, ...] = (100, 300)
+) -> BatchSnapshot:
+    reqs = [ScheduledRequest(f"r{i}", 1, ctx, now_s - 1.0) for i, ctx in enumerate(contexts)]
+    return BatchSnapshot.build(Phase.DECODE, reqs, now_s, iteration=iteration, instance_id="i0")
+
+
+def test_simulated_gpu_iteration_path(recorder: Recorder) -> None:
+    clock = StepClock()
+    runtime = InstanceRuntime.start(_config(), Phase.DECODE, "i0")
+    runtime._clock = clock  # deterministic latency: the test advances time
+    try:
+        assert not runtime.monitor_only and runtime.status().policy == "ecofreq"
+        snapshot = _decode_snapshot(1000.0)
+        decision = runtime.before_iteration(snapshot)
+        assert runtime._applier is not None and runtime._applier.wait_applied(2.0)
+        clock.now_s += 0.02
+        record = runtime.after_iteration(first_token_request_ids=["r0"])
+        assert record is not None and recorder.iterations == [record]
+        assert record.latency_s == pytest.approx(0.02)
+        assert record.applied_clock_mhz == decision.clock_mhz
+        # energy of a simulated GPU comes from its performance model at the applied clock
+        model = runtime._perf_model
+        expected = model.cost(Phase.DECODE, 2, 2, 400, record.applied_clock_mhz).energy_j
+        assert record.energy_j == pytest.approx(expected)
+        finished = runtime.request_finished("r0", input_tokens=100, output_tokens=3, finish_time_s=1001.0)
+        assert finished is not None and recorder.requests == [finished]
+        assert finished.energy_j == pytest.approx(attribute_energy(snapshot, expected)["r0"])
+        assert finished.first_token_time_s == pytest.approx(1000.02)
+        assert finished.clock_residency_s == {record.applied_clock_mhz: pytest.approx(0.02)}
+        assert runtime.request_finished("unknown", input_tokens=1, output_tokens=1, finish_time_s=0.0) is None
+    finally:
+        runtime.close()
+
+
+def test_per_request_energy_sums_to_iteration_energy(recorder: Recorder) -> None:
+    runtime = InstanceRuntime.start(_config(), Phase.DECODE, "i0")
+    try:
+        total = 0.0
+        for i in range(5):
+            runtime.before_iteration(_decode_snapshot(1000.0 + i, i, (100 + i, 300 + i, 50)))
+            record = runtime.after_iteration()
+            assert record is not None and record.energy_j is not None
+            total += record.energy_j
+        finished = [
+            runtime.request_finished(f"r{i}", input_tokens=1, output_tokens=5, finish_time_s=0.0)
+            for i in range(3)
+        ]
+        assert sum(r.energy_j for r in finished if r is not None) == pytest.approx(total)
+    finally:
+        runtime.close()
+
+
+def test_pipelined_iterations_do_not_double_count_time(recorder: Recorder) -> None:
+    clock = StepClock()
+    runtime = InstanceRuntime(
+        instance_id="i0", phase=Phase.DECODE, hook=get_plugin_manager().hook, clock=clock
+    )
+    runtime.before_iteration(_decode_snapshot(1.0, 0))  # dispatched at t=100
+    clock.now_s += 0.001
+    runtime.before_iteration(_decode_snapshot(1.001, 1))  # scheduled one step ahead
+    clock.now_s += 0.019
+    first = runtime.after_iteration()
+    clock.now_s += 0.015
+    second = runtime.after_iteration()
+    assert first is not None and second is not None
+    assert first.latency_s == pytest.approx(0.020)
+    assert second.latency_s == pytest.approx(0.015)  # from the first's end, not from its own dispatch
+    assert runtime.after_iteration() is None
+
+
+def test_missing_gpu_library_means_monitor_only_with_one_error(
+    caplog: pytest.LogCaptureFixture, recorder: Recorder
+) -> None:
+    caplog.set_level(logging.INFO)
+    runtime = InstanceRuntime.start(_config(hardware={"vendor": "nvidia"}), Phase.PREFILL, "p0")
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "GPU control unavailable" in errors[0].getMessage()
+    assert "monitor-only" in errors[0].getMessage()
+    assert runtime.monitor_only and runtime.status().policy == "monitor-only"
+    snapshot = BatchSnapshot.build(Phase.PREFILL, [ScheduledRequest("a", 64, 0, 0.0)], 1.0)
+    decision = runtime.before_iteration(snapshot)
+    assert decision.reason is DecisionReason.MONITOR_ONLY
+    record = runtime.after_iteration()
+    assert record is not None and record.energy_j is None and recorder.iterations == [record]
+
+
+def test_monitor_only_runtime_for_an_invalid_config(caplog: pytest.LogCaptureFixture) -> None:
+    runtime = InstanceRuntime.monitor_only_runtime("x", None, "invalid config: slo.ttft_s = -1")
+    assert runtime.monitor_only and runtime.role == "mixed"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "voltana (x, mixed): invalid config: slo.ttft_s = -1; "
+        "serving continues monitor-only (no clock changes)"
+    ]
+
+
+def test_a_failing_hot_path_never_raises_and_degrades_once(
+    caplog: pytest.LogCaptureFixture, recorder: Recorder
+) -> None:
+    runtime = InstanceRuntime.start(_config(), Phase.DECODE, "i0")
+    try:
+
+        class Broken:
+            def decide(self, snapshot: BatchSnapshot) -> None:
+                raise RuntimeError("policy exploded")
+
+        runtime._controllers[Phase.DECODE] = Broken()
+        caplog.clear()
+        for i in range(3):
+            decision = runtime.before_iteration(_decode_snapshot(1.0 + i, i))
+            assert decision.reason is DecisionReason.MONITOR_ONLY
+            runtime.after_iteration()
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "policy exploded" in errors[0]
+        assert runtime.monitor_only and runtime._applier is None  # clocks restored, applier stopped
+    finally:
+        runtime.close()
+
+
+def test_mixed_batch_honours_the_itl_of_its_decode_steps(recorder: Recorder) -> None:
+    # A loose TTFT and an impossible ITL: a prefill-only batch may go low, a mixed one must not.
+    config = _config(slo={"ttft_s": 1000.0, "itl_s": 1e-9})
+    runtime = InstanceRuntime.start(config, None, "m0")
+    try:
+        max_clock = runtime._controllers[Phase.DECODE].allowed_clocks_mhz[-1]
+        prefill_only = BatchSnapshot.build(Phase.PREFILL, [ScheduledRequest("a", 256, 0, 0.0)], 0.0)
+        mixed = BatchSnapshot.build(
+            Phase.PREFILL, [ScheduledRequest("a", 256, 0, 0.0), ScheduledRequest("b", 1, 500, 0.0)], 0.0
+        )
+        assert runtime.before_iteration(prefill_only).clock_mhz < max_clock
+        runtime.after_iteration()
+        assert runtime.before_iteration(mixed).clock_mhz == max_clock
+        runtime.after_iteration()
+    finally:
+        runtime.close()
+
+
+def test_trace_records_every_iteration(tmp_path: Path, recorder: Recorder) -> None:
+    path = tmp_path / "trace.jsonl"
+    runtime = InstanceRuntime.start(_config(engine={"trace_path": str(path)}), Phase.DECODE, "i0")
+    try:
+        for i in range(3):
+            runtime.before_iteration(_decode_snapshot(1.0 + i, i))
+            runtime.after_iteration()
+    finally:
+        runtime.close()
+    lines = read_trace(path)
+    assert [line["iteration"] for line in lines] == [0, 1, 2]
+    assert lines[0]["requests"] == [["r0", 1, 100], ["r1", 1, 300]]
+    assert lines[-1]["hook_time_s"] > 0
