@@ -54,15 +54,8 @@ def main() -> int:
         get_plugin_manager().hook,
     )
     table = Table(title=f"1 h Azure conversation trace ({len(workload)} requests), 2P+2D {model.name}")
-    for column in (
-        "policy",
-        "wall s",
-        "simulated s",
-        "x real time",
-        "iterations",
-        "iter/s",
-        f"<= {TARGET_S:g} s",
-    ):
+    columns = ("policy", "wall s", "CPU s", "simulated s", "x real time (wall)", "iterations", "CPU us/iter")
+    for column in (*columns, f"wall <= {TARGET_S:g} s", f"CPU <= {TARGET_S:g} s"):
         table.add_column(column, justify="right" if column != "policy" else "left")
     worst_s = 0.0
     for name in POLICIES:
@@ -77,8 +70,9 @@ def main() -> int:
             f"{result.span_s:.0f}",
             f"{result.span_s / wall_s:.0f}x",
             f"{result.iterations}",
-            f"{wall_s / result.iterations * 1e6:.0f}",
+            f"{cpu_s / result.iterations * 1e6:.0f}",
             "yes" if wall_s <= TARGET_S else "NO",
+            "yes" if cpu_s <= TARGET_S else "NO",
         )
     Console(width=120).print(table)
     return 0 if worst_s <= TARGET_S else 1
