@@ -55,6 +55,12 @@ def _field_names(cls: Any) -> set[str]:
     return set(getattr(cls, "__annotations__", {}))
 
 
+def _implemented(cls: Any, name: str) -> bool:
+    """A concrete method (an abstract one inherited from ``SchedulerInterface`` does not count)."""
+    method = getattr(cls, name, None)
+    return callable(method) and not getattr(method, "__isabstractmethod__", False)
+
+
 def missing_hook_requirements() -> list[str]:
     """Everything the hook needs that the installed vLLM lacks (empty when compatible)."""
     try:
@@ -63,9 +69,7 @@ def missing_hook_requirements() -> list[str]:
         from vllm.v1.request import Request
     except Exception as exc:  # any import failure means the V1 scheduler is not there
         return [f"vllm.v1 scheduler modules ({type(exc).__name__}: {exc})"]
-    missing = [
-        f"Scheduler.{name}" for name in SCHEDULER_METHODS if not callable(getattr(Scheduler, name, None))
-    ]
+    missing = [f"Scheduler.{name}" for name in SCHEDULER_METHODS if not _implemented(Scheduler, name)]
     checks = (
         ("SchedulerOutput", getattr(sched_output, "SchedulerOutput", None), SCHEDULER_OUTPUT_FIELDS),
         ("NewRequestData", getattr(sched_output, "NewRequestData", None), NEW_REQUEST_FIELDS),
