@@ -58,45 +58,51 @@ def _is_extend(mode: Any) -> bool:
 
 
 def _arrival_s(req: Any) -> float:
-    stats = getattr(req, "time_stats", None)
-    return float(getattr(stats, "scheduler_recv_time", 0.0) or 0.0)
+    return float(req.time_stats.scheduler_recv_time)
 
 
 def scheduled_requests(batch: Any) -> list[ScheduledRequest]:
     """One ``ScheduledRequest`` per request in ``batch`` (see the module docstring for the token rule)."""
     reqs = batch.reqs
-    extend_lens = getattr(batch, "extend_lens", None)
-    prefix_lens = getattr(batch, "prefix_lens", None)
+    extend_lens = batch.extend_lens
+    prefix_lens = batch.prefix_lens
     if _is_extend(batch.forward_mode) and extend_lens is not None and prefix_lens is not None:
         return [
-            ScheduledRequest(req.rid, int(new), int(prefix), _arrival_s(req))
-            for req, new, prefix in zip(reqs, extend_lens, prefix_lens, strict=False)
+            ScheduledRequest(req.rid, new, prefix, req.time_stats.scheduler_recv_time)
+            for req, new, prefix in zip(reqs, extend_lens, prefix_lens, strict=True)
         ]
-    seq_lens = _seq_lens(batch)
     return [
-        ScheduledRequest(req.rid, 1, max(int(seq_len) - 1, 0), _arrival_s(req))
-        for req, seq_len in zip(reqs, seq_lens, strict=False)
+        ScheduledRequest(req.rid, 1, seq_len - 1 if seq_len > 0 else 0, req.time_stats.scheduler_recv_time)
+        for req, seq_len in zip(reqs, _seq_lens(batch), strict=True)
     ]
 
 
 def _seq_lens(batch: Any) -> Sequence[int]:
-    seq_lens_cpu = getattr(batch, "seq_lens_cpu", None)
+    seq_lens_cpu = batch.seq_lens_cpu
     if seq_lens_cpu is not None and len(seq_lens_cpu) == len(batch.reqs):
         values: list[int] = seq_lens_cpu.tolist()
         return values
     return [req.seqlen for req in batch.reqs]
 
 
-def _queued(reqs: Iterable[Any], prompt_tokens_of: Any) -> list[QueuedRequest]:
-    return [QueuedRequest(req.rid, prompt_tokens_of(req), _arrival_s(req)) for req in reqs]
+QUEUED_ATTR = "_voltana_queued"
 
 
-def _to_prefill(req: Any) -> int:
-    return max(len(req.origin_input_ids) - int(getattr(req, "prefix_len", 0) or 0), 0)
-
-
-def _prompt(req: Any) -> int:
-    return len(req.origin_input_ids)
+def _queued(reqs: Iterable[Any], to_compute: bool) -> list[QueuedRequest]:
+    """``QueuedRequest`` per request, cached on the ``Req`` while its numbers stay the same (queues are long
+    and change little between iterations; building frozen dataclasses is what costs here)."""
+    out: list[QueuedRequest] = []
+    append = out.append
+    for req in reqs:
+        tokens = len(req.origin_input_ids)
+        if to_compute:
+            tokens = max(tokens - req.prefix_len, 0)
+        cached = req.__dict__.get(QUEUED_ATTR)
+        if cached is None or cached.prompt_tokens != tokens:
+            cached = QueuedRequest(req.rid, tokens, req.time_stats.scheduler_recv_time)
+            req.__dict__[QUEUED_ATTR] = cached
+        append(cached)
+    return out
 
 
 def _entries(queue: Any) -> list[Any]:
@@ -134,10 +140,10 @@ def waiting_requests(scheduler: Any, phase: Phase) -> list[QueuedRequest]:
     waiting = getattr(scheduler, "waiting_queue", None) or []
     if phase is Phase.PREFILL:
         bootstrap = _entries(getattr(scheduler, "disagg_prefill_bootstrap_queue", None))
-        return _queued(bootstrap, _to_prefill) + _queued(waiting, _to_prefill)
+        return _queued(bootstrap, True) + _queued(waiting, True)
     transfer = _entries(getattr(scheduler, "disagg_decode_transfer_queue", None))
     prealloc = _entries(getattr(scheduler, "disagg_decode_prealloc_queue", None))
-    return _queued(waiting, _prompt) + _queued(transfer, _prompt) + _queued(prealloc, _prompt)
+    return _queued(waiting, False) + _queued(transfer, False) + _queued(prealloc, False)
 
 
 def snapshot_from_batch(
