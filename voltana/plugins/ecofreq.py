@@ -2,9 +2,10 @@
 
 Prefill: the current batch finishes after its predicted latency; every waiting request is then served
 first-come first-served in iterations of at most ``prefill_token_budget`` tokens, each predicted with the same
-per-clock line. A clock is feasible when every running and queued request would get its first token within
-``TTFT * (1 - safety_margin)`` of its arrival; among feasible clocks the one with the least predicted energy
-wins. The paper's rule instead jumps to the max clock whenever anything waits.
+per-clock line, and (``plan_for_newcomer``) so is one prompt of the recent mean size arriving now, because
+requests keep arriving while a slow iteration runs. A clock is feasible when every running and queued request
+would get its first token within ``TTFT * (1 - safety_margin)`` of its arrival; among feasible clocks the one
+with the least predicted energy wins. The paper's rule instead jumps to the max clock whenever anything waits.
 
 Decode: feasible clocks have predicted ITL <= ``ITL * (1 - safety_margin)``; the least predicted energy wins
 (energy vs clock is U-shaped, so that is not always the lowest feasible clock).
@@ -54,6 +55,8 @@ class EcoFreqOptions:
     """Predicted latency cost of changing the clock for one iteration (s)."""
     prefill_token_budget: int = 8192
     """Tokens per prefill iteration the engine schedules (vLLM/SGLang chunked-prefill budget)."""
+    plan_for_newcomer: bool = True
+    """Prefill: also plan for one prompt of the recent mean size arriving now, behind the queue."""
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> EcoFreqOptions:
@@ -63,11 +66,10 @@ class EcoFreqOptions:
             if f.name in options:
                 raw = options[f.name]
                 try:
-                    values[f.name] = (
-                        int(raw) if f.name in {"min_observations", "prefill_token_budget"} else float(raw)
-                    )
+                    values[f.name] = _parse_option(f.name, raw)
                 except (TypeError, ValueError):
-                    raise ValueError(f"policy.options.{f.name} must be a number, got {raw!r}") from None
+                    kind = "true or false" if f.name in _BOOL_OPTIONS else "a number"
+                    raise ValueError(f"policy.options.{f.name} must be {kind}, got {raw!r}") from None
         opts = cls(**values)
         if not 0.0 <= opts.safety_margin < 1.0 or opts.prefill_token_budget < 1 or opts.hysteresis < 0:
             raise ValueError(
@@ -76,16 +78,37 @@ class EcoFreqOptions:
         return opts
 
 
-class EcoFreqState:
-    """Per-instance state: parsed options, SLO bounds and the clock currently held."""
+_BOOL_OPTIONS = frozenset({"plan_for_newcomer"})
+_INT_OPTIONS = frozenset({"min_observations", "prefill_token_budget"})
 
-    __slots__ = ("bound_s", "clock_index", "held_since_s", "opts")
+
+def _parse_option(name: str, raw: Any) -> bool | int | float:
+    if name in _BOOL_OPTIONS:
+        if isinstance(raw, bool):
+            return raw
+        raise TypeError(name)
+    return int(raw) if name in _INT_OPTIONS else float(raw)
+
+
+class EcoFreqState:
+    """Per-instance state: parsed options, SLO bounds, the clock currently held, the mean prompt size."""
+
+    __slots__ = ("bound_s", "clock_index", "held_since_s", "opts", "prompt_tokens")
 
     def __init__(self, ctx: ClockContext) -> None:
         self.opts = EcoFreqOptions.from_mapping(ctx.options)
         self.bound_s = ctx.slo.for_phase(ctx.phase) * (1.0 - self.opts.safety_margin)
         self.clock_index: int | None = None
         self.held_since_s = -math.inf
+        self.prompt_tokens = 0.0
+
+    def note_prompts(self, snapshot: BatchSnapshot) -> None:
+        """Track the mean tokens per prefill request (EWMA over iterations, weight 0.1)."""
+        per_request = snapshot.num_new_tokens / len(snapshot.requests)
+        if self.prompt_tokens == 0.0:
+            self.prompt_tokens = per_request
+        else:
+            self.prompt_tokens += 0.1 * (per_request - self.prompt_tokens)
 
 
 def state_of(ctx: ClockContext) -> EcoFreqState:
@@ -103,22 +126,33 @@ def predictor_trusted(predictor: ClockTable, opts: EcoFreqOptions, x0: float, x1
     return predictor.num_observations < opts.min_observations or not predictor.recent_mape() > opts.mape_limit
 
 
-def queue_groups(snapshot: BatchSnapshot, budget: int, bound_s: float) -> list[tuple[int, int, float, float]]:
+def queue_groups(
+    snapshot: BatchSnapshot, budget: int, bound_s: float, newcomer_tokens: int = 0
+) -> list[tuple[int, int, float, float]]:
     """The waiting queue as the prefill iterations that complete some request's prompt.
 
     Requests are served in order, ``budget`` tokens per iteration (chunked prefill). Per such iteration
     ``m >= 1`` after the current one: ``(m, queued tokens computed by its end, attention work by its end,
     time left to the tightest first-token deadline among the requests it completes (s))``. The attention work
-    counts each prompt as one causal request (``p**2 / 2``), matching the prefill feature.
+    counts each prompt as one causal request (``p**2 / 2``), matching the prefill feature. A positive
+    ``newcomer_tokens`` adds a virtual prompt of that size arriving now, behind the queue.
     """
     waiting = snapshot.waiting
-    if not waiting:
+    tokens = list(map(_prompt_tokens, waiting))
+    total = sum(tokens) + max(newcomer_tokens, 0)
+    if total == 0:
         return []
     offset = bound_s - snapshot.now_s
-    tokens = list(map(_prompt_tokens, waiting))
-    total = sum(tokens)
     if total <= budget:  # the common case: the whole queue fits in the next iteration
-        return [(1, total, 0.5 * sum(map(mul, tokens, tokens)), min(map(_arrival_time_s, waiting)) + offset)]
+        work = 0.5 * (sum(map(mul, tokens, tokens)) + max(newcomer_tokens, 0) ** 2)
+        first = min(map(_arrival_time_s, waiting)) if waiting else snapshot.now_s
+        if newcomer_tokens > 0 and snapshot.now_s < first:
+            first = snapshot.now_s
+        return [(1, total, work, first + offset)]
+    arrivals = list(map(_arrival_time_s, waiting))
+    if newcomer_tokens > 0:
+        tokens.append(newcomer_tokens)
+        arrivals.append(snapshot.now_s)
     cumulative = list(accumulate(tokens))
     groups: list[tuple[int, int, float, float]] = []
     lo, count, work = 0, len(cumulative), 0.0
@@ -128,7 +162,7 @@ def queue_groups(snapshot: BatchSnapshot, budget: int, bound_s: float) -> list[t
         chunk = tokens[lo:hi]
         work += 0.5 * sum(map(mul, chunk, chunk))
         end_tokens = m * budget if m * budget < total else total
-        groups.append((m, end_tokens, work, min(map(_arrival_time_s, waiting[lo:hi])) + offset))
+        groups.append((m, end_tokens, work, min(arrivals[lo:hi]) + offset))
         lo = hi
     return groups
 
@@ -219,11 +253,13 @@ def _prefill_checker(
     change_s = opts.clock_change_latency_s
     budget = opts.prefill_token_budget
     if has_batch:
+        st.note_prompts(snapshot)
         oldest = min(map(_arrival_time_s, snapshot.requests))
         batch_slack = oldest + st.bound_s - snapshot.now_s
     else:
         batch_slack = math.inf
-    groups = queue_groups(snapshot, budget, st.bound_s)
+    newcomer = round(st.prompt_tokens) if opts.plan_for_newcomer else 0
+    groups = queue_groups(snapshot, budget, st.bound_s, newcomer)
     segment = predictor.segment_of(float(budget))
     effective_row = predictor.model.effective_row
 

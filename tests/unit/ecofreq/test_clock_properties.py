@@ -79,14 +79,18 @@ def reference_feasible(ctl: FrequencyController, snapshot: BatchSnapshot, k: int
             return False
     budget = opts.prefill_token_budget
     c0, c1, c2 = predictor.model.effective_row(predictor.segment_of(float(budget)), k)
-    prompts = [q.prompt_tokens for q in snapshot.waiting]
+    queue = [(q.prompt_tokens, q.arrival_time_s) for q in snapshot.waiting]
+    newcomer = round(state.prompt_tokens) if opts.plan_for_newcomer else 0
+    if newcomer > 0:  # one prompt of the recent mean size arriving now, behind the queue
+        queue.append((newcomer, snapshot.now_s))
+    prompts = [p for p, _ in queue]
     total = sum(prompts)
     finish_iteration = [math.ceil(sum(prompts[: i + 1]) / budget) for i in range(len(prompts))]
-    for i, q in enumerate(snapshot.waiting):
+    for i, (_, arrival_s) in enumerate(queue):
         m = finish_iteration[i]
         work = sum(0.5 * p * p for p, mj in zip(prompts, finish_iteration, strict=True) if mj <= m)
         first_token_s = done_s + c0 * min(m * budget, total) + c1 * work + c2 * m
-        if first_token_s > q.arrival_time_s + state.bound_s - snapshot.now_s:
+        if first_token_s > arrival_s + state.bound_s - snapshot.now_s:
             return False
     return True
 

@@ -75,6 +75,7 @@ def test_small_energy_gains_do_not_move_the_clock() -> None:
         ({"mape_limit": "high"}, "policy.options.mape_limit must be a number"),
         ({"safety_margin": 1.5}, "safety_margin"),
         ({"prefill_token_budget": 0}, "token budget"),
+        ({"plan_for_newcomer": "maybe"}, "plan_for_newcomer must be true or false"),
     ],
 )
 def test_bad_options_are_one_line_errors(options: dict[str, object], message: str) -> None:

@@ -7,7 +7,7 @@ import random
 import pytest
 from ecofreq_helpers import SLO, controller, default_clocks, next_prefill_iteration, run_prefill
 
-from voltana.core.types import DecisionReason, Phase
+from voltana.core.types import ClockDecision, DecisionReason, Phase
 
 BUDGET = 2048
 OPTIONS = {"prefill_token_budget": BUDGET}
@@ -43,7 +43,11 @@ def test_queue_aware_goes_to_max_clock_when_only_max_meets_ttft() -> None:
 
     first = eco.decide(next_prefill_iteration(prompts, BUDGET, 0.0))
     assert first.clock_mhz == max_clock
-    assert first.reason in {DecisionReason.QUEUE_BOUND, DecisionReason.SLO_BOUND}
+    # The queue alone (no allowance for newcomers) binds exactly at the max clock.
+    queue_only = controller(Phase.PREFILL, options={**OPTIONS, "plan_for_newcomer": False})
+    assert queue_only.decide(next_prefill_iteration(prompts, BUDGET, 0.0)) == ClockDecision(
+        max_clock, DecisionReason.QUEUE_BOUND, "ecofreq", first.predicted_latency_s, first.predicted_energy_j
+    )
 
     eco_run = run_prefill(prompts, controller(Phase.PREFILL, options=OPTIONS), 0.0, BUDGET)
     assert set(eco_run.clocks_mhz) == {max_clock}
