@@ -48,6 +48,7 @@ WORDS = tuple(_VOCABULARY.split(" "))
 DEFAULT_MAX_TOKENS = 16
 PREFILL_TOKEN_BUDGET = 8192  # vLLM's default max_num_batched_tokens with chunked prefill
 KV_BLOCK_TOKENS = 16
+MIN_SLEEP_S = 0.002
 
 
 def prompt_key(body: dict[str, Any]) -> str:
@@ -128,6 +129,7 @@ class EmulatedEngine:
         self.running: list[EmuRequest] = []
         self.iterations = 0
         self.busy_s = 0.0
+        self._debt_s = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -173,10 +175,19 @@ class EmulatedEngine:
             req.tokens.put_nowait(None)
 
     async def _run_for(self, latency_s: float) -> None:
+        """Let ``latency_s`` of simulated time pass (scaled). Sub-millisecond waits are batched: the event
+        loop cannot time them (epoll has 1 ms resolution) and one wake-up per iteration would dominate, so
+        the engine yields and keeps a time debt that it sleeps off once it reaches ``MIN_SLEEP_S``."""
         delay_s = latency_s * self.time_scale * self.faults.slowdown
         self.busy_s += delay_s
         self.iterations += 1
-        await asyncio.sleep(delay_s)
+        self._debt_s += delay_s
+        if self._debt_s < MIN_SLEEP_S:
+            await asyncio.sleep(0)
+            return
+        start = time.monotonic()
+        await asyncio.sleep(self._debt_s)
+        self._debt_s = max(-MIN_SLEEP_S, self._debt_s - (time.monotonic() - start))
 
     async def _loop(self) -> None:
         while True:

@@ -14,7 +14,9 @@ TOKEN = "s3cret-token"
 
 
 def complete(client, url: str, prompt: str, **extra):  # type: ignore[no-untyped-def]
-    return client.post(url + "/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 2, **extra})
+    return client.post(
+        url + "/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 2, **extra}
+    )
 
 
 def test_admin_api_needs_configured_bearer_token(make_cluster, make_router, client) -> None:
@@ -58,16 +60,20 @@ def test_prometheus_metrics(make_cluster, make_router, client) -> None:
         complete(client, router.url, f"metric {i}")
     client.post(router.url + "/v1/completions", content=b"garbage")
     families = {f.name: f for f in text_string_to_metric_families(client.get(router.url + "/metrics").text)}
-    requests = {(s.labels["endpoint"], s.labels["status"]): s.value for s in families["voltana_router_requests"].samples
-                if s.name.endswith("_total")}  # fmt: skip
+    samples = [s for s in families["voltana_router_requests"].samples if s.name.endswith("_total")]
+    requests = {(s.labels["endpoint"], s.labels["status"]): s.value for s in samples}
     assert requests == {("completions", "200"): 4, ("completions", "400"): 1}
     decisions = [s for s in families["voltana_router_routing_decisions"].samples if s.name.endswith("_total")]
     assert sum(s.value for s in decisions if s.labels["phase"] == "decode") == 4
     assert {s.labels["policy"] for s in decisions} == {"round-robin", "least-loaded"}
     added = {s.name: s.value for s in families["voltana_router_added_latency_seconds"].samples}
     assert added["voltana_router_added_latency_seconds_count"] == 4
-    assert 0 < added["voltana_router_added_latency_seconds_sum"]
-    errors = {s.labels["kind"]: s.value for s in families["voltana_router_errors"].samples if s.name.endswith("_total")}
+    assert added["voltana_router_added_latency_seconds_sum"] > 0
+    errors = {
+        s.labels["kind"]: s.value
+        for s in families["voltana_router_errors"].samples
+        if s.name.endswith("_total")
+    }
     assert errors["bad_request"] == 1
     admitted = {s.labels["instance"]: s.value for s in families["voltana_router_instance_admitted"].samples}
     assert admitted == {"prefill-0": 1, "decode-0": 1, "decode-1": 1}

@@ -61,7 +61,11 @@ def test_parse_sglang_loads() -> None:
 def test_parse_endpoint() -> None:
     assert parse_endpoint("http://10.0.0.1:30000/", 8998).bootstrap_port == 8998
     endpoint = parse_endpoint("http://10.0.0.1:30000 8999")
-    assert (endpoint.url, endpoint.host, endpoint.bootstrap_port) == ("http://10.0.0.1:30000", "10.0.0.1", 8999)
+    assert (endpoint.url, endpoint.host, endpoint.bootstrap_port) == (
+        "http://10.0.0.1:30000",
+        "10.0.0.1",
+        8999,
+    )
     for bad in ("10.0.0.1:30000", "http://h:1 x", "http://h:1 70000", "", "a b c"):
         with pytest.raises(ValueError, match="instance"):
             parse_endpoint(bad)
@@ -86,7 +90,12 @@ def test_view_combines_own_inflight_with_fresh_poll_and_drops_stale_poll() -> No
     assert (view.num_running, view.num_waiting, view.kv_tokens, view.kv_capacity_tokens) == (5, 2, 900, 1000)
     time.sleep(0.06)
     stale = reg.views([inst])[0]
-    assert (stale.num_running, stale.num_waiting, stale.kv_tokens, stale.kv_capacity_tokens) == (2, 0, 0, 1000)
+    assert (stale.num_running, stale.num_waiting, stale.kv_tokens, stale.kv_capacity_tokens) == (
+        2,
+        0,
+        0,
+        1000,
+    )
 
 
 def test_ejection_quarantine_probation() -> None:
@@ -129,14 +138,18 @@ def test_choice_goes_through_the_hook_and_skips_ejected_draining_saturated() -> 
     plugin = PickLast()
     pm.register(plugin)
     reg = registry(4, max_inflight_per_instance=1)
-    chooser = InstanceChooser(pm.hook, reg, prefill_policy="random", decode_policy="pick-last", slo=Slo(1, 0.1))
+    chooser = InstanceChooser(
+        pm.hook, reg, prefill_policy="random", decode_policy="pick-last", slo=Slo(1, 0.1)
+    )
     request = RouteRequest("r", 10, 5)
     assert chooser.choose(Phase.DECODE, request).instance_id == "decode-3"
     reg.by_id["decode-3"].draining = True
     reg.by_id["decode-2"].admitted = False
     reg.acquire(reg.by_id["decode-1"])  # saturated at 1 in flight
     assert chooser.choose(Phase.DECODE, request).instance_id == "decode-0"
-    assert plugin.seen == [("decode-0", "decode-1", "decode-2", "decode-3")]  # one candidate left: no hook call
+    assert plugin.seen == [
+        ("decode-0", "decode-1", "decode-2", "decode-3")
+    ]  # one candidate left: no hook call
     reg.acquire(reg.by_id["decode-0"])
     with pytest.raises(NoInstanceError, match="saturated") as saturated:
         chooser.choose(Phase.DECODE, request)
@@ -147,7 +160,9 @@ def test_choice_goes_through_the_hook_and_skips_ejected_draining_saturated() -> 
 def test_unknown_policy_falls_back_to_least_loaded_and_counts() -> None:
     pm = make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False)
     reg = registry(3)
-    chooser = InstanceChooser(pm.hook, reg, prefill_policy="random", decode_policy="nobody-has-it", slo=Slo(1, 0.1))
+    chooser = InstanceChooser(
+        pm.hook, reg, prefill_policy="random", decode_policy="nobody-has-it", slo=Slo(1, 0.1)
+    )
     reg.acquire(reg.by_id["decode-0"])
     assert chooser.choose(Phase.DECODE, RouteRequest("r", 1)).instance_id == "decode-1"
     assert chooser.fallbacks == 1
@@ -156,7 +171,9 @@ def test_unknown_policy_falls_back_to_least_loaded_and_counts() -> None:
 def test_builtin_policies_via_hook() -> None:
     pm = make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False)
     reg = registry(3)
-    chooser = InstanceChooser(pm.hook, reg, prefill_policy="random", decode_policy="round-robin", slo=Slo(1, 0.1))
+    chooser = InstanceChooser(
+        pm.hook, reg, prefill_policy="random", decode_policy="round-robin", slo=Slo(1, 0.1)
+    )
     picks = [chooser.choose(Phase.DECODE, RouteRequest(str(i), 1)).instance_id for i in range(6)]
     assert picks == ["decode-0", "decode-1", "decode-2"] * 2
     chooser.set_policy(Phase.DECODE, "least-loaded")
