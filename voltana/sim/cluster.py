@@ -72,6 +72,8 @@ class ClusterSpec:
     kv_bytes_per_token: int = 131072
     kv_bandwidth_bytes_per_s: float = DEFAULT_KV_BANDWIDTH_BYTES_PER_S
     kv_transfer_fixed_s: float = DEFAULT_KV_TRANSFER_FIXED_S
+    kv_capacity_tokens: int | None = None
+    """Decode KV-cache capacity per instance (tokens); None: the performance model's."""
 
     def __post_init__(self) -> None:
         if self.num_prefill < 1 or self.num_decode < 1:
@@ -221,7 +223,11 @@ class ClusterSimulation:
             routing.decode, Phase.DECODE, slo, random.Random(seed + 1), route_predictors, options
         )
         self.capture_sizes = tuple(cluster.model.capture_sizes)
-        self.kv_capacity = int(cluster.model.kv_capacity_tokens)
+        self.kv_capacity = int(
+            cluster.kv_capacity_tokens
+            if cluster.kv_capacity_tokens is not None
+            else cluster.model.kv_capacity_tokens
+        )
         self.events: list[tuple[float, int, int, Any, Any]] = []
         self.seq = 0
         self.now_s = 0.0

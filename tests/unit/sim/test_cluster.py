@@ -133,6 +133,16 @@ def test_decode_batch_limit_queues_admission(
     assert all(r.finish_s > 0 for r in outcome.requests)
 
 
+def test_kv_capacity_limits_admission(a100_llama: PerformanceModel, iteration_log: IterationLog) -> None:
+    setup = make_setup(a100_llama, 1, 1, kv_capacity_tokens=1000)
+    workload = from_columns("kv", [0.0, 0.0, 0.0], [500, 500, 500], [50, 50, 50])  # 550 tokens each
+    outcome = simulate(setup, workload)
+    decode = [r.snapshot for r in iteration_log.records if r.snapshot.phase is Phase.DECODE]
+    assert max(s.batch_size for s in decode) == 1
+    finishes = sorted(r.finish_s for r in outcome.requests)
+    assert finishes[0] < finishes[1] < finishes[2]
+
+
 def test_same_seed_gives_identical_results(setup: SimulationSetup) -> None:
     workload = synthetic_workload(8.0, 15.0, seed=11)
     for policy in ("voltana-paper", "ecofreq+ecoroute"):  # random prefill routing and adaptive controllers
