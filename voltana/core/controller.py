@@ -52,7 +52,7 @@ class FrequencyController:
             grid = getattr(model, "clocks_mhz", clocks)
             if model is not None and tuple(grid) != clocks:
                 raise ValueError(f"{name} is built on clocks {tuple(grid)}, not the allowed clocks {clocks}")
-        merged = {"safety_margin": safety_margin, **(options or {})}
+        merged = {**(options or {}), "safety_margin": safety_margin}  # the explicit argument wins
         self.hook = hook
         self.predictor = predictor
         self.power_model = power_model
