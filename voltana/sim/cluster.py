@@ -205,15 +205,20 @@ class ClusterSimulation:
         self.model = cluster.model
         self.hook = hook
         self.record_timeline = record_timeline
-        clocks = tuple(cluster.model.supported_clocks_mhz)
-        self.prefill = [
-            _PrefillInstance(f"prefill-{i}", controller_factory(Phase.PREFILL, f"prefill-{i}"), clocks[-1])
-            for i in range(cluster.num_prefill)
-        ]
-        self.decode = [
-            _DecodeInstance(f"decode-{i}", controller_factory(Phase.DECODE, f"decode-{i}"), clocks[-1])
-            for i in range(cluster.num_decode)
-        ]
+        supported_top = int(cluster.model.supported_clocks_mhz[-1])
+
+        def top_clock(controller: Controller) -> int:
+            # Until its first iteration an instance sits at its highest allowed clock (the driver default).
+            return int(getattr(controller, "allowed_clocks_mhz", (supported_top,))[-1])
+
+        self.prefill = []
+        for i in range(cluster.num_prefill):
+            controller = controller_factory(Phase.PREFILL, f"prefill-{i}")
+            self.prefill.append(_PrefillInstance(f"prefill-{i}", controller, top_clock(controller)))
+        self.decode = []
+        for i in range(cluster.num_decode):
+            controller = controller_factory(Phase.DECODE, f"decode-{i}")
+            self.decode.append(_DecodeInstance(f"decode-{i}", controller, top_clock(controller)))
         self.by_id: dict[str, _Instance] = {i.stats.instance_id: i for i in (*self.prefill, *self.decode)}
         options = {"prefill_token_budget": cluster.prefill_token_budget, **routing.options}
         self.prefill_route = RouteContext(
@@ -293,13 +298,14 @@ class ClusterSimulation:
                 pending_prompt_tokens=inst.pending_tokens,
             )
         assert isinstance(inst, _DecodeInstance)
+        # What an engine reports: KV in use (not reservations) and the cache size.
         return InstanceState(
             inst.stats.instance_id,
             Phase.DECODE,
             num_running=len(inst.running),
             num_waiting=len(inst.admit) + inst.in_transfer,
             kv_tokens=inst.kv_sum + sum(r.context_tokens for r in inst.admit),
-            kv_capacity_tokens=self.kv_capacity - inst.kv_reserved + inst.kv_sum,
+            kv_capacity_tokens=self.kv_capacity,
             sm_clock_mhz=inst.clock_mhz,
             capture_sizes=self.capture_sizes,
         )
