@@ -21,6 +21,8 @@ from voltana.plugins.ecofreq import EcoFreqOptions
 
 PREFILL_SEGMENT_ENDS: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 """Prefill token-count segments: the roofline bends below ~256 tokens and attention grows beyond ~4k."""
+ALLOWED_SNAP_MHZ = 30
+"""An allowed clock this close to a supported one is snapped to it (steps are 15 MHz on A100/H100)."""
 DEFAULT_CLOCK_LEVELS = 8
 """Allowed clocks when config names none: this many, evenly spread over the device's supported range."""
 _PREFILL_CONTEXTS = (0, 2048, 8192)
@@ -35,14 +37,21 @@ def resolve_allowed_clocks(
 ) -> tuple[int, ...]:
     """The controller's clock set (ascending MHz); raises ValueError with one line.
 
-    ``clocks.allowed_mhz`` snapped to supported clocks, else ``levels`` clocks evenly spread over the
-    supported clocks within ``[min_mhz, max_mhz]``.
+    ``clocks.allowed_mhz`` snapped to supported clocks (at most ``ALLOWED_SNAP_MHZ`` away), else ``levels``
+    clocks evenly spread over the supported clocks within ``[min_mhz, max_mhz]``.
     """
     supported = sorted(set(int(c) for c in supported_mhz))
     if not supported:
         raise ValueError("the device reports no supported clocks")
     if clocks.allowed_mhz:
-        return tuple(sorted({min(supported, key=lambda s: (abs(s - c), s)) for c in clocks.allowed_mhz}))
+        snapped = {c: _nearest(supported, c) for c in clocks.allowed_mhz}
+        far = [c for c, s in snapped.items() if abs(s - c) > ALLOWED_SNAP_MHZ]
+        if far:
+            raise ValueError(
+                f"clocks.allowed_mhz {far} not supported by the device "
+                f"(supported: {supported[0]}..{supported[-1]} MHz)"
+            )
+        return tuple(sorted(set(snapped.values())))
     lo = clocks.min_mhz if clocks.min_mhz is not None else supported[0]
     hi = clocks.max_mhz if clocks.max_mhz is not None else supported[-1]
     window = [c for c in supported if lo <= c <= hi]
@@ -55,6 +64,11 @@ def resolve_allowed_clocks(
         return tuple(window)
     picks = {window[round(i * (len(window) - 1) / (levels - 1))] for i in range(levels)}
     return tuple(sorted(picks))
+
+
+def _nearest(supported: Sequence[int], clock_mhz: int) -> int:
+    """The supported clock nearest ``clock_mhz`` (the lower one on a tie)."""
+    return min(supported, key=lambda s: (abs(s - clock_mhz), s))
 
 
 def _spread(lo: int, hi: int, count: int) -> list[int]:

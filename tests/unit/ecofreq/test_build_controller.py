@@ -38,6 +38,8 @@ def test_explicit_clocks_are_snapped_and_ranges_are_honoured() -> None:
     )
     with pytest.raises(ValueError, match="contains no supported clock"):
         resolve_allowed_clocks(ClockConfig(min_mhz=5000), A100_CLOCKS)
+    with pytest.raises(ValueError, match=r"clocks\.allowed_mhz \[2000\] not supported"):
+        resolve_allowed_clocks(ClockConfig(allowed_mhz=[1005, 2000]), A100_CLOCKS)
 
 
 def test_built_from_config_and_the_simulated_gpu() -> None:
