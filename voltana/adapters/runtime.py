@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from voltana.core.attribution import attribute_energy
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import (
     BatchSnapshot,
@@ -383,22 +384,22 @@ class InstanceRuntime:
         return energy_j
 
     def _account(self, record: IterationRecord, first_token_request_ids: Iterable[str]) -> None:
+        """Add this iteration's energy share and time at its clock to each request (O(batch size))."""
         snapshot = record.snapshot
-        shares: Mapping[str, float] = {}
-        if record.energy_j is not None and snapshot.requests:
-            from voltana.core.attribution import attribute_energy
-
-            shares = attribute_energy(snapshot, record.energy_j)
-        clock = record.applied_clock_mhz
+        shares = attribute_energy(snapshot, record.energy_j) if record.energy_j is not None else None
+        clock, latency_s, accounts = record.applied_clock_mhz, record.latency_s, self._accounts
         for request in snapshot.requests:
-            account = self._accounts.get(request.request_id)
+            request_id = request.request_id
+            account = accounts.get(request_id)
             if account is None:
-                account = self._accounts[request.request_id] = _RequestAccount(request.arrival_time_s)
-            account.energy_j += shares.get(request.request_id, 0.0)
-            account.clock_residency_s[clock] = account.clock_residency_s.get(clock, 0.0) + record.latency_s
-        end_s = record.start_time_s + record.latency_s
+                account = accounts[request_id] = _RequestAccount(request.arrival_time_s)
+            if shares is not None:
+                account.energy_j += shares[request_id]
+            residency = account.clock_residency_s
+            residency[clock] = residency.get(clock, 0.0) + latency_s
+        end_s = record.start_time_s + latency_s
         for request_id in first_token_request_ids:
-            account = self._accounts.get(request_id)
+            account = accounts.get(request_id)
             if account is not None and account.first_token_time_s is None:
                 account.first_token_time_s = end_s
 

@@ -71,12 +71,15 @@ class VllmSchedulerHook:
         self._tracked: dict[str, Any] = {}
         self._publisher = StatePublisher(state_dir(), engine_index)
         self._broken = False
+        self.hook_time_s = 0.0
+        """Total time spent in this hook, snapshot building included (s)."""
 
     # Called from the wrapped scheduler methods; each swallows its own failures.
 
     def after_schedule(self, scheduler: Any, scheduler_output: Any) -> None:
         if self._broken:
             return
+        t0 = time.perf_counter()
         try:
             self._finish(scheduler_output.finished_req_ids)
             if scheduler_output.total_num_scheduled_tokens <= 0:
@@ -93,26 +96,31 @@ class VllmSchedulerHook:
             self._inflight.append((scheduler_output, first_token_request_ids(scheduler, scheduler_output)))
         except Exception as exc:
             self._break(exc)
+        self.hook_time_s += time.perf_counter() - t0
 
     def before_update(self, scheduler_output: Any) -> None:
         if self._broken or not self._inflight:
             return
+        t0 = time.perf_counter()
         try:
             if self._inflight[0][0] is scheduler_output:
                 _, first_ids = self._inflight.popleft()
                 self.runtime.after_iteration(first_ids)
         except Exception as exc:
             self._break(exc)
+        self.hook_time_s += time.perf_counter() - t0
 
     def after_update(self, scheduler: Any) -> None:
         if self._broken:
             return
+        t0 = time.perf_counter()
         try:
             self._finish(scheduler.finished_req_ids)
             if self._publisher.due():
                 self._publisher.publish(self.state(scheduler))
         except Exception as exc:
             self._break(exc)
+        self.hook_time_s += time.perf_counter() - t0
 
     def state(self, scheduler: Any) -> dict[str, Any]:
         """This instance as the router sees it (see :mod:`voltana.adapters.vllm.state`)."""
@@ -132,7 +140,7 @@ class VllmSchedulerHook:
             "kv_capacity_tokens": self.kv_capacity_tokens,
             "capture_sizes": list(self.capture_sizes),
             "iterations": status.iterations,
-            "hook_seconds": status.hook_time_s,
+            "hook_seconds": self.hook_time_s,
             "updated_at_s": time.time(),
         }
 
