@@ -103,11 +103,17 @@ class RouterConfig(_Section):
     request_timeout_s: float = Field(600.0, gt=0)
     connect_timeout_s: float = Field(2.0, gt=0)
     stale_after_s: float = Field(2.0, gt=0, description="polled instance state older than this is ignored")
-    eject_after_failures: int = Field(3, ge=1, description="consecutive failures before an instance is ejected")
+    eject_after_failures: int = Field(
+        3, ge=1, description="consecutive failures before an instance is ejected"
+    )
     readmit_after_successes: int = Field(2, ge=1, description="healthy probes before re-admission")
     max_inflight_per_instance: int = Field(256, ge=1, description="admission limit; beyond it: 429")
-    max_tokens_limit: int = Field(32768, ge=1, description="cap on max_tokens when the model's length is unknown")
-    max_retries: int = Field(2, ge=0, description="extra attempts of a failed prefill/decode on other instances")
+    max_tokens_limit: int = Field(
+        32768, ge=1, description="cap on max_tokens when the model's length is unknown"
+    )
+    max_retries: int = Field(
+        2, ge=0, description="extra attempts of a failed prefill/decode on other instances"
+    )
     drain_timeout_s: float = Field(30.0, ge=0, description="SIGTERM: time in-flight requests get to finish")
     bootstrap_port: int = Field(8998, ge=1, le=65535, description="SGLang prefill bootstrap port default")
     kv_transfer_params: bool = Field(True, description="vLLM: exchange kv_transfer_params (NIXL-style)")
