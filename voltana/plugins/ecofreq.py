@@ -260,15 +260,17 @@ def _prefill_checker(
         batch_slack = math.inf
     newcomer = round(st.prompt_tokens) if opts.plan_for_newcomer else 0
     groups = queue_groups(snapshot, budget, st.bound_s, newcomer)
-    segment = predictor.segment_of(float(budget))
-    effective_row = predictor.model.effective_row
+    rows = predictor.model.rows[predictor.segment_of(float(budget))]
+    d = predictor.model.drift
+    g0, g1, g2 = (d * g for g in predictor.model.gains)
 
     def check(k: int) -> int:
         done = latency[k] + (change_s if k != held else 0.0)
         if done > batch_slack:
             return 1
         if groups:
-            c0, c1, c2 = effective_row(segment, k)
+            r0, r1, r2 = rows[k]
+            c0, c1, c2 = g0 * r0, g1 * r1, g2 * r2  # the row's effective line, as in effective_row()
             for m, tokens, work, deadline in groups:
                 if done + c0 * tokens + c1 * work + c2 * m > deadline:
                     return 2
