@@ -22,7 +22,7 @@ from sglang.srt.managers.utils import GenerationBatchResult
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
 from sglang.srt.plugins.hook_registry import HookRegistry
 
-from tests.engines.sglang.conftest import decode_batch, extend_batch, make_req, scheduler_shell
+from tests.engines.sglang.sglang_objects import decode_batch, extend_batch, make_req, scheduler_shell
 from voltana.adapters.runtime import InstanceRuntime
 from voltana.adapters.sglang import binding, plugin
 from voltana.adapters.sglang.binding import Placement, SchedulerBinding

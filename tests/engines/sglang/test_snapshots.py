@@ -9,7 +9,7 @@ from sglang.srt.disaggregation.utils import DisaggregationMode
 from sglang.srt.managers.schedule_batch import ScheduleBatch
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
-from tests.engines.sglang.conftest import decode_batch, extend_batch, make_req, scheduler_shell
+from tests.engines.sglang.sglang_objects import decode_batch, extend_batch, make_req, scheduler_shell
 from voltana.adapters.sglang.snapshot import queue_depths, snapshot_from_batch
 from voltana.core.types import Phase
 

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from sglang.srt.disaggregation.utils import DisaggregationMode
 
-from tests.engines.sglang.conftest import decode_batch, make_req, scheduler_shell
+from tests.engines.sglang.sglang_objects import decode_batch, make_req, scheduler_shell
 from voltana.adapters.sglang import binding, plugin, state
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import Phase
@@ -58,18 +58,35 @@ def sglang_http(state_dir: Path) -> Iterator[str]:
 def test_leader_binding_runs_a_runtime_and_publishes_state(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The plugin's own path: config -> simulated GPU -> EcoFreq controller -> applier -> published clock."""
     monkeypatch.setenv("VOLTANA_HARDWARE__VENDOR", "simulated")
     scheduler = scheduler_shell(DisaggregationMode.DECODE, port=31234)
     made = plugin.make_binding(VoltanaConfig(enabled=True), scheduler)
     assert made is not None
     try:
         assert made.instance_id == "127.0.0.1:31234"
-        assert made.runtime.phase is Phase.DECODE
+        assert made.runtime.phase is Phase.DECODE and not made.runtime.monitor_only
         assert made.capture_sizes == (1, 2, 4, 8, 16)
         published = state.read_state(31234, state_dir)
         assert published is not None
         assert published["instance_id"] == "127.0.0.1:31234" and published["role"] == "decode"
-        assert published["capture_sizes"] == [1, 2, 4, 8, 16]
+        assert published["capture_sizes"] == [1, 2, 4, 8, 16] and published["policy"] == "ecofreq"
+
+        batch = decode_batch([make_req(f"d{i}", 200, output_tokens=3) for i in range(8)])
+        assert made.before(scheduler, batch)
+        result = object()
+        made.launched(result)
+        made.processed(scheduler, batch, result, [])
+        made.runtime._applier.wait_applied(2.0)
+        clock = made.runtime.status().sm_clock_mhz
+        assert clock is not None
+        deadline = time.monotonic() + 3
+        while (state.read_state(31234, state_dir) or {}).get(
+            "iterations"
+        ) != 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        published = state.read_state(31234, state_dir)
+        assert published is not None and published["iterations"] == 1 and published["sm_clock_mhz"] == clock
     finally:
         made.runtime.close()
 
