@@ -57,7 +57,7 @@ def router(
     prefill_policy: Annotated[str | None, typer.Option(help="Prefill routing policy.")] = None,
     decode_policy: Annotated[str | None, typer.Option(help="Decode routing policy.")] = None,
     admin_token: Annotated[
-        str | None, typer.Option(envvar="VOLTANA_ROUTER_ADMIN_TOKEN", help="Bearer token of /admin/*.")
+        str | None, typer.Option(help="Bearer token of /admin/* (or VOLTANA_ROUTER__ADMIN_TOKEN).")
     ] = None,
     kv_transfer_params: Annotated[
         bool | None,
