@@ -49,7 +49,11 @@ class ClockContext:
 
 @dataclass(slots=True)
 class RouteContext:
-    """The router's view for the instance-choice hook; ``rng`` is seeded for reproducible runs."""
+    """The router's view for the instance-choice hook; ``rng`` is seeded for reproducible runs.
+
+    ``predictor`` (latency) and ``power_model`` (energy: ``predict_energy_j(snapshot, clock_mhz)``) are one
+    model for every instance or a mapping from instance id to that instance's model.
+    """
 
     policy: str
     phase: Phase
@@ -58,6 +62,7 @@ class RouteContext:
     predictor: Any | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    power_model: Any | None = None
 
 
 PolicyKind = Literal["clock", "route"]
