@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -192,7 +192,8 @@ async def _serve(state: RouterState, request: Request, kind: Kind) -> Response:
     parsed = parse_request(
         kind, decode_json(await request.body()), _served_models(state), state.config.max_tokens_limit
     )
-    assert state.proxy is not None
+    proxy = state.proxy
+    assert proxy is not None
     headers = {k.lower(): v for k, v in request.headers.items()}
     span = state.tracer.start_span(
         f"POST {request.url.path}",
@@ -200,20 +201,25 @@ async def _serve(state: RouterState, request: Request, kind: Kind) -> Response:
         kind=SpanKind.SERVER,
         attributes={"gen_ai.request.model": parsed.model, "gen_ai.operation.name": kind},
     )
-    ex = state.proxy.new_exchange(parsed, headers, span)
+    ex = proxy.new_exchange(parsed, headers, span)
     span.set_attribute("voltana.request.id", ex.request_id)
     state.inflight += 1
     state.metrics.inflight.inc()
     streaming = False
+    finished = False
 
     def done() -> None:
+        nonlocal finished
+        if finished:
+            return
+        finished = True
         state.inflight -= 1
         state.metrics.inflight.dec()
         span.end()
 
     try:
         try:
-            result: DecodeResult = await until_disconnect(request, state.proxy.run(ex))
+            result: DecodeResult = await until_disconnect(request, proxy.run(ex))
         except ClientGone:
             state.metrics.errors.labels("client_disconnect").inc()
             span.set_status(Status(StatusCode.ERROR, "client disconnected"))
@@ -229,12 +235,31 @@ async def _serve(state: RouterState, request: Request, kind: Kind) -> Response:
         if result.content is not None:
             return Response(result.content, media_type=result.content_type, headers=headers_out)
         streaming = True
-        return StreamingResponse(
-            state.proxy.stream(ex, result, done), media_type="text/event-stream", headers=headers_out
+
+        async def close() -> None:  # also when the stream never started (client gone before the headers)
+            await proxy.finish(result)
+            done()
+
+        return ClosingStream(
+            proxy.stream(ex, result, done), close, media_type="text/event-stream", headers=headers_out
         )
     finally:
         if not streaming:
             done()
+
+
+class ClosingStream(StreamingResponse):
+    """A streamed response that always runs ``on_close`` once it is over, however it ended."""
+
+    def __init__(self, content: Any, on_close: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.on_close()
 
 
 def _served_models(state: RouterState) -> dict[str, int | None]:

@@ -47,6 +47,7 @@ def test_openai_client_streaming_and_not(make_cluster, make_router, protocol) ->
         oai.completions.create(model=MODEL, prompt="x", max_tokens=10**9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["vllm", "sglang"])
 def test_bounded_load_no_request_lost_or_duplicated(make_cluster, make_router, bg, protocol) -> None:
     cluster = make_cluster(protocol, 2, 6, time_scale=0.01)
