@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -161,9 +162,19 @@ def test_instance_state_in_vllm_metrics(plain_servers: dict[str, Any]) -> None:
     assert _value(text, "voltana:iterations_total") == len(read_trace(plain_servers["trace"]))
 
 
+def test_voltana_state_route_for_the_router(plain_servers: dict[str, Any]) -> None:
+    state = httpx.get(plain_servers["enabled"].url + "/voltana/state", timeout=30.0).json()
+    assert state["role"] == "mixed" and state["policy"] == "ecofreq" and state["monitor_only"] == 0
+    assert isinstance(state["sm_clock_mhz"], int) and state["capture_sizes"] == []  # eager CPU: no graphs
+    assert state["iterations"] == len(read_trace(plain_servers["trace"]))
+    assert 0 < state["hook_time_per_iteration_s"] < 0.01
+    assert [r["engine"] for r in state["replicas"]] == [0]
+
+
 def test_disabled_voltana_has_zero_effect(plain_servers: dict[str, Any]) -> None:
     disabled: VllmServer = plain_servers["disabled"]
     assert "voltana" not in disabled.metrics_text()
+    assert httpx.get(disabled.url + "/voltana/state", timeout=30.0).status_code == 404
     assert "voltana" not in disabled.log_text().lower()
 
 

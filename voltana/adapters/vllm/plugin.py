@@ -4,7 +4,8 @@ vLLM calls :func:`register` in every process (API server, EngineCore, workers). 
 voltana disabled (the default) it returns before importing anything of vLLM: zero effect. Enabled
 (``VOLTANA_ENABLED=1`` or ``enabled = true`` in ``VOLTANA_CONFIG``), it checks that the installed vLLM has
 what the hook reads (an ERROR naming what is missing otherwise, and vLLM serves without voltana), wraps the
-V1 scheduler (:mod:`voltana.adapters.vllm.scheduler_hook`) and adds ``voltana:*`` samples to ``/metrics``.
+V1 scheduler (:mod:`voltana.adapters.vllm.scheduler_hook`), adds ``voltana:*`` samples to ``/metrics`` and
+serves ``GET /voltana/state`` (:mod:`voltana.adapters.vllm.state`).
 """
 
 from __future__ import annotations
@@ -67,10 +68,12 @@ def register() -> None:
         )
     try:
         from voltana.adapters.vllm.scheduler_hook import install_scheduler_hook
-        from voltana.adapters.vllm.state import register_collector
+        from voltana.adapters.vllm.state import install_state_route, register_collector
 
         install_scheduler_hook()
         register_collector()
+        if not install_state_route():
+            log.info("voltana: this vLLM builds its HTTP app differently; state is in /metrics only")
     except Exception as exc:
         log.error(
             "voltana: could not install the vLLM hook (%s: %s); vLLM serves without voltana",

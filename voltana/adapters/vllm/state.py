@@ -6,7 +6,8 @@ server process. The EngineCore side writes a small JSON file per engine (atomica
 scrape time. The directory travels to child processes in ``_VOLTANA_VLLM_STATE_DIR``, set by the first
 process that loads the plugin (the API server, before it spawns the engine).
 
-Metrics (one sample per engine, label ``engine`` = data-parallel rank, as vLLM's own):
+``GET /voltana/state`` returns the same as JSON (:func:`state_payload`), the shape the router polls from
+SGLang too. Metrics (one sample per engine, label ``engine`` = data-parallel rank, as vLLM's own):
 ``voltana:sm_clock_mhz``, ``voltana:monitor_only``, ``voltana:num_requests_running``,
 ``voltana:num_requests_waiting``, ``voltana:kv_tokens``, ``voltana:kv_capacity_tokens``,
 ``voltana:iterations_total``, ``voltana:hook_seconds_total`` and ``voltana:instance_info`` (value 1, labels
@@ -123,6 +124,51 @@ class VoltanaStateCollector:
                 },
             )
         yield info
+
+
+STATE_PATH = "/voltana/state"
+
+
+def state_payload(directory: Path) -> dict[str, Any]:
+    """``GET /voltana/state``: engine 0's state at the top level (what the router reads: ``sm_clock_mhz``,
+    ``capture_sizes``, ``role``, ``policy``, ``monitor_only`` ...) and every engine under ``replicas``."""
+    states = sorted(read_states(directory), key=lambda s: int(s.get("engine", 0)))
+    top = dict(states[0]) if states else {"monitor_only": None, "sm_clock_mhz": None, "capture_sizes": []}
+    iterations = int(top.get("iterations", 0) or 0)
+    top["hook_time_per_iteration_s"] = float(top.get("hook_seconds", 0.0)) / iterations if iterations else 0.0
+    top["replicas"] = states
+    return top
+
+
+def install_state_route() -> bool:
+    """Serve :data:`STATE_PATH` from vLLM's API server (added right after vLLM's endpoint plugins attach).
+
+    Returns False when this vLLM builds its app differently (the state stays available in ``/metrics``).
+    """
+    try:
+        from vllm.entrypoints.launchers import app as app_module
+    except ImportError:
+        return False
+    original = getattr(app_module, "attach_endpoint_plugins", None)
+    if original is None:
+        return False
+    if getattr(original, "_voltana_state_route", False):
+        return True
+
+    async def voltana_state() -> Any:
+        from fastapi.responses import JSONResponse
+
+        directory = state_dir()
+        return JSONResponse(state_payload(directory) if directory else {})
+
+    def attach_endpoint_plugins(app: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(app, *args, **kwargs)
+        app.add_api_route(STATE_PATH, voltana_state, methods=["GET"])
+        return result
+
+    attach_endpoint_plugins._voltana_state_route = True  # type: ignore[attr-defined]
+    setattr(app_module, "attach_endpoint_plugins", attach_endpoint_plugins)  # noqa: B010 (module attr)
+    return True
 
 
 _collector_registered = False
