@@ -6,11 +6,15 @@ clock then the fewest requests wins; otherwise prefer instances where one more r
 then (clock-aware) those that need no clock step-up, filling faster instances first.
 
 ``ecoroute`` (ours): boundaries are the engine's CUDA-graph capture sizes (``InstanceState.capture_sizes``:
-a decode batch is padded up to the next one, so a request that fits in the padding costs almost nothing);
-the key is the predicted lowest SLO-feasible clock after adding the request, then no boundary crossing,
+a decode batch is padded up to the next one, so a request that fits in the padding costs almost nothing).
+With an energy model (``ctx.power_model``) the key is the predicted *marginal energy* of one more token
+iteration with the request: ``E(n+1, clock needed after) - E(n, clock needed now)`` on a busy instance,
+``E(1)`` on an idle one, each less idle power x iteration time (``options["idle_power_w"]``: an idle GPU
+draws it anyway). Instances that could not meet the ITL even at the highest clock come last. Without an
+energy model the key is the lowest SLO-feasible clock after adding the request. Ties: no boundary crossing,
 then packing onto the busier instance (consolidation: decode is memory-bound, so one batch of 2n reads the
-weights once where two batches of n read them twice). Set ``options["ecoroute_fill"] = "spread"`` to fill
-the least-loaded instance instead.
+weights once where two batches of n read them twice); ``options["ecoroute_fill"] = "spread"`` fills the
+least-loaded instance instead; ``options["ecoroute_energy"] = False`` ignores the energy model.
 
 Clock awareness needs ``ctx.predictor`` (a latency model or a mapping instance id -> model) and
 ``ctx.options["allowed_clocks_mhz"]`` (ascending); without them both variants fall back to boundaries
@@ -25,7 +29,7 @@ from typing import Any
 from voltana.core.contexts import PolicyInfo, RouteContext
 from voltana.core.hookspecs import hookimpl
 from voltana.core.types import BatchSnapshot, InstanceState, Phase, RouteRequest, ScheduledRequest
-from voltana.plugins.routing import healthy, predictor_for
+from voltana.plugins.routing import healthy, model_for, predictor_for
 
 ECOROUTE_POLICIES = ("ecoroute", "ecoroute-paper")
 PAPER_TILE_REQUESTS = 128
@@ -108,17 +112,48 @@ def choose_ecoroute_paper(request: RouteRequest, candidates: list[InstanceState]
     return min(candidates, key=key).instance_id
 
 
+def marginal_energy_j(
+    state: InstanceState, request: RouteRequest, ctx: RouteContext, needs: tuple[int, int]
+) -> float | None:
+    """Predicted extra energy of one decode iteration if ``request`` joins ``state`` (J, above idle power)."""
+    if not ctx.options.get("ecoroute_energy", True):
+        return None
+    energy = model_for(ctx.power_model, state.instance_id)
+    latency = predictor_for(ctx, state.instance_id)
+    clocks = ctx.options.get("allowed_clocks_mhz")
+    if energy is None or latency is None or not clocks:
+        return None
+    idle_w = float(ctx.options.get("idle_power_w", 0.0))
+    top = clocks[-1]
+
+    def above_idle_j(batch_size: int, kv_tokens: int, clock_mhz: int) -> float:
+        snapshot = decode_snapshot(batch_size, kv_tokens)
+        clock = min(clock_mhz, top)
+        joules = float(energy.predict_energy_j(snapshot, clock))
+        return joules - idle_w * float(latency.predict_latency_s(snapshot, clock))
+
+    n = state.num_running + state.num_waiting
+    after = above_idle_j(n + 1, state.kv_tokens + request.input_tokens, needs[1])
+    return after if n == 0 else after - above_idle_j(n, state.kv_tokens, needs[0])
+
+
 def choose_ecoroute(request: RouteRequest, candidates: list[InstanceState], ctx: RouteContext) -> str:
-    """Ours: lowest predicted clock after the request, then no padding boundary crossed, then fill rule."""
+    """Ours: least marginal energy (else lowest clock needed) keeping the ITL, then boundaries, then fill."""
     spread = ctx.options.get("ecoroute_fill", "pack") == "spread"
     fitting = [c for c in candidates if _fits_kv(c, request)] or candidates
 
-    def key(c: InstanceState) -> tuple[int, int, int, str]:
+    def key(c: InstanceState) -> tuple[bool, float, int, int, str]:
         n = c.num_running + c.num_waiting
         needs = _clock_needs(c, request, ctx)
-        clock_after = needs[1] if needs is not None else 0
+        infeasible = False
+        cost = 0.0
+        if needs is not None:
+            clocks = ctx.options["allowed_clocks_mhz"]
+            infeasible = needs[1] > clocks[-1]
+            marginal = marginal_energy_j(c, request, ctx, needs)
+            cost = float(needs[1]) if marginal is None else marginal
         crosses = crosses_boundary(n, c.capture_sizes)
-        return (clock_after, int(crosses), n if spread else -n, c.instance_id)
+        return (infeasible, cost, int(crosses), n if spread else -n, c.instance_id)
 
     return min(fitting, key=key).instance_id
 

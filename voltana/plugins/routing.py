@@ -27,12 +27,16 @@ def healthy(candidates: Sequence[InstanceState]) -> list[InstanceState]:
     return alive or list(candidates)
 
 
+def model_for(source: Any | None, instance_id: str) -> Any | None:
+    """The model of ``instance_id`` from ``source``: one model for all, or a mapping id -> model."""
+    if isinstance(source, Mapping):
+        return source.get(instance_id)
+    return source
+
+
 def predictor_for(ctx: RouteContext, instance_id: str) -> Any | None:
-    """The latency model of ``instance_id`` from ``ctx.predictor`` (a model, or a mapping id -> model)."""
-    predictor = ctx.predictor
-    if isinstance(predictor, Mapping):
-        return predictor.get(instance_id)
-    return predictor
+    """The latency model of ``instance_id`` from ``ctx.predictor``."""
+    return model_for(ctx.predictor, instance_id)
 
 
 def predicted_prefill_s(

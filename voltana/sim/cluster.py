@@ -199,6 +199,7 @@ class ClusterSimulation:
         seed: int = 0,
         record_timeline: bool = False,
         route_predictors: dict[str, Any] | None = None,
+        route_power_models: dict[str, Any] | None = None,
     ) -> None:
         self.workload = workload
         self.cluster = cluster
@@ -220,12 +221,22 @@ class ClusterSimulation:
             controller = controller_factory(Phase.DECODE, f"decode-{i}")
             self.decode.append(_DecodeInstance(f"decode-{i}", controller, top_clock(controller)))
         self.by_id: dict[str, _Instance] = {i.stats.instance_id: i for i in (*self.prefill, *self.decode)}
-        options = {"prefill_token_budget": cluster.prefill_token_budget, **routing.options}
+        options = {
+            "prefill_token_budget": cluster.prefill_token_budget,
+            "idle_power_w": float(cluster.model.idle_power_w()),
+            **routing.options,
+        }
         self.prefill_route = RouteContext(
             routing.prefill, Phase.PREFILL, slo, random.Random(seed), route_predictors, options
         )
         self.decode_route = RouteContext(
-            routing.decode, Phase.DECODE, slo, random.Random(seed + 1), route_predictors, options
+            routing.decode,
+            Phase.DECODE,
+            slo,
+            random.Random(seed + 1),
+            route_predictors,
+            options,
+            power_model=route_power_models,
         )
         self.capture_sizes = tuple(cluster.model.capture_sizes)
         self.kv_capacity = int(

@@ -159,6 +159,7 @@ def run_policy(
     }
     routing = RoutingSpec(spec.prefill_route, spec.decode_route, options)
     predictors: dict[str, Any] = {}
+    power_models: dict[str, Any] = {}
     simulation = ClusterSimulation(
         workload,
         setup.cluster,
@@ -169,11 +170,16 @@ def run_policy(
         seed=setup.seed,
         record_timeline=record_timeline,
         route_predictors=predictors,
+        route_power_models=power_models,
     )
+    # The routers see each instance's own learning models, as the HTTP router would through its state.
     for instance_id, controller in controllers.items():
         predictor = getattr(controller, "predictor", None)
         if predictor is not None:
             predictors[instance_id] = predictor
+        power_model = getattr(controller, "power_model", None)
+        if power_model is not None:
+            power_models[instance_id] = power_model
     outcome = simulation.run(progress)
     return summarize(spec.name, rate_rps if rate_rps is not None else workload.rate_rps, outcome, setup.slo)
 

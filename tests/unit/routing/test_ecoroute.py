@@ -8,7 +8,13 @@ from voltana.core.contexts import RouteContext
 from voltana.core.plugin_manager import make_plugin_manager
 from voltana.core.types import BatchSnapshot, InstanceState, Phase, RouteRequest, Slo
 from voltana.plugins import DEFAULT_PLUGINS
-from voltana.plugins.ecoroute import crosses_boundary, decode_snapshot, needed_clock_mhz, padded_batch_size
+from voltana.plugins.ecoroute import (
+    crosses_boundary,
+    decode_snapshot,
+    marginal_energy_j,
+    needed_clock_mhz,
+    padded_batch_size,
+)
 
 CAPTURES = (1, 2, 4, 8, 16, 24, 32)
 CLOCKS = (1005, 1200, 1410)
@@ -21,6 +27,23 @@ class LinearDecode:
     def predict_latency_s(self, snapshot: BatchSnapshot, clock_mhz: int) -> float:
         base = 4e-4 * snapshot.batch_size + 1e-7 * snapshot.num_context_tokens
         return base * 1410 / clock_mhz
+
+
+class WeightsPlusBatch(LinearDecode):
+    """ITL = (8 ms weight streaming + 0.4 ms per request + 1e-7 s per KV token) x 1410/clock."""
+
+    def predict_latency_s(self, snapshot: BatchSnapshot, clock_mhz: int) -> float:
+        return 0.008 * 1410 / clock_mhz + super().predict_latency_s(snapshot, clock_mhz)
+
+
+class PowerTimesLatency:
+    """Energy = (60 W + 150 W x (clock/1410)^3) x predicted latency (dynamic power ~ f V^2): a stand-in."""
+
+    def __init__(self, latency: LinearDecode) -> None:
+        self.latency = latency
+
+    def predict_energy_j(self, snapshot: BatchSnapshot, clock_mhz: int) -> float:
+        return (60 + 150 * (clock_mhz / 1410) ** 3) * self.latency.predict_latency_s(snapshot, clock_mhz)
 
 
 @pytest.fixture
@@ -103,3 +126,53 @@ def test_paper_above_one_tile_avoids_the_128_boundary(hook) -> None:  # type: ig
         decode(1, num_running=140, sm_clock_mhz=1005),
     ]
     assert route(hook, "ecoroute-paper", candidates) == "d1"
+
+
+def energy_ctx(**options: object) -> RouteContext:
+    latency = WeightsPlusBatch()
+    return RouteContext(
+        "ecoroute",
+        Phase.DECODE,
+        SLO,
+        predictor=latency,
+        power_model=PowerTimesLatency(latency),
+        options={"allowed_clocks_mhz": CLOCKS, "idle_power_w": 60.0, **options},
+    )
+
+
+def test_marginal_energy_packs_onto_a_busy_instance(hook) -> None:  # type: ignore[no-untyped-def]
+    ctx = energy_ctx(ecoroute_fill="spread")  # the energy key decides before the fill rule
+    busy, idle = decode(0, num_running=10, kv_tokens=5000), decode(1)
+    request = RouteRequest("r", 500)
+    joules_busy = marginal_energy_j(busy, request, ctx, (1005, 1005))
+    joules_idle = marginal_energy_j(idle, request, ctx, (1005, 1005))
+    assert joules_busy is not None and joules_idle is not None
+    assert 0 < joules_busy < joules_idle  # the idle instance would pay the weight streaming again
+    assert hook.voltana_choose_instance(request=request, candidates=[busy, idle], ctx=ctx) == "d0"
+
+
+def test_a_clock_step_up_is_charged_to_the_whole_batch() -> None:
+    ctx = energy_ctx()
+    state = decode(0, num_running=40, kv_tokens=20000)
+    request = RouteRequest("r", 500)
+    same_clock = marginal_energy_j(state, request, ctx, (1005, 1005))
+    step_up = marginal_energy_j(state, request, ctx, (1005, 1410))
+    assert same_clock is not None and step_up is not None
+    assert step_up > 5 * same_clock
+
+
+def test_infeasible_instances_come_last(hook) -> None:  # type: ignore[no-untyped-def]
+    # 100 requests: 8 + 40 + 0.5 ms > 45 ms even at 1410 MHz.
+    ctx = energy_ctx()
+    crowded, spare = decode(0, num_running=100, kv_tokens=5000), decode(1, num_running=30, kv_tokens=5000)
+    assert (
+        hook.voltana_choose_instance(request=RouteRequest("r", 500), candidates=[crowded, spare], ctx=ctx)
+        == "d1"
+    )
+
+
+def test_energy_key_can_be_switched_off() -> None:
+    assert (
+        marginal_energy_j(decode(0), RouteRequest("r", 1), energy_ctx(ecoroute_energy=False), (1005, 1005))
+        is None
+    )
