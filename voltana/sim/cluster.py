@@ -157,13 +157,14 @@ class _PrefillInstance(_Instance):
 
 
 class _DecodeInstance(_Instance):
-    __slots__ = ("admit", "in_transfer", "kv_reserved", "kv_sum", "running")
+    __slots__ = ("admit", "in_transfer", "in_transfer_tokens", "kv_reserved", "kv_sum", "running")
 
     def __init__(self, instance_id: str, controller: Controller, clock_mhz: int) -> None:
         super().__init__(instance_id, Phase.DECODE, controller, clock_mhz)
         self.admit: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.in_transfer = 0
+        self.in_transfer_tokens = 0
         self.kv_reserved = 0
         self.kv_sum = 0
 
@@ -309,13 +310,13 @@ class ClusterSimulation:
                 pending_prompt_tokens=inst.pending_tokens,
             )
         assert isinstance(inst, _DecodeInstance)
-        # What an engine reports: KV in use (not reservations) and the cache size.
+        # What an engine reports: KV in use or being received (not future growth) and the cache size.
         return InstanceState(
             inst.stats.instance_id,
             Phase.DECODE,
             num_running=len(inst.running),
             num_waiting=len(inst.admit) + inst.in_transfer,
-            kv_tokens=inst.kv_sum + sum(r.context_tokens for r in inst.admit),
+            kv_tokens=inst.kv_sum + inst.in_transfer_tokens + sum(r.context_tokens for r in inst.admit),
             kv_capacity_tokens=self.kv_capacity,
             sm_clock_mhz=inst.clock_mhz,
             capture_sizes=self.capture_sizes,
@@ -429,11 +430,13 @@ class ClusterSimulation:
         inst = self._choose(request, self.decode, self.decode_route)
         assert isinstance(inst, _DecodeInstance)
         inst.in_transfer += 1
+        inst.in_transfer_tokens += request.context_tokens
         self._push(now_s + self.cluster.kv_transfer_s(request.input_tokens), _DECODE_ARRIVE, inst, request)
 
     # --- decode -------------------------------------------------------------------------------------------
     def _decode_arrive(self, inst: _DecodeInstance, request: SimRequest) -> None:
         inst.in_transfer -= 1
+        inst.in_transfer_tokens -= request.context_tokens
         inst.admit.append(request)
         if not inst.busy:
             self._start_decode(inst)
