@@ -166,3 +166,20 @@ def test_binding_state_reports_queues_after_an_iteration(
         assert snapshot["iterations"] == 1
     finally:
         made.runtime.close()
+
+
+def test_placement_comes_from_sglangs_runtime_context() -> None:
+    from sglang.srt.runtime_context import get_parallel
+
+    scheduler = scheduler_shell(DisaggregationMode.DECODE, port=30005)
+    scheduler.server_args.tp_size = 2
+    with get_parallel().override(tp_rank=1, pp_rank=0, tp_size=2):
+        assert not binding.placement_of(scheduler).is_leader
+    with get_parallel().override(tp_rank=0, pp_rank=0, tp_size=2, dp_rank=3):
+        place = binding.placement_of(scheduler)
+        assert place.is_leader and place.instance_id == "127.0.0.1:30005#dp3"
+        assert place.instance_gpu_ids == [0, 1]
+    # Nothing published and two GPUs: this process cannot know it leads, so it does not act.
+    assert binding.placement_of(scheduler).tp_rank == -1
+    scheduler.server_args.tp_size = 1
+    assert binding.placement_of(scheduler).is_leader

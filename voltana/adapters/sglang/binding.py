@@ -79,36 +79,45 @@ class Placement:
         return f"{base}#dp{self.dp_rank}" if self.dp_rank else base
 
 
+def _read(source: Any, name: str, default: Any) -> Any:
+    try:
+        value = getattr(source, name)
+    except Exception:  # SGLang's runtime context raises for names this process has not written
+        return default
+    return default if value is None else value
+
+
 def placement_of(scheduler: Any) -> Placement:
-    """Read the process's place from SGLang's runtime context (falls back to ``server_args``)."""
+    """Read the process's place from SGLang's runtime context (``server_args`` for what is not published).
+
+    When the TP rank cannot be read (no published context: a custom launcher), only a single-GPU instance
+    can know it is the leader; a multi-GPU one stays pass-through rather than drive clocks from every rank.
+    """
     args = getattr(scheduler, "server_args", None)
-    host = str(getattr(args, "host", "127.0.0.1"))
-    port = int(getattr(args, "port", 30000))
+    parallel: Any = None
+    device: Any = None
     try:
         from sglang.srt.runtime_context import get_device, get_parallel
 
         parallel = get_parallel()
         device = get_device()
-        return Placement(
-            tp_rank=int(parallel.tp_rank),
-            pp_rank=int(parallel.pp_rank),
-            dp_rank=parallel.dp_rank,
-            tp_size=int(parallel.tp_size),
-            gpu_id=int(device.gpu_id),
-            gpu_id_step=int(getattr(device, "gpu_id_step", 1) or 1),
-            nnodes=int(getattr(args, "nnodes", 1) or 1),
-            host=host,
-            port=port,
-        )
     except Exception:
-        return Placement(
-            tp_size=int(getattr(args, "tp_size", 1) or 1),
-            gpu_id=int(getattr(args, "base_gpu_id", 0) or 0),
-            gpu_id_step=int(getattr(args, "gpu_id_step", 1) or 1),
-            nnodes=int(getattr(args, "nnodes", 1) or 1),
-            host=host,
-            port=port,
-        )
+        pass
+    tp_size = int(_read(parallel, "tp_size", _read(args, "tp_size", 1)))
+    tp_rank = _read(parallel, "tp_rank", None)
+    if tp_rank is None:
+        tp_rank = 0 if tp_size == 1 else -1
+    return Placement(
+        tp_rank=int(tp_rank),
+        pp_rank=int(_read(parallel, "pp_rank", 0)),
+        dp_rank=_read(parallel, "dp_rank", None),
+        tp_size=tp_size,
+        gpu_id=int(_read(device, "gpu_id", _read(args, "base_gpu_id", 0))),
+        gpu_id_step=int(_read(device, "gpu_id_step", _read(args, "gpu_id_step", 1))),
+        nnodes=int(_read(args, "nnodes", 1)),
+        host=str(_read(args, "host", "127.0.0.1")),
+        port=int(_read(args, "port", 30000)),
+    )
 
 
 def disaggregation_mode_of(scheduler: Any) -> str:

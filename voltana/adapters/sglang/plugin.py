@@ -96,6 +96,8 @@ def make_binding(config: VoltanaConfig, scheduler: Any) -> SchedulerBinding | No
     from voltana.adapters.runtime import InstanceRuntime
 
     placement = placement_of(scheduler)
+    if placement.tp_rank < 0:
+        log.warning("voltana: cannot tell this SGLang scheduler's TP rank; it stays pass-through")
     if not placement.is_leader:
         return None
     mode = disaggregation_mode_of(scheduler)
