@@ -29,21 +29,23 @@ def plot_sweep(points: Sequence[SweepPoint], path: Path, timeline_policy: str | 
     for ax in (ax_saving, ax_slo):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    # The clock timeline at the highest rate (the most dynamic one), for ``timeline_policy``.
+    shown_point = points[-1]
     shown = next(
         (
             r
-            for r in points[0].results
+            for r in shown_point.results
             if r.timeline and (timeline_policy is None or r.policy == timeline_policy)
         ),
         None,
     )
     if shown is not None:
         for instance_id, samples in sorted(shown.timeline.items()):
-            times = [t for t, _ in samples]
-            clocks = [c for _, c in samples]
+            times = [t for t, _ in samples] + [shown.span_s]
+            clocks = [c for _, c in samples] + [samples[-1][1]]
             ax_clock.step(times, clocks, where="post", label=instance_id, linewidth=0.8)
         ax_clock.legend(fontsize=8)
-        ax_clock.set_title(f"clock timeline: {shown.policy} at {points[0].rate_rps:g} req/s", fontsize=9)
+        ax_clock.set_title(f"clock timeline: {shown.policy} at {shown_point.rate_rps:g} req/s", fontsize=9)
     ax_clock.set(xlabel="time (s)", ylabel="SM clock (MHz)")
     ax_clock.grid(alpha=0.3)
     fig.savefig(path, dpi=110)
