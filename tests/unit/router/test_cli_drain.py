@@ -85,3 +85,32 @@ def test_cli_round_trip_and_graceful_drain_on_sigterm(processes) -> None:  # typ
     output = router.communicate(timeout=30)[0].decode()
     assert router.returncode == 0, output
     assert "draining: 1 request(s) in flight" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["router", "--decode", "http://127.0.0.1:1"], "router.prefill is empty"),
+        (
+            ["router", "--prefill", "http://127.0.0.1:1", "--decode", "nope"],
+            "URL must look like http://host:port",
+        ),
+        (
+            ["router", "--prefill", "http://h:1", "--decode", "http://h:2", "--backend", "tgi"],
+            "router.backend",
+        ),
+        (
+            ["router", "--prefill", "http://h:1", "--decode", "http://h:2", "--decode-policy", "bogus"],
+            "ecoroute",
+        ),
+        (["emulate", "--gpu", "abacus"], "abacus"),
+    ],
+)
+def test_cli_mistakes_are_one_line_errors(args: list[str], message: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOLTANA_")}
+    result = subprocess.run(
+        [*VOLTANA, *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
