@@ -307,3 +307,35 @@ def test_an_engine_exception_propagates_unchanged_and_keeps_reports_aligned(engi
     scheduler.forward_error = None
     run_iteration(scheduler, extend_batch([make_req("fine", 16)]))
     assert [r.snapshot.requests[0].request_id for r in engine.recorder.iterations] == ["boom", "fine"]
+
+
+def test_the_real_run_batch_body_runs_under_the_hook_for_a_prebuilt_batch(
+    clean_sglang_hooks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No stand-in here: SGLang's own ``run_batch`` runs inside voltana's wrapper (a PD-decode placeholder
+    batch needs no model), and voltana lets it through untouched."""
+    recorder = Recorder()
+    get_plugin_manager().register(recorder, name="recorder")
+    plugin.install(VoltanaConfig(enabled=True))
+    HookRegistry.apply_hooks()
+    runtime = InstanceRuntime(instance_id="d", phase=Phase.DECODE, hook=get_plugin_manager().hook)
+    binding.set_binding_factory(
+        lambda s: SchedulerBinding(runtime, disaggregation_mode="decode", instance_id="d")
+    )
+    scheduler = scheduler_shell(DisaggregationMode.DECODE)
+    scheduler.scheduler_stage_metrics = None
+    scheduler.metrics_reporter = SimpleNamespace(record_scheduler_active=lambda now_ns: None)
+    scheduler.profiler_manager = SimpleNamespace(_profile_batch_predicate=lambda batch: None)
+    scheduler.forward_ct = 0
+    scheduler._sched_idled = True
+    scheduler.processed_tokens_counter = 0
+    scheduler.scripted_scheduler_hook = None
+    scheduler.forward_sleep_time = None
+    batch = ScheduleBatch(reqs=[make_req("arrived", 64)], forward_mode=ForwardMode.PREBUILT)
+
+    result = scheduler.run_batch(batch)
+
+    assert Scheduler.__dict__["run_batch"].__wrapped__.__qualname__ == "Scheduler.run_batch"
+    assert isinstance(result, GenerationBatchResult)
+    assert scheduler.forward_ct == 1 and batch.forward_iter == 1  # SGLang's body ran
+    assert recorder.iterations == [] and runtime.status().iterations == 0
