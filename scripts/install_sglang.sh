@@ -16,6 +16,7 @@ PIP="$VENV_SGLANG/bin/python -m pip"
 $PIP install -q --upgrade pip
 $PIP install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 $PIP install -q --no-deps "sglang==$SGLANG_VERSION"
+# pip then reports SGLang's GPU-only requirements as "dependency conflicts": expected, nothing here needs them.
 # What `import sglang.srt.managers.scheduler` and its HTTP server module need, pinned where SGLang pins them.
 $PIP install -q \
     "transformers==5.19.0" "tokenizers==0.23.2" "sentencepiece==0.2.1" "compressed-tensors==0.18.0" \
@@ -25,4 +26,4 @@ $PIP install -q \
     prometheus-client python-multipart uvloop \
     "xgrammar==0.2.7" "soundfile==0.13.1" "python-dateutil<3" jsonschema
 $PIP install -q -e '.[dev]'
-"$VENV_SGLANG/bin/python" -c "import sglang, sglang.srt.managers.scheduler, sglang.srt.plugins.hook_registry; print('sglang', sglang.__version__)"
+"$VENV_SGLANG/bin/python" -c "import sglang, sglang.srt.managers.scheduler, sglang.srt.plugins.hook_registry, sglang.srt.entrypoints.http_server; print('sglang', sglang.__version__)"

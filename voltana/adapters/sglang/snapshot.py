@@ -127,12 +127,18 @@ class QueueDepths:
 def queue_depths(scheduler: Any) -> QueueDepths:
     """Lengths of the waiting queue and the four P/D queues (0 for those this instance does not have)."""
     return QueueDepths(
-        waiting=len(getattr(scheduler, "waiting_queue", ()) or ()),
-        bootstrap=len(_entries(getattr(scheduler, "disagg_prefill_bootstrap_queue", None))),
-        inflight=len(_entries(getattr(scheduler, "disagg_prefill_inflight_queue", None))),
-        prealloc=len(_entries(getattr(scheduler, "disagg_decode_prealloc_queue", None))),
-        transfer=len(_entries(getattr(scheduler, "disagg_decode_transfer_queue", None))),
+        waiting=_depth(getattr(scheduler, "waiting_queue", None)),
+        bootstrap=_depth(getattr(scheduler, "disagg_prefill_bootstrap_queue", None)),
+        inflight=_depth(getattr(scheduler, "disagg_prefill_inflight_queue", None)),
+        prealloc=_depth(getattr(scheduler, "disagg_decode_prealloc_queue", None)),
+        transfer=_depth(getattr(scheduler, "disagg_decode_transfer_queue", None)),
     )
+
+
+def _depth(queue: Any) -> int:
+    if queue is None:
+        return 0
+    return len(queue.queue if hasattr(queue, "queue") else queue)
 
 
 def waiting_requests(scheduler: Any, phase: Phase) -> list[QueuedRequest]:
