@@ -31,12 +31,14 @@ from pathlib import Path
 import aiohttp
 import httpx
 
+from voltana.core.config import VoltanaConfig
 from voltana.core.types import Phase, RouteRequest, Slo
 from voltana.plugins import get_plugin_manager
 from voltana.router.choice import InstanceChooser
 from voltana.router.emulator import expected_text
 from voltana.router.instances import InstanceRegistry, parse_endpoint
 from voltana.router.load_parsing import LoadReport
+from voltana.router.predictors import route_predictors
 
 ROOT = Path(__file__).resolve().parents[1]
 VOLTANA = [sys.executable, "-m", "voltana.cli"]
@@ -172,17 +174,23 @@ def router_added_latency_p50_s(router: str) -> float:
     return next((bound for bound, count in buckets if count >= total / 2), float("nan"))
 
 
-def decision_cost_us(policy: str, decisions: int = 20000) -> float:
-    """Median cost of one routing decision (us) over 16 decode instances with polled state."""
+def decision_cost_us(policy: str, decisions: int = 20000, clock_aware: bool = False) -> float:
+    """Median cost of one routing decision (us) over 16 decode instances with polled state.
+
+    ``clock_aware``: the policy gets latency predictors (seeded from the simulated A100), as in the router
+    when ``hardware.vendor = "simulated"`` or ``engine.predictor_profile`` is set.
+    """
     decode = [parse_endpoint(f"http://127.0.0.1:{9000 + i}") for i in range(16)]
     registry = InstanceRegistry([], decode, max_inflight_per_instance=10**9)
     for i, inst in enumerate(registry.by_phase[Phase.DECODE]):
         registry.record_poll(inst, LoadReport(i * 3, i % 2, 1000 * i, 400000))
         inst.capture_sizes = (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128)
         inst.sm_clock_mhz = 1410
+    predictors = route_predictors(VoltanaConfig(hardware={"vendor": "simulated"})) if clock_aware else None
     chooser = InstanceChooser(
         get_plugin_manager().hook,
         registry,
+        predictors=predictors,
         prefill_policy="random",
         decode_policy=policy,
         slo=Slo(0.8, 0.05),
@@ -250,6 +258,8 @@ def main() -> None:
         p: decision_cost_us(p)
         for p in ("ecoroute", "ecoroute-paper", "least-loaded", "round-robin", "random")
     }
+    costs["ecoroute, clock-aware"] = decision_cost_us("ecoroute", 5000, clock_aware=True)
+    costs["ecoroute-paper, clock-aware"] = decision_cost_us("ecoroute-paper", 5000, clock_aware=True)
     added_ms = (latency["routed_p50_s"] - latency["direct_p50_s"]) * 1000
     print(f"\nrouter benchmark: {args.prefill} prefill + {args.decode} decode emulated instances (time x0)")
     print(f"{'measure':<52}{'value':>14}{'target':>12}")

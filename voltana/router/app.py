@@ -26,6 +26,7 @@ from voltana.router.errors import RouterError, error_body
 from voltana.router.instances import InstanceRegistry, parse_endpoint
 from voltana.router.observability import RouterMetrics, extract_context, tracer_for
 from voltana.router.polling import Poller
+from voltana.router.predictors import route_predictors
 from voltana.router.proxy import BackendRejected, DecodeResult, Proxy
 from voltana.router.validation import Kind, decode_json, parse_request
 
@@ -79,8 +80,9 @@ def build_router_app(
         prefill_policy=config.policy.prefill_route,
         decode_policy=config.policy.decode_route,
         slo=Slo(config.slo.ttft_s, config.slo.itl_s),
-        options=config.policy.options,
+        options={"safety_margin": config.policy.safety_margin, **config.policy.options},
         seed=seed,
+        predictors=route_predictors(config),
     )
     state = RouterState(
         rc, registry, chooser, RouterMetrics(), tracer_for(tracer_provider), known_policies or {}

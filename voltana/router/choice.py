@@ -16,6 +16,7 @@ from typing import Any
 from voltana.core.contexts import RouteContext
 from voltana.core.types import Phase, RouteRequest, Slo
 from voltana.router.instances import Instance, InstanceRegistry
+from voltana.router.predictors import RoutePredictors
 
 log = logging.getLogger("voltana.router")
 
@@ -42,10 +43,14 @@ class InstanceChooser:
         slo: Slo,
         options: Mapping[str, Any] | None = None,
         seed: int | None = None,
+        predictors: RoutePredictors | None = None,
     ) -> None:
         self.hook = hook
         self.registry = registry
         rng = random.Random(seed)
+        options = dict(options or {})
+        if predictors is not None:  # clock-aware policies read these (see voltana.plugins.ecoroute)
+            options.setdefault("allowed_clocks_mhz", predictors.clocks_mhz)
         self.contexts = {
             Phase.PREFILL: RouteContext(
                 prefill_policy, Phase.PREFILL, slo, rng=rng, options=dict(options or {})
@@ -54,6 +59,9 @@ class InstanceChooser:
                 decode_policy, Phase.DECODE, slo, rng=rng, options=dict(options or {})
             ),
         }
+        if predictors is not None:
+            for phase, ctx in self.contexts.items():
+                ctx.predictor = predictors.by_phase.get(phase)
         self.fallbacks = 0
         self.last_decision_ns = 0
 

@@ -11,6 +11,7 @@ from voltana.core.hookspecs import hookimpl
 from voltana.core.plugin_manager import make_plugin_manager
 from voltana.core.types import Phase, RouteRequest, Slo
 from voltana.plugins import DEFAULT_PLUGINS
+from voltana.plugins.ecoroute import decode_snapshot
 from voltana.router.choice import InstanceChooser, NoInstanceError
 from voltana.router.instances import InstanceRegistry, parse_endpoint
 from voltana.router.load_parsing import LoadReport, parse_sglang_loads, parse_vllm_metrics
@@ -182,4 +183,38 @@ def test_builtin_policies_via_hook() -> None:
     assert chooser.choose(Phase.DECODE, RouteRequest("x", 1)).instance_id == "decode-2"
     chooser.set_policy(Phase.DECODE, "ecoroute")
     assert chooser.choose(Phase.DECODE, RouteRequest("y", 1)).instance_id in reg.by_id
+    assert chooser.fallbacks == 0
+
+
+def test_clock_aware_routing_gets_predictors_when_seeded() -> None:
+    from voltana.core.config import VoltanaConfig
+    from voltana.router.predictors import route_predictors
+
+    assert route_predictors(VoltanaConfig()) is None  # real GPUs and no profile: load and boundaries only
+    seeded = route_predictors(VoltanaConfig(hardware={"vendor": "simulated"}, clocks={"min_mhz": 1005}))
+    assert seeded is not None and seeded.clocks_mhz[0] >= 1005 and seeded.clocks_mhz[-1] == 1410
+    pm = make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False)
+    reg = registry(4)
+    for i, inst in enumerate(reg.by_phase[Phase.DECODE]):
+        reg.record_poll(
+            inst, LoadReport(num_running=40 * i, kv_tokens=40 * i * 600, kv_capacity_tokens=400000)
+        )
+        inst.sm_clock_mhz = 1410
+    chooser = InstanceChooser(
+        pm.hook,
+        reg,
+        prefill_policy="predicted-ttft",
+        decode_policy="ecoroute",
+        slo=Slo(0.8, 0.05),
+        predictors=seeded,
+    )
+    ctx = chooser.contexts[Phase.DECODE]
+    assert (
+        ctx.predictor is seeded.by_phase[Phase.DECODE]
+        and ctx.options["allowed_clocks_mhz"] == seeded.clocks_mhz
+    )
+    predicted = ctx.predictor.predict_latency_s(decode_snapshot(40, 24000), 1410)
+    assert 0.005 < predicted < 0.1  # a 40-request decode step of Llama-3.1-8B on an A100, in seconds
+    assert chooser.choose(Phase.DECODE, RouteRequest("r", 200, 100)).instance_id in reg.by_id
+    assert chooser.choose(Phase.PREFILL, RouteRequest("p", 2000)).instance_id == "prefill-0"
     assert chooser.fallbacks == 0
