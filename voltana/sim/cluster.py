@@ -86,11 +86,13 @@ class ClusterSpec:
 
 @dataclass(frozen=True)
 class RoutingSpec:
-    """Routing policy names (``voltana_choose_instance``) and their options."""
+    """Routing policy names (``voltana_choose_instance``) and their options (shared, then per phase)."""
 
     prefill: str = "predicted-ttft"
     decode: str = "ecoroute"
     options: dict[str, Any] = field(default_factory=dict)
+    prefill_options: dict[str, Any] = field(default_factory=dict)
+    decode_options: dict[str, Any] = field(default_factory=dict)
 
 
 class SimRequest:
@@ -228,7 +230,12 @@ class ClusterSimulation:
             **routing.options,
         }
         self.prefill_route = RouteContext(
-            routing.prefill, Phase.PREFILL, slo, random.Random(seed), route_predictors, options
+            routing.prefill,
+            Phase.PREFILL,
+            slo,
+            random.Random(seed),
+            route_predictors,
+            {**options, **routing.prefill_options},
         )
         self.decode_route = RouteContext(
             routing.decode,
@@ -236,7 +243,7 @@ class ClusterSimulation:
             slo,
             random.Random(seed + 1),
             route_predictors,
-            options,
+            {**options, **routing.decode_options},
             power_model=route_power_models,
         )
         self.capture_sizes = tuple(cluster.model.capture_sizes)

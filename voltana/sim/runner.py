@@ -105,6 +105,19 @@ def with_clock_policy(config: VoltanaConfig, policy: str, options: Mapping[str, 
     return config.model_copy(update={"policy": new_policy})
 
 
+def pinned_clock_options(spec: PolicySpec, phase: Phase, clocks_mhz: tuple[int, ...]) -> dict[str, Any]:
+    """Routing options for a phase whose clock a static policy pins: routers must not assume a step-up."""
+    from voltana.core.contexts import ClockContext
+    from voltana.plugins.static_clock import STATIC_POLICIES, static_clock_mhz
+
+    policy, options = spec.clock_policy(phase)
+    if policy not in STATIC_POLICIES:
+        return {}
+    placeholder_slo = Slo(1.0, 1.0)  # static clocks do not depend on the SLO
+    pinned = static_clock_mhz(ClockContext(policy, "", phase, clocks_mhz, placeholder_slo, options=options))
+    return {"allowed_clocks_mhz": (pinned,), "max_clock_mhz": pinned}
+
+
 def _build_controller(
     config: VoltanaConfig, phase: Phase, instance_id: str, model: Any, hook: Any
 ) -> Controller:
@@ -157,7 +170,13 @@ def run_policy(
         "safety_margin": setup.config.policy.safety_margin,
         **setup.config.policy.options,
     }
-    routing = RoutingSpec(spec.prefill_route, spec.decode_route, options)
+    routing = RoutingSpec(
+        spec.prefill_route,
+        spec.decode_route,
+        options,
+        pinned_clock_options(spec, Phase.PREFILL, clocks),
+        pinned_clock_options(spec, Phase.DECODE, clocks),
+    )
     predictors: dict[str, Any] = {}
     power_models: dict[str, Any] = {}
     simulation = ClusterSimulation(
