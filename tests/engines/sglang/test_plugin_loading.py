@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from typing import Any
+
 import pytest
 import sglang.srt.plugins as sglang_plugins
 from sglang.srt.managers.scheduler import Scheduler
@@ -96,3 +99,36 @@ def test_missing_hook_target_is_named(clean_sglang_hooks: None, monkeypatch: pyt
     assert "has no Scheduler.process_batch_result to hook" in plugin.sglang_problem()
     monkeypatch.undo()
     assert plugin.sglang_problem() == ""
+
+
+def _child_loads_plugins(results: Any) -> None:
+    """What an SGLang scheduler process does first (``run_scheduler_process`` -> ``load_plugins``)."""
+    import sglang.srt.plugins as plugins_in_child
+    from sglang.srt.managers.scheduler import Scheduler as ChildScheduler
+    from sglang.srt.plugins.hook_registry import HookRegistry as ChildRegistry
+
+    plugins_in_child.load_plugins()
+    results.put(
+        {
+            "run_batch_wrapped": hasattr(ChildScheduler.__dict__["run_batch"], "__wrapped__"),
+            "process_wrapped": hasattr(ChildScheduler.__dict__["process_batch_result"], "__wrapped__"),
+            "patched": sorted(ChildRegistry._patched),
+        }
+    )
+
+
+@pytest.mark.slow
+def test_a_spawned_child_process_gets_the_scheduler_hooks_but_no_http_hook(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("VOLTANA_ENABLED", "1")
+    context = multiprocessing.get_context("spawn")  # how SGLang starts its scheduler processes
+    results = context.Queue()
+    child = context.Process(target=_child_loads_plugins, args=(results,))
+    child.start()
+    try:
+        outcome = results.get(timeout=240)
+    finally:
+        child.join(30)
+    assert outcome["run_batch_wrapped"] and outcome["process_wrapped"]
+    assert outcome["patched"] == sorted([binding.RUN_BATCH_TARGET, binding.PROCESS_RESULT_TARGET])
