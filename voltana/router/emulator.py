@@ -444,6 +444,8 @@ class EmulatedInstance:
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
         if not isinstance(max_tokens, int) or max_tokens < 1:
             return self._error(400, "max_tokens must be a positive integer")
+        if self.role == "prefill":
+            max_tokens = 1  # a disaggregated prefill server computes the prompt and samples one token
         if prompt_tokens + max_tokens > self.max_model_len:
             return self._error(
                 400, f"prompt ({prompt_tokens}) + max_tokens ({max_tokens}) > {self.max_model_len}"

@@ -16,6 +16,7 @@ request is ever lost silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -217,23 +218,23 @@ class Proxy:
         prefill_body, decode_body = sglang_bodies(ex.parsed.body, prefill, secrets.randbits(63))
         prefill_task = asyncio.create_task(self._call_json(ex, prefill, prefill_body))
         decode_task = asyncio.create_task(self._decode(ex, decode, decode_body))
+        pending: set[asyncio.Task[Any]] = {prefill_task, decode_task}
         try:
-            await asyncio.wait((prefill_task, decode_task), return_when=asyncio.FIRST_EXCEPTION)
+            while decode_task in pending:  # until decode answers (streaming: its first event) or one fails
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if prefill_task.done() and prefill_task.exception() is not None:
+                    await _cancel(decode_task, self._discard)
+                    raise prefill_task.exception()  # type: ignore[misc]
         except asyncio.CancelledError:
             prefill_task.cancel()
             decode_task.cancel()
             raise
-        if prefill_task.done() and prefill_task.exception() is not None:
-            await _cancel(decode_task, self._discard)
-            raise prefill_task.exception()  # type: ignore[misc]
         if decode_task.exception() is not None:
             prefill_task.cancel()
             raise decode_task.exception()  # type: ignore[misc]
         result = decode_task.result()
-        if prefill_task.done():
-            _ = prefill_task.result()
-        else:
-            result.prefill_task = prefill_task
+        if not prefill_task.done():
+            result.prefill_task = prefill_task  # settled (or cancelled) when the answer is over
         return result
 
     async def _discard(self, result: DecodeResult) -> None:
@@ -381,11 +382,11 @@ class Proxy:
             result.span.end()
         if result.prefill_task is not None:
             task = result.prefill_task
-            if not task.done():
-                try:
+            if not task.done() and result.complete:  # its answer is due: give it a moment
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(task), timeout=5.0)
-                except (TimeoutError, asyncio.CancelledError):
-                    task.cancel()
+            if not task.done():
+                task.cancel()  # client gone or stream broken: stop the prefill too
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.info("SGLang prefill finished with an error after decode: %s", task.exception())
 

@@ -4,6 +4,7 @@ request answered exactly once, correctly, none lost, none duplicated."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 
 import httpx
@@ -75,7 +76,7 @@ def test_bounded_load_no_request_lost_or_duplicated(make_cluster, make_router, b
                     )
                 if body["stream"]:
                     text = "".join(
-                        __import__("json").loads(line[6:])["choices"][0]["text"]
+                        json.loads(line[6:])["choices"][0]["text"]
                         for line in response.text.splitlines()
                         if line.startswith("data: {")
                     )

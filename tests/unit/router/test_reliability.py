@@ -136,9 +136,11 @@ def test_timeout_is_bounded_and_reported(make_cluster, make_router, client) -> N
     assert answer.status_code == 502 and "timed out" in answer.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_client_disconnect_cancels_engine_work(make_cluster, make_router, stream) -> None:
-    cluster = make_cluster("vllm", 1, 1, time_scale=1.0)
+@pytest.mark.parametrize(
+    ("protocol", "stream"), [("vllm", False), ("vllm", True), ("sglang", False), ("sglang", True)]
+)
+def test_client_disconnect_cancels_engine_work(make_cluster, make_router, protocol, stream) -> None:
+    cluster = make_cluster(protocol, 1, 1, time_scale=1.0)
     router = make_router(cluster)
     decode = cluster.decode[0]
     body = {"model": MODEL, "prompt": "abandon me", "max_tokens": 2000, "stream": stream}
