@@ -8,13 +8,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
 import uvicorn
 from sglang.srt.disaggregation.utils import DisaggregationMode
 
-from tests.engines.sglang.sglang_objects import decode_batch, make_req, scheduler_shell
+from tests.engines.sglang.sglang_objects import decode_batch, extend_batch, make_req, scheduler_shell
 from voltana.adapters.sglang import binding, plugin, state
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import Phase
@@ -184,3 +186,32 @@ def test_placement_comes_from_sglangs_runtime_context() -> None:
     assert binding.placement_of(scheduler).tp_rank == -1
     scheduler.server_args.tp_size = 1
     assert binding.placement_of(scheduler).is_leader
+
+
+def test_driver_refusal_on_the_plugin_path_gives_one_message_and_monitor_only(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, voltana_errors: Any
+) -> None:
+    from voltana.hardware.errors import NoPermissionError
+    from voltana.hardware.simulated import SimulatedGpu
+
+    monkeypatch.setenv("VOLTANA_HARDWARE__VENDOR", "simulated")
+    refuse = NoPermissionError("locking clocks needs root or CAP_SYS_ADMIN")
+    with mock.patch.object(SimulatedGpu, "lock_clock_mhz", autospec=True, side_effect=refuse):
+        scheduler = scheduler_shell(DisaggregationMode.PREFILL, port=31235)
+        made = plugin.make_binding(VoltanaConfig(enabled=True, policy={"clock": "static-min"}), scheduler)
+        assert made is not None
+        try:
+            for i in range(3):
+                batch = extend_batch([make_req(f"p{i}", 64)])
+                made.before(scheduler, batch)
+                result = object()
+                made.launched(result)
+                made.runtime._applier.wait_applied(2.0)
+                made.processed(scheduler, batch, result, [f"p{i}"])
+            status = made.runtime.status()
+            assert status.monitor_only and "CAP_SYS_ADMIN" in status.monitor_only_reason
+            assert status.iterations == 3  # still measured
+            [error] = voltana_errors()
+            assert "CAP_SYS_ADMIN" in error.getMessage()
+        finally:
+            made.runtime.close()
