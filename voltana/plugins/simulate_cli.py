@@ -128,12 +128,11 @@ def simulate(
 
         else:
             trace = load_workload(workload)
-            if duration is not None:
-                trace = trace.truncated(duration)
             sweep_rates = _parse_rates(rates) if rates else [rate or round(trace.rate_rps, 3)]
 
             def workload_at(r: float) -> Workload:
-                return trace.at_rate(r)
+                replayed = trace.at_rate(r)
+                return replayed.truncated(duration) if duration is not None else replayed
 
         probe = workload_at(sweep_rates[0])
         allowed = allowed_clocks_mhz(config, perf)
