@@ -18,6 +18,7 @@ from sglang.srt.disaggregation.utils import DisaggregationMode
 
 from tests.engines.sglang.sglang_objects import decode_batch, extend_batch, make_req, scheduler_shell
 from voltana.adapters.sglang import binding, plugin, state
+from voltana.adapters.sglang.snapshot import snapshot_from_batch
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import Phase
 
@@ -215,3 +216,21 @@ def test_driver_refusal_on_the_plugin_path_gives_one_message_and_monitor_only(
             assert "CAP_SYS_ADMIN" in error.getMessage()
         finally:
             made.runtime.close()
+
+
+def test_configured_role_overrides_sglangs_mode(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOLTANA_HARDWARE__VENDOR", "simulated")
+    scheduler = scheduler_shell(DisaggregationMode.NULL, port=31236)
+    made = plugin.make_binding(VoltanaConfig(enabled=True, engine={"role": "decode"}), scheduler)
+    assert made is not None
+    try:
+        assert made.runtime.phase is Phase.DECODE and made.disaggregation_mode == "decode"
+        snap = snapshot_from_batch(
+            extend_batch([make_req("x", 32)]),
+            scheduler,
+            disaggregation_mode=made.disaggregation_mode,
+            now_s=0.0,
+        )
+        assert snap is not None and snap.phase is Phase.DECODE
+    finally:
+        made.runtime.close()

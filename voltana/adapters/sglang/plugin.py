@@ -101,6 +101,8 @@ def make_binding(config: VoltanaConfig, scheduler: Any) -> SchedulerBinding | No
     if not placement.is_leader:
         return None
     mode = disaggregation_mode_of(scheduler)
+    if config.engine.role != "auto":  # the configured role wins over SGLang's mode, for snapshots too
+        mode = "null" if config.engine.role == "mixed" else config.engine.role
     if not config.hardware.device_indices:
         hardware = config.hardware.model_copy(update={"device_indices": placement.instance_gpu_ids})
         config = config.model_copy(update={"hardware": hardware})
