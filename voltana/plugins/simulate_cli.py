@@ -181,20 +181,18 @@ def simulate(
     if as_json:
         print(json.dumps(sweep_json(points, meta), indent=2))
         return
-    console.print(
+    # Piped output (logs, CI) gets a fixed width so that the tables are not cut at 80 columns.
+    out = console if console.is_terminal else Console(width=120)
+    out.print(
         f"[bold]{perf.name}[/]: {prefill}P+{decode}D, SLO TTFT {setup.slo.ttft_s * 1e3:g} ms / "
         f"ITL {setup.slo.itl_s * 1e3:g} ms, clocks {allowed[0]}..{allowed[-1]} MHz, workload {workload}"
     )
     for point in points:
-        console.print(
-            policy_table(point, setup.slo, f"{point.rate_rps:g} req/s ({probe.name.split(' (')[0]})")
-        )
-        console.print(residency_table(point))
-    console.print(
-        "[dim]saving: energy vs static-max; SLO att.: share of requests meeting TTFT and mean ITL.[/]"
-    )
+        out.print(policy_table(point, setup.slo, f"{point.rate_rps:g} req/s ({probe.name.split(' (')[0]})"))
+        out.print(residency_table(point))
+    out.print("[dim]saving: energy vs static-max; SLO att.: share of requests meeting TTFT and mean ITL.[/]")
     if plot is not None:
-        console.print(f"plot written to {plot}")
+        out.print(f"plot written to {plot}")
 
 
 def _check_policies(names: list[str]) -> None:
