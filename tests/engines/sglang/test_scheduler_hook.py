@@ -65,6 +65,8 @@ class Engine:
     recorder: Recorder
     gpu: SimulatedGpu | None = None
     runtimes: list[InstanceRuntime] = field(default_factory=list)
+    appliers: list[ClockApplier] = field(default_factory=list)
+    controllers: list[Any] = field(default_factory=list)
 
 
 def forward_stub(
@@ -110,16 +112,20 @@ def bind_simulated(engine: Engine, config: VoltanaConfig, gpu: SimulatedGpu | No
         phase = binding.runtime_phase(config, mode)
         assert phase is not None
         hook = get_plugin_manager().hook
+        controller = build_controller(config, phase, "127.0.0.1:30000", model, hook)
+        applier = ClockApplier(GpuGroup([engine.gpu]))
         runtime = InstanceRuntime(
             instance_id="127.0.0.1:30000",
             phase=phase,
             hook=hook,
-            controllers={phase: build_controller(config, phase, "127.0.0.1:30000", model, hook)},
+            controllers={phase: controller},
             devices=GpuGroup([engine.gpu]),
-            applier=ClockApplier(GpuGroup([engine.gpu])),
+            applier=applier,
             perf_model=model,
         )
         engine.runtimes.append(runtime)
+        engine.appliers.append(applier)
+        engine.controllers.append(controller)
         return SchedulerBinding(runtime, disaggregation_mode=mode, instance_id=runtime.instance_id)
 
     binding.set_binding_factory(factory)
@@ -156,7 +162,7 @@ def test_prefill_iteration_sets_the_clock_and_reports_back(engine: Engine) -> No
     ]
     assert [q.request_id for q in record.snapshot.waiting] == ["later"]
     assert record.decision.clock_mhz == 1005 and record.decision.reason is DecisionReason.STATIC
-    engine.runtimes[0]._applier.wait_applied(2.0)
+    engine.appliers[0].wait_applied(2.0)
     assert engine.gpu is not None and engine.gpu.locked_clock_mhz == 1005
     assert record.latency_s >= FORWARD_S
     # Both prefills completed with this batch: they leave the prefill instance, one token each.
@@ -183,7 +189,7 @@ def test_decode_iterations_pipelined_like_overlap_scheduling(engine: Engine) -> 
     scheduler.process_batch_result(first, r1)
     scheduler.process_batch_result(second, r2)
 
-    allowed = engine.runtimes[0]._controllers[Phase.DECODE].allowed_clocks_mhz
+    allowed = engine.controllers[0].allowed_clocks_mhz
     records = engine.recorder.iterations
     assert [r.snapshot.iteration for r in records] == [1, 2]
     assert [r.snapshot.batch_size for r in records] == [4, 2]
@@ -269,12 +275,12 @@ def test_failing_driver_degrades_to_monitor_only_with_one_message(
     reqs = [make_req("a", 50, output_tokens=1), make_req("b", 70, output_tokens=2)]
     for _ in range(3):
         run_iteration(scheduler, decode_batch(reqs))
-        engine.runtimes[0]._applier.wait_applied(2.0)
+        engine.appliers[0].wait_applied(2.0)
 
     assert len(engine.forwards) == 3 and len(engine.recorder.iterations) == 3
     [error] = voltana_errors()
     assert "monitoring only" in error.getMessage() and "CAP_SYS_ADMIN" in error.getMessage()
-    assert engine.runtimes[0]._applier.monitor_only
+    assert engine.appliers[0].monitor_only
 
 
 def test_unexpected_batch_shape_makes_voltana_pass_through_with_one_message(
