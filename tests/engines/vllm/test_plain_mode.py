@@ -173,9 +173,9 @@ def test_voltana_state_route_for_the_router(plain_servers: dict[str, Any]) -> No
 
 def test_disabled_voltana_has_zero_effect(plain_servers: dict[str, Any]) -> None:
     disabled: VllmServer = plain_servers["disabled"]
+    assert "voltana" not in disabled.log_text().lower()  # (checked before the request below is logged)
     assert "voltana" not in disabled.metrics_text()
     assert httpx.get(disabled.url + "/voltana/state", timeout=30.0).status_code == 404
-    assert "voltana" not in disabled.log_text().lower()
 
 
 def test_trace_lines_are_json_with_measurements(plain_servers: dict[str, Any]) -> None:

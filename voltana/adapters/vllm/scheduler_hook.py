@@ -116,7 +116,7 @@ class VllmSchedulerHook:
         t0 = time.perf_counter()
         try:
             self._finish(scheduler.finished_req_ids)
-            if self._publisher.due():
+            if self._publisher.due() or not scheduler.running:  # throttled, and always when going idle
                 self._publisher.publish(self.state(scheduler))
         except Exception as exc:
             self._break(exc)

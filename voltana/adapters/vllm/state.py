@@ -2,7 +2,7 @@
 
 vLLM's scheduler (where voltana decides) runs in the EngineCore process; ``/metrics`` is served by the API
 server process. The EngineCore side writes a small JSON file per engine (atomically, at most every
-:data:`PUBLISH_INTERVAL_S`); the API server side registers a Prometheus collector that reads those files at
+:data:`PUBLISH_INTERVAL_S`, and whenever the engine goes idle); the API server side registers a Prometheus collector that reads those files at
 scrape time. The directory travels to child processes in ``_VOLTANA_VLLM_STATE_DIR``, set by the first
 process that loads the plugin (the API server, before it spawns the engine).
 
@@ -54,7 +54,7 @@ def state_dir(create: bool = False) -> Path | None:
 
 
 class StatePublisher:
-    """EngineCore side: writes this engine's state file, throttled to :data:`PUBLISH_INTERVAL_S`."""
+    """EngineCore side: writes this engine's state file (the caller throttles with :meth:`due`)."""
 
     def __init__(self, directory: Path | None, engine_index: int) -> None:
         self._path = directory / f"engine-{engine_index}.json" if directory else None
