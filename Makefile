@@ -38,7 +38,8 @@ demo: env
 lint: env
 	$(VENV)/bin/ruff check voltana tests benchmarks
 	$(VENV)/bin/ruff format --check voltana tests benchmarks
-typecheck: env
+# mypy reads the installed vLLM's types, so it runs in the same environment as the vLLM engine tier.
+typecheck: env-engines
 	$(VENV)/bin/mypy voltana
 
 test-unit: env
