@@ -2,9 +2,10 @@
 
 vLLM's scheduler (where voltana decides) runs in the EngineCore process; ``/metrics`` is served by the API
 server process. The EngineCore side writes a small JSON file per engine (atomically, at most every
-:data:`PUBLISH_INTERVAL_S`, and whenever the engine goes idle); the API server side registers a Prometheus collector that reads those files at
-scrape time. The directory travels to child processes in ``_VOLTANA_VLLM_STATE_DIR``, set by the first
-process that loads the plugin (the API server, before it spawns the engine).
+:data:`PUBLISH_INTERVAL_S`, and whenever the engine goes idle); the API server side registers a Prometheus
+collector that reads those files at scrape time. The directory travels to child processes in
+``_VOLTANA_VLLM_STATE_DIR``, set by the first process that loads the plugin (the API server, before it
+spawns the engine).
 
 ``GET /voltana/state`` returns the same as JSON (:func:`state_payload`), the shape the router polls from
 SGLang too. Metrics (one sample per engine, label ``engine`` = data-parallel rank, as vLLM's own):
