@@ -1,0 +1,81 @@
+"""The vLLM adapter's instance state: engine-side files, the /metrics collector and /voltana/state payload."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voltana.adapters.vllm.state import StatePublisher, VoltanaStateCollector, read_states, state_payload
+
+prometheus_client = pytest.importorskip("prometheus_client")
+
+
+def _state(engine: int, clock: int | None, **extra: Any) -> dict[str, Any]:
+    state = {
+        "engine": engine,
+        "instance_id": f"vllm-decode-{engine}-1",
+        "role": "decode",
+        "policy": "ecofreq",
+        "monitor_only": 0,
+        "sm_clock_mhz": clock,
+        "num_requests_running": 3,
+        "num_requests_waiting": 1,
+        "kv_tokens": 900,
+        "kv_capacity_tokens": 4096,
+        "capture_sizes": [1, 2, 4, 8],
+        "iterations": 10,
+        "hook_seconds": 0.002,
+        "updated_at_s": time.time(),
+    }
+    state.update(extra)
+    return state
+
+
+def test_publisher_writes_atomically_and_throttles(tmp_path: Path) -> None:
+    publisher = StatePublisher(tmp_path, engine_index=1)
+    assert publisher.due()
+    publisher.publish(_state(1, 1200))
+    assert not publisher.due()  # within PUBLISH_INTERVAL_S of the last write
+    assert [s["sm_clock_mhz"] for s in read_states(tmp_path)] == [1200]
+    assert [p.name for p in tmp_path.iterdir()] == ["engine-1.json"]  # no temp file left behind
+    assert not StatePublisher(None, 0).due()  # no directory: publishing is off
+
+
+def test_stale_and_broken_files_are_skipped(tmp_path: Path) -> None:
+    (tmp_path / "engine-0.json").write_text(json.dumps(_state(0, 1000, updated_at_s=time.time() - 3600)))
+    (tmp_path / "engine-1.json").write_text("{not json")
+    (tmp_path / "engine-2.json").write_text(json.dumps(_state(2, 1100)))
+    assert [s["engine"] for s in read_states(tmp_path)] == [2]
+
+
+def test_collector_exposes_voltana_metrics(tmp_path: Path) -> None:
+    for engine, clock in ((0, 1410), (1, None)):
+        StatePublisher(tmp_path, engine).publish(_state(engine, clock))
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(VoltanaStateCollector(tmp_path))
+    text = prometheus_client.generate_latest(registry).decode()
+    assert 'voltana:sm_clock_mhz{engine="0"} 1410.0' in text
+    assert 'voltana:sm_clock_mhz{engine="1"}' not in text  # unknown clock: no sample
+    assert 'voltana:kv_tokens{engine="1"} 900.0' in text
+    assert 'voltana:iterations_total{engine="0"} 10.0' in text
+    assert (
+        'voltana:instance_info{capture_sizes="1,2,4,8",engine="0",instance_id="vllm-decode-0-1",'
+        'policy="ecofreq",role="decode"} 1.0'
+    ) in text
+
+
+def test_state_payload_for_the_router(tmp_path: Path) -> None:
+    for engine in (1, 0):
+        StatePublisher(tmp_path, engine).publish(_state(engine, 1005 + engine))
+    payload = state_payload(tmp_path)
+    assert payload["sm_clock_mhz"] == 1005 and payload["capture_sizes"] == [1, 2, 4, 8]
+    assert payload["hook_time_per_iteration_s"] == pytest.approx(0.0002)
+    assert [r["engine"] for r in payload["replicas"]] == [0, 1]
+    empty = tmp_path / "empty"
+    os.mkdir(empty)
+    assert state_payload(empty)["sm_clock_mhz"] is None
