@@ -51,6 +51,7 @@ class InstanceChooser:
         options = dict(options or {})
         if predictors is not None:  # clock-aware policies read these (see voltana.plugins.ecoroute)
             options.setdefault("allowed_clocks_mhz", predictors.clocks_mhz)
+            options.setdefault("idle_power_w", predictors.idle_power_w)
         self.contexts = {
             Phase.PREFILL: RouteContext(
                 prefill_policy, Phase.PREFILL, slo, rng=rng, options=dict(options or {})
@@ -62,6 +63,7 @@ class InstanceChooser:
         if predictors is not None:
             for phase, ctx in self.contexts.items():
                 ctx.predictor = predictors.by_phase.get(phase)
+                ctx.power_model = predictors.energy_by_phase.get(phase)
         self.fallbacks = 0
         self.last_decision_ns = 0
 

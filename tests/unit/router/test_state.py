@@ -213,6 +213,7 @@ def test_clock_aware_routing_gets_predictors_when_seeded() -> None:
         ctx.predictor is seeded.by_phase[Phase.DECODE]
         and ctx.options["allowed_clocks_mhz"] == seeded.clocks_mhz
     )
+    assert ctx.power_model is seeded.energy_by_phase[Phase.DECODE] and ctx.options["idle_power_w"] > 0
     predicted = ctx.predictor.predict_latency_s(decode_snapshot(40, 24000), 1410)
     assert 0.005 < predicted < 0.1  # a 40-request decode step of Llama-3.1-8B on an A100, in seconds
     assert chooser.choose(Phase.DECODE, RouteRequest("r", 200, 100)).instance_id in reg.by_id
