@@ -17,8 +17,10 @@ SGLang too. Metrics (one sample per engine, label ``engine`` = data-parallel ran
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -51,6 +53,7 @@ def state_dir(create: bool = False) -> Path | None:
         return None
     path = tempfile.mkdtemp(prefix="voltana-vllm-")
     os.environ[STATE_DIR_ENV] = path
+    atexit.register(shutil.rmtree, path, True)  # the creating process (the API server) outlives its engines
     return Path(path)
 
 
