@@ -30,6 +30,7 @@ from dataclasses import dataclass
 Row = list[float]
 _MIN_PREDICTION = 1e-9
 _MAX_LOG_RATIO = 0.5
+_MIN_RATIO, _MAX_RATIO = math.exp(-_MAX_LOG_RATIO), math.exp(_MAX_LOG_RATIO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,14 +205,20 @@ class ClockwiseRls:
         return self._ape_sum / n if n else math.nan
 
     def update(self, segment: int, clock_index: int, x0: float, x1: float, y: float) -> bool:
-        """Learn from one measurement ``y`` (target units); returns False when rejected as an outlier."""
-        if not (y > 0.0 and math.isfinite(y)):
+        """Learn from one measurement ``y`` (target units); returns False when rejected as an outlier.
+
+        Never raises on a pathological sample: a non-positive or non-finite ``y``, negative or non-finite
+        features, or a prediction that overflows are rejected without touching the model.
+        """
+        if not (0.0 < y < math.inf and 0.0 <= x0 < math.inf and 0.0 <= x1 < math.inf):
             return False
         s = self.settings
         row = self.rows[segment][clock_index]
         g = self.gains
         t0, t1, t2 = g[0] * row[0] * x0, g[1] * row[1] * x1, g[2] * row[2]
         predicted = max(self.drift * (t0 + t1 + t2), _MIN_PREDICTION)
+        if not predicted < math.inf:  # overflow (absurd features): nothing sane to learn
+            return False
         self._record_error(abs(y - predicted) / y)
         relative = y / predicted - 1.0
         threshold = max(s.outlier_floor, s.outlier_sigmas * self._spread)
@@ -222,8 +229,9 @@ class ClockwiseRls:
         self._outliers_in_row = 0
         self._spread += 0.05 * (min(abs(relative), threshold) - self._spread)
         if s.drift_rate > 0.0:
-            log_ratio = max(-_MAX_LOG_RATIO, min(_MAX_LOG_RATIO, math.log(y / predicted)))
-            self.drift *= math.exp(s.drift_rate * log_ratio)
+            # Clamp the ratio before the log: y / predicted can underflow to 0 for a tiny y.
+            ratio = min(max(y / predicted, _MIN_RATIO), _MAX_RATIO)
+            self.drift *= math.exp(s.drift_rate * math.log(ratio))
         # Shared gains on what the drift left, in relative terms: regressors are the row's own shares.
         unit = 1.0 / max(t0 + t1 + t2, _MIN_PREDICTION)
         target = y / self.drift

@@ -138,3 +138,29 @@ def test_table_shape_must_match_clocks_and_segments() -> None:
         LatencyPredictor(Phase.DECODE, (1005, 1410), (8,), model, 8.0, 100.0)
     with pytest.raises(ValueError, match="ascending"):
         LatencyPredictor(Phase.DECODE, (1410, 1005), (8,), model, 8.0, 100.0)
+
+
+@pytest.mark.parametrize(
+    ("x0", "x1", "measured"),
+    [
+        (1e12, 100.0, 5e-324),  # y / predicted underflows to 0: log(0) raised "math domain error"
+        (math.inf, 100.0, 0.1),  # the prediction overflows: y / inf == 0, same error
+        (math.nan, 100.0, 0.1),  # NaN features used to poison the drift (every prediction NaN)
+        (-5.0, 100.0, 0.1),
+        (100.0, 100.0, 0.0),
+        (100.0, 100.0, -1.0),
+        (100.0, 100.0, math.inf),
+    ],
+)
+def test_pathological_samples_never_raise_or_poison_the_model(x0: float, x1: float, measured: float) -> None:
+    model = single_row((1e-4, 1e-4, 0.03))
+    sane = model.predict(0, 0, 100.0, 100.0)
+    for _ in range(10):  # more than regime_change_after in a row: the path where a sample is finally learnt
+        model.update(0, 0, x0, x1, measured)
+    after = model.predict(0, 0, 100.0, 100.0)
+    assert math.isfinite(after) and after > 0.0
+    assert math.isfinite(model.drift) and all(math.isfinite(g) for g in model.gains)
+    # The model still learns from sane samples afterwards.
+    for _ in range(50):
+        model.update(0, 0, 100.0, 100.0, 2.0 * sane)
+    assert model.predict(0, 0, 100.0, 100.0) == pytest.approx(2.0 * sane, rel=0.05)
