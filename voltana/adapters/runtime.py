@@ -145,6 +145,7 @@ class InstanceRuntime:
             "model_name": model_name,
             "trace": _open_trace(config),
         }
+        _start_telemetry(config)
         try:
             devices = _open_devices(config, hook)
         except Exception as exc:
@@ -270,9 +271,19 @@ class InstanceRuntime:
         return record
 
     def request_finished(
-        self, request_id: str, *, input_tokens: int, output_tokens: int, finish_time_s: float
+        self,
+        request_id: str,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        finish_time_s: float,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> RequestRecord | None:
-        """A request left this instance: emit ``voltana_request_finished`` with its energy; never raises."""
+        """A request left this instance: emit ``voltana_request_finished`` with its energy; never raises.
+
+        ``trace_headers`` are the request's incoming W3C headers (``traceparent``), so telemetry joins this
+        phase's span to the request's trace.
+        """
         account = self._accounts.pop(request_id, None)
         if account is None:
             return None
@@ -288,12 +299,17 @@ class InstanceRuntime:
             energy_j=account.energy_j,
             clock_residency_s=dict(account.clock_residency_s),
             model=self.model_name,
+            trace_headers=dict(trace_headers) if trace_headers else {},
         )
         try:
             self._hook.voltana_request_finished(record=record)
         except Exception as exc:
             log.warning("voltana: a voltana_request_finished plugin failed: %s", _one_line(exc))
         return record
+
+    def forget_request(self, request_id: str) -> None:
+        """Drop a request's accounting without reporting it (it was already reported, or was aborted)."""
+        self._accounts.pop(request_id, None)
 
     def status(self) -> RuntimeStatus:
         """A consistent view of this runtime (cheap: no driver call)."""
@@ -445,6 +461,16 @@ class _NullHook:
 
     def voltana_request_finished(self, record: RequestRecord) -> None:
         return None
+
+
+def _start_telemetry(config: VoltanaConfig) -> None:
+    """Start this process's telemetry from ``[telemetry]``; a failure costs one warning, never serving."""
+    try:
+        from voltana.plugins.telemetry import configure_telemetry
+
+        configure_telemetry(config)
+    except Exception as exc:
+        log.warning("voltana: telemetry is off: %s", _one_line(exc))
 
 
 def _plugin_hook_or_null() -> Any:

@@ -215,3 +215,37 @@ def test_trace_records_every_iteration(tmp_path: Path, recorder: Recorder) -> No
     assert [line["iteration"] for line in lines] == [0, 1, 2]
     assert lines[0]["requests"] == [["r0", 1, 100], ["r1", 1, 300]]
     assert lines[-1]["hook_time_s"] > 0
+
+
+def test_trace_headers_reach_the_request_record_and_forget_drops_the_account(recorder: Recorder) -> None:
+    runtime = InstanceRuntime.start(_config(), Phase.DECODE, "i0")
+    try:
+        runtime.before_iteration(_decode_snapshot(1000.0))
+        runtime.after_iteration()
+        traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        finished = runtime.request_finished(
+            "r0",
+            input_tokens=1,
+            output_tokens=2,
+            finish_time_s=0.0,
+            trace_headers={"traceparent": traceparent},
+        )
+        assert finished is not None and finished.trace_headers == {"traceparent": traceparent}
+        runtime.forget_request("r1")
+        assert runtime.request_finished("r1", input_tokens=1, output_tokens=2, finish_time_s=0.0) is None
+        assert [r.request_id for r in recorder.requests] == ["r0"]
+    finally:
+        runtime.close()
+
+
+def test_runtime_start_configures_telemetry_from_config() -> None:
+    from voltana.plugins.telemetry import active_telemetry, shutdown_telemetry
+
+    shutdown_telemetry()
+    runtime = InstanceRuntime.start(_config(telemetry={"exporter": "console"}), Phase.PREFILL, "p0")
+    try:
+        assert active_telemetry() is not None
+    finally:
+        runtime.close()
+        shutdown_telemetry()
+    assert active_telemetry() is None

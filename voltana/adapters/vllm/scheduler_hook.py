@@ -158,6 +158,7 @@ class VllmSchedulerHook:
                 input_tokens=int(request.num_prompt_tokens),
                 output_tokens=int(request.num_output_tokens),
                 finish_time_s=now_s,
+                trace_headers=getattr(request, "trace_headers", None),
             )
 
     def _break(self, exc: Exception) -> None:
