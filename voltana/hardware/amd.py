@@ -8,7 +8,6 @@ swallows the print and raises :class:`LibraryNotFoundError` starting with "AMD S
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import os
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from voltana.hardware.errors import (
     NoPermissionError,
     NotSupportedError,
     VoltanaHardwareError,
+    vendor_call,
 )
 
 _P = ParamSpec("_P")
@@ -79,19 +79,7 @@ def map_amdsmi_error(exc: Exception, action: str) -> VoltanaHardwareError:
 
 def _amd_call(action: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
     """Decorator: map ``amdsmi.AmdSmiException`` raised inside to voltana's hierarchy."""
-
-    def decorate(func: Callable[_P, _R]) -> Callable[_P, _R]:
-        @functools.wraps(func)
-        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-            amdsmi = load_amdsmi()
-            try:
-                return func(*args, **kwargs)
-            except amdsmi.AmdSmiException as exc:
-                raise map_amdsmi_error(exc, action) from exc
-
-        return wrapper
-
-    return decorate
+    return vendor_call(lambda: load_amdsmi().AmdSmiException, map_amdsmi_error, action)
 
 
 def _to_mhz(value: float) -> int:

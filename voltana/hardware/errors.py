@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
 
 class VoltanaHardwareError(RuntimeError):
     """Base of every hardware-layer error; ``str()`` is one line fit for a user."""
@@ -33,3 +40,28 @@ class DeviceNotFoundError(VoltanaHardwareError):
 
 class UnknownProfileError(ValueError):
     """A simulated GPU or model profile name that is not known; the message lists the known ones."""
+
+
+def vendor_call(
+    vendor_error: Callable[[], type[Exception]],
+    to_voltana: Callable[[Any, str], VoltanaHardwareError],
+    action: str,
+) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorator for driver methods (as in Zeus): the vendor's exception raised inside becomes voltana's.
+
+    ``vendor_error`` returns the vendor library's exception class (it imports the library on first use, so
+    a missing library surfaces as its own error); ``to_voltana(exc, action)`` maps one exception.
+    """
+
+    def decorate(func: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(func)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            error_type = vendor_error()
+            try:
+                return func(*args, **kwargs)
+            except error_type as exc:
+                raise to_voltana(exc, action) from exc
+
+        return wrapper
+
+    return decorate

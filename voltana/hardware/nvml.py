@@ -7,7 +7,6 @@ deprecated and not used. Every vendor error is mapped to voltana's hierarchy wit
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
@@ -28,6 +27,7 @@ from voltana.hardware.errors import (
     NoPermissionError,
     NotSupportedError,
     VoltanaHardwareError,
+    vendor_call,
 )
 
 _P = ParamSpec("_P")
@@ -76,19 +76,7 @@ def map_nvml_error(exc: Exception, action: str) -> VoltanaHardwareError:
 
 def _nvml_call(action: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
     """Decorator: map ``pynvml.NVMLError`` raised inside to voltana's hierarchy."""
-
-    def decorate(func: Callable[_P, _R]) -> Callable[_P, _R]:
-        @functools.wraps(func)
-        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-            pynvml = _import_pynvml()
-            try:
-                return func(*args, **kwargs)
-            except pynvml.NVMLError as exc:
-                raise map_nvml_error(exc, action) from exc
-
-        return wrapper
-
-    return decorate
+    return vendor_call(lambda: _import_pynvml().NVMLError, map_nvml_error, action)
 
 
 _init_lock = threading.Lock()
