@@ -12,6 +12,7 @@ the median and the best round (the cost without interference) of the mean CPU ti
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from voltana.core.types import (
 )
 from voltana.hardware.simulated import performance_model
 from voltana.plugins import DEFAULT_PLUGINS
+from voltana.plugins.ecofreq import state_of
 from voltana.plugins.ecofreq_seed import build_controller
 
 ROUNDS = 101
@@ -90,6 +92,19 @@ def main() -> None:
         name = f"{label} ({controller.decide(snapshot).reason.value})"
         operations[name] = lambda c=controller, s=snapshot: c.decide(s)
         targets[name] = DECISION_TARGET_US
+
+    # Worst case of the arrival-rate estimate: every queued request is new (a burst), so it scans them all.
+    burst = prefill_snapshot(64, 60)
+    arrivals = state_of(prefill.ctx).arrivals
+    assert arrivals is not None
+
+    def decide_after_burst() -> object:
+        arrivals.newest_arrival_s = -math.inf
+        return prefill.decide(burst)
+
+    name = f"decide prefill, 64 queued, all newly arrived ({decide_after_burst().reason.value})"
+    operations[name] = decide_after_burst
+    targets[name] = DECISION_TARGET_US
 
     # Predictor update: alternate two measurements so every call does a real RLS step (no outliers).
     snap = decode_snapshot(64)

@@ -2,13 +2,20 @@
 
 Prefill: the current batch finishes after its predicted latency; every waiting request is then served
 first-come first-served in iterations of at most ``prefill_token_budget`` tokens, each predicted with the same
-per-clock line, and (``plan_for_newcomer``) so is one prompt of the recent mean size arriving now, because
-requests keep arriving while a slow iteration runs. A clock is feasible when every running and queued request
-would get its first token within ``TTFT * (1 - safety_margin)`` of its arrival; among feasible clocks the one
-with the least predicted energy wins. The paper's rule instead jumps to the max clock whenever anything waits.
+per-clock line. Arrivals are foreseen from an online estimate ``lambda`` of the prompt tokens per second
+entering the instance (:class:`voltana.core.arrivals.ArrivalRate`): (``plan_for_newcomer``) a prompt of the
+recent mean size arriving now is served behind the queue together with the ``lambda * t(f)`` tokens expected
+while the current iteration runs, and a clock must sustain the load, ``lambda * (s per token at the full
+budget) <= 1 - safety_margin`` (otherwise the queue grows without bound: overload means the max clock). A
+clock is feasible when every running, queued and foreseen request would get its first token within
+``TTFT * (1 - safety_margin)`` of its arrival. The paper's rule instead jumps to the max clock whenever
+anything waits.
 
-Decode: feasible clocks have predicted ITL <= ``ITL * (1 - safety_margin)``; the least predicted energy wins
-(energy vs clock is U-shaped, so that is not always the lowest feasible clock).
+Decode: feasible clocks have predicted ITL <= ``ITL * (1 - safety_margin)``.
+
+Objective (both phases): among feasible clocks the least predicted energy above idle,
+``E(f) - idle_power_w * t(f)``: an instance draws its idle power whenever it is not computing, so a slower
+iteration only costs what it draws beyond that (``idle_power_w`` 0: total energy, which is U-shaped in f).
 
 Guardrails (``policy.options``): the max clock when the predictor's recent MAPE exceeds ``mape_limit`` or the
 batch lies outside what it has seen; a switch costs ``clock_change_latency_s`` of predicted latency; after a
@@ -23,9 +30,10 @@ from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from itertools import accumulate
-from operator import attrgetter, mul
+from operator import mul
 from typing import Any
 
+from voltana.core.arrivals import ArrivalRate
 from voltana.core.contexts import ClockContext, PolicyInfo
 from voltana.core.hookspecs import hookimpl
 from voltana.core.predictor import ClockTable, features
@@ -33,8 +41,6 @@ from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason, Pha
 
 POLICY_NAME = "ecofreq"
 _STATE_KEY = "ecofreq"
-_prompt_tokens = attrgetter("prompt_tokens")
-_arrival_time_s = attrgetter("arrival_time_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,10 @@ class EcoFreqOptions:
     """Tokens per prefill iteration the engine schedules (vLLM/SGLang chunked-prefill budget)."""
     plan_for_newcomer: bool = True
     """Prefill: also plan for one prompt of the recent mean size arriving now, behind the queue."""
+    idle_power_w: float = 0.0
+    """Power the instance draws when not computing (W, all its GPUs); the objective is energy above it."""
+    arrival_window_s: float = 2.0
+    """Prefill: time constant of the arrival-rate estimate (s); 0 turns arrival awareness off."""
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> EcoFreqOptions:
@@ -71,9 +81,16 @@ class EcoFreqOptions:
                     kind = "true or false" if f.name in _BOOL_OPTIONS else "a number"
                     raise ValueError(f"policy.options.{f.name} must be {kind}, got {raw!r}") from None
         opts = cls(**values)
-        if not 0.0 <= opts.safety_margin < 1.0 or opts.prefill_token_budget < 1 or opts.hysteresis < 0:
+        if (
+            not 0.0 <= opts.safety_margin < 1.0
+            or opts.prefill_token_budget < 1
+            or opts.hysteresis < 0
+            or not opts.idle_power_w >= 0
+            or not opts.arrival_window_s >= 0
+        ):
             raise ValueError(
-                "policy.options: need 0 <= safety_margin < 1, hysteresis >= 0, token budget >= 1"
+                "policy.options: need 0 <= safety_margin < 1, hysteresis >= 0, token budget >= 1, "
+                "idle_power_w >= 0, arrival_window_s >= 0"
             )
         return opts
 
@@ -91,9 +108,18 @@ def _parse_option(name: str, raw: Any) -> bool | int | float:
 
 
 class EcoFreqState:
-    """Per-instance state: parsed options, SLO bounds, the clock currently held, the mean prompt size."""
+    """Per-instance state: parsed options, SLO bounds, the clock currently held, the mean prompt size, the
+    prompt-token arrival rate (``token_rate_tps``: the estimate the last prefill decision used)."""
 
-    __slots__ = ("bound_s", "clock_index", "held_since_s", "opts", "prompt_tokens")
+    __slots__ = (
+        "arrivals",
+        "bound_s",
+        "clock_index",
+        "held_since_s",
+        "opts",
+        "prompt_tokens",
+        "token_rate_tps",
+    )
 
     def __init__(self, ctx: ClockContext) -> None:
         self.opts = EcoFreqOptions.from_mapping(ctx.options)
@@ -101,6 +127,9 @@ class EcoFreqState:
         self.clock_index: int | None = None
         self.held_since_s = -math.inf
         self.prompt_tokens = 0.0
+        window_s = self.opts.arrival_window_s
+        self.arrivals = ArrivalRate(window_s) if window_s > 0 and ctx.phase is Phase.PREFILL else None
+        self.token_rate_tps = 0.0
 
     def note_prompts(self, snapshot: BatchSnapshot) -> None:
         """Track the mean tokens per prefill request (EWMA over iterations, weight 0.1)."""
@@ -138,18 +167,19 @@ def queue_groups(
     ``newcomer_tokens`` adds a virtual prompt of that size arriving now, behind the queue.
     """
     waiting = snapshot.waiting
-    tokens = list(map(_prompt_tokens, waiting))
+    # List comprehensions, not map(attrgetter): attribute access of slotted records is faster inline.
+    tokens = [q.prompt_tokens for q in waiting]
     total = sum(tokens) + max(newcomer_tokens, 0)
     if total == 0:
         return []
     offset = bound_s - snapshot.now_s
     if total <= budget:  # the common case: the whole queue fits in the next iteration
         work = 0.5 * (sum(map(mul, tokens, tokens)) + max(newcomer_tokens, 0) ** 2)
-        first = min(map(_arrival_time_s, waiting)) if waiting else snapshot.now_s
+        first = min([q.arrival_time_s for q in waiting]) if waiting else snapshot.now_s
         if newcomer_tokens > 0 and snapshot.now_s < first:
             first = snapshot.now_s
         return [(1, total, work, first + offset)]
-    arrivals = list(map(_arrival_time_s, waiting))
+    arrivals = [q.arrival_time_s for q in waiting]
     if newcomer_tokens > 0:
         tokens.append(newcomer_tokens)
         arrivals.append(snapshot.now_s)
@@ -195,14 +225,18 @@ def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
     has_batch = bool(snapshot.requests)
     latency = predictor.values(x0, x1) if has_batch else [0.0] * len(clocks)
     energy_model: ClockTable | None = ctx.power_model
-    if energy_model is not None and has_batch:
-        energy = energy_model.values(x0, x1)
-    elif energy_model is not None:
-        b = float(opts.prefill_token_budget)
-        energy = energy_model.values(b, 0.5 * b * b)
-    else:
+    report: list[float] | None = None
+    if energy_model is None:
         energy = [float(i) for i in range(len(clocks))]  # no energy model: rank lower clocks first
-    report = energy if energy_model is not None else None
+    else:
+        if not has_batch:  # only a queue: rank clocks by a full-budget iteration
+            x0 = float(opts.prefill_token_budget)
+            x1 = 0.5 * x0 * x0
+        energy = report = energy_model.values(x0, x1)
+        idle_w = opts.idle_power_w
+        if idle_w > 0.0:
+            busy_s = latency if has_batch else predictor.values(x0, x1)
+            energy = [e - idle_w * t for e, t in zip(report, busy_s, strict=True)]
     held = st.clock_index
     change_s = opts.clock_change_latency_s
 
@@ -230,7 +264,7 @@ def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
         )
     if held is not None and held != chosen and check(held) == 0:
         dwelling = snapshot.now_s - st.held_since_s < opts.min_dwell_s
-        small_gain = energy[chosen] >= energy[held] * (1.0 - opts.hysteresis)
+        small_gain = energy[held] - energy[chosen] <= abs(energy[held]) * opts.hysteresis
         if dwelling or small_gain:
             return _decision(clocks, held, DecisionReason.HYSTERESIS, latency, report)
     if chosen == order[0]:
@@ -247,19 +281,27 @@ def _prefill_checker(
     latency: list[float],
     has_batch: bool,
 ) -> Callable[[int], int]:
-    """A feasibility test per clock index: 0 feasible, 1 the batch misses TTFT, 2 a queued request does."""
+    """A feasibility test per clock index: 0 feasible, 1 the batch misses TTFT, 2 a queued or foreseen request
+    does (or the clock cannot sustain the arrival rate)."""
     opts = st.opts
     held = st.clock_index
     change_s = opts.clock_change_latency_s
     budget = opts.prefill_token_budget
     if has_batch:
         st.note_prompts(snapshot)
-        oldest = min(map(_arrival_time_s, snapshot.requests))
+        oldest = min([r.arrival_time_s for r in snapshot.requests])
         batch_slack = oldest + st.bound_s - snapshot.now_s
     else:
         batch_slack = math.inf
+    rate = st.token_rate_tps = st.arrivals.update(snapshot) if st.arrivals is not None else 0.0
+    groups = queue_groups(snapshot, budget, st.bound_s)
+    queued_tokens, queued_work = (groups[-1][1], groups[-1][2]) if groups else (0, 0.0)
     newcomer = round(st.prompt_tokens) if opts.plan_for_newcomer else 0
-    groups = queue_groups(snapshot, budget, st.bound_s, newcomer)
+    newcomer_work = 0.5 * newcomer * newcomer
+    # Sustainable load: a full-budget iteration of mean-size prompts must take <= max_load * budget / rate.
+    full_work = 0.5 * budget * max(st.prompt_tokens, 1.0)
+    max_load = 1.0 - opts.safety_margin
+    bound = st.bound_s
     rows = predictor.model.rows[predictor.segment_of(float(budget))]
     d = predictor.model.drift
     g0, g1, g2 = (d * g for g in predictor.model.gains)
@@ -268,11 +310,19 @@ def _prefill_checker(
         done = latency[k] + (change_s if k != held else 0.0)
         if done > batch_slack:
             return 1
-        if groups:
+        if groups or newcomer or rate > 0.0:
             r0, r1, r2 = rows[k]
             c0, c1, c2 = g0 * r0, g1 * r1, g2 * r2  # the row's effective line, as in effective_row()
             for m, tokens, work, deadline in groups:
                 if done + c0 * tokens + c1 * work + c2 * m > deadline:
+                    return 2
+            if rate * (c0 * budget + c1 * full_work + c2) > max_load * budget:
+                return 2
+            if newcomer:  # arriving now, served behind the queue with what arrives while this iteration runs
+                expected = rate * done
+                ahead = queued_tokens + newcomer + expected
+                ahead_work = queued_work + newcomer_work + 0.5 * expected * st.prompt_tokens
+                if done + c0 * ahead + c1 * ahead_work + c2 * math.ceil(ahead / budget) > bound:
                     return 2
         return 0
 

@@ -172,7 +172,8 @@ def build_controller(
     supported_clocks_mhz: Sequence[int] | None = None,
 ) -> FrequencyController:
     """A controller for one instance: clocks from config (within the device's or model's supported clocks),
-    predictors seeded from ``config.engine.predictor_profile`` or else from the simulated ``model``.
+    predictors seeded from ``config.engine.predictor_profile`` or else from the simulated ``model``, whose
+    idle power becomes ``policy.options.idle_power_w`` unless config sets it.
 
     Raises ValueError (or ``ProfileError``) with one line when neither seed is available or clocks are bad.
     """
@@ -196,6 +197,9 @@ def build_controller(
             raise ValueError("no predictor seed: set engine.predictor_profile (see `voltana profile`)")
         profile = profile_from_model(model, clocks)
     predictor, energy = seeded_predictors(profile, phase, clocks)
+    options = dict(config.policy.options)
+    if model is not None:  # EcoFreq's objective is energy above idle: the simulated GPU knows its idle power
+        options.setdefault("idle_power_w", float(model.idle_power_w()))
     return FrequencyController(
         instance_id=instance_id,
         phase=phase,
@@ -205,7 +209,7 @@ def build_controller(
         hook=hook,
         predictor=predictor,
         power_model=energy,
-        options=config.policy.options,
+        options=options,
         safety_margin=config.policy.safety_margin,
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from ecofreq_helpers import SLO, controller, default_clocks, next_prefill_iteration, run_prefill
+from ecofreq_helpers import SLO, a100, controller, default_clocks, next_prefill_iteration, run_prefill
 
 from voltana.core.types import ClockDecision, DecisionReason, Phase
 
@@ -72,8 +72,10 @@ def test_poisson_arrivals_at_moderate_load_meet_ttft_as_often_as_the_paper_with_
     for i in range(300):
         arrival += rng.expovariate(4.0)
         prompts.append((f"r{i}", int(min(8000, rng.lognormvariate(6.8, 0.8))), arrival))
+    # run_prefill charges idle power while the GPU waits: EcoFreq knows it (as build_controller tells it).
+    idle_aware = controller(Phase.PREFILL, options={"idle_power_w": a100().idle_power_w()})
     runs = {
-        "ecofreq": run_prefill(prompts, controller(Phase.PREFILL), 0.0, 8192),
+        "ecofreq": run_prefill(prompts, idle_aware, 0.0, 8192),
         "voltana-paper": run_prefill(prompts, controller(Phase.PREFILL, "voltana-paper"), 0.0, 8192),
         "static-max": run_prefill(prompts, default_clocks()[-1], 0.0, 8192),
     }
