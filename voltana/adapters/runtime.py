@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from voltana.core.attribution import attribute_energy
+from voltana.core.attribution import energy_shares
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import (
     BatchSnapshot,
@@ -32,14 +32,24 @@ log = logging.getLogger("voltana.runtime")
 MONITOR_ONLY_POLICY = "monitor-only"
 
 
+_ClockTotals = dict[int, tuple[float, int]]
+"""Per clock (MHz): (seconds, iterations) run at it since the runtime started, summed over iterations."""
+
+
 @dataclass(slots=True)
 class _RequestAccount:
-    """Energy and clock residency accumulated for one request while it runs on this instance."""
+    """Energy and clock residency accumulated for one request while it runs on this instance.
+
+    Residency is settled per segment (a run of consecutive iterations the request is in): ``segment_start``
+    holds the instance's clock totals when the open segment began (None when none is open), and the
+    segment's residency is the difference of the totals when it closes, added to ``clock_residency_s``.
+    """
 
     arrival_time_s: float
     energy_j: float = 0.0
     first_token_time_s: float | None = None
     clock_residency_s: dict[int, float] = field(default_factory=dict)
+    segment_start: _ClockTotals | None = None
 
 
 @dataclass(slots=True)
@@ -108,6 +118,8 @@ class InstanceRuntime:
         self._monitor_only_reason = monitor_only_reason
         self._pending: deque[_Pending] = deque()
         self._accounts: dict[str, _RequestAccount] = {}
+        self._running: set[str] = set()  # requests of the last closed iteration: their segments are open
+        self._clock_totals: _ClockTotals = {}
         self._last_end_s = 0.0
         self._iterations = 0
         self._hook_time_s = 0.0
@@ -287,6 +299,9 @@ class InstanceRuntime:
         account = self._accounts.pop(request_id, None)
         if account is None:
             return None
+        if request_id in self._running:
+            self._running.discard(request_id)
+            self._close_segment(account)
         record = RequestRecord(
             request_id=request_id,
             phase=self.phase or (Phase.DECODE if output_tokens > 1 else Phase.PREFILL),
@@ -297,7 +312,7 @@ class InstanceRuntime:
             first_token_time_s=account.first_token_time_s,
             finish_time_s=finish_time_s,
             energy_j=account.energy_j,
-            clock_residency_s=dict(account.clock_residency_s),
+            clock_residency_s=account.clock_residency_s,  # the account is gone: hand its dict over
             model=self.model_name,
             trace_headers=dict(trace_headers) if trace_headers else {},
         )
@@ -310,6 +325,7 @@ class InstanceRuntime:
     def forget_request(self, request_id: str) -> None:
         """Drop a request's accounting without reporting it (it was already reported, or was aborted)."""
         self._accounts.pop(request_id, None)
+        self._running.discard(request_id)
 
     def status(self) -> RuntimeStatus:
         """A consistent view of this runtime (cheap: no driver call)."""
@@ -400,24 +416,57 @@ class InstanceRuntime:
         return energy_j
 
     def _account(self, record: IterationRecord, first_token_request_ids: Iterable[str]) -> None:
-        """Add this iteration's energy share and time at its clock to each request (O(batch size))."""
+        """Add this iteration's energy share to each request, and its time at its clock to the instance.
+
+        O(batch size) with a small constant: shares come from :func:`energy_shares` (vectorised for large
+        batches); clock residency is summed once per iteration into the instance's clock totals, and a
+        request's residency is settled when its run of consecutive iterations ends (set differences).
+        """
         snapshot = record.snapshot
-        shares = attribute_energy(snapshot, record.energy_j) if record.energy_j is not None else None
-        clock, latency_s, accounts = record.applied_clock_mhz, record.latency_s, self._accounts
-        for request in snapshot.requests:
-            request_id = request.request_id
+        accounts, totals = self._accounts, self._clock_totals
+        request_ids = [request.request_id for request in snapshot.requests]
+        current = set(request_ids)
+        previous = self._running
+        for request_id in previous - current:  # their segments ended with the previous iteration
             account = accounts.get(request_id)
-            if account is None:
-                account = accounts[request_id] = _RequestAccount(request.arrival_time_s)
-            if shares is not None:
-                account.energy_j += shares[request_id]
-            residency = account.clock_residency_s
-            residency[clock] = residency.get(clock, 0.0) + latency_s
+            if account is not None:
+                self._close_segment(account)
+        joined = current - previous
+        if joined:
+            start = dict(totals)  # shared, never mutated: the totals before this iteration
+            requests = snapshot.requests
+            for request_id in joined:
+                account = accounts.get(request_id)
+                if account is None:  # first time here: its arrival time is in the snapshot
+                    arrival_s = requests[request_ids.index(request_id)].arrival_time_s
+                    account = accounts[request_id] = _RequestAccount(arrival_s)
+                account.segment_start = start
+        clock, latency_s = record.applied_clock_mhz, record.latency_s
+        seconds, iterations = totals.get(clock, (0.0, 0))
+        totals[clock] = (seconds + latency_s, iterations + 1)
+        self._running = current
+        if record.energy_j is not None and request_ids:
+            for request_id, share_j in zip(
+                request_ids, energy_shares(snapshot.requests, record.energy_j), strict=True
+            ):
+                accounts[request_id].energy_j += share_j
         end_s = record.start_time_s + latency_s
         for request_id in first_token_request_ids:
             account = accounts.get(request_id)
             if account is not None and account.first_token_time_s is None:
                 account.first_token_time_s = end_s
+
+    def _close_segment(self, account: _RequestAccount) -> None:
+        """Add the clock totals accrued since ``account``'s open segment began to its residency (s)."""
+        start = account.segment_start
+        if start is None:
+            return
+        account.segment_start = None
+        residency = account.clock_residency_s
+        for clock, (seconds, iterations) in self._clock_totals.items():
+            start_s, start_iterations = start.get(clock, (0.0, 0))
+            if iterations > start_iterations:
+                residency[clock] = residency.get(clock, 0.0) + (seconds - start_s)
 
     def _applier_gave_up(self, reason: str) -> None:
         """The applier hit a driver error and logged it: record monitor-only without a second log line."""
