@@ -81,3 +81,15 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     bad_knob = VoltanaConfig(policy={"options": {"hysteresis": "lots"}})
     with pytest.raises(ValueError, match=r"policy\.options\.hysteresis"):
         build_controller(bad_knob, Phase.DECODE, "d0", a100(), plugin_hook())
+    negative = VoltanaConfig(policy={"options": {"idle_power_w": -5}})
+    with pytest.raises(ValueError, match="idle_power_w >= 0"):
+        build_controller(negative, Phase.PREFILL, "p0", a100(), plugin_hook())
+
+
+def test_the_simulated_gpu_tells_ecofreq_its_idle_power_unless_config_does() -> None:
+    ctl = build_controller(VoltanaConfig(), Phase.DECODE, "d0", a100(), plugin_hook())
+    assert ctl.ctx.options["idle_power_w"] == a100().idle_power_w()
+    own = VoltanaConfig(policy={"options": {"idle_power_w": 40.0}})
+    assert (
+        build_controller(own, Phase.DECODE, "d0", a100(), plugin_hook()).ctx.options["idle_power_w"] == 40.0
+    )
