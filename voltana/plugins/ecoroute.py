@@ -29,7 +29,7 @@ from typing import Any
 from voltana.core.contexts import PolicyInfo, RouteContext
 from voltana.core.hookspecs import hookimpl
 from voltana.core.types import BatchSnapshot, InstanceState, Phase, RouteRequest, ScheduledRequest
-from voltana.plugins.routing import healthy, model_for, predictor_for
+from voltana.plugins.routing import Chooser, dispatch, model_for, predictor_for
 
 ECOROUTE_POLICIES = ("ecoroute", "ecoroute-paper")
 PAPER_TILE_REQUESTS = 128
@@ -158,7 +158,7 @@ def choose_ecoroute(request: RouteRequest, candidates: list[InstanceState], ctx:
     return min(fitting, key=key).instance_id
 
 
-CHOOSERS: dict[str, Callable[[RouteRequest, list[InstanceState], RouteContext], str]] = {
+CHOOSERS: dict[str, Chooser] = {
     "ecoroute": choose_ecoroute,
     "ecoroute-paper": choose_ecoroute_paper,
 }
@@ -168,10 +168,7 @@ CHOOSERS: dict[str, Callable[[RouteRequest, list[InstanceState], RouteContext], 
 def voltana_choose_instance(
     request: RouteRequest, candidates: Sequence[InstanceState], ctx: RouteContext
 ) -> str | None:
-    chooser = CHOOSERS.get(ctx.policy)
-    if chooser is None or not candidates:
-        return None
-    return chooser(request, healthy(candidates), ctx)
+    return dispatch(CHOOSERS, request, candidates, ctx)
 
 
 @hookimpl

@@ -95,7 +95,24 @@ def choose_predicted_ttft(request: RouteRequest, candidates: list[InstanceState]
     return min(candidates, key=lambda s: (predicted_ttft_s(s, request, ctx), *_load_key(s))).instance_id
 
 
-CHOOSERS: dict[str, Callable[[RouteRequest, list[InstanceState], RouteContext], str]] = {
+Chooser = Callable[[RouteRequest, list[InstanceState], RouteContext], str]
+"""A routing policy: picks the ``instance_id`` for a request among healthy candidates (never empty)."""
+
+
+def dispatch(
+    choosers: Mapping[str, Chooser],
+    request: RouteRequest,
+    candidates: Sequence[InstanceState],
+    ctx: RouteContext,
+) -> str | None:
+    """Run the chooser ``ctx.policy`` names, if this plugin has it (the first-result hook contract)."""
+    chooser = choosers.get(ctx.policy)
+    if chooser is None or not candidates:
+        return None
+    return chooser(request, healthy(candidates), ctx)
+
+
+CHOOSERS: dict[str, Chooser] = {
     "random": choose_random,
     "round-robin": choose_round_robin,
     "least-loaded": choose_least_loaded,
@@ -107,10 +124,7 @@ CHOOSERS: dict[str, Callable[[RouteRequest, list[InstanceState], RouteContext], 
 def voltana_choose_instance(
     request: RouteRequest, candidates: Sequence[InstanceState], ctx: RouteContext
 ) -> str | None:
-    chooser = CHOOSERS.get(ctx.policy)
-    if chooser is None or not candidates:
-        return None
-    return chooser(request, healthy(candidates), ctx)
+    return dispatch(CHOOSERS, request, candidates, ctx)
 
 
 @hookimpl
