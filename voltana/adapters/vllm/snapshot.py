@@ -13,8 +13,7 @@ Read right after ``Scheduler.schedule()`` returns, before the forward is dispatc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from voltana.core.types import BatchSnapshot, Phase, QueuedRequest, ScheduledRequest
@@ -22,48 +21,40 @@ from voltana.core.types import BatchSnapshot, Phase, QueuedRequest, ScheduledReq
 MAX_WAITING_IN_SNAPSHOT = 256
 """Longest waiting queue copied into a snapshot (oldest first), bounding the hot path's cost."""
 
-
-@dataclass(frozen=True, slots=True)
-class ScheduledStep:
-    """One request's share of a step, straight from the scheduler output."""
-
-    request_id: str
-    num_tokens: int
-    num_computed_before: int
-    is_new: bool
+QUEUED_ATTR = "_voltana_queued"
+"""Attribute of a vLLM ``Request`` holding its last ``QueuedRequest`` (reused while unchanged)."""
 
 
-def scheduled_steps(scheduler_output: Any) -> Iterator[ScheduledStep]:
-    """Every request of a ``SchedulerOutput``: new ones first, then continuing ones, in vLLM's order."""
+def scheduled_tokens(scheduler_output: Any) -> Iterator[tuple[str, int, int]]:
+    """(request id, tokens to compute, tokens computed before) of every request of a ``SchedulerOutput``:
+    new ones first, then continuing ones, in vLLM's order. Plain tuples: this runs per request per step."""
     counts: Mapping[str, int] = scheduler_output.num_scheduled_tokens
     for new in scheduler_output.scheduled_new_reqs:
-        yield ScheduledStep(new.req_id, counts.get(new.req_id, 0), new.num_computed_tokens, True)
+        yield new.req_id, counts.get(new.req_id, 0), new.num_computed_tokens
     cached = scheduler_output.scheduled_cached_reqs
     for req_id, computed in zip(cached.req_ids, cached.num_computed_tokens, strict=True):
-        yield ScheduledStep(req_id, counts.get(req_id, 0), computed, False)
-
-
-def batch_phase(role: Phase | None, steps: Iterable[ScheduledStep], requests: Mapping[str, Any]) -> Phase:
-    """The phase of one iteration: the instance's role, or for a mixed instance PREFILL if any request still
-    computes prompt tokens this step (its latency delays a first token) and DECODE otherwise."""
-    if role is not None:
-        return role
-    for step in steps:
-        request = requests.get(step.request_id)
-        if request is not None and step.num_computed_before < request.num_prompt_tokens:
-            return Phase.PREFILL
-    return Phase.DECODE
+        yield req_id, counts.get(req_id, 0), computed
 
 
 def waiting_queue(scheduler: Any, limit: int = MAX_WAITING_IN_SNAPSHOT) -> tuple[QueuedRequest, ...]:
-    """Requests still waiting after this step (up to ``limit``): prompt tokens left and arrival time."""
+    """Requests still waiting after this step (up to ``limit``): prompt tokens left and arrival time.
+
+    Each ``QueuedRequest`` is kept on its vLLM ``Request`` and reused while its numbers stay the same: the
+    queue changes little between steps, and building frozen dataclasses is what costs here.
+    """
     queued: list[QueuedRequest] = []
     for queue in (getattr(scheduler, "kv_holding_waiting", ()), scheduler.waiting):
         for request in queue:
             if len(queued) >= limit:
                 return tuple(queued)
             left = max(0, request.num_tokens - request.num_computed_tokens)
-            queued.append(QueuedRequest(request.request_id, left, request.arrival_time))
+            attributes = getattr(request, "__dict__", None)
+            cached = attributes.get(QUEUED_ATTR) if attributes is not None else None
+            if cached is None or cached.prompt_tokens != left or cached.request_id != request.request_id:
+                cached = QueuedRequest(request.request_id, left, request.arrival_time)
+                if attributes is not None:
+                    attributes[QUEUED_ATTR] = cached
+            queued.append(cached)
     return tuple(queued)
 
 
@@ -77,16 +68,21 @@ def build_snapshot(
 ) -> BatchSnapshot:
     """The snapshot of the step vLLM just scheduled (the module docstring says where each field is from)."""
     requests: Mapping[str, Any] = scheduler.requests
-    steps = list(scheduled_steps(scheduler_output))
-    scheduled = []
-    for step in steps:
-        request = requests.get(step.request_id)
-        arrival_s = request.arrival_time if request is not None else now_s
-        scheduled.append(
-            ScheduledRequest(step.request_id, step.num_tokens, step.num_computed_before, arrival_s)
-        )
+    scheduled: list[ScheduledRequest] = []
+    append = scheduled.append
+    computes_prompt = False  # a mixed instance's step is PREFILL if any request still computes prompt tokens
+    for req_id, tokens, computed_before in scheduled_tokens(scheduler_output):
+        request = requests.get(req_id)
+        if request is None:
+            arrival_s = now_s
+        else:
+            arrival_s = request.arrival_time
+            if role is None and computed_before < request.num_prompt_tokens:
+                computes_prompt = True  # its latency delays a first token
+        append(ScheduledRequest(req_id, tokens, computed_before, arrival_s))
+    phase = role if role is not None else Phase.PREFILL if computes_prompt else Phase.DECODE
     return BatchSnapshot.build(
-        phase=batch_phase(role, steps, requests),
+        phase=phase,
         requests=scheduled,
         now_s=now_s,
         waiting=waiting_queue(scheduler),
