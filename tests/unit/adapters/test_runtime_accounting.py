@@ -90,6 +90,9 @@ def test_request_energy_and_residency_equal_the_per_iteration_rule(records: Reco
     config = VoltanaConfig(enabled=True, hardware={"vendor": "simulated"})  # type: ignore[arg-type]
     runtime = InstanceRuntime.start(config, Phase.DECODE, "c")
     runtime._clock = clock
+    applier, runtime._applier = runtime._applier, None  # applied clock = the decision: deterministic
+    assert applier is not None
+    applier.close()
     try:
         _run_churn(runtime, clock, random.Random(7))
     finally:
