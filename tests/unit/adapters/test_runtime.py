@@ -3,60 +3,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.runtime_records import HookRecorder, StepClock
 from voltana.adapters.iteration_trace import read_trace
 from voltana.adapters.runtime import InstanceRuntime
 from voltana.core.attribution import attribute_energy
 from voltana.core.config import VoltanaConfig
-from voltana.core.hookspecs import hookimpl
 from voltana.core.types import (
     BatchSnapshot,
     DecisionReason,
-    IterationRecord,
     Phase,
-    RequestRecord,
     ScheduledRequest,
 )
 from voltana.plugins import get_plugin_manager
-
-
-class Recorder:
-    """A plugin that keeps what the runtime broadcasts."""
-
-    def __init__(self) -> None:
-        self.iterations: list[IterationRecord] = []
-        self.requests: list[RequestRecord] = []
-
-    @hookimpl
-    def voltana_iteration_finished(self, record: IterationRecord) -> None:
-        self.iterations.append(record)
-
-    @hookimpl
-    def voltana_request_finished(self, record: RequestRecord) -> None:
-        self.requests.append(record)
-
-
-class StepClock:
-    """A perf_counter stand-in the test advances by hand (s)."""
-
-    def __init__(self) -> None:
-        self.now_s = 100.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    pm = get_plugin_manager()
-    plugin = Recorder()
-    pm.register(plugin, name="test-recorder")
-    yield plugin
-    pm.unregister(name="test-recorder")
 
 
 def _config(**overrides: object) -> VoltanaConfig:
@@ -72,7 +34,7 @@ def _decode_snapshot(
     return BatchSnapshot.build(Phase.DECODE, reqs, now_s, iteration=iteration, instance_id="i0")
 
 
-def test_simulated_gpu_iteration_path(recorder: Recorder) -> None:
+def test_simulated_gpu_iteration_path(recorder: HookRecorder) -> None:
     clock = StepClock()
     runtime = InstanceRuntime.start(_config(), Phase.DECODE, "i0")
     runtime._clock = clock  # deterministic latency: the test advances time
@@ -100,7 +62,7 @@ def test_simulated_gpu_iteration_path(recorder: Recorder) -> None:
         runtime.close()
 
 
-def test_per_request_energy_sums_to_iteration_energy(recorder: Recorder) -> None:
+def test_per_request_energy_sums_to_iteration_energy(recorder: HookRecorder) -> None:
     runtime = InstanceRuntime.start(_config(), Phase.DECODE, "i0")
     try:
         total = 0.0
@@ -118,7 +80,7 @@ def test_per_request_energy_sums_to_iteration_energy(recorder: Recorder) -> None
         runtime.close()
 
 
-def test_pipelined_iterations_do_not_double_count_time(recorder: Recorder) -> None:
+def test_pipelined_iterations_do_not_double_count_time(recorder: HookRecorder) -> None:
     clock = StepClock()
     runtime = InstanceRuntime(
         instance_id="i0", phase=Phase.DECODE, hook=get_plugin_manager().hook, clock=clock
@@ -137,7 +99,7 @@ def test_pipelined_iterations_do_not_double_count_time(recorder: Recorder) -> No
 
 
 def test_missing_gpu_library_means_monitor_only_with_one_error(
-    caplog: pytest.LogCaptureFixture, recorder: Recorder
+    caplog: pytest.LogCaptureFixture, recorder: HookRecorder
 ) -> None:
     caplog.set_level(logging.INFO)
     runtime = InstanceRuntime.start(_config(hardware={"vendor": "nvidia"}), Phase.PREFILL, "p0")
@@ -162,7 +124,7 @@ def test_monitor_only_runtime_for_an_invalid_config(caplog: pytest.LogCaptureFix
 
 
 def test_a_failing_hot_path_never_raises_and_degrades_once(
-    caplog: pytest.LogCaptureFixture, recorder: Recorder
+    caplog: pytest.LogCaptureFixture, recorder: HookRecorder
 ) -> None:
     runtime = InstanceRuntime.start(_config(), Phase.DECODE, "i0")
     try:
@@ -184,7 +146,7 @@ def test_a_failing_hot_path_never_raises_and_degrades_once(
         runtime.close()
 
 
-def test_mixed_batch_honours_the_itl_of_its_decode_steps(recorder: Recorder) -> None:
+def test_mixed_batch_honours_the_itl_of_its_decode_steps(recorder: HookRecorder) -> None:
     # A loose TTFT and an impossible ITL: a prefill-only batch may go low, a mixed one must not.
     config = _config(slo={"ttft_s": 1000.0, "itl_s": 1e-9})
     runtime = InstanceRuntime.start(config, None, "m0")
@@ -202,7 +164,7 @@ def test_mixed_batch_honours_the_itl_of_its_decode_steps(recorder: Recorder) -> 
         runtime.close()
 
 
-def test_trace_records_every_iteration(tmp_path: Path, recorder: Recorder) -> None:
+def test_trace_records_every_iteration(tmp_path: Path, recorder: HookRecorder) -> None:
     path = tmp_path / "trace.jsonl"
     runtime = InstanceRuntime.start(_config(engine={"trace_path": str(path)}), Phase.DECODE, "i0")
     try:
@@ -217,7 +179,7 @@ def test_trace_records_every_iteration(tmp_path: Path, recorder: Recorder) -> No
     assert lines[-1]["hook_time_s"] > 0
 
 
-def test_trace_headers_reach_the_request_record_and_forget_drops_the_account(recorder: Recorder) -> None:
+def test_trace_headers_reach_the_request_record_and_forget_drops_the_account(recorder: HookRecorder) -> None:
     runtime = InstanceRuntime.start(_config(), Phase.DECODE, "i0")
     try:
         runtime.before_iteration(_decode_snapshot(1000.0))

@@ -10,51 +10,15 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterator
 
 import pytest
 
+from tests.support.runtime_records import HookRecorder, StepClock
 from voltana.adapters.runtime import InstanceRuntime
 from voltana.core.attribution import NUMPY_FROM_BATCH, attribute_energy
 from voltana.core.config import VoltanaConfig
-from voltana.core.hookspecs import hookimpl
-from voltana.core.types import BatchSnapshot, IterationRecord, Phase, RequestRecord, ScheduledRequest
+from voltana.core.types import BatchSnapshot, Phase, ScheduledRequest
 from voltana.plugins import get_plugin_manager
-
-
-class Records:
-    """Keeps what the runtime broadcasts."""
-
-    def __init__(self) -> None:
-        self.iterations: list[IterationRecord] = []
-        self.requests: list[RequestRecord] = []
-
-    @hookimpl
-    def voltana_iteration_finished(self, record: IterationRecord) -> None:
-        self.iterations.append(record)
-
-    @hookimpl
-    def voltana_request_finished(self, record: RequestRecord) -> None:
-        self.requests.append(record)
-
-
-class StepClock:
-    """A perf_counter stand-in advanced by the test (s)."""
-
-    def __init__(self) -> None:
-        self.now_s = 50.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-
-@pytest.fixture
-def records() -> Iterator[Records]:
-    pm = get_plugin_manager()
-    plugin = Records()
-    pm.register(plugin, name="test-accounting-records")
-    yield plugin
-    pm.unregister(name="test-accounting-records")
 
 
 def _run_churn(runtime: InstanceRuntime, clock: StepClock, rng: random.Random) -> None:
@@ -85,8 +49,8 @@ def _run_churn(runtime: InstanceRuntime, clock: StepClock, rng: random.Random) -
         runtime.request_finished(rid, input_tokens=1, output_tokens=1, finish_time_s=clock.now_s)
 
 
-def test_request_energy_and_residency_equal_the_per_iteration_rule(records: Records) -> None:
-    clock = StepClock()
+def test_request_energy_and_residency_equal_the_per_iteration_rule(recorder: HookRecorder) -> None:
+    clock = StepClock(now_s=50.0)
     config = VoltanaConfig(enabled=True, hardware={"vendor": "simulated"})  # type: ignore[arg-type]
     runtime = InstanceRuntime.start(config, Phase.DECODE, "c")
     runtime._clock = clock
@@ -100,30 +64,30 @@ def test_request_energy_and_residency_equal_the_per_iteration_rule(records: Reco
 
     energy_j: dict[str, float] = defaultdict(float)
     residency_s: dict[str, dict[int, float]] = defaultdict(dict)
-    for record in records.iterations:
+    for record in recorder.iterations:
         assert record.energy_j is not None
         for rid, share_j in attribute_energy(record.snapshot, record.energy_j).items():
             energy_j[rid] += share_j
         for request in record.snapshot.requests:
             clocks = residency_s[request.request_id]
             clocks[record.applied_clock_mhz] = clocks.get(record.applied_clock_mhz, 0.0) + record.latency_s
-    assert len({r.applied_clock_mhz for r in records.iterations}) > 1  # residency over several clocks
-    sizes = [r.snapshot.batch_size for r in records.iterations]
+    assert len({r.applied_clock_mhz for r in recorder.iterations}) > 1  # residency over several clocks
+    sizes = [r.snapshot.batch_size for r in recorder.iterations]
     assert min(sizes) < NUMPY_FROM_BATCH <= max(sizes)  # both attribution paths ran
-    finished = {r.request_id: r for r in records.requests}
-    assert set(finished) == set(energy_j) and len(finished) == len(records.requests)
+    finished = {r.request_id: r for r in recorder.requests}
+    assert set(finished) == set(energy_j) and len(finished) == len(recorder.requests)
     for rid, request in finished.items():
         assert request.energy_j == energy_j[rid]  # same shares, added in the same order
         assert request.clock_residency_s.keys() == residency_s[rid].keys()
         for clock_mhz, seconds in residency_s[rid].items():
             assert request.clock_residency_s[clock_mhz] == pytest.approx(seconds, rel=1e-9, abs=1e-12)
     assert sum(r.energy_j for r in finished.values()) == pytest.approx(
-        sum(r.energy_j or 0.0 for r in records.iterations), rel=1e-12
+        sum(r.energy_j or 0.0 for r in recorder.iterations), rel=1e-12
     )
 
 
-def test_forgotten_request_coming_back_starts_a_fresh_account(records: Records) -> None:
-    clock = StepClock()
+def test_forgotten_request_coming_back_starts_a_fresh_account(recorder: HookRecorder) -> None:
+    clock = StepClock(now_s=50.0)
     runtime = InstanceRuntime(
         instance_id="c", phase=Phase.DECODE, hook=get_plugin_manager().hook, clock=clock
     )
