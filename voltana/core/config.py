@@ -1,20 +1,29 @@
 """One typed settings object, from a TOML file (``--config`` / ``VOLTANA_CONFIG``) and ``VOLTANA_*`` env vars.
 
 Precedence: environment > TOML file > defaults. Nested keys use ``__`` in env names:
-``VOLTANA_HARDWARE__VENDOR=simulated`` sets ``hardware.vendor``.
+``VOLTANA_HARDWARE__VENDOR=simulated`` sets ``hardware.vendor``. List settings take JSON (``[1005, 1410]``)
+or a comma-separated list (``1005,1410``; ``http://h:1`` is a one-element list).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 ENV_PREFIX = "VOLTANA_"
 CONFIG_PATH_ENV = "VOLTANA_CONFIG"
@@ -128,6 +137,22 @@ class EngineConfig(_Section):
     trace_path: str | None = Field(None, description="debug: append one JSON line per iteration to this file")
 
 
+class _EnvSource(EnvSettingsSource):
+    """``VOLTANA_*`` variables; a list setting also takes a comma-separated value (JSON still works)."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        is_list = field is not None and get_origin(field.annotation) in (list, tuple, set)
+        try:
+            decoded = super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            if not is_list or not isinstance(value, str):
+                raise
+            decoded = None
+        if is_list and not isinstance(decoded, list) and isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return decoded
+
+
 class VoltanaConfig(BaseSettings):
     """The whole configuration. ``enabled`` gates every engine hook: disabled means zero effect."""
 
@@ -154,7 +179,7 @@ class VoltanaConfig(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file arrives as init kwargs; the environment overrides it.
-        return (env_settings, init_settings)
+        return (_EnvSource(settings_cls), init_settings)
 
 
 @dataclass(frozen=True)
@@ -217,6 +242,19 @@ def _describe_error(exc: ValidationError, sources: Mapping[str, str]) -> str:
     return f"invalid config: {key}{shown} (from {where}): {message}{more}"
 
 
+def _describe_settings_error(exc: SettingsError, env: Mapping[str, str]) -> str:
+    """One line for a ``VOLTANA_*`` value the settings source could not even parse (e.g. broken JSON)."""
+    section = str(exc).split('"')[1] if str(exc).count('"') >= 2 else ""
+    names = sorted(n for n in env if n.upper().startswith(f"{ENV_PREFIX}{section.upper()}") and section)
+    cause = exc.__cause__
+    reason = f"{cause.msg}" if isinstance(cause, json.JSONDecodeError) else str(cause or exc)
+    where = ", ".join(names) or "the environment"
+    return (
+        f"invalid config: {section or '(environment)'} (from env {where}): cannot parse the value "
+        f"({reason}); lists take JSON or comma-separated values, tables take JSON objects"
+    )
+
+
 def load_config(path: str | Path | None = None) -> LoadedConfig:
     """Load and validate the configuration (file, then ``os.environ``); raises :class:`ConfigError`."""
     environ = dict(os.environ)
@@ -230,6 +268,8 @@ def load_config(path: str | Path | None = None) -> LoadedConfig:
         config = VoltanaConfig(**file_data)
     except ValidationError as exc:
         raise ConfigError(_describe_error(exc, sources)) from None
+    except SettingsError as exc:
+        raise ConfigError(_describe_settings_error(exc, environ)) from None
     return LoadedConfig(config=config, sources=sources, path=file_path)
 
 
