@@ -127,6 +127,20 @@ class RouterConfig(_Section):
     bootstrap_port: int = Field(8998, ge=1, le=65535, description="SGLang prefill bootstrap port default")
     kv_transfer_params: bool = Field(True, description="vLLM: exchange kv_transfer_params (NIXL-style)")
     served_models: list[str] = Field(default_factory=list, description="empty: learned from /v1/models")
+    pool_idle_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="idle engine connections are closed after this (at most 2x: aiohttp's sweep); keep it "
+        "under half the engines' keep-alive (vLLM/SGLang uvicorn: 5 s) so the router closes first",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="the model's tokenizer.json (or its directory): completions text prompts are counted "
+        "exactly and requests that cannot fit the model are refused before any engine call",
+    )
+    report_energy: bool = Field(
+        False, description="add usage.voltana_energy (joules per phase, from the engines) to final answers"
+    )
 
 
 class EngineConfig(_Section):
