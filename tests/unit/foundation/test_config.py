@@ -50,6 +50,10 @@ def test_config_path_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         ),
         ("VOLTANA_SLO__TTFT_S", "-1", "slo.ttft_s"),
         ("VOLTANA_ROUTER__PORT", "70000", "router.port"),
+        # values pydantic-settings cannot even parse (broken JSON), and a bad element of a comma list
+        ("VOLTANA_CLOCKS", "{bad", "invalid config: clocks (from env VOLTANA_CLOCKS)"),
+        ("VOLTANA_POLICY__OPTIONS", "not json", "(from env VOLTANA_POLICY__OPTIONS)"),
+        ("VOLTANA_CLOCKS__ALLOWED_MHZ", "1005,fast", "clocks.allowed_mhz.1 = 'fast'"),
     ],
 )
 def test_bad_env_value_is_one_clear_line(
@@ -109,21 +113,3 @@ def test_list_settings_take_comma_separated_or_json(
     loaded = load_config()
     assert getattr(getattr(loaded.config, section), key) == wanted
     assert loaded.source_of(f"{section}.{key}") == f"env {env}"
-
-
-@pytest.mark.parametrize(
-    ("env", "value", "expected"),
-    [
-        ("VOLTANA_CLOCKS", "{bad", "invalid config: clocks (from env VOLTANA_CLOCKS)"),
-        ("VOLTANA_POLICY__OPTIONS", "not json", "(from env VOLTANA_POLICY__OPTIONS)"),
-        ("VOLTANA_CLOCKS__ALLOWED_MHZ", "1005,fast", "clocks.allowed_mhz.1 = 'fast'"),
-    ],
-)
-def test_unparsable_env_values_are_one_line(
-    monkeypatch: pytest.MonkeyPatch, env: str, value: str, expected: str
-) -> None:
-    monkeypatch.setenv(env, value)
-    with pytest.raises(ConfigError) as info:
-        load_config()
-    assert expected in str(info.value)
-    assert "\n" not in str(info.value)
