@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from voltana.core.errors import VoltanaError
+
 ENV_PREFIX = "VOLTANA_"
 CONFIG_PATH_ENV = "VOLTANA_CONFIG"
 _NOT_SETTINGS = {"VOLTANA_CONFIG", "VOLTANA_PLUGINS"}
@@ -23,7 +25,7 @@ _NOT_SETTINGS = {"VOLTANA_CONFIG", "VOLTANA_PLUGINS"}
 Vendor = Literal["auto", "nvidia", "amd", "simulated"]
 
 
-class ConfigError(ValueError):
+class ConfigError(VoltanaError, ValueError):
     """A user mistake in configuration; ``str()`` is one line naming key, value and what is allowed."""
 
 
