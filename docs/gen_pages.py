@@ -169,12 +169,44 @@ def hooks_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
+def benchmarks_page(results_dir: Path) -> str:
+    """Markdown: every benchmark result (``--json`` output) under ``results_dir``, with its machine."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated from the `--json` output of the scripts in `benchmarks/` (rerun one with",
+        "`.venv/bin/python benchmarks/NAME.py --json docs/benchmarks/NAME.json`). Each table holds ratios",
+        "measured in one run; absolute times depend on the machine noted under it (shared and noisy).",
+        "",
+    ]
+    for path in sorted(results_dir.glob("*.json")):
+        result = json.loads(path.read_text())
+        machine = result.get("machine", {})
+        lines += [f"## `{result['benchmark']}`", ""]
+        for table in result["tables"]:
+            lines += [f"**{table['title']}**", ""]
+            lines.append("| " + " | ".join(table["columns"]) + " |")
+            lines.append("|" + "---|" * len(table["columns"]))
+            lines += [
+                "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table["rows"]
+            ]
+            lines += ["", table["caption"], ""] if table["caption"] else [""]
+        lines += [
+            f"*Machine: {machine.get('processor')}, {machine.get('cpus')} CPUs (1-minute load average "
+            f"{machine.get('load_average_1m')}), Python {machine.get('python')}, "
+            f"voltana {machine.get('voltana')} at {machine.get('commit')}, {machine.get('date_utc')} UTC.*",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def _write_pages() -> None:
     import mkdocs_gen_files
 
     changelog = Path(__file__).resolve().parents[1] / "CHANGELOG.md"
     for path, text in (
         ("changelog.md", changelog.read_text()),
+        ("benchmarks.md", benchmarks_page(Path(__file__).resolve().parent / "benchmarks")),
         ("reference/config.md", config_reference()),
         ("reference/cli.md", cli_reference()),
         ("reference/hooks.md", hooks_reference()),
