@@ -25,6 +25,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from voltana.core.errors import VoltanaError
+
 ENV_PREFIX = "VOLTANA_"
 CONFIG_PATH_ENV = "VOLTANA_CONFIG"
 _NOT_SETTINGS = {"VOLTANA_CONFIG", "VOLTANA_PLUGINS"}
@@ -32,7 +34,7 @@ _NOT_SETTINGS = {"VOLTANA_CONFIG", "VOLTANA_PLUGINS"}
 Vendor = Literal["auto", "nvidia", "amd", "simulated"]
 
 
-class ConfigError(ValueError):
+class ConfigError(VoltanaError, ValueError):
     """A user mistake in configuration; ``str()`` is one line naming key, value and what is allowed."""
 
 

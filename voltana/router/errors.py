@@ -6,6 +6,8 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from voltana.core.errors import VoltanaError
+
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -20,7 +22,7 @@ _TYPES = {
 }
 
 
-class RouterError(Exception):
+class RouterError(VoltanaError):
     """A request the router cannot serve; ``status`` is the HTTP code, ``message`` one clear line."""
 
     def __init__(
@@ -56,7 +58,7 @@ def error_body(
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-class UpstreamError(Exception):
+class UpstreamError(VoltanaError):
     """An engine instance failed: connection refused or broken, timeout, or a 5xx answer.
 
     ``reached``: the request may have reached the engine (bytes were sent), so the engine may have worked

@@ -327,7 +327,7 @@ def _instance_attributes(aggregate: InstanceAggregate) -> dict[str, Any]:
 
 
 def _hw_attributes(aggregate: InstanceAggregate, base: dict[str, Any]) -> dict[str, Any]:
-    # One instance = its TP group of GPUs; per-GPU ids need device counters (see README, Telemetry).
+    # One instance = its TP group of GPUs; per-GPU ids need device counters (see docs/guides/telemetry.md).
     return {**base, names.HW_ID: aggregate.instance_id, names.HW_TYPE: names.HW_TYPE_GPU}
 
 
