@@ -327,6 +327,11 @@ class InstanceRuntime:
         self._accounts.pop(request_id, None)
         self._running.discard(request_id)
 
+    @property
+    def measures_energy(self) -> bool:
+        """True when iterations are metered: a request's ``energy_j`` is then measured (else 0.0: unknown)."""
+        return self._meter is not None
+
     def status(self) -> RuntimeStatus:
         """A consistent view of this runtime (cheap: no driver call)."""
         return RuntimeStatus(
