@@ -57,6 +57,8 @@ MAX_ENGINE_FAILURES = 1
 ENERGY_PATH = "/voltana/requests/{request_id}"
 """Engine endpoint with one request's record: ``{"request_id", "phase", "energy_j"}``; 404 when unknown."""
 ENERGY_LOOKUP_TIMEOUT_S = 1.0
+ENERGY_RECORD_LAG_S = 0.3
+"""How late an engine's record may be: vLLM publishes them with its state, every 0.25 s under load."""
 USAGE_ENERGY_FIELD = "voltana_energy"
 """The ``usage`` extension: ``{"prefill_j": .., "decode_j": .., "total_j": ..}`` (known phases only)."""
 
@@ -482,14 +484,21 @@ class Proxy:
         return energy_usage({phase: joules for (phase, _), joules in zip(legs, found, strict=True)})
 
     async def _energy_of(self, inst: Instance, request_id: str) -> float | None:
+        """The joules ``inst`` recorded for ``request_id``; None when it does not say. An engine that serves
+        records but has not published this one yet (its 404 says so) is asked once more after
+        :data:`ENERGY_RECORD_LAG_S`."""
         url = inst.url + ENERGY_PATH.format(request_id=request_id)
+        timeout = aiohttp.ClientTimeout(total=ENERGY_LOOKUP_TIMEOUT_S)
+        record: Any = None
         try:
-            async with self.session.get(
-                url, timeout=aiohttp.ClientTimeout(total=ENERGY_LOOKUP_TIMEOUT_S)
-            ) as answer:
-                if answer.status != 200:
-                    return None
-                record = await answer.json(content_type=None)
+            for attempt in range(2):
+                async with self.session.get(url, timeout=timeout) as answer:
+                    if answer.status == 200:
+                        record = await answer.json(content_type=None)
+                        break
+                    if answer.status != 404 or attempt or b"no finished request" not in await answer.read():
+                        return None
+                await asyncio.sleep(ENERGY_RECORD_LAG_S)
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
         joules = record.get("energy_j") if isinstance(record, dict) else None
