@@ -2,20 +2,29 @@
 
 File formats (detected by extension and header):
 
-- Azure LLM inference trace CSV: ``TIMESTAMP,ContextTokens,GeneratedTokens`` (timestamps as
-  ``YYYY-MM-DD HH:MM:SS.fffffff``; Patel et al., "Splitwise", ISCA 2024).
+- Azure LLM inference trace CSV: ``TIMESTAMP,ContextTokens,GeneratedTokens`` (Patel et al., "Splitwise",
+  ISCA 2024). Timestamps are ISO 8601 dates and times: ``2023-11-16 18:15:46.6805900`` (2023 traces, 7
+  fractional digits), ``2024-05-10 00:00:00.009930+00:00`` (2024 traces, with a UTC offset),
+  ``2024-05-10T00:00:00Z``. A timestamp without an offset is read as UTC, never in the machine's time zone
+  (a local-time reading would add or remove an hour at daylight-saving changes).
 - Generic CSV with header ``arrival_s,input_tokens,output_tokens``.
-- JSON Lines with objects ``{"arrival_s": ..., "input_tokens": ..., "output_tokens": ...}``.
+- JSON Lines with objects ``{"arrival_s": ..., "input_tokens": ..., "output_tokens": ...}``; token counts
+  must be JSON integers (``12``, not ``12.5``, ``12.0`` or ``"12"``).
 
-Arrivals are made relative to the first request (the first arrives at 0 s) and sorted.
+Token counts are whole numbers >= 1 in every format; anything else is rejected with its line number, never
+rounded. Files may start with a UTF-8 byte order mark (as spreadsheet exports do); header names are
+compared without surrounding spaces. Arrivals are made relative to the first request (the first arrives at
+0 s) and sorted.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -98,28 +107,88 @@ def from_columns(
     return Workload(name, arrivals - arrivals[0], inputs[order], outputs[order])
 
 
-def _parse_azure_timestamp(text: str) -> float:
-    # Python's fromisoformat takes at most 6 fractional digits; the trace has 7.
-    head, _, frac = text.strip().partition(".")
-    seconds = datetime.fromisoformat(head).timestamp()
-    return seconds + (float("0." + frac) if frac else 0.0)
+_TIMESTAMP = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}(?::\d{2})?)(?:[.,](?P<fraction>\d+))?"
+    r"\s*(?P<zone>Z|UTC|[+-]\d{2}(?::?\d{2})?)?",
+    re.IGNORECASE,
+)
+_WHOLE_NUMBER = re.compile(r"\s*[+-]?\d+\s*")
 
 
-def _int_field(value: str | None, what: str, where: str) -> int:
+def parse_timestamp_s(text: str) -> float:
+    """Seconds since the Unix epoch of an ISO 8601 date and time (``T`` or space between them).
+
+    Any number of fractional digits (Python's ``fromisoformat`` takes at most 6; the Azure 2023 traces have
+    7); an optional ``Z``/``UTC`` or ``+hh:mm`` / ``+hhmm`` / ``+hh`` offset. Without an offset the time is
+    **UTC**, never the machine's local time. Raises :class:`ValueError` for anything else.
+    """
+    match = _TIMESTAMP.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not an ISO 8601 timestamp: {text!r}")
+    zone = (match["zone"] or "Z").upper()
+    if zone in ("Z", "UTC"):
+        tzinfo = UTC
+    else:
+        digits = zone[1:].replace(":", "")
+        offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0))
+        tzinfo = timezone(-offset if zone[0] == "-" else offset)
+    moment = datetime.fromisoformat(f"{match['date']}T{match['time']}").replace(tzinfo=tzinfo)
+    fraction = match["fraction"]
+    return moment.timestamp() + (float("0." + fraction) if fraction else 0.0)
+
+
+def _token_count(value: object, what: str, where: str, in_json: bool = False) -> int:
+    """A token count from a CSV cell (text) or a JSON value: a whole number >= 1, else one-line error."""
+    if value is None or value == "":
+        raise WorkloadError(f"{where}: missing {what}")
+    if isinstance(value, str) and not in_json:
+        if not _WHOLE_NUMBER.fullmatch(value):
+            kind = "is not a number" if _float_or_none(value) is None else "is not a whole number"
+            raise WorkloadError(f"{where}: {what} {value!r} {kind} (token counts are integers)")
+        count = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        count = value
+    else:
+        raise WorkloadError(
+            f"{where}: {what} must be a JSON integer, got {json.dumps(value)} (token counts are integers)"
+        )
+    if count < 1:
+        raise WorkloadError(f"{where}: {what} {count} must be >= 1 (token counts must be >= 1)")
+    return count
+
+
+def _float_or_none(text: str) -> float | None:
     try:
-        return int(float(value)) if value is not None else _missing(what, where)
+        return float(text)
     except ValueError:
-        raise WorkloadError(f"{where}: {what} {value!r} is not a number") from None
+        return None
 
 
-def _missing(what: str, where: str) -> int:
-    raise WorkloadError(f"{where}: missing {what}")
+def _arrival_seconds(value: object, where: str, in_json: bool = False) -> float:
+    """``arrival_s`` from a CSV cell or a JSON number: finite seconds, else one-line error."""
+    if value is None or value == "":
+        raise WorkloadError(f"{where}: missing arrival_s")
+    allowed = (int, float) if in_json else (str,)
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        raise WorkloadError(f"{where}: arrival_s must be a number of seconds, got {json.dumps(value)}")
+    seconds = _float_or_none(value) if isinstance(value, str) else float(value)
+    if seconds is None or not math.isfinite(seconds):
+        raise WorkloadError(f"{where}: bad arrival_s {value!r} (a finite number of seconds)")
+    return seconds
+
+
+def _csv_header(reader: csv.DictReader[str]) -> tuple[str, ...]:
+    """The header with surrounding spaces removed from each name (the reader then uses these names)."""
+    names = [name.strip() for name in reader.fieldnames or ()]
+    reader.fieldnames = names
+    return tuple(names)
 
 
 def _read_csv(path: Path) -> Workload:
-    with path.open(newline="", encoding="utf-8") as fh:
+    # utf-8-sig: a leading byte order mark is dropped instead of becoming part of the first column's name.
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        header = tuple(reader.fieldnames or ())
+        header = _csv_header(reader)
         arrivals: list[float] = []
         inputs: list[int] = []
         outputs: list[int] = []
@@ -127,23 +196,25 @@ def _read_csv(path: Path) -> Workload:
             for line, row in enumerate(reader, start=2):
                 where = f"{path}:{line}"
                 try:
-                    arrivals.append(_parse_azure_timestamp(row["TIMESTAMP"] or ""))
+                    arrivals.append(parse_timestamp_s(row["TIMESTAMP"] or ""))
                 except ValueError:
-                    raise WorkloadError(f"{where}: bad TIMESTAMP {row['TIMESTAMP']!r}") from None
-                inputs.append(_int_field(row["ContextTokens"], "ContextTokens", where))
-                outputs.append(_int_field(row["GeneratedTokens"], "GeneratedTokens", where))
+                    raise WorkloadError(
+                        f"{where}: bad TIMESTAMP {row['TIMESTAMP']!r} (expected ISO 8601, e.g. "
+                        "2024-05-10 00:00:00.009930+00:00; no offset means UTC)"
+                    ) from None
+                inputs.append(_token_count(row["ContextTokens"], "ContextTokens", where))
+                outputs.append(_token_count(row["GeneratedTokens"], "GeneratedTokens", where))
         elif all(col in header for col in GENERIC_COLUMNS):
             for line, row in enumerate(reader, start=2):
                 where = f"{path}:{line}"
-                try:
-                    arrivals.append(float(row["arrival_s"]))
-                except (TypeError, ValueError):
-                    raise WorkloadError(f"{where}: bad arrival_s {row['arrival_s']!r}") from None
-                inputs.append(_int_field(row["input_tokens"], "input_tokens", where))
-                outputs.append(_int_field(row["output_tokens"], "output_tokens", where))
+                arrivals.append(_arrival_seconds(row["arrival_s"], where))
+                inputs.append(_token_count(row["input_tokens"], "input_tokens", where))
+                outputs.append(_token_count(row["output_tokens"], "output_tokens", where))
         else:
+            # ascii(): a header that differs only by an invisible character must not print identical.
+            shown = ",".join(ascii(name)[1:-1] for name in header) or "(empty)"
             raise WorkloadError(
-                f"{path}: unknown CSV header {','.join(header) or '(empty)'}; expected "
+                f"{path}: unknown CSV header {shown}; expected "
                 f"{','.join(AZURE_COLUMNS)} (Azure trace) or {','.join(GENERIC_COLUMNS)}"
             )
     if not arrivals:
@@ -155,22 +226,27 @@ def _read_jsonl(path: Path) -> Workload:
     arrivals: list[float] = []
     inputs: list[int] = []
     outputs: list[int] = []
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:
         for line_no, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             where = f"{path}:{line_no}"
             try:
                 obj = json.loads(line)
-                arrivals.append(float(obj["arrival_s"]))
-                inputs.append(int(obj["input_tokens"]))
-                outputs.append(int(obj["output_tokens"]))
             except json.JSONDecodeError:
                 raise WorkloadError(f"{where}: not valid JSON") from None
-            except (KeyError, TypeError, ValueError):
+            if not isinstance(obj, dict):
                 raise WorkloadError(
-                    f"{where}: each line needs numeric {', '.join(GENERIC_COLUMNS)}"
-                ) from None
+                    f"{where}: each line must be a JSON object with {', '.join(GENERIC_COLUMNS)}"
+                )
+            missing = [key for key in GENERIC_COLUMNS if key not in obj]
+            if missing:
+                raise WorkloadError(
+                    f"{where}: missing {', '.join(missing)} (each line needs {', '.join(GENERIC_COLUMNS)})"
+                )
+            arrivals.append(_arrival_seconds(obj["arrival_s"], where, in_json=True))
+            inputs.append(_token_count(obj["input_tokens"], "input_tokens", where, in_json=True))
+            outputs.append(_token_count(obj["output_tokens"], "output_tokens", where, in_json=True))
     if not arrivals:
         raise WorkloadError(f"{path}: no requests in the file")
     return from_columns(path.name, arrivals, inputs, outputs)

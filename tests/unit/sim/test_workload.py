@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from voltana.sim.workload import WorkloadError, load_workload
+from voltana.sim.workload import WorkloadError, load_workload, parse_timestamp_s
 
 TRACE = Path(__file__).resolve().parents[2] / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 
@@ -53,9 +55,10 @@ def test_generic_csv_and_jsonl_agree(tmp_path: Path) -> None:
         ("h.csv", "a,b,c\n1,2,3\n", "unknown CSV header"),
         ("n.csv", "arrival_s,input_tokens,output_tokens\n0,abc,3\n", "is not a number"),
         ("t.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\nyesterday,1,2\n", "bad TIMESTAMP"),
-        ("z.csv", "arrival_s,input_tokens,output_tokens\n0,0,3\n", "token counts must be >= 1"),
+        ("z.csv", "arrival_s,input_tokens,output_tokens\n0,0,3\n", "z.csv:2: input_tokens 0 must be >= 1"),
         ("e.csv", "arrival_s,input_tokens,output_tokens\n", "no requests"),
-        ("j.jsonl", '{"arrival_s": 1}\n', "needs numeric"),
+        ("j.jsonl", '{"arrival_s": 1}\n', "missing input_tokens, output_tokens"),
+        ("l.jsonl", "[1, 2, 3]\n", "must be a JSON object"),
         ("g.jsonl", "not json\n", "not valid JSON"),
     ],
 )
@@ -91,3 +94,114 @@ def test_real_azure_trace_loads() -> None:
     assert len(workload) == 19366
     assert workload.duration_s == pytest.approx(3501.7, abs=0.5)
     assert np.all(np.diff(workload.arrival_s) >= 0)
+
+
+# Issue 18, item 6: timestamps as the public traces write them, read as UTC; token counts never rounded.
+
+AZURE_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "2024-05-10 00:00:01.009930+00:00",  # Azure LLM inference trace 2024
+        "2024-05-10T00:00:01.009930Z",
+        "2024-05-10T00:00:01.0099300",
+        "2024-05-10 02:00:01.00993+02:00",
+        "2024-05-09T19:00:01.009930-0500",
+        "2024-05-10 00:00:01.009930 UTC",
+    ],
+)
+def test_iso_timestamps_with_offsets_mean_the_same_instant(timestamp: str) -> None:
+    assert parse_timestamp_s(timestamp) == pytest.approx(1715299201.00993, abs=1e-6)
+
+
+def test_azure_2024_trace_with_byte_order_mark(tmp_path: Path) -> None:
+    """A spreadsheet export: BOM before the header, ``+00:00`` offsets, spaces around a header name."""
+    path = tmp_path / "azure2024.csv"
+    text = (
+        "TIMESTAMP, ContextTokens ,GeneratedTokens\n"
+        "2024-05-10 00:00:00.009930+00:00,4808,10\n"
+        "2024-05-10 00:00:00.525930+00:00,3180,8\n"
+        "2024-05-10T00:00:02Z,110,27\n"
+    )
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    workload = load_workload(path)
+    assert workload.arrival_s.tolist() == pytest.approx([0.0, 0.516, 1.99007])
+    assert workload.input_tokens.tolist() == [4808, 3180, 110]
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + b'{"arrival_s": 0.5, "input_tokens": 3, "output_tokens": 4}\n')
+    assert load_workload(jsonl).input_tokens.tolist() == [3]
+
+
+def test_unknown_header_shows_invisible_characters(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "zw.csv", "TIMESTAMP\u200b,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00,1,1\n"
+    )
+    with pytest.raises(WorkloadError, match=r"unknown CSV header TIMESTAMP\\u200b,"):
+        load_workload(path)
+
+
+@pytest.fixture
+def new_york_time() -> Iterator[None]:
+    """The process in New York's time zone (daylight saving from 2024-03-10 02:00 local)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TZ", "America/New_York")
+        time.tzset()
+        assert time.localtime(1710054000).tm_isdst == 1  # 2024-03-10 03:00 EDT: the zone is really in effect
+        yield
+    time.tzset()
+
+
+@pytest.mark.usefixtures("new_york_time")
+def test_naive_timestamps_are_utc_across_a_dst_change(tmp_path: Path) -> None:
+    """Two arrivals an hour and a second apart by the clock; read in local time they would be 1 s apart."""
+    path = write(
+        tmp_path,
+        "dst.csv",
+        AZURE_HEADER + "2024-03-10 01:59:59.5000000,100,10\n2024-03-10 03:00:00.5000000,100,10\n",
+    )
+    assert load_workload(path).arrival_s.tolist() == pytest.approx([0.0, 3601.0])
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "f.jsonl",
+            '{"arrival_s": 0, "input_tokens": 10, "output_tokens": 5}\n'
+            '{"arrival_s": 1, "input_tokens": 12.7, "output_tokens": 5}\n',
+            "f.jsonl:2: input_tokens must be a JSON integer, got 12.7",
+        ),
+        (
+            "s.jsonl",
+            '\n{"arrival_s": 0, "input_tokens": 10, "output_tokens": "5"}\n',
+            's.jsonl:2: output_tokens must be a JSON integer, got "5"',
+        ),
+        (
+            "w.jsonl",
+            '{"arrival_s": 0, "input_tokens": 10.0, "output_tokens": 5}\n',
+            "w.jsonl:1: input_tokens must be a JSON integer, got 10.0",
+        ),
+        (
+            "b.jsonl",
+            '{"arrival_s": 0, "input_tokens": true, "output_tokens": 5}\n',
+            "b.jsonl:1: input_tokens must be a JSON integer, got true",
+        ),
+        (
+            "a.jsonl",
+            '{"arrival_s": "0.5", "input_tokens": 1, "output_tokens": 5}\n',
+            'a.jsonl:1: arrival_s must be a number of seconds, got "0.5"',
+        ),
+        (
+            "c.csv",
+            "arrival_s,input_tokens,output_tokens\n0,10,5\n1,10,2.5\n",
+            "c.csv:3: output_tokens '2.5' is not a whole number",
+        ),
+    ],
+)
+def test_token_counts_that_are_not_integers_name_the_line(
+    tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    with pytest.raises(WorkloadError, match=message):
+        load_workload(write(tmp_path, name, text))
