@@ -274,7 +274,29 @@ def performance_model(
     degree = spec.default_tp if tp is None else tp
     if degree < 1:
         raise UnknownProfileError(f"tensor-parallel degree must be >= 1, got {degree}")
+    check_tp_degree(spec, degree)
     return PerformanceModel(GPUS[gpu_key], spec, degree)
+
+
+def check_tp_degree(spec: ModelSpec, tp: int) -> None:
+    """Raise :class:`UnknownProfileError` unless ``tp`` splits ``spec``'s heads as an engine would.
+
+    vLLM's rule (``ModelConfig.verify_with_parallel_config`` and ``QKVParallelLinear``): the attention heads
+    divide evenly by ``tp``; KV heads divide by ``tp``, or, when ``tp`` exceeds them, ``tp`` is a multiple of
+    them (each KV head replicated).
+    """
+
+    def splits(degree: int) -> bool:
+        kv_heads = spec.n_kv_heads
+        kv_split = kv_heads % degree if degree < kv_heads else degree % kv_heads
+        return spec.n_heads % degree == 0 and kv_split == 0
+
+    if not splits(tp):
+        valid = ", ".join(str(d) for d in range(1, spec.n_heads + 1) if splits(d))
+        raise UnknownProfileError(
+            f"tensor-parallel degree {tp} does not split {spec.name}'s {spec.n_heads} attention heads "
+            f"({spec.n_kv_heads} KV heads) evenly; use one of {valid}"
+        )
 
 
 class SimulatedGpu(GpuDevice):

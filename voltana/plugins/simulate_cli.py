@@ -7,6 +7,7 @@ command runs, so ``voltana --help`` stays fast.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,9 +33,19 @@ def _parse_rates(text: str) -> list[float]:
         rates = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise _fail(f"--rates must be comma-separated numbers (req/s), got {text!r}") from None
-    if not rates or any(not r > 0 for r in rates):
+    if not rates or any(not (r > 0 and math.isfinite(r)) for r in rates):
         raise _fail(f"--rates must be positive request rates (req/s), got {text!r}")
     return rates
+
+
+def _check_run_options(rate: float | None, rates: str | None, duration: float | None) -> None:
+    """One line for a rate or window the simulation cannot honour (instead of silently replacing it)."""
+    if rate is not None and rates is not None:
+        raise _fail("give --rate or --rates, not both")
+    if rate is not None and not (rate > 0 and math.isfinite(rate)):
+        raise _fail(f"--rate must be a positive request rate (req/s), got {rate:g}")
+    if duration is not None and not (duration > 0 and math.isfinite(duration)):
+        raise _fail(f"--duration must be a positive number of seconds of arrivals, got {duration:g}")
 
 
 def simulate(
@@ -80,7 +91,7 @@ def simulate(
     from voltana.plugins import get_plugin_manager
     from voltana.sim.cluster import ClusterSpec
     from voltana.sim.plot import plot_sweep
-    from voltana.sim.report import policy_table, residency_table, sweep_json
+    from voltana.sim.report import point_title, policy_table, residency_table, sweep_json
     from voltana.sim.runner import (
         PAPER_MIN_CLOCK_MHZ,
         SimulationError,
@@ -98,6 +109,7 @@ def simulate(
         raise _fail("--prefill and --decode need at least one instance each")
     if (ttft is not None and not ttft > 0) or (itl is not None and not itl > 0):
         raise _fail("--ttft and --itl must be positive (seconds)")
+    _check_run_options(rate, rates, duration)
     try:
         perf = performance_model(gpu, model, tp)
     except UnknownProfileError as exc:
@@ -121,14 +133,15 @@ def simulate(
     try:
         if workload == SYNTHETIC:
             span_s = duration if duration is not None else 300.0
-            sweep_rates = _parse_rates(rates) if rates else [rate or CONV_RATE_RPS]
+            sweep_rates = _parse_rates(rates) if rates else [rate if rate is not None else CONV_RATE_RPS]
 
             def workload_at(r: float) -> Workload:
                 return synthetic_workload(r, span_s, seed, arrivals)  # type: ignore[arg-type]
 
         else:
             trace = load_workload(workload)
-            sweep_rates = _parse_rates(rates) if rates else [rate or round(trace.rate_rps, 3)]
+            own_rate = round(trace.rate_rps, 3)
+            sweep_rates = _parse_rates(rates) if rates else [rate if rate is not None else own_rate]
 
             def workload_at(r: float) -> Workload:
                 replayed = trace.at_rate(r)
@@ -188,7 +201,8 @@ def simulate(
         f"ITL {setup.slo.itl_s * 1e3:g} ms, clocks {allowed[0]}..{allowed[-1]} MHz, workload {workload}"
     )
     for point in points:
-        out.print(policy_table(point, setup.slo, f"{point.rate_rps:g} req/s ({probe.name.split(' (')[0]})"))
+        out.print(f"\n[bold]{point_title(point)}[/]", highlight=False)
+        out.print(policy_table(point, setup.slo, None))
         out.print(residency_table(point))
     out.print("[dim]saving: energy vs static-max; SLO att.: share of requests meeting TTFT and mean ITL.[/]")
     if plot is not None:

@@ -22,9 +22,28 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.0f}" if seconds >= 0.01 else f"{seconds * 1e3:.1f}"
 
 
-def policy_table(point: SweepPoint, slo: Slo, title: str = "") -> Table:
-    """One row per policy: energy, saving, TTFT/ITL p50/p90/p99 (ms), SLO attainment."""
-    table = Table(title=title or f"{point.rate_rps:g} req/s", title_justify="left")
+def point_title(point: SweepPoint) -> str:
+    """What was simulated at ``point``: the requests' own rate and count, the workload, the sweep rate.
+
+    E.g. ``0.61 req/s: 63 requests in 102 s of arrivals (t.csv x0.19; sweep rate 1 req/s)``: with
+    ``--duration`` a window of a rescaled trace has its own rate, not the whole trace's mean.
+    """
+    name = point.workload.split(" (")[0] or "workload"
+    offered = point.offered_rate_rps
+    rate = "single arrival" if offered is None else f"{offered:.3g} req/s"
+    return (
+        f"{rate}: {point.num_requests} requests in {point.arrival_span_s:.3g} s of arrivals "
+        f"({name}; sweep rate {point.rate_rps:g} req/s)"
+    )
+
+
+def policy_table(point: SweepPoint, slo: Slo, title: str | None = "") -> Table:
+    """One row per policy: energy, saving, TTFT/ITL p50/p90/p99 (ms), SLO attainment.
+
+    ``title``: "" for ``<rate> req/s``, None for none (the caller prints its own heading).
+    """
+    default = f"{point.rate_rps:g} req/s"
+    table = Table(title=default if title == "" else title, title_justify="left")
     table.add_column("policy", no_wrap=True)
     for column in ("kJ", "J/tok", "saving", "TTFT ms\np50/90/99", "ITL ms\np50/90/99"):
         table.add_column(column, justify="right")
@@ -80,7 +99,17 @@ def sweep_json(points: Sequence[SweepPoint], meta: dict[str, Any]) -> dict[str, 
     """Everything, JSON-ready: run settings and per rate, per policy results."""
     return {
         **meta,
-        "points": [{"rate_rps": p.rate_rps, "results": [r.to_json() for r in p.results]} for p in points],
+        "points": [
+            {
+                "rate_rps": p.rate_rps,
+                "workload": p.workload,
+                "num_requests": p.num_requests,
+                "arrival_span_s": p.arrival_span_s,
+                "offered_rate_rps": p.offered_rate_rps,
+                "results": [r.to_json() for r in p.results],
+            }
+            for p in points
+        ],
     }
 
 

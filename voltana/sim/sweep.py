@@ -15,10 +15,26 @@ BASELINE = "static-max"
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """All policies' results at one request rate (req/s), savings filled in vs static max."""
+    """All policies' results at one sweep rate (req/s), savings filled in vs static max.
+
+    ``rate_rps`` is the rate asked for (a trace is rescaled so that its whole mean is this rate); the
+    requests actually simulated are described by ``workload`` (name, with the trace's scale factor),
+    ``num_requests``, ``arrival_span_s`` (first to last arrival, s) and :attr:`offered_rate_rps`: with
+    ``--duration`` the kept window can be far from the whole trace's mean.
+    """
 
     rate_rps: float
     results: tuple[PolicyResult, ...]
+    workload: str = ""
+    num_requests: int = 0
+    arrival_span_s: float = 0.0
+
+    @property
+    def offered_rate_rps(self) -> float | None:
+        """The simulated requests' own mean rate, ``(n - 1) / arrival span`` (None for a single instant)."""
+        if self.num_requests < 2 or self.arrival_span_s <= 0:
+            return None
+        return (self.num_requests - 1) / self.arrival_span_s
 
 
 def plan_runs(policies: Sequence[str], oracle_stride: int, num_clocks: int) -> int:
@@ -69,5 +85,13 @@ def run_sweep(
             results.append(choice.result)
             if all(r.policy != BASELINE for r in results):
                 results.insert(0, reference)
-        points.append(SweepPoint(rate, tuple(with_savings(results, BASELINE))))
+        points.append(
+            SweepPoint(
+                rate,
+                tuple(with_savings(results, BASELINE)),
+                workload.name,
+                len(workload),
+                workload.duration_s,
+            )
+        )
     return points

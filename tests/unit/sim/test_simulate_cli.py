@@ -93,3 +93,81 @@ def test_garbled_trace_is_one_line(tmp_path: Path) -> None:
     result = run_cli("--workload", str(trace))
     assert result.returncode == 2
     assert "is not a number" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# Issue 18, item 8: options the simulation cannot honour stop with one line; the tables describe the
+# requests actually simulated.
+
+
+def run_in_process(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    from voltana.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["voltana", "simulate", *args])
+    code: int | str | None = 0
+    try:
+        main()
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return int(code or 0), captured.out, captured.err
+
+
+def gap_trace(tmp_path: Path) -> Path:
+    """63 requests 0.5 s apart, a 144 s pause, 137 more: the first window's rate is far from the mean."""
+    trace = tmp_path / "gap.csv"
+    rows, t = [], 0.0
+    for i in range(200):
+        rows.append(f"{t:.3f},{300 + (7 * i) % 500},{30 + i % 40}\n")
+        t += 144.0 if i == 62 else 0.5
+    trace.write_text("arrival_s,input_tokens,output_tokens\n" + "".join(rows))
+    return trace
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate", "0"], "--rate must be a positive request rate"),
+        (["--rate", "-2"], "--rate must be a positive request rate"),
+        (["--duration", "0"], "--duration must be a positive number of seconds"),
+        (["--duration", "-5"], "--duration must be a positive number of seconds"),
+        (["--rate", "2", "--rates", "1,2"], "give --rate or --rates, not both"),
+        (["--tp", "3"], "tensor-parallel degree 3 does not split llama-3.1-8b's 32 attention heads"),
+        (["--model", "qwen3-32b", "--tp", "6"], "use one of 1, 2, 4, 8, 16, 32, 64"),
+    ],
+)
+def test_options_a_trace_run_cannot_honour_are_one_line(
+    tmp_path: Path,
+    args: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    workload = ["--workload", str(gap_trace(tmp_path)), "--policies", "static-max"]
+    code, _, err = run_in_process([*workload, *args], monkeypatch, capsys)
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], err
+
+
+def test_table_reports_the_window_and_each_rates_scale_factor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = str(gap_trace(tmp_path))
+    args = ["--workload", trace, "--rates", "1,2", "--duration", "102", "--policies", "static-max"]
+    code, out, err = run_in_process([*args, "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    first, second = json.loads(out)["points"]
+    # The whole trace (199 gaps over 99 + 144 = 243 s) rescaled to a 1 req/s mean is x1.22111; its first
+    # 102 s hold the 63 requests before the pause: 62 gaps of 0.5 / 1.22111 s = 25.4 s, 2.44 req/s.
+    factor = 243 / 199
+    assert first["num_requests"] == 63
+    assert first["arrival_span_s"] == pytest.approx(31 / factor)
+    assert first["offered_rate_rps"] == pytest.approx(62 / (31 / factor))
+    assert first["workload"] == "gap.csv x1.22111" and second["workload"] == "gap.csv x2.44221"
+    assert second["num_requests"] == 200 and second["offered_rate_rps"] == pytest.approx(2.0)
+    code, out, err = run_in_process(args, monkeypatch, capsys)
+    assert code == 0, err
+    assert "2.44 req/s: 63 requests in 25.4 s of arrivals (gap.csv x1.22111; sweep rate 1 req/s)" in out
+    assert "2 req/s: 200 requests in 99.5 s of arrivals (gap.csv x2.44221; sweep rate 2 req/s)" in out
