@@ -203,6 +203,8 @@ def simulate(
     for point in points:
         out.print(f"\n[bold]{point_title(point)}[/]", highlight=False)
         out.print(policy_table(point, setup.slo, None))
+        if point.overload is not None:
+            out.print(f"[bold yellow]{point.overload.describe()}[/]", highlight=False)
         out.print(residency_table(point))
     out.print("[dim]saving: energy vs static-max; SLO att.: share of requests meeting TTFT and mean ITL.[/]")
     if plot is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 from rich.table import Table
@@ -40,6 +41,8 @@ def point_title(point: SweepPoint) -> str:
 def policy_table(point: SweepPoint, slo: Slo, title: str | None = "") -> Table:
     """One row per policy: energy, saving, TTFT/ITL p50/p90/p99 (ms), SLO attainment.
 
+    At an overloaded rate (``point.overload``) the saving column reads ``n/a (overload)``: static max itself
+    misses the SLO for most requests, so an energy difference there says nothing about a clock policy.
     ``title``: "" for ``<rate> req/s``, None for none (the caller prints its own heading).
     """
     default = f"{point.rate_rps:g} req/s"
@@ -49,7 +52,7 @@ def policy_table(point: SweepPoint, slo: Slo, title: str | None = "") -> Table:
         table.add_column(column, justify="right")
     table.add_column(f"SLO att.\n{_ms(slo.ttft_s)}/{_ms(slo.itl_s)}", justify="right")
     for r in point.results:
-        saving = "-" if r.saving_vs_static_max is None else f"{r.saving_vs_static_max:+.1%}"
+        saving = _saving_text(point, r)
         table.add_row(
             r.policy,
             f"{r.energy_j / 1e3:.1f}",
@@ -60,6 +63,12 @@ def policy_table(point: SweepPoint, slo: Slo, title: str | None = "") -> Table:
             f"{r.slo_attainment:.1%}",
         )
     return table
+
+
+def _saving_text(point: SweepPoint, result: PolicyResult) -> str:
+    if point.overload is not None:
+        return "n/a (overload)"
+    return "-" if result.saving_vs_static_max is None else f"{result.saving_vs_static_max:+.1%}"
 
 
 def residency_table(point: SweepPoint) -> Table:
@@ -80,7 +89,8 @@ def residency_table(point: SweepPoint) -> Table:
 
 
 def comparison_markdown(points: Sequence[SweepPoint]) -> str:
-    """A markdown table: one row per rate, per policy ``saving / SLO attainment``."""
+    """A markdown table: one row per rate, per policy ``saving / SLO attainment`` (``n/a (overload)`` for the
+    saving at overloaded rates)."""
     policies = [r.policy.split(" (")[0] for r in points[0].results]
     lines = [
         "| req/s | " + " | ".join(policies) + " |",
@@ -89,8 +99,7 @@ def comparison_markdown(points: Sequence[SweepPoint]) -> str:
     for point in points:
         cells = []
         for r in point.results:
-            saving = 0.0 if r.saving_vs_static_max is None else r.saving_vs_static_max
-            cells.append(f"{saving:+.1%} / {r.slo_attainment:.1%}")
+            cells.append(f"{_saving_text(point, r)} / {r.slo_attainment:.1%}")
         lines.append(f"| {point.rate_rps:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -106,6 +115,7 @@ def sweep_json(points: Sequence[SweepPoint], meta: dict[str, Any]) -> dict[str, 
                 "num_requests": p.num_requests,
                 "arrival_span_s": p.arrival_span_s,
                 "offered_rate_rps": p.offered_rate_rps,
+                "overload": None if p.overload is None else asdict(p.overload),
                 "results": [r.to_json() for r in p.results],
             }
             for p in points

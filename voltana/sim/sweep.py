@@ -5,12 +5,70 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from voltana.core.types import Slo
 from voltana.sim.metrics import PolicyResult
 from voltana.sim.oracle import hindsight_oracle
 from voltana.sim.runner import ORACLE, PolicySpec, SimulationSetup, parse_policy, run_policy, with_savings
 from voltana.sim.workload import Workload
 
 BASELINE = "static-max"
+OVERLOAD_ATTAINMENT = 0.5
+"""A rate is overloaded when static max (every clock at its highest) meets the SLO for fewer requests than
+this share ("most requests miss"): no clock policy can be judged by its energy there."""
+
+
+@dataclass(frozen=True)
+class Overload:
+    """How far static max misses at an overloaded rate (see :data:`OVERLOAD_ATTAINMENT`).
+
+    ``ttft_p50_over_slo`` / ``itl_p50_over_slo``: static max's median TTFT (ITL) divided by the SLO's;
+    ``completed_rps``: requests static max finished per second from the first arrival to the last completion,
+    next to ``offered_rps``, the requests' own arrival rate (None for a single arrival).
+    """
+
+    slo_attainment: float
+    ttft_attainment: float
+    itl_attainment: float
+    ttft_p50_over_slo: float
+    itl_p50_over_slo: float
+    completed_rps: float
+    offered_rps: float | None
+
+    def describe(self) -> str:
+        """One line, e.g. ``overloaded: static-max meets the SLO for only 6.1% of requests (TTFT 6.1%, ITL
+        100.0%); median TTFT 7.8x the SLO; 9.21 req/s completed of 26.3 arriving; savings not meaningful``."""
+        excess = [
+            f"median {what} {ratio:.2g}x the SLO"
+            for what, ratio in (("TTFT", self.ttft_p50_over_slo), ("ITL", self.itl_p50_over_slo))
+            if ratio > 1
+        ]
+        arriving = "" if self.offered_rps is None else f" of {self.offered_rps:.3g} arriving"
+        return "; ".join(
+            [
+                f"overloaded: {BASELINE} meets the SLO for only {self.slo_attainment:.1%} of requests "
+                f"(TTFT {self.ttft_attainment:.1%}, ITL {self.itl_attainment:.1%})",
+                *excess,
+                f"{self.completed_rps:.3g} req/s completed{arriving}",
+                "savings not meaningful here",
+            ]
+        )
+
+
+def find_overload(results: Sequence[PolicyResult], slo: Slo, offered_rps: float | None) -> Overload | None:
+    """The overload of a rate from its results, or None when static max meets the SLO for most requests
+    (or did not run)."""
+    base = next((r for r in results if r.policy == BASELINE), None)
+    if base is None or base.slo_attainment >= OVERLOAD_ATTAINMENT:
+        return None
+    return Overload(
+        slo_attainment=base.slo_attainment,
+        ttft_attainment=base.ttft_attainment,
+        itl_attainment=base.itl_attainment,
+        ttft_p50_over_slo=base.ttft.p50_s / slo.ttft_s,
+        itl_p50_over_slo=base.itl.p50_s / slo.itl_s,
+        completed_rps=base.num_requests / base.span_s if base.span_s > 0 else float("nan"),
+        offered_rps=offered_rps,
+    )
 
 
 @dataclass(frozen=True)
@@ -20,7 +78,8 @@ class SweepPoint:
     ``rate_rps`` is the rate asked for (a trace is rescaled so that its whole mean is this rate); the
     requests actually simulated are described by ``workload`` (name, with the trace's scale factor),
     ``num_requests``, ``arrival_span_s`` (first to last arrival, s) and :attr:`offered_rate_rps`: with
-    ``--duration`` the kept window can be far from the whole trace's mean.
+    ``--duration`` the kept window can be far from the whole trace's mean. ``overload``: set when static max
+    itself misses the SLO for most requests (:func:`find_overload`).
     """
 
     rate_rps: float
@@ -28,6 +87,7 @@ class SweepPoint:
     workload: str = ""
     num_requests: int = 0
     arrival_span_s: float = 0.0
+    overload: Overload | None = None
 
     @property
     def offered_rate_rps(self) -> float | None:
@@ -85,6 +145,7 @@ def run_sweep(
             results.append(choice.result)
             if all(r.policy != BASELINE for r in results):
                 results.insert(0, reference)
+        offered = workload.rate_rps if len(workload) > 1 and workload.duration_s > 0 else None
         points.append(
             SweepPoint(
                 rate,
@@ -92,6 +153,7 @@ def run_sweep(
                 workload.name,
                 len(workload),
                 workload.duration_s,
+                find_overload(results, setup.slo, offered),
             )
         )
     return points

@@ -1,0 +1,55 @@
+"""Sweeps as the tables and JSON report them: overloaded rates (issue 18, item 9)."""
+
+from __future__ import annotations
+
+import pytest
+from rich.console import Console
+
+from voltana.hardware.simulated import PerformanceModel
+from voltana.sim.report import comparison_markdown, policy_table, sweep_json
+from voltana.sim.runner import SimulationSetup
+from voltana.sim.sweep import OVERLOAD_ATTAINMENT, run_sweep
+from voltana.sim.synthetic import synthetic_workload
+from voltana.sim.workload import Workload
+
+from .conftest import make_setup
+
+
+def render(table: object) -> str:
+    console = Console(width=200, record=True)
+    console.print(table)
+    return console.export_text()
+
+
+@pytest.fixture(scope="module")
+def one_pair(a100_llama: PerformanceModel) -> SimulationSetup:
+    return make_setup(a100_llama, num_prefill=1, num_decode=1)
+
+
+def test_overloaded_rate_is_flagged_and_prints_no_savings(one_pair: SimulationSetup) -> None:
+    """1P+1D at 30 req/s: static max finishes a fraction of the requests in time; at 2 req/s it does not."""
+
+    def workload_at(rate: float) -> Workload:
+        return synthetic_workload(rate, 10.0, seed=0)
+
+    calm, busy = run_sweep(one_pair, ["static-max", "static-min"], workload_at, [2.0, 30.0])
+    assert calm.overload is None
+    assert "n/a" not in render(policy_table(calm, one_pair.slo))
+    overload = busy.overload
+    assert overload is not None
+    base = busy.results[0]
+    assert base.policy == "static-max" and base.slo_attainment < OVERLOAD_ATTAINMENT
+    assert overload.slo_attainment == base.slo_attainment
+    assert overload.ttft_p50_over_slo == pytest.approx(base.ttft.p50_s / one_pair.slo.ttft_s)
+    # Requests arrive faster than static max completes them: that is by how much the cluster is short.
+    assert overload.offered_rps is not None and overload.completed_rps < overload.offered_rps
+    line = overload.describe()
+    assert line.startswith(f"overloaded: static-max meets the SLO for only {base.slo_attainment:.1%}")
+    assert "median TTFT" in line and "savings not meaningful" in line and "\n" not in line
+    text = render(policy_table(busy, one_pair.slo))
+    assert text.count("n/a (overload)") == 2 and "+" not in text.split("static-min")[1].split("\n")[0]
+    markdown = comparison_markdown([calm, busy]).splitlines()
+    assert "n/a (overload) / " in markdown[-1] and "%" in markdown[-2] and "n/a" not in markdown[-2]
+    data = sweep_json([calm, busy], {})
+    assert data["points"][0]["overload"] is None
+    assert data["points"][1]["overload"]["slo_attainment"] == base.slo_attainment
