@@ -80,7 +80,17 @@ def simulate(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for workload generation and random routing.")] = 0,
     plot: Annotated[
-        Path | None, typer.Option(help="Write a PNG: energy and SLO vs rate, clock timeline.")
+        Path | None,
+        typer.Option(
+            help="Write a PNG: energy and SLO attainment per policy (vs rate for a sweep), clock timeline."
+        ),
+    ] = None,
+    timeline_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Rate (req/s, one of the simulated rates) of the plot's clock timeline "
+            "(default: the highest rate where static-max meets the SLO for >= 90% of requests)."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")] = False,
 ) -> None:
@@ -158,6 +168,11 @@ def simulate(
         check_slo_feasible(perf, setup.slo, probe)
         _check_policies(names)
         timeline_policy = next((n for n in reversed(names) if n != "oracle"), None) if plot else None
+        if timeline_rate is not None and timeline_rate not in sweep_rates:
+            known = ", ".join(f"{r:g}" for r in sweep_rates)
+            raise _fail(
+                f"--timeline-rate {timeline_rate:g} is not one of the simulated rates ({known} req/s)"
+            )
         total = plan_runs(names, 1, len(allowed)) * len(sweep_rates)
         with Progress(
             TextColumn("{task.description}"),
@@ -189,8 +204,20 @@ def simulate(
         "workload": probe.name,
         "seed": seed,
     }
+    shown_rate = None
     if plot is not None:
-        plot_sweep(points, plot, timeline_policy)
+        workload_label = (
+            f"synthetic {arrivals} arrivals, {span_s:g} s"
+            if workload == SYNTHETIC
+            else Path(workload).name + (f", first {duration:g} s" if duration is not None else "")
+        )
+        title = (
+            f"{gpu} / {model} TP{perf.tp}, {prefill}P+{decode}D, {workload_label}, "
+            f"SLO TTFT {setup.slo.ttft_s * 1e3:g} ms / ITL {setup.slo.itl_s * 1e3:g} ms"
+        )
+        shown_rate = plot_sweep(
+            points, plot, timeline_policy, title, timeline_rate, (allowed[0], allowed[-1])
+        )
     if as_json:
         print(json.dumps(sweep_json(points, meta), indent=2))
         return
@@ -208,7 +235,7 @@ def simulate(
         out.print(residency_table(point))
     out.print("[dim]saving: energy vs static-max; SLO att.: share of requests meeting TTFT and mean ITL.[/]")
     if plot is not None:
-        out.print(f"plot written to {plot}")
+        out.print(f"plot written to {plot} (clock timeline of {timeline_policy} at {shown_rate:g} req/s)")
 
 
 def _check_policies(names: list[str]) -> None:

@@ -121,8 +121,7 @@ def summarize(policy: str, rate_rps: float, outcome: ClusterOutcome, slo: Slo) -
         residency = busy_by_clock[stats.phase.value]
         for clock, seconds in stats.clock_busy_s.items():
             residency[clock] = residency.get(clock, 0.0) + seconds
-        if stats.timeline:
-            timeline[stats.instance_id] = stats.timeline
+        timeline[stats.instance_id] = stats.timeline
     shares = {
         phase: {clock: seconds / total for clock, seconds in sorted(by_clock.items())}
         for phase, by_clock in busy_by_clock.items()
@@ -147,5 +146,6 @@ def summarize(policy: str, rate_rps: float, outcome: ClusterOutcome, slo: Slo) -
         itl_attainment=float(np.mean(meets_itl)),
         clock_residency=shares,
         iterations=iterations,
-        timeline=timeline,
+        # Recorded: every instance, also one that never ran (an empty list); not recorded: none.
+        timeline=timeline if any(timeline.values()) else {},
     )

@@ -69,6 +69,7 @@ def test_table_output_on_a_trace(tmp_path: Path) -> None:
         (["--rates", "fast"], "--rates must be"),
         (["--prefill", "0"], "at least one instance"),
         (["--min-clock", "1500"], "contains no supported clock"),
+        (["--rates", "2,4", "--timeline-rate", "3"], "--timeline-rate 3 is not one of the simulated rates"),
     ],
 )
 def test_bad_input_is_one_line(
