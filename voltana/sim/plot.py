@@ -162,20 +162,15 @@ def _bars(ax_energy: Any, ax_slo: Any, point: SweepPoint) -> None:
     positions = list(range(len(results)))
     energy_kj = [r.energy_j / 1e3 for r in results]
     bars = ax_energy.bar(positions, energy_kj, color=[f"C{i}" for i in positions])
-    for bar, result in zip(bars, results, strict=True):
-        if point.overload is not None:
-            note = "n/a (overload)"
-        elif result.saving_vs_static_max is None:
-            note = ""
-        else:
-            note = f"{result.saving_vs_static_max:+.1%}"
-        ax_energy.annotate(
-            f"{bar.get_height():.1f} kJ\n{note}",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
+    notes = [
+        "n/a (overload)"
+        if point.overload is not None
+        else ("" if r.saving_vs_static_max is None else f"{r.saving_vs_static_max:+.1%}")
+        for r in results
+    ]
+    ax_energy.bar_label(
+        bars, [f"{kj:.1f} kJ\n{note}" for kj, note in zip(energy_kj, notes, strict=True)], fontsize=8
+    )
     ax_energy.set_xticks(positions, labels, fontsize=8)
     ax_energy.set_ylabel("energy (kJ); label: saving vs static max")
     ax_energy.set_ylim(0, max(energy_kj) * 1.25)
@@ -191,14 +186,7 @@ def _bars(ax_energy: Any, ax_slo: Any, point: SweepPoint) -> None:
         shifted = [x + (offset - 1) * width for x in positions]
         group = ax_slo.bar(shifted, [100 * v for v in values], width, label=name, alpha=1.0 - 0.3 * offset)
         if offset == 0:
-            for bar, value in zip(group, values, strict=True):
-                ax_slo.annotate(
-                    f"{value:.1%}",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
+            ax_slo.bar_label(group, [f"{v:.1%}" for v in values], fontsize=7)
     ax_slo.set_xticks(positions, labels, fontsize=8)
     ax_slo.set(ylabel="SLO attainment (%)", ylim=(0, 112))
     ax_slo.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
