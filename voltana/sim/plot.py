@@ -22,6 +22,7 @@ from typing import Any
 
 from voltana.sim.metrics import PolicyResult
 from voltana.sim.report import point_title
+from voltana.sim.runner import SimulationError
 from voltana.sim.sweep import BASELINE, SweepPoint
 
 TIMELINE_ATTAINMENT = 0.9
@@ -87,8 +88,9 @@ def sweep_figure(
     """The figure (see the module doc) and the rate (req/s) of its clock timeline.
 
     ``timeline_rate_rps`` must be one of the points' rates (None: :func:`default_timeline_rate`); raises
-    ``ValueError`` for a rate that is not among them. ``clock_range_mhz``: the colour scale of the timeline
-    (the allowed clocks' lowest and highest; None: the clocks that occur). Close it with ``plt.close``.
+    :class:`~voltana.sim.runner.SimulationError` for a rate that is not among them. ``clock_range_mhz``:
+    the colour scale of the timeline (the allowed clocks' lowest and highest; None: the clocks that occur).
+    Close the figure with ``plt.close``.
     """
     import matplotlib
 
@@ -101,7 +103,7 @@ def sweep_figure(
     shown_point = next((p for p in points if p.rate_rps == rate), None)
     if shown_point is None:
         known = ", ".join(f"{p.rate_rps:g}" for p in points)
-        raise ValueError(f"timeline rate {rate:g} req/s is not one of the simulated rates ({known})")
+        raise SimulationError(f"timeline rate {rate:g} req/s is not one of the simulated rates ({known})")
     fig, (ax_energy, ax_slo, ax_clock) = plt.subplots(
         3, 1, figsize=(9, 11), constrained_layout=True, gridspec_kw={"height_ratios": (1, 1, 1.2)}
     )
