@@ -26,14 +26,16 @@ def _ms(seconds: float) -> str:
 def point_title(point: SweepPoint) -> str:
     """What was simulated at ``point``: the requests' own rate and count, the workload, the sweep rate.
 
-    E.g. ``0.61 req/s: 63 requests in 102 s of arrivals (t.csv x0.19; sweep rate 1 req/s)``: with
+    E.g. ``2.44 req/s: 63 requests in 25.4 s of arrivals (gap.csv x1.22111; sweep rate 1 req/s)``: with
     ``--duration`` a window of a rescaled trace has its own rate, not the whole trace's mean.
     """
     name = point.workload.split(" (")[0] or "workload"
     offered = point.offered_rate_rps
     rate = "single arrival" if offered is None else f"{offered:.3g} req/s"
+    span_s = point.arrival_span_s
+    span = f"{span_s:.3g}" if span_s < 100 else f"{span_s:.0f}"
     return (
-        f"{rate}: {point.num_requests} requests in {point.arrival_span_s:.3g} s of arrivals "
+        f"{rate}: {point.num_requests} requests in {span} s of arrivals "
         f"({name}; sweep rate {point.rate_rps:g} req/s)"
     )
 

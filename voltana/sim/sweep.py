@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from voltana.core.types import Slo
 from voltana.sim.metrics import PolicyResult
@@ -145,15 +145,8 @@ def run_sweep(
             results.append(choice.result)
             if all(r.policy != BASELINE for r in results):
                 results.insert(0, reference)
-        offered = workload.rate_rps if len(workload) > 1 and workload.duration_s > 0 else None
-        points.append(
-            SweepPoint(
-                rate,
-                tuple(with_savings(results, BASELINE)),
-                workload.name,
-                len(workload),
-                workload.duration_s,
-                find_overload(results, setup.slo, offered),
-            )
+        point = SweepPoint(
+            rate, tuple(with_savings(results, BASELINE)), workload.name, len(workload), workload.duration_s
         )
+        points.append(replace(point, overload=find_overload(results, setup.slo, point.offered_rate_rps)))
     return points
