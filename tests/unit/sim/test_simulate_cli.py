@@ -24,6 +24,29 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_in_process(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    from voltana.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["voltana", "simulate", *args])
+    code: int | str | None = 0
+    try:
+        main()
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return int(code or 0), captured.out, captured.err
+
+
+def one_error_line(code: int, err: str) -> str:
+    """The single stderr line of a failed run (exit status 2), asserting there is exactly one."""
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 @pytest.mark.slow
 def test_json_sweep_with_plot(tmp_path: Path) -> None:
     plot = tmp_path / "out.png"
@@ -76,16 +99,8 @@ def test_bad_input_is_one_line(
     args: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The console-script entry point in-process (the subprocess path is covered by the trace test below)."""
-    from voltana.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["voltana", "simulate", "--duration", "5", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert message in lines[0]
+    code, _, err = run_in_process(["--duration", "5", *args], monkeypatch, capsys)
+    assert message in one_error_line(code, err)
 
 
 def test_garbled_trace_is_one_line(tmp_path: Path) -> None:
@@ -98,21 +113,6 @@ def test_garbled_trace_is_one_line(tmp_path: Path) -> None:
 
 # Issue 18, item 8: options the simulation cannot honour stop with one line; the tables describe the
 # requests actually simulated.
-
-
-def run_in_process(
-    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str, str]:
-    from voltana.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["voltana", "simulate", *args])
-    code: int | str | None = 0
-    try:
-        main()
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return int(code or 0), captured.out, captured.err
 
 
 def gap_trace(tmp_path: Path) -> Path:
@@ -147,9 +147,7 @@ def test_options_a_trace_run_cannot_honour_are_one_line(
 ) -> None:
     workload = ["--workload", str(gap_trace(tmp_path)), "--policies", "static-max"]
     code, _, err = run_in_process([*workload, *args], monkeypatch, capsys)
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], err
+    assert message in one_error_line(code, err)
 
 
 def test_table_reports_the_window_and_each_rates_scale_factor(
