@@ -6,7 +6,7 @@ ecofreq+ecoroute to the hindsight oracle, and whether the targets hold (ecofreq+
 much as voltana-paper with SLO attainment no lower than static max's; >= 30 % saving at low load).
 
 Run: ``.venv/bin/python benchmarks/bench_paper_setting.py [--window 120] [--rates 2,5,10] [--json out]``
-(reads ``../shared/data/traces/AzureLLMInferenceTrace_conv.csv``; falls back to the synthetic generator).
+(reads ``tests/data/traces/AzureLLMInferenceTrace_conv.csv``, shipped with the repository).
 """
 
 from __future__ import annotations
@@ -29,14 +29,7 @@ from voltana.sim.sweep import plan_runs, run_sweep
 from voltana.sim.synthetic import synthetic_workload
 from voltana.sim.workload import Workload, load_workload
 
-TRACE = (
-    Path(__file__).resolve().parents[1]
-    / ".."
-    / "shared"
-    / "data"
-    / "traces"
-    / "AzureLLMInferenceTrace_conv.csv"
-)
+TRACE = Path(__file__).resolve().parents[1] / "tests" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 POLICIES = ("static-max", "static-min", "voltana-paper", "ecofreq+ecoroute", "oracle")
 OURS, PAPER, BASE = "ecofreq+ecoroute", "voltana-paper", "static-max"
 LOW_LOAD_TARGET = 0.30

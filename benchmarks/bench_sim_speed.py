@@ -1,10 +1,10 @@
 """Simulator speed: one hour of the Azure conversation trace on 2P+2D (target <= 20 s: >= 180x real time).
 
 Run: ``.venv/bin/python benchmarks/bench_sim_speed.py`` from the repository root (reads
-``../shared/data/traces/AzureLLMInferenceTrace_conv.csv``). Prints wall time, simulated time, speed-up over
-real time and wall microseconds per iteration for each policy; every iteration goes through the real
-controller (``decide`` and ``observe``: policy hook, predictor updates, observers). CPU time is printed too:
-on a shared machine wall time includes waiting for a core.
+``tests/data/traces/AzureLLMInferenceTrace_conv.csv``, shipped in the repository). Prints wall time,
+simulated time, speed-up over real time and wall microseconds per iteration for each policy; every iteration
+goes through the real controller (``decide`` and ``observe``: policy hook, predictor updates, observers).
+CPU time is printed too: on a shared machine wall time includes waiting for a core.
 """
 
 from __future__ import annotations
@@ -29,14 +29,7 @@ from voltana.sim.runner import (
 )
 from voltana.sim.workload import load_workload
 
-TRACE = (
-    Path(__file__).resolve().parents[1]
-    / ".."
-    / "shared"
-    / "data"
-    / "traces"
-    / "AzureLLMInferenceTrace_conv.csv"
-)
+TRACE = Path(__file__).resolve().parents[1] / "tests" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 TARGET_S = 20.0
 POLICIES = ("static-max", "ecofreq+ecoroute", "voltana-paper")
 
