@@ -18,6 +18,20 @@ class Phase(StrEnum):
     DECODE = "decode"
 
 
+class EnergySource(StrEnum):
+    """Where an energy figure comes from, carried by every record, span, metric and state payload.
+
+    ``measured``: the GPU's cumulative energy counter; ``power-integrated``: the driver's power reading
+    integrated over time (no counter, or it failed); ``simulated``: the simulated GPU's performance model;
+    ``unknown``: no energy figure at all.
+    """
+
+    MEASURED = "measured"
+    POWER_INTEGRATED = "power-integrated"
+    SIMULATED = "simulated"
+    UNKNOWN = "unknown"
+
+
 @dataclass(frozen=True, slots=True)
 class Slo:
     """Latency objectives: time to first token and inter-token latency, in seconds."""

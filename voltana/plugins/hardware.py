@@ -7,8 +7,9 @@ from typing import Any
 
 from voltana.core.contexts import DoctorCheck
 from voltana.core.hookspecs import DriverFactory, hookimpl
-from voltana.hardware.device import has_clock_privilege
-from voltana.hardware.errors import VoltanaHardwareError
+from voltana.core.types import EnergySource
+from voltana.hardware.device import GpuGroup, clock_privilege
+from voltana.hardware.errors import LibraryNotFoundError, NoPermissionError, VoltanaHardwareError
 from voltana.hardware.nvml import PRIVILEGE_FIX
 from voltana.hardware.select import BUILTIN_DRIVERS
 
@@ -17,6 +18,13 @@ from voltana.hardware.select import BUILTIN_DRIVERS
 def voltana_register_hardware(register: Callable[[str, DriverFactory], None]) -> None:
     for name, factory in BUILTIN_DRIVERS.items():
         register(name, factory)
+
+
+NO_DEVICE_FIX = (
+    "check `nvidia-smi`; in a container pass the GPUs (docker --gpus all) and do not hide them with "
+    "CUDA_VISIBLE_DEVICES=''"
+)
+LOCK_TEST_HINT = "`voltana doctor --try-lock` locks GPU 0 at its current clock and resets it"
 
 
 def _nvml_check() -> DoctorCheck:
@@ -30,15 +38,29 @@ def _nvml_check() -> DoctorCheck:
 
     try:
         nvml_init()
+    except LibraryNotFoundError as exc:
+        return DoctorCheck("hardware", "NVML", None, f"no NVIDIA driver library: {exc}")
     except VoltanaHardwareError as exc:
-        return DoctorCheck("hardware", "NVML", None, f"no NVIDIA GPU usable: {exc}")
+        return DoctorCheck(
+            "hardware", "NVML", False, f"NVML does not initialise: {exc}", "check `nvidia-smi`"
+        )
     try:
         count = int(pynvml.nvmlDeviceGetCount())
+        driver = pynvml.nvmlSystemGetDriverVersion()
     except pynvml.NVMLError as exc:
         return DoctorCheck("hardware", "NVML", False, f"cannot count GPUs: {exc}", "check `nvidia-smi`")
     finally:
         nvml_shutdown()
-    return DoctorCheck("hardware", "NVML", count > 0, f"{count} NVIDIA GPU(s) on this node")
+    driver_text = driver.decode() if isinstance(driver, bytes) else str(driver)
+    if count == 0:
+        return DoctorCheck(
+            "hardware",
+            "NVML",
+            False,
+            f"driver {driver_text} loaded but no NVIDIA GPU on this node",
+            NO_DEVICE_FIX,
+        )
+    return DoctorCheck("hardware", "NVML", True, f"{count} NVIDIA GPU(s), driver {driver_text}")
 
 
 def _amd_check() -> DoctorCheck:
@@ -51,41 +73,106 @@ def _amd_check() -> DoctorCheck:
     return DoctorCheck("hardware", "AMD SMI", True, "amdsmi importable")
 
 
-def _selected_check(config: Any) -> DoctorCheck:
+def _open_selected(config: Any) -> tuple[GpuGroup | None, DoctorCheck]:
+    """The configured GPU group (caller closes it) and the ``devices`` row."""
     from voltana.hardware.select import open_devices
+    from voltana.plugins import get_plugin_manager
 
     hardware = getattr(config, "hardware", None)
     if hardware is None:
-        return DoctorCheck("hardware", "devices", None, "no hardware config given")
-    from voltana.plugins import get_plugin_manager
-
+        return None, DoctorCheck("hardware", "devices", None, "no valid config: devices not opened")
     try:
         group = open_devices(hardware, get_plugin_manager().hook)
     except VoltanaHardwareError as exc:
-        return DoctorCheck("hardware", "devices", False, str(exc), "fix hardware.vendor / device_indices")
-    try:
-        names = ", ".join(f"{d.index}:{d.name}" for d in group.devices)
-        clocks = group.supported_clocks_mhz()
-        span = f"{clocks[0]}..{clocks[-1]} MHz" if clocks else "no clocks"
-        return DoctorCheck(
-            "hardware", "devices", True, f"vendor={hardware.vendor} -> {group.vendor}: {names} ({span})"
+        return None, DoctorCheck(
+            "hardware", "devices", False, str(exc), "fix hardware.vendor / device_indices"
         )
-    finally:
-        group.close()
+    names = ", ".join(f"{d.index}:{d.name}" for d in group.devices)
+    clocks = group.supported_clocks_mhz()
+    span = f"{clocks[0]}..{clocks[-1]} MHz" if clocks else "no clocks"
+    detail = f"vendor={hardware.vendor} -> {group.vendor}: {names} ({span})"
+    if group.vendor == "simulated" and hardware.vendor == "auto":
+        return group, DoctorCheck(
+            "hardware",
+            "devices",
+            None,
+            f"{detail}; no physical GPU usable, so energy is SIMULATED, not measured",
+            'install the NVIDIA driver or ROCm on a GPU node, or set hardware.vendor = "simulated"',
+        )
+    return group, DoctorCheck("hardware", "devices", True, detail)
 
 
-def _privilege_check() -> DoctorCheck:
-    if has_clock_privilege():
-        return DoctorCheck("hardware", "clock control", True, "root or CAP_SYS_ADMIN: clocks can be locked")
+def _energy_check(group: GpuGroup) -> DoctorCheck:
+    source = group.energy_source
+    refresh = (
+        f", counter refreshed every {group.energy_refresh_s * 1e3:.0f} ms" if group.energy_refresh_s else ""
+    )
+    if source is EnergySource.MEASURED:
+        return DoctorCheck("hardware", "energy", True, f"measured by the GPU's energy counter{refresh}")
+    if source is EnergySource.POWER_INTEGRATED:
+        return DoctorCheck(
+            "hardware", "energy", None, "no usable energy counter: power readings are integrated instead"
+        )
+    if source is EnergySource.SIMULATED:
+        return DoctorCheck("hardware", "energy", None, "simulated by the GPU performance model")
     return DoctorCheck(
         "hardware",
-        "clock control",
-        None,
-        "not root, no CAP_SYS_ADMIN: real GPUs monitor-only",
-        PRIVILEGE_FIX,
+        "energy",
+        False,
+        "neither an energy counter nor a power reading: energy is reported as unknown",
+        "update the GPU driver; virtual GPUs often hide both",
+    )
+
+
+def _privilege_check(group: GpuGroup) -> DoctorCheck:
+    if group.vendor == "simulated":
+        return DoctorCheck("hardware", "clock control", None, "simulated GPU: no privilege needed")
+    allowed, why = clock_privilege()
+    if allowed:
+        return DoctorCheck("hardware", "clock control", True, f"{why}: clocks can be locked")
+    return DoctorCheck("hardware", "clock control", False, f"{why}: clocks cannot be locked", PRIVILEGE_FIX)
+
+
+def _lock_test(group: GpuGroup, try_lock: bool) -> DoctorCheck:
+    if group.vendor == "simulated":
+        return DoctorCheck("hardware", "lock test", None, "simulated GPU: nothing to try")
+    if not try_lock:
+        return DoctorCheck("hardware", "lock test", None, "not tried (read-only)", LOCK_TEST_HINT)
+    device = group.devices[0]
+    try:
+        current_mhz = device.current_clock_mhz()
+        read_back_mhz = device.lock_clock_mhz(current_mhz)
+    except NoPermissionError as exc:
+        return DoctorCheck("hardware", "lock test", False, f"the driver refused: {exc}", PRIVILEGE_FIX)
+    except VoltanaHardwareError as exc:
+        return DoctorCheck("hardware", "lock test", False, f"locking failed: {exc}", "see the detail")
+    try:
+        device.reset_clocks()
+    except VoltanaHardwareError as exc:
+        return DoctorCheck(
+            "hardware",
+            "lock test",
+            False,
+            f"locked GPU {device.index} at {current_mhz} MHz but the reset failed: {exc}",
+            "reset it by hand: `nvidia-smi -rgc` (NVIDIA) or `amd-smi reset --clocks` (AMD)",
+        )
+    return DoctorCheck(
+        "hardware",
+        "lock test",
+        True,
+        f"locked GPU {device.index} at its current {current_mhz} MHz "
+        f"(read back {read_back_mhz} MHz) and reset it",
     )
 
 
 @hookimpl
-def voltana_doctor_checks(config: Any) -> list[DoctorCheck]:
-    return [_nvml_check(), _amd_check(), _selected_check(config), _privilege_check()]
+def voltana_doctor_checks(config: Any, try_lock: bool) -> list[DoctorCheck]:
+    checks = [_nvml_check(), _amd_check()]
+    group, devices_row = _open_selected(config)
+    checks.append(devices_row)
+    if group is not None:
+        try:
+            checks += [_energy_check(group), _privilege_check(group), _lock_test(group, try_lock)]
+        finally:
+            group.close()
+    return checks

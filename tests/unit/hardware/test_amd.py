@@ -8,6 +8,7 @@ exception classes are the real ones, and the API functions voltana calls are pat
 from __future__ import annotations
 
 import ctypes
+import logging
 import sys
 from collections.abc import Iterator
 from types import ModuleType
@@ -168,9 +169,60 @@ def test_energy_is_accumulator_times_resolution_with_wrap(
     calls["amdsmi_get_energy_count"].side_effect = [
         {"energy_accumulator": value, "counter_resolution": 15.3, "timestamp": 0} for value in accumulators
     ]
-    device = amd.open_amd([0]).devices[0]
-    assert device.energy_j() == 0.0
+    device = amd.open_amd([0]).devices[0]  # opening reads the first value (the baseline)
     assert device.energy_j() == pytest.approx(expected_j)
+
+
+@pytest.mark.parametrize(
+    "accumulators",
+    [
+        [2**31, 2**31 - 5],  # a 5-unit dip of a 32-bit accumulator: once read as a wrap (+65 kJ)
+        [5_000_000_000, 1_200],  # firmware reset of a 64-bit accumulator: once read as a wrap (2.8e14 J)
+    ],
+)
+def test_accumulator_drop_counts_zero_and_rebases_with_one_warning(
+    smi: Any, accumulators: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, calls = smi
+    readings = [*accumulators, accumulators[-1] + 1_000, accumulators[-1] - 10, accumulators[-1] + 2_000]
+    calls["amdsmi_get_energy_count"].side_effect = [
+        {"energy_accumulator": value, "counter_resolution": 15.3, "timestamp": 0} for value in readings
+    ]
+    with caplog.at_level(logging.WARNING, logger="voltana.hardware"):
+        device = amd.open_amd([0]).devices[0]
+        assert device.energy_j() == 0.0  # the drop: 0 J for that interval
+        assert device.energy_j() == pytest.approx(1_000 * 15.3e-6)  # re-based on the lower value
+        assert device.energy_j() == pytest.approx(1_000 * 15.3e-6)  # a second dip: 0 again
+        assert device.energy_j() == pytest.approx(3_010 * 15.3e-6)
+    drops = [r for r in caplog.records if "went backward" in r.getMessage()]
+    assert len(drops) == 1 and drops[0].levelno == logging.WARNING
+
+
+def test_lock_order_follows_the_applied_limits_when_the_gpu_throttles(smi: Any) -> None:
+    """Locked at 2100, throttled to 1900, then locking 2000: min must be written first (min=2100 applied)."""
+    module, calls = smi
+    limits = {"min": 500, "max": 2100}
+
+    def set_limit(handle: Any, clk_type: str, limit: str, value: int) -> None:
+        proposed = {**limits, limit: value}
+        if proposed["min"] > proposed["max"]:  # the driver refuses min > max, as amdgpu does
+            raise module.AmdSmiLibraryException(module.amdsmi_wrapper.AMDSMI_STATUS_INVAL)
+        limits[limit] = value
+
+    calls["amdsmi_set_gpu_clk_limit"].side_effect = set_limit
+    frequency = [500_000_000, 1_500_000_000, 1_900_000_000, 2_000_000_000, 2_100_000_000]
+    calls["amdsmi_get_clk_freq"].return_value = {"num_supported": 5, "current": 4, "frequency": frequency}
+    device = amd.open_amd([0]).devices[0]
+    device.lock_clock_mhz(2100)
+    assert limits == {"min": 2100, "max": 2100}
+    calls["amdsmi_get_clk_freq"].return_value = {"num_supported": 5, "current": 2, "frequency": frequency}
+    assert device.current_clock_mhz() == 1900  # thermal throttling below the locked range
+    device.lock_clock_mhz(2000)
+    assert limits == {"min": 2000, "max": 2000}
+    assert calls["amdsmi_set_gpu_clk_limit"].call_args_list[-2:] == [
+        mock.call("h0", "sclk", "min", 2000),
+        mock.call("h0", "sclk", "max", 2000),
+    ]
 
 
 def test_without_rocm_import_fails_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
