@@ -38,6 +38,9 @@ class HardwareConfig(_Section):
     device_indices: list[int] = Field(default_factory=list, description="empty: all visible to the process")
     simulated_gpu: str = "a100-80gb"
     simulated_model: str = "llama-3.1-8b"
+    clockd_socket: str | None = Field(
+        None, description="Unix socket of `voltana clockd`: clocks are locked through it (no CAP_SYS_ADMIN)"
+    )
     restore_clocks_on_exit: bool = True
 
 

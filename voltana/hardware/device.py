@@ -193,13 +193,17 @@ class GpuGroup:
         """Highest common clock (MHz)."""
         return self._clocks[-1]
 
-    def lock_clock_mhz(self, clock_mhz: int) -> int:
-        """Lock every member; returns the lowest read-back clock (the group runs at its slowest member)."""
+    def check_supported(self, clock_mhz: int) -> None:
+        """Raise ``InvalidArgumentError`` unless every member accepts ``clock_mhz``."""
         if self._clocks and clock_mhz not in self._clocks:
             raise InvalidArgumentError(
                 f"clock {clock_mhz} MHz is not supported by this GPU group "
                 f"(range {self._clocks[0]}..{self._clocks[-1]} MHz); pick one of supported_clocks_mhz()"
             )
+
+    def lock_clock_mhz(self, clock_mhz: int) -> int:
+        """Lock every member; returns the lowest read-back clock (the group runs at its slowest member)."""
+        self.check_supported(clock_mhz)
         return min(device.lock_clock_mhz(clock_mhz) for device in self.devices)
 
     def reset_clocks(self) -> None:

@@ -74,7 +74,25 @@ def registered_drivers(hook: Any | None = None) -> dict[str, DriverFactory]:
 
 
 def open_devices(config: HardwareConfig, hook: Any | None = None) -> GpuGroup:
-    """The GPU group an instance drives, per ``config.vendor``; raises ``VoltanaHardwareError`` (one line)."""
+    """The GPU group an instance drives, per ``config.vendor``; raises ``VoltanaHardwareError`` (one line).
+
+    With ``config.clockd_socket`` the clock locks and resets of a physical group go through ``voltana
+    clockd`` (:class:`~voltana.hardware.clockd.ClockdGpuGroup`); energy and clock reads stay local.
+    """
+    group = _open_group(config, hook)
+    if config.clockd_socket and group.vendor != "simulated":
+        from voltana.hardware.clockd import ClockdClient, ClockdGpuGroup
+
+        try:
+            client = ClockdClient(config.clockd_socket)
+        except VoltanaHardwareError:
+            group.close()
+            raise
+        return ClockdGpuGroup(group, client)
+    return group
+
+
+def _open_group(config: HardwareConfig, hook: Any | None) -> GpuGroup:
     drivers: Mapping[str, DriverFactory] = registered_drivers(hook)
     if config.vendor != "auto":
         factory = drivers.get(config.vendor)
