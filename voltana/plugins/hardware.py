@@ -14,7 +14,7 @@ from rich.markup import escape
 from voltana.core.contexts import DoctorCheck
 from voltana.core.hookspecs import DriverFactory, hookimpl
 from voltana.core.types import EnergySource
-from voltana.hardware.device import GpuGroup, clock_privilege
+from voltana.hardware.device import GpuDevice, GpuGroup, clock_privilege
 from voltana.hardware.errors import LibraryNotFoundError, NoPermissionError, VoltanaHardwareError
 from voltana.hardware.nvml import PRIVILEGE_FIX
 from voltana.hardware.select import BUILTIN_DRIVERS
@@ -131,8 +131,14 @@ def _energy_check(group: GpuGroup) -> DoctorCheck:
 
 
 def _privilege_check(group: GpuGroup) -> DoctorCheck:
+    from voltana.hardware.clockd import ClockdGpuGroup
+
     if group.vendor == "simulated":
         return DoctorCheck("hardware", "clock control", None, "simulated GPU: no privilege needed")
+    if isinstance(group, ClockdGpuGroup):
+        return DoctorCheck(
+            "hardware", "clock control", True, f"through voltana clockd at {group.client.socket_path}"
+        )
     allowed, why = clock_privilege()
     if allowed:
         return DoctorCheck("hardware", "clock control", True, f"{why}: clocks can be locked")
@@ -144,9 +150,15 @@ def _lock_test(group: GpuGroup, try_lock: bool) -> DoctorCheck:
         return DoctorCheck("hardware", "lock test", None, "simulated GPU: nothing to try")
     if not try_lock:
         return DoctorCheck("hardware", "lock test", None, "not tried (read-only)", LOCK_TEST_HINT)
-    device = group.devices[0]
+    from voltana.hardware.clockd import ClockdGpuGroup
+
+    # through clockd the whole group is locked, at the supported clock nearest to the current one
+    device: GpuDevice | GpuGroup = group if isinstance(group, ClockdGpuGroup) else group.devices[0]
+    index = group.devices[0].index
     try:
         current_mhz = device.current_clock_mhz()
+        if device is group:
+            current_mhz = min(group.supported_clocks_mhz(), key=lambda clock: abs(clock - current_mhz))
         read_back_mhz = device.lock_clock_mhz(current_mhz)
     except NoPermissionError as exc:
         return DoctorCheck("hardware", "lock test", False, f"the driver refused: {exc}", PRIVILEGE_FIX)
@@ -159,15 +171,14 @@ def _lock_test(group: GpuGroup, try_lock: bool) -> DoctorCheck:
             "hardware",
             "lock test",
             False,
-            f"locked GPU {device.index} at {current_mhz} MHz but the reset failed: {exc}",
+            f"locked GPU {index} at {current_mhz} MHz but the reset failed: {exc}",
             "reset it by hand: `nvidia-smi -rgc` (NVIDIA) or `amd-smi reset --clocks` (AMD)",
         )
     return DoctorCheck(
         "hardware",
         "lock test",
         True,
-        f"locked GPU {device.index} at its current {current_mhz} MHz "
-        f"(read back {read_back_mhz} MHz) and reset it",
+        f"locked GPU {index} at its current {current_mhz} MHz (read back {read_back_mhz} MHz) and reset it",
     )
 
 

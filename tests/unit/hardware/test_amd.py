@@ -17,6 +17,7 @@ from unittest import mock
 
 import pytest
 
+from voltana.core.types import EnergySource
 from voltana.hardware import amd
 from voltana.hardware.errors import (
     GpuLostError,
@@ -235,3 +236,21 @@ def test_without_rocm_import_fails_cleanly(capsys: pytest.CaptureFixture[str]) -
     assert message.startswith("AMD SMI unavailable: ") and "\n" not in message
     assert capsys.readouterr().out == ""  # the vendor's print is swallowed into the message
     assert "amdsmi" not in sys.modules
+
+
+def test_missing_energy_counter_integrates_socket_power(smi: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """amdsmi_get_energy_count NOT_SUPPORTED: clock control stays, energy comes from amdsmi_get_power_info."""
+    module, calls = smi
+    not_supported = module.AmdSmiLibraryException(module.amdsmi_wrapper.AMDSMI_STATUS_NOT_SUPPORTED)
+    calls["amdsmi_get_energy_count"].side_effect = not_supported
+    with caplog.at_level(logging.WARNING, logger="voltana.hardware"):
+        group = amd.open_amd([0])
+        first = group.read_energy()
+        second = group.read_energy()
+        group.lock_clock_mhz(1505)
+    assert first.source is second.source is EnergySource.POWER_INTEGRATED
+    assert first.energy_j is not None and second.energy_j is not None
+    elapsed_s = second.monotonic_s - first.monotonic_s
+    assert second.energy_j - first.energy_j == pytest.approx(640.0 * elapsed_s, rel=1e-6)
+    assert calls["amdsmi_set_gpu_clk_limit"].call_count == 2
+    assert sum("integrating power" in r.getMessage() for r in caplog.records) == 1

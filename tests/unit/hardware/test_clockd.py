@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from tests.support.standin_nvml import StandinNvml, locked_devices
+from voltana.cli import app
 from voltana.core.config import HardwareConfig
 from voltana.hardware.clockd import ClockdClient, ClockdGpuGroup
 from voltana.hardware.errors import InvalidArgumentError, NoPermissionError, VoltanaHardwareError
@@ -153,3 +155,19 @@ def test_engine_config_routes_locks_through_clockd(daemon: Daemon, standin_nvml:
 def test_unreachable_daemon_is_one_clear_line(standin_nvml: StandinNvml, socket_dir: Path) -> None:
     with pytest.raises(VoltanaHardwareError, match=r"cannot reach voltana clockd at .*start it with"):
         open_devices(HardwareConfig(vendor="nvidia", clockd_socket=str(socket_dir / "none.sock")))
+
+
+def test_doctor_try_lock_goes_through_clockd(
+    daemon: Daemon, standin_nvml: StandinNvml, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "engine.toml"
+    config.write_text(f'[hardware]\nvendor = "nvidia"\nclockd_socket = "{daemon.socket_path}"\n')
+    monkeypatch.setenv("COLUMNS", "1000")
+    result = CliRunner().invoke(app, ["--config", str(config), "doctor", "--try-lock"])
+    assert result.exit_code == 0, result.output
+    assert f"through voltana clockd at {daemon.socket_path}" in result.output
+    assert "locked GPU 0 at its current 1410 MHz (read back 1410 MHz) and reset it" in result.output
+    log = standin_nvml.log()
+    assert [(e.op, e.pid) for e in log] == [("lock", daemon.process.pid)] * 2 + [
+        ("reset", daemon.process.pid)
+    ] * 2
