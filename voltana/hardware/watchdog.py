@@ -3,7 +3,12 @@
 ``start_watchdog`` spawns a tiny child process (its own session, so terminal signals to the engine's
 process group do not reach it) that blocks reading a pipe from the engine. Nothing is ever written except
 ``clean`` by :meth:`Watchdog.disarm` on an orderly shutdown. When the pipe reaches end-of-file without that
-word, the engine is gone: the child opens the same devices itself and resets their clocks.
+word, the engine is gone: the child resets the clocks of the same devices, which it opened *before* blocking
+(so the reset is one driver call per GPU, milliseconds after the kill, not an import and an NVML start-up).
+
+The engine paths start it by default (``hardware.watchdog = true``; not for the simulated GPU, which lives in
+the engine's process). It covers what no in-process handler can: SIGKILL, the OOM killer, a segfault, and
+vLLM's default ``--shutdown-timeout 0``, where the API server sends EngineCore SIGTERM then SIGKILL at once.
 
 Limits: the child needs the same privileges as the engine (root / CAP_SYS_ADMIN for NVML); a process forked
 *without exec* from the engine inherits the pipe and delays the reset until it exits too.
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,6 +28,7 @@ from voltana.core.config import HardwareConfig
 
 logger = logging.getLogger("voltana.hardware")
 CLEAN = b"clean\n"
+READY = b"ready\n"
 
 
 @dataclass
@@ -29,6 +36,18 @@ class Watchdog:
     """The engine's end of the watchdog: keep it alive as long as the clocks may be locked."""
 
     process: subprocess.Popen[bytes]
+
+    def wait_ready(self, timeout_s: float = 10.0) -> bool:
+        """Block until the child has opened the devices and waits (True), or ``timeout_s`` passed / it failed.
+
+        Only tests and tools need this: the engine never waits (a watchdog still starting resets a little
+        later, it does not miss the death).
+        """
+        stdout = self.process.stdout
+        if stdout is None:
+            return False
+        ready, _, _ = select.select([stdout], [], [], timeout_s)
+        return bool(ready) and stdout.readline().strip() == READY.strip()
 
     def disarm(self, clean: bool = True, timeout_s: float = 5.0) -> None:
         """Orderly shutdown. ``clean``: the clocks were restored in-process, the child exits without touching
@@ -46,6 +65,8 @@ class Watchdog:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 def start_watchdog(hardware: HardwareConfig, simulated_state_dir: str | None = None) -> Watchdog:
@@ -54,43 +75,54 @@ def start_watchdog(hardware: HardwareConfig, simulated_state_dir: str | None = N
     process = subprocess.Popen(
         [sys.executable, "-m", "voltana.hardware.watchdog", json.dumps(spec)],
         stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         start_new_session=True,
     )
     return Watchdog(process)
 
 
-def _reset_devices(spec: dict[str, Any]) -> None:
+def _open_group(spec: dict[str, Any]) -> Any:
     hardware = HardwareConfig(**spec["hardware"])
     state_dir = spec.get("simulated_state_dir")
     if hardware.vendor == "simulated":
         from voltana.hardware.simulated import open_simulated
 
         tp = len(hardware.device_indices) or None
-        group = open_simulated(hardware.simulated_gpu, hardware.simulated_model, tp, state_dir)
-    else:
-        from voltana.hardware.select import open_devices
+        return open_simulated(hardware.simulated_gpu, hardware.simulated_model, tp, state_dir)
+    from voltana.hardware.select import open_devices
 
-        group = open_devices(hardware)
-    try:
-        group.reset_clocks()
-    finally:
-        group.close()
+    return open_devices(hardware)
 
 
 def main(argv: list[str]) -> int:
-    """Child entry point: block until the parent's pipe closes; reset clocks unless told ``clean``."""
+    """Child entry point: open the devices, block until the parent's pipe closes; reset unless told clean."""
     spec = json.loads(argv[1])
+    group: Any | None = None
+    try:
+        group = _open_group(spec)
+    except Exception as exc:  # retried after the engine dies: the devices may be busy now
+        logger.debug("voltana watchdog: devices not opened ahead: %s", exc)
+    try:
+        sys.stdout.buffer.write(READY)
+        sys.stdout.buffer.flush()
+        sys.stdout.close()
+    except OSError:
+        pass
     received = sys.stdin.buffer.read()
     if received.strip() == CLEAN.strip():
         return 0
     try:
-        _reset_devices(spec)
+        if group is None:
+            group = _open_group(spec)
+        group.reset_clocks()
     except Exception as exc:
         print(
             f"voltana watchdog: the engine died and the GPU clocks could not be reset: {exc}", file=sys.stderr
         )
         return 1
+    finally:
+        if group is not None:
+            group.close()
     print("voltana watchdog: the engine died; GPU clocks reset to the driver default", file=sys.stderr)
     return 0
 
