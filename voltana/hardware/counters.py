@@ -3,7 +3,9 @@
 - :class:`EnergyCounter` turns raw readings of a vendor counter into monotonic cumulative joules. A reading
   below the previous one is a *wrap* only when the counter's width explains it with a small step (the
   wrapped step is below a quarter of the range); any other decrease is a *drop* (driver reset, firmware
-  glitch): that interval counts 0 J and the counter re-bases on the new value. One WARNING per counter.
+  glitch): that interval counts 0 J and the counter re-bases on the new value, unless the next reading is
+  back at or above the pre-drop value (a one-read glitch: measured from the pre-drop value). One WARNING
+  per counter.
 - :class:`EnergyTracker` reads one device's energy and never raises: the counter while it works; when the
   counter is missing (NOT_SUPPORTED, no permission) or fails :data:`FAILURES_BEFORE_FALLBACK` times in a row,
   it integrates power (trapezoid rule between reads) and says so with ``source = power-integrated``; with no
@@ -77,6 +79,7 @@ class EnergyCounter:
         self.drops = 0
         self.wraps = 0
         self._previous: int | None = None
+        self._before_drop: int | None = None  # the reading before a drop, kept for the next reading only
         self._total_units = 0
 
     def _wrapped_step(self, raw: int, previous: int) -> int | None:
@@ -89,30 +92,42 @@ class EnergyCounter:
         return None
 
     def update(self, raw: int) -> float:
-        """Feed one raw reading; returns cumulative joules since the first reading."""
+        """Feed one raw reading; returns cumulative joules since the first reading.
+
+        After a drop, the next reading decides what it was: back at or above the value before the drop, it
+        was a one-read glitch and the interval is measured from that value (the low reading counted for
+        nothing); otherwise it was a reset and counting continues from the new base.
+        """
         previous = self._previous
         if previous is not None:
-            delta = raw - previous
-            if delta < 0:
-                wrapped = self._wrapped_step(raw, previous)
-                if wrapped is None:
-                    self.drops += 1
-                    if self.drops == 1:
-                        logger.warning(
-                            "voltana: the energy counter of %s went backward (%d -> %d units): a driver "
-                            "reset or glitch, not a wrap; counting 0 J for that interval and re-basing "
-                            "(reported once; later drops are handled the same way silently)",
-                            self.label,
-                            previous,
-                            raw,
-                        )
-                    delta = 0
-                else:
-                    self.wraps += 1
-                    delta = wrapped
+            before_drop, self._before_drop = self._before_drop, None
+            if before_drop is not None and raw >= before_drop:
+                delta = raw - before_drop
+            else:
+                delta = raw - previous
+                if delta < 0:
+                    delta = self._decrease(raw, previous, before_drop)
             self._total_units += delta
         self._previous = raw
         return self._total_units * self.joules_per_unit
+
+    def _decrease(self, raw: int, previous: int, before_drop: int | None) -> int:
+        wrapped = self._wrapped_step(raw, previous)
+        if wrapped is not None:
+            self.wraps += 1
+            return wrapped
+        self.drops += 1
+        self._before_drop = max(previous, before_drop or 0)
+        if self.drops == 1:
+            logger.warning(
+                "voltana: the energy counter of %s went backward (%d -> %d units): a driver reset or glitch, "
+                "not a wrap; counting 0 J for that interval and re-basing (reported once; later drops are "
+                "handled the same way silently)",
+                self.label,
+                previous,
+                raw,
+            )
+        return 0
 
 
 class EnergyTracker:

@@ -175,26 +175,26 @@ def test_energy_is_accumulator_times_resolution_with_wrap(
 
 
 @pytest.mark.parametrize(
-    "accumulators",
+    ("accumulators", "expected_units"),
     [
-        [2**31, 2**31 - 5],  # a 5-unit dip of a 32-bit accumulator: once read as a wrap (+65 kJ)
-        [5_000_000_000, 1_200],  # firmware reset of a 64-bit accumulator: once read as a wrap (2.8e14 J)
+        # a 5-unit dip of a 32-bit accumulator (once read as a wrap, +65 kJ): a one-read glitch, measured
+        # from the value before it when the next reading is above it
+        ([2**31, 2**31 - 5, 2**31 + 995, 2**31 - 15, 2**31 + 1_995], [0, 995, 995, 1_995]),
+        # firmware reset of a 64-bit accumulator (once read as a wrap, 2.8e14 J): re-based on the new value
+        ([5_000_000_000, 1_200, 2_200, 1_190, 3_200], [0, 1_000, 1_000, 2_000]),
     ],
 )
 def test_accumulator_drop_counts_zero_and_rebases_with_one_warning(
-    smi: Any, accumulators: list[int], caplog: pytest.LogCaptureFixture
+    smi: Any, accumulators: list[int], expected_units: list[int], caplog: pytest.LogCaptureFixture
 ) -> None:
     _, calls = smi
-    readings = [*accumulators, accumulators[-1] + 1_000, accumulators[-1] - 10, accumulators[-1] + 2_000]
     calls["amdsmi_get_energy_count"].side_effect = [
-        {"energy_accumulator": value, "counter_resolution": 15.3, "timestamp": 0} for value in readings
+        {"energy_accumulator": value, "counter_resolution": 15.3, "timestamp": 0} for value in accumulators
     ]
     with caplog.at_level(logging.WARNING, logger="voltana.hardware"):
         device = amd.open_amd([0]).devices[0]
-        assert device.energy_j() == 0.0  # the drop: 0 J for that interval
-        assert device.energy_j() == pytest.approx(1_000 * 15.3e-6)  # re-based on the lower value
-        assert device.energy_j() == pytest.approx(1_000 * 15.3e-6)  # a second dip: 0 again
-        assert device.energy_j() == pytest.approx(3_010 * 15.3e-6)
+        totals = [device.energy_j() for _ in expected_units]
+    assert totals == pytest.approx([units * 15.3e-6 for units in expected_units])
     drops = [r for r in caplog.records if "went backward" in r.getMessage()]
     assert len(drops) == 1 and drops[0].levelno == logging.WARNING
 

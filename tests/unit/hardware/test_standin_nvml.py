@@ -46,7 +46,8 @@ def test_driver_runs_on_the_standin_through_real_pynvml(standin_nvml: StandinNvm
     ("readings_mj", "expected_j"),
     [
         ([5_000_000_000, 1_200, 2_200], [0.0, 1.0]),  # driver reset (issue: read as a wrap, 1.8e16 J)
-        ([1_000_000, 999_990, 1_000_500], [0.0, 0.51]),  # a 10 mJ dip (issue: +1.8e16 J)
+        ([1_000_000, 999_990, 1_000_500], [0.0, 0.5]),  # a 10 mJ one-read dip (issue: +1.8e16 J)
+        ([5_000_000_000, 0, 5_000_300_000], [0.0, 300.0]),  # one bad read of 0: not 5 MJ on recovery
         ([2**64 - 1_000, 500, 1_500], [1.5, 2.5]),  # a true 64-bit wrap still counts
     ],
 )
@@ -186,3 +187,26 @@ def test_a_subprocess_loads_the_standin_through_ld_library_path(standin_nvml: St
     assert json.loads(done.stdout) == [2, "NVIDIA A100-SXM4-80GB (stand-in)", 1005]
     # the lock outlives the process, as on a real GPU: the log is the device state
     assert locked_devices(standin_nvml.log()) == {0: 1005, 1: 1005}
+
+
+def test_time_based_counter_reset_and_dip_count_zero(
+    standin_nvml: StandinNvml, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The counter advancing with time (refresh 1 ms), a driver reset at read 3, a 100 J dip at read 5."""
+    standin_nvml.script(refresh_ms=1, power_mw=200_000, energy_reset_at_read=3, energy_dip_at_read="5:100000")
+    with caplog.at_level(logging.WARNING, logger="voltana.hardware"):
+        device = nvml.open_nvidia().devices[0]  # read 1
+        started_s = time.monotonic()
+        readings = []
+        for _ in range(5):  # reads 2..6
+            time.sleep(0.02)
+            readings.append(device.read_energy().energy_j)
+        elapsed_s = time.monotonic() - started_s
+    assert all(value is not None for value in readings)
+    values = [v for v in readings if v is not None]
+    assert values == sorted(values)  # monotonic through the reset and the dip
+    assert values[1] == values[0]  # read 3: the counter restarted from 0, counted as 0 J
+    assert values[3] == values[2]  # read 5: the dip, counted as 0 J
+    assert values[4] - values[3] < 100.0  # read 6: measured from before the dip, not +100 J
+    assert 0.0 < values[-1] <= 200.0 * elapsed_s + 0.2  # never more than power x time (plus one refresh)
+    assert len(_warnings(caplog, "went backward")) == 1
