@@ -635,8 +635,10 @@ def _start_energy(runtime: InstanceRuntime, config: VoltanaConfig, devices: Any,
 
 def _start_watchdog(config: VoltanaConfig, devices: Any) -> Any | None:
     """The clock-restore watchdog process (``hardware.watchdog``; not for a simulated GPU, which lives in
-    this process); None, with a warning, if it cannot start."""
-    if not config.hardware.watchdog or not config.hardware.restore_clocks_on_exit:
+    this process, nor through ``voltana clockd``, which resets when the engine's connection drops); None,
+    with a warning, if it cannot start."""
+    hardware = config.hardware
+    if not hardware.watchdog or not hardware.restore_clocks_on_exit or hardware.clockd_socket:
         return None
     if getattr(devices, "vendor", "") == "simulated":
         return None

@@ -115,7 +115,7 @@ def test_a_refused_lock_logs_one_error_and_resets_nothing(
     _run(runtime, 3, ["a"])
     assert applier.wait_applied(2.0)
     runtime.close()
-    assert applier.watchdog.process.wait(10) == 0
+    assert applier.watchdog.wait_exited(10)
     errors = _errors(caplog)
     assert len(errors) == 1 and "Insufficient Permissions" in errors[0]
     assert [e.op for e in standin_nvml.log() if e.op in ("lock", "reset")] == ["lock"]
@@ -144,10 +144,13 @@ KILLED_ENGINE = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("watchdog", ["on", "off"])
+@pytest.mark.parametrize(("watchdog", "kill"), [("on", "engine"), ("on", "tree"), ("off", "engine")])
 def test_sigkill_of_the_engine_resets_clocks_within_a_second_with_the_watchdog(
-    standin_nvml: StandinNvml, watchdog: str
+    standin_nvml: StandinNvml, watchdog: str, kill: str
 ) -> None:
+    """``tree``: SIGKILL every descendant first, as vLLM's shutdown does to EngineCore (kill_process_tree)."""
+    import psutil
+
     env = standin_nvml.env()
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     engine = subprocess.Popen(
@@ -157,6 +160,9 @@ def test_sigkill_of_the_engine_resets_clocks_within_a_second_with_the_watchdog(
         assert engine.stdout is not None and engine.stdout.readline().strip() == "locked"
         assert locked_devices(standin_nvml.log()) == {0: 1410}
         killed_s = time.monotonic()
+        if kill == "tree":
+            for child in psutil.Process(engine.pid).children(recursive=True):
+                child.kill()
         engine.kill()
         engine.wait(10)
         deadline = killed_s + (3.0 if watchdog == "on" else 1.5)
