@@ -67,8 +67,11 @@ class EnergyAccounting:
         self._perf_model = perf_model
         self._emit = emit
         self._clock = clock
-        self._read = group_energy_reader(group)
         self.synchronous = getattr(group, "vendor", "") == "simulated"  # its counter moves as we tell it
+        # a simulated counter is a Python float: read it directly (exact, no driver, the engine thread's cost)
+        self._read = group.energy_j if self.synchronous else group_energy_reader(group)
+        self.source = self._group_source()
+        """Where the joules come from now (refreshed by the sampler thread; read freely on the hot path)."""
         self.period_s = period_s if period_s is not None else energy_refresh_s(group)
         idle_w = float(perf_model.idle_power_w()) if perf_model is not None else 1.0
         self.ledger = EnergyLedger(
@@ -90,13 +93,12 @@ class EnergyAccounting:
 
     # ----------------------------------------------------------------------------- engine thread (cheap)
 
-    @property
-    def source(self) -> EnergySource:
-        """Where the joules come from now (the group says; simulated groups are ``simulated``)."""
+    def _group_source(self) -> EnergySource:
+        """Where the group's joules come from (it says; a simulated group is ``simulated``)."""
+        if self.synchronous:
+            return EnergySource.SIMULATED
         source = getattr(self._group, "energy_source", None)
-        if source is not None:
-            return EnergySource(source)
-        return EnergySource.SIMULATED if self._group.vendor == "simulated" else EnergySource.MEASURED
+        return EnergySource(source) if source is not None else EnergySource.MEASURED
 
     @property
     def counter_reads(self) -> int:
@@ -179,7 +181,8 @@ class EnergyAccounting:
         ledger.add_iteration(start_s, end_s, snapshot.requests, modelled_j)
         ledger.add_sample(end_s, self._read())
         settlement = ledger.advance(end_s)
-        self._dispatch(settlement, emit=True)
+        if settlement.requests:
+            self._dispatch(settlement, emit=True)
         return settlement.iterations[-1].energy_j if settlement.iterations else None
 
     def _on_sample(self, t_s: float, joules: float | None) -> None:
@@ -187,6 +190,7 @@ class EnergyAccounting:
         with self._timeline:
             now_s = self._clock()
             known_s = self._open_since_s if self._open_since_s is not None else now_s
+        self.source = self._group_source()
         self._drain_inbox()
         self.ledger.add_sample(t_s, joules)
         self._dispatch(self.ledger.advance(min(known_s, now_s)), emit=True)
