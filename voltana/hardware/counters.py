@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -155,6 +156,7 @@ class EnergyTracker:
         self._last_j = 0.0
         self._last_power: tuple[float, float] | None = None  # (monotonic_s, watts) of the last power read
         self._warned: set[str] = set()
+        self._read_lock = threading.Lock()
         self.failed_reads = 0
 
     def _warn_once(self, kind: str, message: str, *args: object) -> None:
@@ -163,7 +165,11 @@ class EnergyTracker:
             logger.warning(message, *args)
 
     def read(self) -> EnergyReading:
-        """Cumulative joules now (see :class:`EnergyReading`); never raises."""
+        """Cumulative joules now (see :class:`EnergyReading`); never raises; safe from several threads."""
+        with self._read_lock:
+            return self._read()
+
+    def _read(self) -> EnergyReading:
         if self.source in (EnergySource.MEASURED, EnergySource.SIMULATED):
             try:
                 value = float(self._read_counter_j())

@@ -10,6 +10,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -210,3 +211,24 @@ def test_time_based_counter_reset_and_dip_count_zero(
     assert values[4] - values[3] < 100.0  # read 6: measured from before the dip, not +100 J
     assert 0.0 < values[-1] <= 200.0 * elapsed_s + 0.2  # never more than power x time (plus one refresh)
     assert len(_warnings(caplog, "went backward")) == 1
+
+
+def test_concurrent_readers_never_see_a_spurious_drop(
+    standin_nvml: StandinNvml, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sampler thread and another reader (doctor, a meter) share one device: readings stay monotonic."""
+    standin_nvml.script(refresh_ms=1, power_mw=300_000)
+    device = nvml.open_nvidia().devices[0]
+    seen: dict[int, list[float]] = {}
+
+    def reader(slot: int) -> None:
+        seen[slot] = [value for _ in range(300) if (value := device.read_energy().energy_j) is not None]
+
+    with caplog.at_level(logging.WARNING, logger="voltana.hardware"):
+        threads = [threading.Thread(target=reader, args=(slot,)) for slot in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert all(len(values) == 300 and values == sorted(values) for values in seen.values())
+    assert not _warnings(caplog, "went backward")
