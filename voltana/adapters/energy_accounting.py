@@ -168,13 +168,7 @@ class EnergyAccounting:
                     advance(idle_s)
         modelled_j = 0.0
         if model is not None:
-            cost = model.cost(
-                snapshot.phase,
-                snapshot.batch_size,
-                snapshot.num_new_tokens,
-                snapshot.num_context_tokens,
-                clock_mhz,
-            )
+            cost = _modelled_cost(model, snapshot, clock_mhz)
             record_iteration(group, cost)
             modelled_j = cost.energy_j
         self._last_end_s = end_s
@@ -203,13 +197,7 @@ class EnergyAccounting:
             if kind == _ITERATION:
                 _, start_s, end_s, snapshot, clock_mhz = event
                 if model is not None:
-                    modelled_j = model.cost(
-                        snapshot.phase,
-                        snapshot.batch_size,
-                        snapshot.num_new_tokens,
-                        snapshot.num_context_tokens,
-                        clock_mhz,
-                    ).energy_j
+                    modelled_j = _modelled_cost(model, snapshot, clock_mhz).energy_j
                 else:
                     modelled_j = end_s - start_s  # no model: time shares (idle power 1 W, busy 1 W)
                 ledger.add_iteration(start_s, end_s, snapshot.requests, modelled_j, (snapshot, clock_mhz))
@@ -234,3 +222,10 @@ class EnergyAccounting:
             for record in released:
                 self._emit(record)
         return released
+
+
+def _modelled_cost(model: Any, snapshot: BatchSnapshot, clock_mhz: int) -> Any:
+    """The performance model's cost of the iteration in ``snapshot`` at ``clock_mhz`` (an IterationCost)."""
+    return model.cost(
+        snapshot.phase, snapshot.batch_size, snapshot.num_new_tokens, snapshot.num_context_tokens, clock_mhz
+    )

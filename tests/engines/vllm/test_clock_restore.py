@@ -21,26 +21,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.standin_nvml import (
-    LogEntry,
-    StandinBuildError,
-    StandinNvml,
-    build_standin_nvml,
-    locked_devices,
-)
-from tests.support.vllm_servers import VllmServer, running_vllm_servers
+from tests.support.standin_nvml import LogEntry, StandinNvml, locked_devices
+from tests.support.standin_nvml.fixtures import standin_nvml_dir
+from tests.support.vllm_servers import VllmServer, launch_vllm
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+__all__ = ["standin_nvml_dir"]  # the session fixture that builds the stand-in library
 
 RESET_WITHIN_S = 1.0
-
-
-@pytest.fixture(scope="module")
-def standin_dir() -> Path:
-    try:
-        return build_standin_nvml()
-    except StandinBuildError as exc:
-        pytest.fail(str(exc))
+STARTUP_S = 600.0  # one engine start, on a shared CI machine
 
 
 @contextmanager
@@ -58,8 +47,12 @@ def _server(
         "LD_LIBRARY_PATH": standin.env({})["LD_LIBRARY_PATH"],
         "VOLTANA_STANDIN_NVML": str(standin.script_path),
     }
-    with running_vllm_servers([(name, env, args)], model_dir, work / "logs") as running:
-        yield running[name], standin
+    server = launch_vllm(name, model_dir, work / "logs", env, args)
+    try:
+        server.wait_ready(STARTUP_S)
+        yield server, standin
+    finally:
+        server.stop()
 
 
 def _locked_by_engine(server: VllmServer, standin: StandinNvml) -> int:
@@ -80,9 +73,9 @@ def _wait_reset(standin: StandinNvml, timeout_s: float = 10.0) -> list[LogEntry]
 
 
 def test_sigkill_of_enginecore_resets_clocks_within_a_second(
-    tiny_model_dir: Path, tmp_path: Path, standin_dir: Path
+    tiny_model_dir: Path, tmp_path: Path, standin_nvml_dir: Path
 ) -> None:
-    with _server("sigkill-enginecore", tiny_model_dir, tmp_path, standin_dir) as (server, standin):
+    with _server("sigkill-enginecore", tiny_model_dir, tmp_path, standin_nvml_dir) as (server, standin):
         engine_pid = _locked_by_engine(server, standin)
         state = httpx.get(f"{server.url}/voltana/state", timeout=10.0).json()
         assert state["energy_source"] == "measured" and state["monitor_only"] == 0
@@ -97,10 +90,10 @@ def test_sigkill_of_enginecore_resets_clocks_within_a_second(
 
 
 def test_sigterm_with_a_shutdown_timeout_lets_enginecore_reset_its_clocks(
-    tiny_model_dir: Path, tmp_path: Path, standin_dir: Path
+    tiny_model_dir: Path, tmp_path: Path, standin_nvml_dir: Path
 ) -> None:
     args = ("--shutdown-timeout", "5")
-    with _server("sigterm-drain", tiny_model_dir, tmp_path, standin_dir, args) as (server, standin):
+    with _server("sigterm-drain", tiny_model_dir, tmp_path, standin_nvml_dir, args) as (server, standin):
         engine_pid = _locked_by_engine(server, standin)
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(60)
@@ -109,9 +102,9 @@ def test_sigterm_with_a_shutdown_timeout_lets_enginecore_reset_its_clocks(
 
 
 def test_sigterm_with_the_default_shutdown_timeout_still_resets_within_a_second(
-    tiny_model_dir: Path, tmp_path: Path, standin_dir: Path
+    tiny_model_dir: Path, tmp_path: Path, standin_nvml_dir: Path
 ) -> None:
-    with _server("sigterm-default", tiny_model_dir, tmp_path, standin_dir) as (server, standin):
+    with _server("sigterm-default", tiny_model_dir, tmp_path, standin_nvml_dir) as (server, standin):
         _locked_by_engine(server, standin)
         signalled_s = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
