@@ -113,8 +113,20 @@ def config_show(
 
 
 @app.command()
-def doctor(ctx: typer.Context) -> None:
-    """Report engines, GPU libraries, visible devices and clock-locking privileges, with fixes."""
+def doctor(
+    ctx: typer.Context,
+    try_lock: Annotated[
+        bool,
+        typer.Option(
+            "--try-lock",
+            help="Also lock GPU 0's SM clock at its current value and reset it (proves the driver lets you).",
+        ),
+    ] = False,
+) -> None:
+    """Report engines, GPU libraries, visible devices and clock-locking privileges, with fixes.
+
+    Exits 1 when any check is a problem, 0 otherwise.
+    """
     from voltana.plugins import get_plugin_manager
 
     try:
@@ -127,12 +139,18 @@ def doctor(ctx: typer.Context) -> None:
     for column in ("section", "check", "status", "detail", "fix"):
         table.add_column(column)
     marks = {True: "[green]ok[/]", False: "[red]problem[/]", None: "[blue]info[/]"}
-    for results in get_plugin_manager().hook.voltana_doctor_checks(config=config):
+    problems = 0
+    for results in get_plugin_manager().hook.voltana_doctor_checks(config=config, try_lock=try_lock):
         for check in results:
+            problems += check.ok is False
             table.add_row(check.section, check.name, marks[check.ok], escape(check.detail), escape(check.fix))
     section, name, ok, detail, fix = config_row
+    problems += ok is False
     table.add_row(section, name, marks[ok], escape(detail), escape(fix))
     console.print(table)
+    if problems:
+        err_console.print(f"voltana doctor: {problems} problem(s); see the fix column", highlight=False)
+        raise typer.Exit(1)
 
 
 def build_app() -> typer.Typer:

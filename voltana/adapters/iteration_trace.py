@@ -38,6 +38,7 @@ def iteration_to_dict(record: IterationRecord) -> dict[str, Any]:
         "applied_clock_mhz": record.applied_clock_mhz,
         "latency_s": record.latency_s,
         "energy_j": record.energy_j,
+        "energy_source": record.energy_source.value,
     }
 
 

@@ -1,10 +1,14 @@
 """The engine-neutral per-instance runtime both engine adapters (vLLM, SGLang) drive once per iteration.
 
-It owns the instance's GPU group, clock applier, energy meter and frequency controller(s). The adapter calls
-:meth:`InstanceRuntime.before_iteration` right before the forward and :meth:`InstanceRuntime.after_iteration`
-when that iteration's output is back, in the same order (a pipelining engine may call ``before`` twice before
-the first ``after``). Invariants: no method raises into the engine; any failure degrades the runtime to
-monitor-only (latency still measured, clocks never touched) with exactly one loud log line.
+It owns the instance's GPU group, clock applier, energy accounting and frequency controller(s). The adapter
+calls :meth:`InstanceRuntime.before_iteration` right before the forward and
+:meth:`InstanceRuntime.after_iteration` when that iteration's output is back, in the same order (a pipelining
+engine may call ``before`` twice before the first ``after``). Invariants: no method raises into the engine;
+any failure of clock control degrades the runtime to monitor-only (latency still measured, clocks never
+touched) with exactly one loud log line; energy is never read on the engine thread (see
+:mod:`voltana.adapters.energy_accounting`), and a missing or failing energy counter never touches clock
+control. The applied clock everywhere (records, status, predictor updates,
+residency) is the clock the GPU read back after the lock, not the one asked for.
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from voltana.core.attribution import energy_shares
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import (
     BatchSnapshot,
     ClockDecision,
     DecisionReason,
+    EnergySource,
     IterationRecord,
     Phase,
     RequestRecord,
@@ -38,7 +42,8 @@ _ClockTotals = dict[int, tuple[float, int]]
 
 @dataclass(slots=True)
 class _RequestAccount:
-    """Energy and clock residency accumulated for one request while it runs on this instance.
+    """Clock residency accumulated for one request while it runs on this instance (its energy is settled by
+    the energy accounting).
 
     Residency is settled per segment (a run of consecutive iterations the request is in): ``segment_start``
     holds the instance's clock totals when the open segment began (None when none is open), and the
@@ -46,7 +51,6 @@ class _RequestAccount:
     """
 
     arrival_time_s: float
-    energy_j: float = 0.0
     first_token_time_s: float | None = None
     clock_residency_s: dict[int, float] = field(default_factory=dict)
     segment_start: _ClockTotals | None = None
@@ -74,6 +78,11 @@ class RuntimeStatus:
     policy: str
     iterations: int
     hook_time_s: float
+    energy_source: EnergySource = EnergySource.UNKNOWN
+    energy_j: float = 0.0
+    """Counter energy apportioned so far (J, all GPUs): iterations plus idle."""
+    idle_energy_j: float = 0.0
+    """The part of ``energy_j`` that fell between iterations (J): the instance's idle energy."""
 
     @property
     def hook_time_per_iteration_s(self) -> float:
@@ -97,7 +106,7 @@ class InstanceRuntime:
         controllers: Mapping[Phase, Any] | None = None,
         devices: Any | None = None,
         applier: Any | None = None,
-        meter: Any | None = None,
+        energy: Any | None = None,
         perf_model: Any | None = None,
         monitor_only_reason: str = "",
         model_name: str = "",
@@ -111,7 +120,7 @@ class InstanceRuntime:
         self._controllers = dict(controllers or {})
         self._devices = devices
         self._applier = applier
-        self._meter = meter
+        self._energy = energy
         self._perf_model = perf_model
         self._trace = trace
         self._clock = clock
@@ -121,9 +130,9 @@ class InstanceRuntime:
         self._running: set[str] = set()  # requests of the last closed iteration: their segments are open
         self._clock_totals: _ClockTotals = {}
         self._last_end_s = 0.0
+        self._counted_j = 0.0  # instance energy already handed out in records (J)
         self._iterations = 0
         self._hook_time_s = 0.0
-        self._window: Any | None = None
         self._failure_logged = False
         first = next(iter(self._controllers.values()), None)
         self._policy = str(first.ctx.policy) if first is not None else ""
@@ -163,7 +172,6 @@ class InstanceRuntime:
         except Exception as exc:
             return cls._monitor_only(f"GPU control unavailable: {_one_line(exc)}", **common)
         perf_model = _performance_model(config, devices)
-        meter = _try_meter(devices)
         try:
             controllers = {
                 p: _build_controller(config, p, instance_id, perf_model, hook, devices)
@@ -171,8 +179,10 @@ class InstanceRuntime:
             }
         except Exception as exc:
             reason = f"no frequency controller: {_one_line(exc)}"
-            return cls._monitor_only(reason, devices=devices, meter=meter, perf_model=perf_model, **common)
-        runtime = cls(controllers=controllers, devices=devices, meter=meter, perf_model=perf_model, **common)
+            runtime = cls._monitor_only(reason, devices=devices, perf_model=perf_model, **common)
+            runtime._energy = _start_energy(runtime, config, devices, perf_model)
+            return runtime
+        runtime = cls(controllers=controllers, devices=devices, perf_model=perf_model, **common)
         try:
             from voltana.hardware.applier import ClockApplier
 
@@ -180,10 +190,13 @@ class InstanceRuntime:
                 devices,
                 restore_on_exit=config.hardware.restore_clocks_on_exit,
                 on_monitor_only=runtime._applier_gave_up,
+                watchdog=_start_watchdog(config, devices),
                 name=f"voltana-clock-{instance_id}",
             )
         except Exception as exc:
             runtime._degrade(f"clock applier could not start: {_one_line(exc)}")
+        runtime._energy = _start_energy(runtime, config, devices, perf_model)  # baseline: ready to serve
+        if runtime.monitor_only:
             return runtime
         log.info(
             "voltana (%s, %s): clock control active on %s, policy %s",
@@ -233,12 +246,12 @@ class InstanceRuntime:
             decision = self._decide(snapshot)
             if self._applier is not None and not self._monitor_only_reason:
                 self._applier.submit(decision.clock_mhz)
-            if self._meter is not None and not self._pending:
-                self._window = self._meter.begin()
         except Exception as exc:
             self._fail(f"iteration hook failed: {_one_line(exc)}")
             decision = self._monitor_decision()
         t1 = self._clock()
+        if self._energy is not None and not self._pending:
+            self._energy.dispatching(max(t1, self._last_end_s))
         self._pending.append(_Pending(snapshot, decision, t1, snapshot.now_s))
         self._hook_time_s += t1 - t0
         return decision
@@ -255,16 +268,20 @@ class InstanceRuntime:
         pending = self._pending.popleft()
         record: IterationRecord | None = None
         try:
-            latency_s = max(0.0, t_end - max(pending.dispatch_s, self._last_end_s))
+            start_s = max(pending.dispatch_s, self._last_end_s)
+            latency_s = max(0.0, t_end - start_s)
             self._last_end_s = t_end
             applied = self._applied_clock_mhz(pending.decision)
+            energy_j, source, counter_j = self._iteration_energy_j(start_s, t_end, pending.snapshot, applied)
             record = IterationRecord(
                 snapshot=pending.snapshot,
                 decision=pending.decision,
                 applied_clock_mhz=applied,
                 start_time_s=pending.wall_start_s,
                 latency_s=latency_s,
-                energy_j=self._iteration_energy_j(pending.snapshot, applied),
+                energy_j=energy_j,
+                energy_source=source,
+                counter_energy_j=counter_j,
             )
             controller = self._controllers.get(pending.snapshot.phase)
             if controller is not None and not self._monitor_only_reason:
@@ -293,6 +310,10 @@ class InstanceRuntime:
     ) -> RequestRecord | None:
         """A request left this instance: emit ``voltana_request_finished`` with its energy; never raises.
 
+        Returns the record when its energy is settled now (a simulated GPU, or no energy accounting), else
+        None: with a measured GPU the sampler thread emits it once the counter has covered its last
+        iteration (within about two refresh periods). None also for a request this runtime never saw.
+
         ``trace_headers`` are the request's incoming W3C headers (``traceparent``), so telemetry joins this
         phase's span to the request's trace.
         """
@@ -311,21 +332,39 @@ class InstanceRuntime:
             arrival_time_s=account.arrival_time_s,
             first_token_time_s=account.first_token_time_s,
             finish_time_s=finish_time_s,
-            energy_j=account.energy_j,
+            energy_j=0.0,
             clock_residency_s=account.clock_residency_s,  # the account is gone: hand its dict over
             model=self.model_name,
             trace_headers=dict(trace_headers) if trace_headers else {},
+            energy_source=EnergySource.UNKNOWN,
         )
+        energy = self._energy
+        if energy is None:
+            self._emit_request(record)
+            return record
+        try:
+            settled: RequestRecord | None = energy.request_finished(record)
+        except Exception as exc:
+            log.warning("voltana: request energy accounting failed: %s", _one_line(exc))
+            self._emit_request(record)
+            return record
+        if settled is not None:  # settled now (simulated GPU); otherwise the sampler thread emits it later
+            self._emit_request(settled)
+        return settled
+
+    def _emit_request(self, record: RequestRecord) -> None:
+        """Broadcast a finished request (from the sampler thread when its energy was settled there)."""
         try:
             self._hook.voltana_request_finished(record=record)
         except Exception as exc:
             log.warning("voltana: a voltana_request_finished plugin failed: %s", _one_line(exc))
-        return record
 
     def forget_request(self, request_id: str) -> None:
         """Drop a request's accounting without reporting it (it was already reported, or was aborted)."""
         self._accounts.pop(request_id, None)
         self._running.discard(request_id)
+        if self._energy is not None:
+            self._energy.forget(request_id)
 
     @property
     def measures_energy(self) -> bool:
@@ -334,6 +373,8 @@ class InstanceRuntime:
 
     def status(self) -> RuntimeStatus:
         """A consistent view of this runtime (cheap: no driver call)."""
+        energy = self._energy
+        ledger = energy.ledger if energy is not None else None
         return RuntimeStatus(
             instance_id=self.instance_id,
             role=self.role,
@@ -343,13 +384,17 @@ class InstanceRuntime:
             policy=MONITOR_ONLY_POLICY if self.monitor_only else self._policy,
             iterations=self._iterations,
             hook_time_s=self._hook_time_s,
+            energy_source=energy.source if energy is not None else EnergySource.UNKNOWN,
+            energy_j=ledger.total_j if ledger is not None else 0.0,
+            idle_energy_j=ledger.idle_j if ledger is not None else 0.0,
         )
 
     def close(self) -> None:
-        """Restore clocks (the applier does) and release the devices; idempotent, never raises."""
+        """Restore clocks (the applier does), settle energy, release the devices; idempotent, never raises."""
         applier, self._applier = self._applier, None
+        energy, self._energy = self._energy, None
         devices, self._devices = self._devices, None
-        for closer in (applier, devices, self._trace):
+        for closer in (applier, energy, devices, self._trace):
             close = getattr(closer, "close", None)
             if close is None:
                 continue
@@ -393,39 +438,44 @@ class InstanceRuntime:
         return ClockDecision(self._applied_clock_mhz(None), DecisionReason.MONITOR_ONLY, MONITOR_ONLY_POLICY)
 
     def _applied_clock_mhz(self, decision: ClockDecision | None) -> int:
-        """The clock the GPUs run at: read back by the applier, else the decision, else the default clock."""
+        """The clock the GPUs run at: read back after the applier's lock (the driver may arbitrate: asked
+        1410, runs 1200), else the decision, else the default clock."""
         applier = self._applier
-        if applier is not None and applier.applied_clock_mhz:
-            return int(applier.applied_clock_mhz)
+        if applier is not None:
+            read_back = applier.read_back_clock_mhz or applier.applied_clock_mhz
+            if read_back:
+                return int(read_back)
         if decision is not None and decision.clock_mhz and not self._monitor_only_reason:
             return decision.clock_mhz
         return self._default_clock_mhz
 
-    def _iteration_energy_j(self, snapshot: BatchSnapshot, clock_mhz: int) -> float | None:
-        if self._devices is None or self._meter is None:
-            return None
-        if self._perf_model is not None and getattr(self._devices, "vendor", "") == "simulated":
-            from voltana.hardware.simulated import record_iteration
-
-            cost = self._perf_model.cost(
-                snapshot.phase,
-                snapshot.batch_size,
-                snapshot.num_new_tokens,
-                snapshot.num_context_tokens,
-                clock_mhz,
-            )
-            record_iteration(self._devices, cost)
-        window = self._window
-        energy_j = float(self._meter.end(window)) if window is not None else None
-        self._window = self._meter.begin() if self._pending else None  # pipelined: next window starts now
-        return energy_j
+    def _iteration_energy_j(
+        self, start_s: float, end_s: float, snapshot: BatchSnapshot, clock_mhz: int
+    ) -> tuple[float | None, EnergySource, float | None]:
+        """Report the iteration to the energy accounting: its energy now (simulated GPU) or None (settled by
+        the sampler later), its source, and the instance energy settled since the previous record (J, idle
+        included); learnable energies the sampler settled meanwhile teach the predictor here."""
+        energy = self._energy
+        if energy is None:
+            return None, EnergySource.UNKNOWN, None
+        energy_j = energy.iteration(start_s, end_s, snapshot, clock_mhz, busy_after=bool(self._pending))
+        learned = energy.learned
+        while learned:
+            item = learned.popleft()
+            controller = self._controllers.get(item.snapshot.phase)
+            power_model = getattr(controller, "power_model", None)
+            if power_model is not None and item.snapshot.requests and not self._monitor_only_reason:
+                power_model.observe_iteration(item.snapshot, item.clock_mhz, item.energy_j)
+        total_j = energy.ledger.total_j  # a float the sampler thread writes: read once
+        counter_j, self._counted_j = total_j - self._counted_j, total_j
+        return energy_j, energy.source, counter_j
 
     def _account(self, record: IterationRecord, first_token_request_ids: Iterable[str]) -> None:
-        """Add this iteration's energy share to each request, and its time at its clock to the instance.
+        """Add this iteration's time at its clock to the instance and open/close request segments.
 
-        O(batch size) with a small constant: shares come from :func:`energy_shares` (vectorised for large
-        batches); clock residency is summed once per iteration into the instance's clock totals, and a
-        request's residency is settled when its run of consecutive iterations ends (set differences).
+        O(batch size) with a small constant: clock residency is summed once per iteration into the instance's
+        clock totals, and a request's residency is settled when its run of consecutive iterations ends (set
+        differences). Energy shares are the energy accounting's (:mod:`voltana.core.energy_ledger`).
         """
         snapshot = record.snapshot
         accounts, totals = self._accounts, self._clock_totals
@@ -450,11 +500,6 @@ class InstanceRuntime:
         seconds, iterations = totals.get(clock, (0.0, 0))
         totals[clock] = (seconds + latency_s, iterations + 1)
         self._running = current
-        if record.energy_j is not None and request_ids:
-            for request_id, share_j in zip(
-                request_ids, energy_shares(snapshot.requests, record.energy_j), strict=True
-            ):
-                accounts[request_id].energy_j += share_j
         end_s = record.start_time_s + latency_s
         for request_id in first_token_request_ids:
             account = accounts.get(request_id)
@@ -574,13 +619,43 @@ def _build_controller(
     return build_controller(config, phase, instance_id, model, hook, devices.supported_clocks_mhz())
 
 
-def _try_meter(devices: Any) -> Any | None:
+def _start_energy(runtime: InstanceRuntime, config: VoltanaConfig, devices: Any, perf_model: Any) -> Any:
+    """The instance's energy accounting (sampler thread for a real GPU); None, with a warning, if it cannot
+    start: energy is then unknown, clock control is unaffected."""
     try:
-        from voltana.hardware.energy import EnergyMeter
+        from voltana.adapters.energy_accounting import EnergyAccounting
 
-        return EnergyMeter(devices)
+        return EnergyAccounting(
+            devices,
+            perf_model,
+            runtime._emit_request,
+            period_s=config.hardware.energy_sample_period_s,
+            clock=lambda: runtime._clock(),  # noqa: PLW0108 - tests swap runtime._clock after start
+            name=f"voltana-energy-{runtime.instance_id}",
+        )
     except Exception as exc:
-        log.warning("voltana: no energy meter (%s); energy is not measured", _one_line(exc))
+        log.warning("voltana: energy is not measured (%s); clock control is unaffected", _one_line(exc))
+        return None
+
+
+def _start_watchdog(config: VoltanaConfig, devices: Any) -> Any | None:
+    """The clock-restore watchdog process (``hardware.watchdog``; not for a simulated GPU, which lives in
+    this process, nor through ``voltana clockd``, which resets when the engine's connection drops); None,
+    with a warning, if it cannot start."""
+    hardware = config.hardware
+    if not hardware.watchdog or not hardware.restore_clocks_on_exit or hardware.clockd_socket:
+        return None
+    if getattr(devices, "vendor", "") == "simulated":
+        return None
+    try:
+        from voltana.hardware.watchdog import start_watchdog
+
+        return start_watchdog(config.hardware.model_copy(update={"vendor": devices.vendor}))
+    except Exception as exc:
+        log.warning(
+            "voltana: the clock-restore watchdog did not start (%s); a killed engine leaves clocks locked",
+            _one_line(exc),
+        )
         return None
 
 

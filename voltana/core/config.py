@@ -49,7 +49,17 @@ class HardwareConfig(_Section):
     device_indices: list[int] = Field(default_factory=list, description="empty: all visible to the process")
     simulated_gpu: str = "a100-80gb"
     simulated_model: str = "llama-3.1-8b"
+    clockd_socket: str | None = Field(
+        None, description="Unix socket of `voltana clockd`: clocks are locked through it (no CAP_SYS_ADMIN)"
+    )
     restore_clocks_on_exit: bool = True
+    watchdog: bool = Field(
+        True,
+        description="engine paths start a watchdog process that resets the clocks if the engine is killed",
+    )
+    energy_sample_period_s: float | None = Field(
+        None, gt=0, description="energy counter sampling period (s); empty: the device's refresh period"
+    )
 
 
 class SloConfig(_Section):

@@ -88,6 +88,12 @@ def voltana_register_commands(cli: Any) -> None:
 
 
 @_spec
-def voltana_doctor_checks(config: Any) -> list[DoctorCheck]:
-    """Return the checks this plugin contributes to ``voltana doctor``."""
+def voltana_doctor_checks(config: Any, try_lock: bool) -> list[DoctorCheck]:
+    """Return the checks this plugin contributes to ``voltana doctor``.
+
+    ``config``: the validated config, or None when it does not validate. ``try_lock``: the user asked for
+    checks that change device state briefly (``voltana doctor --try-lock``: lock one GPU's clock at its
+    current value, then reset it); without it, checks must only read. A check with ``ok=False`` makes
+    ``voltana doctor`` exit 1. Implementations may omit ``try_lock`` from their signature.
+    """
     raise NotImplementedError

@@ -18,6 +18,20 @@ class Phase(StrEnum):
     DECODE = "decode"
 
 
+class EnergySource(StrEnum):
+    """Where an energy figure comes from, carried by every record, span, metric and state payload.
+
+    ``measured``: the GPU's cumulative energy counter; ``power-integrated``: the driver's power reading
+    integrated over time (no counter, or it failed); ``simulated``: the simulated GPU's performance model;
+    ``unknown``: no energy figure at all.
+    """
+
+    MEASURED = "measured"
+    POWER_INTEGRATED = "power-integrated"
+    SIMULATED = "simulated"
+    UNKNOWN = "unknown"
+
+
 @dataclass(frozen=True, slots=True)
 class Slo:
     """Latency objectives: time to first token and inter-token latency, in seconds."""
@@ -190,6 +204,12 @@ class IterationRecord:
     start_time_s: float
     latency_s: float
     energy_j: float | None = None
+    energy_source: EnergySource = EnergySource.SIMULATED
+    """Where ``energy_j`` comes from; a measured iteration's energy is settled later (None here), see
+    :mod:`voltana.core.energy_ledger`."""
+    counter_energy_j: float | None = None
+    """Instance energy the counter accounted since the previous record (J, idle included; settled off the
+    hot path); None where not tracked. Instance energy counters add this, else ``energy_j``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,3 +229,5 @@ class RequestRecord:
     model: str = ""
     trace_headers: dict[str, str] = field(default_factory=dict)
     """W3C trace context (``traceparent``, ``tracestate``) of the request: joins its span to the trace."""
+    energy_source: EnergySource = EnergySource.SIMULATED
+    """Where ``energy_j`` comes from (``measured``, ``power-integrated``, ``simulated`` or ``unknown``)."""

@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 from voltana.hardware.device import (
     DeviceCapabilities,
     EnergyCounter,
+    EnergySource,
     GpuDevice,
     GpuGroup,
     has_clock_privilege,
@@ -91,6 +92,9 @@ class AmdGpu(GpuDevice):
     """One AMD GPU through ``amdsmi`` (``handle`` from ``amdsmi_get_processor_handles``)."""
 
     vendor = "amd"
+    # amdsmi does not document how often the energy accumulator is refreshed; sample no faster than NVML's
+    # ~100 ms (Yang et al., arXiv 2312.02741) until scripts/gpu_readonly_check.sh-style measurements exist.
+    energy_refresh_s = 0.1
 
     def __init__(self, index: int, handle: Any) -> None:
         self._smi = load_amdsmi()
@@ -98,6 +102,8 @@ class AmdGpu(GpuDevice):
         super().__init__(index, self._read_name())
         self._energy: EnergyCounter | None = None
         self._clocks: tuple[int, ...] | None = None
+        self._limits_mhz: tuple[int, int] | None = None  # the (min, max) SCLK limits voltana last applied
+        self.read_energy()  # baseline, and finds out now (one WARNING) whether the counter works
 
     @_amd_call("reading the device name")
     def _read_name(self) -> str:
@@ -122,24 +128,53 @@ class AmdGpu(GpuDevice):
     def lock_clock_mhz(self, clock_mhz: int) -> int:
         smi = self._smi
         if hasattr(smi, "amdsmi_set_gpu_clk_limit"):
-            # Order keeps min <= max at every step whichever way the clock moves.
-            raising = clock_mhz >= self.current_clock_mhz()
-            for limit in ("max", "min") if raising else ("min", "max"):
-                smi.amdsmi_set_gpu_clk_limit(self._handle, "sclk", limit, clock_mhz)
+            self._write_limits(clock_mhz)
         else:
             smi.amdsmi_set_gpu_clk_range(self._handle, clock_mhz, clock_mhz, smi.AmdSmiClkType.GFX)
+        self._limits_mhz = (clock_mhz, clock_mhz)
         return self.current_clock_mhz()
+
+    def _write_limits(self, clock_mhz: int) -> None:
+        """Write max and min so that min <= max holds after each write.
+
+        The order comes from the limits applied last, not from the clock the GPU runs at: a GPU locked at
+        2100 MHz that throttles to 1900 still has min = 2100, so locking 2000 must write min first. Before
+        voltana's first write the limits are unknown: the current clock is the best guess, and an INVAL
+        answer is retried once in the other order.
+        """
+        if self._limits_mhz is not None:
+            raising = clock_mhz >= self._limits_mhz[0]
+        else:
+            raising = clock_mhz >= self.current_clock_mhz()
+        order = ("max", "min") if raising else ("min", "max")
+        try:
+            self._set_limit(order[0], clock_mhz)
+        except self._smi.AmdSmiException as exc:
+            code = exc.get_error_code() if hasattr(exc, "get_error_code") else None
+            if self._limits_mhz is not None or code != self._smi.amdsmi_wrapper.AMDSMI_STATUS_INVAL:
+                raise
+            order = (order[1], order[0])
+            self._set_limit(order[0], clock_mhz)
+        self._set_limit(order[1], clock_mhz)
+
+    def _set_limit(self, limit: str, clock_mhz: int) -> None:
+        self._smi.amdsmi_set_gpu_clk_limit(self._handle, "sclk", limit, clock_mhz)
 
     @_amd_call("resetting the perf level")
     def reset_clocks(self) -> None:
         self._smi.amdsmi_set_gpu_perf_level(self._handle, self._smi.AmdSmiDevPerfLevel.AUTO)
+        self._limits_mhz = None
 
     @_amd_call("reading the energy counter")
     def energy_j(self) -> float:
         reading = self._smi.amdsmi_get_energy_count(self._handle)
         if self._energy is None:
             # accumulator x counter_resolution = microjoules
-            self._energy = EnergyCounter(joules_per_unit=float(reading["counter_resolution"]) * 1e-6)
+            self._energy = EnergyCounter(
+                joules_per_unit=float(reading["counter_resolution"]) * 1e-6,
+                widths_bits=(32, 64),  # 32-bit on older firmware, 64-bit accumulators elsewhere
+                label=f"GPU {self.index} ({self.name})",
+            )
         return self._energy.update(int(reading["energy_accumulator"]))
 
     @_amd_call("reading power")
@@ -165,7 +200,8 @@ class AmdGpu(GpuDevice):
             if privileged
             else "not root: SCLK limits cannot be set; run the engine as root or monitor only"
         )
-        return DeviceCapabilities(privileged, works(self.energy_j), works(self.power_w), detail)
+        has_energy = self.energy_source is EnergySource.MEASURED
+        return DeviceCapabilities(privileged, has_energy, works(self.power_w), detail)
 
 
 @_amd_call("listing devices")

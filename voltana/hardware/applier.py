@@ -46,10 +46,12 @@ _previous_sigterm: Any = None
 class ClockApplier:
     """Applies the latest submitted SM clock to a :class:`GpuGroup` from a worker thread.
 
-    Invariants: ``submit`` never blocks and never raises; ``applied_clock_mhz`` is the clock locked by the
-    last successful driver call and ``applied_at_s`` when (``time.monotonic``), ``read_back_clock_mhz`` what
-    the GPU reported right after (None before the first call); after a driver error ``monitor_only`` is True
-    and no further driver calls are made except the restore on close.
+    Invariants: ``submit`` never blocks and never raises; ``locked_clock_mhz`` is the clock asked of the
+    driver by the last successful lock, ``applied_clock_mhz`` (= ``read_back_clock_mhz``) the clock the GPU
+    read back right after it (the driver may arbitrate: asked 1410, runs 1200), ``applied_at_s`` when
+    (``time.monotonic``); all None before the first lock. After a driver error ``monitor_only`` is True and
+    no further driver calls are made except the restore on close, and only if a lock ever succeeded (a
+    refused first lock changed nothing: no reset, no second error).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class ClockApplier:
         self._last_handled: int | None = None
         self._last_submitted: int | None = None
         self._touched = False
+        self.locked_clock_mhz: int | None = None
         self.applied_clock_mhz: int | None = None
         self.applied_at_s: float | None = None
         self.read_back_clock_mhz: int | None = None
@@ -117,13 +120,14 @@ class ClockApplier:
         target = self._supported(requested)
         try:
             self.driver_calls += 1
-            self._touched = True
             read_back = self.group.lock_clock_mhz(target)
         except Exception as exc:
             self._enter_monitor_only(str(exc))
             return
+        self._touched = True
         self._last_handled = requested
-        self.applied_clock_mhz = target
+        self.locked_clock_mhz = target
+        self.applied_clock_mhz = read_back
         self.applied_at_s = time.monotonic()
         self.read_back_clock_mhz = read_back
         if read_back != target and not self._warned_mismatch:
@@ -185,6 +189,13 @@ class ClockApplier:
             except Exception as exc:
                 restored = False
                 logger.error("voltana: could not restore GPU clocks: %s", exc)
+        elif self.restore_on_exit and self.monitor_only and len(self.group.devices) > 1:
+            # A refused lock on a TP group may have locked the members before the one that refused: reset
+            # quietly (the refusal was already logged; a second refusal here is expected and not an error).
+            try:
+                self.group.reset_clocks()
+            except Exception as exc:
+                logger.debug("voltana: reset after a refused lock failed: %s", exc)
         if self.watchdog is not None:
             self.watchdog.disarm(clean=restored)  # not clean: the watchdog process retries the reset
         _live.discard(self)

@@ -12,7 +12,21 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from voltana.core.types import EnergySource
+from voltana.hardware.counters import EnergyCounter, EnergyReading, EnergyTracker, weakest_source
 from voltana.hardware.errors import DeviceNotFoundError, InvalidArgumentError
+
+__all__ = [
+    "DeviceCapabilities",
+    "EnergyCounter",
+    "EnergyReading",
+    "EnergySource",
+    "GpuDevice",
+    "GpuGroup",
+    "clock_privilege",
+    "has_clock_privilege",
+    "visible_device_map",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +43,13 @@ class GpuDevice(ABC):
     """One GPU; ``index`` is the process-visible index (after ``CUDA_VISIBLE_DEVICES`` and the like)."""
 
     vendor: str = "unknown"
+    measured_energy_source: EnergySource = EnergySource.MEASURED  # what the counter's joules are
+    energy_refresh_s: float = 0.0  # how often the vendor refreshes the energy counter (0: on every read)
 
     def __init__(self, index: int, name: str) -> None:
         self.index = index
         self.name = name
+        self._energy_tracker: EnergyTracker | None = None
 
     @abstractmethod
     def supported_clocks_mhz(self) -> tuple[int, ...]:
@@ -58,6 +75,25 @@ class GpuDevice(ABC):
         """Instantaneous (or driver-averaged) power (W); None where not available."""
         return None
 
+    def _tracker(self) -> EnergyTracker:
+        tracker = getattr(self, "_energy_tracker", None)
+        if tracker is None:
+            tracker = EnergyTracker(
+                f"GPU {self.index} ({self.name})", self.energy_j, self.power_w, self.measured_energy_source
+            )
+            self._energy_tracker = tracker
+        return tracker
+
+    def read_energy(self) -> EnergyReading:
+        """Cumulative energy now with its source; never raises (see :class:`~voltana.hardware.counters.\
+EnergyTracker`): counter, else integrated power, else unknown; a failed read gives ``energy_j = None``."""
+        return self._tracker().read()
+
+    @property
+    def energy_source(self) -> EnergySource:
+        """Where this device's joules come from now (changes once if the counter turns out missing)."""
+        return self._tracker().source
+
     @abstractmethod
     def capabilities(self) -> DeviceCapabilities:
         """What this device supports in this process."""
@@ -67,30 +103,6 @@ class GpuDevice(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(index={self.index}, name={self.name!r})"
-
-
-class EnergyCounter:
-    """Turns raw readings of a wrapping vendor counter into monotonic cumulative joules.
-
-    A reading lower than the previous one means the counter wrapped: at 2**32 when the previous reading fit in
-    32 bits (older firmware, the AMD accumulator on some parts), else at 2**64. ``joules_per_unit`` converts
-    counter units (NVML: mJ -> 1e-3; AMD: accumulator x resolution uJ -> resolution * 1e-6).
-    """
-
-    def __init__(self, joules_per_unit: float) -> None:
-        self.joules_per_unit = joules_per_unit
-        self._previous: int | None = None
-        self._total_units = 0
-
-    def update(self, raw: int) -> float:
-        """Feed one raw reading; returns cumulative joules since the first reading."""
-        if self._previous is not None:
-            delta = raw - self._previous
-            if delta < 0:
-                delta += 2**32 if self._previous < 2**32 else 2**64
-            self._total_units += delta
-        self._previous = raw
-        return self._total_units * self.joules_per_unit
 
 
 def visible_device_map(env_var: str, physical_count: int) -> list[int | str]:
@@ -116,18 +128,38 @@ def visible_device_map(env_var: str, physical_count: int) -> list[int | str]:
     return mapping
 
 
-def has_clock_privilege() -> bool:
-    """Root, or CAP_SYS_ADMIN in the effective capability set (needed to lock clocks)."""
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        return True
+PROC_STATUS = "/proc/self/status"
+CAP_SYS_ADMIN = 21  # linux/capability.h
+
+
+def clock_privilege() -> tuple[bool, str]:
+    """Whether this process may lock GPU clocks, and why (one line).
+
+    On Linux the effective capability set decides (``CapEff`` in ``/proc/self/status``, bit CAP_SYS_ADMIN):
+    root in a container started without ``--cap-add SYS_ADMIN`` does NOT have it. Elsewhere: root.
+    """
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
+        with open(PROC_STATUS, encoding="ascii") as status:
             for line in status:
                 if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) & (1 << 21))  # CAP_SYS_ADMIN = 21
-    except OSError:
+                    if int(line.split()[1], 16) & (1 << CAP_SYS_ADMIN):
+                        return True, "CAP_SYS_ADMIN in the effective capability set"
+                    if hasattr(os, "geteuid") and os.geteuid() == 0:
+                        return (
+                            False,
+                            "root but without CAP_SYS_ADMIN (a container without --cap-add SYS_ADMIN?)",
+                        )
+                    return False, "not root and no CAP_SYS_ADMIN"
+    except (OSError, ValueError, IndexError):
         pass
-    return False
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return True, "root"
+    return False, "not root and no CAP_SYS_ADMIN"
+
+
+def has_clock_privilege() -> bool:
+    """CAP_SYS_ADMIN in the effective set (root alone is not enough in a container)."""
+    return clock_privilege()[0]
 
 
 class GpuGroup:
@@ -161,13 +193,17 @@ class GpuGroup:
         """Highest common clock (MHz)."""
         return self._clocks[-1]
 
-    def lock_clock_mhz(self, clock_mhz: int) -> int:
-        """Lock every member; returns the lowest read-back clock (the group runs at its slowest member)."""
+    def check_supported(self, clock_mhz: int) -> None:
+        """Raise ``InvalidArgumentError`` unless every member accepts ``clock_mhz``."""
         if self._clocks and clock_mhz not in self._clocks:
             raise InvalidArgumentError(
                 f"clock {clock_mhz} MHz is not supported by this GPU group "
                 f"(range {self._clocks[0]}..{self._clocks[-1]} MHz); pick one of supported_clocks_mhz()"
             )
+
+    def lock_clock_mhz(self, clock_mhz: int) -> int:
+        """Lock every member; returns the lowest read-back clock (the group runs at its slowest member)."""
+        self.check_supported(clock_mhz)
         return min(device.lock_clock_mhz(clock_mhz) for device in self.devices)
 
     def reset_clocks(self) -> None:
@@ -186,8 +222,30 @@ class GpuGroup:
         return min(device.current_clock_mhz() for device in self.devices)
 
     def energy_j(self) -> float:
-        """Cumulative energy of all members (J)."""
+        """Cumulative energy of all members (J); raises ``VoltanaHardwareError`` (see :meth:`read_energy`)."""
         return sum(device.energy_j() for device in self.devices)
+
+    def read_energy(self) -> EnergyReading:
+        """Cumulative energy of all members with the weakest member's source; never raises.
+
+        ``energy_j`` is None when any member's read failed or is unknown (skip that window).
+        """
+        readings = [device.read_energy() for device in self.devices]
+        values = [r.energy_j for r in readings]
+        total = None if any(v is None for v in values) else sum(v for v in values if v is not None)
+        return EnergyReading(
+            total, weakest_source([r.source for r in readings]), max(r.monotonic_s for r in readings)
+        )
+
+    @property
+    def energy_source(self) -> EnergySource:
+        """The weakest member's source: ``measured``, ``power-integrated``, ``simulated`` or ``unknown``."""
+        return weakest_source([device.energy_source for device in self.devices])
+
+    @property
+    def energy_refresh_s(self) -> float:
+        """The slowest member's counter refresh period (s): sample energy at this period or slower."""
+        return max(device.energy_refresh_s for device in self.devices)
 
     def power_w(self) -> float | None:
         """Summed power (W); None if any member cannot report it."""

@@ -14,9 +14,10 @@ from typing import Any, ParamSpec, TypeVar
 from voltana.hardware.device import (
     DeviceCapabilities,
     EnergyCounter,
+    EnergySource,
     GpuDevice,
     GpuGroup,
-    has_clock_privilege,
+    clock_privilege,
     visible_device_map,
 )
 from voltana.hardware.errors import (
@@ -34,8 +35,8 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 PRIVILEGE_FIX = (
-    "run the engine as root or grant CAP_SYS_ADMIN (`sudo setcap cap_sys_admin+ep <python binary>`, "
-    "docker --cap-add SYS_ADMIN); otherwise voltana only monitors (use policy.clock=static-max)"
+    "grant CAP_SYS_ADMIN (`sudo setcap cap_sys_admin+ep <python binary>`, docker --cap-add SYS_ADMIN; root "
+    "in a container is not enough without it); otherwise voltana only monitors (use policy.clock=static-max)"
 )
 
 
@@ -111,6 +112,10 @@ class NvmlGpu(GpuDevice):
     """One NVIDIA GPU through NVML. ``handle_id`` is the physical index or a UUID."""
 
     vendor = "nvidia"
+    # NVML refreshes the energy counter about every 100 ms: the period measured on A100/H100 by Yang et al.,
+    # "Part-time Power Measurements: nvidia-smi's Lack of Attention" (arXiv 2312.02741, 2023); check a node
+    # with scripts/gpu_readonly_check.sh.
+    energy_refresh_s = 0.1
 
     @_nvml_call("opening the device")
     def __init__(self, index: int, handle_id: int | str) -> None:
@@ -124,8 +129,12 @@ class NvmlGpu(GpuDevice):
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(handle_id)
         name = pynvml.nvmlDeviceGetName(self._handle)
         super().__init__(index, name.decode() if isinstance(name, bytes) else str(name))
-        self._energy = EnergyCounter(joules_per_unit=1e-3)  # NVML reports mJ
+        # NVML reports a 64-bit mJ counter: a decrease is a reset or glitch, never a wrap in practice
+        self._energy = EnergyCounter(
+            joules_per_unit=1e-3, widths_bits=(64,), label=f"GPU {index} ({self.name})"
+        )
         self._clocks: tuple[int, ...] | None = None
+        self.read_energy()  # baseline, and finds out now (one WARNING) whether the counter works
 
     @_nvml_call("reading supported clocks")
     def supported_clocks_mhz(self) -> tuple[int, ...]:
@@ -162,20 +171,13 @@ class NvmlGpu(GpuDevice):
             nvml_shutdown()
 
     def capabilities(self) -> DeviceCapabilities:
+        has_energy = self.energy_source is EnergySource.MEASURED
         try:
-            self.energy_j()
-            has_energy = True
-        except VoltanaHardwareError:
-            has_energy = False
-        try:
-            self.power_w()
-            has_power = True
+            has_power = self.power_w() is not None
         except VoltanaHardwareError:
             has_power = False
-        privileged = has_clock_privilege()
-        detail = (
-            "" if privileged else f"not root and no CAP_SYS_ADMIN: clocks cannot be locked; {PRIVILEGE_FIX}"
-        )
+        privileged, why = clock_privilege()
+        detail = "" if privileged else f"{why}: clocks cannot be locked; {PRIVILEGE_FIX}"
         return DeviceCapabilities(privileged, has_energy, has_power, detail)
 
 

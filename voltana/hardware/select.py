@@ -3,7 +3,8 @@
 Drivers are factories ``(HardwareConfig) -> GpuGroup`` registered by name through the
 ``voltana_register_hardware`` hook (the built-ins come from ``voltana.plugins.hardware``); without a hook the
 built-in factories below are used directly. ``auto`` tries NVIDIA, then AMD, and falls back to the simulated
-GPU when neither is present, saying why in the log.
+GPU when neither is present with a WARNING saying why: its joules are modelled, and every record, span, metric
+and ``/voltana/state`` says ``energy_source = simulated``.
 """
 
 from __future__ import annotations
@@ -73,7 +74,25 @@ def registered_drivers(hook: Any | None = None) -> dict[str, DriverFactory]:
 
 
 def open_devices(config: HardwareConfig, hook: Any | None = None) -> GpuGroup:
-    """The GPU group an instance drives, per ``config.vendor``; raises ``VoltanaHardwareError`` (one line)."""
+    """The GPU group an instance drives, per ``config.vendor``; raises ``VoltanaHardwareError`` (one line).
+
+    With ``config.clockd_socket`` the clock locks and resets of a physical group go through ``voltana
+    clockd`` (:class:`~voltana.hardware.clockd.ClockdGpuGroup`); energy and clock reads stay local.
+    """
+    group = _open_group(config, hook)
+    if config.clockd_socket and group.vendor != "simulated":
+        from voltana.hardware.clockd import ClockdClient, ClockdGpuGroup
+
+        try:
+            client = ClockdClient(config.clockd_socket)
+        except VoltanaHardwareError:
+            group.close()
+            raise
+        return ClockdGpuGroup(group, client)
+    return group
+
+
+def _open_group(config: HardwareConfig, hook: Any | None) -> GpuGroup:
     drivers: Mapping[str, DriverFactory] = registered_drivers(hook)
     if config.vendor != "auto":
         factory = drivers.get(config.vendor)
@@ -93,5 +112,10 @@ def open_devices(config: HardwareConfig, hook: Any | None = None) -> GpuGroup:
             reasons.append(f"{vendor}: {exc}")
         except VoltanaHardwareError as exc:
             reasons.append(f"{vendor}: {exc}")
-    logger.info("voltana: no physical GPU usable (%s); using the simulated GPU", "; ".join(reasons) or "none")
+    logger.warning(
+        "voltana: hardware.vendor=auto found no physical GPU (%s); using the SIMULATED GPU: clocks are not "
+        "controlled and energy is modelled, not measured (energy_source=simulated); set hardware.vendor="
+        "simulated to silence this, or nvidia/amd to fail instead",
+        "; ".join(reasons) or "none",
+    )
     return drivers.get("simulated", open_simulated_from_config)(config)

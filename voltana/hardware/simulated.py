@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voltana.core.types import Phase
-from voltana.hardware.device import DeviceCapabilities, GpuDevice, GpuGroup
+from voltana.hardware.device import DeviceCapabilities, EnergySource, GpuDevice, GpuGroup
 from voltana.hardware.errors import InvalidArgumentError, UnknownProfileError
 from voltana.hardware.profiles import (
     ACTIVATION_RESERVE_BYTES,
@@ -308,6 +308,7 @@ class SimulatedGpu(GpuDevice):
     """
 
     vendor = "simulated"
+    measured_energy_source = EnergySource.SIMULATED
 
     def __init__(
         self,

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
 
 from voltana.core.contexts import DoctorCheck
 from voltana.core.hookspecs import DriverFactory, hookimpl
-from voltana.hardware.device import has_clock_privilege
-from voltana.hardware.errors import VoltanaHardwareError
+from voltana.core.types import EnergySource
+from voltana.hardware.device import GpuDevice, GpuGroup, clock_privilege
+from voltana.hardware.errors import LibraryNotFoundError, NoPermissionError, VoltanaHardwareError
 from voltana.hardware.nvml import PRIVILEGE_FIX
 from voltana.hardware.select import BUILTIN_DRIVERS
 
@@ -17,6 +24,13 @@ from voltana.hardware.select import BUILTIN_DRIVERS
 def voltana_register_hardware(register: Callable[[str, DriverFactory], None]) -> None:
     for name, factory in BUILTIN_DRIVERS.items():
         register(name, factory)
+
+
+NO_DEVICE_FIX = (
+    "check `nvidia-smi`; in a container pass the GPUs (docker --gpus all) and do not hide them with "
+    "CUDA_VISIBLE_DEVICES=''"
+)
+LOCK_TEST_HINT = "`voltana doctor --try-lock` locks GPU 0 at its current clock and resets it"
 
 
 def _nvml_check() -> DoctorCheck:
@@ -30,15 +44,29 @@ def _nvml_check() -> DoctorCheck:
 
     try:
         nvml_init()
+    except LibraryNotFoundError as exc:
+        return DoctorCheck("hardware", "NVML", None, f"no NVIDIA driver library: {exc}")
     except VoltanaHardwareError as exc:
-        return DoctorCheck("hardware", "NVML", None, f"no NVIDIA GPU usable: {exc}")
+        return DoctorCheck(
+            "hardware", "NVML", False, f"NVML does not initialise: {exc}", "check `nvidia-smi`"
+        )
     try:
         count = int(pynvml.nvmlDeviceGetCount())
+        driver = pynvml.nvmlSystemGetDriverVersion()
     except pynvml.NVMLError as exc:
         return DoctorCheck("hardware", "NVML", False, f"cannot count GPUs: {exc}", "check `nvidia-smi`")
     finally:
         nvml_shutdown()
-    return DoctorCheck("hardware", "NVML", count > 0, f"{count} NVIDIA GPU(s) on this node")
+    driver_text = driver.decode() if isinstance(driver, bytes) else str(driver)
+    if count == 0:
+        return DoctorCheck(
+            "hardware",
+            "NVML",
+            False,
+            f"driver {driver_text} loaded but no NVIDIA GPU on this node",
+            NO_DEVICE_FIX,
+        )
+    return DoctorCheck("hardware", "NVML", True, f"{count} NVIDIA GPU(s), driver {driver_text}")
 
 
 def _amd_check() -> DoctorCheck:
@@ -51,41 +79,178 @@ def _amd_check() -> DoctorCheck:
     return DoctorCheck("hardware", "AMD SMI", True, "amdsmi importable")
 
 
-def _selected_check(config: Any) -> DoctorCheck:
+def _open_selected(config: Any) -> tuple[GpuGroup | None, DoctorCheck]:
+    """The configured GPU group (caller closes it) and the ``devices`` row."""
     from voltana.hardware.select import open_devices
+    from voltana.plugins import get_plugin_manager
 
     hardware = getattr(config, "hardware", None)
     if hardware is None:
-        return DoctorCheck("hardware", "devices", None, "no hardware config given")
-    from voltana.plugins import get_plugin_manager
-
+        return None, DoctorCheck("hardware", "devices", None, "no valid config: devices not opened")
     try:
         group = open_devices(hardware, get_plugin_manager().hook)
     except VoltanaHardwareError as exc:
-        return DoctorCheck("hardware", "devices", False, str(exc), "fix hardware.vendor / device_indices")
-    try:
-        names = ", ".join(f"{d.index}:{d.name}" for d in group.devices)
-        clocks = group.supported_clocks_mhz()
-        span = f"{clocks[0]}..{clocks[-1]} MHz" if clocks else "no clocks"
-        return DoctorCheck(
-            "hardware", "devices", True, f"vendor={hardware.vendor} -> {group.vendor}: {names} ({span})"
+        return None, DoctorCheck(
+            "hardware", "devices", False, str(exc), "fix hardware.vendor / device_indices"
         )
-    finally:
-        group.close()
+    names = ", ".join(f"{d.index}:{d.name}" for d in group.devices)
+    clocks = group.supported_clocks_mhz()
+    span = f"{clocks[0]}..{clocks[-1]} MHz" if clocks else "no clocks"
+    detail = f"vendor={hardware.vendor} -> {group.vendor}: {names} ({span})"
+    if group.vendor == "simulated" and hardware.vendor == "auto":
+        return group, DoctorCheck(
+            "hardware",
+            "devices",
+            None,
+            f"{detail}; no physical GPU usable, so energy is SIMULATED, not measured",
+            'install the NVIDIA driver or ROCm on a GPU node, or set hardware.vendor = "simulated"',
+        )
+    return group, DoctorCheck("hardware", "devices", True, detail)
 
 
-def _privilege_check() -> DoctorCheck:
-    if has_clock_privilege():
-        return DoctorCheck("hardware", "clock control", True, "root or CAP_SYS_ADMIN: clocks can be locked")
+def _energy_check(group: GpuGroup) -> DoctorCheck:
+    source = group.energy_source
+    refresh = (
+        f", counter refreshed every {group.energy_refresh_s * 1e3:.0f} ms" if group.energy_refresh_s else ""
+    )
+    if source is EnergySource.MEASURED:
+        return DoctorCheck("hardware", "energy", True, f"measured by the GPU's energy counter{refresh}")
+    if source is EnergySource.POWER_INTEGRATED:
+        return DoctorCheck(
+            "hardware", "energy", None, "no usable energy counter: power readings are integrated instead"
+        )
+    if source is EnergySource.SIMULATED:
+        return DoctorCheck("hardware", "energy", None, "simulated by the GPU performance model")
     return DoctorCheck(
         "hardware",
-        "clock control",
-        None,
-        "not root, no CAP_SYS_ADMIN: real GPUs monitor-only",
-        PRIVILEGE_FIX,
+        "energy",
+        False,
+        "neither an energy counter nor a power reading: energy is reported as unknown",
+        "update the GPU driver; virtual GPUs often hide both",
+    )
+
+
+def _privilege_check(group: GpuGroup) -> DoctorCheck:
+    from voltana.hardware.clockd import ClockdGpuGroup
+
+    if group.vendor == "simulated":
+        return DoctorCheck("hardware", "clock control", None, "simulated GPU: no privilege needed")
+    if isinstance(group, ClockdGpuGroup):
+        return DoctorCheck(
+            "hardware", "clock control", True, f"through voltana clockd at {group.client.socket_path}"
+        )
+    allowed, why = clock_privilege()
+    if allowed:
+        return DoctorCheck("hardware", "clock control", True, f"{why}: clocks can be locked")
+    return DoctorCheck("hardware", "clock control", False, f"{why}: clocks cannot be locked", PRIVILEGE_FIX)
+
+
+def _lock_test(group: GpuGroup, try_lock: bool) -> DoctorCheck:
+    if group.vendor == "simulated":
+        return DoctorCheck("hardware", "lock test", None, "simulated GPU: nothing to try")
+    if not try_lock:
+        return DoctorCheck("hardware", "lock test", None, "not tried (read-only)", LOCK_TEST_HINT)
+    from voltana.hardware.clockd import ClockdGpuGroup
+
+    # through clockd the whole group is locked, at the supported clock nearest to the current one
+    device: GpuDevice | GpuGroup = group if isinstance(group, ClockdGpuGroup) else group.devices[0]
+    index = group.devices[0].index
+    try:
+        current_mhz = device.current_clock_mhz()
+        if device is group:
+            current_mhz = min(group.supported_clocks_mhz(), key=lambda clock: abs(clock - current_mhz))
+        read_back_mhz = device.lock_clock_mhz(current_mhz)
+    except NoPermissionError as exc:
+        return DoctorCheck("hardware", "lock test", False, f"the driver refused: {exc}", PRIVILEGE_FIX)
+    except VoltanaHardwareError as exc:
+        return DoctorCheck("hardware", "lock test", False, f"locking failed: {exc}", "see the detail")
+    try:
+        device.reset_clocks()
+    except VoltanaHardwareError as exc:
+        return DoctorCheck(
+            "hardware",
+            "lock test",
+            False,
+            f"locked GPU {index} at {current_mhz} MHz but the reset failed: {exc}",
+            "reset it by hand: `nvidia-smi -rgc` (NVIDIA) or `amd-smi reset --clocks` (AMD)",
+        )
+    return DoctorCheck(
+        "hardware",
+        "lock test",
+        True,
+        f"locked GPU {index} at its current {current_mhz} MHz (read back {read_back_mhz} MHz) and reset it",
     )
 
 
 @hookimpl
-def voltana_doctor_checks(config: Any) -> list[DoctorCheck]:
-    return [_nvml_check(), _amd_check(), _selected_check(config), _privilege_check()]
+def voltana_doctor_checks(config: Any, try_lock: bool) -> list[DoctorCheck]:
+    checks = [_nvml_check(), _amd_check()]
+    group, devices_row = _open_selected(config)
+    checks.append(devices_row)
+    if group is not None:
+        try:
+            checks += [_energy_check(group), _privilege_check(group), _lock_test(group, try_lock)]
+        finally:
+            group.close()
+    return checks
+
+
+def clockd_command(
+    ctx: typer.Context,
+    socket_path: Annotated[Path, typer.Option("--socket", help="Unix socket to listen on.")] = Path(
+        "/run/voltana/clockd.sock"
+    ),
+    allow_uid: Annotated[
+        list[int] | None, typer.Option("--allow-uid", help="User id allowed to connect (repeatable).")
+    ] = None,
+    allow_gid: Annotated[
+        list[int] | None, typer.Option("--allow-gid", help="Group id allowed to connect (repeatable).")
+    ] = None,
+) -> None:
+    """Run the privileged clock helper: the only process that locks GPU clocks; resets when a client leaves.
+
+    Opens the GPUs of the config's [hardware] section; engines set hardware.clockd_socket to this socket.
+    """
+    import signal
+
+    from voltana.cli import cli_state
+    from voltana.hardware.clockd import ClockDaemon
+    from voltana.hardware.select import open_devices
+    from voltana.plugins import get_plugin_manager
+
+    err = Console(stderr=True)
+    hardware = cli_state(ctx).loaded().config.hardware.model_copy(update={"clockd_socket": None})
+    try:
+        group = open_devices(hardware, get_plugin_manager().hook)
+    except VoltanaHardwareError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    allowed, why = clock_privilege()
+    if not allowed and group.vendor != "simulated":
+        err.print(f"[yellow]warning:[/] {why}: {escape(PRIVILEGE_FIX)}", highlight=False, soft_wrap=True)
+    daemon = ClockDaemon(group, socket_path, allow_uid or (), allow_gid or ())
+
+    def stop(signum: int, frame: Any) -> None:
+        threading.Thread(target=daemon.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        daemon.serve_forever(
+            on_ready=lambda: err.print(
+                f"voltana clockd: serving {len(group)} {group.vendor} GPU(s) on {socket_path} "
+                f"(uids {sorted(daemon.allowed_uids)}, gids {sorted(daemon.allowed_gids)})",
+                highlight=False,
+                soft_wrap=True,
+            )
+        )
+    except OSError as exc:
+        err.print(f"[red]error:[/] cannot listen on {socket_path}: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    finally:
+        group.close()
+
+
+@hookimpl
+def voltana_register_commands(cli: Any) -> None:
+    cli.command("clockd")(clockd_command)

@@ -18,3 +18,8 @@ def recorder() -> Iterator[HookRecorder]:
     pm.register(plugin, name="test-recorder")
     yield plugin
     pm.unregister(name="test-recorder")
+
+
+from tests.support.standin_nvml.fixtures import standin_nvml, standin_nvml_dir  # noqa: E402
+
+__all__ = ["recorder", "standin_nvml", "standin_nvml_dir"]

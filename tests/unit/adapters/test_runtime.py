@@ -211,3 +211,47 @@ def test_runtime_start_configures_telemetry_from_config() -> None:
         runtime.close()
         shutdown_telemetry()
     assert active_telemetry() is None
+
+
+def test_auto_falling_back_to_the_simulated_gpu_labels_every_energy_figure_simulated(
+    recorder: HookRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voltana.core.types import EnergySource, Slo
+    from voltana.plugins.telemetry import names
+    from voltana.plugins.telemetry.spans import request_metric_attributes, request_span_attributes
+
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/nonexistent")  # no NVML, no AMD SMI here: auto -> simulated
+    runtime = InstanceRuntime.start(_config(hardware={"vendor": "auto"}), Phase.DECODE, "i0")
+    try:
+        assert runtime._devices is not None and runtime._devices.vendor == "simulated"
+        runtime.before_iteration(_decode_snapshot(1000.0))
+        runtime.after_iteration()
+        finished = runtime.request_finished("r0", input_tokens=1, output_tokens=2, finish_time_s=1001.0)
+        status = runtime.status()
+    finally:
+        runtime.close()
+    assert status.energy_source is EnergySource.SIMULATED
+    assert [r.energy_source for r in recorder.iterations] == [EnergySource.SIMULATED]
+    assert finished is not None and finished.energy_source is EnergySource.SIMULATED
+    assert request_span_attributes(finished, Slo(1.0, 0.1))[names.ENERGY_SOURCE] == "simulated"
+    assert request_metric_attributes(finished)[names.ENERGY_SOURCE] == "simulated"
+
+
+def test_idle_time_between_iterations_is_instance_idle_energy(recorder: HookRecorder) -> None:
+    clock = StepClock()
+    runtime = InstanceRuntime.start(_config(), Phase.DECODE, "i0")
+    runtime._clock = clock
+    try:
+        for i in range(3):
+            runtime.before_iteration(_decode_snapshot(1000.0 + i, i))
+            clock.now_s += 0.02
+            runtime.after_iteration()
+            clock.now_s += 0.5  # the engine waits for work
+        model = runtime._perf_model
+        status = runtime.status()
+    finally:
+        runtime.close()
+    busy_j = sum(r.energy_j or 0.0 for r in recorder.iterations)
+    assert status.idle_energy_j == pytest.approx(2 * 0.5 * model.idle_power_w())  # the gaps between the three
+    assert status.energy_j == pytest.approx(busy_j + status.idle_energy_j)
+    assert sum(r.counter_energy_j or 0.0 for r in recorder.iterations) == pytest.approx(status.energy_j)

@@ -30,6 +30,9 @@ def _state(engine: int, clock: int | None, **extra: Any) -> dict[str, Any]:
         "capture_sizes": [1, 2, 4, 8],
         "iterations": 10,
         "hook_seconds": 0.002,
+        "energy_source": "measured",
+        "energy_joules": 12.5,
+        "idle_energy_joules": 2.0,
         "updated_at_s": time.time(),
     }
     state.update(extra)
@@ -63,9 +66,11 @@ def test_collector_exposes_voltana_metrics(tmp_path: Path) -> None:
     assert 'voltana:sm_clock_mhz{engine="1"}' not in text  # unknown clock: no sample
     assert 'voltana:kv_tokens{engine="1"} 900.0' in text
     assert 'voltana:iterations_total{engine="0"} 10.0' in text
+    assert 'voltana:energy_joules_total{engine="0"} 12.5' in text
+    assert 'voltana:idle_energy_joules_total{engine="0"} 2.0' in text
     assert (
-        'voltana:instance_info{capture_sizes="1,2,4,8",engine="0",instance_id="vllm-decode-0-1",'
-        'policy="ecofreq",role="decode"} 1.0'
+        'voltana:instance_info{capture_sizes="1,2,4,8",energy_source="measured",engine="0",'
+        'instance_id="vllm-decode-0-1",policy="ecofreq",role="decode"} 1.0'
     ) in text
 
 

@@ -12,3 +12,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("voltana simulated GPU: fitted vs public source")
         for row in CALIBRATION_ROWS:
             terminalreporter.write_line(row)
+
+
+from tests.support.standin_nvml.fixtures import standin_nvml, standin_nvml_dir  # noqa: E402,F401

@@ -8,6 +8,7 @@ exception classes are the real ones, and the API functions voltana calls are pat
 from __future__ import annotations
 
 import ctypes
+import logging
 import sys
 from collections.abc import Iterator
 from types import ModuleType
@@ -16,6 +17,7 @@ from unittest import mock
 
 import pytest
 
+from voltana.core.types import EnergySource
 from voltana.hardware import amd
 from voltana.hardware.errors import (
     GpuLostError,
@@ -168,9 +170,60 @@ def test_energy_is_accumulator_times_resolution_with_wrap(
     calls["amdsmi_get_energy_count"].side_effect = [
         {"energy_accumulator": value, "counter_resolution": 15.3, "timestamp": 0} for value in accumulators
     ]
-    device = amd.open_amd([0]).devices[0]
-    assert device.energy_j() == 0.0
+    device = amd.open_amd([0]).devices[0]  # opening reads the first value (the baseline)
     assert device.energy_j() == pytest.approx(expected_j)
+
+
+@pytest.mark.parametrize(
+    ("accumulators", "expected_units"),
+    [
+        # a 5-unit dip of a 32-bit accumulator (once read as a wrap, +65 kJ): a one-read glitch, measured
+        # from the value before it when the next reading is above it
+        ([2**31, 2**31 - 5, 2**31 + 995, 2**31 - 15, 2**31 + 1_995], [0, 995, 995, 1_995]),
+        # firmware reset of a 64-bit accumulator (once read as a wrap, 2.8e14 J): re-based on the new value
+        ([5_000_000_000, 1_200, 2_200, 1_190, 3_200], [0, 1_000, 1_000, 2_000]),
+    ],
+)
+def test_accumulator_drop_counts_zero_and_rebases_with_one_warning(
+    smi: Any, accumulators: list[int], expected_units: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, calls = smi
+    calls["amdsmi_get_energy_count"].side_effect = [
+        {"energy_accumulator": value, "counter_resolution": 15.3, "timestamp": 0} for value in accumulators
+    ]
+    with caplog.at_level(logging.WARNING, logger="voltana.hardware"):
+        device = amd.open_amd([0]).devices[0]
+        totals = [device.energy_j() for _ in expected_units]
+    assert totals == pytest.approx([units * 15.3e-6 for units in expected_units])
+    drops = [r for r in caplog.records if "went backward" in r.getMessage()]
+    assert len(drops) == 1 and drops[0].levelno == logging.WARNING
+
+
+def test_lock_order_follows_the_applied_limits_when_the_gpu_throttles(smi: Any) -> None:
+    """Locked at 2100, throttled to 1900, then locking 2000: min must be written first (min=2100 applied)."""
+    module, calls = smi
+    limits = {"min": 500, "max": 2100}
+
+    def set_limit(handle: Any, clk_type: str, limit: str, value: int) -> None:
+        proposed = {**limits, limit: value}
+        if proposed["min"] > proposed["max"]:  # the driver refuses min > max, as amdgpu does
+            raise module.AmdSmiLibraryException(module.amdsmi_wrapper.AMDSMI_STATUS_INVAL)
+        limits[limit] = value
+
+    calls["amdsmi_set_gpu_clk_limit"].side_effect = set_limit
+    frequency = [500_000_000, 1_500_000_000, 1_900_000_000, 2_000_000_000, 2_100_000_000]
+    calls["amdsmi_get_clk_freq"].return_value = {"num_supported": 5, "current": 4, "frequency": frequency}
+    device = amd.open_amd([0]).devices[0]
+    device.lock_clock_mhz(2100)
+    assert limits == {"min": 2100, "max": 2100}
+    calls["amdsmi_get_clk_freq"].return_value = {"num_supported": 5, "current": 2, "frequency": frequency}
+    assert device.current_clock_mhz() == 1900  # thermal throttling below the locked range
+    device.lock_clock_mhz(2000)
+    assert limits == {"min": 2000, "max": 2000}
+    assert calls["amdsmi_set_gpu_clk_limit"].call_args_list[-2:] == [
+        mock.call("h0", "sclk", "min", 2000),
+        mock.call("h0", "sclk", "max", 2000),
+    ]
 
 
 def test_without_rocm_import_fails_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
@@ -183,3 +236,21 @@ def test_without_rocm_import_fails_cleanly(capsys: pytest.CaptureFixture[str]) -
     assert message.startswith("AMD SMI unavailable: ") and "\n" not in message
     assert capsys.readouterr().out == ""  # the vendor's print is swallowed into the message
     assert "amdsmi" not in sys.modules
+
+
+def test_missing_energy_counter_integrates_socket_power(smi: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """amdsmi_get_energy_count NOT_SUPPORTED: clock control stays, energy comes from amdsmi_get_power_info."""
+    module, calls = smi
+    not_supported = module.AmdSmiLibraryException(module.amdsmi_wrapper.AMDSMI_STATUS_NOT_SUPPORTED)
+    calls["amdsmi_get_energy_count"].side_effect = not_supported
+    with caplog.at_level(logging.WARNING, logger="voltana.hardware"):
+        group = amd.open_amd([0])
+        first = group.read_energy()
+        second = group.read_energy()
+        group.lock_clock_mhz(1505)
+    assert first.source is second.source is EnergySource.POWER_INTEGRATED
+    assert first.energy_j is not None and second.energy_j is not None
+    elapsed_s = second.monotonic_s - first.monotonic_s
+    assert second.energy_j - first.energy_j == pytest.approx(640.0 * elapsed_s, rel=1e-6)
+    assert calls["amdsmi_set_gpu_clk_limit"].call_count == 2
+    assert sum("integrating power" in r.getMessage() for r in caplog.records) == 1

@@ -12,6 +12,7 @@ import pytest
 
 from voltana.hardware import nvml
 from voltana.hardware.applier import ClockApplier
+from voltana.hardware.device import EnergyCounter
 from voltana.hardware.errors import (
     GpuLostError,
     InvalidArgumentError,
@@ -127,15 +128,24 @@ def test_missing_driver_at_init(fake_nvml: Any) -> None:
     ("readings_mj", "expected_j"),
     [
         ([1_000, 3_500], 2.5),
-        ([2**32 - 100, 50], 0.150),  # 32-bit counter wrap
-        ([2**64 - 1_000, 500], 1.5),  # 64-bit counter wrap
+        ([2**64 - 1_000, 500], 1.5),  # 64-bit counter wrap (NVML's counter is 64-bit mJ)
+        ([5_000_000_000, 1_200], 0.0),  # driver reset: 0 J, not a wrap (was 1.8e16 J)
+        ([1_000_000, 999_990], 0.0),  # a 10 mJ dip (was +1.8e16 J)
+        ([2**32 - 100, 50], 0.0),  # a drop below 2**32 is no wrap either on a 64-bit counter
     ],
 )
-def test_energy_counter_unwraps(fake_nvml: Any, readings_mj: list[int], expected_j: float) -> None:
-    fake_nvml["nvmlDeviceGetTotalEnergyConsumption"].side_effect = readings_mj
-    device = nvml.open_nvidia([0]).devices[0]
-    assert device.energy_j() == 0.0
-    assert device.energy_j() == pytest.approx(expected_j)
+def test_energy_counter_wraps_only_by_width(readings_mj: list[int], expected_j: float) -> None:
+    counter = EnergyCounter(joules_per_unit=1e-3)  # as NvmlGpu builds it: mJ, 64 bits
+    counter.update(readings_mj[0])
+    assert counter.update(readings_mj[1]) == pytest.approx(expected_j)
+
+
+def test_driver_counter_drop_rebases(fake_nvml: Any) -> None:
+    readings = [5_000_000_000, 1_200, 2_200]
+    fake_nvml["nvmlDeviceGetTotalEnergyConsumption"].side_effect = [*readings, 2_200, 2_200]
+    device = nvml.open_nvidia([0]).devices[0]  # opening reads the first value (the baseline)
+    totals = [device.energy_j() for _ in range(3)]
+    assert totals[-1] == pytest.approx(1.0)  # 0 J for the drop, then 1200 -> 2200 mJ
 
 
 def test_permission_denied_puts_the_applier_in_monitor_only_mode(
@@ -169,7 +179,8 @@ def test_read_back_mismatch_is_recorded_and_warned_once(
         assert applier.wait_applied(2.0)
         applier.submit(1395)
         assert applier.wait_applied(2.0)
-        assert applier.applied_clock_mhz == 1395 and applier.read_back_clock_mhz == 1350
+        assert applier.locked_clock_mhz == 1395  # asked of the driver
+        assert applier.applied_clock_mhz == applier.read_back_clock_mhz == 1350  # what the GPU runs at
     assert sum("reads back" in r.getMessage() for r in caplog.records) == 1
     assert fake_nvml["nvmlDeviceResetGpuLockedClocks"].call_count == 2  # restored on close, both GPUs
 

@@ -73,14 +73,17 @@ def test_explicit_vendor_errors_are_one_line() -> None:
         open_devices(HardwareConfig(vendor="nvidia"), _manager(_Drivers(False)).hook)
 
 
-def test_doctor_reports_hardware_checks() -> None:
+def test_doctor_reports_hardware_checks_for_the_simulated_gpu() -> None:
+    config = VoltanaConfig(hardware=HardwareConfig(vendor="simulated"))
     checks = [
-        c for batch in get_plugin_manager().hook.voltana_doctor_checks(config=VoltanaConfig()) for c in batch
+        c
+        for batch in get_plugin_manager().hook.voltana_doctor_checks(config=config, try_lock=False)
+        for c in batch
     ]
     hardware = {c.name: c for c in checks if c.section == "hardware"}
-    assert {"NVML", "AMD SMI", "devices", "clock control"} <= set(hardware)
-    assert hardware["devices"].ok is True
+    assert {"NVML", "AMD SMI", "devices", "energy", "clock control", "lock test"} <= set(hardware)
+    assert hardware["devices"].ok is True and "-> simulated" in hardware["devices"].detail
+    assert hardware["energy"].ok is None and "simulated" in hardware["energy"].detail
+    assert hardware["clock control"].ok is None
     amd = hardware["AMD SMI"]
     assert amd.ok is True or amd.detail.startswith("AMD SMI unavailable: ")
-    if not hardware["clock control"].ok:
-        assert "CAP_SYS_ADMIN" in hardware["clock control"].fix

@@ -19,7 +19,9 @@ from voltana.plugins.telemetry.pipeline import Telemetry
 from voltana.plugins.telemetry.prometheus import CONTENT_TYPE, PrometheusEndpoint
 
 DECODE_BATCH = [ScheduledRequest(f"r{i}", 1, 300, 0.0) for i in range(4)]
-DECODE_KEY = frozenset({(names.INSTANCE_ID, "d0"), (names.PHASE, "decode")})
+DECODE_KEY = frozenset(
+    {(names.INSTANCE_ID, "d0"), (names.PHASE, "decode"), (names.ENERGY_SOURCE, "simulated")}
+)
 
 
 def run_decode_iterations(clocks_mhz: list[int]) -> list[float]:
@@ -122,6 +124,7 @@ def test_prometheus_text_parses_with_conventional_names(pipeline: Pipeline) -> N
         "hw_type": "gpu",
         "voltana_instance_id": "d0",
         "voltana_phase": "decode",
+        "voltana_energy_source": "simulated",
     }
     assert sample.value == pytest.approx(sum(energies))
     assert families["hw_power_watts"].type == "gauge"

@@ -114,7 +114,12 @@ def test_spans_and_metrics_arrive_over_otlp_http_with_names_units_and_attributes
     assert energy.unit == "J" and energy.WhichOneof("data") == "sum" and energy.sum.is_monotonic
     (energy_point,) = energy.sum.data_points
     assert energy_point.as_double == pytest.approx(36.0)
-    expected = {names.HW_ID: "prefill-0", names.HW_TYPE: "gpu", names.INSTANCE_ID: "prefill-0"}
+    expected = {
+        names.HW_ID: "prefill-0",
+        names.HW_TYPE: "gpu",
+        names.INSTANCE_ID: "prefill-0",
+        names.ENERGY_SOURCE: "simulated",  # the records' default: nothing is exported as measured by mistake
+    }
     assert attributes_of(energy_point.attributes) == {**expected, names.PHASE: "prefill"}
     assert metrics[names.HW_POWER].unit == "W" and metrics[names.HW_POWER].WhichOneof("data") == "gauge"
     assert metrics[names.SM_CLOCK].unit == "MHz"

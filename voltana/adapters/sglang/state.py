@@ -48,6 +48,9 @@ def binding_state(binding: Any) -> dict[str, Any]:
         "policy": status.policy,
         "iterations": status.iterations,
         "hook_time_per_iteration_s": status.hook_time_per_iteration_s,
+        "energy_source": status.energy_source.value,
+        "energy_joules": status.energy_j,
+        "idle_energy_joules": status.idle_energy_j,
         "queues": asdict(binding.queues),
     }
 

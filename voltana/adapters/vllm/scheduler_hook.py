@@ -143,6 +143,9 @@ class VllmSchedulerHook:
             "capture_sizes": list(self.capture_sizes),
             "iterations": status.iterations,
             "hook_seconds": self.hook_time_s,
+            "energy_source": status.energy_source.value,
+            "energy_joules": status.energy_j,
+            "idle_energy_joules": status.idle_energy_j,
             "updated_at_s": time.time(),
         }
 

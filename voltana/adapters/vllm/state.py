@@ -18,8 +18,10 @@ which vLLM embeds in its own (``cmpl-<id>-<n>...``, ``chatcmpl-<id>...``). The r
 Metrics (one sample per engine, label ``engine`` = data-parallel rank, as vLLM's own):
 ``voltana:sm_clock_mhz``, ``voltana:monitor_only``, ``voltana:num_requests_running``,
 ``voltana:num_requests_waiting``, ``voltana:kv_tokens``, ``voltana:kv_capacity_tokens``,
-``voltana:iterations_total``, ``voltana:hook_seconds_total`` and ``voltana:instance_info`` (value 1, labels
-``role``, ``policy``, ``instance_id``, ``capture_sizes`` = comma-separated CUDA-graph batch sizes).
+``voltana:iterations_total``, ``voltana:hook_seconds_total``, ``voltana:energy_joules_total``,
+``voltana:idle_energy_joules_total`` and ``voltana:instance_info`` (value 1, labels ``role``, ``policy``,
+``instance_id``, ``capture_sizes`` = comma-separated CUDA-graph batch sizes, ``energy_source`` = ``measured``,
+``power-integrated``, ``simulated`` or ``unknown``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ _GAUGES = (
 _COUNTERS = (
     ("iterations", "iterations voltana saw"),
     ("hook_seconds", "time spent in voltana's per-iteration hook (s)"),
+    ("energy_joules", "GPU energy of the instance, iterations and idle (J; see energy_source)"),
+    ("idle_energy_joules", "part of energy_joules spent between iterations (J)"),
 )
 
 
@@ -208,6 +212,7 @@ class VoltanaStateCollector:
                     "role": str(s.get("role", "")),
                     "policy": str(s.get("policy", "")),
                     "capture_sizes": ",".join(str(c) for c in s.get("capture_sizes", [])),
+                    "energy_source": str(s.get("energy_source", "unknown")),
                 },
             )
         yield info

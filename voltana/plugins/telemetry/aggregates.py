@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from voltana.core.types import IterationRecord, Phase
+from voltana.core.types import EnergySource, IterationRecord, Phase
 
 PREDICTOR_EWMA_WEIGHT = 0.05
 """Weight of the newest sample in the relative-error moving average (about the last 20 iterations)."""
@@ -35,6 +35,7 @@ class InstanceAggregate:
     predictor_abs_error_s: float = 0.0
     predictions: int = 0
     predictor_relative_error: float | None = None
+    energy_source: EnergySource = EnergySource.UNKNOWN
 
     def add(self, record: IterationRecord) -> None:
         """Fold one finished iteration into the totals (the hot path)."""
@@ -43,10 +44,14 @@ class InstanceAggregate:
         self.iterations += 1
         self.busy_s += latency_s
         energy_j = record.energy_j
-        if energy_j is not None:
+        counter_j = record.counter_energy_j
+        if counter_j is not None:  # measured: the counter's settled joules, idle included
+            self.energy_j += counter_j
+        elif energy_j is not None:
             self.energy_j += energy_j
-            if latency_s > 0:
-                self.last_power_w = energy_j / latency_s
+        if energy_j is not None and latency_s > 0:
+            self.last_power_w = energy_j / latency_s
+        self.energy_source = record.energy_source
         if self.applied_clock_mhz is not None and clock_mhz != self.applied_clock_mhz:
             self.clock_changes += 1
         self.applied_clock_mhz = clock_mhz

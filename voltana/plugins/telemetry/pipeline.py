@@ -323,7 +323,11 @@ class Telemetry:
 
 
 def _instance_attributes(aggregate: InstanceAggregate) -> dict[str, Any]:
-    return {names.INSTANCE_ID: aggregate.instance_id, names.PHASE: aggregate.phase.value}
+    return {
+        names.INSTANCE_ID: aggregate.instance_id,
+        names.PHASE: aggregate.phase.value,
+        names.ENERGY_SOURCE: aggregate.energy_source.value,
+    }
 
 
 def _hw_attributes(aggregate: InstanceAggregate, base: dict[str, Any]) -> dict[str, Any]:

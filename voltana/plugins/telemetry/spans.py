@@ -32,6 +32,7 @@ def request_metric_attributes(record: RequestRecord) -> dict[str, Any]:
         names.GEN_AI_OPERATION_NAME: names.OPERATION_TEXT_COMPLETION,
         names.PHASE: record.phase.value,
         names.INSTANCE_ID: record.instance_id,
+        names.ENERGY_SOURCE: record.energy_source.value,
     }
     if record.model:
         attributes[names.GEN_AI_REQUEST_MODEL] = record.model

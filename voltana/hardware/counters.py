@@ -1,0 +1,255 @@
+"""Vendor energy counters made safe: wraps vs drops, a missing or failing counter, and where joules come from.
+
+- :class:`EnergyCounter` turns raw readings of a vendor counter into monotonic cumulative joules. A reading
+  below the previous one is a *wrap* only when the counter's width explains it with a small step (the
+  wrapped step is below a quarter of the range); any other decrease is a *drop* (driver reset, firmware
+  glitch): that interval counts 0 J and the counter re-bases on the new value, unless the next reading is
+  back at or above the pre-drop value (a one-read glitch: measured from the pre-drop value). One WARNING
+  per counter.
+- :class:`EnergyTracker` reads one device's energy and never raises: the counter while it works; when the
+  counter is missing (NOT_SUPPORTED, no permission) or fails :data:`FAILURES_BEFORE_FALLBACK` times in a row,
+  it integrates power (trapezoid rule between reads) and says so with ``source = power-integrated``; with no
+  power reading either, energy is ``unknown``. A single failed read gives ``energy_j = None`` for that read
+  only (the caller skips that window). One WARNING per kind of event, never per read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from voltana.core.types import EnergySource
+from voltana.hardware.errors import (
+    GpuLostError,
+    LibraryNotFoundError,
+    NoPermissionError,
+    NotSupportedError,
+    VoltanaHardwareError,
+)
+
+logger = logging.getLogger("voltana.hardware")
+
+FAILURES_BEFORE_FALLBACK = 3  # consecutive failed counter reads that make a counter "failing", not "glitchy"
+_MISSING = (NotSupportedError, NoPermissionError, LibraryNotFoundError, GpuLostError)
+
+
+_WEAKNESS = {
+    EnergySource.MEASURED: 0,
+    EnergySource.POWER_INTEGRATED: 1,
+    EnergySource.SIMULATED: 2,
+    EnergySource.UNKNOWN: 3,
+}
+
+
+def weakest_source(sources: Sequence[EnergySource]) -> EnergySource:
+    """The least trustworthy of ``sources`` (a group's joules are only as good as its worst member)."""
+    return max(sources, key=_WEAKNESS.__getitem__) if sources else EnergySource.UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyReading:
+    """One read of cumulative energy.
+
+    ``energy_j``: cumulative joules (monotonic), or None when this read failed (skip the window that ends or
+    starts here) or energy is unknown. ``monotonic_s``: ``time.monotonic()`` right after the read.
+    """
+
+    energy_j: float | None
+    source: EnergySource
+    monotonic_s: float
+
+
+class EnergyCounter:
+    """Raw readings of a wrapping vendor counter -> monotonic cumulative joules (drops count 0 and re-base).
+
+    ``joules_per_unit`` converts counter units (NVML: mJ -> 1e-3; AMD: accumulator x resolution uJ).
+    ``widths_bits``: the widths the counter may have (NVML: 64; AMD: 32 on older firmware, else 64); a
+    decrease is a wrap at width ``w`` only when the wrapped step ``raw + 2**w - previous`` is below
+    ``2**(w-2)`` units. ``label`` names the device in the one WARNING about drops.
+    """
+
+    def __init__(
+        self, joules_per_unit: float, widths_bits: Sequence[int] = (64,), label: str = "GPU"
+    ) -> None:
+        self.joules_per_unit = joules_per_unit
+        self.widths_bits = tuple(sorted(widths_bits))
+        self.label = label
+        self.drops = 0
+        self.wraps = 0
+        self._previous: int | None = None
+        self._before_drop: int | None = None  # the reading before a drop, kept for the next reading only
+        self._total_units = 0
+
+    def _wrapped_step(self, raw: int, previous: int) -> int | None:
+        for width in self.widths_bits:
+            size = 1 << width
+            if previous < size and raw < size:
+                step = raw + size - previous
+                if step < size >> 2:
+                    return step
+        return None
+
+    def update(self, raw: int) -> float:
+        """Feed one raw reading; returns cumulative joules since the first reading.
+
+        After a drop, the next reading decides what it was: back at or above the value before the drop, it
+        was a one-read glitch and the interval is measured from that value (the low reading counted for
+        nothing); otherwise it was a reset and counting continues from the new base.
+        """
+        previous = self._previous
+        if previous is not None:
+            before_drop, self._before_drop = self._before_drop, None
+            if before_drop is not None and raw >= before_drop:
+                delta = raw - before_drop
+            else:
+                delta = raw - previous
+                if delta < 0:
+                    delta = self._decrease(raw, previous, before_drop)
+            self._total_units += delta
+        self._previous = raw
+        return self._total_units * self.joules_per_unit
+
+    def _decrease(self, raw: int, previous: int, before_drop: int | None) -> int:
+        wrapped = self._wrapped_step(raw, previous)
+        if wrapped is not None:
+            self.wraps += 1
+            return wrapped
+        self.drops += 1
+        self._before_drop = max(previous, before_drop or 0)
+        if self.drops == 1:
+            logger.warning(
+                "voltana: the energy counter of %s went backward (%d -> %d units): a driver reset or glitch, "
+                "not a wrap; counting 0 J for that interval and re-basing (reported once; later drops are "
+                "handled the same way silently)",
+                self.label,
+                previous,
+                raw,
+            )
+        return 0
+
+
+class EnergyTracker:
+    """One device's energy, never raising: counter, else integrated power, else unknown (see module doc).
+
+    ``read_counter_j`` returns cumulative joules from the vendor counter (raising ``VoltanaHardwareError``);
+    ``read_power_w`` returns watts or None; ``source`` is what the counter's joules are (measured, or
+    simulated for the simulated GPU).
+    """
+
+    def __init__(
+        self,
+        label: str,
+        read_counter_j: Callable[[], float],
+        read_power_w: Callable[[], float | None],
+        source: EnergySource = EnergySource.MEASURED,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.label = label
+        self.source = source
+        self._read_counter_j = read_counter_j
+        self._read_power_w = read_power_w
+        self._clock = clock
+        self._failures = 0
+        self._last_j = 0.0
+        self._last_power: tuple[float, float] | None = None  # (monotonic_s, watts) of the last power read
+        self._warned: set[str] = set()
+        self._read_lock = threading.Lock()
+        self.failed_reads = 0
+
+    def _warn_once(self, kind: str, message: str, *args: object) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            logger.warning(message, *args)
+
+    def read(self) -> EnergyReading:
+        """Cumulative joules now (see :class:`EnergyReading`); never raises; safe from several threads."""
+        with self._read_lock:
+            return self._read()
+
+    def _read(self) -> EnergyReading:
+        if self.source in (EnergySource.MEASURED, EnergySource.SIMULATED):
+            try:
+                value = float(self._read_counter_j())
+            except _MISSING as exc:
+                self._fall_back(f"no energy counter ({exc})")
+            except VoltanaHardwareError as exc:
+                self._failures += 1
+                self.failed_reads += 1
+                if self._failures < FAILURES_BEFORE_FALLBACK:
+                    self._warn_once(
+                        "transient",
+                        "voltana: reading the energy counter of %s failed (%s); that reading is skipped "
+                        "(reported once)",
+                        self.label,
+                        exc,
+                    )
+                    return EnergyReading(None, self.source, self._clock())
+                self._fall_back(f"the energy counter failed {self._failures} times in a row ({exc})")
+            else:
+                self._failures = 0
+                self._last_j = value
+                return EnergyReading(value, self.source, self._clock())
+        if self.source is EnergySource.POWER_INTEGRATED:
+            return self._integrate()
+        return EnergyReading(None, EnergySource.UNKNOWN, self._clock())
+
+    def _power(self) -> float | None:
+        """Watts now; None when there is no power reading at all; raises on a transient failure."""
+        try:
+            return self._read_power_w()
+        except _MISSING:
+            return None
+
+    def _fall_back(self, reason: str) -> None:
+        try:
+            watts = self._power()
+        except VoltanaHardwareError as exc:
+            watts = None
+            reason = f"{reason}; power unreadable too ({exc})"
+        if watts is None:
+            self.source = EnergySource.UNKNOWN
+            self._warn_once(
+                "unknown",
+                "voltana: %s on %s and no power reading: energy is reported as unknown; clock control "
+                "is unaffected",
+                reason,
+                self.label,
+            )
+            return
+        self.source = EnergySource.POWER_INTEGRATED
+        self._last_power = (self._clock(), watts)
+        self._warn_once(
+            "fallback",
+            "voltana: %s on %s: integrating power readings instead (energy source power-integrated, "
+            "accuracy limited by the power sensor's averaging); clock control is unaffected",
+            reason,
+            self.label,
+        )
+
+    def _integrate(self) -> EnergyReading:
+        try:
+            watts = self._power()
+        except VoltanaHardwareError as exc:
+            self.failed_reads += 1
+            self._warn_once(
+                "power-transient",
+                "voltana: reading power of %s failed (%s); that reading is skipped (reported once)",
+                self.label,
+                exc,
+            )
+            return EnergyReading(None, self.source, self._clock())
+        now = self._clock()
+        if watts is None:
+            self.source = EnergySource.UNKNOWN
+            self._warn_once(
+                "unknown", "voltana: power of %s is no longer readable: energy unknown", self.label
+            )
+            return EnergyReading(None, EnergySource.UNKNOWN, now)
+        if self._last_power is not None:
+            then, watts_then = self._last_power
+            self._last_j += 0.5 * (watts + watts_then) * max(0.0, now - then)
+        self._last_power = (now, watts)
+        return EnergyReading(self._last_j, self.source, now)
