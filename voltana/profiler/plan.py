@@ -27,8 +27,9 @@ PREFILL_BATCHES = (1, 4)
 DECODE_PROMPT_TOKENS = (16, 256, 1024, 4096)
 MAX_BATCH_TOKENS = 8192
 """Largest prefill batch (tokens) sent: vLLM's default ``max_num_batched_tokens`` with chunked prefill."""
-TOKEN_ID_RANGE = (10, 500)
-"""Prompt token ids are drawn from here: valid for any vocabulary of 512+ ids (the test model has 512)."""
+TOKEN_ID_RANGE = (10, 256)
+"""Prompt token ids are drawn from here: valid ids for any vocabulary of 256+ tokens (random prompts of
+these ids still share no prefix-cache block: 246^16 first blocks)."""
 
 
 @dataclass(frozen=True, slots=True)
