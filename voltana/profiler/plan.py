@@ -25,6 +25,9 @@ DEFAULT_DECODE_SEGMENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 """Decode segments when the engine reports no capture sizes (eager mode, CPU)."""
 PREFILL_BATCHES = (1, 4)
 DECODE_PROMPT_TOKENS = (16, 256, 1024, 4096)
+MAX_DECODE_KV_TOKENS = 262_144
+"""Largest KV footprint of one decode shape (batch x prompt): a bigger one spends minutes prefilling its
+prompts for 16 decode steps. Decode latency is linear in KV tokens, so the fit extends beyond it."""
 MAX_BATCH_TOKENS = 8192
 """Largest prefill batch (tokens) sent: vLLM's default ``max_num_batched_tokens`` with chunked prefill."""
 TOKEN_ID_RANGE = (10, 256)
@@ -96,7 +99,8 @@ def decode_shapes(
             break
         for batch in _spread(previous, min(end, max_batch), 1 if coarse else 2):
             for prompt in prompt_levels:
-                if kv_capacity_tokens and batch * (prompt + DECODE_STEPS) > kv_capacity_tokens:
+                footprint = batch * (prompt + DECODE_STEPS)
+                if footprint > MAX_DECODE_KV_TOKENS or (kv_capacity_tokens and footprint > kv_capacity_tokens):
                     continue
                 shapes.append(Shape(Phase.DECODE, batch, prompt, DECODE_STEPS))
         previous = end
