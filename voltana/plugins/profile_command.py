@@ -9,8 +9,9 @@ plugin module keeps to its layer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,6 +29,7 @@ from voltana.core.hookspecs import hookimpl
 from voltana.core.profile import Profile, save_profile
 
 DEFAULT_OUTPUT = Path("voltana-profile.json")
+T = TypeVar("T")
 
 
 def profile_command(
@@ -112,7 +114,7 @@ def profile_command(
     _profile_simulated(err, gpu, model, tp, clocks, output, plot)
 
 
-def _fail(err: Console, message: str) -> None:
+def _fail(err: Console, message: str) -> NoReturn:
     err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
     raise typer.Exit(2)
 
@@ -148,6 +150,22 @@ def _progress_bar(err: Console) -> Progress:
     return Progress(*columns, console=err, transient=True)
 
 
+def _with_progress(err: Console, work: Callable[[_RichProgress], T], interrupted: str) -> T:
+    """``work(progress)`` under a progress bar; Ctrl-C exits 130 with ``interrupted``, a user-fixable
+    problem (engine refused, unreachable, nothing to fit) is one line and exit 2."""
+    from voltana.profiler.client import ProfilerError
+    from voltana.profiler.fit import FitError
+
+    try:
+        with _progress_bar(err) as bar:
+            return work(_RichProgress(bar, err))
+    except KeyboardInterrupt:
+        err.print(interrupted, highlight=False)
+        raise typer.Exit(130) from None
+    except (ProfilerError, FitError, OSError) as exc:
+        _fail(err, str(exc))
+
+
 def _profile_engines(
     err: Console,
     engines: list[str],
@@ -163,7 +181,7 @@ def _profile_engines(
     max_prompt_tokens: int | None,
     lease_s: float,
 ) -> None:
-    from voltana.profiler.run import FitError, ProfileRequest, ProfilerError, run_profile
+    from voltana.profiler.run import ProfileRequest, run_profile
 
     if phase not in ("prefill", "decode", "auto"):
         _fail(err, f"--phase must be prefill, decode or auto, got {phase!r}")
@@ -184,14 +202,11 @@ def _profile_engines(
         lease_s=lease_s,
         restart=restart,
     )
-    try:
-        with _progress_bar(err) as bar:
-            outcome = run_profile(request, _RichProgress(bar, err))
-    except KeyboardInterrupt:
-        err.print("interrupted: clocks unpinned; run the same command again to resume", highlight=False)
-        raise typer.Exit(130) from None
-    except (ProfilerError, FitError, OSError) as exc:
-        _fail(err, str(exc))
+    outcome = _with_progress(
+        err,
+        lambda progress: run_profile(request, progress),
+        "interrupted: clocks unpinned; run the same command again to resume",
+    )
     console = Console()
     _quality_table(console, outcome.quality)
     if outcome.mismatched:
@@ -244,7 +259,6 @@ def _profile_passive(
 ) -> None:
     from voltana.cli import cli_state
     from voltana.profiler.passive import PassiveRequest, run_passive
-    from voltana.profiler.run import FitError, ProfilerError
 
     config = cli_state(ctx).loaded().config
     request = PassiveRequest(
@@ -257,14 +271,9 @@ def _profile_passive(
         ttft_s=config.slo.ttft_s,
         itl_s=config.slo.itl_s,
     )
-    try:
-        with _progress_bar(err) as bar:
-            outcome = run_passive(request, _RichProgress(bar, err))
-    except KeyboardInterrupt:
-        err.print("interrupted: clocks unpinned; nothing written", highlight=False)
-        raise typer.Exit(130) from None
-    except (ProfilerError, FitError, OSError) as exc:
-        _fail(err, str(exc))
+    outcome = _with_progress(
+        err, lambda progress: run_passive(request, progress), "interrupted: clocks unpinned; nothing written"
+    )
     console = Console()
     _quality_table(console, outcome.quality)
     console.print(

@@ -100,7 +100,8 @@ def decode_shapes(
         for batch in _spread(previous, min(end, max_batch), 1 if coarse else 2):
             for prompt in prompt_levels:
                 footprint = batch * (prompt + DECODE_STEPS)
-                if footprint > MAX_DECODE_KV_TOKENS or (kv_capacity_tokens and footprint > kv_capacity_tokens):
+                limit = min(MAX_DECODE_KV_TOKENS, kv_capacity_tokens or MAX_DECODE_KV_TOKENS)
+                if footprint > limit:
                     continue
                 shapes.append(Shape(Phase.DECODE, batch, prompt, DECODE_STEPS))
         previous = end
