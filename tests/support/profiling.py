@@ -65,11 +65,11 @@ class Emulator:
 
 
 @contextmanager
-def running_emulator(env: Mapping[str, str] | None = None, *args: str) -> Iterator[Emulator]:
-    """``voltana emulate`` (vLLM protocol, one prefill and one decode instance, time as fast as possible)."""
+def running_emulator(env: Mapping[str, str] | None = None, time_scale: float = 0.0) -> Iterator[Emulator]:
+    """``voltana emulate``: vLLM protocol, a prefill and a decode instance (``time_scale`` 0: no waiting)."""
     port = free_port_pair()
     cmd = [*VOLTANA, "emulate", "--prefill", "1", "--decode", "1", "--base-port", str(port)]
-    cmd += ["--time-scale", "0", *args]
+    cmd += ["--time-scale", str(time_scale)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=voltana_env(env))
     try:
         emulator = Emulator(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}", proc)
