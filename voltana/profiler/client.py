@@ -92,6 +92,11 @@ class EngineClient:
             kv_capacity_tokens=int(state.get("kv_capacity_tokens") or 0),
         )
 
+    def check_access(self) -> None:
+        """Fail fast (ProfilerError) when the engine refuses our token or another client holds the clock:
+        an unpin under a throw-away lease changes nothing and is answered like a pin."""
+        self.post_clock(None, f"voltana-profile-check-{uuid.uuid4().hex[:8]}", 1.0)
+
     def clock_status(self) -> dict[str, Any]:
         result: dict[str, Any] = self._get(self.url + CLOCK_PATH)
         return result

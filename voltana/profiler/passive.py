@@ -87,6 +87,8 @@ def run_passive(request: PassiveRequest, progress: Progress) -> PassiveOutcome:
     probed: list[int] = []
     try:
         infos = {url: client.info() for url, client in clients.items()}
+        for client in clients.values():
+            client.check_access()
         since = {url: client.last_seq() for url, client in clients.items()}
         leases = {url: ClockLease(client, 10.0) for url, client in clients.items()}
         explore_left = request.explore_s

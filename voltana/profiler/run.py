@@ -344,6 +344,8 @@ def run_profile(
     checkpoint: Checkpoint | None = None
     try:
         infos = [client.info() for client in clients.values()]
+        for client in clients.values():
+            client.check_access()
         checkpoint = _open_checkpoint(request, checkpoint_path, infos, clients, progress)
         grid = checkpoint.grid
         todo = [u for u in grid.units() if not checkpoint.done(u)]

@@ -16,6 +16,7 @@ from tests.support.profiling import (
     clock_state,
     pin,
     profile_command,
+    run_profile,
     running_emulator,
     voltana_env,
     wait_for,
@@ -25,13 +26,19 @@ pytestmark = pytest.mark.slow
 ALLOWED = [210, 375, 555, 720, 900, 1065, 1245, 1410]  # the default 8 levels of the A100's 210..1410 MHz
 
 
-def test_no_configured_token_means_403_for_everyone() -> None:
+def test_no_configured_token_means_403_for_everyone(tmp_path: Path) -> None:
     with running_emulator() as emu:
         for token in (None, "wrong", TOKEN):
             resp = pin(emu.decode_url, 900, token=token)
             assert resp.status_code == 403, resp.text
             assert "engine.clock_token" in resp.json()["error"]["message"]
         assert clock_state(emu.decode_url)["pinned_mhz"] is None
+        # The profiler says so in one line, before sending any load.
+        result = run_profile([emu.decode_url], tmp_path / "p.json")
+        assert result.returncode == 2
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "refused the clock (403)" in lines[0] and "engine.clock_token" in lines[0]
+        assert httpx.get(f"{emu.decode_url}/voltana/iterations", timeout=10).json()["next"] == 0  # no load
 
 
 def test_token_clock_and_lease_rules() -> None:
