@@ -357,9 +357,14 @@ def run_profile(
     except (KeyboardInterrupt, ProfilerError):
         for lease in leases.values():
             lease.release()
+        where = ""
         if checkpoint is not None and checkpoint.units:
-            outcome = finish(checkpoint, request, partial=True)
-            where = f"; wrote {outcome.path} (clocks {list(outcome.clocks_mhz)})" if outcome.path else ""
+            try:
+                outcome = finish(checkpoint, request, partial=True)
+                where = f"; wrote {outcome.path} (clocks {list(outcome.clocks_mhz)})" if outcome.path else ""
+            except FitError as exc:  # what was collected cannot be fitted yet: the checkpoint still resumes
+                where = f"; no partial profile ({exc})"
+        if checkpoint is not None:
             progress.note(f"stopped: the clocks are unpinned; run the same command to resume{where}")
         raise
     finally:
@@ -422,14 +427,19 @@ def _run_units(
     def work(url: str) -> None:
         nonlocal mismatched
         runner = UnitRunner(clients[url], leases[url], grid, stop, progress)
-        for unit in (u for u in todo if u.engine == url):
-            result = runner.run(unit)
-            if result is None:
-                return
-            checkpoint.add(unit, *result)
-            with lock:
-                mismatched += result[1]
-        leases[url].release()
+        try:
+            for unit in (u for u in todo if u.engine == url):
+                result = runner.run(unit)
+                if result is None:
+                    return
+                checkpoint.add(unit, *result)
+                with lock:
+                    mismatched += result[1]
+        except BaseException:
+            stop.set()  # one engine failed: the others stop after their current batch
+            raise
+        finally:
+            leases[url].release()
 
     engines = sorted({u.engine for u in todo})
     with ThreadPoolExecutor(max(1, len(engines)), thread_name_prefix="voltana-profile") as pool:
