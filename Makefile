@@ -10,7 +10,7 @@ TORCH_CPU_VERSION ?= 2.13.0
 VENV_SGLANG ?= .venv-sglang
 SGLANG_VERSION ?= 0.5.23
 
-.PHONY: demo test lint typecheck test-unit test-engines env env-engines env-sglang clean
+.PHONY: demo test lint typecheck docs test-unit test-engines env env-engines env-sglang clean
 
 $(VENV)/.stamp-core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,11 +36,15 @@ demo: env
 	$(VENV)/bin/voltana simulate
 
 lint: env
-	$(VENV)/bin/ruff check voltana tests benchmarks
-	$(VENV)/bin/ruff format --check voltana tests benchmarks
+	$(VENV)/bin/ruff check voltana tests benchmarks docs
+	$(VENV)/bin/ruff format --check voltana tests benchmarks docs
 # mypy reads the installed vLLM's types, so it runs in the same environment as the vLLM engine tier.
 typecheck: env-engines
 	$(VENV)/bin/mypy voltana
+
+# The docs site: guides, concepts and reference pages generated from the config model, CLI and hookspecs.
+docs: env
+	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 
 test-unit: env
 	$(PY) -m pytest -q -m "not vllm and not sglang" tests
@@ -49,8 +53,8 @@ test-engines: env-engines env-sglang
 	$(PY) -m pytest -q -m "vllm or sglang" tests
 	$(VENV_SGLANG)/bin/python -m pytest -q -m sglang tests/engines/sglang
 
-## The whole test suite: lint, types, fast unit tier, then the engine tiers (real vLLM CPU build, SGLang).
-test: lint typecheck test-unit test-engines
+## The whole test suite: lint, types, docs build, fast unit tier, then the engine tiers (real vLLM CPU build, SGLang).
+test: lint typecheck docs test-unit test-engines
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -11,6 +11,9 @@ import statistics
 import time
 from collections.abc import Callable
 
+from bench_report import emit, json_path_only
+from rich.table import Table
+
 from voltana.core.types import Phase
 from voltana.hardware.applier import ClockApplier
 from voltana.hardware.simulated import open_simulated, performance_model
@@ -34,6 +37,7 @@ def per_call_us(step: Callable[[int], None]) -> list[float]:
 
 
 def main() -> None:
+    json_path = json_path_only(__doc__.splitlines()[0] if __doc__ else None)
     group = open_simulated(driver_latency_s=0.002)  # a real clock change takes milliseconds
     clocks = group.supported_clocks_mhz()[-28:]  # the paper's 1005..1410 MHz range
     perf = performance_model()
@@ -62,17 +66,20 @@ def main() -> None:
     rows.append(("PerformanceModel.cost() (simulator)", per_call_us(model_cost)))
 
     reference = statistics.median(rows[0][1])
-    print(f"{'operation':<40} {'median us':>10} {'p99 us':>10} {'x empty call':>13}")
+    table = Table(title="submitting a clock decision on the hot path (one run)")
+    for column in ("operation", "median µs", "p99 µs", "x empty call"):
+        table.add_column(column)
     for label, samples in rows:
         median = statistics.median(samples)
         p99 = statistics.quantiles(samples, n=100)[98]
-        print(f"{label:<40} {median:>10.3f} {p99:>10.3f} {median / reference:>13.1f}")
+        table.add_row(label, f"{median:.3f}", f"{p99:.3f}", f"{median / reference:.1f}")
     submit_median = statistics.median(rows[2][1])
     verdict = "OK" if submit_median <= TARGET_US else "ABOVE TARGET"
-    print(
-        f"\nsubmit() with a new clock every call: median {submit_median:.2f} us (target <= {TARGET_US} us): "
+    table.caption = (
+        f"submit() with a new clock every call: median {submit_median:.2f} µs (target <= {TARGET_US} µs): "
         f"{verdict}; {BATCH * BATCHES} submissions became {driver_calls} driver calls"
     )
+    emit(table, benchmark="bench_clock_applier", json_path=json_path, width=140)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from rich.console import Console
+from bench_report import emit, json_path_only
 from rich.table import Table
 
 from voltana.core.config import VoltanaConfig
@@ -73,6 +73,7 @@ def decode_snapshot(batch: int) -> BatchSnapshot:
 
 
 def main() -> None:
+    json_path = json_path_only(__doc__.splitlines()[0] if __doc__ else None)
     model = performance_model("a100-80gb", "llama-3.1-8b")
     pm = make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False)
     config = VoltanaConfig()
@@ -166,7 +167,7 @@ def main() -> None:
         f"numpy / plain floats at {len(clocks)} clocks: {numpy_ratio:.1f}x; "
         f"decisions include the pluggy hook call; clocks {clocks[0]}..{clocks[-1]} MHz"
     )
-    Console(width=140).print(table)
+    emit(table, benchmark="bench_controller", json_path=json_path, width=140)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Prints a table: the median cost of the hook call through pluggy, of calling the policy function directly,
 and their ratio (pluggy's dispatch overhead), measured in one run.
 
-    .venv/bin/python benchmarks/bench_hook_call.py
+    .venv/bin/python benchmarks/bench_hook_call.py [--json out.json]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from rich.console import Console
+from bench_report import emit, json_path_only
 from rich.table import Table
 
 from voltana.core.contexts import ClockContext
@@ -36,6 +36,7 @@ def median_call_us(fn: Callable[[], object]) -> float:
 
 
 def main() -> None:
+    json_path = json_path_only(__doc__.splitlines()[0] if __doc__ else None)
     pm = make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False)
     requests = [ScheduledRequest(f"r{i}", 1, 600, 0.0) for i in range(64)]
     snapshot = BatchSnapshot.build(Phase.DECODE, requests, now_s=1.0)
@@ -50,7 +51,7 @@ def main() -> None:
     table.add_row("policy function called directly", f"{direct:.2f}", "1.0x")
     impls = len(hook.get_hookimpls())
     table.caption = f"{impls} implementation(s) registered; an iteration on a GPU lasts 5-50 ms"
-    Console().print(table)
+    emit(table, benchmark="bench_hook_call", json_path=json_path)
 
 
 if __name__ == "__main__":

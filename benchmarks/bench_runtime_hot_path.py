@@ -23,6 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_report import add_json_option, emit
+from rich.table import Table
+
 from voltana.adapters.runtime import InstanceRuntime
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import BatchSnapshot, Phase, ScheduledRequest
@@ -86,12 +89,20 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=2000, help="timed iterations per batch size")
     parser.add_argument("--batches", default="1,32,256", help="comma-separated decode batch sizes")
     parser.add_argument("--lifetime", type=int, default=128, help="decode steps per request")
+    add_json_option(parser)
     args = parser.parse_args()
     model = performance_model("a100-80gb", "llama-3.1-8b")
-    print(
-        f"{'batch':>6} {'runtime us/iter':>16} {'p90 us':>8} {'mean us':>8} {'snapshot us':>12}"
-        f" {'A100 iter us':>13} {'runtime/A100':>13}"
-    )
+    table = Table(title="engine-neutral runtime per decode iteration (one run)")
+    for column in (
+        "batch",
+        "runtime µs/iter",
+        "p90 µs",
+        "mean µs",
+        "snapshot µs",
+        "A100 iter µs",
+        "runtime/A100",
+    ):
+        table.add_column(column, justify="right")
     for batch_size in (int(b) for b in args.batches.split(",")):
         timings = measure_batch(batch_size, args.iterations, args.lifetime)
         context = int(timings.mean_context_tokens)
@@ -101,10 +112,16 @@ def main() -> None:
         p90_s = ordered[int(0.9 * (len(ordered) - 1))]
         mean_s = statistics.fmean(ordered)
         snapshot_s = statistics.median(timings.snapshot_s)
-        print(
-            f"{batch_size:>6} {median_s * 1e6:>16.1f} {p90_s * 1e6:>8.1f} {mean_s * 1e6:>8.1f}"
-            f" {snapshot_s * 1e6:>12.1f} {gpu_s * 1e6:>13.0f} {median_s / gpu_s:>13.3%}"
+        table.add_row(
+            str(batch_size),
+            f"{median_s * 1e6:.1f}",
+            f"{p90_s * 1e6:.1f}",
+            f"{mean_s * 1e6:.1f}",
+            f"{snapshot_s * 1e6:.1f}",
+            f"{gpu_s * 1e6:.0f}",
+            f"{median_s / gpu_s:.3%}",
         )
+    emit(table, benchmark="bench_runtime_hot_path", json_path=args.json)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from bench_report import emit, json_path_only
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from rich.console import Console
 from rich.table import Table
 
 from voltana.core.config import VoltanaConfig
@@ -99,6 +99,7 @@ def loopback_otlp_receiver() -> Iterator[str]:
 
 
 def main() -> None:
+    json_path = json_path_only(__doc__.splitlines()[0] if __doc__ else None)
     pm = make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False)
     hook = pm.hook
     records = iteration_records()
@@ -162,7 +163,7 @@ def main() -> None:
         "iteration, the request hook once per finished request phase; the last row runs on telemetry's "
         "worker thread, not the engine's."
     )
-    Console().print(table)
+    emit(table, benchmark="bench_telemetry", json_path=json_path)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from voltana import __version__
 from voltana.core.config import ConfigError, LoadedConfig, effective_items, load_config
-from voltana.core.plugin_manager import PluginLoadError, registered_policies
+from voltana.core.errors import VoltanaError
+from voltana.core.plugin_manager import registered_policies
 
 console = Console()
 err_console = Console(stderr=True)
@@ -149,7 +150,7 @@ def main() -> None:
     """Console-script entry point: user mistakes become one line on stderr and exit code 2."""
     try:
         build_app()()
-    except (ConfigError, PluginLoadError) as exc:
+    except VoltanaError as exc:
         err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 

@@ -7,6 +7,7 @@ head_dim < 32). Weights are random but seeded, so greedy outputs are determinist
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 TINY_VOCAB_SIZE = 512
 TINY_MAX_POSITIONS = 1024
@@ -20,9 +21,9 @@ _CORPUS = (
 )
 
 
-def _train_tokenizer(out_dir: Path) -> None:
+def train_bpe_tokenizer() -> Any:
+    """The tiny byte-level BPE tokenizer (a ``tokenizers.Tokenizer``; save it with ``.save(path)``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -34,6 +35,13 @@ def _train_tokenizer(out_dir: Path) -> None:
         show_progress=False,
     )
     tok.train_from_iterator([line * 20 for line in _CORPUS], trainer=trainer)
+    return tok
+
+
+def _train_tokenizer(out_dir: Path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    tok = train_bpe_tokenizer()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", model_max_length=TINY_MAX_POSITIONS
     )

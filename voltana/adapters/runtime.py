@@ -358,6 +358,11 @@ class InstanceRuntime:
         """Call ``observer(record)`` after every iteration (hot path: it must be cheap and not raise)."""
         self._iteration_observers.append(observer)
 
+    @property
+    def measures_energy(self) -> bool:
+        """True when iterations are metered: a request's ``energy_j`` is then measured (else 0.0: unknown)."""
+        return self._meter is not None
+
     def status(self) -> RuntimeStatus:
         """A consistent view of this runtime (cheap: no driver call)."""
         return RuntimeStatus(

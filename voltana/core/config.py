@@ -1,20 +1,31 @@
 """One typed settings object, from a TOML file (``--config`` / ``VOLTANA_CONFIG``) and ``VOLTANA_*`` env vars.
 
 Precedence: environment > TOML file > defaults. Nested keys use ``__`` in env names:
-``VOLTANA_HARDWARE__VENDOR=simulated`` sets ``hardware.vendor``.
+``VOLTANA_HARDWARE__VENDOR=simulated`` sets ``hardware.vendor``. List settings take JSON (``[1005, 1410]``)
+or a comma-separated list (``1005,1410``; ``http://h:1`` is a one-element list).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from voltana.core.errors import VoltanaError
 
 ENV_PREFIX = "VOLTANA_"
 CONFIG_PATH_ENV = "VOLTANA_CONFIG"
@@ -23,7 +34,7 @@ _NOT_SETTINGS = {"VOLTANA_CONFIG", "VOLTANA_PLUGINS"}
 Vendor = Literal["auto", "nvidia", "amd", "simulated"]
 
 
-class ConfigError(ValueError):
+class ConfigError(VoltanaError, ValueError):
     """A user mistake in configuration; ``str()`` is one line naming key, value and what is allowed."""
 
 
@@ -118,6 +129,20 @@ class RouterConfig(_Section):
     bootstrap_port: int = Field(8998, ge=1, le=65535, description="SGLang prefill bootstrap port default")
     kv_transfer_params: bool = Field(True, description="vLLM: exchange kv_transfer_params (NIXL-style)")
     served_models: list[str] = Field(default_factory=list, description="empty: learned from /v1/models")
+    pool_idle_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="idle engine connections are closed after this (at most 2x: aiohttp's sweep); keep it "
+        "under half the engines' keep-alive (vLLM/SGLang uvicorn: 5 s) so the router closes first",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="the model's tokenizer.json (or its directory): completions text prompts are counted "
+        "exactly and requests that cannot fit the model are refused before any engine call",
+    )
+    report_energy: bool = Field(
+        False, description="add usage.voltana_energy (joules per phase, from the engines) to final answers"
+    )
 
 
 class EngineConfig(_Section):
@@ -132,6 +157,22 @@ class EngineConfig(_Section):
     iteration_buffer: int = Field(
         4096, ge=16, le=1_000_000, description="iterations kept for GET /voltana/iterations (ring buffer)"
     )
+
+
+class _EnvSource(EnvSettingsSource):
+    """``VOLTANA_*`` variables; a list setting also takes a comma-separated value (JSON still works)."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        is_list = field is not None and get_origin(field.annotation) in (list, tuple, set)
+        try:
+            decoded = super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            if not is_list or not isinstance(value, str):
+                raise
+            decoded = None
+        if is_list and not isinstance(decoded, list) and isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return decoded
 
 
 class VoltanaConfig(BaseSettings):
@@ -160,7 +201,7 @@ class VoltanaConfig(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file arrives as init kwargs; the environment overrides it.
-        return (env_settings, init_settings)
+        return (_EnvSource(settings_cls), init_settings)
 
 
 @dataclass(frozen=True)
@@ -223,6 +264,19 @@ def _describe_error(exc: ValidationError, sources: Mapping[str, str]) -> str:
     return f"invalid config: {key}{shown} (from {where}): {message}{more}"
 
 
+def _describe_settings_error(exc: SettingsError, env: Mapping[str, str]) -> str:
+    """One line for a ``VOLTANA_*`` value the settings source could not even parse (e.g. broken JSON)."""
+    section = str(exc).split('"')[1] if str(exc).count('"') >= 2 else ""
+    names = sorted(n for n in env if n.upper().startswith(f"{ENV_PREFIX}{section.upper()}") and section)
+    cause = exc.__cause__
+    reason = f"{cause.msg}" if isinstance(cause, json.JSONDecodeError) else str(cause or exc)
+    where = ", ".join(names) or "the environment"
+    return (
+        f"invalid config: {section or '(environment)'} (from env {where}): cannot parse the value "
+        f"({reason}); lists take JSON or comma-separated values, tables take JSON objects"
+    )
+
+
 def load_config(path: str | Path | None = None) -> LoadedConfig:
     """Load and validate the configuration (file, then ``os.environ``); raises :class:`ConfigError`."""
     environ = dict(os.environ)
@@ -236,6 +290,8 @@ def load_config(path: str | Path | None = None) -> LoadedConfig:
         config = VoltanaConfig(**file_data)
     except ValidationError as exc:
         raise ConfigError(_describe_error(exc, sources)) from None
+    except SettingsError as exc:
+        raise ConfigError(_describe_settings_error(exc, environ)) from None
     return LoadedConfig(config=config, sources=sources, path=file_path)
 
 

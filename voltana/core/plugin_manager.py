@@ -11,12 +11,13 @@ import pluggy
 
 from voltana.core import hookspecs
 from voltana.core.contexts import PolicyInfo
+from voltana.core.errors import VoltanaError
 
 ENTRY_POINT_GROUP = "voltana"
 ALLOWLIST_ENV = "VOLTANA_PLUGINS"
 
 
-class PluginLoadError(RuntimeError):
+class PluginLoadError(VoltanaError, RuntimeError):
     """A third-party plugin failed to import or declares hooks voltana does not know."""
 
 

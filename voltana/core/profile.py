@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from voltana.core.errors import VoltanaError
 from voltana.core.types import Phase
 
 PROFILE_FORMAT = "voltana-predictor-profile"
@@ -34,7 +35,7 @@ Table = tuple[tuple[tuple[float, float, float], ...], ...]
 """``table[segment][clock] = (c0, c1, c2)``."""
 
 
-class ProfileError(ValueError):
+class ProfileError(VoltanaError, ValueError):
     """A profile file that cannot be used; ``str()`` is one line naming the file and the problem."""
 
 

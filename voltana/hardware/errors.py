@@ -6,11 +6,13 @@ import functools
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+from voltana.core.errors import VoltanaError
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-class VoltanaHardwareError(RuntimeError):
+class VoltanaHardwareError(VoltanaError, RuntimeError):
     """Base of every hardware-layer error; ``str()`` is one line fit for a user."""
 
 
@@ -38,7 +40,7 @@ class DeviceNotFoundError(VoltanaHardwareError):
     """A configured device index does not exist or is not visible to this process."""
 
 
-class UnknownProfileError(ValueError):
+class UnknownProfileError(VoltanaError, ValueError):
     """A simulated GPU or model profile name that is not known; the message lists the known ones."""
 
 

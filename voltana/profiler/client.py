@@ -16,13 +16,14 @@ from typing import Any
 
 import httpx
 
+from voltana.core.errors import VoltanaError
 from voltana.profiler.engine_api import CLOCK_PATH, ITERATIONS_PATH
 
 STATE_PATH = "/voltana/state"
 PIN_READBACK_TIMEOUT_S = 10.0
 
 
-class ProfilerError(RuntimeError):
+class ProfilerError(VoltanaError, RuntimeError):
     """A problem the user can fix (engine unreachable, token refused, bad clock); ``str()`` is one line."""
 
 

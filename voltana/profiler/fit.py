@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from voltana.core.errors import VoltanaError
 from voltana.core.predictor import prefill_attention_work
 from voltana.core.profile import PhaseFit, Profile, Sample, fit_phase
 from voltana.core.types import Phase
@@ -18,7 +19,7 @@ HOLDOUT_EVERY = 5
 """Every fifth sample (in record order) is held out to measure the fit's error."""
 
 
-class FitError(ValueError):
+class FitError(VoltanaError, ValueError):
     """The records cannot give a profile (no energy, a clock without samples); one line."""
 
 

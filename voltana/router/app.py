@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,11 +29,16 @@ from voltana.router.instances import InstanceRegistry, parse_endpoint
 from voltana.router.observability import RouterMetrics, extract_context, tracer_for
 from voltana.router.polling import Poller
 from voltana.router.predictors import route_predictors
-from voltana.router.proxy import BackendRejected, DecodeResult, Proxy
-from voltana.router.validation import Kind, decode_json, parse_request
+from voltana.router.proxy import BackendRejected, DecodeResult, Proxy, send_trace_config
+from voltana.router.tokens import HfPromptTokenizer, PromptTokenizer, count_with_tokenizer
+from voltana.router.validation import Kind, check_model_length, decode_json, parse_request
 
 log = logging.getLogger("voltana.router")
 ENDPOINTS: dict[str, Kind] = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
+DRAINING_RETRY_AFTER_S = 5
+TOKENIZE_INLINE_BELOW = 512  # estimated prompt tokens under which the tokenizer runs on the event loop
+TOKENS_HEADER = "x-voltana-prompt-tokens"
+"""Response header: ``<longest prompt tokens>; source=exact|tokenizer|estimate`` (how they were counted)."""
 
 
 @dataclass
@@ -48,6 +55,7 @@ class RouterState:
     proxy: Proxy | None = None
     draining: bool = False
     inflight: int = 0
+    tokenizer: PromptTokenizer | None = None
 
 
 def build_registry(config: RouterConfig) -> InstanceRegistry:
@@ -87,12 +95,16 @@ def build_router_app(
     state = RouterState(
         rc, registry, chooser, RouterMetrics(), tracer_for(tracer_provider), known_policies or {}
     )
+    if rc.tokenizer:
+        state.tokenizer = HfPromptTokenizer(rc.tokenizer)  # ConfigError (one line) when it cannot load
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Engine requests (the hot path) go through aiohttp: measured here at 3-5x less CPU per call than
         # httpx, which is what keeps the router's added latency near a millisecond. Polling uses httpx.
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+        # Idle connections close before the engines close them (vLLM/SGLang: uvicorn's 5 s keep-alive): a
+        # request written on a connection the engine is closing is lost with "connection reset".
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=rc.pool_idle_timeout_s)
         timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=rc.connect_timeout_s,
@@ -100,7 +112,7 @@ def build_router_app(
             sock_read=rc.request_timeout_s,
         )
         async with aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False
+            connector=connector, timeout=timeout, auto_decompress=False, trace_configs=[send_trace_config()]
         ) as session:
             poll_timeout = httpx.Timeout(max(rc.poll_interval_s, 1.0), connect=rc.connect_timeout_s)
             async with httpx.AsyncClient(timeout=poll_timeout, trust_env=False) as poll_client:
@@ -114,6 +126,7 @@ def build_router_app(
                     max_retries=rc.max_retries,
                     request_timeout_s=rc.request_timeout_s,
                     kv_transfer_params=rc.kv_transfer_params,
+                    report_energy=rc.report_energy,
                 )
                 state.poller = Poller(registry, poll_client, rc.backend, rc.poll_interval_s)
                 await state.poller.poll_all()
@@ -160,11 +173,7 @@ def build_router_app(
     async def models() -> Response:
         limits = state.registry.model_limits()
         names = sorted(set(rc.served_models) or set(limits))
-        data = [
-            {"id": n, "object": "model", "owned_by": "voltana", "created": 0, "max_model_len": limits.get(n)}
-            for n in names
-        ]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": [_model_card(state, n, limits.get(n)) for n in names]})
 
     @app.get("/health")
     async def health() -> Response:
@@ -190,10 +199,21 @@ async def _serve(state: RouterState, request: Request, kind: Kind) -> Response:
     """One OpenAI request: validate, route, forward; errors become RouterError (4xx/5xx with a message)."""
     arrived = time.perf_counter()
     if state.draining:
-        raise RouterError(503, "router is shutting down; retry on another router", code="draining")
-    parsed = parse_request(
-        kind, decode_json(await request.body()), _served_models(state), state.config.max_tokens_limit
-    )
+        raise RouterError(
+            503,
+            "router is shutting down; retry on another router",
+            code="draining",
+            headers={"retry-after": str(DRAINING_RETRY_AFTER_S)},
+        )
+    models = _served_models(state)
+    parsed = parse_request(kind, decode_json(await request.body()), models, state.config.max_tokens_limit)
+    if state.tokenizer is not None and parsed.tokens_source == "estimate":
+        if parsed.input_tokens < TOKENIZE_INLINE_BELOW:  # short prompts inline; long ones off the loop
+            parsed = count_with_tokenizer(parsed, state.tokenizer)
+        else:
+            parsed = await asyncio.to_thread(count_with_tokenizer, parsed, state.tokenizer)
+    state.metrics.prompt_token_counts.labels(parsed.tokens_source).inc()
+    check_model_length(parsed, models.get(parsed.model))
     proxy = state.proxy
     assert proxy is not None
     headers = {k.lower(): v for k, v in request.headers.items()}
@@ -233,9 +253,15 @@ async def _serve(state: RouterState, request: Request, kind: Kind) -> Response:
             raise
         span.set_attribute("voltana.decode.instance", result.instance.instance_id)
         state.metrics.added_latency.observe(max(0.0, time.perf_counter() - arrived - ex.upstream_s))
-        headers_out = {"x-request-id": ex.request_id}
+        headers_out = {
+            "x-request-id": ex.request_id,
+            TOKENS_HEADER: f"{parsed.longest_prompt_tokens}; source={parsed.tokens_source}",
+        }
         if result.content is not None:
-            return Response(result.content, media_type=result.content_type, headers=headers_out)
+            content = result.content
+            if proxy.report_energy:
+                content = await proxy.with_energy(ex, content)
+            return Response(content, media_type=result.content_type, headers=headers_out)
         streaming = True
 
         async def close() -> None:  # also when the stream never started (client gone before the headers)
@@ -262,6 +288,28 @@ class ClosingStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self.on_close()
+
+
+def _model_card(state: RouterState, model: str, max_model_len: int | None) -> dict[str, Any]:
+    """One ``/v1/models`` entry as vLLM writes it (``root``, ``parent``, ``permission``): an engine's own
+    entry when one was polled, with the smallest ``max_model_len`` over the instances."""
+    card: dict[str, Any] = {"id": model, "object": "model", "created": 0, "owned_by": "voltana",
+                            "root": model, "parent": None}  # fmt: skip
+    for inst in state.registry:
+        if model in inst.model_cards:
+            card.update(inst.model_cards[model])
+            break
+    card["max_model_len"] = max_model_len
+    card.setdefault("permission", [_default_permission(card.get("created", 0))])
+    return card
+
+
+def _default_permission(created: Any) -> dict[str, Any]:
+    """vLLM's ``ModelPermission`` defaults, for engines whose ``/v1/models`` has none."""
+    return {"id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission", "created": created,
+            "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+            "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+            "organization": "*", "group": None, "is_blocking": False}  # fmt: skip
 
 
 def _served_models(state: RouterState) -> dict[str, int | None]:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from voltana.core.contexts import RouteContext
+from voltana.core.errors import VoltanaError
 from voltana.core.types import Phase, RouteRequest, Slo
 from voltana.router.instances import Instance, InstanceRegistry
 from voltana.router.predictors import RoutePredictors
@@ -21,7 +22,7 @@ from voltana.router.predictors import RoutePredictors
 log = logging.getLogger("voltana.router")
 
 
-class NoInstanceError(Exception):
+class NoInstanceError(VoltanaError):
     """No instance of a phase can take the request; ``saturated`` when some exist but are all full."""
 
     def __init__(self, phase: Phase, saturated: bool, message: str) -> None:

@@ -12,6 +12,12 @@ Engine model: continuous batching. Each iteration is a prefill batch (the waitin
 or one decode step of every running request; it lasts ``PerformanceModel.cost(...).latency_s x time_scale
 x slowdown``. Output text is a pure function of the prompt (so an answer can be checked anywhere); prompt
 tokens are estimated as characters / 4.
+
+Energy: each iteration's simulated energy is split over its batch with voltana's attribution rule
+(:func:`voltana.core.attribution.energy_shares`); a finished request's joules are served at
+``GET /voltana/requests/{X-Request-Id}`` (the per-request record the router's ``report_energy`` reads).
+Like vLLM, ``echo: true`` puts the prompt in front of the text, and ``max_tokens: 0`` with ``echo`` scores the
+prompt without generating.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from voltana.core.attribution import energy_shares
 from voltana.core.config import ClockConfig
-from voltana.core.types import Phase
+from voltana.core.types import Phase, ScheduledRequest
 from voltana.hardware.simulated import PerformanceModel, performance_model
 from voltana.plugins.ecofreq_seed import resolve_allowed_clocks
 from voltana.profiler.engine_api import MemoryControl, add_control_routes, iteration_json
@@ -52,6 +59,7 @@ DEFAULT_MAX_TOKENS = 16
 PREFILL_TOKEN_BUDGET = 8192  # vLLM's default max_num_batched_tokens with chunked prefill
 KV_BLOCK_TOKENS = 16
 MIN_SLEEP_S = 0.002
+ENERGY_RECORDS_KEPT = 10_000
 
 
 def prompt_key(body: dict[str, Any]) -> str:
@@ -119,14 +127,20 @@ class EmuRequest:
     tokens: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     finished: bool = False
     aborted: bool = False
+    energy_j: float = 0.0
 
 
 @dataclass
 class Faults:
-    """Injected faults: ``slowdown`` multiplies iteration time; ``error_status`` answers every generation."""
+    """Injected faults: ``slowdown`` multiplies iteration time; ``error_status`` answers every generation;
+    ``poison_prompt``: a request with this prompt makes the engine fail (HTTP 500) and stay dead, as a
+    request that crashes vLLM's EngineCore does; ``poll_delay_s`` stalls the monitoring endpoints
+    (``/metrics``, ``/v1/loads``, ``/v1/models``, ``/health``, ``/voltana/state``), as a busy engine does."""
 
     slowdown: float = 1.0
     error_status: int | None = None
+    poison_prompt: str | None = None
+    poll_delay_s: float = 0.0
 
 
 class EmulatedEngine:
@@ -234,6 +248,18 @@ class EmulatedEngine:
             )
         return cost
 
+    @staticmethod
+    def _attribute(batch: list[EmuRequest], energy_j: float, prefill: bool) -> None:
+        """Add each request's share of one iteration's simulated energy (voltana's attribution rule)."""
+        scheduled = [
+            ScheduledRequest(r.request_id, r.prompt_tokens, 0, 0.0)
+            if prefill
+            else ScheduledRequest(r.request_id, 1, r.prompt_tokens + r.generated, 0.0)
+            for r in batch
+        ]
+        for req, share_j in zip(batch, energy_shares(scheduled, energy_j), strict=True):
+            req.energy_j += share_j
+
     async def _loop(self) -> None:
         while True:
             if not self.waiting and not self.running:
@@ -249,6 +275,7 @@ class EmulatedEngine:
                     batch.append(req)
                     tokens += req.prompt_tokens
                 cost = self._cost(Phase.PREFILL, len(batch), tokens, 0)
+                self._attribute(batch, cost.energy_j, prefill=True)
                 await self._run_for(cost.latency_s)
                 for req in batch:
                     if not req.aborted:
@@ -259,6 +286,7 @@ class EmulatedEngine:
             batch = list(self.running)
             context = sum(r.prompt_tokens + r.generated for r in batch)
             cost = self._cost(Phase.DECODE, len(batch), len(batch), context)
+            self._attribute(batch, cost.energy_j, prefill=False)
             await self._run_for(cost.latency_s)
             for req in batch:
                 if not req.aborted:
@@ -279,6 +307,8 @@ class InstanceStats:
     local_prefills: int = 0
     served_ids: Counter[str] = field(default_factory=Counter)
     traceparents: deque[str] = field(default_factory=lambda: deque(maxlen=256))
+    energy_j: dict[str, float] = field(default_factory=dict)
+    """Joules of each finished request by its X-Request-Id (the newest ``ENERGY_RECORDS_KEPT``)."""
 
 
 def _default_allowed_clocks(model: PerformanceModel) -> tuple[int, ...]:
@@ -389,6 +419,7 @@ class EmulatedInstance:
             Route("/v1/loads", self._loads),
             Route("/get_server_info", self._server_info),
             Route("/voltana/state", self._voltana_state),
+            Route("/voltana/requests/{request_id}", self._request_record),
             Route("/emulator/stats", self._stats),
             Route("/emulator/fault", self._set_fault, methods=["POST"]),
         ]
@@ -396,13 +427,26 @@ class EmulatedInstance:
         add_control_routes(app, self.control, self.clock_token)
         return app
 
+    async def _stall(self) -> None:
+        if self.faults.poll_delay_s > 0:
+            await asyncio.sleep(self.faults.poll_delay_s)
+
     async def _health(self, request: Request) -> Response:
+        await self._stall()
         return Response(status_code=200)
 
     async def _models(self, request: Request) -> Response:
-        entry = {"id": self.model_name, "object": "model", "owned_by": "voltana-emulator", "created": 0}
-        entry["max_model_len"] = self.max_model_len
+        await self._stall()
+        entry = {"id": self.model_name, "object": "model", "owned_by": "voltana-emulator", "created": 0,
+                 "root": self.model_name, "parent": None, "max_model_len": self.max_model_len}  # fmt: skip
         return JSONResponse({"object": "list", "data": [entry]})
+
+    async def _request_record(self, request: Request) -> Response:
+        request_id = request.path_params["request_id"]
+        joules = self.stats.energy_j.get(request_id)
+        if joules is None:
+            return JSONResponse({"error": f"no finished request {request_id!r}"}, status_code=404)
+        return JSONResponse({"request_id": request_id, "phase": self.role, "energy_j": joules})
 
     def _load(self) -> tuple[int, int, int]:
         engine = self.engine
@@ -411,6 +455,7 @@ class EmulatedInstance:
         return len(engine.running), len(engine.waiting), engine.kv_tokens
 
     async def _metrics(self, request: Request) -> Response:
+        await self._stall()
         running, waiting, kv = self._load()
         capacity = self.model.kv_capacity_tokens
         labels = f'engine="0",model_name="{self.model_name}"'
@@ -429,6 +474,7 @@ class EmulatedInstance:
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     async def _loads(self, request: Request) -> Response:
+        await self._stall()
         running, waiting, kv = self._load()
         capacity = self.model.kv_capacity_tokens
         load = {
@@ -450,6 +496,7 @@ class EmulatedInstance:
         return JSONResponse(info)
 
     async def _voltana_state(self, request: Request) -> Response:
+        await self._stall()
         state = {
             "instance_id": self.engine_id,
             "phase": self.role,
@@ -462,7 +509,7 @@ class EmulatedInstance:
 
     async def _stats(self, request: Request) -> Response:
         s = self.stats
-        body = {k: v for k, v in vars(s).items() if k not in {"served_ids", "traceparents"}}
+        body = {k: v for k, v in vars(s).items() if k not in {"served_ids", "traceparents", "energy_j"}}
         body["served_ids"] = dict(s.served_ids)
         return JSONResponse(body)
 
@@ -505,11 +552,18 @@ class EmulatedInstance:
                 return self._error(400, "a batch of prompts cannot be streamed here")
             return await self._generate_batch(request, body, request_id, prompts)
         key = prompt_key(body)
+        if self.faults.poison_prompt is not None and body.get("prompt") == self.faults.poison_prompt:
+            self.faults.error_status = 500  # the engine is dead from now on
+            return self._error(500, "EngineCore encountered an issue: engine dead")
         prompt_tokens = count_prompt_tokens(body)
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
-        if not isinstance(max_tokens, int) or max_tokens < 1:
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        echo = not chat and body.get("echo") is True
+        if max_tokens is None:
+            max_tokens = DEFAULT_MAX_TOKENS
+        if not isinstance(max_tokens, int) or max_tokens < (0 if echo else 1):
             return self._error(400, "max_tokens must be a positive integer")
-        if self.role == "prefill":
+        scoring = max_tokens == 0  # echo without generation: the prompt is computed, one token sampled
+        if self.role == "prefill" or scoring:
             max_tokens = 1  # a disaggregated prefill server computes the prompt and samples one token
         if prompt_tokens + max_tokens > self.max_model_len:
             return self._error(
@@ -541,6 +595,10 @@ class EmulatedInstance:
         if req.aborted:
             return self._error(500, "engine stopped")
         params = self._finished(req, body)
+        if scoring:
+            req.generated, text = 0, ""
+        if echo and isinstance(body.get("prompt"), str):
+            text = body["prompt"] + text
         answer = self._response(req, body, chat, text)
         if self.protocol == "vllm":
             answer["kv_transfer_params"] = params
@@ -647,6 +705,9 @@ class EmulatedInstance:
     def _finished(self, req: EmuRequest, body: dict[str, Any]) -> dict[str, Any] | None:
         """Bookkeeping after a request completed; returns the kv_transfer_params a vLLM prefill hands out."""
         self.stats.completed += 1
+        self.stats.energy_j[req.request_id] = req.energy_j
+        if len(self.stats.energy_j) > ENERGY_RECORDS_KEPT:
+            del self.stats.energy_j[next(iter(self.stats.energy_j))]
         if self.role != "prefill":
             self.stats.served_ids[req.request_id] += 1
             return None

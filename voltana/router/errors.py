@@ -6,6 +6,8 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from voltana.core.errors import VoltanaError
+
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -20,7 +22,7 @@ _TYPES = {
 }
 
 
-class RouterError(Exception):
+class RouterError(VoltanaError):
     """A request the router cannot serve; ``status`` is the HTTP code, ``message`` one clear line."""
 
     def __init__(
@@ -56,10 +58,26 @@ def error_body(
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-class UpstreamError(Exception):
-    """An engine instance failed: connection refused or broken, timeout, or a 5xx answer."""
+class UpstreamError(VoltanaError):
+    """An engine instance failed: connection refused or broken, timeout, or a 5xx answer.
 
-    def __init__(self, instance_id: str, message: str, *, status: int | None = None) -> None:
+    ``reached``: the request may have reached the engine (bytes were sent), so the engine may have worked
+    on it and failed because of it (a "poison" request); False only when it provably did not (no
+    connection, nothing written, or a 503 refusal). ``instance_fault``: the failure says something about
+    the instance (counts towards its ejection); False for a stale pooled connection.
+    """
+
+    def __init__(
+        self,
+        instance_id: str,
+        message: str,
+        *,
+        status: int | None = None,
+        reached: bool = True,
+        instance_fault: bool = True,
+    ) -> None:
         super().__init__(f"{instance_id}: {message}")
         self.instance_id = instance_id
         self.status = status
+        self.reached = reached
+        self.instance_fault = instance_fault

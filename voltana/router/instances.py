@@ -13,6 +13,7 @@ it is older than ``stale_after_s``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,6 +78,8 @@ class Instance:
     sm_clock_mhz: int | None = None
     capture_sizes: tuple[int, ...] = ()
     models: dict[str, int | None] = field(default_factory=dict)
+    model_cards: dict[str, dict[str, object]] = field(default_factory=dict)
+    """The engine's own ``/v1/models`` entries (``root``, ``parent``, ``permission`` ...), by model id."""
     _view: InstanceState | None = None
     _view_fresh: bool = False
 
@@ -189,10 +192,28 @@ class InstanceRegistry:
         if inst.admitted:
             inst.ejections = 0
 
-    def record_poll(self, inst: Instance, report: LoadReport | None, why: str = "") -> None:
-        """A load poll: its report, or None when it failed (``why``); failed polls in a row eject too."""
+    def record_poll(
+        self, inst: Instance, report: LoadReport | None, why: str = "", *, slow: bool = False
+    ) -> None:
+        """A load poll: its report, or None when it failed (``why``); failed polls in a row eject too.
+
+        ``slow``: the poll timed out (the engine is stalled, not gone). Slow polls alone never eject the last
+        usable instance of a phase: requests queue on it (bounded by ``request_timeout_s``) instead of
+        getting 503 for the whole stall.
+        """
         if report is None:
             inst.poll_failures += 1
+            if slow and self._last_usable(inst):
+                if inst.admitted and inst.poll_failures == self.eject_after_failures:
+                    log.warning(
+                        "keeping %s (%s) although its polls time out (%s): it is the last %s instance; "
+                        "requests wait for it",
+                        inst.instance_id,
+                        inst.url,
+                        why,
+                        inst.phase.value,
+                    )
+                return
             self._maybe_eject(inst, inst.poll_failures, why)
             return
         inst.poll_failures = 0
@@ -205,6 +226,16 @@ class InstanceRegistry:
         """A request failed; eject after ``eject_after_failures`` in a row (one while on probation)."""
         inst.consecutive_failures += 1
         self._maybe_eject(inst, inst.consecutive_failures, why)
+
+    def _last_usable(self, inst: Instance) -> bool:
+        """True when ``inst`` is the only admitted, non-draining instance of its phase."""
+        return self.usable(inst.phase) == [inst]
+
+    def retry_after_s(self, phase: Phase) -> int:
+        """Whole seconds (>= 1) until the first ejected instance of ``phase`` may be probed back in."""
+        now_s = time.monotonic()
+        waits = [i.quarantine_until_s - now_s for i in self.by_phase[phase] if not i.admitted]
+        return max(1, math.ceil(min(waits, default=1.0)))
 
     def _maybe_eject(self, inst: Instance, streak: int, why: str) -> None:
         if inst.admitted and streak >= self.eject_after_failures:

@@ -1,20 +1,24 @@
 """Turning an engine's load report into numbers: vLLM's Prometheus ``/metrics`` and SGLang's ``/v1/loads``.
 
 Pure functions (no I/O) so they are tested on captured text. Values of several engines/DP ranks are summed.
+The Prometheus text format is parsed by ``prometheus_client`` (escaping, quoting and label rules are its).
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 VLLM_RUNNING = "vllm:num_requests_running"
 VLLM_WAITING = "vllm:num_requests_waiting"
 VLLM_KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # new name, then pre-0.10 name
 VLLM_CACHE_INFO = "vllm:cache_config_info"
-_LABEL = re.compile(r'(\w+)="([^"]*)"')
+_WANTED = frozenset((VLLM_RUNNING, VLLM_WAITING, *VLLM_KV_USAGE, VLLM_CACHE_INFO))
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,24 +31,23 @@ class LoadReport:
     kv_capacity_tokens: int = 0
 
 
-def _sample(line: str) -> tuple[str, str, float] | None:
-    """(name, labels text, value) of one exposition line, or None for comments and junk."""
-    if not line or line[0] == "#":
-        return None
-    brace = line.find("{")
-    if brace >= 0:
-        close = line.rfind("}")
-        name, labels, rest = line[:brace], line[brace + 1 : close], line[close + 1 :]
-    else:
-        name, _, rest = line.partition(" ")
-        labels = ""
-    parts = rest.split()
-    if not parts:
-        return None
-    try:
-        return name, labels, float(parts[0])
-    except ValueError:
-        return None
+def _vllm_samples(text: str) -> Iterator[Sample]:
+    """The samples of the metrics we read, parsed by ``prometheus_client``'s exposition parser.
+
+    Only the lines of the wanted metrics are parsed (vLLM's page is mostly histogram buckets), one at a
+    time so that one malformed line costs that line, not the whole poll.
+    """
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name not in _WANTED:
+            continue
+        try:
+            for family in text_string_to_metric_families(line + "\n"):
+                yield from family.samples
+        except ValueError:
+            continue
 
 
 def parse_vllm_metrics(text: str) -> LoadReport:
@@ -52,28 +55,21 @@ def parse_vllm_metrics(text: str) -> LoadReport:
 
     KV tokens = usage fraction x capacity, capacity = ``num_gpu_blocks x block_size`` from
     ``vllm:cache_config_info`` labels (0 when vLLM does not expose it). Usage fractions of several engines are
-    averaged, counts summed.
+    averaged, counts summed. Malformed lines are ignored.
     """
     running = waiting = 0.0
     usages: list[float] = []
     capacity = 0
-    for line in text.splitlines():
-        if not line.startswith("vllm:"):
-            continue
-        sample = _sample(line)
-        if sample is None:
-            continue
-        name, labels, value = sample
-        if name == VLLM_RUNNING:
-            running += value
-        elif name == VLLM_WAITING:
-            waiting += value
-        elif name in VLLM_KV_USAGE:
-            usages.append(value)
-        elif name == VLLM_CACHE_INFO:
-            found = dict(_LABEL.findall(labels))
+    for sample in _vllm_samples(text):
+        if sample.name == VLLM_RUNNING:
+            running += sample.value
+        elif sample.name == VLLM_WAITING:
+            waiting += sample.value
+        elif sample.name in VLLM_KV_USAGE:
+            usages.append(sample.value)
+        elif sample.name == VLLM_CACHE_INFO:
             with contextlib.suppress(KeyError, ValueError):
-                capacity += int(found["num_gpu_blocks"]) * int(found["block_size"])
+                capacity += int(sample.labels["num_gpu_blocks"]) * int(sample.labels["block_size"])
     usage = sum(usages) / len(usages) if usages else 0.0
     return LoadReport(int(running), int(waiting), round(usage * capacity), capacity)
 

@@ -32,7 +32,8 @@ class RouterMetrics:
         )
         self.errors = Counter(
             "voltana_router_errors",
-            "Errors by kind (upstream, saturated, no_instance, client_disconnect, bad_request, internal)",
+            "Errors by kind (upstream, engine_failed_request, saturated, no_instance, client_disconnect, "
+            "bad_request, internal)",
             ["kind"],
             registry=self.registry,
         )
@@ -48,6 +49,12 @@ class RouterMetrics:
             "Duration of one routing decision (policy hook included)",
             ["phase"],
             buckets=_DECISION_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.prompt_token_counts = Counter(
+            "voltana_router_prompt_token_counts",
+            "Requests by how their prompt tokens were counted: exact (token ids), tokenizer, estimate",
+            ["source"],
             registry=self.registry,
         )
         self.inflight = Gauge(

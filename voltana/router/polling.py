@@ -33,13 +33,18 @@ async def fetch_load(client: httpx.AsyncClient, inst: Instance, backend: Backend
     return parse_sglang_loads(response.json())
 
 
+def model_cards(payload: Any) -> dict[str, dict[str, Any]]:
+    """The entries of an OpenAI ``/v1/models`` answer, by model id."""
+    entries = payload.get("data", []) if isinstance(payload, dict) else []
+    return {e["id"]: e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)}
+
+
 def parse_models(payload: Any) -> dict[str, int | None]:
     """``{model id: max_model_len or None}`` from an OpenAI ``/v1/models`` answer."""
     found: dict[str, int | None] = {}
-    for entry in payload.get("data", []) if isinstance(payload, dict) else []:
-        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
-            max_len = entry.get("max_model_len")
-            found[entry["id"]] = max_len if isinstance(max_len, int) and max_len > 0 else None
+    for model, entry in model_cards(payload).items():
+        max_len = entry.get("max_model_len")
+        found[model] = max_len if isinstance(max_len, int) and max_len > 0 else None
     return found
 
 
@@ -93,11 +98,14 @@ class Poller:
             if refresh_models or not inst.models:
                 response = await self.client.get(inst.url + "/v1/models")
                 response.raise_for_status()
-                inst.models = parse_models(response.json())
+                payload = response.json()
+                inst.models = parse_models(payload)
+                inst.model_cards = model_cards(payload)
             if self._voltana_state.get(inst.instance_id, True):
                 await self._fetch_voltana_state(inst)
         except (httpx.HTTPError, ValueError) as exc:
-            self.registry.record_poll(inst, None, f"poll failed: {type(exc).__name__}: {exc}")
+            slow = isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout)
+            self.registry.record_poll(inst, None, f"poll failed: {type(exc).__name__}: {exc}", slow=slow)
             return
         self.registry.record_poll(inst, report)
 

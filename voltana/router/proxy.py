@@ -8,9 +8,20 @@ request goes out unchanged. SGLang: the same request, plus ``bootstrap_host``/``
 
 Engine calls go through one aiohttp session (far cheaper per call than httpx, see ``app.py``).
 
-Retries: a failed prefill, or a decode that fails before any output reached the client, is retried on other
-instances (``max_retries``). A decode that dies mid-stream ends the stream with an OpenAI error event, so no
-request is ever lost silently.
+Retries (at most ``max_retries`` extra attempts): a request that provably never reached an engine (no
+connection, nothing written, or a 503 refusal) is retried elsewhere. One that reached an engine which then
+failed (a 5xx answer, a connection broken after sending, a timeout) may have made the engine fail: such
+"poison" requests get a per-request budget of :data:`MAX_ENGINE_FAILURES` retry, on another instance, and
+only while the phase keeps an instance this request never touched, so one request never spreads over every
+instance. A decode that dies mid-stream ends the stream with an OpenAI error event, so no request is ever
+lost silently.
+
+``max_tokens: 0`` with ``echo: true`` (prompt scoring) is prefill-only work: on vLLM it goes, unchanged, to a
+prefill instance alone; on SGLang through the usual pair.
+
+Energy (``router.report_energy``): after the answer, each leg's instance is asked for the request's
+joules (``GET /voltana/requests/{X-Request-Id}``, see :data:`ENERGY_PATH`); the known ones go into the final
+``usage`` as ``voltana_energy`` (:func:`energy_usage`), absent when no engine knows.
 """
 
 from __future__ import annotations
@@ -41,6 +52,62 @@ from voltana.router.validation import ParsedRequest
 log = logging.getLogger("voltana.router")
 FORWARDED_HEADERS = ("authorization",)
 EVENT_END = b"\n\n"
+MAX_ENGINE_FAILURES = 1
+"""Retries a request gets after engines failed while working on it (poison-request budget)."""
+ENERGY_PATH = "/voltana/requests/{request_id}"
+"""Engine endpoint with one request's record: ``{"request_id", "phase", "energy_j"}``; 404 when unknown."""
+ENERGY_LOOKUP_TIMEOUT_S = 1.0
+ENERGY_RECORD_LAG_S = 0.3
+"""How late an engine's record may be: vLLM publishes them with its state, every 0.25 s under load."""
+USAGE_ENERGY_FIELD = "voltana_energy"
+"""The ``usage`` extension: ``{"prefill_j": .., "decode_j": .., "total_j": ..}`` (known phases only)."""
+
+
+@dataclass(slots=True)
+class SendState:
+    """Per engine call: whether aiohttp wrote the request headers (it may have reached the engine)."""
+
+    headers_sent: bool = False
+
+
+async def _on_headers_sent(session: Any, context: Any, params: Any) -> None:
+    state = context.trace_request_ctx
+    if isinstance(state, SendState):
+        state.headers_sent = True
+
+
+def send_trace_config() -> aiohttp.TraceConfig:
+    """The aiohttp trace hook that fills :class:`SendState` (pass it in ``trace_configs``)."""
+    config = aiohttp.TraceConfig()
+    config.on_request_headers_sent.append(_on_headers_sent)
+    return config
+
+
+def client_failure(inst: Instance, exc: BaseException, sent: SendState, what: str = "") -> UpstreamError:
+    """An aiohttp failure of a call to ``inst`` as an :class:`UpstreamError`: did it reach the engine?"""
+    label = f"{what}{type(exc).__name__}: {exc}" if str(exc) else f"{what}{type(exc).__name__}"
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return UpstreamError(inst.instance_id, label, reached=False)
+    if not sent.headers_sent:  # a pooled connection the engine had closed: nothing was written
+        return UpstreamError(inst.instance_id, label, reached=False, instance_fault=False)
+    return UpstreamError(inst.instance_id, label)
+
+
+def status_failure(inst: Instance, status: int, content: bytes) -> UpstreamError:
+    """A 5xx answer: 503 is a refusal (the engine did not work on it); any other may be the request's."""
+    message = f"HTTP {status}: {content[:200].decode(errors='replace')}"
+    return UpstreamError(inst.instance_id, message, status=status, reached=status != 503)
+
+
+def energy_usage(joules: dict[Phase, float | None]) -> dict[str, float] | None:
+    """``usage.voltana_energy``: ``<phase>_j`` for each phase an engine reported, ``total_j`` when all did;
+    None when none did (the field is left out: never a guess)."""
+    known = {f"{phase.value}_j": j for phase, j in joules.items() if j is not None}
+    if not known:
+        return None
+    if len(known) == len(joules):
+        known["total_j"] = sum(j for j in joules.values() if j is not None)
+    return known
 
 
 class BackendRejected(Exception):  # noqa: N818 - an answer to pass through, not a failure
@@ -63,6 +130,8 @@ class Exchange:
     span: trace.Span
     upstream_s: float = 0.0
     attempts: list[str] = field(default_factory=list)
+    legs: dict[Phase, Instance] = field(default_factory=dict)
+    """The instance that served each phase of the attempt that succeeded."""
 
 
 @dataclass(slots=True)
@@ -132,6 +201,7 @@ class Proxy:
         max_retries: int,
         request_timeout_s: float,
         kv_transfer_params: bool,
+        report_energy: bool = False,
     ) -> None:
         self.backend = backend
         self.registry = registry
@@ -142,6 +212,7 @@ class Proxy:
         self.max_retries = max_retries
         self.request_timeout_s = request_timeout_s
         self.kv_transfer_params = kv_transfer_params
+        self.report_energy = report_energy
 
     def new_exchange(self, parsed: ParsedRequest, incoming: dict[str, str], span: trace.Span) -> Exchange:
         """Bookkeeping for one request; keeps the client's ``X-Request-Id`` when it sent one."""
@@ -153,38 +224,68 @@ class Proxy:
         return Exchange(request_id, parsed, headers, span)
 
     async def run(self, ex: Exchange) -> DecodeResult:
-        """Serve ``ex`` on some (P, D) pair, retrying failed instances; raises RouterError/BackendRejected."""
+        """Serve ``ex`` on a (P, D) pair, retrying as the module says; raises RouterError/BackendRejected."""
         route = RouteRequest(
             ex.request_id, ex.parsed.input_tokens, ex.parsed.max_tokens or 0, time.monotonic()
         )
         excluded: dict[Phase, set[str]] = {Phase.PREFILL: set(), Phase.DECODE: set()}
+        engine_failures = 0
         for _ in range(1 + self.max_retries):
+            ex.legs.clear()
             try:
                 if self.backend == "vllm":
+                    if ex.parsed.prompt_only:
+                        return await self._attempt_prompt_only(ex, route, excluded)
                     return await self._attempt_vllm(ex, route, excluded)
                 return await self._attempt_sglang(ex, route, excluded)
             except UpstreamError as exc:
                 failed = self.registry.by_id[exc.instance_id]
-                self.registry.record_failure(failed, str(exc))
-                excluded[failed.phase].add(failed.instance_id)
                 ex.attempts.append(str(exc))
                 self.metrics.errors.labels("upstream").inc()
+                if exc.instance_fault:
+                    self.registry.record_failure(failed, str(exc))
+                    excluded[failed.phase].add(failed.instance_id)
+                if exc.reached:
+                    engine_failures += 1
+                    untouched = [
+                        i
+                        for i in self.registry.usable(failed.phase)
+                        if i.instance_id not in excluded[failed.phase]
+                    ]
+                    if engine_failures > MAX_ENGINE_FAILURES or len(untouched) < 2:
+                        self.metrics.errors.labels("engine_failed_request").inc()
+                        raise RouterError(
+                            502,
+                            f"the engine failed on this request ({'; '.join(ex.attempts)}); not retried on "
+                            "another instance, since a request that makes an engine fail may do it again",
+                            code="engine_failed",
+                        ) from None
                 log.info("request %s: %s; retrying elsewhere", ex.request_id, exc)
             except NoInstanceError as exc:
                 if ex.attempts:
                     break  # every instance that could serve it failed: report those failures
+                retry_after = {"retry-after": str(self.registry.retry_after_s(exc.phase))}
                 if exc.saturated:
                     self.metrics.errors.labels("saturated").inc()
                     raise RouterError(
                         429, str(exc), code="overloaded", headers={"retry-after": "1"}
                     ) from None
                 self.metrics.errors.labels("no_instance").inc()
-                raise RouterError(503, str(exc), code="no_instance") from None
+                raise RouterError(503, str(exc), code="no_instance", headers=retry_after) from None
         raise RouterError(
             502,
             f"request failed on {len(ex.attempts)} attempts: {'; '.join(ex.attempts)}",
             code="upstream_failed",
         )
+
+    async def _attempt_prompt_only(
+        self, ex: Exchange, route: RouteRequest, excluded: dict[Phase, set[str]]
+    ) -> DecodeResult:
+        """vLLM prompt scoring: the whole request on one prefill instance (no KV handed to a decode)."""
+        prefill = self._choose(Phase.PREFILL, route, excluded)
+        result = await self._decode(ex, prefill, ex.parsed.body)
+        ex.legs[Phase.PREFILL] = prefill
+        return result
 
     def _choose(self, phase: Phase, route: RouteRequest, excluded: dict[Phase, set[str]]) -> Instance:
         inst = self.chooser.choose(phase, route, frozenset(excluded[phase]))
@@ -204,11 +305,14 @@ class Proxy:
             )
         finally:
             self.registry.release(decode)
+        ex.legs[Phase.PREFILL] = prefill
         body = ex.parsed.body
         params = answer.get("kv_transfer_params")
         if params:
             body = dict(body, kv_transfer_params=params)
-        return await self._decode(ex, decode, body)
+        result = await self._decode(ex, decode, body)
+        ex.legs[Phase.DECODE] = decode
+        return result
 
     async def _attempt_sglang(
         self, ex: Exchange, route: RouteRequest, excluded: dict[Phase, set[str]]
@@ -233,6 +337,8 @@ class Proxy:
             prefill_task.cancel()
             raise decode_task.exception()  # type: ignore[misc]
         result = decode_task.result()
+        ex.legs[Phase.PREFILL] = prefill
+        ex.legs[Phase.DECODE] = decode
         if not prefill_task.done():
             result.prefill_task = prefill_task  # settled (or cancelled) when the answer is over
         return result
@@ -259,14 +365,18 @@ class Proxy:
         headers = inject_headers(span, dict(ex.headers))
         pending = ex.parsed.input_tokens if inst.phase is Phase.PREFILL else 0
         self.registry.acquire(inst, pending)
+        sent = SendState()
         start = time.perf_counter()
         try:
             async with self.session.post(
-                inst.url + ex.parsed.path, data=json.dumps(body), headers=headers
+                inst.url + ex.parsed.path, data=json.dumps(body), headers=headers, trace_request_ctx=sent
             ) as answer:
                 content = await answer.read()
                 status = answer.status
                 content_type = answer.headers.get("content-type", "application/json")
+        except aiohttp.ConnectionTimeoutError as exc:
+            span.set_status(Status(StatusCode.ERROR, "connect timeout"))
+            raise client_failure(inst, exc, sent) from None
         except TimeoutError:
             span.set_status(Status(StatusCode.ERROR, "timeout"))
             raise UpstreamError(
@@ -274,13 +384,13 @@ class Proxy:
             ) from None
         except aiohttp.ClientError as exc:
             span.set_status(Status(StatusCode.ERROR, str(exc)))
-            raise UpstreamError(inst.instance_id, f"{type(exc).__name__}: {exc}") from None
+            raise client_failure(inst, exc, sent) from None
         finally:
             ex.upstream_s += time.perf_counter() - start
             self.registry.release(inst, pending)
             span.end()
         if status >= 500:
-            raise UpstreamError(inst.instance_id, f"HTTP {status}: {content[:200].decode(errors='replace')}")
+            raise status_failure(inst, status, content)
         if status >= 400:
             raise BackendRejected(status, content, content_type)
         self.registry.record_success(inst)
@@ -305,16 +415,17 @@ class Proxy:
         headers = inject_headers(span, dict(ex.headers))
         self.registry.acquire(inst)
         result = DecodeResult(inst, span=span)
+        sent = SendState()
         start = time.perf_counter()
         try:
             response = await self.session.post(
-                inst.url + ex.parsed.path, data=json.dumps(body), headers=headers
+                inst.url + ex.parsed.path, data=json.dumps(body), headers=headers, trace_request_ctx=sent
             )
             result.response = response
             if response.status >= 400:
                 content = await response.read()
                 if response.status >= 500:
-                    raise UpstreamError(inst.instance_id, f"HTTP {response.status}: {content[:200]!r}")
+                    raise status_failure(inst, response.status, content)
                 raise BackendRejected(
                     response.status, content, response.headers.get("content-type", "application/json")
                 )
@@ -324,10 +435,10 @@ class Proxy:
                 raise UpstreamError(inst.instance_id, "stream ended before any event")
         except BaseException as exc:
             await self.finish(result)
+            if isinstance(exc, aiohttp.ClientError):  # also a connect timeout
+                raise client_failure(inst, exc, sent) from None
             if isinstance(exc, TimeoutError):
                 raise UpstreamError(inst.instance_id, "timed out before the first event") from None
-            if isinstance(exc, aiohttp.ClientError):
-                raise UpstreamError(inst.instance_id, f"{type(exc).__name__}: {exc}") from None
             raise
         finally:
             ex.upstream_s += time.perf_counter() - start
@@ -340,12 +451,15 @@ class Proxy:
         """The client's event stream: the first event(s), then the rest; a mid-stream failure ends it with an
         OpenAI error event. Cancellation (client gone) closes the engine stream, so the engine aborts it.
         """
+        energy = self.report_energy and bool(
+            (ex.parsed.body.get("stream_options") or {}).get("include_usage")
+        )
         try:
-            yield result.first_events
+            yield await self._with_energy_event(ex, result.first_events) if energy else result.first_events
             assert result.events is not None
             try:
                 async for chunk in result.events:
-                    yield chunk
+                    yield await self._with_energy_event(ex, chunk) if energy else chunk
                 result.complete = True
             except (aiohttp.ClientError, TimeoutError) as exc:
                 inst = result.instance
@@ -362,6 +476,69 @@ class Proxy:
         finally:
             await self.finish(result)
             on_end()
+
+    async def request_energy(self, ex: Exchange) -> dict[str, float] | None:
+        """``usage.voltana_energy`` of ``ex`` from its legs' engines (None when none reports it)."""
+        legs = list(ex.legs.items())
+        found = await asyncio.gather(*(self._energy_of(inst, ex.request_id) for _, inst in legs))
+        return energy_usage({phase: joules for (phase, _), joules in zip(legs, found, strict=True)})
+
+    async def _energy_of(self, inst: Instance, request_id: str) -> float | None:
+        """The joules ``inst`` recorded for ``request_id``; None when it does not say. An engine that serves
+        records but has not published this one yet (its 404 says so) is asked once more after
+        :data:`ENERGY_RECORD_LAG_S`."""
+        url = inst.url + ENERGY_PATH.format(request_id=request_id)
+        timeout = aiohttp.ClientTimeout(total=ENERGY_LOOKUP_TIMEOUT_S)
+        record: Any = None
+        try:
+            for attempt in range(2):
+                async with self.session.get(url, timeout=timeout) as answer:
+                    if answer.status == 200:
+                        record = await answer.json(content_type=None)
+                        break
+                    if answer.status != 404 or attempt or b"no finished request" not in await answer.read():
+                        return None
+                await asyncio.sleep(ENERGY_RECORD_LAG_S)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        joules = record.get("energy_j") if isinstance(record, dict) else None
+        if isinstance(joules, int | float) and not isinstance(joules, bool) and joules >= 0:
+            return float(joules)
+        return None
+
+    async def with_energy(self, ex: Exchange, content: bytes) -> bytes:
+        """A whole JSON answer with ``usage.voltana_energy`` added when an engine reported joules."""
+        try:
+            answer = json.loads(content)
+        except ValueError:
+            return content
+        if not isinstance(answer, dict) or not isinstance(answer.get("usage"), dict):
+            return content
+        energy = await self.request_energy(ex)
+        if energy is None:
+            return content
+        answer["usage"][USAGE_ENERGY_FIELD] = energy
+        return json.dumps(answer).encode()
+
+    async def _with_energy_event(self, ex: Exchange, chunk: bytes) -> bytes:
+        """``chunk`` (whole events) with the energy added to the usage event (``choices: []``), if in it."""
+        if b'"usage"' not in chunk:
+            return chunk
+        events = chunk.split(EVENT_END)
+        for index, event in enumerate(events):
+            if not event.startswith(b"data: {") or b'"usage"' not in event:
+                continue
+            try:
+                payload = json.loads(event[len(b"data: ") :])
+            except ValueError:
+                continue
+            if payload.get("choices") or not isinstance(payload.get("usage"), dict):
+                continue
+            energy = await self.request_energy(ex)
+            if energy is not None:
+                payload["usage"][USAGE_ENERGY_FIELD] = energy
+                events[index] = b"data: " + json.dumps(payload).encode()
+        return EVENT_END.join(events)
 
     async def finish(self, result: DecodeResult) -> None:
         """Close the engine stream, release the decode instance, settle a pending SGLang prefill (once).

@@ -18,9 +18,17 @@ CHARS_PER_TOKEN = 4  # routing estimate of prompt tokens without a tokenizer (En
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
+TokenSource = Literal["exact", "tokenizer", "estimate"]
+"""How prompt tokens were counted: token ids (exact), the model's tokenizer, or ``CHARS_PER_TOKEN``."""
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedRequest:
-    """A validated request: its body (as sent), model, streaming flag and the routing estimates (tokens)."""
+    """A validated request: its body (as forwarded), model, streaming flag and prompt token counts.
+
+    ``input_tokens`` is the sum over the request's prompts (routing), ``longest_prompt_tokens`` the largest
+    single prompt (the model-length check), both counted as ``tokens_source`` says.
+    """
 
     kind: Kind
     body: dict[str, Any]
@@ -28,11 +36,28 @@ class ParsedRequest:
     stream: bool
     max_tokens: int | None
     input_tokens: int
+    longest_prompt_tokens: int = 0
+    tokens_source: TokenSource = "estimate"
 
     @property
     def path(self) -> str:
         """The engine path this request goes to."""
         return "/v1/completions" if self.kind == "completions" else "/v1/chat/completions"
+
+    @property
+    def prompt_only(self) -> bool:
+        """``max_tokens: 0`` with ``echo: true``: prompt scoring (logprobs of the prompt), no generation."""
+        return self.max_tokens == 0
+
+    @property
+    def text_prompts(self) -> list[str] | None:
+        """The completions prompt(s) as text, or None (token ids, or a chat request)."""
+        prompt = self.body.get("prompt")
+        if isinstance(prompt, str):
+            return [prompt]
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            return list(prompt)
+        return None
 
 
 def _is_int(value: Any) -> bool:
@@ -58,17 +83,22 @@ def decode_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _prompt_tokens(prompt: Any) -> int:
-    """Estimated prompt tokens of a completions ``prompt``; raises RouterError on a wrong shape."""
+def _prompt_tokens(prompt: Any) -> tuple[int, int, TokenSource]:
+    """(total, longest, how counted) prompt tokens of a completions ``prompt``; RouterError on a wrong shape.
+
+    Token ids are counted exactly; text is estimated at ``CHARS_PER_TOKEN`` characters per token.
+    """
     if isinstance(prompt, str):
-        return max(1, len(prompt) // CHARS_PER_TOKEN)
+        tokens = max(1, len(prompt) // CHARS_PER_TOKEN)
+        return tokens, tokens, "estimate"
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, str) for p in prompt):
-            return max(1, sum(len(p) for p in prompt) // CHARS_PER_TOKEN)
+            each = [max(1, len(p) // CHARS_PER_TOKEN) for p in prompt]
+            return sum(each), max(each), "estimate"
         if all(_is_int(t) and t >= 0 for t in prompt):
-            return len(prompt)
+            return len(prompt), len(prompt), "exact"
         if all(isinstance(p, list) and p and all(_is_int(t) and t >= 0 for t in p) for p in prompt):
-            return sum(len(p) for p in prompt)
+            return sum(len(p) for p in prompt), max(len(p) for p in prompt), "exact"
     raise RouterError(
         400,
         "'prompt' must be a non-empty string, list of strings, list of token ids or list of token-id lists",
@@ -129,13 +159,16 @@ def _check_optional(body: dict[str, Any]) -> None:
             )
 
 
-def parse_request(
-    kind: Kind, body: dict[str, Any], models: dict[str, int | None], max_tokens_limit: int
-) -> ParsedRequest:
-    """Validate ``body``; ``models`` maps served model ids to their max length (empty: not known yet)."""
+def _model_of(body: dict[str, Any], models: dict[str, int | None]) -> str:
+    """The requested model; a missing ``model`` means the only served one (as vLLM does)."""
     model = body.get("model")
+    if model is None and len(models) == 1:
+        return next(iter(models))
     if not isinstance(model, str) or not model:
-        raise RouterError(400, "'model' is required and must be a non-empty string", param="model")
+        served = f"{len(models)} models are served" if models else "no served model is known yet"
+        raise RouterError(
+            400, f"'model' is required and must be a non-empty string ({served})", param="model"
+        )
     if models and model not in models:
         raise RouterError(
             404,
@@ -143,21 +176,54 @@ def parse_request(
             param="model",
             code="model_not_found",
         )
+    return model
+
+
+def _check_single_sample(body: dict[str, Any]) -> None:
+    """``n`` / ``best_of`` > 1 are refused: a P/D exchange pairs one prefill with one decode stream (vLLM's
+    prefill leg would sample n first tokens, SGLang's legs would share one ``bootstrap_room``)."""
+    for name in ("n", "best_of"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+            raise RouterError(
+                400,
+                f"'{name}' = {value} is not supported with disaggregated prefill/decode; send {value} "
+                f"requests with '{name}' = 1 (and different seeds) instead",
+                param=name,
+                code="unsupported_parameter",
+            )
+
+
+def parse_request(
+    kind: Kind, body: dict[str, Any], models: dict[str, int | None], max_tokens_limit: int
+) -> ParsedRequest:
+    """Validate ``body``; ``models`` maps served model ids to their max length (empty: not known yet).
+
+    Raises :class:`RouterError` (4xx). The returned body is ``body`` with ``model`` filled in when the client
+    left it out and exactly one model is served.
+    """
+    model = _model_of(body, models)
+    if body.get("model") != model:
+        body = dict(body, model=model)
     if kind == "completions":
         if "prompt" not in body:
             raise RouterError(400, "'prompt' is required", param="prompt")
-        input_tokens = _prompt_tokens(body["prompt"])
+        input_tokens, longest, source = _prompt_tokens(body["prompt"])
     else:
-        input_tokens = max(1, _message_chars(body.get("messages")) // CHARS_PER_TOKEN)
+        input_tokens = longest = max(1, _message_chars(body.get("messages")) // CHARS_PER_TOKEN)
+        source = "estimate"
     _check_optional(body)
+    _check_single_sample(body)
+    echo = kind == "completions" and body.get("echo") is True
     max_tokens = None
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if value is None:
             continue
-        if not _is_int(value) or value < 1:
+        if not _is_int(value) or value < (0 if echo else 1):
+            hint = " (0 is accepted with 'echo': true, for prompt scoring)" if kind == "completions" else ""
             raise RouterError(
-                400, f"'{name}' must be a positive integer, got {json.dumps(value)[:80]}", param=name
+                400, f"'{name}' must be a positive integer{hint}, got {json.dumps(value)[:80]}", param=name
             )
         model_len = models.get(model)
         limit = min(max_tokens_limit, model_len) if model_len else max_tokens_limit
@@ -169,4 +235,28 @@ def parse_request(
                 code="max_tokens_too_large",
             )
         max_tokens = value
-    return ParsedRequest(kind, body, model, bool(body.get("stream", False)), max_tokens, input_tokens)
+    return ParsedRequest(
+        kind, body, model, bool(body.get("stream", False)), max_tokens, input_tokens, longest, source
+    )
+
+
+def check_model_length(parsed: ParsedRequest, model_len: int | None) -> None:
+    """Refuse (400, before any engine call) a request whose longest prompt plus ``max_tokens`` exceeds the
+    model's length, when the prompt was counted (token ids or the model's tokenizer); an estimate never
+    refuses a request (the engine decides). Without ``max_tokens`` one output token is needed."""
+    if model_len is None or parsed.tokens_source == "estimate":
+        return
+    output = max(1, parsed.max_tokens or 0)
+    if parsed.longest_prompt_tokens + output <= model_len:
+        return
+    where = "messages" if parsed.kind == "chat" else "prompt"
+    counted = "token ids" if parsed.tokens_source == "exact" else "the model's tokenizer"
+    raise RouterError(
+        400,
+        f"This model's maximum context length is {model_len} tokens. However, you requested "
+        f"{parsed.longest_prompt_tokens + output} tokens ({parsed.longest_prompt_tokens} in the {where}, "
+        f"counted from {counted}; {output} in the completion). Please reduce the length of the {where} "
+        "or completion.",
+        param=where,
+        code="context_length_exceeded",
+    )

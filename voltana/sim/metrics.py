@@ -1,6 +1,6 @@
 """Summaries of a simulation: energy, latency percentiles, SLO attainment and clock residency.
 
-Definitions (also in the README):
+Definitions (also in docs/guides/simulate.md):
 - TTFT of a request: from its arrival until its prefill ends (the first token is produced by prefill).
 - ITL of a request: its mean inter-token gap, ``(finish - first token) / (output_tokens - 1)`` (often called
   TPOT); the gap before the first decoded token includes the KV transfer and decode admission wait.

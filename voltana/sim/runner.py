@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from voltana.core.config import VoltanaConfig
+from voltana.core.errors import VoltanaError
 from voltana.core.types import Phase, Slo
 from voltana.sim.cluster import ClusterSimulation, ClusterSpec, Controller, RoutingSpec
 from voltana.sim.metrics import PolicyResult, summarize
@@ -34,7 +35,7 @@ DEFAULT_ROUTES: dict[str, tuple[str, str]] = {
 FALLBACK_ROUTES = ("round-robin", "round-robin")
 
 
-class SimulationError(ValueError):
+class SimulationError(VoltanaError, ValueError):
     """A simulation the user asked for that cannot run; ``str()`` is one line."""
 
 

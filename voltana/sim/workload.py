@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from voltana.core.errors import VoltanaError
+
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 GENERIC_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
 
 
-class WorkloadError(ValueError):
+class WorkloadError(VoltanaError, ValueError):
     """A workload file or parameter the user must fix; ``str()`` is one line."""
 
 

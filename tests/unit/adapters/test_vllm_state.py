@@ -79,3 +79,40 @@ def test_state_payload_for_the_router(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     os.mkdir(empty)
     assert state_payload(empty)["sm_clock_mhz"] is None
+
+
+def test_request_energy_log_for_the_router(tmp_path: Path) -> None:
+    from voltana.adapters.vllm import state
+
+    log = state.RequestEnergyLog(tmp_path, engine_index=0)
+    # vLLM's ids embed the client's X-Request-Id: cmpl-<id>-<prompt index>-<suffix>, chatcmpl-<id>-<suffix>
+    log.add("cmpl-voltana-abc-0-1f2e3d4c", "prefill", 1.5)
+    log.add("cmpl-voltana-abc-1-99aa88bb", "prefill", 0.5)  # a second prompt of the same request
+    log.add("cmpl-voltana-abcdef-0-00000000", "prefill", 9.0)  # another request whose id extends it
+    assert state.request_energy(tmp_path, "voltana-abc") is None  # buffered, not yet published
+    log.flush()
+    assert state.request_energy(tmp_path, "voltana-abc") == {
+        "request_id": "voltana-abc",
+        "phase": "prefill",
+        "energy_j": 2.0,
+    }
+    assert state.request_energy(tmp_path, "voltana-abcdef")["energy_j"] == 9.0  # type: ignore[index]
+    assert state.request_energy(tmp_path, "unknown") is None
+    other = state.RequestEnergyLog(tmp_path, engine_index=1)  # a second data-parallel engine
+    other.add("chatcmpl-xyz-5e5e5e5e", "decode", 3.25)
+    other.flush()
+    assert state.request_energy(tmp_path, "xyz")["energy_j"] == 3.25  # type: ignore[index]
+    assert state.RequestEnergyLog(None, 0).add("a", "decode", 1.0) is None  # no directory: nothing kept
+
+
+def test_request_energy_log_rotates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from voltana.adapters.vllm import state
+
+    monkeypatch.setattr(state, "REQUEST_LINES_KEPT", 2)
+    log = state.RequestEnergyLog(tmp_path, engine_index=0)
+    for i in range(5):
+        log.add(f"r{i}", "decode", float(i))
+        log.flush()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["requests-0.jsonl", "requests-0.jsonl.1"]
+    assert state.request_energy(tmp_path, "r4")["energy_j"] == 4.0  # type: ignore[index]
+    assert state.request_energy(tmp_path, "r0") is None  # rotated out twice

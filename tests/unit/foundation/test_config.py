@@ -50,6 +50,10 @@ def test_config_path_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         ),
         ("VOLTANA_SLO__TTFT_S", "-1", "slo.ttft_s"),
         ("VOLTANA_ROUTER__PORT", "70000", "router.port"),
+        # values pydantic-settings cannot even parse (broken JSON), and a bad element of a comma list
+        ("VOLTANA_CLOCKS", "{bad", "invalid config: clocks (from env VOLTANA_CLOCKS)"),
+        ("VOLTANA_POLICY__OPTIONS", "not json", "(from env VOLTANA_POLICY__OPTIONS)"),
+        ("VOLTANA_CLOCKS__ALLOWED_MHZ", "1005,fast", "clocks.allowed_mhz.1 = 'fast'"),
     ],
 )
 def test_bad_env_value_is_one_clear_line(
@@ -87,3 +91,25 @@ def test_admin_token_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOLTANA_ROUTER__ADMIN_TOKEN", "s3cret")
     rows = {key: value for key, value, _ in effective_items(load_config())}
     assert rows["router.admin_token"] == "**********"
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        ("VOLTANA_CLOCKS__ALLOWED_MHZ", "1005,1410", ("clocks", "allowed_mhz", [1005, 1410])),
+        ("VOLTANA_CLOCKS__ALLOWED_MHZ", "[1005, 1410]", ("clocks", "allowed_mhz", [1005, 1410])),
+        ("VOLTANA_CLOCKS__ALLOWED_MHZ", "1005", ("clocks", "allowed_mhz", [1005])),
+        ("VOLTANA_ROUTER__DECODE", "http://h:1", ("router", "decode", ["http://h:1"])),
+        ("VOLTANA_ROUTER__DECODE", "http://h:1, http://h:2", ("router", "decode", ["http://h:1", "http://h:2"])),
+        ("VOLTANA_ROUTER__DECODE", '["http://h:1"]', ("router", "decode", ["http://h:1"])),
+        ("VOLTANA_ROUTER__PREFILL", "http://h:1 8998,http://h:2", ("router", "prefill", ["http://h:1 8998", "http://h:2"])),
+    ],
+)  # fmt: skip
+def test_list_settings_take_comma_separated_or_json(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, expected: tuple[str, str, list[object]]
+) -> None:
+    section, key, wanted = expected
+    monkeypatch.setenv(env, value)
+    loaded = load_config()
+    assert getattr(getattr(loaded.config, section), key) == wanted
+    assert loaded.source_of(f"{section}.{key}") == f"env {env}"

@@ -1,4 +1,4 @@
-"""Readers for the public calibration data under ../shared/data (never copied into the repository)."""
+"""Readers for the public calibration data shipped under tests/data (subsets; see tests/data/README.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-DATA_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "calibration"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "calibration"
 VIDUR_LINEAR_OPS = (
     "input_layernorm",
     "attn_pre_proj",
@@ -34,9 +34,9 @@ CALIBRATION_ROWS: list[str] = []
 
 
 def require(path: Path) -> Path:
-    """Skip (with the reason) when the shared calibration data is not on this machine."""
+    """Fail (never skip) when the calibration data the repository ships is missing."""
     if not path.exists():
-        pytest.skip(f"calibration data not found at {path}")
+        pytest.fail(f"calibration data missing at {path}: rebuild it with scripts/make_test_data.py")
     return path
 
 

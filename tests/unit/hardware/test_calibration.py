@@ -52,7 +52,7 @@ def test_linear_layers_match_vidur_at_max_clock() -> None:
             f"worst {max(errs, key=abs):+.0%}"
         )
     a100, h100 = errors["a100-80gb"], errors["h100-80gb"]
-    # A100 is the paper's GPU: at least 90% of all points within 15%; H100 profiles are noisier (see README).
+    # A100 is the paper's GPU: >= 90% of points within 15%; H100 profiles are noisier (docs: hardware).
     assert sum(abs(e) <= TOLERANCE for e in a100) / len(a100) >= 0.90
     assert statistics.median(abs(e) for e in a100) <= 0.08
     assert statistics.median(abs(e) for e in h100) <= 0.12

@@ -45,6 +45,19 @@ def test_parse_vllm_metrics_old_names_and_no_cache_info() -> None:
     assert parse_vllm_metrics(text) == LoadReport(1, 0, 0, 0)
 
 
+def test_parse_vllm_metrics_escaped_label_values() -> None:
+    # A model name holding an escaped quote (`a"k=`) made the hand-written label regex read
+    # `,block_size=` as a label value and lose the KV capacity; prometheus_client's parser reads it right.
+    text = (
+        'vllm:num_requests_running{model_name="a\\"k=",engine="0"} 2.0\n'
+        'vllm:cache_config_info{model_name="a\\"k=",block_size="16",num_gpu_blocks="10"} 1.0\n'
+        'vllm:kv_cache_usage_perc{model_name="a\\"k=",engine="0"} 0.5\n'
+    )
+    assert parse_vllm_metrics(text) == LoadReport(
+        num_running=2, num_waiting=0, kv_tokens=80, kv_capacity_tokens=160
+    )
+
+
 def test_parse_sglang_loads() -> None:
     payload = {
         "loads": [

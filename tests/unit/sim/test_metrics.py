@@ -1,4 +1,4 @@
-"""SLO attainment and latency summaries on hand-built outcomes (the definitions the README states)."""
+"""SLO attainment and latency summaries on hand-built outcomes (definitions: docs/guides/simulate.md)."""
 
 from __future__ import annotations
 

@@ -16,17 +16,9 @@ from voltana.sim.synthetic import (
 )
 from voltana.sim.workload import WorkloadError, load_workload
 
-TRACE = (
-    Path(__file__).resolve().parents[3]
-    / ".."
-    / "shared"
-    / "data"
-    / "traces"
-    / "AzureLLMInferenceTrace_conv.csv"
-)
+TRACE = Path(__file__).resolve().parents[2] / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 
 
-@pytest.mark.skipif(not TRACE.is_file(), reason="shared Azure trace not available")
 def test_shipped_quantiles_are_the_trace_quantiles() -> None:
     trace = load_workload(TRACE)
     prompts = np.percentile(trace.input_tokens, QUANTILE_LEVELS_PCT)
@@ -36,7 +28,6 @@ def test_shipped_quantiles_are_the_trace_quantiles() -> None:
     assert trace.rate_rps == pytest.approx(CONV_RATE_RPS, rel=0.01)
 
 
-@pytest.mark.skipif(not TRACE.is_file(), reason="shared Azure trace not available")
 def test_samples_match_the_trace_distribution() -> None:
     trace = load_workload(TRACE)
     synthetic = synthetic_workload(CONV_RATE_RPS, 3600.0, seed=3)

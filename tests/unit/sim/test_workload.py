@@ -9,14 +9,7 @@ import pytest
 
 from voltana.sim.workload import WorkloadError, load_workload
 
-TRACE = (
-    Path(__file__).resolve().parents[3]
-    / ".."
-    / "shared"
-    / "data"
-    / "traces"
-    / "AzureLLMInferenceTrace_conv.csv"
-)
+TRACE = Path(__file__).resolve().parents[2] / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -93,7 +86,6 @@ def test_rate_scaling_and_truncation(tmp_path: Path) -> None:
         workload.scaled(0.0)
 
 
-@pytest.mark.skipif(not TRACE.is_file(), reason="shared Azure trace not available")
 def test_real_azure_trace_loads() -> None:
     workload = load_workload(TRACE)
     assert len(workload) == 19366

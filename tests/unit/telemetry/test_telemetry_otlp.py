@@ -256,3 +256,68 @@ def test_spans_and_metrics_arrive_over_otlp_grpc() -> None:
         for m in sm.metrics
     }
     assert {names.HW_ENERGY, names.TIME_TO_FIRST_TOKEN, names.SM_CLOCK} <= metric_names
+
+
+@pytest.mark.parametrize("where", ["config", "OTEL_EXPORTER_OTLP_ENDPOINT"])
+def test_endpoint_given_with_a_signal_path_sends_each_signal_to_its_own_path(
+    receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    with_path = receiver.url + "/v1/traces"  # as many guides write it
+    if where == "config":
+        config = otlp_config(with_path)
+    else:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", with_path)
+        config = VoltanaConfig(telemetry={"exporter": "otlp", "protocol": "http"})
+    with caplog.at_level(logging.WARNING, logger="voltana.telemetry"):
+        running = telemetry.configure_telemetry(config)
+        assert running is not None
+        serve_one_request(get_plugin_manager().hook)
+        assert running.force_flush(timeout_s=10)
+        telemetry.shutdown_telemetry()
+    assert {path for path, _, _ in receiver.posts} == {"/v1/traces", "/v1/metrics"}
+    assert ExportTraceServiceRequest.FromString(receiver.bodies("/v1/traces")[0]).resource_spans
+    assert ExportMetricsServiceRequest.FromString(receiver.bodies("/v1/metrics")[0]).resource_metrics
+    said = [r.getMessage() for r in caplog.records if "ends in a signal path" in r.getMessage()]
+    assert len(said) == 1
+    assert f"{receiver.url}/v1/metrics for metrics" in said[0]
+
+
+def test_per_signal_env_endpoints_are_used_as_given(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.url + "/custom/traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", receiver.url + "/custom/metrics")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9/unused")
+    running = telemetry.configure_telemetry(VoltanaConfig(telemetry={"exporter": "otlp"}))
+    assert running is not None
+    serve_one_request(get_plugin_manager().hook)
+    assert running.force_flush(timeout_s=10)
+    telemetry.shutdown_telemetry()
+    assert {path for path, _, _ in receiver.posts} == {"/custom/traces", "/custom/metrics"}
+
+
+def test_shutdown_with_a_silent_collector_is_bounded_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    from voltana.plugins.telemetry.pipeline import SHUTDOWN_GRACE_S
+
+    timeout_s = 2.0
+    with socket.socket() as silent:  # accepts connections (kernel backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        config = otlp_config(f"http://127.0.0.1:{silent.getsockname()[1]}", export_interval_s=0.2,
+                             export_timeout_s=timeout_s)  # fmt: skip
+        with caplog.at_level(logging.WARNING):
+            for _ in range(2):  # the pipeline rebuilt during the same outage: still one warning
+                running = telemetry.configure_telemetry(config)
+                assert isinstance(running, Telemetry)
+                serving_loop(iterations=200, requests=20)
+                assert wait_until(lambda: running.health.failures >= 1)  # noqa: B023 - used at once
+                time.sleep(0.3)  # a metric export is stuck again, spans are queued
+                start = time.monotonic()
+                telemetry.shutdown_telemetry()
+                took_s = time.monotonic() - start
+                # a bound, not a speed measure: before, each stuck export added its own timeout (3x)
+                assert took_s <= timeout_s + SHUTDOWN_GRACE_S + 0.3, took_s
+    warnings = [
+        r for r in dead_endpoint_warnings(caplog) if "further failures are not logged" in r.getMessage()
+    ]
+    assert len(warnings) == 1

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from voltana.core.errors import VoltanaError
+
 SUPPORTED_VLLM = ((0, 32), (0, 34))
 """Supported ``vllm.__version__`` range: >= 0.32, < 0.34 (same bounds as the ``voltana[vllm]`` extra)."""
 
@@ -25,7 +27,7 @@ CACHED_REQUESTS_FIELDS = ("req_ids", "num_computed_tokens")
 REQUEST_ATTRIBUTES = ("num_prompt_tokens", "num_computed_tokens", "num_tokens", "arrival_time", "request_id")
 
 
-class VllmIncompatibleError(RuntimeError):
+class VllmIncompatibleError(VoltanaError, RuntimeError):
     """The installed vLLM lacks something the voltana hook reads; ``str()`` names it and the versions."""
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from voltana.adapters.runtime import InstanceRuntime
 from voltana.adapters.vllm.snapshot import build_snapshot, first_token_request_ids
-from voltana.adapters.vllm.state import StatePublisher, control_dirs, state_dir
+from voltana.adapters.vllm.state import RequestEnergyLog, StatePublisher, control_dirs, state_dir
 from voltana.core.config import ConfigError, VoltanaConfig, load_config
 from voltana.core.types import Phase
 
@@ -70,6 +70,7 @@ class VllmSchedulerHook:
         self._inflight: deque[tuple[Any, list[str]]] = deque()
         self._tracked: dict[str, Any] = {}
         self._publisher = StatePublisher(state_dir(), engine_index)
+        self._energy_log = RequestEnergyLog(state_dir() if runtime.measures_energy else None, engine_index)
         self._broken = False
         self.control: Any | None = None  # EngineControlChannel: clock pins and the iteration ring
         self.hook_time_s = 0.0
@@ -119,6 +120,7 @@ class VllmSchedulerHook:
             self._finish(scheduler.finished_req_ids)
             if self._publisher.due() or not scheduler.running:  # throttled, and always when going idle
                 self._publisher.publish(self.state(scheduler))
+                self._energy_log.flush()
         except Exception as exc:
             self._break(exc)
         self.hook_time_s += time.perf_counter() - t0
@@ -156,13 +158,15 @@ class VllmSchedulerHook:
         now_s = time.time()
         for req_id in [r for r in finished_ids if r in self._tracked]:
             request = self._tracked.pop(req_id)
-            self.runtime.request_finished(
+            record = self.runtime.request_finished(
                 req_id,
                 input_tokens=int(request.num_prompt_tokens),
                 output_tokens=int(request.num_output_tokens),
                 finish_time_s=now_s,
                 trace_headers=getattr(request, "trace_headers", None),
             )
+            if record is not None:
+                self._energy_log.add(record.request_id, record.phase.value, record.energy_j)
 
     def _break(self, exc: Exception) -> None:
         self._broken = True

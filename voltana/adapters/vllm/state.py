@@ -8,7 +8,14 @@ collector that reads those files at scrape time. The directory travels to child 
 spawns the engine).
 
 ``GET /voltana/state`` returns the same as JSON (:func:`state_payload`), the shape the router polls from
-SGLang too. Metrics (one sample per engine, label ``engine`` = data-parallel rank, as vLLM's own):
+SGLang too. ``GET /voltana/requests/{X-Request-Id}`` returns one finished request's measured energy
+(``{"request_id", "phase", "energy_j"}``, 404 when unknown): the EngineCore side buffers finished requests'
+records and appends them to ``requests-<engine>.jsonl`` when it publishes its state
+(:class:`RequestEnergyLog`); the API server finds them by the id the client sent (:func:`request_energy`),
+which vLLM embeds in its own (``cmpl-<id>-<n>...``, ``chatcmpl-<id>...``). The router's
+``report_energy`` reads it.
+
+Metrics (one sample per engine, label ``engine`` = data-parallel rank, as vLLM's own):
 ``voltana:sm_clock_mhz``, ``voltana:monitor_only``, ``voltana:num_requests_running``,
 ``voltana:num_requests_waiting``, ``voltana:kv_tokens``, ``voltana:kv_capacity_tokens``,
 ``voltana:iterations_total``, ``voltana:hook_seconds_total`` and ``voltana:instance_info`` (value 1, labels
@@ -79,6 +86,82 @@ class StatePublisher:
             tmp.replace(self._path)
         except OSError:
             pass
+
+
+REQUESTS_FILE = "requests-{engine}.jsonl"
+REQUEST_LINES_KEPT = 20_000
+"""Lines per engine file before it is rotated (one older file is kept)."""
+REQUESTS_PATH = "/voltana/requests/{request_id}"
+
+
+class RequestEnergyLog:
+    """EngineCore side: finished requests' energy, buffered in memory (one tuple per request on the engine
+    thread) and appended to this engine's ``requests-<engine>.jsonl`` by :meth:`flush` (with the state)."""
+
+    def __init__(self, directory: Path | None, engine_index: int) -> None:
+        self._path = directory / REQUESTS_FILE.format(engine=engine_index) if directory else None
+        self._pending: list[tuple[str, str, float]] = []
+        self._lines = 0
+
+    def add(self, request_id: str, phase: str, energy_j: float) -> None:
+        """Remember one finished request (measured energy only)."""
+        if self._path is not None:
+            self._pending.append((request_id, phase, energy_j))
+
+    def flush(self) -> None:
+        """Append what is buffered (never raises: records are best effort)."""
+        if self._path is None or not self._pending:
+            return
+        lines = "".join(
+            json.dumps({"request_id": r, "phase": p, "energy_j": j}) + "\n" for r, p, j in self._pending
+        )
+        self._pending.clear()
+        try:
+            if self._lines >= REQUEST_LINES_KEPT:
+                self._path.replace(self._path.with_suffix(".jsonl.1"))
+                self._lines = 0
+            with self._path.open("a", encoding="utf-8") as fh:
+                fh.write(lines)
+            self._lines += lines.count("\n")
+        except OSError:
+            return
+
+
+def _matches(engine_id: str, client_id: str) -> bool:
+    """Whether vLLM's request id ``engine_id`` belongs to the client's ``X-Request-Id``."""
+    if engine_id == client_id:
+        return True
+    for prefix in ("cmpl-", "chatcmpl-"):
+        if engine_id.startswith(prefix + client_id):
+            rest = engine_id[len(prefix) + len(client_id) :]
+            if not rest or rest.startswith("-"):
+                return True
+    return False
+
+
+def request_energy(directory: Path, client_id: str) -> dict[str, Any] | None:
+    """``{"request_id", "phase", "energy_j"}`` of the client's request on this instance (the sum over its
+    prompts when it sent several), or None when no engine recorded it."""
+    found: list[dict[str, Any]] = []
+    for path in sorted(directory.glob("requests-*.jsonl*")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        if client_id not in text:
+            continue
+        for line in text.splitlines():
+            if client_id in line:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and _matches(str(record.get("request_id")), client_id):
+                    found.append(record)
+    if not found:
+        return None
+    return {"request_id": client_id, "phase": found[-1].get("phase"),
+            "energy_j": sum(float(r.get("energy_j", 0.0)) for r in found)}  # fmt: skip
 
 
 def read_states(directory: Path) -> Iterator[dict[str, Any]]:
@@ -186,9 +269,19 @@ def install_state_route() -> bool:
         directory = state_dir()
         return JSONResponse(state_payload(directory) if directory else {})
 
+    async def voltana_request(request_id: str) -> Any:
+        from fastapi.responses import JSONResponse
+
+        directory = state_dir()
+        record = request_energy(directory, request_id) if directory else None
+        if record is None:
+            return JSONResponse({"error": f"no finished request {request_id!r}"}, status_code=404)
+        return JSONResponse(record)
+
     def attach_endpoint_plugins(app: Any, *args: Any, **kwargs: Any) -> Any:
         result = original(app, *args, **kwargs)
         app.add_api_route(STATE_PATH, voltana_state, methods=["GET"])
+        app.add_api_route(REQUESTS_PATH, voltana_request, methods=["GET"])
         _add_control_routes(app)
         return result
 

@@ -8,9 +8,10 @@ library's per-batch retry noise at DEBUG, and say once when exports succeed agai
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
@@ -30,23 +31,29 @@ OTLP_LOGGER_NAMES = (
     "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
 )
 HTTP_PATHS = {"traces": "/v1/traces", "metrics": "/v1/metrics"}
+SIGNAL_PATHS = ("/v1/traces", "/v1/metrics", "/v1/logs")
+
+
+_failing_targets: set[str] = set()
+"""Export targets in an outage, process-wide: a pipeline re-built (shutdown, configure again) during the same
+outage does not warn a second time."""
+_outage_lock = threading.Lock()
 
 
 class ExportHealth:
-    """Whether exports currently fail; logs one warning per outage and one line when it ends."""
+    """Whether exports currently fail; logs one warning per outage of its target (per process) and one line
+    when it ends."""
 
     def __init__(self, target: str) -> None:
         self.target = target
         self.failures = 0
-        self._failing = False
-        self._lock = threading.Lock()
 
     def failed(self, signal: str, detail: str = "") -> None:
         """Count a failed export; warn only on the first failure of an outage."""
-        with self._lock:
+        with _outage_lock:
             self.failures += 1
-            first = not self._failing
-            self._failing = True
+            first = self.target not in _failing_targets
+            _failing_targets.add(self.target)
         if first:
             reason = f": {detail}" if detail else ""
             logger.warning(
@@ -59,8 +66,9 @@ class ExportHealth:
 
     def succeeded(self) -> None:
         """Record a successful export; ends an outage."""
-        with self._lock:
-            was_failing, self._failing = self._failing, False
+        with _outage_lock:
+            was_failing = self.target in _failing_targets
+            _failing_targets.discard(self.target)
         if was_failing:
             logger.info("telemetry: exports to %s succeed again", self.target)
 
@@ -148,18 +156,45 @@ def quiet_otlp_library_logs() -> None:
             library_logger.addFilter(_demote_filter)
 
 
-def signal_endpoint(config: TelemetryConfig, signal: str) -> str | None:
-    """The endpoint of one signal (``traces`` or ``metrics``); None lets the OTEL_EXPORTER_OTLP_* env decide.
+def signal_endpoint(config: TelemetryConfig, signal: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The endpoint of one signal (``traces`` or ``metrics``); None lets the OTLP library read the env.
 
-    For OTLP/HTTP a base URL (``http://host:4318``) gets the signal's path appended.
+    OTLP/HTTP: a base URL (``http://host:4318``) gets the signal's path appended. A base that already ends in
+    a signal path (``http://host:4318/v1/traces``, as many guides write it) has that path stripped first, so
+    metrics do not go to ``/v1/traces/v1/metrics``; :func:`stripped_signal_path` says when. With no
+    ``telemetry.endpoint`` the OTel spec's variables apply: ``OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT``
+    used as given, else ``OTEL_EXPORTER_OTLP_ENDPOINT`` as a base (stripped the same way).
     """
-    if config.endpoint is None:
-        return None
-    base = config.endpoint.rstrip("/")
+    env = os.environ if env is None else env
+    base = config.endpoint
+    if base is None:
+        if config.protocol == "grpc" or env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"):
+            return None
+        base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        if not base:
+            return None
+    base = base.rstrip("/")
     if config.protocol == "grpc":
         return base
-    path = HTTP_PATHS[signal]
-    return base if base.endswith(path) else base + path
+    return _strip_signal_path(base)[0] + HTTP_PATHS[signal]
+
+
+def _strip_signal_path(base: str) -> tuple[str, str | None]:
+    """(``base`` without a trailing OTLP signal path, the path stripped or None)."""
+    for path in SIGNAL_PATHS:
+        if base.endswith(path):
+            return base[: -len(path)], path
+    return base, None
+
+
+def stripped_signal_path(config: TelemetryConfig, env: Mapping[str, str] | None = None) -> str | None:
+    """The base endpoint (config, else ``OTEL_EXPORTER_OTLP_ENDPOINT``) when it ended in a signal path that
+    :func:`signal_endpoint` strips for OTLP/HTTP; None otherwise."""
+    env = os.environ if env is None else env
+    base = config.endpoint or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if config.protocol == "grpc" or not base:
+        return None
+    return base if _strip_signal_path(base.rstrip("/"))[1] else None
 
 
 def describe_target(config: TelemetryConfig) -> str:
@@ -208,6 +243,16 @@ def _otlp_exporters(config: TelemetryConfig) -> tuple[SpanExporter, MetricExport
             )
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        stripped = stripped_signal_path(config)
+        if stripped is not None:
+            logger.warning(
+                "telemetry: OTLP endpoint %s ends in a signal path; using %s for traces and %s for metrics "
+                "(give the base URL, or full URLs in OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT)",
+                stripped,
+                signal_endpoint(config, "traces"),
+                signal_endpoint(config, "metrics"),
+            )
 
         return (
             OTLPSpanExporter(endpoint=signal_endpoint(config, "traces"), timeout=timeout_s),

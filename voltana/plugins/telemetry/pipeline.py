@@ -9,6 +9,7 @@ exports spans in the background.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -40,6 +41,8 @@ logger = logging.getLogger("voltana.telemetry")
 SCOPE = "voltana"
 _PROPAGATOR = TraceContextTextMapPropagator()
 UNIX_TIME_FLOOR_S = 1e9
+SHUTDOWN_GRACE_S = 1.0
+"""What :meth:`Telemetry.shutdown` may take beyond ``export_timeout_s`` (thread start, queue drain, joins)."""
 """Timestamps from here on (September 2001) are taken as Unix time; no monotonic clock's uptime gets there."""
 
 
@@ -215,15 +218,38 @@ class Telemetry:
         return bool(spans_ok and metrics_ok)
 
     def shutdown(self) -> None:
-        """Flush and stop the exporters and the ``/metrics`` endpoint; never raises."""
+        """Flush and stop the exporters and the ``/metrics`` endpoint; never raises.
+
+        Bounded by ``export_timeout_s + SHUTDOWN_GRACE_S`` in all: the span and metric providers flush in
+        parallel, each on a daemon thread; one still stuck on a collector that never answers is left behind
+        (its data is dropped, the process may exit), instead of each export attempt adding its own timeout.
+        """
+        deadline_s = time.monotonic() + self.config.export_timeout_s + SHUTDOWN_GRACE_S
         if self._endpoint is not None:
             self._endpoint.close()
-        self.requests.close()
-        for provider in (self.tracer_provider, self.meter_provider):
-            try:
-                provider.shutdown()
-            except Exception as exc:
-                logger.debug("telemetry: shutdown of %s failed: %s", type(provider).__name__, exc)
+        self.requests.close(timeout_s=min(1.0, self.config.export_timeout_s))
+        timeout_ms = self.config.export_timeout_s * 1000
+        stops = {
+            "spans": self.tracer_provider.shutdown,
+            "metrics": lambda: self.meter_provider.shutdown(timeout_millis=timeout_ms),
+        }
+        threads = [
+            threading.Thread(
+                target=_stop_quietly, args=(what, stop), name=f"voltana-otel-stop-{what}", daemon=True
+            )
+            for what, stop in stops.items()
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, deadline_s - time.monotonic()))
+        stuck = [t.name for t in threads if t.is_alive()]
+        if stuck:
+            logger.info(
+                "telemetry: shutdown stopped waiting after %.1f s (%s); unexported data is dropped",
+                self.config.export_timeout_s + SHUTDOWN_GRACE_S,
+                ", ".join(stuck),
+            )
 
     # --- internals --------------------------------------------------------------------------------------
     def _epoch_ns(self, t_s: float) -> int:
@@ -301,7 +327,7 @@ def _instance_attributes(aggregate: InstanceAggregate) -> dict[str, Any]:
 
 
 def _hw_attributes(aggregate: InstanceAggregate, base: dict[str, Any]) -> dict[str, Any]:
-    # One instance = its TP group of GPUs; per-GPU ids need device counters (see README, Telemetry).
+    # One instance = its TP group of GPUs; per-GPU ids need device counters (see docs/guides/telemetry.md).
     return {**base, names.HW_ID: aggregate.instance_id, names.HW_TYPE: names.HW_TYPE_GPU}
 
 
@@ -347,3 +373,11 @@ def _predictions(a: InstanceAggregate, base: dict[str, Any]) -> list[Observation
 def _relative_error(a: InstanceAggregate, base: dict[str, Any]) -> list[Observation]:
     error = a.predictor_relative_error
     return [] if error is None else [Observation(error, base)]
+
+
+def _stop_quietly(what: str, stop: Any) -> None:
+    """Run one provider's shutdown; an exception is logged at DEBUG, never raised."""
+    try:
+        stop()
+    except Exception as exc:
+        logger.debug("telemetry: shutdown of the %s provider failed: %s", what, exc)

@@ -1,0 +1,87 @@
+"""Shared output of the benchmarks: the rich table on the terminal and, with ``--json PATH``, the same table
+as JSON with the machine it ran on (the docs' benchmark page is generated from those files).
+
+JSON layout: ``{"benchmark": name, "machine": {...}, "tables": [{"title", "columns", "rows", "caption"}]}``;
+cells are the strings the terminal shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from voltana import __version__
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """``--json PATH``: also write the tables and the machine as JSON."""
+    parser.add_argument("--json", type=Path, default=None, help="also write the tables as JSON (docs)")
+
+
+def json_path_only(description: str | None) -> Path | None:
+    """For a benchmark without other options: parse ``--json`` alone."""
+    parser = argparse.ArgumentParser(description=description)
+    add_json_option(parser)
+    path: Path | None = parser.parse_args().json
+    return path
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers depend on: CPU, cores, load, Python, voltana version and commit, date (UTC)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "system": platform.system(),
+        "voltana": __version__,
+        "commit": commit or None,
+        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def table_json(table: Table) -> dict[str, Any]:
+    """A rich table as title, column headers, rows of cell strings and caption."""
+    columns = [str(column.header) for column in table.columns]
+    cells = [[str(cell) for cell in column.cells] for column in table.columns]
+    rows = [list(row) for row in zip(*cells, strict=True)] if cells else []
+    return {
+        "title": str(table.title or ""),
+        "columns": columns,
+        "rows": rows,
+        "caption": str(table.caption or ""),
+    }
+
+
+def emit(
+    tables: Table | Sequence[Table], *, benchmark: str, json_path: Path | None, width: int | None = None
+) -> None:
+    """Print the tables; with ``json_path``, also write them with :func:`machine` as JSON."""
+    tables = [tables] if isinstance(tables, Table) else list(tables)
+    console = Console(width=width) if width else Console()
+    for table in tables:
+        console.print(table)
+    if json_path is not None:
+        payload = {"benchmark": benchmark, "machine": machine(), "tables": [table_json(t) for t in tables]}
+        json_path.write_text(json.dumps(payload, indent=2) + "\n")
+        console.print(f"wrote {json_path}")
