@@ -139,6 +139,8 @@ class InstanceRuntime:
         if monitor_only_reason or not self._controllers:
             self._monitor_only_reason = monitor_only_reason or "no frequency controller"
         self._default_clock_mhz = _default_clock_mhz(devices, perf_model)
+        self._pinned_mhz: int | None = None  # a client's pin (profiling) overrides the policy
+        self._iteration_observers: list[Callable[[IterationRecord], None]] = []
 
     # ----------------------------------------------------------------------------------------- building
 
@@ -291,6 +293,8 @@ class InstanceRuntime:
             else:
                 self._hook.voltana_iteration_finished(record=record)
             self._account(record, first_token_request_ids)
+            for observer in self._iteration_observers:
+                observer(record)
             self._iterations += 1
             if self._trace is not None:
                 self._trace(record, self.status())
@@ -367,6 +371,33 @@ class InstanceRuntime:
             self._energy.forget(request_id)
 
     @property
+    def allowed_clocks_mhz(self) -> tuple[int, ...]:
+        """Every clock a controller of this runtime may choose (ascending MHz; empty when monitor-only)."""
+        if self.monitor_only:
+            return ()
+        return tuple(sorted({c for ctl in self._controllers.values() for c in ctl.allowed_clocks_mhz}))
+
+    @property
+    def pinned_clock_mhz(self) -> int | None:
+        """The pinned clock (MHz), or None when the policy decides."""
+        return self._pinned_mhz
+
+    def pin_clock(self, clock_mhz: int | None) -> None:
+        """Pin every iteration's clock to ``clock_mhz`` (None: back to the policy). The pin still goes
+        through the clock applier and is read back like any decision. Raises ValueError (one line) when
+        the clock is not allowed or clock control is off."""
+        if clock_mhz is not None:
+            if self.monitor_only:
+                raise ValueError(f"clock control is off ({self._monitor_only_reason})")
+            if clock_mhz not in self.allowed_clocks_mhz:
+                raise ValueError(f"{clock_mhz} MHz is not an allowed clock {list(self.allowed_clocks_mhz)}")
+        self._pinned_mhz = clock_mhz
+
+    def add_iteration_observer(self, observer: Callable[[IterationRecord], None]) -> None:
+        """Call ``observer(record)`` after every iteration (hot path: it must be cheap and not raise)."""
+        self._iteration_observers.append(observer)
+
+    @property
     def measures_energy(self) -> bool:
         """True when iterations are metered: a request's ``energy_j`` is then measured (else 0.0: unknown)."""
         return self._meter is not None
@@ -408,6 +439,8 @@ class InstanceRuntime:
     def _decide(self, snapshot: BatchSnapshot) -> ClockDecision:
         if self._monitor_only_reason:
             return self._monitor_decision()
+        if self._pinned_mhz is not None:
+            return ClockDecision(self._pinned_mhz, DecisionReason.PINNED, self._policy)
         controller = self._controllers.get(snapshot.phase)
         if controller is None:  # a pure-phase instance always uses its own controller
             controller = next(iter(self._controllers.values()))

@@ -161,6 +161,12 @@ class EngineConfig(_Section):
     role: Literal["auto", "prefill", "decode", "mixed"] = "auto"
     predictor_profile: str | None = None
     trace_path: str | None = Field(None, description="debug: append one JSON line per iteration to this file")
+    clock_token: SecretStr | None = Field(
+        None, description="bearer token of POST /voltana/clock (unset: pinning is off, 403)"
+    )
+    iteration_buffer: int = Field(
+        4096, ge=16, le=1_000_000, description="iterations kept for GET /voltana/iterations (ring buffer)"
+    )
 
 
 class _EnvSource(EnvSettingsSource):
@@ -304,6 +310,7 @@ def effective_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
     dumped = loaded.config.model_dump(mode="json")
     rows: list[tuple[str, Any, str]] = []
     for key, value in _flatten(dumped):
-        shown = "**********" if key.endswith("admin_token") and value is not None else value
+        secret = key.endswith(("admin_token", "clock_token"))
+        shown = "**********" if secret and value is not None else value
         rows.append((key, shown, loaded.source_of(key)))
     return rows

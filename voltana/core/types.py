@@ -149,6 +149,8 @@ class DecisionReason(StrEnum):
     HYSTERESIS = "hysteresis"
     NO_POLICY = "no-policy"
     MONITOR_ONLY = "monitor-only"
+    PINNED = "pinned"
+    """A client pinned the clock (``POST /voltana/clock``, e.g. ``voltana profile``); the policy waits."""
 
 
 @dataclass(frozen=True, slots=True)

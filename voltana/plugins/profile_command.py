@@ -1,66 +1,329 @@
-"""``voltana profile``: write a predictor profile (JSON) of a simulated GPU and model to seed EcoPred."""
+"""``voltana profile``: write an EcoPred predictor profile (JSON).
+
+Three sources: live engines (``--engine URL``: pins every clock of the grid through the engine's
+``POST /voltana/clock`` and fits the iterations it reports), live engines under normal traffic
+(``--engine URL --passive``), or the simulated GPU (``--simulated GPU MODEL``, the default when no engine is
+named). The engine profiler lives in :mod:`voltana.profiler` and is imported when the command runs, so this
+plugin module keeps to its layer.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
 
 from voltana.core.hookspecs import hookimpl
-from voltana.core.profile import save_profile
+from voltana.core.profile import Profile, save_profile
+
+DEFAULT_OUTPUT = Path("voltana-profile.json")
+T = TypeVar("T")
 
 
 def profile_command(
-    gpu: Annotated[str, typer.Option("--gpu", help="Simulated GPU type (e.g. a100-80gb).")] = "a100-80gb",
-    model: Annotated[str, typer.Option("--model", help="Model shape (e.g. llama-3.1-8b).")] = "llama-3.1-8b",
-    tp: Annotated[
-        int | None, typer.Option("--tp", help="Tensor-parallel degree (model default if unset).")
+    ctx: typer.Context,
+    engine: Annotated[
+        list[str] | None,
+        typer.Option("--engine", help="Engine URL with voltana enabled (repeat for several instances)."),
     ] = None,
+    phase: Annotated[
+        str, typer.Option("--phase", help="prefill, decode, or auto (each engine's role; mixed: both).")
+    ] = "auto",
+    simulated: Annotated[
+        tuple[str, str] | None,
+        typer.Option("--simulated", metavar="GPU MODEL", help="Profile the simulated GPU and model instead."),
+    ] = None,
+    gpu: Annotated[
+        str, typer.Option("--gpu", help="Simulated GPU type (same as --simulated's GPU).")
+    ] = "a100-80gb",
+    model: Annotated[str, typer.Option("--model", help="Simulated model shape.")] = "llama-3.1-8b",
+    tp: Annotated[int | None, typer.Option("--tp", help="Simulated tensor-parallel degree.")] = None,
     clocks: Annotated[
-        str | None, typer.Option("--clocks", help="Comma-separated clocks to fit, MHz (default: 12 levels).")
+        str | None,
+        typer.Option("--clocks", help="Comma-separated clocks, MHz (default: the engines' allowed clocks)."),
     ] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Profile file to write.")] = Path(
-        "voltana-profile.json"
-    ),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Profile file to write.")] = DEFAULT_OUTPUT,
+    budget_minutes: Annotated[
+        float | None,
+        typer.Option("--budget-minutes", min=0.1, help="Bound the run; a coarser grid if short."),
+    ] = None,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Ignore a checkpoint of an earlier run.")
+    ] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Also write latency/energy vs clock (PNG).")
+    ] = None,
+    load_url: Annotated[
+        str | None,
+        typer.Option("--load-url", help="Send the load here (e.g. the router) instead of the engine."),
+    ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option("--max-batch", min=1, help="Largest decode batch sent.")
+    ] = None,
+    max_prompt_tokens: Annotated[
+        int | None, typer.Option("--max-prompt-tokens", min=4, help="Longest prompt sent (tokens).")
+    ] = None,
+    lease_s: Annotated[
+        float, typer.Option("--lease-s", min=1.0, max=300.0, help="Clock lease; renewed while profiling.")
+    ] = 10.0,
+    passive: Annotated[
+        bool,
+        typer.Option("--passive", help="Fit from normal traffic, with short probes of unvisited clocks."),
+    ] = False,
+    duration_minutes: Annotated[
+        float, typer.Option("--duration-minutes", min=0.05, help="--passive: how long to observe.")
+    ] = 10.0,
+    explore_seconds: Annotated[
+        float, typer.Option("--explore-seconds", min=0.0, help="--passive: total time of pinned probes.")
+    ] = 60.0,
 ) -> None:
-    """Profile a simulated GPU and model on a grid of batches and clocks; write the fits as a JSON profile."""
+    """Fit EcoPred's latency and energy models per clock on live engines (or the simulated GPU); write the
+    profile that ``engine.predictor_profile`` loads."""
+    from voltana.cli import cli_state
+
+    err = Console(stderr=True)
+    if engine:
+        if simulated:
+            _fail(err, "--engine and --simulated exclude each other")
+        token_secret = cli_state(ctx).loaded().config.engine.clock_token
+        token = token_secret.get_secret_value() if token_secret else None
+        if passive:
+            _profile_passive(err, engine, phase, output, token, duration_minutes, explore_seconds, plot, ctx)
+        else:
+            _profile_engines(
+                err, engine, phase, clocks, output, token, budget_minutes, restart, plot, load_url,
+                max_batch, max_prompt_tokens, lease_s,
+            )  # fmt: skip
+        return
+    if passive:
+        _fail(err, "--passive needs --engine URL")
+    if simulated:
+        gpu, model = simulated
+    _profile_simulated(err, gpu, model, tp, clocks, output, plot)
+
+
+def _fail(err: Console, message: str) -> NoReturn:
+    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    raise typer.Exit(2)
+
+
+class _RichProgress:
+    """The profiler's progress callbacks on a rich progress bar with ETA (stderr)."""
+
+    def __init__(self, progress: Progress, console: Console) -> None:
+        self._progress = progress
+        self._console = console
+        self._task: Any = None
+
+    def start(self, total: int, description: str) -> None:
+        self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, count: int = 1) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, count)
+
+    def note(self, text: str) -> None:
+        self._console.print(text, highlight=False, soft_wrap=True)
+
+
+def _progress_bar(err: Console) -> Progress:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=err, transient=True)
+
+
+def _with_progress(err: Console, work: Callable[[_RichProgress], T], interrupted: str) -> T:
+    """``work(progress)`` under a progress bar; Ctrl-C exits 130 with ``interrupted``, a user-fixable
+    problem (engine refused, unreachable, nothing to fit) is one line and exit 2."""
+    from voltana.profiler.client import ProfilerError
+    from voltana.profiler.fit import FitError
+
+    try:
+        with _progress_bar(err) as bar:
+            return work(_RichProgress(bar, err))
+    except KeyboardInterrupt:
+        err.print(interrupted, highlight=False)
+        raise typer.Exit(130) from None
+    except (ProfilerError, FitError, OSError) as exc:
+        _fail(err, str(exc))
+
+
+def _profile_engines(
+    err: Console,
+    engines: list[str],
+    phase: str,
+    clocks: str | None,
+    output: Path,
+    token: str | None,
+    budget_minutes: float | None,
+    restart: bool,
+    plot: Path | None,
+    load_url: str | None,
+    max_batch: int | None,
+    max_prompt_tokens: int | None,
+    lease_s: float,
+) -> None:
+    from voltana.profiler.run import ProfileRequest, run_profile
+
+    if phase not in ("prefill", "decode", "auto"):
+        _fail(err, f"--phase must be prefill, decode or auto, got {phase!r}")
+    try:
+        wanted = _parse_int_list(clocks) if clocks else ()
+    except ValueError as exc:
+        _fail(err, str(exc))
+    request = ProfileRequest(
+        engines=tuple(engines),
+        output=output,
+        phase=phase,
+        clocks_mhz=wanted,
+        token=token,
+        load_url=load_url,
+        budget_minutes=budget_minutes,
+        max_batch=max_batch,
+        max_prompt_tokens=max_prompt_tokens,
+        lease_s=lease_s,
+        restart=restart,
+    )
+    outcome = _with_progress(
+        err,
+        lambda progress: run_profile(request, progress),
+        "interrupted: clocks unpinned; run the same command again to resume",
+    )
+    console = Console()
+    _quality_table(console, outcome.quality)
+    if outcome.mismatched:
+        console.print(
+            f"{outcome.mismatched} pinned iteration(s) ran at another clock (read back) and were skipped"
+        )
+    _written(console, outcome.path, plot)
+
+
+def _quality_table(console: Console, quality: Any) -> None:
+    table = Table(title="held-out fit error (MAPE) per clock")
+    for column in ("phase", "clock (MHz)", "samples", "latency MAPE", "energy MAPE"):
+        table.add_column(column)
+    for phase, rows in quality.items():
+        for q in rows:
+            lat = "-" if q.latency_mape is None else f"{100 * q.latency_mape:.2f}%"
+            energy = "-" if q.energy_mape is None else f"{100 * q.energy_mape:.2f}%"
+            table.add_row(phase.value, str(q.clock_mhz), str(q.samples), lat, energy)
+    console.print(table)
+
+
+def _written(console: Console, path: Path | None, plot: Path | None) -> None:
+    if path is None:
+        return
+    from voltana.core.profile import load_profile
+
+    console.print(f"wrote {path}", highlight=False)
+    if plot is not None:
+        from voltana.profiler.plot import plot_profile
+
+        console.print(f"wrote {plot_profile(load_profile(path), plot)}", highlight=False)
+    console.print(
+        f'next step: set engine.predictor_profile = "{path.resolve()}" in the engines\' voltana config '
+        f"(or VOLTANA_ENGINE__PREDICTOR_PROFILE={path.resolve()}) and restart them",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _profile_passive(
+    err: Console,
+    engines: list[str],
+    phase: str,
+    output: Path,
+    token: str | None,
+    duration_minutes: float,
+    explore_seconds: float,
+    plot: Path | None,
+    ctx: typer.Context,
+) -> None:
+    from voltana.cli import cli_state
+    from voltana.profiler.passive import PassiveRequest, run_passive
+
+    config = cli_state(ctx).loaded().config
+    request = PassiveRequest(
+        engines=tuple(engines),
+        output=output,
+        phase=phase,
+        token=token,
+        duration_s=duration_minutes * 60.0,
+        explore_s=explore_seconds,
+        ttft_s=config.slo.ttft_s,
+        itl_s=config.slo.itl_s,
+    )
+    outcome = _with_progress(
+        err, lambda progress: run_passive(request, progress), "interrupted: clocks unpinned; nothing written"
+    )
+    console = Console()
+    _quality_table(console, outcome.quality)
+    console.print(
+        f"clocks visited by the policy: {outcome.visited}; probed: {outcome.probed}", highlight=False
+    )
+    _written(console, outcome.path, plot)
+
+
+def _profile_simulated(
+    err: Console, gpu: str, model: str, tp: int | None, clocks: str | None, output: Path, plot: Path | None
+) -> None:
     from voltana.hardware.errors import UnknownProfileError
     from voltana.hardware.simulated import performance_model
     from voltana.plugins.ecofreq_seed import default_profile_clocks, grid_size, profile_from_model
 
-    err = Console(stderr=True)
     try:
         perf = performance_model(gpu, model, tp)
         chosen = _parse_clocks(clocks, perf.supported_clocks_mhz) if clocks else default_profile_clocks(perf)
     except (UnknownProfileError, ValueError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        _fail(err, str(exc))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task(f"profiling {perf.name} at {len(chosen)} clocks", total=grid_size(perf))
-        profile = profile_from_model(perf, chosen, on_point=lambda: progress.advance(task))
+        profile: Profile = profile_from_model(perf, chosen, on_point=lambda: progress.advance(task))
     try:
         path = save_profile(profile, output)
     except OSError as exc:
-        err.print(f"[red]error:[/] cannot write {output}: {exc.strerror}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        _fail(err, f"cannot write {output}: {exc.strerror}")
     Console().print(f"wrote {path} ({perf.name}, clocks {chosen[0]}..{chosen[-1]} MHz, {len(chosen)} levels)")
+    if plot is not None:
+        from voltana.profiler.plot import plot_profile
+
+        Console().print(f"wrote {plot_profile(profile, plot)}", highlight=False)
+
+
+def _parse_int_list(raw: str) -> tuple[int, ...]:
+    try:
+        return tuple(sorted({int(part) for part in raw.split(",") if part.strip()}))
+    except ValueError:
+        raise ValueError(f"--clocks must be comma-separated integers (MHz), got {raw!r}") from None
 
 
 def _parse_clocks(raw: str, supported: tuple[int, ...]) -> tuple[int, ...]:
-    try:
-        values = sorted({int(part) for part in raw.split(",") if part.strip()})
-    except ValueError:
-        raise ValueError(f"--clocks must be comma-separated integers (MHz), got {raw!r}") from None
+    values = _parse_int_list(raw)
     bad = [c for c in values if c not in supported]
     if not values or bad:
         raise ValueError(
             f"--clocks {bad or raw!r} not supported; supported: {supported[0]}..{supported[-1]} MHz"
         )
-    return tuple(values)
+    return values
 
 
 @hookimpl

@@ -136,6 +136,7 @@ def router(
 
 
 def emulate(
+    ctx: typer.Context,
     backend: Annotated[str, typer.Option(help="Protocol to speak: vllm or sglang.")] = "vllm",
     prefill: Annotated[int, typer.Option("--prefill", min=0, help="Prefill instances.")] = 1,
     decode: Annotated[int, typer.Option("--decode", min=1, help="Decode instances.")] = 2,
@@ -149,9 +150,16 @@ def emulate(
     ] = 1.0,
     connector: Annotated[str, typer.Option(help="vLLM KV connector: nixl or shared-storage.")] = "nixl",
 ) -> None:
-    """Start emulated vLLM/SGLang prefill and decode instances (one process) for demos and load tests."""
+    """Start emulated vLLM/SGLang prefill and decode instances (one process) for demos and load tests.
+
+    ``engine.clock_token`` (config) turns on ``POST /voltana/clock`` (for ``voltana profile --engine``);
+    ``clocks`` sets the clocks it may pin."""
+    from voltana.cli import cli_state
     from voltana.hardware.errors import UnknownProfileError
     from voltana.router.emulator import EmulatorCluster
+
+    config = cli_state(ctx).loaded().config
+    token = config.engine.clock_token.get_secret_value() if config.engine.clock_token else None
 
     if backend not in {"vllm", "sglang"}:
         raise ConfigError(f"--backend must be vllm or sglang, got {backend!r}")
@@ -168,9 +176,13 @@ def emulate(
             time_scale=time_scale,
             connector=connector,  # type: ignore[arg-type]
             host=host,
+            clock_token=token,
+            clocks=config.clocks,
         )
     except UnknownProfileError as exc:
         raise ConfigError(str(exc)) from None
+    except ValueError as exc:  # clocks not supported by the simulated GPU
+        raise ConfigError(f"invalid config: {exc}") from None
     ports = [base_port + i for i in range(prefill + decode)] if base_port else None
 
     async def serve() -> None:

@@ -40,8 +40,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from voltana.core.attribution import energy_shares
+from voltana.core.config import ClockConfig
 from voltana.core.types import Phase, ScheduledRequest
 from voltana.hardware.simulated import PerformanceModel, performance_model
+from voltana.plugins.ecofreq_seed import resolve_allowed_clocks
+from voltana.profiler.engine_api import MemoryControl, add_control_routes, iteration_json
 from voltana.router.disconnect import ClientGone, until_disconnect
 from voltana.router.serving import EmbeddedServer, bind_socket, start_server, stop_server
 
@@ -84,6 +87,15 @@ def token_text(key: str, index: int) -> str:
 def expected_text(key: str, num_tokens: int) -> str:
     """The whole output an emulated engine gives for ``key`` after ``num_tokens`` tokens."""
     return "".join(token_text(key, i) for i in range(num_tokens))
+
+
+def _is_prompt_batch(prompt: Any) -> bool:
+    """True for a completions ``prompt`` that is several prompts (texts or token-id lists)."""
+    if not isinstance(prompt, list) or len(prompt) < 2:
+        return False
+    return all(isinstance(p, str) for p in prompt) or all(
+        isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompt
+    )
 
 
 @dataclass
@@ -134,9 +146,17 @@ class Faults:
 class EmulatedEngine:
     """Continuous batching over simulated iteration times."""
 
-    def __init__(self, model: PerformanceModel, clock_mhz: int, time_scale: float, faults: Faults) -> None:
+    def __init__(
+        self,
+        model: PerformanceModel,
+        clock_mhz: int,
+        time_scale: float,
+        faults: Faults,
+        control: MemoryControl | None = None,
+    ) -> None:
         self.model = model
         self.clock_mhz = clock_mhz
+        self.control = control
         self.time_scale = time_scale
         self.faults = faults
         self.waiting: deque[EmuRequest] = deque()
@@ -203,6 +223,31 @@ class EmulatedEngine:
         await asyncio.sleep(self._debt_s)
         self._debt_s = max(-MIN_SLEEP_S, self._debt_s - (time.monotonic() - start))
 
+    def _cost(self, phase: Phase, batch_size: int, new_tokens: int, context_tokens: int) -> Any:
+        """The simulated GPU's cost of one iteration at the current clock (the pinned one, if pinned),
+        recorded for ``GET /voltana/iterations``."""
+        pinned = False
+        if self.control is not None:
+            self.clock_mhz, pinned = self.control.clock_mhz()
+        cost = self.model.cost(phase, batch_size, new_tokens, context_tokens, self.clock_mhz)
+        if self.control is not None:
+            self.control.ring.append(
+                iteration_json(
+                    seq=0,
+                    t_s=time.time(),
+                    phase=phase.value,
+                    batch_size=batch_size,
+                    new_tokens=new_tokens,
+                    context_tokens=context_tokens,
+                    clock_mhz=self.clock_mhz,
+                    decided_mhz=self.clock_mhz,
+                    reason="pinned" if pinned else "static",
+                    latency_s=cost.latency_s,
+                    energy_j=cost.energy_j,
+                )
+            )
+        return cost
+
     @staticmethod
     def _attribute(batch: list[EmuRequest], energy_j: float, prefill: bool) -> None:
         """Add each request's share of one iteration's simulated energy (voltana's attribution rule)."""
@@ -229,7 +274,7 @@ class EmulatedEngine:
                     req = self.waiting.popleft()
                     batch.append(req)
                     tokens += req.prompt_tokens
-                cost = self.model.cost(Phase.PREFILL, len(batch), tokens, 0, self.clock_mhz)
+                cost = self._cost(Phase.PREFILL, len(batch), tokens, 0)
                 self._attribute(batch, cost.energy_j, prefill=True)
                 await self._run_for(cost.latency_s)
                 for req in batch:
@@ -240,7 +285,7 @@ class EmulatedEngine:
                 continue
             batch = list(self.running)
             context = sum(r.prompt_tokens + r.generated for r in batch)
-            cost = self.model.cost(Phase.DECODE, len(batch), len(batch), context, self.clock_mhz)
+            cost = self._cost(Phase.DECODE, len(batch), len(batch), context)
             self._attribute(batch, cost.energy_j, prefill=False)
             await self._run_for(cost.latency_s)
             for req in batch:
@@ -266,6 +311,12 @@ class InstanceStats:
     """Joules of each finished request by its X-Request-Id (the newest ``ENERGY_RECORDS_KEPT``)."""
 
 
+def _default_allowed_clocks(model: PerformanceModel) -> tuple[int, ...]:
+    """The clocks an instance lets a client pin when none are given: what an engine would allow by
+    default (``clocks`` config unset)."""
+    return resolve_allowed_clocks(ClockConfig(), model.supported_clocks_mhz)
+
+
 class EmulatedInstance:
     """One emulated vLLM or SGLang server (prefill, decode or mixed role)."""
 
@@ -286,6 +337,8 @@ class EmulatedInstance:
         max_model_len: int = 8192,
         bootstrap_timeout_s: float = 10.0,
         clock_mhz: int | None = None,
+        clock_token: str | None = None,
+        allowed_clocks_mhz: tuple[int, ...] = (),
     ) -> None:
         self.protocol = protocol
         self.role = role
@@ -303,6 +356,10 @@ class EmulatedInstance:
         self.stats = InstanceStats()
         self.time_scale = time_scale
         self.clock_mhz = clock_mhz or model.max_clock_mhz
+        self.clock_token = clock_token
+        self.control = MemoryControl(
+            allowed_clocks_mhz or _default_allowed_clocks(model), self.clock_mhz
+        )  # POST /voltana/clock, GET /voltana/iterations
         self.engine: EmulatedEngine | None = None
         self._server: EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -328,7 +385,7 @@ class EmulatedInstance:
 
     async def start(self, port: int = 0) -> None:
         """Serve on ``port`` (0: a free one; the same port again after :meth:`kill` to revive)."""
-        self.engine = EmulatedEngine(self.model, self.clock_mhz, self.time_scale, self.faults)
+        self.engine = EmulatedEngine(self.model, self.clock_mhz, self.time_scale, self.faults, self.control)
         self.engine.start()
         sock = bind_socket(self.host, port or self.port)
         self.port = sock.getsockname()[1]
@@ -366,7 +423,9 @@ class EmulatedInstance:
             Route("/emulator/stats", self._stats),
             Route("/emulator/fault", self._set_fault, methods=["POST"]),
         ]
-        return Starlette(routes=routes)
+        app = Starlette(routes=routes)
+        add_control_routes(app, self.control, self.clock_token)
+        return app
 
     async def _stall(self) -> None:
         if self.faults.poll_delay_s > 0:
@@ -441,7 +500,8 @@ class EmulatedInstance:
         state = {
             "instance_id": self.engine_id,
             "phase": self.role,
-            "sm_clock_mhz": self.clock_mhz,
+            "role": self.role,
+            "sm_clock_mhz": self.control.clock_mhz()[0],
             "capture_sizes": list(self.model.capture_sizes),
             "kv_capacity_tokens": self.model.kv_capacity_tokens,
         }
@@ -486,6 +546,11 @@ class EmulatedInstance:
         if traceparent := request.headers.get("traceparent"):
             self.stats.traceparents.append(traceparent)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        prompts = body.get("prompt")
+        if not chat and isinstance(prompts, list) and _is_prompt_batch(prompts):
+            if body.get("stream"):
+                return self._error(400, "a batch of prompts cannot be streamed here")
+            return await self._generate_batch(request, body, request_id, prompts)
         key = prompt_key(body)
         if self.faults.poison_prompt is not None and body.get("prompt") == self.faults.poison_prompt:
             self.faults.error_status = 500  # the engine is dead from now on
@@ -537,6 +602,52 @@ class EmulatedInstance:
         answer = self._response(req, body, chat, text)
         if self.protocol == "vllm":
             answer["kv_transfer_params"] = params
+        return JSONResponse(answer)
+
+    async def _generate_batch(
+        self, request: Request, body: dict[str, Any], request_id: str, prompts: list[Any]
+    ) -> Response:
+        """Completions with a list of prompts (as vLLM and SGLang accept): the requests reach the engine
+        together, so they are scheduled as one batch; one choice per prompt, in order."""
+        max_tokens = body.get("max_tokens") or DEFAULT_MAX_TOKENS
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            return self._error(400, "max_tokens must be a positive integer")
+        if self.role == "prefill":
+            max_tokens = 1
+        reqs = []
+        for i, prompt in enumerate(prompts):
+            sub = {**body, "prompt": prompt}
+            tokens = count_prompt_tokens(sub)
+            if tokens + max_tokens > self.max_model_len:
+                return self._error(
+                    400, f"prompt {i} ({tokens}) + max_tokens ({max_tokens}) > {self.max_model_len}"
+                )
+            needs_prefill, problem = await self._arrange_kv(sub, prompt_key(sub))
+            if problem is not None:
+                return self._error(400, problem)
+            self.stats.local_prefills += int(needs_prefill)
+            reqs.append(EmuRequest(f"{request_id}-{i}", prompt_key(sub), tokens, max_tokens, needs_prefill))
+        assert self.engine is not None
+        engine = self.engine
+        for req in reqs:
+            engine.submit(req)
+        try:
+            texts = await until_disconnect(request, asyncio.gather(*(self._collect(r) for r in reqs)))
+        except ClientGone:
+            for req in reqs:
+                engine.abort(req)
+            self.stats.aborted += len(reqs)
+            return Response(status_code=499)
+        if any(req.aborted for req in reqs):
+            return self._error(500, "engine stopped")
+        answers = []
+        for i, (req, text) in enumerate(zip(reqs, texts, strict=True)):
+            self._finished(req, {**body, "prompt": prompts[i]})
+            answers.append(self._response(req, body, False, text))
+        answer = answers[0]
+        answer["choices"] = [{**a["choices"][0], "index": i} for i, a in enumerate(answers)]
+        usage = {k: sum(a["usage"][k] for a in answers) for k in answer["usage"]}
+        answer["usage"] = usage
         return JSONResponse(answer)
 
     async def _arrange_kv(self, body: dict[str, Any], key: str) -> tuple[bool, str | None]:
@@ -701,8 +812,11 @@ class EmulatorCluster:
         host: str = "127.0.0.1",
         first_bootstrap_port: int = 8998,
         bootstrap_timeout_s: float = 10.0,
+        clock_token: str | None = None,
+        clocks: ClockConfig | None = None,
     ) -> None:
         perf = performance_model(gpu, model)
+        allowed = resolve_allowed_clocks(clocks or ClockConfig(), perf.supported_clocks_mhz)
         self.bus = KvBus()
         self.model_name = model_name
 
@@ -718,6 +832,8 @@ class EmulatorCluster:
                 host=host,
                 bootstrap_port=bootstrap_port,
                 bootstrap_timeout_s=bootstrap_timeout_s,
+                clock_token=clock_token,
+                allowed_clocks_mhz=allowed,
             )
 
         self.prefill = [

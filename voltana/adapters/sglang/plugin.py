@@ -26,7 +26,14 @@ from voltana.adapters.sglang.binding import (
     runtime_phase,
     set_binding_factory,
 )
-from voltana.adapters.sglang.state import StatePublisher, add_state_route, binding_state, state_path
+from voltana.adapters.sglang.state import (
+    StatePublisher,
+    add_control_routes_for_port,
+    add_state_route,
+    binding_state,
+    control_dirs,
+    state_path,
+)
 from voltana.core.config import ConfigError, VoltanaConfig, load_config
 
 log = logging.getLogger("voltana.sglang")
@@ -119,18 +126,28 @@ def make_binding(config: VoltanaConfig, scheduler: Any) -> SchedulerBinding | No
     )
     publisher = StatePublisher(state_path(placement.port, placement.dp_rank), partial(binding_state, binding))
     publisher.start()
+    from voltana.adapters.engine_control import EngineControlChannel
+
+    control = EngineControlChannel(
+        runtime, *control_dirs(placement.port, placement.dp_rank), config.engine.iteration_buffer
+    ).start()
     atexit.register(publisher.close)
     atexit.register(runtime.close)
+    atexit.register(control.close)  # runs first: unpin before the runtime restores clocks
     return binding
 
 
 def _before_http_launch(*args: Any, **kwargs: Any) -> None:
-    """BEFORE hook on SGLang's ``launch_server``: add ``/voltana/state`` to its FastAPI app."""
+    """BEFORE hook on SGLang's ``launch_server``: add ``/voltana/state`` and the profiling routes
+    (``/voltana/clock``, ``/voltana/iterations``) to its FastAPI app."""
     try:
         from sglang.srt.entrypoints.http_server import app
 
         server_args = args[0] if args else kwargs["server_args"]
         add_state_route(app, int(server_args.port))
+        from voltana.adapters.engine_control import configured_clock_token
+
+        add_control_routes_for_port(app, int(server_args.port), configured_clock_token())
     except Exception as exc:
         log.error(
             "voltana: cannot serve /voltana/state (%s: %s); the router sees no clock", type(exc).__name__, exc

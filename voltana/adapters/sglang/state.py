@@ -35,6 +35,23 @@ def state_path(port: int, dp_rank: int | None = None, directory: Path | None = N
     return (directory or state_dir()) / f"voltana-sglang-{port}-dp{dp_rank or 0}.json"
 
 
+def control_dirs(port: int, dp_rank: int | None = None, directory: Path | None = None) -> tuple[Path, Path]:
+    """(pin directory of the instance on ``port``, one DP replica's control directory) for
+    :mod:`voltana.adapters.engine_control`."""
+    pin_dir = (directory or state_dir()) / f"voltana-sglang-{port}-control"
+    return pin_dir, pin_dir / f"dp{dp_rank or 0}"
+
+
+def add_control_routes_for_port(
+    app: Any, port: int, token: str | None, directory: Path | None = None
+) -> None:
+    """``POST/GET /voltana/clock`` and ``GET /voltana/iterations`` (DP replica 0's records) on ``app``."""
+    from voltana.adapters.engine_control import FileControlBackend
+    from voltana.profiler.engine_api import add_control_routes
+
+    add_control_routes(app, FileControlBackend(*control_dirs(port, 0, directory)), token)
+
+
 def binding_state(binding: Any) -> dict[str, Any]:
     """The JSON-ready state of one scheduler binding (runtime status, capture sizes, queue depths)."""
     status = binding.runtime.status()

@@ -19,7 +19,7 @@ from typing import Any
 
 from voltana.adapters.runtime import InstanceRuntime
 from voltana.adapters.vllm.snapshot import build_snapshot, first_token_request_ids
-from voltana.adapters.vllm.state import RequestEnergyLog, StatePublisher, state_dir
+from voltana.adapters.vllm.state import RequestEnergyLog, StatePublisher, control_dirs, state_dir
 from voltana.core.config import ConfigError, VoltanaConfig, load_config
 from voltana.core.types import Phase
 
@@ -72,6 +72,7 @@ class VllmSchedulerHook:
         self._publisher = StatePublisher(state_dir(), engine_index)
         self._energy_log = RequestEnergyLog(state_dir() if runtime.measures_energy else None, engine_index)
         self._broken = False
+        self.control: Any | None = None  # EngineControlChannel: clock pins and the iteration ring
         self.hook_time_s = 0.0
         """Total time spent in this hook, snapshot building included (s)."""
 
@@ -150,6 +151,8 @@ class VllmSchedulerHook:
         }
 
     def shutdown(self) -> None:
+        if self.control is not None:
+            self.control.close()
         self.runtime.close()
 
     def _finish(self, finished_ids: Any) -> None:
@@ -214,7 +217,13 @@ def create_hook(scheduler: Any) -> VllmSchedulerHook | None:
             if role is None and config.engine.role == "auto" and scheduler.vllm_config.kv_transfer_config:
                 log.info("voltana: kv_role does not say prefill or decode; set VOLTANA_ENGINE__ROLE for P/D")
             runtime = InstanceRuntime.start(config, role, instance_id, model_name=model_name)
-        return VllmSchedulerHook(runtime, role, engine_index, capture_sizes, kv_capacity)
+        hook = VllmSchedulerHook(runtime, role, engine_index, capture_sizes, kv_capacity)
+        dirs = control_dirs(engine_index)
+        if config is not None and dirs is not None:
+            from voltana.adapters.engine_control import EngineControlChannel
+
+            hook.control = EngineControlChannel(runtime, *dirs, config.engine.iteration_buffer).start()
+        return hook
     except Exception as exc:
         log.error(
             "voltana: could not attach to the vLLM scheduler (%s: %s); vLLM serves without voltana",

@@ -232,8 +232,29 @@ def state_payload(directory: Path) -> dict[str, Any]:
     return top
 
 
+def control_dirs(engine_index: int = 0) -> tuple[Path, Path] | None:
+    """(pin directory shared by every engine, this engine's control directory) for
+    :mod:`voltana.adapters.engine_control`; None when no state directory was set up."""
+    directory = state_dir()
+    if directory is None:
+        return None
+    return directory / "control", directory / "control" / f"engine-{engine_index}"
+
+
+def _add_control_routes(app: Any) -> None:
+    """``POST/GET /voltana/clock`` and ``GET /voltana/iterations`` (engine 0's records; a pin holds for
+    every data-parallel engine). The token comes from ``engine.clock_token``."""
+    from voltana.adapters.engine_control import FileControlBackend, configured_clock_token
+    from voltana.profiler.engine_api import add_control_routes
+
+    dirs = control_dirs(0)
+    if dirs is not None:
+        add_control_routes(app, FileControlBackend(*dirs), configured_clock_token())
+
+
 def install_state_route() -> bool:
-    """Serve :data:`STATE_PATH` from vLLM's API server (added right after vLLM's endpoint plugins attach).
+    """Serve :data:`STATE_PATH` (and the profiling routes) from vLLM's API server, added right after
+    vLLM's endpoint plugins attach.
 
     Returns False when this vLLM builds its app differently (the state stays available in ``/metrics``).
     """
@@ -266,6 +287,7 @@ def install_state_route() -> bool:
         result = original(app, *args, **kwargs)
         app.add_api_route(STATE_PATH, voltana_state, methods=["GET"])
         app.add_api_route(REQUESTS_PATH, voltana_request, methods=["GET"])
+        _add_control_routes(app)
         return result
 
     attach_endpoint_plugins._voltana_state_route = True  # type: ignore[attr-defined]
