@@ -191,6 +191,13 @@ def run_policy(
         route_predictors=predictors,
         route_power_models=power_models,
     )
+    if not simulation.requests:
+        limits = simulation.limits
+        raise SimulationError(
+            f"the engine refuses all {len(workload)} requests: {len(simulation.rejected_over_context)} "
+            f"longer than max_model_len {limits.max_model_len}, {len(simulation.rejected_over_kv)} larger "
+            f"than a decode instance's KV cache ({limits.kv_capacity_tokens} tokens)"
+        )
     # The routers see each instance's own learning models, as the HTTP router would through its state.
     for instance_id, controller in controllers.items():
         predictor = getattr(controller, "predictor", None)
