@@ -47,9 +47,14 @@ def simulate(
     ttft: Annotated[float | None, typer.Option(help="TTFT SLO in seconds (config slo.ttft_s).")] = None,
     itl: Annotated[float | None, typer.Option(help="ITL SLO in seconds (config slo.itl_s).")] = None,
     workload: Annotated[
-        str, typer.Option(help="'synthetic' or a trace file (Azure CSV, generic CSV, JSONL).")
+        str,
+        typer.Option(
+            help="'synthetic', 'sharegpt', 'lmsys' (the paper's workloads) or a trace file (CSV, JSONL)."
+        ),
     ] = SYNTHETIC,
-    arrivals: Annotated[str, typer.Option(help="Synthetic arrivals: poisson or bursty.")] = "poisson",
+    arrivals: Annotated[
+        str, typer.Option(help="Arrivals of synthetic/sharegpt/lmsys: poisson or bursty.")
+    ] = "poisson",
     rate: Annotated[
         float | None, typer.Option(help="Request rate (req/s); a trace is rescaled to it.")
     ] = None,
@@ -90,6 +95,7 @@ def simulate(
     from voltana.hardware.simulated import performance_model
     from voltana.plugins import get_plugin_manager
     from voltana.sim.cluster import ClusterSpec
+    from voltana.sim.datasets import DATASET_WORKLOADS, dataset_workload, tokenizer_for_model
     from voltana.sim.engine import EngineConfigError
     from voltana.sim.plot import plot_sweep
     from voltana.sim.report import policy_table, rejected_line, residency_table, sweep_json
@@ -137,6 +143,14 @@ def simulate(
 
             def workload_at(r: float) -> Workload:
                 return synthetic_workload(r, span_s, seed, arrivals)  # type: ignore[arg-type]
+
+        elif workload in DATASET_WORKLOADS:
+            span_s = duration if duration is not None else 60.0
+            sweep_rates = _parse_rates(rates) if rates else [rate or 50.0]
+            tokenizer = tokenizer_for_model(model)
+
+            def workload_at(r: float) -> Workload:
+                return dataset_workload(workload, r, span_s, seed, arrivals, tokenizer)
 
         else:
             trace = load_workload(workload)
