@@ -382,7 +382,7 @@ def _load_checker(
         return (lambda k: False) if waiting else None
     opts = st.opts
     bound = st.bound_s
-    load_tps = demand.rate_rps * output / (1.0 - opts.safety_margin)
+    load_tps = demand.rate_rps * output  # the margin is in the ITL bound: not counted twice
     cap = float(opts.max_running_requests) if opts.max_running_requests > 0 else math.inf
     if waiting and batch:
         cap = min(cap, float(batch))  # requests wait: the instance runs all it may (slots or KV)

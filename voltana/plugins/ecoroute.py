@@ -110,11 +110,14 @@ def admits_now(state: InstanceState, request: RouteRequest) -> bool:
     return state.can_admit(request.input_tokens + request.max_output_tokens) and _fits_kv(state, request)
 
 
-def has_headroom(state: InstanceState, headroom: float) -> bool:
-    """True when one more request leaves the instance within ``(1 - headroom)`` of its running cap."""
-    if state.max_running <= 0:
-        return True
-    return state.num_running + state.num_waiting + 1 <= (1.0 - headroom) * state.max_running
+def has_headroom(state: InstanceState, headroom: float, pack_limit: int = PAPER_TILE_REQUESTS) -> bool:
+    """True when one more request leaves the instance within ``(1 - headroom)`` of its running cap and at
+    most ``pack_limit`` requests (one 128-row GEMM tile: beyond it a decode batch is compute-bound at the
+    paper's clocks, so consolidating saves little and makes one instance's clock carry the load)."""
+    n = state.num_running + state.num_waiting + 1
+    if n > pack_limit:
+        return False
+    return state.max_running <= 0 or n <= (1.0 - headroom) * state.max_running
 
 
 def requests_ahead(state: InstanceState) -> int:
@@ -180,7 +183,8 @@ def choose_ecoroute(request: RouteRequest, candidates: list[InstanceState], ctx:
             key=lambda c: (requests_ahead(c), c.kv_committed_tokens + c.kv_tokens, c.instance_id),
         ).instance_id
     headroom = float(ctx.options.get("ecoroute_headroom", DEFAULT_HEADROOM))
-    fitting = [c for c in admitting if has_headroom(c, headroom)]
+    pack_limit = int(ctx.options.get("ecoroute_pack_limit", PAPER_TILE_REQUESTS))
+    fitting = [c for c in admitting if has_headroom(c, headroom, pack_limit)]
     if not fitting:  # every instance is past its headroom: spread, so none runs into its cap
         return min(admitting, key=lambda c: (c.num_running + c.num_waiting, c.instance_id)).instance_id
 
