@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -161,6 +160,52 @@ class InstanceStats:
     timeline: list[tuple[float, int]] = field(default_factory=list)
 
 
+class _RequestQueue:
+    """FIFO of requests that keeps their ``QueuedRequest`` entries side by side, so the ``waiting`` tuple of a
+    snapshot is one list slice instead of a Python loop over the queue (long queues under overload)."""
+
+    __slots__ = ("_head", "_items", "_queued")
+
+    def __init__(self) -> None:
+        self._items: list[SimRequest] = []
+        self._queued: list[QueuedRequest] = []
+        self._head = 0
+
+    def __len__(self) -> int:
+        return len(self._items) - self._head
+
+    def __bool__(self) -> bool:
+        return len(self._items) > self._head
+
+    def __getitem__(self, index: int) -> SimRequest:
+        if index != 0 or not self:
+            raise IndexError("only the head of a request queue is addressable")
+        return self._items[self._head]
+
+    def append(self, request: SimRequest) -> None:
+        self._items.append(request)
+        self._queued.append(request.queued)
+
+    def popleft(self) -> SimRequest:
+        head = self._head
+        request = self._items[head]
+        head += 1
+        if head >= 1024 and 2 * head >= len(self._items):  # drop the consumed prefix now and then
+            del self._items[:head], self._queued[:head]
+            head = 0
+        self._head = head
+        return request
+
+    def requeue_head(self, request: SimRequest) -> None:
+        """The head's ``queued`` entry changed (a chunk of its prompt was computed)."""
+        assert self._items[self._head] is request
+        self._queued[self._head] = request.queued
+
+    def queued(self) -> tuple[QueuedRequest, ...]:
+        """The waiting requests' entries, in queue order."""
+        return tuple(self._queued[self._head :])
+
+
 class _Instance:
     __slots__ = ("busy", "clock_mhz", "controller", "iteration", "stats")
 
@@ -177,7 +222,7 @@ class _PrefillInstance(_Instance):
 
     def __init__(self, instance_id: str, controller: Controller, clock_mhz: int) -> None:
         super().__init__(instance_id, Phase.PREFILL, controller, clock_mhz)
-        self.waiting: deque[SimRequest] = deque()
+        self.waiting = _RequestQueue()
         self.pending_tokens = 0
         self.batch: list[tuple[SimRequest, int]] = []
 
@@ -196,7 +241,7 @@ class _DecodeInstance(_Instance):
 
     def __init__(self, instance_id: str, controller: Controller, clock_mhz: int) -> None:
         super().__init__(instance_id, Phase.DECODE, controller, clock_mhz)
-        self.admit: deque[SimRequest] = deque()
+        self.admit = _RequestQueue()
         self.running: list[SimRequest] = []
         self.in_transfer = 0
         self.in_transfer_tokens = 0
@@ -426,7 +471,7 @@ class ClusterSimulation:
                 waiting.popleft()
             else:
                 break
-        still_waiting: tuple[QueuedRequest, ...] = tuple(r.queued for r in waiting)
+        still_waiting = waiting.queued()
         inst.iteration += 1
         snapshot = BatchSnapshot(
             Phase.PREFILL,
@@ -480,6 +525,7 @@ class ClusterSimulation:
                 request.queued = QueuedRequest(
                     request.request_id, request.input_tokens - request.prefilled, request.arrival_s
                 )
+                inst.waiting.requeue_head(request)
         inst.batch = []
         if inst.waiting:
             self._start_prefill(inst)
@@ -491,6 +537,8 @@ class ClusterSimulation:
             request.finish_s = now_s
             return
         request.context_tokens = request.input_tokens
+        # In a decode admission queue a request shows its whole prompt (its KV cache), not its last chunk.
+        request.queued = QueuedRequest(request.request_id, request.input_tokens, request.arrival_s)
         inst = self._choose(request, self.decode, self.decode_route)
         assert isinstance(inst, _DecodeInstance)
         inst.in_transfer += 1
@@ -540,7 +588,7 @@ class ClusterSimulation:
         snapshot = BatchSnapshot(
             Phase.DECODE,
             scheduled,
-            tuple([r.queued for r in inst.admit]) if inst.admit else (),
+            inst.admit.queued() if inst.admit else (),
             self.now_s,
             batch_size,
             kv_tokens,
