@@ -245,6 +245,27 @@ def ratio_check(panel: Panel, points: list[RatePoint]) -> list[str]:
     return lines
 
 
+def report_panel(console: Console, panel: Panel, points: list[RatePoint], checks: list[str]) -> list[str]:
+    """Print one panel's tables as soon as it is done; append its notes to ``checks``; return failures."""
+    console.print("\n".join(panel_table(panel, points)), markup=False, highlight=False)
+    console.print()
+    rows, failed = frontier_rows(panel, points)
+    console.print("\n".join(rows), markup=False, highlight=False)
+    console.print()
+    for line in ratio_check(panel, points):
+        checks.append(line)
+        if "NOT within" in line:
+            failed.append(line)
+    low = [p for p in points if min(p.static_max.ttft_attainment, p.static_max.itl_attainment) < 0.9]
+    if low:
+        rates = ", ".join(f"{p.rate_rps:g}" for p in low)
+        checks.append(
+            f"{panel.model}/{panel.workload}: static max itself below 90% TTFT or ITL at {rates} req/s "
+            f"(beyond what the cluster carries within the SLOs)"
+        )
+    return failed
+
+
 def plot_grid(path: Path, panels: list[tuple[Panel, list[RatePoint]]]) -> None:
     """The paper's figure layout: rows TTFT attainment, ITL attainment, energy; one column per panel."""
     import matplotlib
@@ -341,7 +362,14 @@ def main() -> int:
     per_rate = 2 + 2 * len(set(margins) | {HEADLINE_MARGIN})
     total = per_rate * sum(len(rates_of(p)) for p in chosen)
     console = Console(width=200)
+    console.print(
+        f"A100-80GB, 2P+2D (TP2 models 1P+1D), engine {args.engine}, SLO TTFT 800 ms / ITL 50 ms, clocks "
+        f"{PAPER_MIN_CLOCK_MHZ}..1410 MHz, {duration:g} s of Poisson arrivals per rate, seed {args.seed}; "
+        f"headline margin {HEADLINE_MARGIN}, frontier margins {', '.join(f'{m:g}' for m in margins)}\n"
+    )
     results: list[tuple[Panel, list[RatePoint]]] = []
+    failed: list[str] = []
+    checks: list[str] = []
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("simulating", total=total)
         for panel in chosen:
@@ -359,31 +387,7 @@ def main() -> int:
 
                 points.append(run_rate(setup, workload, rate, margins, tick))
             results.append((panel, points))
-    console.print(
-        f"A100-80GB, 2P+2D (TP2 models 1P+1D), engine {args.engine}, SLO TTFT 800 ms / ITL 50 ms, clocks "
-        f"{PAPER_MIN_CLOCK_MHZ}..1410 MHz, {duration:g} s of Poisson arrivals per rate, seed {args.seed}; "
-        f"headline margin {HEADLINE_MARGIN}, frontier margins {', '.join(f'{m:g}' for m in margins)}\n"
-    )
-    failed: list[str] = []
-    checks: list[str] = []
-    for panel, points in results:
-        console.print("\n".join(panel_table(panel, points)), markup=False, highlight=False)
-        console.print()
-        rows, bad = frontier_rows(panel, points)
-        console.print("\n".join(rows), markup=False, highlight=False)
-        console.print()
-        failed += bad
-        for line in ratio_check(panel, points):
-            checks.append(line)
-            if "NOT within" in line:
-                failed.append(line)
-        low = [p for p in points if min(p.static_max.ttft_attainment, p.static_max.itl_attainment) < 0.9]
-        if low:
-            rates = ", ".join(f"{p.rate_rps:g}" for p in low)
-            checks.append(
-                f"{panel.model}/{panel.workload}: static max itself below 90% TTFT or ITL at {rates} req/s "
-                f"(beyond what the cluster carries within the SLOs)"
-            )
+            failed += report_panel(console, panel, points, checks)
     console.print("\n".join(checks), markup=False, highlight=False)
     console.print(
         "all checks hold" if not failed else "FAILED:\n" + "\n".join(failed), markup=False, highlight=False
