@@ -158,6 +158,32 @@ class LatencyPredictor(ClockTable):
         x0, x1 = features(snapshot)
         return self.model.predict_all(self.segment_of(x0), x0, x1)
 
+    def predict_prefill_s(self, tokens: int, token_budget: int, clock_mhz: int) -> float:
+        """Predicted time to prefill ``tokens`` prompt tokens alone, ``token_budget`` per iteration (s).
+
+        Equals the sum of :meth:`predict_latency_s` over the chunks (chunk ``i`` computes ``token_budget``
+        tokens over ``i * token_budget`` cached ones) in O(1) instead of one prediction per chunk: full
+        chunks share ``x0`` (so one segment) and within a segment a prediction is affine in ``x1``, so their
+        sum is their count times the prediction at their mean ``x1``. Exact (up to rounding) for clocks
+        within the grid; clocks outside it, where interpolation may clamp at 0, are summed chunk by chunk.
+        """
+        budget = max(1, int(token_budget))
+        full, rest = divmod(max(0, int(tokens)), budget)
+        b = float(budget)
+        if not self.clocks_mhz[0] <= clock_mhz <= self.clocks_mhz[-1]:
+            return sum(
+                self.value_at(x0, prefill_attention_work(x0, i * b, 1), clock_mhz)
+                for i, x0 in enumerate([b] * full + ([float(rest)] if rest else []))
+            )
+        total = 0.0
+        if full:
+            mean_x1 = prefill_attention_work(b, b * (full - 1) / 2.0, 1)  # mean of b * (i * b + b / 2)
+            total += full * self.value_at(b, mean_x1, clock_mhz)
+        if rest:
+            r = float(rest)
+            total += self.value_at(r, prefill_attention_work(r, full * b, 1), clock_mhz)
+        return total
+
     def observe_iteration(self, snapshot: BatchSnapshot, clock_mhz: int, latency_s: float) -> bool:
         """Learn from a measured iteration duration (s) at the applied clock."""
         x0, x1 = features(snapshot)

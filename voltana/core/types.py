@@ -170,6 +170,13 @@ class InstanceState:
 
     ``pending_prompt_tokens``: prompt tokens sent to a prefill instance and not yet prefilled (the router's
     own bookkeeping); ``capture_sizes``: the engine's CUDA-graph batch sizes (ascending) for decode.
+
+    Decode admission (0 where unknown, which :meth:`can_admit` reads as unlimited): ``max_running`` is the
+    engine's running-request cap (vLLM ``max_num_seqs``, SGLang ``max_running_requests``);
+    ``num_admission_waiting`` the requests whose KV cache has arrived and that wait for a batch slot or KV
+    space (part of ``num_waiting``, which also counts KV transfers in flight); ``kv_committed_tokens`` the KV
+    tokens reserved by running requests (prompt + output budget) plus what every waiting and in-flight request
+    will need.
     """
 
     instance_id: str
@@ -184,6 +191,20 @@ class InstanceState:
     healthy: bool = True
     updated_at_s: float = 0.0
     pending_prompt_tokens: int = 0
+    max_running: int = 0
+    num_admission_waiting: int = 0
+    kv_committed_tokens: int = 0
+
+    def can_admit(self, kv_tokens_needed: int) -> bool:
+        """True when a request needing ``kv_tokens_needed`` KV tokens (prompt + output) would join the running
+        batch at once: a batch slot is free after every request already waiting or in transfer, and its KV
+        fits next to everything committed. Unknown limits (0) do not bind."""
+        slots_ok = self.max_running <= 0 or self.num_running + self.num_waiting < self.max_running
+        kv_ok = (
+            self.kv_capacity_tokens <= 0
+            or self.kv_committed_tokens + kv_tokens_needed <= self.kv_capacity_tokens
+        )
+        return slots_ok and kv_ok
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Fitted constants of the simulated GPU: GPU types and model shapes, each number with its source.
 
-Sources (public; copies under ``../shared/data`` for tests, never shipped):
+Sources (public; the subsets the calibration tests read ship under ``tests/data``, see its README):
 - [VIDUR]  microsoft/vidur ``data/profiling/compute/{a100,h100}/<model>/mlp.csv`` @ 7d475133: per-operator GPU
   times at default (max) clocks vs num_tokens and TP. They cover the linear layers and the element-wise ops,
   *not* the attention kernel: attention is modelled from its FLOPs and bytes (see ``simulated.py``).
@@ -17,6 +17,10 @@ Sources (public; copies under ``../shared/data`` for tests, never shipped):
   NVLink4 (about 75-80% of the unidirectional link rate).
 - [HF-CONFIG] the models' public ``config.json`` (layers, hidden size, heads, KV heads, FFN size, vocabulary).
 - [VLLM-GRAPHS] vLLM V1 default CUDA-graph capture sizes: 1, 2, 4, then 8..248 step 8, then 256..512 step 16.
+- [MINISTRAL-CONFIG] the public ``config.json`` of ``bn22/Ministral-3b-instruct-uncensored``, a fine-tune
+  whose ``_name_or_path`` is ``ministral/Ministral-3b-instruct`` (the community checkpoint VoltanaLLM's
+  scripts name, ``voltana-llm-scripts/demo/d_server.sh``); a fine-tune keeps its base's shape: a Mistral-7B
+  cut to 14 layers.
 - [ASSUMPTION] stated where no public measurement exists; see the voltage-floor note in ``GpuSpec``.
 """
 
@@ -77,7 +81,9 @@ class GpuSpec:
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """Shape of a decoder-only transformer [HF-CONFIG] and its default tensor-parallel degree."""
+    """Shape of a decoder-only transformer [HF-CONFIG], its default tensor-parallel degree and its context
+    length (tokens, prompt + output: the config's ``max_position_embeddings``, what an engine takes as its
+    default ``max_model_len`` / ``context_length``)."""
 
     name: str
     n_layers: int
@@ -88,6 +94,7 @@ class ModelSpec:
     ffn: int
     vocab: int
     default_tp: int
+    context_tokens: int
     bytes_per_param: int = 2  # FP16/BF16 weights and KV cache
 
     @property
@@ -160,14 +167,21 @@ GPUS: dict[str, GpuSpec] = {
 }
 
 MODELS: dict[str, ModelSpec] = {
-    # [HF-CONFIG] meta-llama/Llama-3.1-8B: 32 layers, 4096 hidden, 32 heads / 8 KV, 14336 FFN, 128256 vocab.
-    "llama-3.1-8b": ModelSpec("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, default_tp=1),
-    # [HF-CONFIG] meta-llama/Llama-2-7b-hf: 32 layers, 4096 hidden, 32 heads (MHA), 11008 FFN, 32000 vocab.
-    "llama-2-7b": ModelSpec("llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000, default_tp=1),
-    # [HF-CONFIG] meta-llama/Llama-2-70b-hf: 80 layers, 8192 hidden, 64 heads / 8 KV heads, 28672 FFN.
-    "llama-2-70b": ModelSpec("llama-2-70b", 80, 8192, 64, 8, 128, 28672, 32000, default_tp=4),
-    # [HF-CONFIG] Qwen/Qwen3-32B: 64 layers, 5120 hidden, 64 heads x 128 / 8 KV, 25600 FFN, 151936 vocab.
-    "qwen3-32b": ModelSpec("qwen3-32b", 64, 5120, 64, 8, 128, 25600, 151936, default_tp=2),
+    # [HF-CONFIG] meta-llama/Llama-3.1-8B: 32 layers, 4096 hidden, 32 heads / 8 KV, 14336 FFN, 128256 vocab,
+    # max_position_embeddings 131072.
+    "llama-3.1-8b": ModelSpec("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, 1, 131072),
+    # [HF-CONFIG] meta-llama/Llama-2-7b-hf: 32 layers, 4096 hidden, 32 heads (MHA), 11008 FFN, 32000 vocab,
+    # max_position_embeddings 4096.
+    "llama-2-7b": ModelSpec("llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000, 1, 4096),
+    # [HF-CONFIG] meta-llama/Llama-2-70b-hf: 80 layers, 8192 hidden, 64 heads / 8 KV heads, 28672 FFN, 4096.
+    "llama-2-70b": ModelSpec("llama-2-70b", 80, 8192, 64, 8, 128, 28672, 32000, 4, 4096),
+    # [HF-CONFIG] Qwen/Qwen3-32B: 64 layers, 5120 hidden, 64 heads x 128 / 8 KV, 25600 FFN, 151936 vocab,
+    # max_position_embeddings 40960 (the model card: 32,768 native context, 131,072 with YaRN).
+    "qwen3-32b": ModelSpec("qwen3-32b", 64, 5120, 64, 8, 128, 25600, 151936, 2, 40960),
+    # [MINISTRAL-CONFIG] ministral/Ministral-3b-instruct: 14 layers, 4096 hidden, 32 heads x 128 / 8 KV,
+    # 14336 FFN, 32000 vocab, max_position_embeddings 131072 (sliding window 4096 is not modelled: it only
+    # caps attention reads beyond 4096 tokens, which the paper's workloads hardly reach).
+    "ministral-3b": ModelSpec("ministral-3b", 14, 4096, 32, 8, 128, 14336, 32000, 1, 131072),
 }
 
 # vLLM V1 default CUDA-graph capture sizes [VLLM-GRAPHS]: decode batches are padded up to the next one.

@@ -11,7 +11,16 @@ clock is feasible when every running, queued and foreseen request would get its 
 ``TTFT * (1 - safety_margin)`` of its arrival. The paper's rule instead jumps to the max clock whenever
 anything waits.
 
-Decode: feasible clocks have predicted ITL <= ``ITL * (1 - safety_margin)``.
+Decode: feasible clocks have predicted ITL <= ``ITL * (1 - safety_margin)`` for the next iteration, and, once
+the instance has measured its load (:class:`voltana.core.decode_demand.DecodeDemand`: requests per second
+``lambda`` entering it and tokens ``L`` generated per request), the clock must carry that load: the largest
+batch ``B`` the instance may run (its running-request cap ``max_running_requests``, else the running batch
+while requests wait for admission, else the largest batch the predictor has seen) with predicted ITL within
+the bound must produce ``B / ITL(B) >= lambda * L / (1 - safety_margin)`` tokens per second (Little's law: a
+slower clock needs more requests in flight than it may run, and the excess waits for admission, where each
+iteration still looks fast). A non-empty admission queue is a signal: each waiting request's predicted mean
+ITL, ``ITL + (time waited + expected wait for a slot) / (L - 1)`` with slots freed at ``B / (L * ITL)``
+requests per second, must stay within the bound; while ``L`` is unknown a queue means the max clock.
 
 Objective (both phases): among feasible clocks the least predicted energy above idle,
 ``E(f) - idle_power_w * t(f)``: an instance draws its idle power whenever it is not computing, so a slower
@@ -35,6 +44,7 @@ from typing import Any
 
 from voltana.core.arrivals import ArrivalRate
 from voltana.core.contexts import ClockContext, PolicyInfo
+from voltana.core.decode_demand import DecodeDemand
 from voltana.core.hookspecs import hookimpl
 from voltana.core.predictor import ClockTable, features
 from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason, Phase
@@ -67,6 +77,13 @@ class EcoFreqOptions:
     """Power the instance draws when not computing (W, all its GPUs); the objective is energy above it."""
     arrival_window_s: float = 2.0
     """Prefill: time constant of the arrival-rate estimate (s); 0 turns arrival awareness off."""
+    decode_window_s: float = 10.0
+    """Decode: time constant of the measured load (requests/s; the output estimate averages over 3x it, s);
+    0 turns the load and admission-queue constraints off (the next iteration's ITL only). Long, as the clock
+    must carry the mean load: the admission queue answers bursts at once."""
+    max_running_requests: int = 0
+    """Decode: the engine's running-request cap (vLLM ``max_num_seqs``, SGLang ``max_running_requests``);
+    0: unknown, measured as the running batch while requests wait for admission."""
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> EcoFreqOptions:
@@ -87,16 +104,18 @@ class EcoFreqOptions:
             or opts.hysteresis < 0
             or not opts.idle_power_w >= 0
             or not opts.arrival_window_s >= 0
+            or not opts.decode_window_s >= 0
+            or opts.max_running_requests < 0
         ):
             raise ValueError(
                 "policy.options: need 0 <= safety_margin < 1, hysteresis >= 0, token budget >= 1, "
-                "idle_power_w >= 0, arrival_window_s >= 0"
+                "idle_power_w >= 0, arrival_window_s >= 0, decode_window_s >= 0, max_running_requests >= 0"
             )
         return opts
 
 
 _BOOL_OPTIONS = frozenset({"plan_for_newcomer"})
-_INT_OPTIONS = frozenset({"min_observations", "prefill_token_budget"})
+_INT_OPTIONS = frozenset({"min_observations", "prefill_token_budget", "max_running_requests"})
 
 
 def _parse_option(name: str, raw: Any) -> bool | int | float:
@@ -109,12 +128,14 @@ def _parse_option(name: str, raw: Any) -> bool | int | float:
 
 class EcoFreqState:
     """Per-instance state: parsed options, SLO bounds, the clock currently held, the mean prompt size, the
-    prompt-token arrival rate (``token_rate_tps``: the estimate the last prefill decision used)."""
+    prompt-token arrival rate (``token_rate_tps``: the estimate the last prefill decision used), the measured
+    decode load (``demand``)."""
 
     __slots__ = (
         "arrivals",
         "bound_s",
         "clock_index",
+        "demand",
         "held_since_s",
         "opts",
         "prompt_tokens",
@@ -129,6 +150,8 @@ class EcoFreqState:
         self.prompt_tokens = 0.0
         window_s = self.opts.arrival_window_s
         self.arrivals = ArrivalRate(window_s) if window_s > 0 and ctx.phase is Phase.PREFILL else None
+        decode_s = self.opts.decode_window_s
+        self.demand = DecodeDemand(decode_s) if decode_s > 0 and ctx.phase is Phase.DECODE else None
         self.token_rate_tps = 0.0
 
     def note_prompts(self, snapshot: BatchSnapshot) -> None:
@@ -238,16 +261,11 @@ def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
             busy_s = latency if has_batch else predictor.values(x0, x1)
             energy = [e - idle_w * t for e, t in zip(report, busy_s, strict=True)]
     held = st.clock_index
-    change_s = opts.clock_change_latency_s
 
     if ctx.phase is Phase.PREFILL:
         check = _prefill_checker(snapshot, st, predictor, latency, has_batch)
     else:
-        bound = st.bound_s
-
-        def check(k: int) -> int:
-            cost = latency[k] + (change_s if k != held else 0.0)
-            return 0 if cost <= bound else 1
+        check = _decode_checker(snapshot, st, predictor, latency)
 
     order = sorted(range(len(clocks)), key=energy.__getitem__)
     queue_blocked = False
@@ -327,6 +345,86 @@ def _prefill_checker(
         return 0
 
     return check
+
+
+def _decode_checker(
+    snapshot: BatchSnapshot, st: EcoFreqState, predictor: ClockTable, latency: list[float]
+) -> Callable[[int], int]:
+    """A feasibility test per clock index: 0 feasible, 1 the next iteration misses the ITL bound, 2 the clock
+    cannot carry the measured load or a waiting request would miss its ITL (see module docstring)."""
+    held = st.clock_index
+    change_s = st.opts.clock_change_latency_s
+    bound = st.bound_s
+    carries = _load_checker(snapshot, st, predictor) if st.demand is not None else None
+
+    def check(k: int) -> int:
+        cost = latency[k] + (change_s if k != held else 0.0)
+        if cost > bound:
+            return 1
+        return 2 if carries is not None and not carries(k) else 0
+
+    return check
+
+
+def _load_checker(
+    snapshot: BatchSnapshot, st: EcoFreqState, predictor: ClockTable
+) -> Callable[[int], bool] | None:
+    """Whether clock index ``k`` carries the measured decode load and drains the admission queue in time;
+    None when there is nothing to check yet (no load measured and no queue)."""
+    demand = st.demand
+    assert demand is not None
+    demand.update(snapshot)
+    batch = len(snapshot.requests)
+    waiting = snapshot.waiting
+    output = demand.output_tokens
+    if output is None:
+        # Nobody has left yet: the drain rate of a queue is unknown, so a queue means the max clock.
+        return (lambda k: False) if waiting else None
+    opts = st.opts
+    bound = st.bound_s
+    load_tps = demand.rate_rps * output  # the margin is in the ITL bound: not counted twice
+    cap = float(opts.max_running_requests) if opts.max_running_requests > 0 else math.inf
+    if waiting and batch:
+        cap = min(cap, float(batch))  # requests wait: the instance runs all it may (slots or KV)
+    if math.isinf(cap):
+        cap = max(predictor.max_x0, float(batch), 1.0)
+    if batch:  # the running batch's mean context stands for the batch at any size
+        per_request_kv = snapshot.num_context_tokens / batch
+    else:  # (a request's context grows by its output while it runs: half of it on average)
+        per_request_kv = sum([q.prompt_tokens for q in waiting]) / len(waiting) + 0.5 * output
+    model = predictor.model
+    segment_of = predictor.segment_of
+
+    def itl_s(k: int, size: float) -> float:
+        return model.predict(segment_of(size), k, size, size * per_request_kv)
+
+    now_s = snapshot.now_s
+    since = demand.waiting_since_s
+    waited = [now_s - since.get(q.request_id, now_s) for q in waiting]
+    slots = float(max(batch, 1))
+    top = int(cap)
+
+    def carries(k: int) -> bool:
+        # The largest batch within the cap whose ITL fits the bound (ITL grows with the batch).
+        lo, hi = 0, top
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if itl_s(k, float(mid)) <= bound:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo == 0 or lo / itl_s(k, float(lo)) < load_tps:
+            return False
+        if waited:
+            step_s = itl_s(k, slots)
+            free_rps = slots / (output * step_s)  # a slot frees when a running request finishes
+            spread = max(output - 1.0, 1.0)
+            for position, already_s in enumerate(waited, start=1):
+                if step_s + (already_s + position / free_rps) / spread > bound:
+                    return False
+        return True
+
+    return carries
 
 
 def _decision(

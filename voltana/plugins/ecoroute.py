@@ -5,12 +5,21 @@ boundaries every 128 requests (one GEMM tile); while every instance is below one
 clock then the fewest requests wins; otherwise prefer instances where one more request crosses no boundary,
 then (clock-aware) those that need no clock step-up, filling faster instances first.
 
-``ecoroute`` (ours): boundaries are the engine's CUDA-graph capture sizes (``InstanceState.capture_sizes``:
-a decode batch is padded up to the next one, so a request that fits in the padding costs almost nothing).
+``ecoroute`` (ours) is first capacity-aware: a request never goes where it would wait for admission (no
+free batch slot behind the requests already waiting or in transfer: ``InstanceState.max_running``; or its
+prompt + expected output would not fit the free KV cache: ``kv_committed_tokens``, ``kv_capacity_tokens``)
+while another instance can admit it at once; when every instance makes it wait, it goes where the fewest
+requests are ahead of it. Among the instances that admit it, the energy choice below runs only over those
+with headroom (at most ``(1 - ecoroute_headroom) x max_running`` requests after adding it, default half the
+cap: packing an instance up to its cap makes its clock carry a load at the edge of what it can, and turns
+the next burst into admission waits); when none has headroom, the least-loaded admitting instance (spread).
+Within the energy choice, instances that could not meet the ITL even at the highest clock come last.
+Boundaries are the engine's CUDA-graph capture sizes (``InstanceState.capture_sizes``: a decode batch is
+padded up to the next one, so a request that fits in the padding costs almost nothing).
 With an energy model (``ctx.power_model``) the key is the predicted *marginal energy* of one more token
 iteration with the request: ``E(n+1, clock needed after) - E(n, clock needed now)`` on a busy instance,
 ``E(1)`` on an idle one, each less idle power x iteration time (``options["idle_power_w"]``: an idle GPU
-draws it anyway). Instances that could not meet the ITL even at the highest clock come last. Without an
+draws it anyway). Without an
 energy model the key is the lowest SLO-feasible clock after adding the request. Ties: no boundary crossing,
 then packing onto the busier instance (consolidation: decode is memory-bound, so one batch of 2n reads the
 weights once where two batches of n read them twice); ``options["ecoroute_fill"] = "spread"`` fills the
@@ -32,6 +41,9 @@ from voltana.core.types import BatchSnapshot, InstanceState, Phase, RouteRequest
 from voltana.plugins.routing import Chooser, dispatch, model_for, predictor_for
 
 ECOROUTE_POLICIES = ("ecoroute", "ecoroute-paper")
+DEFAULT_HEADROOM = 0.5
+"""Share of an instance's running cap EcoRoute keeps free while another instance has room
+(``options["ecoroute_headroom"]``)."""
 PAPER_TILE_REQUESTS = 128
 """The paper's routing boundary: one 128-row GEMM tile of decode requests."""
 
@@ -92,6 +104,29 @@ def _fits_kv(state: InstanceState, request: RouteRequest) -> bool:
     return state.kv_capacity_tokens <= 0 or needed <= state.kv_capacity_tokens
 
 
+def admits_now(state: InstanceState, request: RouteRequest) -> bool:
+    """True when ``state`` would run ``request`` at once: a batch slot is free behind the requests already
+    waiting or in transfer, and its prompt + expected output fit the KV cache (committed and in use)."""
+    return state.can_admit(request.input_tokens + request.max_output_tokens) and _fits_kv(state, request)
+
+
+def has_headroom(state: InstanceState, headroom: float, pack_limit: int = PAPER_TILE_REQUESTS) -> bool:
+    """True when one more request leaves the instance within ``(1 - headroom)`` of its running cap and at
+    most ``pack_limit`` requests (one 128-row GEMM tile: beyond it a decode batch is compute-bound at the
+    paper's clocks, so consolidating saves little and makes one instance's clock carry the load)."""
+    n = state.num_running + state.num_waiting + 1
+    if n > pack_limit:
+        return False
+    return state.max_running <= 0 or n <= (1.0 - headroom) * state.max_running
+
+
+def requests_ahead(state: InstanceState) -> int:
+    """Requests a newcomer would wait behind before a batch slot frees (0 when one is free)."""
+    if state.max_running <= 0:
+        return state.num_admission_waiting
+    return max(0, state.num_running + state.num_waiting + 1 - state.max_running)
+
+
 def _clock_of(state: InstanceState) -> int:
     return state.sm_clock_mhz if state.sm_clock_mhz is not None else 0
 
@@ -138,9 +173,20 @@ def marginal_energy_j(
 
 
 def choose_ecoroute(request: RouteRequest, candidates: list[InstanceState], ctx: RouteContext) -> str:
-    """Ours: least marginal energy (else lowest clock needed) keeping the ITL, then boundaries, then fill."""
+    """Ours: admitted at once (with headroom first), then least marginal energy (else lowest clock needed)
+    keeping the ITL, then boundaries, then fill (see module docstring)."""
     spread = ctx.options.get("ecoroute_fill", "pack") == "spread"
-    fitting = [c for c in candidates if _fits_kv(c, request)] or candidates
+    admitting = [c for c in candidates if admits_now(c, request)]
+    if not admitting:
+        return min(
+            candidates,
+            key=lambda c: (requests_ahead(c), c.kv_committed_tokens + c.kv_tokens, c.instance_id),
+        ).instance_id
+    headroom = float(ctx.options.get("ecoroute_headroom", DEFAULT_HEADROOM))
+    pack_limit = int(ctx.options.get("ecoroute_pack_limit", PAPER_TILE_REQUESTS))
+    fitting = [c for c in admitting if has_headroom(c, headroom, pack_limit)]
+    if not fitting:  # every instance is past its headroom: spread, so none runs into its cap
+        return min(admitting, key=lambda c: (c.num_running + c.num_waiting, c.instance_id)).instance_id
 
     def key(c: InstanceState) -> tuple[bool, float, int, int, str]:
         n = c.num_running + c.num_waiting
@@ -174,6 +220,10 @@ def voltana_choose_instance(
 @hookimpl
 def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
     register(
-        PolicyInfo("route", "ecoroute", "decode: lowest predicted clock, capture-size aware, packs load")
+        PolicyInfo(
+            "route",
+            "ecoroute",
+            "decode: admitted at once first, then least marginal energy, capture-size aware, packs load",
+        )
     )
     register(PolicyInfo("route", "ecoroute-paper", "decode: VoltanaLLM's 128-tile, clock-aware routing"))

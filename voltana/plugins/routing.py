@@ -42,7 +42,14 @@ def predictor_for(ctx: RouteContext, instance_id: str) -> Any | None:
 def predicted_prefill_s(
     predictor: Any, tokens: int, token_budget: int, clock_mhz: int, phase: Phase = Phase.PREFILL
 ) -> float:
-    """Predicted time to prefill ``tokens`` prompt tokens, ``token_budget`` tokens per iteration (s)."""
+    """Predicted time to prefill ``tokens`` prompt tokens, ``token_budget`` tokens per iteration (s).
+
+    One prediction per chunk, or the predictor's own closed form when it has one (EcoPred's
+    ``predict_prefill_s``): under overload the pending tokens of an instance run into millions.
+    """
+    closed_form = getattr(predictor, "predict_prefill_s", None) if phase is Phase.PREFILL else None
+    if closed_form is not None:
+        return float(closed_form(tokens, token_budget, clock_mhz))
     total_s = 0.0
     done = 0
     while done < tokens:

@@ -58,9 +58,14 @@ def simulate(
     ttft: Annotated[float | None, typer.Option(help="TTFT SLO in seconds (config slo.ttft_s).")] = None,
     itl: Annotated[float | None, typer.Option(help="ITL SLO in seconds (config slo.itl_s).")] = None,
     workload: Annotated[
-        str, typer.Option(help="'synthetic' or a trace file (Azure CSV, generic CSV, JSONL).")
+        str,
+        typer.Option(
+            help="'synthetic', 'sharegpt', 'lmsys' (the paper's workloads) or a trace file (CSV, JSONL)."
+        ),
     ] = SYNTHETIC,
-    arrivals: Annotated[str, typer.Option(help="Synthetic arrivals: poisson or bursty.")] = "poisson",
+    arrivals: Annotated[
+        str, typer.Option(help="Arrivals of synthetic/sharegpt/lmsys: poisson or bursty.")
+    ] = "poisson",
     rate: Annotated[
         float | None, typer.Option(help="Request rate (req/s); a trace is rescaled to it.")
     ] = None,
@@ -79,6 +84,17 @@ def simulate(
         int | None, typer.Option(help="Highest clock in MHz (default: config, else max).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for workload generation and random routing.")] = 0,
+    engine: Annotated[
+        str, typer.Option(help="Engine whose decode limits are modelled: vllm or sglang.")
+    ] = "vllm",
+    max_running: Annotated[
+        int | None,
+        typer.Option(help="Running-request cap per decode instance (default: the engine's for GPU/model)."),
+    ] = None,
+    max_model_len: Annotated[
+        int | None,
+        typer.Option(help="Longest request (prompt + output tokens) accepted (default: model context)."),
+    ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(
@@ -100,8 +116,10 @@ def simulate(
     from voltana.hardware.simulated import performance_model
     from voltana.plugins import get_plugin_manager
     from voltana.sim.cluster import ClusterSpec
+    from voltana.sim.datasets import DATASET_WORKLOADS, dataset_workload, tokenizer_for_model
+    from voltana.sim.engine import EngineConfigError
     from voltana.sim.plot import plot_sweep
-    from voltana.sim.report import point_title, policy_table, residency_table, sweep_json
+    from voltana.sim.report import point_title, policy_table, rejected_line, residency_table, sweep_json
     from voltana.sim.runner import (
         PAPER_MIN_CLOCK_MHZ,
         SimulationError,
@@ -148,6 +166,14 @@ def simulate(
             def workload_at(r: float) -> Workload:
                 return synthetic_workload(r, span_s, seed, arrivals)  # type: ignore[arg-type]
 
+        elif workload in DATASET_WORKLOADS:
+            span_s = duration if duration is not None else 60.0
+            sweep_rates = _parse_rates(rates) if rates else [rate or 50.0]
+            tokenizer = tokenizer_for_model(model)
+
+            def workload_at(r: float) -> Workload:
+                return dataset_workload(workload, r, span_s, seed, arrivals, tokenizer)
+
         else:
             trace = load_workload(workload)
             own_rate = round(trace.rate_rps, 3)
@@ -160,11 +186,20 @@ def simulate(
         probe = workload_at(sweep_rates[0])
         allowed = allowed_clocks_mhz(config, perf)
         setup = SimulationSetup(
-            ClusterSpec(perf, prefill, decode, kv_bytes_per_token=kv_bytes_per_token(perf)),
+            ClusterSpec(
+                perf,
+                prefill,
+                decode,
+                kv_bytes_per_token=kv_bytes_per_token(perf),
+                engine=engine,
+                max_decode_batch=max_running,
+                max_model_len=max_model_len,
+            ),
             config,
             get_plugin_manager().hook,
             seed,
         )
+        limits = setup.cluster.limits()
         check_slo_feasible(perf, setup.slo, probe)
         _check_policies(names)
         timeline_policy = next((n for n in reversed(names) if n != "oracle"), None) if plot else None
@@ -191,7 +226,7 @@ def simulate(
             points = run_sweep(
                 setup, names, workload_at, sweep_rates, timeline_policy=timeline_policy, on_run=on_run
             )
-    except (WorkloadError, SimulationError, UnknownProfileError) as exc:
+    except (WorkloadError, SimulationError, UnknownProfileError, EngineConfigError) as exc:
         raise _fail(str(exc)) from None
     meta = {
         "gpu": gpu,
@@ -203,6 +238,12 @@ def simulate(
         "clocks_mhz": [allowed[0], allowed[-1]],
         "workload": probe.name,
         "seed": seed,
+        "engine": {
+            "name": limits.engine,
+            "max_running": limits.max_running,
+            "max_model_len": limits.max_model_len,
+            "kv_capacity_tokens": limits.kv_capacity_tokens,
+        },
     }
     shown_rate = None
     if plot is not None:
@@ -227,12 +268,19 @@ def simulate(
         f"[bold]{perf.name}[/]: {prefill}P+{decode}D, SLO TTFT {setup.slo.ttft_s * 1e3:g} ms / "
         f"ITL {setup.slo.itl_s * 1e3:g} ms, clocks {allowed[0]}..{allowed[-1]} MHz, workload {workload}"
     )
+    out.print(
+        f"decode engine {limits.engine}: at most {limits.max_running} running requests, max_model_len "
+        f"{limits.max_model_len}, KV cache {limits.kv_capacity_tokens} tokens per instance"
+    )
     for point in points:
         out.print(f"\n[bold]{point_title(point)}[/]", highlight=False)
         out.print(policy_table(point, setup.slo, None))
         if point.overload is not None:
             out.print(f"[bold yellow]{point.overload.describe()}[/]", highlight=False)
         out.print(residency_table(point))
+        refused = rejected_line(point)
+        if refused:
+            out.print(refused)
     out.print("[dim]saving: energy vs static-max; SLO att.: share of requests meeting TTFT and mean ITL.[/]")
     if plot is not None:
         out.print(f"plot written to {plot} (clock timeline of {timeline_policy} at {shown_rate:g} req/s)")

@@ -10,8 +10,13 @@ Engine behaviour modelled (the parts that matter for clocks and energy):
   head request may be split across iterations); the first token is emitted when a request's prefill ends;
 - KV transfer P -> D: ``kv_transfer_fixed_s + tokens * kv_bytes_per_token / kv_bandwidth_bytes_per_s``;
 - decode: admission FIFO while the KV cache can hold prompt + full output (no preemption) and the batch
-  has fewer than ``max_decode_batch`` requests; each iteration emits one token per request and costs what
-  the performance model says for the batch padded up to the next CUDA-graph capture size;
+  has fewer than the engine's running-request cap (:mod:`voltana.sim.engine`: vLLM ``max_num_seqs``, SGLang
+  ``max_running_requests``); each iteration emits one token per request and costs what the performance
+  model says for the batch padded up to the next CUDA-graph capture size. The wait between a request's KV
+  arriving and its admission is recorded per request (``decode_ready_s`` .. ``decode_admit_s``);
+- requests the engine refuses (longer than ``max_model_len``, or needing more KV than a decode instance
+  has) are rejected at arrival, as vLLM's HTTP 400 and SGLang's length check do: no prefill, no energy,
+  counted in ``ClusterOutcome``;
 - energy: the sum of iteration energies plus idle power for the time an instance has no iteration running,
   over the span from the first arrival to the last completion (the same for every instance of a run).
 Clock switches are applied instantly (the applier works off the hot path and a switch takes milliseconds).
@@ -21,7 +26,6 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,12 +41,11 @@ from voltana.core.types import (
     ScheduledRequest,
     Slo,
 )
+from voltana.sim.engine import DEFAULT_ENGINE, EngineLimits, engine_limits
 from voltana.sim.workload import Workload
 
 DEFAULT_PREFILL_TOKEN_BUDGET = 8192
 """vLLM's ``max_num_batched_tokens`` and SGLang's ``chunked_prefill_size`` default on large GPUs."""
-DEFAULT_MAX_DECODE_BATCH = 256
-"""vLLM's default ``max_num_seqs``."""
 DEFAULT_KV_BANDWIDTH_BYTES_PER_S = 25e9
 """One 200 Gb/s RDMA NIC per instance (typical for NIXL/Mooncake P/D transfer), an assumption."""
 DEFAULT_KV_TRANSFER_FIXED_S = 0.002
@@ -68,16 +71,27 @@ class ClusterSpec:
     num_prefill: int = 2
     num_decode: int = 2
     prefill_token_budget: int = DEFAULT_PREFILL_TOKEN_BUDGET
-    max_decode_batch: int = DEFAULT_MAX_DECODE_BATCH
+    max_decode_batch: int | None = None
+    """Running-request cap per decode instance; None: the engine's default for the GPU and model."""
     kv_bytes_per_token: int = 131072
     kv_bandwidth_bytes_per_s: float = DEFAULT_KV_BANDWIDTH_BYTES_PER_S
     kv_transfer_fixed_s: float = DEFAULT_KV_TRANSFER_FIXED_S
     kv_capacity_tokens: int | None = None
     """Decode KV-cache capacity per instance (tokens); None: the performance model's."""
+    engine: str = DEFAULT_ENGINE
+    """The engine whose defaults apply: ``vllm`` or ``sglang`` (see :mod:`voltana.sim.engine`)."""
+    max_model_len: int | None = None
+    """Longest request (prompt + output tokens) the engine accepts; None: the model's context length."""
 
     def __post_init__(self) -> None:
         if self.num_prefill < 1 or self.num_decode < 1:
             raise ValueError("a P/D cluster needs at least one prefill and one decode instance")
+
+    def limits(self) -> EngineLimits:
+        """The decode engine's resolved limits (raises ``EngineConfigError`` for a bad setting)."""
+        return engine_limits(
+            self.engine, self.model, self.max_decode_batch, self.max_model_len, self.kv_capacity_tokens
+        )
 
     def kv_transfer_s(self, tokens: int) -> float:
         """Time to move ``tokens`` tokens of KV cache from a prefill to a decode instance (s)."""
@@ -101,6 +115,8 @@ class SimRequest:
     __slots__ = (
         "arrival_s",
         "context_tokens",
+        "decode_admit_s",
+        "decode_ready_s",
         "finish_s",
         "first_token_s",
         "generated",
@@ -121,7 +137,14 @@ class SimRequest:
         self.context_tokens = 0
         self.first_token_s = -1.0
         self.finish_s = -1.0
+        self.decode_ready_s = -1.0  # its KV cache arrived at a decode instance
+        self.decode_admit_s = -1.0  # it joined that instance's running batch
         self.queued = QueuedRequest(request_id, input_tokens, arrival_s)
+
+    @property
+    def admission_wait_s(self) -> float:
+        """Wait between the KV cache's arrival at decode and admission to the batch (s); 0 without decode."""
+        return self.decode_admit_s - self.decode_ready_s if self.decode_admit_s >= 0.0 else 0.0
 
 
 @dataclass
@@ -135,6 +158,52 @@ class InstanceStats:
     iterations: int = 0
     clock_busy_s: dict[int, float] = field(default_factory=dict)
     timeline: list[tuple[float, int]] = field(default_factory=list)
+
+
+class _RequestQueue:
+    """FIFO of requests that keeps their ``QueuedRequest`` entries side by side, so the ``waiting`` tuple of a
+    snapshot is one list slice instead of a Python loop over the queue (long queues under overload)."""
+
+    __slots__ = ("_head", "_items", "_queued")
+
+    def __init__(self) -> None:
+        self._items: list[SimRequest] = []
+        self._queued: list[QueuedRequest] = []
+        self._head = 0
+
+    def __len__(self) -> int:
+        return len(self._items) - self._head
+
+    def __bool__(self) -> bool:
+        return len(self._items) > self._head
+
+    def __getitem__(self, index: int) -> SimRequest:
+        if index != 0 or not self:
+            raise IndexError("only the head of a request queue is addressable")
+        return self._items[self._head]
+
+    def append(self, request: SimRequest) -> None:
+        self._items.append(request)
+        self._queued.append(request.queued)
+
+    def popleft(self) -> SimRequest:
+        head = self._head
+        request = self._items[head]
+        head += 1
+        if head >= 1024 and 2 * head >= len(self._items):  # drop the consumed prefix now and then
+            del self._items[:head], self._queued[:head]
+            head = 0
+        self._head = head
+        return request
+
+    def requeue_head(self, request: SimRequest) -> None:
+        """The head's ``queued`` entry changed (a chunk of its prompt was computed)."""
+        assert self._items[self._head] is request
+        self._queued[self._head] = request.queued
+
+    def queued(self) -> tuple[QueuedRequest, ...]:
+        """The waiting requests' entries, in queue order."""
+        return tuple(self._queued[self._head :])
 
 
 class _Instance:
@@ -153,21 +222,32 @@ class _PrefillInstance(_Instance):
 
     def __init__(self, instance_id: str, controller: Controller, clock_mhz: int) -> None:
         super().__init__(instance_id, Phase.PREFILL, controller, clock_mhz)
-        self.waiting: deque[SimRequest] = deque()
+        self.waiting = _RequestQueue()
         self.pending_tokens = 0
         self.batch: list[tuple[SimRequest, int]] = []
 
 
 class _DecodeInstance(_Instance):
-    __slots__ = ("admit", "in_transfer", "in_transfer_tokens", "kv_reserved", "kv_sum", "running")
+    __slots__ = (
+        "admit",
+        "admit_tokens",
+        "in_transfer",
+        "in_transfer_tokens",
+        "kv_pending",
+        "kv_reserved",
+        "kv_sum",
+        "running",
+    )
 
     def __init__(self, instance_id: str, controller: Controller, clock_mhz: int) -> None:
         super().__init__(instance_id, Phase.DECODE, controller, clock_mhz)
-        self.admit: deque[SimRequest] = deque()
+        self.admit = _RequestQueue()
         self.running: list[SimRequest] = []
         self.in_transfer = 0
         self.in_transfer_tokens = 0
-        self.kv_reserved = 0
+        self.admit_tokens = 0  # KV tokens (prompts) of the admission queue
+        self.kv_pending = 0  # prompt + output of every request in transfer or waiting for admission
+        self.kv_reserved = 0  # prompt + output of the running requests
         self.kv_sum = 0
 
 
@@ -181,6 +261,11 @@ class ClusterOutcome:
     idle_power_w: float
     decode_gap_s: list[float]
     decode_gap_count: list[int]
+    rejected_over_context: list[SimRequest] = field(default_factory=list)
+    """Refused at arrival: prompt + output over the engine's ``max_model_len`` (not in ``requests``)."""
+    rejected_over_kv: list[SimRequest] = field(default_factory=list)
+    """Refused at arrival: prompt + output more than a decode instance's whole KV cache (never admitted)."""
+    limits: EngineLimits | None = None
 
 
 _PREFILL_DONE = 0
@@ -247,22 +332,33 @@ class ClusterSimulation:
             power_model=route_power_models,
         )
         self.capture_sizes = tuple(cluster.model.capture_sizes)
-        self.kv_capacity = int(
-            cluster.kv_capacity_tokens
-            if cluster.kv_capacity_tokens is not None
-            else cluster.model.kv_capacity_tokens
-        )
+        self.limits = cluster.limits()
+        self.kv_capacity = self.limits.kv_capacity_tokens
+        self.max_running = self.limits.max_running
         self.events: list[tuple[float, int, int, Any, Any]] = []
         self.seq = 0
         self.now_s = 0.0
         self.gap_s: list[float] = []
         self.gap_count: list[int] = []
-        self.requests = [
-            SimRequest(f"r{i}", float(t), int(n_in), int(n_out))
-            for i, (t, n_in, n_out) in enumerate(
-                zip(workload.arrival_s, workload.input_tokens, workload.output_tokens, strict=True)
+        self.requests: list[SimRequest] = []
+        self.rejected_over_context: list[SimRequest] = []
+        self.rejected_over_kv: list[SimRequest] = []
+        limits = self.limits
+        for i, (t, n_in, n_out) in enumerate(
+            zip(
+                workload.arrival_s.tolist(),
+                workload.input_tokens.tolist(),
+                workload.output_tokens.tolist(),
+                strict=True,
             )
-        ]
+        ):
+            request = SimRequest(f"r{i}", t, n_in, n_out)
+            if limits.over_context(n_in, n_out):
+                self.rejected_over_context.append(request)
+            elif limits.over_kv(n_in, n_out):
+                self.rejected_over_kv.append(request)
+            else:
+                self.requests.append(request)
 
     # --- events -------------------------------------------------------------------------------------------
     def _push(self, time_s: float, kind: int, a: Any, b: Any = None) -> None:
@@ -303,6 +399,9 @@ class ClusterSimulation:
             idle_power_w=float(self.model.idle_power_w()),
             decode_gap_s=self.gap_s,
             decode_gap_count=self.gap_count,
+            rejected_over_context=self.rejected_over_context,
+            rejected_over_kv=self.rejected_over_kv,
+            limits=self.limits,
         )
 
     # --- routing ------------------------------------------------------------------------------------------
@@ -323,10 +422,13 @@ class ClusterSimulation:
             Phase.DECODE,
             num_running=len(inst.running),
             num_waiting=len(inst.admit) + inst.in_transfer,
-            kv_tokens=inst.kv_sum + inst.in_transfer_tokens + sum(r.context_tokens for r in inst.admit),
+            kv_tokens=inst.kv_sum + inst.in_transfer_tokens + inst.admit_tokens,
             kv_capacity_tokens=self.kv_capacity,
             sm_clock_mhz=inst.clock_mhz,
             capture_sizes=self.capture_sizes,
+            max_running=self.max_running,
+            num_admission_waiting=len(inst.admit),
+            kv_committed_tokens=inst.kv_reserved + inst.kv_pending,
         )
 
     def _choose(self, request: SimRequest, instances: Sequence[_Instance], ctx: RouteContext) -> _Instance:
@@ -369,7 +471,7 @@ class ClusterSimulation:
                 waiting.popleft()
             else:
                 break
-        still_waiting: tuple[QueuedRequest, ...] = tuple(r.queued for r in waiting)
+        still_waiting = waiting.queued()
         inst.iteration += 1
         snapshot = BatchSnapshot(
             Phase.PREFILL,
@@ -423,6 +525,7 @@ class ClusterSimulation:
                 request.queued = QueuedRequest(
                     request.request_id, request.input_tokens - request.prefilled, request.arrival_s
                 )
+                inst.waiting.requeue_head(request)
         inst.batch = []
         if inst.waiting:
             self._start_prefill(inst)
@@ -434,17 +537,22 @@ class ClusterSimulation:
             request.finish_s = now_s
             return
         request.context_tokens = request.input_tokens
+        # In a decode admission queue a request shows its whole prompt (its KV cache), not its last chunk.
+        request.queued = QueuedRequest(request.request_id, request.input_tokens, request.arrival_s)
         inst = self._choose(request, self.decode, self.decode_route)
         assert isinstance(inst, _DecodeInstance)
         inst.in_transfer += 1
         inst.in_transfer_tokens += request.context_tokens
+        inst.kv_pending += request.input_tokens + request.output_tokens
         self._push(now_s + self.cluster.kv_transfer_s(request.input_tokens), _DECODE_ARRIVE, inst, request)
 
     # --- decode -------------------------------------------------------------------------------------------
     def _decode_arrive(self, inst: _DecodeInstance, request: SimRequest) -> None:
         inst.in_transfer -= 1
         inst.in_transfer_tokens -= request.context_tokens
+        request.decode_ready_s = self.now_s
         inst.admit.append(request)
+        inst.admit_tokens += request.context_tokens
         if not inst.busy:
             self._start_decode(inst)
 
@@ -452,15 +560,19 @@ class ClusterSimulation:
         admit = inst.admit
         running = inst.running
         capacity = self.kv_capacity
-        limit = self.cluster.max_decode_batch
+        limit = self.max_running
+        now_s = self.now_s
         while admit and len(running) < limit:
             request = admit[0]
             need = request.input_tokens + request.output_tokens
-            if running and inst.kv_reserved + need > capacity:
+            if inst.kv_reserved + need > capacity:  # never true for an empty batch: over-KV is rejected
                 break
             admit.popleft()
+            inst.admit_tokens -= request.context_tokens
+            inst.kv_pending -= need
             inst.kv_reserved += need
             inst.kv_sum += request.context_tokens
+            request.decode_admit_s = now_s
             running.append(request)
 
     def _start_decode(self, inst: _DecodeInstance) -> None:
@@ -476,7 +588,7 @@ class ClusterSimulation:
         snapshot = BatchSnapshot(
             Phase.DECODE,
             scheduled,
-            tuple([r.queued for r in inst.admit]) if inst.admit else (),
+            inst.admit.queued() if inst.admit else (),
             self.now_s,
             batch_size,
             kv_tokens,

@@ -6,6 +6,13 @@ Definitions (also in docs/guides/simulate.md):
   TPOT); the gap before the first decoded token includes the KV transfer and decode admission wait.
   Requests with a single output token have no ITL and meet the ITL objective trivially.
 - ITL percentiles in the tables are over every inter-token gap of every request (token-weighted).
+- Admission wait of a request: from its KV cache's arrival at a decode instance until it joins the running
+  batch (the engine's running-request cap or KV cache was full). It is part of the request's mean ITL (a
+  user sees it as a stall before the second token); ``decode_itl`` is the mean ITL without it, so a backlog
+  shows as admission wait, not as slow iterations.
+- Requests the engine refuses (longer than its ``max_model_len``, or more KV than a decode instance has) are
+  counted in ``rejected_over_context`` / ``rejected_over_kv`` and left out of every other number; the same
+  requests are refused under every policy (the limits do not depend on clocks or routing).
 - SLO attainment: the share of requests whose TTFT <= SLO TTFT **and** ITL <= SLO ITL.
 - Energy: all instances (all their GPUs) from the first arrival to the last completion, idle time at idle
   power; J/token is per output token.
@@ -52,6 +59,13 @@ class PolicyResult:
     itl_attainment: float
     clock_residency: dict[str, dict[int, float]]
     iterations: int
+    admission_wait: LatencySummary = LatencySummary(0.0, 0.0, 0.0)
+    """Per-request decode admission wait (s), over the requests that reached decode."""
+    admission_wait_mean_s: float = 0.0
+    decode_itl: LatencySummary = LatencySummary(0.0, 0.0, 0.0)
+    """Per-request mean ITL without the admission wait (s)."""
+    rejected_over_context: int = 0
+    rejected_over_kv: int = 0
     saving_vs_static_max: float | None = None
     timeline: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
 
@@ -105,6 +119,18 @@ def request_latencies(outcome: ClusterOutcome) -> tuple[np.ndarray, np.ndarray]:
     return ttft, itl
 
 
+def admission_waits(outcome: ClusterOutcome) -> tuple[np.ndarray, np.ndarray]:
+    """Per-request decode admission wait and mean ITL without it (s), for requests with > 1 output token."""
+    decoded = [r for r in outcome.requests if r.output_tokens > 1]
+    wait = np.fromiter((r.admission_wait_s for r in decoded), np.float64, len(decoded))
+    itl = np.fromiter(
+        ((r.finish_s - r.first_token_s - r.admission_wait_s) / (r.output_tokens - 1) for r in decoded),
+        np.float64,
+        len(decoded),
+    )
+    return wait, itl
+
+
 def summarize(policy: str, rate_rps: float, outcome: ClusterOutcome, slo: Slo) -> PolicyResult:
     """The table row of one run (``saving_vs_static_max`` is filled in by the caller with the baseline)."""
     ttft, itl = request_latencies(outcome)
@@ -128,6 +154,7 @@ def summarize(policy: str, rate_rps: float, outcome: ClusterOutcome, slo: Slo) -
         if (total := sum(by_clock.values())) > 0
     }
     output_tokens = int(sum(r.output_tokens for r in outcome.requests))
+    wait, decode_itl = admission_waits(outcome)
     total_j = energy[Phase.PREFILL] + energy[Phase.DECODE]
     return PolicyResult(
         policy=policy,
@@ -146,6 +173,11 @@ def summarize(policy: str, rate_rps: float, outcome: ClusterOutcome, slo: Slo) -
         itl_attainment=float(np.mean(meets_itl)),
         clock_residency=shares,
         iterations=iterations,
+        admission_wait=_summary(wait) if len(wait) else LatencySummary(0.0, 0.0, 0.0),
+        admission_wait_mean_s=float(wait.mean()) if len(wait) else 0.0,
+        decode_itl=_summary(decode_itl) if len(decode_itl) else LatencySummary(0.0, 0.0, 0.0),
+        rejected_over_context=len(outcome.rejected_over_context),
+        rejected_over_kv=len(outcome.rejected_over_kv),
         # Recorded: every instance, also one that never ran (an empty list); not recorded: none.
         timeline=timeline if any(timeline.values()) else {},
     )

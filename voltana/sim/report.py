@@ -50,7 +50,14 @@ def policy_table(point: SweepPoint, slo: Slo, title: str | None = "") -> Table:
     default = f"{point.rate_rps:g} req/s"
     table = Table(title=default if title == "" else title, title_justify="left")
     table.add_column("policy", no_wrap=True)
-    for column in ("kJ", "J/tok", "saving", "TTFT ms\np50/90/99", "ITL ms\np50/90/99"):
+    for column in (
+        "kJ",
+        "J/tok",
+        "saving",
+        "TTFT ms\np50/90/99",
+        "ITL ms\np50/90/99",
+        "adm. wait ms\np50/99",
+    ):
         table.add_column(column, justify="right")
     table.add_column(f"SLO att.\n{_ms(slo.ttft_s)}/{_ms(slo.itl_s)}", justify="right")
     for r in point.results:
@@ -62,6 +69,7 @@ def policy_table(point: SweepPoint, slo: Slo, title: str | None = "") -> Table:
             saving,
             "/".join(_ms(x) for x in (r.ttft.p50_s, r.ttft.p90_s, r.ttft.p99_s)),
             "/".join(_ms(x) for x in (r.itl.p50_s, r.itl.p90_s, r.itl.p99_s)),
+            "/".join(_ms(x) for x in (r.admission_wait.p50_s, r.admission_wait.p99_s)),
             f"{r.slo_attainment:.1%}",
         )
     return table
@@ -88,6 +96,19 @@ def residency_table(point: SweepPoint) -> Table:
             residency_text(r.clock_residency.get("decode", {})),
         )
     return table
+
+
+def rejected_line(point: SweepPoint) -> str:
+    """One line on the requests the engine refused at this rate (the same under every policy), or ''."""
+    if not point.results:
+        return ""
+    first = point.results[0]
+    if not (first.rejected_over_context or first.rejected_over_kv):
+        return ""
+    return (
+        f"refused by the engine (HTTP 400, not simulated): {first.rejected_over_context} longer than "
+        f"max_model_len, {first.rejected_over_kv} larger than a decode instance's KV cache"
+    )
 
 
 def comparison_markdown(points: Sequence[SweepPoint]) -> str:

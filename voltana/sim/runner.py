@@ -16,6 +16,7 @@ from voltana.core.config import VoltanaConfig
 from voltana.core.errors import VoltanaError
 from voltana.core.types import Phase, Slo
 from voltana.sim.cluster import ClusterSimulation, ClusterSpec, Controller, RoutingSpec
+from voltana.sim.engine import EngineConfigError
 from voltana.sim.metrics import PolicyResult, summarize
 from voltana.sim.workload import Workload
 
@@ -154,10 +155,17 @@ def run_policy(
     """Simulate ``workload`` under ``spec``: real controllers per instance, routing through the hook."""
     model = setup.cluster.model
     clocks = allowed_clocks_mhz(setup.config, model)
+    try:
+        max_running = setup.cluster.limits().max_running
+    except EngineConfigError as exc:
+        raise SimulationError(str(exc)) from None
     configs = {
         phase: with_clock_policy(setup.config, *spec.clock_policy(phase))
         for phase in (Phase.PREFILL, Phase.DECODE)
     }
+    # Decode EcoFreq knows the engine's running-request cap, as an adapter reads it from the engine config.
+    decode_options = {"max_running_requests": max_running, **configs[Phase.DECODE].policy.options}
+    configs[Phase.DECODE] = with_clock_policy(configs[Phase.DECODE], spec.decode_clock, decode_options)
     controllers: dict[str, Controller] = {}
 
     def factory(phase: Phase, instance_id: str) -> Controller:
@@ -192,6 +200,13 @@ def run_policy(
         route_predictors=predictors,
         route_power_models=power_models,
     )
+    if not simulation.requests:
+        limits = simulation.limits
+        raise SimulationError(
+            f"the engine refuses all {len(workload)} requests: {len(simulation.rejected_over_context)} "
+            f"longer than max_model_len {limits.max_model_len}, {len(simulation.rejected_over_kv)} larger "
+            f"than a decode instance's KV cache ({limits.kv_capacity_tokens} tokens)"
+        )
     # The routers see each instance's own learning models, as the HTTP router would through its state.
     for instance_id, controller in controllers.items():
         predictor = getattr(controller, "predictor", None)

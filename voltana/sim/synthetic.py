@@ -56,11 +56,31 @@ def synthetic_workload(
     ``poisson``: exponential inter-arrivals; ``bursty``: gamma inter-arrivals with coefficient of
     variation ``burst_cv`` (same mean). Deterministic for a given ``seed``.
     """
+    rng = np.random.default_rng(seed)
+    times = arrival_times(rng, rate_rps, duration_s, arrivals, burst_cv)
+    n = len(times)
+    prompts = _sample_quantiles(rng, CONV_PROMPT_TOKENS_AT_LEVEL, n)
+    outputs = _sample_quantiles(rng, CONV_OUTPUT_TOKENS_AT_LEVEL, n)
+    name = f"synthetic-conversation ({arrivals}, {rate_rps:g} req/s, {duration_s:g} s, seed {seed})"
+    return Workload(name, times, prompts, outputs)
+
+
+def arrival_times(
+    rng: np.random.Generator,
+    rate_rps: float,
+    duration_s: float,
+    arrivals: str = "poisson",
+    burst_cv: float = BURSTY_INTERARRIVAL_CV,
+) -> np.ndarray:
+    """Arrival times (s, ascending, first at 0) within ``duration_s`` at mean ``rate_rps``; at least one.
+
+    ``poisson``: exponential inter-arrivals; ``bursty``: gamma inter-arrivals with coefficient of variation
+    ``burst_cv`` (same mean). Raises :class:`WorkloadError` for a bad rate, duration or process name.
+    """
     if not rate_rps > 0:
         raise WorkloadError(f"request rate must be positive, got {rate_rps}")
     if not duration_s > 0:
         raise WorkloadError(f"duration must be positive, got {duration_s}")
-    rng = np.random.default_rng(seed)
     expected = rate_rps * duration_s
     n_draw = int(expected + 6 * np.sqrt(expected * max(1.0, burst_cv**2)) + 16)
     mean_gap_s = 1.0 / rate_rps
@@ -73,7 +93,5 @@ def synthetic_workload(
         raise WorkloadError(f"unknown arrival process {arrivals!r}; known: poisson, bursty")
     times = np.cumsum(gaps) - gaps[0]
     n = max(1, int(np.searchsorted(times, duration_s, side="left")))
-    prompts = _sample_quantiles(rng, CONV_PROMPT_TOKENS_AT_LEVEL, n)
-    outputs = _sample_quantiles(rng, CONV_OUTPUT_TOKENS_AT_LEVEL, n)
-    name = f"synthetic-conversation ({arrivals}, {rate_rps:g} req/s, {duration_s:g} s, seed {seed})"
-    return Workload(name, times[:n].astype(np.float64), prompts, outputs)
+    result: np.ndarray = times[:n].astype(np.float64)
+    return result

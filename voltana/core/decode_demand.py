@@ -1,0 +1,110 @@
+"""Online estimate of the load entering one decode instance: requests per second and tokens per request.
+
+A decode instance sees, at every decision, the requests in its running batch and in its admission queue
+(``BatchSnapshot.waiting``: requests whose KV arrived and that wait for a batch slot or KV space). From the
+ids that appear and disappear between decisions it measures, as exponentially weighted sums (a load average):
+
+- ``rate_rps``: requests entering the instance per second (time constant ``window_s``; the requests already
+  there at the first update count as arrivals);
+- ``output_tokens``: tokens generated per request that left, i.e. the expected output of a request (every
+  request of the previous iteration's batch produced one token; time constant ``OUTPUT_WINDOW_FACTOR x
+  window_s``, as output lengths vary far more than arrivals). ``None`` until a few requests have left;
+- ``waiting_since_s``: when each request of the admission queue was first seen there (the measured backlog).
+
+By Little's law a stable instance runs ``rate_rps * output_tokens * ITL`` requests at once; EcoFreq uses this
+to reject clocks that cannot carry the measured load (see :mod:`voltana.plugins.ecofreq`). Preempted
+requests that go back to the queue are not new arrivals (an id counts once while it is running or waiting).
+Nothing here raises on odd input (non-finite or backwards times only skip the decay).
+"""
+
+from __future__ import annotations
+
+import math
+
+from voltana.core.types import BatchSnapshot
+
+OUTPUT_WINDOW_FACTOR = 5.0
+"""The output-length estimate averages over this many arrival windows."""
+MIN_DEPARTURES = 3.0
+"""Weighted departures needed before ``output_tokens`` is reported."""
+
+
+class DecodeDemand:
+    """Measured decode load of one instance (see module docstring).
+
+    Invariants: the weighted sums are >= 0; ``present`` holds the ids running or waiting at the last update.
+    """
+
+    __slots__ = (
+        "arrivals",
+        "departures",
+        "first_update_s",
+        "last_batch",
+        "last_update_s",
+        "present",
+        "tokens",
+        "waiting_since_s",
+        "window_s",
+    )
+
+    def __init__(self, window_s: float) -> None:
+        if not window_s > 0.0:
+            raise ValueError(f"window_s must be positive, got {window_s}")
+        self.window_s = float(window_s)
+        self.arrivals = 0.0
+        self.departures = 0.0
+        self.tokens = 0.0
+        self.last_batch = 0
+        self.last_update_s = math.nan
+        self.first_update_s = math.nan
+        self.present: set[str] = set()
+        self.waiting_since_s: dict[str, float] = {}
+
+    @property
+    def rate_rps(self) -> float:
+        """Requests entering the instance per second (estimate; bias-corrected while younger than a window,
+        as an exponential average started from zero underestimates for a while)."""
+        age_s = self.last_update_s - self.first_update_s
+        if not age_s > 0.0:
+            return 0.0
+        return self.arrivals / (self.window_s * -math.expm1(-age_s / self.window_s))
+
+    @property
+    def output_tokens(self) -> float | None:
+        """Expected tokens generated per request on this instance, or None before enough have left."""
+        if self.departures < MIN_DEPARTURES:
+            return None
+        return self.tokens / self.departures
+
+    def update(self, snapshot: BatchSnapshot) -> None:
+        """Account for the requests of ``snapshot`` (called once per decode decision)."""
+        now_s = snapshot.now_s
+        elapsed_s = now_s - self.last_update_s
+        if elapsed_s > 0.0:  # False for the first update, NaN or a clock going backwards
+            fast = math.exp(-elapsed_s / self.window_s)
+            slow = math.exp(-elapsed_s / (OUTPUT_WINDOW_FACTOR * self.window_s))
+            self.arrivals *= fast
+            self.departures *= slow
+            self.tokens *= slow
+        if math.isfinite(now_s):
+            self.last_update_s = now_s
+            if math.isnan(self.first_update_s):
+                self.first_update_s = now_s
+        # The previous iteration's batch produced one token per request.
+        self.tokens += self.last_batch
+        self.last_batch = len(snapshot.requests)
+        current = {r.request_id for r in snapshot.requests}
+        waiting = snapshot.waiting
+        if waiting:
+            waiting_ids = [q.request_id for q in waiting]
+            current.update(waiting_ids)
+            since = self.waiting_since_s
+            fresh = {rid: since.get(rid, now_s) for rid in waiting_ids}
+            self.waiting_since_s = fresh
+        elif self.waiting_since_s:
+            self.waiting_since_s = {}
+        previous = self.present
+        if current != previous:
+            self.arrivals += len(current - previous)
+            self.departures += len(previous - current)
+            self.present = current
