@@ -141,6 +141,7 @@ class InstanceRuntime:
         self._default_clock_mhz = _default_clock_mhz(devices, perf_model)
         self._pinned_mhz: int | None = None  # a client's pin (profiling) overrides the policy
         self._iteration_observers: list[Callable[[IterationRecord], None]] = []
+        self._request_observers: list[Callable[[RequestRecord], None]] = []
 
     # ----------------------------------------------------------------------------------------- building
 
@@ -362,6 +363,11 @@ class InstanceRuntime:
             self._hook.voltana_request_finished(record=record)
         except Exception as exc:
             log.warning("voltana: a voltana_request_finished plugin failed: %s", _one_line(exc))
+        for observer in self._request_observers:
+            try:
+                observer(record)
+            except Exception as exc:
+                log.warning("voltana: a finished-request observer failed: %s", _one_line(exc))
 
     def forget_request(self, request_id: str) -> None:
         """Drop a request's accounting without reporting it (it was already reported, or was aborted)."""
@@ -397,10 +403,18 @@ class InstanceRuntime:
         """Call ``observer(record)`` after every iteration (hot path: it must be cheap and not raise)."""
         self._iteration_observers.append(observer)
 
+    def add_request_observer(self, observer: Callable[[RequestRecord], None]) -> None:
+        """Call ``observer(record)`` for every finished request once its energy is settled: on the engine
+        thread for a simulated GPU, from the energy sampler thread for a measured one (it must be cheap and
+        thread-safe); a request whose energy is unknown carries ``energy_source`` UNKNOWN."""
+        self._request_observers.append(observer)
+
     @property
     def measures_energy(self) -> bool:
-        """True when iterations are metered: a request's ``energy_j`` is then measured (else 0.0: unknown)."""
-        return self._meter is not None
+        """True when this instance accounts energy (measured, power-integrated or simulated); requests'
+        ``energy_j`` is then known unless their ``energy_source`` says UNKNOWN."""
+        energy = self._energy
+        return energy is not None and energy.source != EnergySource.UNKNOWN
 
     def status(self) -> RuntimeStatus:
         """A consistent view of this runtime (cheap: no driver call)."""

@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from voltana.core.errors import VoltanaError
+
 Engine = Literal["vllm", "sglang"]
 ENGINES: tuple[str, ...] = ("vllm", "sglang")
 DEFAULT_ENGINE: Engine = "vllm"
@@ -40,7 +42,7 @@ SGLANG_POOL_REQUESTS_PER_CONTEXT = 512
 """SGLang's request pool: ``clamp(kv_tokens / context_len * 512, 2048, 4096)`` (``model_runner.py``)."""
 
 
-class EngineConfigError(ValueError):
+class EngineConfigError(VoltanaError, ValueError):
     """An engine setting the user must fix; ``str()`` is one line."""
 
 

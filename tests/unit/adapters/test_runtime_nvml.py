@@ -245,3 +245,35 @@ def test_500_iterations_energy_is_sampled_off_the_engine_thread_and_sums_to_the_
     assert reads and all(e.tid != engine_tid for e in reads)  # not one read on the engine thread
     # about four reads per refresh period (the sampler's poll), not one or two per iteration
     assert len(reads) < 4.5 * (loop_ended_s - loop_started_s) / 0.1 + 2 < 2 * 500
+
+
+def test_measured_request_energy_reaches_the_vllm_request_log(standin_nvml: StandinNvml, tmp_path) -> None:
+    """The router's per-request energy (vLLM adapter) on a measured GPU: records settle on the sampler thread
+    after the request left, so the log subscribes to them; before, it read the (None) return value and the
+    runtime's removed meter, and the vLLM hook failed to attach."""
+    import json
+
+    from voltana.adapters.vllm.state import REQUESTS_FILE, RequestEnergyLog
+
+    standin_nvml.script(refresh_ms=20)
+    runtime = InstanceRuntime.start(_config(watchdog=False), Phase.DECODE, "n0")
+    try:
+        assert runtime.measures_energy
+        log = RequestEnergyLog(tmp_path, engine_index=0)
+        runtime.add_request_observer(log.add_record)
+        _run(runtime, 20, ["a", "b"], step_s=0.005)
+        assert (
+            runtime.request_finished("a", input_tokens=1, output_tokens=20, finish_time_s=time.time()) is None
+        )
+        runtime.request_finished("b", input_tokens=1, output_tokens=20, finish_time_s=time.time())
+        deadline = time.monotonic() + 5.0
+        lines: list[dict[str, object]] = []
+        while time.monotonic() < deadline and len(lines) < 2:
+            _run(runtime, 2, ["c"], step_s=0.01)  # keeps the engine ticking while the sampler settles a and b
+            log.flush()
+            path = tmp_path / REQUESTS_FILE.format(engine=0)
+            lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    finally:
+        runtime.close()
+    assert sorted(str(entry["request_id"]) for entry in lines) == ["a", "b"]
+    assert all(float(entry["energy_j"]) > 0.0 for entry in lines)  # type: ignore[arg-type]

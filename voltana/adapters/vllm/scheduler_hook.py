@@ -71,6 +71,8 @@ class VllmSchedulerHook:
         self._tracked: dict[str, Any] = {}
         self._publisher = StatePublisher(state_dir(), engine_index)
         self._energy_log = RequestEnergyLog(state_dir() if runtime.measures_energy else None, engine_index)
+        # Measured energy is settled by the sampler thread after the request left: records come from there.
+        runtime.add_request_observer(self._energy_log.add_record)
         self._broken = False
         self.control: Any | None = None  # EngineControlChannel: clock pins and the iteration ring
         self.hook_time_s = 0.0
@@ -161,15 +163,13 @@ class VllmSchedulerHook:
         now_s = time.time()
         for req_id in [r for r in finished_ids if r in self._tracked]:
             request = self._tracked.pop(req_id)
-            record = self.runtime.request_finished(
+            self.runtime.request_finished(
                 req_id,
                 input_tokens=int(request.num_prompt_tokens),
                 output_tokens=int(request.num_output_tokens),
                 finish_time_s=now_s,
                 trace_headers=getattr(request, "trace_headers", None),
             )
-            if record is not None:
-                self._energy_log.add(record.request_id, record.phase.value, record.energy_j)
 
     def _break(self, exc: Exception) -> None:
         self._broken = True

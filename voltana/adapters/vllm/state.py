@@ -27,14 +27,18 @@ Metrics (one sample per engine, label ``engine`` = data-parallel rank, as vLLM's
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from voltana.core.types import EnergySource, RequestRecord
 
 STATE_DIR_ENV = "_VOLTANA_VLLM_STATE_DIR"
 PUBLISH_INTERVAL_S = 0.25
@@ -99,27 +103,34 @@ REQUESTS_PATH = "/voltana/requests/{request_id}"
 
 
 class RequestEnergyLog:
-    """EngineCore side: finished requests' energy, buffered in memory (one tuple per request on the engine
-    thread) and appended to this engine's ``requests-<engine>.jsonl`` by :meth:`flush` (with the state)."""
+    """EngineCore side: finished requests' energy, buffered in memory (one tuple per request, added on the
+    engine thread or the energy sampler thread) and appended to this engine's ``requests-<engine>.jsonl`` by
+    :meth:`flush` (with the state, on the engine thread)."""
 
     def __init__(self, directory: Path | None, engine_index: int) -> None:
         self._path = directory / REQUESTS_FILE.format(engine=engine_index) if directory else None
-        self._pending: list[tuple[str, str, float]] = []
+        self._pending: deque[tuple[str, str, float]] = deque()  # append/popleft are thread-safe
         self._lines = 0
 
     def add(self, request_id: str, phase: str, energy_j: float) -> None:
-        """Remember one finished request (measured energy only)."""
+        """Remember one finished request (known energy only)."""
         if self._path is not None:
             self._pending.append((request_id, phase, energy_j))
+
+    def add_record(self, record: RequestRecord) -> None:
+        """:meth:`add` for a finished-request record; skipped when its energy is unknown (never a guess)."""
+        if record.energy_source != EnergySource.UNKNOWN:
+            self.add(record.request_id, record.phase.value, record.energy_j)
 
     def flush(self) -> None:
         """Append what is buffered (never raises: records are best effort)."""
         if self._path is None or not self._pending:
             return
-        lines = "".join(
-            json.dumps({"request_id": r, "phase": p, "energy_j": j}) + "\n" for r, p, j in self._pending
-        )
-        self._pending.clear()
+        taken: list[tuple[str, str, float]] = []
+        with contextlib.suppress(IndexError):
+            while True:
+                taken.append(self._pending.popleft())
+        lines = "".join(json.dumps({"request_id": r, "phase": p, "energy_j": j}) + "\n" for r, p, j in taken)
         try:
             if self._lines >= REQUEST_LINES_KEPT:
                 self._path.replace(self._path.with_suffix(".jsonl.1"))
