@@ -43,10 +43,10 @@ typecheck: env-engines
 	$(VENV)/bin/mypy voltana
 
 test-unit: env
-	$(PY) -m pytest -q -m "not vllm and not sglang" tests
+	$(PY) -m pytest -q -m "not vllm and not sglang and not ray" tests
 
 test-engines: env-engines env-sglang
-	$(PY) -m pytest -q -m "vllm or sglang" tests
+	$(PY) -m pytest -q -m "vllm or sglang or ray" tests
 	$(VENV_SGLANG)/bin/python -m pytest -q -m sglang tests/engines/sglang
 
 ## The whole test suite: lint, types, fast unit tier, then the engine tiers (real vLLM CPU build, SGLang).

@@ -189,6 +189,21 @@ class EmulatedEngine:
         await asyncio.sleep(self._debt_s)
         self._debt_s = max(-MIN_SLEEP_S, self._debt_s - (time.monotonic() - start))
 
+    def iteration_latency_s(self, phase: Phase, batch: list[EmuRequest]) -> float:
+        """Simulated duration of one iteration of ``batch`` at ``clock_mhz`` (s, before ``time_scale``).
+
+        A prefill computes every prompt token of ``batch``; a decode step one token per request over its
+        context. Subclasses choose the clock here (see ``voltana.integrations.ray_serve.engine``).
+        """
+        if phase is Phase.PREFILL:
+            tokens = sum(r.prompt_tokens for r in batch)
+            return self.model.cost(Phase.PREFILL, len(batch), tokens, 0, self.clock_mhz).latency_s
+        context = sum(r.prompt_tokens + r.generated for r in batch)
+        return self.model.cost(Phase.DECODE, len(batch), len(batch), context, self.clock_mhz).latency_s
+
+    def iteration_done(self) -> None:
+        """Called when the iteration timed by :meth:`iteration_latency_s` has run (before tokens go out)."""
+
     async def _loop(self) -> None:
         while True:
             if not self.waiting and not self.running:
@@ -203,8 +218,8 @@ class EmulatedEngine:
                     req = self.waiting.popleft()
                     batch.append(req)
                     tokens += req.prompt_tokens
-                cost = self.model.cost(Phase.PREFILL, len(batch), tokens, 0, self.clock_mhz)
-                await self._run_for(cost.latency_s)
+                await self._run_for(self.iteration_latency_s(Phase.PREFILL, batch))
+                self.iteration_done()
                 for req in batch:
                     if not req.aborted:
                         self._emit(req)  # the prefill samples the first token
@@ -212,9 +227,8 @@ class EmulatedEngine:
                             self.running.append(req)
                 continue
             batch = list(self.running)
-            context = sum(r.prompt_tokens + r.generated for r in batch)
-            cost = self.model.cost(Phase.DECODE, len(batch), len(batch), context, self.clock_mhz)
-            await self._run_for(cost.latency_s)
+            await self._run_for(self.iteration_latency_s(Phase.DECODE, batch))
+            self.iteration_done()
             for req in batch:
                 if not req.aborted:
                     self._emit(req)
