@@ -85,6 +85,14 @@ def chunk_event(parsed: ParsedRequest, request_id: str, text: str | None, finish
     return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
 
+def one_line(exc: BaseException | None) -> str:
+    """``Type: message`` of ``exc`` on one line (at most 300 characters)."""
+    if exc is None:
+        return "unknown error"
+    lines = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
 @serve.ingress(app)
 class VoltanaPDIngress:
     """The ingress deployment (see module docstring); ``config`` is the voltana config as a dict."""
@@ -150,11 +158,11 @@ class VoltanaPDIngress:
                 except RayError as exc:
                     last = exc
                     self.counters["retries" if attempt < self.max_retries else "failed"] += 1
-                    log.warning("request %s attempt %d failed: %s", request_id, attempt + 1, _one_line(exc))
+                    log.warning("request %s attempt %d failed: %s", request_id, attempt + 1, one_line(exc))
                     continue
                 self.counters["completed"] += 1
                 return JSONResponse(completion_body(parsed, request_id, "".join(tokens), len(tokens)))
-        message = f"request failed on {self.max_retries + 1} attempts; last error: {_one_line(last)}"
+        message = f"request failed on {self.max_retries + 1} attempts; last error: {one_line(last)}"
         return JSONResponse(error_body(503, message), status_code=503)
 
     async def _phases(
@@ -194,10 +202,10 @@ class VoltanaPDIngress:
                     async for token in self._phases(parsed, request_id, headers):
                         sent = True
                         yield chunk_event(parsed, request_id, token, None)
-                except RayError as exc:
-                    if sent or attempt == self.max_retries:
+                except Exception as exc:  # past the first byte, any failure must reach the client
+                    if sent or attempt == self.max_retries or not isinstance(exc, RayError):
                         self.counters["failed"] += 1
-                        error = error_body(503, f"request failed mid-stream: {_one_line(exc)}")
+                        error = error_body(503, f"request failed mid-stream: {one_line(exc)}")
                         yield b"data: " + json.dumps(error).encode() + b"\n\n"
                         return
                     self.counters["retries"] += 1
@@ -206,8 +214,3 @@ class VoltanaPDIngress:
                 yield chunk_event(parsed, request_id, None, "length")
                 yield b"data: [DONE]\n\n"
                 return
-
-
-def _one_line(exc: BaseException | None) -> str:
-    text = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown"
-    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__

@@ -5,8 +5,9 @@ RequestRouter`` and, in ``choose_replicas``, call the same ``voltana_choose_inst
 router`` and the simulator (EcoRoute, predicted-TTFT, the baselines, a third party's policy), over one
 :class:`~voltana.core.types.InstanceState` per candidate replica built by
 :func:`~voltana.integrations.ray_serve.stats.instance_state` from the replica's published ``routing_stats``
-and this router's own in-flight count. They answer two ranks: the chosen replica, then the others (Ray takes
-the second rank only when the chosen one is at ``max_ongoing_requests``).
+and this router's own in-flight count. They answer the chosen replica alone (when Ray's queue-length probe of
+it times out, Ray asks again, and the policy decides again on fresher state), or, once this router has
+``max_ongoing_requests`` in flight on it, two ranks: the chosen replica, then the others.
 
 Configure per deployment: ``RequestRouterConfig(request_router_class=VoltanaDecodeRouter,
 request_router_kwargs={...})``; kwargs (:meth:`VoltanaRequestRouter.initialize_state`): ``policy`` (default
@@ -99,7 +100,7 @@ class VoltanaRequestRouter(RequestRouter):
         )
         self._stale_after_s = stale_after_s
         self._inflight: dict[ReplicaID, int] = defaultdict(int)
-        self._log = stats.decision_log(self.phase, record_decisions)
+        self._record_decisions = record_decisions
         self.fallbacks = 0
         self.last_decision_s = 0.0
 
@@ -137,7 +138,7 @@ class VoltanaRequestRouter(RequestRouter):
         candidate_replicas: list[RunningReplica],
         pending_request: PendingRequest | None = None,
     ) -> list[list[RunningReplica]]:
-        """Rank ``candidate_replicas``: [[the policy's choice], [the others]] (see module docstring)."""
+        """Rank ``candidate_replicas``: [[the policy's choice]] (see module docstring)."""
         if not candidate_replicas:
             return []
         self._ensure_state()
@@ -156,7 +157,7 @@ class VoltanaRequestRouter(RequestRouter):
             self.fallbacks += 1
             index = min(range(len(states)), key=lambda i: states[i].num_running + states[i].num_waiting)
         self.last_decision_s = time.perf_counter() - start
-        self._log.append(
+        stats.decision_log(self._record_decisions).append(
             {
                 "phase": self.phase.value,
                 "policy": self.policy,
@@ -171,6 +172,8 @@ class VoltanaRequestRouter(RequestRouter):
             }
         )
         chosen = candidate_replicas[index]
+        if self._inflight.get(chosen.replica_id, 0) < chosen.max_ongoing_requests:
+            return [[chosen]]  # binding: a slow queue-length probe makes Ray ask again, not go elsewhere
         return [[chosen], [r for r in candidate_replicas if r is not chosen]]
 
     # --- in-flight bookkeeping (Ray's lifecycle callbacks) ---------------------------------------------

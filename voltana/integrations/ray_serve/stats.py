@@ -23,9 +23,9 @@ from voltana.core.types import InstanceState, Phase
 ROUTING_STATS_KEY = "voltana"
 DEFAULT_RECORDED_DECISIONS = 4096
 
-# The routers' decision logs of this process, by phase. Kept here rather than in ``routing``: Ray may ship a
+# The routers' decisions in this process, oldest first. Kept here rather than in ``routing``: Ray may ship a
 # request-router class by value (cloudpickle), which gives the class a private copy of its module's globals.
-_DECISIONS: dict[str, deque[dict[str, Any]]] = {}
+_DECISIONS: deque[dict[str, Any]] = deque(maxlen=DEFAULT_RECORDED_DECISIONS)
 
 
 def _float(value: Any) -> float | None:
@@ -140,9 +140,13 @@ def instance_state(
     )
 
 
-def decision_log(phase: Phase, maxlen: int = DEFAULT_RECORDED_DECISIONS) -> deque[dict[str, Any]]:
-    """The (bounded) log the request routers of ``phase`` in this process append their decisions to."""
-    return _DECISIONS.setdefault(phase.value, deque(maxlen=maxlen))
+def decision_log(maxlen: int = DEFAULT_RECORDED_DECISIONS) -> deque[dict[str, Any]]:
+    """The (bounded) log the request routers of this process append their decisions to; the largest
+    ``maxlen`` any router asked for wins."""
+    global _DECISIONS
+    if _DECISIONS.maxlen is not None and maxlen > _DECISIONS.maxlen:
+        _DECISIONS = deque(_DECISIONS, maxlen=maxlen)
+    return _DECISIONS
 
 
 def recorded_decisions(phase: Phase | str | None = None) -> list[dict[str, Any]]:
@@ -150,8 +154,8 @@ def recorded_decisions(phase: Phase | str | None = None) -> list[dict[str, Any]]
 
     Each: ``phase``, ``policy``, ``request_id``, ``input_tokens``, ``max_output_tokens``, ``candidates``
     (the ``InstanceState`` fields of each candidate, as the policy saw them), ``published`` (each
-    candidate's last published state, energy included, or None), ``chosen`` (replica id),
-    ``fallback`` (True when the policy answered nothing usable) and ``decision_s``.
+    candidate's last published state, energy included, or None), ``chosen`` (replica id), ``fallback``
+    (True when the policy answered nothing usable) and ``decision_s``.
     """
-    wanted = [Phase(phase).value] if phase is not None else list(_DECISIONS)
-    return [d for name in wanted for d in _DECISIONS.get(name, ())]
+    wanted = Phase(phase).value if phase is not None else None
+    return [d for d in _DECISIONS if wanted is None or d["phase"] == wanted]
