@@ -22,7 +22,7 @@ from tests.unit.telemetry.telemetry_helpers import OtlpReceiver, wait_until
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import Phase, RouteRequest, Slo
 from voltana.hardware.simulated import performance_model
-from voltana.integrations.ray_serve.routing import state_from_record
+from voltana.integrations.ray_serve.stats import state_from_record
 from voltana.plugins import get_plugin_manager
 from voltana.plugins.ecoroute import choose_ecoroute
 from voltana.router.choice import route_context

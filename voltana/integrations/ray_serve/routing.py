@@ -22,7 +22,6 @@ replicas for the prefill deployment in Ray Serve LLM's decode-orchestrated P/D).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import time
@@ -64,14 +63,6 @@ def route_request_of(pending_request: PendingRequest | None) -> RouteRequest:
     return RouteRequest(str(pending_request.metadata.request_id), 0)
 
 
-def state_from_record(fields: Mapping[str, Any]) -> InstanceState:
-    """Rebuild the :class:`InstanceState` a recorded candidate was (inverse of the record)."""
-    data = dict(fields)
-    data["phase"] = Phase(data["phase"])
-    data["capture_sizes"] = tuple(data.get("capture_sizes", ()))
-    return InstanceState(**data)
-
-
 class VoltanaRequestRouter(RequestRouter):
     """Base of the voltana request routers; ``phase`` says which deployment it fronts."""
 
@@ -100,6 +91,7 @@ class VoltanaRequestRouter(RequestRouter):
         )
         self._stale_after_s = stale_after_s
         self._inflight: dict[ReplicaID, int] = defaultdict(int)
+        self._parsed: dict[ReplicaID, tuple[Any, ReplicaStats | None]] = {}
         self._record_decisions = record_decisions
         self.fallbacks = 0
         self.last_decision_s = 0.0
@@ -119,7 +111,7 @@ class VoltanaRequestRouter(RequestRouter):
         """The policy's view of ``replicas`` now (one :class:`InstanceState` each, same order), and the
         state each replica published last (None when it published none)."""
         now_s = time.time()
-        published = [ReplicaStats.from_routing_stats(r.routing_stats) for r in replicas]
+        published = [self._published(r) for r in replicas]
         states = [
             instance_state(
                 r.replica_id.unique_id,
@@ -132,6 +124,15 @@ class VoltanaRequestRouter(RequestRouter):
             for r, stats in zip(replicas, published, strict=True)
         ]
         return states, published
+
+    def _published(self, replica: RunningReplica) -> ReplicaStats | None:
+        """``replica``'s parsed routing stats, parsed again only when Ray handed new ones."""
+        raw = replica.routing_stats
+        cached = self._parsed.get(replica.replica_id)
+        if cached is None or cached[0] is not raw:
+            cached = (raw, ReplicaStats.from_routing_stats(raw))
+            self._parsed[replica.replica_id] = cached
+        return cached[1]
 
     async def choose_replicas(
         self,
@@ -164,8 +165,8 @@ class VoltanaRequestRouter(RequestRouter):
                 "request_id": request.request_id,
                 "input_tokens": request.input_tokens,
                 "max_output_tokens": request.max_output_tokens,
-                "candidates": [dataclasses.asdict(s) for s in states],
-                "published": [p.to_state() if p is not None else None for p in published],
+                "candidates": tuple(states),  # frozen: made JSON-ready when read
+                "published": tuple(published),
                 "chosen": states[index].instance_id,
                 "fallback": fallback,
                 "decision_s": self.last_decision_s,
@@ -195,6 +196,7 @@ class VoltanaRequestRouter(RequestRouter):
         super().on_replica_actor_died(replica_id)
         self._ensure_state()
         self._inflight.pop(replica_id, None)
+        self._parsed.pop(replica_id, None)
 
 
 class VoltanaDecodeRouter(VoltanaRequestRouter):

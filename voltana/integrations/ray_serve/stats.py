@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from voltana.core.types import InstanceState, Phase
@@ -158,4 +158,20 @@ def recorded_decisions(phase: Phase | str | None = None) -> list[dict[str, Any]]
     (True when the policy answered nothing usable) and ``decision_s``.
     """
     wanted = Phase(phase).value if phase is not None else None
-    return [d for d in _DECISIONS if wanted is None or d["phase"] == wanted]
+    return [_json_ready(d) for d in list(_DECISIONS) if wanted is None or d["phase"] == wanted]
+
+
+def _json_ready(decision: Mapping[str, Any]) -> dict[str, Any]:
+    """A logged decision with its ``InstanceState``/``ReplicaStats`` objects as plain dicts."""
+    ready = dict(decision)
+    ready["candidates"] = [{**asdict(s), "phase": s.phase.value} for s in decision["candidates"]]
+    ready["published"] = [p.to_state() if p is not None else None for p in decision["published"]]
+    return ready
+
+
+def state_from_record(fields: Mapping[str, Any]) -> InstanceState:
+    """The :class:`InstanceState` a recorded candidate was (inverse of :func:`recorded_decisions`'s dicts)."""
+    data = dict(fields)
+    data["phase"] = Phase(data["phase"])
+    data["capture_sizes"] = tuple(data.get("capture_sizes", ()))
+    return InstanceState(**data)
