@@ -78,6 +78,29 @@ def expected_text(key: str, num_tokens: int) -> str:
     return "".join(token_text(key, i) for i in range(num_tokens))
 
 
+def completion_object(
+    request_id: str, model: str, chat: bool, text: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
+    """The OpenAI (chat) completion object of a finished request (``finish_reason`` "length")."""
+    choice: dict[str, Any] = {"index": 0, "finish_reason": "length", "logprobs": None}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
+    return {
+        "id": f"cmpl-{request_id}",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
 @dataclass
 class KvBus:
     """The in-process stand-in for the KV-transfer fabric between emulated instances."""
@@ -578,21 +601,9 @@ class EmulatedInstance:
         }
 
     def _response(self, req: EmuRequest, body: dict[str, Any], chat: bool, text: str) -> dict[str, Any]:
-        usage = {"prompt_tokens": req.prompt_tokens, "completion_tokens": req.generated,
-                 "total_tokens": req.prompt_tokens + req.generated}  # fmt: skip
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "length", "logprobs": None}
-        if chat:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["text"] = text
-        return {
-            "id": f"cmpl-{req.request_id}",
-            "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": self.model_name,
-            "choices": [choice],
-            "usage": usage,
-        }
+        return completion_object(
+            req.request_id, self.model_name, chat, text, req.prompt_tokens, req.generated
+        )
 
     async def _events(
         self, req: EmuRequest, body: dict[str, Any], chat: bool, include_usage: bool

@@ -13,5 +13,7 @@ import sys
 try:
     with contextlib.redirect_stdout(io.StringIO()):  # amdsmi prints its failure to stdout
         import amdsmi  # noqa: F401
+except ImportError:
+    pass  # not installed, or already marked absent (this guard ran at interpreter start)
 except (KeyError, OSError):
     sys.modules["amdsmi"] = None  # type: ignore[assignment]

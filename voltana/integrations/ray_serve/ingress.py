@@ -34,6 +34,7 @@ from voltana.core.config import VoltanaConfig
 from voltana.integrations.ray_serve.routing import ROUTE_KEY
 from voltana.integrations.ray_serve.stats import recorded_decisions
 from voltana.plugins.telemetry import configure_telemetry, start_request_trace, telemetry_wanted
+from voltana.router.emulator import completion_object
 from voltana.router.errors import RouterError, error_body
 from voltana.router.validation import Kind, ParsedRequest, decode_json, parse_request
 
@@ -41,30 +42,6 @@ log = logging.getLogger("voltana.ray_serve")
 DEFAULT_MAX_TOKENS = 16
 
 app = FastAPI(title="voltana P/D on Ray Serve")
-
-
-def completion_body(
-    parsed: ParsedRequest, request_id: str, text: str, completion_tokens: int
-) -> dict[str, Any]:
-    """The OpenAI (chat) completion object of a finished request."""
-    chat = parsed.kind == "chat"
-    choice: dict[str, Any] = {"index": 0, "finish_reason": "length", "logprobs": None}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": text}
-    else:
-        choice["text"] = text
-    return {
-        "id": f"cmpl-{request_id}",
-        "object": "chat.completion" if chat else "text_completion",
-        "created": int(time.time()),
-        "model": parsed.model,
-        "choices": [choice],
-        "usage": {
-            "prompt_tokens": parsed.input_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": parsed.input_tokens + completion_tokens,
-        },
-    }
 
 
 def chunk_event(parsed: ParsedRequest, request_id: str, text: str | None, finish: str | None) -> bytes:
@@ -161,7 +138,11 @@ class VoltanaPDIngress:
                     log.warning("request %s attempt %d failed: %s", request_id, attempt + 1, one_line(exc))
                     continue
                 self.counters["completed"] += 1
-                return JSONResponse(completion_body(parsed, request_id, "".join(tokens), len(tokens)))
+                answer = completion_object(
+                    request_id, parsed.model, parsed.kind == "chat", "".join(tokens), parsed.input_tokens,
+                    len(tokens),
+                )  # fmt: skip
+                return JSONResponse(answer)
         message = f"request failed on {self.max_retries + 1} attempts; last error: {one_line(last)}"
         return JSONResponse(error_body(503, message), status_code=503)
 
