@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,11 +17,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RAY_SITE = REPO / "tests" / "support" / "ray_site"
-if str(RAY_SITE) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(RAY_SITE), str(REPO), os.environ.get("PYTHONPATH", "")) if p
-    )
-import tests.support.ray_site.sitecustomize  # noqa: E402,F401  (the same guard, in this process)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_process_env() -> Iterator[None]:
+    """For the Ray tests only (not at collection: other tiers import amdsmi for real): the ``ray_site``
+    guard in this process and on every child's ``PYTHONPATH``, both undone at the end of the session."""
+    saved_path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(RAY_SITE), str(REPO), saved_path) if p)
+    had_amdsmi = "amdsmi" in sys.modules
+    import tests.support.ray_site.sitecustomize  # noqa: F401  (the same guard, in this process)
+
+    yield
+    if saved_path is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = saved_path
+    if not had_amdsmi and sys.modules.get("amdsmi", False) is None:
+        del sys.modules["amdsmi"]
+
 
 RAY_CPUS = 2
 
@@ -32,7 +47,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
+def ray_cluster(ray_process_env: None) -> Iterator[None]:
     """``ray.init()`` of a local cluster (no dashboard), shut down after the session."""
     import ray
 

@@ -170,8 +170,9 @@ def test_one_trace_per_request_from_ingress_to_prefill_to_decode_with_phase_joul
 ) -> None:
     requests = len(pd["bodies"])
 
-    def complete() -> bool:
-        return sum(s.name.startswith("decode") for s in _spans(receiver)) >= requests
+    def complete() -> bool:  # three processes export on their own schedules: wait for all three
+        names = [s.name.split(" ")[0] for s in _spans(receiver)]
+        return all(names.count(kind) >= requests for kind in ("route", "prefill", "decode"))
 
     assert wait_until(complete, timeout_s=60)
     spans = _spans(receiver)
