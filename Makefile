@@ -9,8 +9,11 @@ TORCH_CPU_VERSION ?= 2.13.0
 # SGLang gets its own virtualenv: it pins torch==2.14.1 and needs torchvision, which the vLLM CPU build's torch lacks.
 VENV_SGLANG ?= .venv-sglang
 SGLANG_VERSION ?= 0.5.23
+# Ray gets its own virtualenv: with Ray installed, vLLM imports it, and `import ray` fails next to PyPI's amdsmi
+# without ROCm (Ray's AMD detection only tolerates ImportError), which would break the vLLM tier.
+VENV_RAY ?= .venv-ray
 
-.PHONY: demo test lint typecheck docs test-unit test-engines env env-engines env-sglang clean
+.PHONY: demo test lint typecheck docs test-unit test-engines env env-engines env-sglang env-ray clean
 
 $(VENV)/.stamp-core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +30,16 @@ $(VENV_SGLANG)/.stamp-sglang: pyproject.toml scripts/install_sglang.sh
 	PYTHON=$(PYTHON) VENV_SGLANG=$(VENV_SGLANG) SGLANG_VERSION=$(SGLANG_VERSION) bash scripts/install_sglang.sh
 	touch $@
 
+$(VENV_RAY)/.stamp-ray: pyproject.toml
+	$(PYTHON) -m venv $(VENV_RAY)
+	$(VENV_RAY)/bin/python -m pip install -q --upgrade pip
+	$(VENV_RAY)/bin/python -m pip install -q -e '.[dev,ray]'
+	touch $@
+
 env: $(VENV)/.stamp-core
 env-engines: $(VENV)/.stamp-engines
 env-sglang: $(VENV_SGLANG)/.stamp-sglang
+env-ray: $(VENV_RAY)/.stamp-ray
 
 ## The main job on the embedded default: what would voltana save on this workload, on these GPUs?
 demo: env
@@ -47,15 +57,16 @@ docs: env
 	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 
 test-unit: env
-	$(PY) -m pytest -q -m "not vllm and not sglang" tests
+	$(PY) -m pytest -q -m "not vllm and not sglang and not ray" tests
 
-test-engines: env-engines env-sglang
+test-engines: env-engines env-sglang env-ray
 	$(PY) -m pytest -q -m "vllm or sglang" tests
 	$(VENV_SGLANG)/bin/python -m pytest -q -m sglang tests/engines/sglang
+	$(VENV_RAY)/bin/python -m pytest -q -m ray tests/ray_cluster
 
 ## The whole test suite: lint, types, docs build, fast unit tier, then the engine tiers (real vLLM CPU build, SGLang).
 test: lint typecheck docs test-unit test-engines
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
-	rm -rf $(VENV_SGLANG)
+	rm -rf $(VENV_SGLANG) $(VENV_RAY)

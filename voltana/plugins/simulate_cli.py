@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from voltana.core.hookspecs import hookimpl
@@ -24,7 +25,7 @@ SYNTHETIC = "synthetic"
 
 
 def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -109,6 +110,12 @@ def simulate(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")] = False,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Run the simulations as tasks on a local Ray with N CPUs.")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray", help="Run the simulations as tasks on the Ray cluster at ADDRESS.")
+    ] = None,
 ) -> None:
     """Simulate a P/D cluster under several clock/routing policies and compare energy and SLO attainment."""
     from voltana.cli import cli_state
@@ -223,9 +230,17 @@ def simulate(
             def on_run(label: str, r: float) -> None:
                 bar.update(task, advance=1, description=f"{label} @ {r:g} req/s")
 
-            points = run_sweep(
-                setup, names, workload_at, sweep_rates, timeline_policy=timeline_policy, on_run=on_run
-            )
+            if workers is not None or ray_address is not None:
+                from voltana.sim.ray_runner import run_sweep_on_ray
+
+                points = run_sweep_on_ray(
+                    setup, names, workload_at, sweep_rates, address=ray_address, workers=workers,
+                    timeline_policy=timeline_policy, num_clocks=len(allowed), on_run=on_run,
+                )  # fmt: skip
+            else:
+                points = run_sweep(
+                    setup, names, workload_at, sweep_rates, timeline_policy=timeline_policy, on_run=on_run
+                )
     except (WorkloadError, SimulationError, UnknownProfileError, EngineConfigError) as exc:
         raise _fail(str(exc)) from None
     meta = {

@@ -31,6 +31,28 @@ class NoInstanceError(VoltanaError):
         self.saturated = saturated
 
 
+def route_context(
+    policy: str,
+    phase: Phase,
+    slo: Slo,
+    rng: random.Random,
+    options: Mapping[str, Any] | None = None,
+    predictors: RoutePredictors | None = None,
+) -> RouteContext:
+    """The :class:`RouteContext` of one phase: ``options`` plus, with ``predictors``, what clock-aware
+    policies read (``allowed_clocks_mhz``, ``idle_power_w``, ``ctx.predictor``, ``ctx.power_model``; see
+    ``voltana.plugins.ecoroute``). Used by the HTTP router and the Ray Serve request routers alike."""
+    merged = dict(options or {})
+    if predictors is not None:
+        merged.setdefault("allowed_clocks_mhz", predictors.clocks_mhz)
+        merged.setdefault("idle_power_w", predictors.idle_power_w)
+    ctx = RouteContext(policy, phase, slo, rng=rng, options=merged)
+    if predictors is not None:
+        ctx.predictor = predictors.by_phase.get(phase)
+        ctx.power_model = predictors.energy_by_phase.get(phase)
+    return ctx
+
+
 class InstanceChooser:
     """Chooses prefill and decode instances through the plugin hook; policies can change at run time."""
 
@@ -49,22 +71,10 @@ class InstanceChooser:
         self.hook = hook
         self.registry = registry
         rng = random.Random(seed)
-        options = dict(options or {})
-        if predictors is not None:  # clock-aware policies read these (see voltana.plugins.ecoroute)
-            options.setdefault("allowed_clocks_mhz", predictors.clocks_mhz)
-            options.setdefault("idle_power_w", predictors.idle_power_w)
         self.contexts = {
-            Phase.PREFILL: RouteContext(
-                prefill_policy, Phase.PREFILL, slo, rng=rng, options=dict(options or {})
-            ),
-            Phase.DECODE: RouteContext(
-                decode_policy, Phase.DECODE, slo, rng=rng, options=dict(options or {})
-            ),
+            phase: route_context(policy, phase, slo, rng, options, predictors)
+            for phase, policy in ((Phase.PREFILL, prefill_policy), (Phase.DECODE, decode_policy))
         }
-        if predictors is not None:
-            for phase, ctx in self.contexts.items():
-                ctx.predictor = predictors.by_phase.get(phase)
-                ctx.power_model = predictors.energy_by_phase.get(phase)
         self.fallbacks = 0
         self.last_decision_ns = 0
 

@@ -98,6 +98,29 @@ def _is_prompt_batch(prompt: Any) -> bool:
     )
 
 
+def completion_object(
+    request_id: str, model: str, chat: bool, text: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
+    """The OpenAI (chat) completion object of a finished request (``finish_reason`` "length")."""
+    choice: dict[str, Any] = {"index": 0, "finish_reason": "length", "logprobs": None}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
+    return {
+        "id": f"cmpl-{request_id}",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
 @dataclass
 class KvBus:
     """The in-process stand-in for the KV-transfer fabric between emulated instances."""
@@ -260,6 +283,25 @@ class EmulatedEngine:
         for req, share_j in zip(batch, energy_shares(scheduled, energy_j), strict=True):
             req.energy_j += share_j
 
+    def iteration_latency_s(self, phase: Phase, batch: list[EmuRequest]) -> float:
+        """Simulated duration of one iteration of ``batch`` (s, before ``time_scale``) at the current clock
+        (the pinned one, if pinned); each request of ``batch`` gets its share of the iteration's energy.
+
+        A prefill computes every prompt token of ``batch``; a decode step one token per request over its
+        context. Subclasses choose the clock here (see ``voltana.integrations.ray_serve.engine``).
+        """
+        if phase is Phase.PREFILL:
+            tokens = sum(r.prompt_tokens for r in batch)
+            cost = self._cost(Phase.PREFILL, len(batch), tokens, 0)
+        else:
+            context = sum(r.prompt_tokens + r.generated for r in batch)
+            cost = self._cost(Phase.DECODE, len(batch), len(batch), context)
+        self._attribute(batch, cost.energy_j, prefill=phase is Phase.PREFILL)
+        return float(cost.latency_s)
+
+    def iteration_done(self) -> None:
+        """Called when the iteration timed by :meth:`iteration_latency_s` has run (before tokens go out)."""
+
     async def _loop(self) -> None:
         while True:
             if not self.waiting and not self.running:
@@ -274,9 +316,8 @@ class EmulatedEngine:
                     req = self.waiting.popleft()
                     batch.append(req)
                     tokens += req.prompt_tokens
-                cost = self._cost(Phase.PREFILL, len(batch), tokens, 0)
-                self._attribute(batch, cost.energy_j, prefill=True)
-                await self._run_for(cost.latency_s)
+                await self._run_for(self.iteration_latency_s(Phase.PREFILL, batch))
+                self.iteration_done()
                 for req in batch:
                     if not req.aborted:
                         self._emit(req)  # the prefill samples the first token
@@ -284,10 +325,8 @@ class EmulatedEngine:
                             self.running.append(req)
                 continue
             batch = list(self.running)
-            context = sum(r.prompt_tokens + r.generated for r in batch)
-            cost = self._cost(Phase.DECODE, len(batch), len(batch), context)
-            self._attribute(batch, cost.energy_j, prefill=False)
-            await self._run_for(cost.latency_s)
+            await self._run_for(self.iteration_latency_s(Phase.DECODE, batch))
+            self.iteration_done()
             for req in batch:
                 if not req.aborted:
                     self._emit(req)
@@ -736,21 +775,9 @@ class EmulatedInstance:
         }
 
     def _response(self, req: EmuRequest, body: dict[str, Any], chat: bool, text: str) -> dict[str, Any]:
-        usage = {"prompt_tokens": req.prompt_tokens, "completion_tokens": req.generated,
-                 "total_tokens": req.prompt_tokens + req.generated}  # fmt: skip
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "length", "logprobs": None}
-        if chat:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["text"] = text
-        return {
-            "id": f"cmpl-{req.request_id}",
-            "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": self.model_name,
-            "choices": [choice],
-            "usage": usage,
-        }
+        return completion_object(
+            req.request_id, self.model_name, chat, text, req.prompt_tokens, req.generated
+        )
 
     async def _events(
         self, req: EmuRequest, body: dict[str, Any], chat: bool, include_usage: bool

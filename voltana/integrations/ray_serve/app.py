@@ -1,0 +1,142 @@
+"""Building the P/D app on Ray Serve with voltana on every replica.
+
+:func:`build_pd_app` returns an ``Application``: an ingress (:mod:`.ingress`), a ``Prefill`` and a ``Decode``
+deployment of :class:`~voltana.integrations.ray_serve.replica.EmulatedPDReplica`, each behind its voltana
+request router (:mod:`.routing`) and publishing its state every ``routing_stats_period_s``. Every replica
+gets the same voltana config with its role set (``engine.role``), plus the per-role overrides; device
+selection per replica is Ray's: ``replica_gpus = 1`` gives each replica one GPU and sets its
+``CUDA_VISIBLE_DEVICES``, which voltana's device selection honours (``hardware.device_indices`` empty).
+
+From a shell: ``serve run voltana.integrations.ray_serve.app:app_builder config=voltana.toml num_decode=2``
+(:func:`app_builder` takes Serve's ``key=value`` arguments).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+from ray.serve.deployment import Application
+
+from voltana.core.config import ConfigError, VoltanaConfig, load_config
+from voltana.core.types import Phase
+from voltana.integrations.ray_serve.ingress import VoltanaPDIngress
+from voltana.integrations.ray_serve.replica import EmulatedPDReplica, replica_config
+
+ROUTERS = {
+    Phase.PREFILL: "voltana.integrations.ray_serve.routing.VoltanaPrefillRouter",
+    Phase.DECODE: "voltana.integrations.ray_serve.routing.VoltanaDecodeRouter",
+}
+DEPLOYMENT_NAMES = {Phase.PREFILL: "Prefill", Phase.DECODE: "Decode"}
+
+
+class PDAppSettings(BaseModel):
+    """Shape of the app (counts of replicas, resources, routing knobs); all optional."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_name: str = "emulated-model"
+    num_prefill: int = Field(1, ge=1)
+    num_decode: int = Field(1, ge=1)
+    prefill_policy: str | None = Field(None, description="default: policy.prefill_route of the config")
+    decode_policy: str | None = Field(None, description="default: policy.decode_route of the config")
+    time_scale: float = Field(1.0, gt=0, description="emulated engines: wall seconds per simulated second")
+    replica_cpus: float = Field(1.0, gt=0)
+    replica_gpus: float = Field(0.0, ge=0, description="GPUs per replica (Ray sets CUDA_VISIBLE_DEVICES)")
+    ingress_cpus: float = Field(1.0, gt=0)
+    max_ongoing_requests: int = Field(256, ge=1, description="per replica; Ray queues beyond it")
+    routing_stats_period_s: float = Field(0.5, gt=0, description="how often replicas publish their state")
+    stale_after_s: float = Field(5.0, gt=0, description="published load older than this is ignored")
+    max_retries: int = Field(2, ge=0, description="ingress: whole-request retries before the first byte")
+    seed: int | None = None
+    role_overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="'prefill'/'decode' -> voltana config sections for that role"
+    )
+
+
+def config_dict(config: VoltanaConfig | Mapping[str, Any] | str | Path | None) -> dict[str, Any]:
+    """A voltana config as the plain dict replicas and routers receive (validated; ``router`` left out,
+    it holds the HTTP router's secret). Raises :class:`ConfigError` (one line)."""
+    if config is None or isinstance(config, str | Path):
+        config = load_config(config).config
+    elif isinstance(config, Mapping):
+        try:
+            config = VoltanaConfig(**dict(config))
+        except ValueError as exc:
+            raise ConfigError(f"invalid voltana config: {str(exc).splitlines()[0]}") from None
+    return config.model_dump(mode="json", exclude={"router"})
+
+
+def _merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, Mapping) else v for k, v in base.items()}
+    for section, values in overrides.items():
+        if isinstance(values, Mapping) and isinstance(merged.get(section), dict):
+            merged[section].update(values)
+        else:
+            merged[section] = values
+    return merged
+
+
+def build_pd_app(
+    config: VoltanaConfig | Mapping[str, Any] | str | Path | None = None,
+    settings: PDAppSettings | Mapping[str, Any] | None = None,
+) -> Application:
+    """The P/D app (see module docstring). ``config``: a voltana config, dict or TOML path (None: the
+    ``VOLTANA_CONFIG`` file or defaults). Raises :class:`ConfigError` or pydantic's ``ValidationError``."""
+    shape = settings if isinstance(settings, PDAppSettings) else PDAppSettings(**dict(settings or {}))
+    unknown = set(shape.role_overrides) - {p.value for p in Phase}
+    if unknown:
+        raise ConfigError(f"role_overrides: unknown role(s) {sorted(unknown)}; use 'prefill' or 'decode'")
+    base = config_dict(config)
+    deployments: dict[Phase, Application] = {}
+    for phase, count, policy in (
+        (Phase.PREFILL, shape.num_prefill, shape.prefill_policy),
+        (Phase.DECODE, shape.num_decode, shape.decode_policy),
+    ):
+        role_config = _merged(base, shape.role_overrides.get(phase.value, {}))
+        try:
+            replica_config(role_config, phase)  # fail here, not in a replica
+        except ValueError as exc:
+            raise ConfigError(f"{phase.value} config: {str(exc).splitlines()[0]}") from None
+        router_options: dict[str, Any] = {
+            "request_router_class": ROUTERS[phase],
+            "request_router_kwargs": {
+                "policy": policy,
+                "config": role_config,
+                "seed": shape.seed,
+                "stale_after_s": shape.stale_after_s,
+            },
+            "request_routing_stats_period_s": shape.routing_stats_period_s,
+        }
+        deployment = serve.deployment(
+            name=DEPLOYMENT_NAMES[phase],
+            num_replicas=count,
+            max_ongoing_requests=shape.max_ongoing_requests,
+            ray_actor_options={"num_cpus": shape.replica_cpus, "num_gpus": shape.replica_gpus},
+            request_router_config=RequestRouterConfig(**router_options),
+        )(EmulatedPDReplica)
+        deployments[phase] = deployment.bind(
+            phase.value, role_config, model_name=shape.model_name, time_scale=shape.time_scale
+        )
+    ingress = serve.deployment(name="Ingress", ray_actor_options={"num_cpus": shape.ingress_cpus})(
+        VoltanaPDIngress
+    )
+    app: Application = ingress.bind(
+        deployments[Phase.PREFILL],
+        deployments[Phase.DECODE],
+        model_name=shape.model_name,
+        config=base,
+        max_retries=shape.max_retries,
+    )
+    return app
+
+
+def app_builder(args: dict[str, str]) -> Application:
+    """``serve run``'s builder: ``config=PATH`` plus any :class:`PDAppSettings` field as ``key=value``."""
+    settings = dict(args)
+    path = settings.pop("config", None)
+    return build_pd_app(path, settings)
