@@ -18,10 +18,19 @@ from voltana.core.errors import VoltanaError
 NOT_ERRORS = {"voltana.router.disconnect.ClientGone", "voltana.router.proxy.BackendRejected"}
 
 
+# Modules of an optional extra that this environment need not have (the Ray tier has its own virtualenv).
+OPTIONAL = {"ray": "voltana.integrations.ray_serve."}
+
+
 def _exception_classes() -> dict[str, type[BaseException]]:
     found: dict[str, type[BaseException]] = {}
     for info in pkgutil.walk_packages(voltana.__path__, "voltana."):
-        module = importlib.import_module(info.name)
+        try:
+            module = importlib.import_module(info.name)
+        except ModuleNotFoundError as exc:
+            # Only a missing optional dependency, and only in that extra's own modules.
+            assert exc.name in OPTIONAL and info.name.startswith(OPTIONAL[exc.name]), (info.name, exc.name)
+            continue
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if issubclass(obj, BaseException) and obj.__module__ == info.name:
                 found[f"{obj.__module__}.{obj.__qualname__}"] = obj

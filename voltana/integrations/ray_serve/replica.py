@@ -25,6 +25,7 @@ from typing import Any
 from ray import serve
 
 from voltana.core.config import VoltanaConfig
+from voltana.core.errors import VoltanaError
 from voltana.core.types import Phase
 from voltana.hardware.simulated import performance_model
 from voltana.integrations.ray_serve.engine import VoltanaEngine
@@ -33,7 +34,7 @@ from voltana.plugins.telemetry import configure_telemetry, telemetry_wanted
 from voltana.router.emulator import EmuRequest, count_prompt_tokens, prompt_key
 
 
-class ReplicaStoppedError(RuntimeError):
+class ReplicaStoppedError(VoltanaError, RuntimeError):
     """The replica's engine stopped while a request was running on it."""
 
 
