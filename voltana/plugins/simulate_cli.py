@@ -176,11 +176,13 @@ def simulate(
 
         else:
             trace = load_workload(workload)
-            own_rate = round(trace.rate_rps, 3)
-            sweep_rates = _parse_rates(rates) if rates else [rate if rate is not None else own_rate]
+            # Without --rate/--rates the trace is replayed as recorded (x1): its own mean rate only labels
+            # the run, it is never rounded and rescaled to (a rounded rate of a sparse trace would be 0).
+            rescale = rate is not None or rates is not None
+            sweep_rates = _parse_rates(rates) if rates else [rate if rate is not None else trace.rate_rps]
 
             def workload_at(r: float) -> Workload:
-                replayed = trace.at_rate(r)
+                replayed = trace.at_rate(r) if rescale else trace
                 return replayed.truncated(duration) if duration is not None else replayed
 
         probe = workload_at(sweep_rates[0])

@@ -170,3 +170,38 @@ def test_table_reports_the_window_and_each_rates_scale_factor(
     assert code == 0, err
     assert "2.44 req/s: 63 requests in 25.4 s of arrivals (gap.csv x1.22111; sweep rate 1 req/s)" in out
     assert "2 req/s: 200 requests in 99.5 s of arrivals (gap.csv x2.44221; sweep rate 2 req/s)" in out
+
+
+# Issue 18 follow-up: defects a QA run of `voltana simulate` found after items 6 and 8-11.
+
+
+@pytest.mark.parametrize(
+    ("gaps_s", "own_rate_rps"),
+    [
+        ([3601.0], 1 / 3601),  # the DST file: two requests an hour apart (0.000278 req/s rounds to 0.0)
+        ([700.0] * 10, 10 / 7000),  # 11 requests 700 s apart: 0.00143 rounds to 0.001, a x0.7 replay
+        ([0.3] * 29, 29 / 8.7),  # an ordinary trace: 3.33333 req/s was replayed x0.999849
+    ],
+)
+def test_a_trace_without_rate_is_replayed_as_recorded(
+    tmp_path: Path,
+    gaps_s: list[float],
+    own_rate_rps: float,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    trace = tmp_path / "own.csv"
+    arrivals = [0.0]
+    for gap in gaps_s:
+        arrivals.append(arrivals[-1] + gap)
+    rows = "".join(f"{t},{200 + 10 * i},{20 + i}\n" for i, t in enumerate(arrivals))
+    trace.write_text("arrival_s,input_tokens,output_tokens\n" + rows)
+    args = ["--workload", str(trace), "--policies", "static-max", "--json"]
+    code, out, err = run_in_process(args, monkeypatch, capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    (point,) = data["points"]
+    assert point["workload"] == "own.csv"  # no scale factor: x1
+    assert point["rate_rps"] == pytest.approx(own_rate_rps, rel=1e-12)
+    assert point["num_requests"] == len(arrivals)
+    assert point["arrival_span_s"] == pytest.approx(sum(gaps_s))
