@@ -118,7 +118,7 @@ def simulate(
     from voltana.sim.cluster import ClusterSpec
     from voltana.sim.datasets import DATASET_WORKLOADS, dataset_workload, tokenizer_for_model
     from voltana.sim.engine import EngineConfigError
-    from voltana.sim.plot import plot_sweep
+    from voltana.sim.plot import plot_path, plot_sweep, timeline_reason
     from voltana.sim.report import point_title, policy_table, rejected_line, residency_table, sweep_json
     from voltana.sim.runner import (
         PAPER_MIN_CLOCK_MHZ,
@@ -159,6 +159,8 @@ def simulate(
     if not names:
         raise _fail("--policies is empty")
     try:
+        if plot is not None:
+            plot = plot_path(plot)
         if workload == SYNTHETIC:
             span_s = duration if duration is not None else 300.0
             sweep_rates = _parse_rates(rates) if rates else [rate if rate is not None else CONV_RATE_RPS]
@@ -285,7 +287,13 @@ def simulate(
             out.print(refused)
     out.print("[dim]saving: energy vs static-max; SLO att.: share of requests meeting TTFT and mean ITL.[/]")
     if plot is not None:
-        out.print(f"plot written to {plot} (clock timeline of {timeline_policy} at {shown_rate:g} req/s)")
+        shown = next(p for p in points if p.rate_rps == shown_rate)
+        why = timeline_reason(shown, chosen_by_default=timeline_rate is None)
+        out.print(
+            f"plot written to {plot} (clock timeline of {timeline_policy} at {shown_rate:g} req/s: {why})",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _check_policies(names: list[str]) -> None:

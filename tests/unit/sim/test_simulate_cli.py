@@ -205,3 +205,49 @@ def test_a_trace_without_rate_is_replayed_as_recorded(
     assert point["rate_rps"] == pytest.approx(own_rate_rps, rel=1e-12)
     assert point["num_requests"] == len(arrivals)
     assert point["arrival_span_s"] == pytest.approx(sum(gaps_s))
+
+
+@pytest.mark.parametrize(
+    ("plot_name", "message"),
+    [
+        ("missing/out.png", "directory {tmp}/missing does not exist"),
+        ("out.txt", "cannot write .txt files; use one of"),
+        ("adir", "--plot {tmp}/adir is a directory"),
+    ],
+)
+def test_a_bad_plot_path_is_one_line_before_simulating(
+    tmp_path: Path,
+    plot_name: str,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import voltana.sim.sweep
+
+    (tmp_path / "adir").mkdir()
+
+    def no_simulation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("simulated before checking --plot")
+
+    monkeypatch.setattr(voltana.sim.sweep, "run_sweep", no_simulation)
+    args = ["--duration", "5", "--policies", "static-max", "--plot", str(tmp_path / plot_name)]
+    code, _, err = run_in_process(args, monkeypatch, capsys)
+    assert message.format(tmp=tmp_path) in one_error_line(code, err)
+    assert not (tmp_path / "adir.png").exists()
+
+
+def test_plot_without_extension_prints_the_file_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plot = tmp_path / "figure"
+    args = ["--duration", "5", "--rate", "2", "--policies", "static-max", "--plot", str(plot)]
+    code, out, err = run_in_process(args, monkeypatch, capsys)
+    assert code == 0, err
+    written = tmp_path / "figure.png"
+    assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    last = out.strip().splitlines()[-1]
+    # The real file, the timeline's rate and why that rate (docs/simulate-inputs.md promises both).
+    assert last == (
+        f"plot written to {written} (clock timeline of static-max at 2 req/s: "
+        "highest rate where static-max meets the SLO for >= 90%)"
+    )
