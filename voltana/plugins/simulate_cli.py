@@ -206,7 +206,7 @@ def simulate(
         limits = setup.cluster.limits()
         check_slo_feasible(perf, setup.slo, probe)
         _check_policies(names)
-        timeline_policy = next((n for n in reversed(names) if n != "oracle"), None) if plot else None
+        timeline_policy = _timeline_policy(names) if plot else None
         if timeline_rate is not None and timeline_rate not in sweep_rates:
             known = ", ".join(f"{r:g}" for r in sweep_rates)
             raise _fail(
@@ -294,6 +294,14 @@ def simulate(
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _timeline_policy(names: list[str]) -> str:
+    """The policy of the plot's clock timeline: the last non-oracle one in ``--policies``; with the oracle
+    alone, static max (its reference, which the table shows too)."""
+    from voltana.sim.sweep import BASELINE
+
+    return next((n for n in reversed(names) if n != "oracle"), BASELINE)
 
 
 def _check_policies(names: list[str]) -> None:

@@ -251,3 +251,24 @@ def test_plot_without_extension_prints_the_file_written(
         f"plot written to {written} (clock timeline of static-max at 2 req/s: "
         "highest rate where static-max meets the SLO for >= 90%)"
     )
+
+
+def test_oracle_alone_plots_the_timeline_of_static_max(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from voltana.sim import plot as plot_module
+
+    shown: list[str] = []
+    real_timeline = plot_module._timeline
+
+    def spy(fig: object, ax: object, point: object, policy: str | None, *rest: object) -> None:
+        real_timeline(fig, ax, point, policy, *rest)  # type: ignore[arg-type]
+        shown.append(ax.get_title())  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(plot_module, "_timeline", spy)
+    plot = tmp_path / "oracle.png"
+    args = ["--duration", "3", "--rate", "2", "--policies", "oracle", "--plot", str(plot)]
+    code, out, err = run_in_process(args, monkeypatch, capsys)
+    assert code == 0, err
+    assert "clock timeline of static-max at 2 req/s" in out.strip().splitlines()[-1]
+    assert shown and shown[0].startswith("clock timeline: static-max at 2 req/s")
