@@ -188,6 +188,15 @@ def simulate(
                 return replayed.truncated(duration) if duration is not None else replayed
 
         probe = workload_at(sweep_rates[0])
+        # The run's workload as a whole (each point names its own, with a trace's scale factor at its rate).
+        if workload in (SYNTHETIC, *DATASET_WORKLOADS):
+            whole_name = (
+                probe.name
+                if len(sweep_rates) == 1
+                else f"{workload} ({arrivals}, {span_s:g} s, seed {seed}; rates as in points)"
+            )
+        else:
+            whole_name = trace.name
         allowed = allowed_clocks_mhz(config, perf)
         setup = SimulationSetup(
             ClusterSpec(
@@ -240,7 +249,7 @@ def simulate(
         "decode_instances": decode,
         "slo": {"ttft_s": setup.slo.ttft_s, "itl_s": setup.slo.itl_s},
         "clocks_mhz": [allowed[0], allowed[-1]],
-        "workload": probe.name,
+        "workload": whole_name,
         "seed": seed,
         "engine": {
             "name": limits.engine,

@@ -157,7 +157,9 @@ def test_table_reports_the_window_and_each_rates_scale_factor(
     args = ["--workload", trace, "--rates", "1,2", "--duration", "102", "--policies", "static-max"]
     code, out, err = run_in_process([*args, "--json"], monkeypatch, capsys)
     assert code == 0, err
-    first, second = json.loads(out)["points"]
+    data = json.loads(out)
+    assert data["workload"] == "gap.csv"  # the trace itself, not the first rate's rescaled replay
+    first, second = data["points"]
     # The whole trace (199 gaps over 99 + 144 = 243 s) rescaled to a 1 req/s mean is x1.22111; its first
     # 102 s hold the 63 requests before the pause: 62 gaps of 0.5 / 1.22111 s = 25.4 s, 2.44 req/s.
     factor = 243 / 199
