@@ -38,8 +38,13 @@ def _parse_rates(text: str) -> list[float]:
     return rates
 
 
-def _check_run_options(rate: float | None, rates: str | None, duration: float | None) -> None:
-    """One line for a rate or window the simulation cannot honour (instead of silently replacing it)."""
+def _check_run_options(rate: float | None, rates: str | None, duration: float | None, seed: int) -> None:
+    """One line for a rate, window or seed the simulation cannot honour (instead of silently replacing it)."""
+    if seed < 0:
+        raise _fail(
+            f"--seed must be a whole number >= 0 (numpy's random generators take no negative seed), "
+            f"got {seed}"
+        )
     if rate is not None and rates is not None:
         raise _fail("give --rate or --rates, not both")
     if rate is not None and not (rate > 0 and math.isfinite(rate)):
@@ -137,7 +142,7 @@ def simulate(
         raise _fail("--prefill and --decode need at least one instance each")
     if (ttft is not None and not ttft > 0) or (itl is not None and not itl > 0):
         raise _fail("--ttft and --itl must be positive (seconds)")
-    _check_run_options(rate, rates, duration)
+    _check_run_options(rate, rates, duration, seed)
     try:
         perf = performance_model(gpu, model, tp)
     except UnknownProfileError as exc:

@@ -93,6 +93,10 @@ def test_table_output_on_a_trace(tmp_path: Path) -> None:
         (["--prefill", "0"], "at least one instance"),
         (["--min-clock", "1500"], "contains no supported clock"),
         (["--rates", "2,4", "--timeline-rate", "3"], "--timeline-rate 3 is not one of the simulated rates"),
+        (["--seed", "-1"], "--seed must be a whole number >= 0"),
+        (["--workload", "sharegpt", "--seed", "-7"], "--seed must be a whole number >= 0"),
+        (["--rate", "1e9"], "1e+09 req/s for 5 s is 5e+09 requests; at most 1,000,000 per run"),
+        (["--workload", "lmsys", "--rates", "5,1e7"], "1e+07 req/s for 5 s is 5e+07 requests"),
     ],
 )
 def test_bad_input_is_one_line(
