@@ -143,6 +143,8 @@ def simulate(
     if (ttft is not None and not ttft > 0) or (itl is not None and not itl > 0):
         raise _fail("--ttft and --itl must be positive (seconds)")
     _check_run_options(rate, rates, duration, seed)
+    if timeline_rate is not None and plot is None:
+        raise _fail("--timeline-rate chooses the rate of the plot's clock timeline: give --plot too")
     try:
         perf = performance_model(gpu, model, tp)
     except UnknownProfileError as exc:

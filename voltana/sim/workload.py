@@ -264,8 +264,12 @@ def _read_jsonl(path: Path) -> Workload:
 def load_workload(path: str | Path) -> Workload:
     """Read a trace file (Azure CSV, generic CSV or JSONL); raises :class:`WorkloadError` with one line."""
     file = Path(path).expanduser()
-    if not file.is_file():
+    if not file.exists():
         raise WorkloadError(f"workload file not found: {file}")
+    if file.is_dir():
+        raise WorkloadError(f"{file} is a directory, not a workload file (CSV or JSONL)")
+    if not file.is_file():
+        raise WorkloadError(f"{file} is not a regular file (a device or pipe); give a CSV or JSONL file")
     try:
         if file.suffix.lower() in {".jsonl", ".ndjson"}:
             return _read_jsonl(file)

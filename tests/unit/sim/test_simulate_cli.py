@@ -92,8 +92,13 @@ def test_table_output_on_a_trace(tmp_path: Path) -> None:
         (["--rates", "fast"], "--rates must be"),
         (["--prefill", "0"], "at least one instance"),
         (["--min-clock", "1500"], "contains no supported clock"),
-        (["--rates", "2,4", "--timeline-rate", "3"], "--timeline-rate 3 is not one of the simulated rates"),
+        (
+            ["--rates", "2,4", "--timeline-rate", "3", "--plot", "never-written.png"],
+            "--timeline-rate 3 is not one of the simulated rates",
+        ),
         (["--seed", "-1"], "--seed must be a whole number >= 0"),
+        (["--rates", "2,4", "--timeline-rate", "2"], "--timeline-rate chooses the rate of the plot's clock"),
+        (["--workload", "/dev/null"], "/dev/null is not a regular file"),
         (["--workload", "sharegpt", "--seed", "-7"], "--seed must be a whole number >= 0"),
         (["--rate", "1e9"], "1e+09 req/s for 5 s is 5e+09 requests; at most 1,000,000 per run"),
         (["--workload", "lmsys", "--rates", "5,1e7"], "1e+07 req/s for 5 s is 5e+07 requests"),
@@ -278,3 +283,22 @@ def test_oracle_alone_plots_the_timeline_of_static_max(
     assert code == 0, err
     assert "clock timeline of static-max at 2 req/s" in out.strip().splitlines()[-1]
     assert shown and shown[0].startswith("clock timeline: static-max at 2 req/s")
+
+
+def test_a_directory_as_workload_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_in_process(["--workload", str(tmp_path)], monkeypatch, capsys)
+    assert f"{tmp_path} is a directory, not a workload file" in one_error_line(code, err)
+
+
+def test_one_request_is_singular(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "one.csv"
+    trace.write_text("arrival_s,input_tokens,output_tokens\n0,100,10\n")
+    code, out, err = run_in_process(
+        ["--workload", str(trace), "--policies", "static-max"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    assert "single arrival: 1 request in 0 s of arrivals" in out
