@@ -39,8 +39,13 @@ def _parse_rates(text: str) -> list[float]:
     return rates
 
 
-def _check_run_options(rate: float | None, rates: str | None, duration: float | None) -> None:
-    """One line for a rate or window the simulation cannot honour (instead of silently replacing it)."""
+def _check_run_options(rate: float | None, rates: str | None, duration: float | None, seed: int) -> None:
+    """One line for a rate, window or seed the simulation cannot honour (instead of silently replacing it)."""
+    if seed < 0:
+        raise _fail(
+            f"--seed must be a whole number >= 0 (numpy's random generators take no negative seed), "
+            f"got {seed}"
+        )
     if rate is not None and rates is not None:
         raise _fail("give --rate or --rates, not both")
     if rate is not None and not (rate > 0 and math.isfinite(rate)):
@@ -125,7 +130,7 @@ def simulate(
     from voltana.sim.cluster import ClusterSpec
     from voltana.sim.datasets import DATASET_WORKLOADS, dataset_workload, tokenizer_for_model
     from voltana.sim.engine import EngineConfigError
-    from voltana.sim.plot import plot_sweep
+    from voltana.sim.plot import plot_path, plot_sweep, timeline_reason
     from voltana.sim.report import point_title, policy_table, rejected_line, residency_table, sweep_json
     from voltana.sim.runner import (
         PAPER_MIN_CLOCK_MHZ,
@@ -144,7 +149,9 @@ def simulate(
         raise _fail("--prefill and --decode need at least one instance each")
     if (ttft is not None and not ttft > 0) or (itl is not None and not itl > 0):
         raise _fail("--ttft and --itl must be positive (seconds)")
-    _check_run_options(rate, rates, duration)
+    _check_run_options(rate, rates, duration, seed)
+    if timeline_rate is not None and plot is None:
+        raise _fail("--timeline-rate chooses the rate of the plot's clock timeline: give --plot too")
     try:
         perf = performance_model(gpu, model, tp)
     except UnknownProfileError as exc:
@@ -166,6 +173,8 @@ def simulate(
     if not names:
         raise _fail("--policies is empty")
     try:
+        if plot is not None:
+            plot = plot_path(plot)
         if workload == SYNTHETIC:
             span_s = duration if duration is not None else 300.0
             sweep_rates = _parse_rates(rates) if rates else [rate if rate is not None else CONV_RATE_RPS]
@@ -183,14 +192,25 @@ def simulate(
 
         else:
             trace = load_workload(workload)
-            own_rate = round(trace.rate_rps, 3)
-            sweep_rates = _parse_rates(rates) if rates else [rate if rate is not None else own_rate]
+            # Without --rate/--rates the trace is replayed as recorded (x1): its own mean rate only labels
+            # the run, it is never rounded and rescaled to (a rounded rate of a sparse trace would be 0).
+            rescale = rate is not None or rates is not None
+            sweep_rates = _parse_rates(rates) if rates else [rate if rate is not None else trace.rate_rps]
 
             def workload_at(r: float) -> Workload:
-                replayed = trace.at_rate(r)
+                replayed = trace.at_rate(r) if rescale else trace
                 return replayed.truncated(duration) if duration is not None else replayed
 
         probe = workload_at(sweep_rates[0])
+        # The run's workload as a whole (each point names its own, with a trace's scale factor at its rate).
+        if workload in (SYNTHETIC, *DATASET_WORKLOADS):
+            whole_name = (
+                probe.name
+                if len(sweep_rates) == 1
+                else f"{workload} ({arrivals}, {span_s:g} s, seed {seed}; rates as in points)"
+            )
+        else:
+            whole_name = trace.name
         allowed = allowed_clocks_mhz(config, perf)
         setup = SimulationSetup(
             ClusterSpec(
@@ -209,7 +229,7 @@ def simulate(
         limits = setup.cluster.limits()
         check_slo_feasible(perf, setup.slo, probe)
         _check_policies(names)
-        timeline_policy = next((n for n in reversed(names) if n != "oracle"), None) if plot else None
+        timeline_policy = _timeline_policy(names) if plot else None
         if timeline_rate is not None and timeline_rate not in sweep_rates:
             known = ", ".join(f"{r:g}" for r in sweep_rates)
             raise _fail(
@@ -251,7 +271,7 @@ def simulate(
         "decode_instances": decode,
         "slo": {"ttft_s": setup.slo.ttft_s, "itl_s": setup.slo.itl_s},
         "clocks_mhz": [allowed[0], allowed[-1]],
-        "workload": probe.name,
+        "workload": whole_name,
         "seed": seed,
         "engine": {
             "name": limits.engine,
@@ -298,7 +318,21 @@ def simulate(
             out.print(refused)
     out.print("[dim]saving: energy vs static-max; SLO att.: share of requests meeting TTFT and mean ITL.[/]")
     if plot is not None:
-        out.print(f"plot written to {plot} (clock timeline of {timeline_policy} at {shown_rate:g} req/s)")
+        shown = next(p for p in points if p.rate_rps == shown_rate)
+        why = timeline_reason(shown, chosen_by_default=timeline_rate is None)
+        out.print(
+            f"plot written to {plot} (clock timeline of {timeline_policy} at {shown_rate:g} req/s: {why})",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _timeline_policy(names: list[str]) -> str:
+    """The policy of the plot's clock timeline: the last non-oracle one in ``--policies``; with the oracle
+    alone, static max (its reference, which the table shows too)."""
+    from voltana.sim.sweep import BASELINE
+
+    return next((n for n in reversed(names) if n != "oracle"), BASELINE)
 
 
 def _check_policies(names: list[str]) -> None:

@@ -15,6 +15,7 @@ three panels:
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +53,42 @@ def default_timeline_rate(points: Sequence[SweepPoint], timeline_policy: str | N
         and r.slo_attainment >= TIMELINE_ATTAINMENT
     ]
     return max(served) if served else min(p.rate_rps for p in points)
+
+
+def plot_path(path: Path) -> Path:
+    """The file ``--plot`` will write, checked before any simulation runs.
+
+    ``path`` with ``.png`` added when it has no extension (matplotlib would add it silently). Raises
+    :class:`~voltana.sim.runner.SimulationError` (one line) for a directory, an extension matplotlib cannot
+    write (:meth:`FigureCanvasBase.get_supported_filetypes`), a missing or unwritable directory.
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if path.is_dir():
+        raise SimulationError(f"--plot {path} is a directory; give a file, e.g. {path / 'simulate.png'}")
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    supported = FigureCanvasBase.get_supported_filetypes()
+    extension = path.suffix[1:].lower()
+    if extension not in supported:
+        known = ", ".join(f".{name}" for name in sorted(supported))
+        raise SimulationError(f"--plot {path}: cannot write .{extension} files; use one of {known}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise SimulationError(f"--plot {path}: directory {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise SimulationError(f"--plot {path}: not writable")
+    return path
+
+
+def timeline_reason(point: SweepPoint, chosen_by_default: bool) -> str:
+    """Why the clock timeline shows ``point``'s rate: ``--timeline-rate``, or the default rule's outcome."""
+    base = _result(point, BASELINE)
+    if not chosen_by_default:
+        return "--timeline-rate"
+    if base is not None and base.slo_attainment < TIMELINE_ATTAINMENT:
+        return f"lowest rate: {BASELINE} meets the SLO for < {TIMELINE_ATTAINMENT:.0%} at every rate"
+    return f"highest rate where {BASELINE} meets the SLO for >= {TIMELINE_ATTAINMENT:.0%}"
 
 
 def _instance_order(instance_id: str) -> tuple[int, int, str]:
@@ -238,13 +275,7 @@ def _timeline(
     ax.set_xlim(0, shown.span_s)
     bar = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01)
     bar.set_label("SM clock (MHz)")
-    base = _result(point, BASELINE)
-    if not chosen_by_default:
-        why = "--timeline-rate"
-    elif base is not None and base.slo_attainment < TIMELINE_ATTAINMENT:
-        why = f"lowest rate: {BASELINE} meets the SLO for < {TIMELINE_ATTAINMENT:.0%} at every rate"
-    else:
-        why = f"highest rate where {BASELINE} meets the SLO for >= {TIMELINE_ATTAINMENT:.0%}"
+    why = timeline_reason(point, chosen_by_default)
     ax.set_title(
         f"clock timeline: {shown.policy} at {point.rate_rps:g} req/s ({why}); one row per instance",
         fontsize=9,

@@ -34,10 +34,8 @@ def point_title(point: SweepPoint) -> str:
     rate = "single arrival" if offered is None else f"{offered:.3g} req/s"
     span_s = point.arrival_span_s
     span = f"{span_s:.3g}" if span_s < 100 else f"{span_s:.0f}"
-    return (
-        f"{rate}: {point.num_requests} requests in {span} s of arrivals "
-        f"({name}; sweep rate {point.rate_rps:g} req/s)"
-    )
+    requests = f"{point.num_requests} request{'' if point.num_requests == 1 else 's'}"
+    return f"{rate}: {requests} in {span} s of arrivals ({name}; sweep rate {point.rate_rps:g} req/s)"
 
 
 def policy_table(point: SweepPoint, slo: Slo, title: str | None = "") -> Table:

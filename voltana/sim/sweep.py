@@ -131,7 +131,9 @@ def run_sweep(
         if ORACLE in policies:
             reference = next((r for r in results if r.policy == BASELINE), None)
             if reference is None:
-                reference = run_policy(setup, parse_policy(BASELINE), workload, rate)
+                reference = run_policy(
+                    setup, parse_policy(BASELINE), workload, rate, record_timeline=timeline_policy == BASELINE
+                )
                 if on_run is not None:
                     on_run(BASELINE, rate)
             choice = hindsight_oracle(

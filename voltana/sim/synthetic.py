@@ -34,6 +34,11 @@ CONV_RATE_RPS = 5.53
 BURSTY_INTERARRIVAL_CV = 3.0
 """Coefficient of variation of gamma inter-arrivals for ``bursty`` (a chosen stress setting, not fitted)."""
 
+MAX_REQUESTS = 1_000_000
+"""Most requests one generated workload may hold (``rate x duration``): every request is drawn up front and
+kept by the simulator (arrays plus per-request state), and the simulator runs thousands, not millions, of
+requests per second, so more would exhaust memory or run for hours."""
+
 ArrivalProcess = Literal["poisson", "bursty"]
 
 
@@ -75,13 +80,19 @@ def arrival_times(
     """Arrival times (s, ascending, first at 0) within ``duration_s`` at mean ``rate_rps``; at least one.
 
     ``poisson``: exponential inter-arrivals; ``bursty``: gamma inter-arrivals with coefficient of variation
-    ``burst_cv`` (same mean). Raises :class:`WorkloadError` for a bad rate, duration or process name.
+    ``burst_cv`` (same mean). Raises :class:`WorkloadError` for a bad rate, duration or process name, or
+    for more than :data:`MAX_REQUESTS` expected arrivals.
     """
     if not rate_rps > 0:
         raise WorkloadError(f"request rate must be positive, got {rate_rps}")
     if not duration_s > 0:
         raise WorkloadError(f"duration must be positive, got {duration_s}")
     expected = rate_rps * duration_s
+    if expected > MAX_REQUESTS:
+        raise WorkloadError(
+            f"{rate_rps:g} req/s for {duration_s:g} s is {expected:.3g} requests; at most {MAX_REQUESTS:,} "
+            "per run (each is generated up front and kept in memory): lower the rate or the duration"
+        )
     n_draw = int(expected + 6 * np.sqrt(expected * max(1.0, burst_cv**2)) + 16)
     mean_gap_s = 1.0 / rate_rps
     if arrivals == "poisson":

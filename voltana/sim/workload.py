@@ -11,10 +11,10 @@ File formats (detected by extension and header):
 - JSON Lines with objects ``{"arrival_s": ..., "input_tokens": ..., "output_tokens": ...}``; token counts
   must be JSON integers (``12``, not ``12.5``, ``12.0`` or ``"12"``).
 
-Token counts are whole numbers >= 1 in every format; anything else is rejected with its line number, never
-rounded. Files may start with a UTF-8 byte order mark (as spreadsheet exports do); header names are
-compared without surrounding spaces. Arrivals are made relative to the first request (the first arrives at
-0 s) and sorted.
+Token counts are whole numbers from 1 to :data:`MAX_TOKENS` in every format; anything else is rejected
+with its line number, never rounded. Files may start with a UTF-8 byte order mark (as spreadsheet exports
+do); header names are compared without surrounding spaces. Arrivals are made relative to the first request
+(the first arrives at 0 s) and sorted.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ from voltana.core.errors import VoltanaError
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 GENERIC_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
+
+
+MAX_TOKENS = 2**31 - 1
+"""Largest token count accepted per request: far above any model's context (a few million tokens), and
+small enough that token counts times KV bytes per token stay exact in the simulator's int64/float64."""
 
 
 class WorkloadError(VoltanaError, ValueError):
@@ -94,6 +99,8 @@ def from_columns(
 ) -> Workload:
     """A workload from raw columns: validated, sorted by arrival and shifted to start at 0 s."""
     arrivals = np.asarray(arrival_s, dtype=np.float64)
+    if any(count > MAX_TOKENS for column in (input_tokens, output_tokens) for count in column):
+        raise WorkloadError(f"workload {name}: token counts must be at most {MAX_TOKENS}")
     inputs = np.asarray(input_tokens, dtype=np.int64)
     outputs = np.asarray(output_tokens, dtype=np.int64)
     if len(arrivals) == 0:
@@ -154,6 +161,8 @@ def _token_count(value: object, what: str, where: str, in_json: bool = False) ->
         )
     if count < 1:
         raise WorkloadError(f"{where}: {what} {count} must be >= 1 (token counts must be >= 1)")
+    if count > MAX_TOKENS:
+        raise WorkloadError(f"{where}: {what} {count} is too large (at most {MAX_TOKENS} tokens)")
     return count
 
 
@@ -255,8 +264,12 @@ def _read_jsonl(path: Path) -> Workload:
 def load_workload(path: str | Path) -> Workload:
     """Read a trace file (Azure CSV, generic CSV or JSONL); raises :class:`WorkloadError` with one line."""
     file = Path(path).expanduser()
-    if not file.is_file():
+    if not file.exists():
         raise WorkloadError(f"workload file not found: {file}")
+    if file.is_dir():
+        raise WorkloadError(f"{file} is a directory, not a workload file (CSV or JSONL)")
+    if not file.is_file():
+        raise WorkloadError(f"{file} is not a regular file (a device or pipe); give a CSV or JSONL file")
     try:
         if file.suffix.lower() in {".jsonl", ".ndjson"}:
             return _read_jsonl(file)

@@ -92,7 +92,16 @@ def test_table_output_on_a_trace(tmp_path: Path) -> None:
         (["--rates", "fast"], "--rates must be"),
         (["--prefill", "0"], "at least one instance"),
         (["--min-clock", "1500"], "contains no supported clock"),
-        (["--rates", "2,4", "--timeline-rate", "3"], "--timeline-rate 3 is not one of the simulated rates"),
+        (
+            ["--rates", "2,4", "--timeline-rate", "3", "--plot", "never-written.png"],
+            "--timeline-rate 3 is not one of the simulated rates",
+        ),
+        (["--seed", "-1"], "--seed must be a whole number >= 0"),
+        (["--rates", "2,4", "--timeline-rate", "2"], "--timeline-rate chooses the rate of the plot's clock"),
+        (["--workload", "/dev/null"], "/dev/null is not a regular file"),
+        (["--workload", "sharegpt", "--seed", "-7"], "--seed must be a whole number >= 0"),
+        (["--rate", "1e9"], "1e+09 req/s for 5 s is 5e+09 requests; at most 1,000,000 per run"),
+        (["--workload", "lmsys", "--rates", "5,1e7"], "1e+07 req/s for 5 s is 5e+07 requests"),
     ],
 )
 def test_bad_input_is_one_line(
@@ -157,7 +166,9 @@ def test_table_reports_the_window_and_each_rates_scale_factor(
     args = ["--workload", trace, "--rates", "1,2", "--duration", "102", "--policies", "static-max"]
     code, out, err = run_in_process([*args, "--json"], monkeypatch, capsys)
     assert code == 0, err
-    first, second = json.loads(out)["points"]
+    data = json.loads(out)
+    assert data["workload"] == "gap.csv"  # the trace itself, not the first rate's rescaled replay
+    first, second = data["points"]
     # The whole trace (199 gaps over 99 + 144 = 243 s) rescaled to a 1 req/s mean is x1.22111; its first
     # 102 s hold the 63 requests before the pause: 62 gaps of 0.5 / 1.22111 s = 25.4 s, 2.44 req/s.
     factor = 243 / 199
@@ -170,3 +181,124 @@ def test_table_reports_the_window_and_each_rates_scale_factor(
     assert code == 0, err
     assert "2.44 req/s: 63 requests in 25.4 s of arrivals (gap.csv x1.22111; sweep rate 1 req/s)" in out
     assert "2 req/s: 200 requests in 99.5 s of arrivals (gap.csv x2.44221; sweep rate 2 req/s)" in out
+
+
+# Issue 18 follow-up: defects a QA run of `voltana simulate` found after items 6 and 8-11.
+
+
+@pytest.mark.parametrize(
+    ("gaps_s", "own_rate_rps"),
+    [
+        ([3601.0], 1 / 3601),  # the DST file: two requests an hour apart (0.000278 req/s rounds to 0.0)
+        ([700.0] * 10, 10 / 7000),  # 11 requests 700 s apart: 0.00143 rounds to 0.001, a x0.7 replay
+        ([0.3] * 29, 29 / 8.7),  # an ordinary trace: 3.33333 req/s was replayed x0.999849
+    ],
+)
+def test_a_trace_without_rate_is_replayed_as_recorded(
+    tmp_path: Path,
+    gaps_s: list[float],
+    own_rate_rps: float,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    trace = tmp_path / "own.csv"
+    arrivals = [0.0]
+    for gap in gaps_s:
+        arrivals.append(arrivals[-1] + gap)
+    rows = "".join(f"{t},{200 + 10 * i},{20 + i}\n" for i, t in enumerate(arrivals))
+    trace.write_text("arrival_s,input_tokens,output_tokens\n" + rows)
+    args = ["--workload", str(trace), "--policies", "static-max", "--json"]
+    code, out, err = run_in_process(args, monkeypatch, capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    (point,) = data["points"]
+    assert point["workload"] == "own.csv"  # no scale factor: x1
+    assert point["rate_rps"] == pytest.approx(own_rate_rps, rel=1e-12)
+    assert point["num_requests"] == len(arrivals)
+    assert point["arrival_span_s"] == pytest.approx(sum(gaps_s))
+
+
+@pytest.mark.parametrize(
+    ("plot_name", "message"),
+    [
+        ("missing/out.png", "directory {tmp}/missing does not exist"),
+        ("out.txt", "cannot write .txt files; use one of"),
+        ("adir", "--plot {tmp}/adir is a directory"),
+    ],
+)
+def test_a_bad_plot_path_is_one_line_before_simulating(
+    tmp_path: Path,
+    plot_name: str,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import voltana.sim.sweep
+
+    (tmp_path / "adir").mkdir()
+
+    def no_simulation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("simulated before checking --plot")
+
+    monkeypatch.setattr(voltana.sim.sweep, "run_sweep", no_simulation)
+    args = ["--duration", "5", "--policies", "static-max", "--plot", str(tmp_path / plot_name)]
+    code, _, err = run_in_process(args, monkeypatch, capsys)
+    assert message.format(tmp=tmp_path) in one_error_line(code, err)
+    assert not (tmp_path / "adir.png").exists()
+
+
+def test_plot_without_extension_prints_the_file_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plot = tmp_path / "figure"
+    args = ["--duration", "5", "--rate", "2", "--policies", "static-max", "--plot", str(plot)]
+    code, out, err = run_in_process(args, monkeypatch, capsys)
+    assert code == 0, err
+    written = tmp_path / "figure.png"
+    assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    last = out.strip().splitlines()[-1]
+    # The real file, the timeline's rate and why that rate (docs/simulate-inputs.md promises both).
+    assert last == (
+        f"plot written to {written} (clock timeline of static-max at 2 req/s: "
+        "highest rate where static-max meets the SLO for >= 90%)"
+    )
+
+
+def test_oracle_alone_plots_the_timeline_of_static_max(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from voltana.sim import plot as plot_module
+
+    shown: list[str] = []
+    real_timeline = plot_module._timeline
+
+    def spy(fig: object, ax: object, point: object, policy: str | None, *rest: object) -> None:
+        real_timeline(fig, ax, point, policy, *rest)  # type: ignore[arg-type]
+        shown.append(ax.get_title())  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(plot_module, "_timeline", spy)
+    plot = tmp_path / "oracle.png"
+    args = ["--duration", "3", "--rate", "2", "--policies", "oracle", "--plot", str(plot)]
+    code, out, err = run_in_process(args, monkeypatch, capsys)
+    assert code == 0, err
+    assert "clock timeline of static-max at 2 req/s" in out.strip().splitlines()[-1]
+    assert shown and shown[0].startswith("clock timeline: static-max at 2 req/s")
+
+
+def test_a_directory_as_workload_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_in_process(["--workload", str(tmp_path)], monkeypatch, capsys)
+    assert f"{tmp_path} is a directory, not a workload file" in one_error_line(code, err)
+
+
+def test_one_request_is_singular(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "one.csv"
+    trace.write_text("arrival_s,input_tokens,output_tokens\n0,100,10\n")
+    code, out, err = run_in_process(
+        ["--workload", str(trace), "--policies", "static-max"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    assert "single arrival: 1 request in 0 s of arrivals" in out

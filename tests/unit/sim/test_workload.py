@@ -205,3 +205,40 @@ def test_token_counts_that_are_not_integers_name_the_line(
 ) -> None:
     with pytest.raises(WorkloadError, match=message):
         load_workload(write(tmp_path, name, text))
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "big.csv",
+            "arrival_s,input_tokens,output_tokens\n0,10,5\n1,99999999999999999999999,5\n",
+            r"big.csv:3: input_tokens 99999999999999999999999 is too large \(at most 2147483647 tokens\)",
+        ),
+        (
+            "big.jsonl",
+            '{"arrival_s": 0, "input_tokens": 10, "output_tokens": 99999999999999999999999}\n',
+            r"big.jsonl:1: output_tokens 99999999999999999999999 is too large",
+        ),
+        (
+            "big_azure.csv",
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00,9223372036854775808,5\n",
+            r"big_azure.csv:2: ContextTokens 9223372036854775808 is too large",
+        ),
+    ],
+)
+def test_token_counts_beyond_the_limit_name_the_line(
+    tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    """Issue 18 follow-up: a count too large for int64 was an OverflowError traceback in from_columns."""
+    with pytest.raises(WorkloadError, match=message) as info:
+        load_workload(write(tmp_path, name, text))
+    assert "\n" not in str(info.value)
+
+
+def test_from_columns_rejects_counts_beyond_the_limit() -> None:
+    from voltana.sim.workload import MAX_TOKENS, from_columns
+
+    with pytest.raises(WorkloadError, match="at most 2147483647"):
+        from_columns("w", [0.0], [MAX_TOKENS + 1], [1])
+    assert len(from_columns("w", [0.0], [MAX_TOKENS], [1])) == 1
