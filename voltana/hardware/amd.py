@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from voltana.hardware.device import (
+    MAX_GPU_POWER_W,
     DeviceCapabilities,
     EnergyCounter,
     EnergySource,
@@ -174,6 +175,7 @@ class AmdGpu(GpuDevice):
                 joules_per_unit=float(reading["counter_resolution"]) * 1e-6,
                 widths_bits=(32, 64),  # 32-bit on older firmware, 64-bit accumulators elsewhere
                 label=f"GPU {self.index} ({self.name})",
+                max_power_w=MAX_GPU_POWER_W,
             )
         return self._energy.update(int(reading["energy_accumulator"]))
 

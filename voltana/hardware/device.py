@@ -13,10 +13,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from voltana.core.types import EnergySource
-from voltana.hardware.counters import EnergyCounter, EnergyReading, EnergyTracker, weakest_source
+from voltana.hardware.counters import (
+    MAX_GPU_POWER_W,
+    EnergyCounter,
+    EnergyReading,
+    EnergyTracker,
+    weakest_source,
+)
 from voltana.hardware.errors import DeviceNotFoundError, InvalidArgumentError
 
 __all__ = [
+    "MAX_GPU_POWER_W",
     "DeviceCapabilities",
     "EnergyCounter",
     "EnergyReading",

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from voltana.hardware.device import (
+    MAX_GPU_POWER_W,
     DeviceCapabilities,
     EnergyCounter,
     EnergySource,
@@ -129,12 +130,23 @@ class NvmlGpu(GpuDevice):
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(handle_id)
         name = pynvml.nvmlDeviceGetName(self._handle)
         super().__init__(index, name.decode() if isinstance(name, bytes) else str(name))
-        # NVML reports a 64-bit mJ counter: a decrease is a reset or glitch, never a wrap in practice
+        # NVML reports a 64-bit mJ counter: a decrease is a reset or glitch, never a wrap in practice; no
+        # interval may count more than the enforced power limit allows
         self._energy = EnergyCounter(
-            joules_per_unit=1e-3, widths_bits=(64,), label=f"GPU {index} ({self.name})"
+            joules_per_unit=1e-3,
+            widths_bits=(64,),
+            label=f"GPU {index} ({self.name})",
+            max_power_w=self._power_limit_w(),
         )
         self._clocks: tuple[int, ...] | None = None
         self.read_energy()  # baseline, and finds out now (one WARNING) whether the counter works
+
+    def _power_limit_w(self) -> float:
+        """The enforced power limit (W), else :data:`MAX_GPU_POWER_W` where the driver does not say."""
+        try:
+            return float(self._nvml.nvmlDeviceGetEnforcedPowerLimit(self._handle)) / 1000.0
+        except self._nvml.NVMLError:
+            return MAX_GPU_POWER_W
 
     @_nvml_call("reading supported clocks")
     def supported_clocks_mhz(self) -> tuple[int, ...]:

@@ -67,12 +67,26 @@ def test_counter_drop_counts_zero_and_rebases_wrap_only_by_width(
     assert len(_warnings(caplog, "went backward")) == (1 if dropped else 0)
 
 
+def test_a_bad_refresh_read_several_times_is_a_glitch_not_megajoules(
+    standin_nvml: StandinNvml, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: a counter reading 0 for one refresh (four sampler reads) then recovering gave 5,000,425 J."""
+    start_mj = 5_000_000_000
+    standin_nvml.script(energy_readings_mj=[start_mj, start_mj + 100_000, 0, 0, 0, 0, start_mj + 425_000])
+    with caplog.at_level(logging.WARNING, logger="voltana.hardware"):
+        device = nvml.open_nvidia().devices[0]  # reads the first value
+        got = [device.read_energy().energy_j for _ in range(6)]
+    assert got[-1] == pytest.approx(425.0)
+    assert len(_warnings(caplog, "went backward")) == 1
+
+
 def test_repeated_drops_warn_once(standin_nvml: StandinNvml, caplog: pytest.LogCaptureFixture) -> None:
     standin_nvml.script(energy_readings_mj=[5_000, 4_000, 4_500, 100, 600] * 20)
     with caplog.at_level(logging.WARNING, logger="voltana.hardware"):
         device = nvml.open_nvidia().devices[0]
         total = [device.read_energy().energy_j for _ in range(99)][-1]
-    assert total == pytest.approx(20 * 1.0 + 19 * 4.4)  # 0.5 + 0.5 per cycle, plus 4.4 J from 600 -> 5000
+    # 0.5 + 0.5 J per cycle; each return to 5000 is a recovery to the pre-drop value (a glitch), not +4.4 J
+    assert total == pytest.approx(20 * 1.0)
     assert len(_warnings(caplog, "went backward")) == 1
 
 
