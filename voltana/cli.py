@@ -174,4 +174,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m voltana.cli`: run the importable module, not this `__main__` copy, so plugin commands that
+    # import `voltana.cli` (cli_state) share its CliState class and see --config
+    from voltana.cli import main as module_main
+
+    module_main()

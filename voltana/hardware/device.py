@@ -52,6 +52,7 @@ class GpuDevice(ABC):
     vendor: str = "unknown"
     measured_energy_source: EnergySource = EnergySource.MEASURED  # what the counter's joules are
     energy_refresh_s: float = 0.0  # how often the vendor refreshes the energy counter (0: on every read)
+    uuid: str | None = None  # the physical device's identity where the vendor reports one (NVML: GPU-...)
 
     def __init__(self, index: int, name: str) -> None:
         self.index = index

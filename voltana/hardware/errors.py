@@ -16,6 +16,17 @@ class VoltanaHardwareError(VoltanaError, RuntimeError):
     """Base of every hardware-layer error; ``str()`` is one line fit for a user."""
 
 
+class ClockdMismatchError(VoltanaHardwareError):
+    """``voltana clockd`` serves other GPUs (or another vendor) than this engine drives.
+
+    ``local_group`` is the engine's own, still open group (energy and clock reads need no daemon) or None.
+    """
+
+    def __init__(self, message: str, local_group: Any = None) -> None:
+        super().__init__(message)
+        self.local_group = local_group
+
+
 class LibraryNotFoundError(VoltanaHardwareError):
     """The vendor management library (libnvidia-ml / libamd_smi) cannot be loaded."""
 

@@ -130,6 +130,11 @@ class NvmlGpu(GpuDevice):
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(handle_id)
         name = pynvml.nvmlDeviceGetName(self._handle)
         super().__init__(index, name.decode() if isinstance(name, bytes) else str(name))
+        try:
+            uuid = pynvml.nvmlDeviceGetUUID(self._handle)
+            self.uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+        except pynvml.NVMLError:
+            self.uuid = None
         # NVML reports a 64-bit mJ counter: a decrease is a reset or glitch, never a wrap in practice; no
         # interval may count more than the enforced power limit allows
         self._energy = EnergyCounter(

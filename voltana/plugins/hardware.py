@@ -214,16 +214,23 @@ def clockd_command(
     import signal
 
     from voltana.cli import cli_state
-    from voltana.hardware.clockd import ClockDaemon
+    from voltana.hardware.clockd import ClockDaemon, ClockdSocketError
     from voltana.hardware.select import open_devices
     from voltana.plugins import get_plugin_manager
 
     err = Console(stderr=True)
     hardware = cli_state(ctx).loaded().config.hardware.model_copy(update={"clockd_socket": None})
     try:
-        group = open_devices(hardware, get_plugin_manager().hook)
+        # a clock daemon never serves the simulated GPU by accident: engines would "lock" nothing
+        group = open_devices(hardware, get_plugin_manager().hook, fallback_to_simulated=False)
     except VoltanaHardwareError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        hint = (
+            '; voltana clockd serves physical GPUs only (set hardware.vendor = "simulated" to serve a '
+            "simulated GPU on purpose)"
+            if hardware.vendor == "auto"
+            else ""
+        )
+        err.print(f"[red]error:[/] {escape(str(exc))}{hint}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     allowed, why = clock_privilege()
     if not allowed and group.vendor != "simulated":
@@ -244,6 +251,9 @@ def clockd_command(
                 soft_wrap=True,
             )
         )
+    except ClockdSocketError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     except OSError as exc:
         err.print(f"[red]error:[/] cannot listen on {socket_path}: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

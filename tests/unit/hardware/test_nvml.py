@@ -36,6 +36,7 @@ VENDOR_CALLS = (
     "nvmlDeviceResetGpuLockedClocks",
     "nvmlDeviceGetTotalEnergyConsumption",
     "nvmlDeviceGetEnforcedPowerLimit",
+    "nvmlDeviceGetUUID",
     "nvmlDeviceGetPowerUsage",
 )
 A100_CLOCKS = list(range(1410, 209, -15))  # NVML lists them descending
@@ -57,6 +58,7 @@ def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         calls["nvmlDeviceGetTotalEnergyConsumption"].return_value = 0
         calls["nvmlDeviceGetPowerUsage"].return_value = 250_000
         calls["nvmlDeviceGetEnforcedPowerLimit"].return_value = 400_000
+        calls["nvmlDeviceGetUUID"].side_effect = lambda handle: f"GPU-{handle}"
         yield calls
 
 
