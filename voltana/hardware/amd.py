@@ -24,7 +24,7 @@ from voltana.hardware.device import (
     visible_device_map,
 )
 from voltana.hardware.errors import (
-    DeviceNotFoundError,
+    DeviceIndexError,
     GpuLostError,
     InvalidArgumentError,
     LibraryNotFoundError,
@@ -217,7 +217,7 @@ def open_amd(device_indices: list[int] | None = None) -> GpuGroup:
     chosen = device_indices if device_indices else list(range(len(visible)))
     for index in chosen:
         if index < 0 or index >= len(visible):
-            raise DeviceNotFoundError(
+            raise DeviceIndexError(
                 f"GPU index {index} is not visible (this process sees {len(visible)} AMD GPU(s) through "
                 f"{env_var}); fix hardware.device_indices"
             )

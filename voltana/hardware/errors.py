@@ -51,6 +51,10 @@ class DeviceNotFoundError(VoltanaHardwareError):
     """A configured device index does not exist or is not visible to this process."""
 
 
+class DeviceIndexError(DeviceNotFoundError):
+    """``hardware.device_indices`` names a GPU the vendor does not show (a config mistake: GPUs exist)."""
+
+
 class UnknownProfileError(VoltanaError, ValueError):
     """A simulated GPU or model profile name that is not known; the message lists the known ones."""
 

@@ -16,6 +16,7 @@ from typing import Any
 from voltana.core.config import HardwareConfig
 from voltana.hardware.device import GpuGroup
 from voltana.hardware.errors import (
+    DeviceIndexError,
     DeviceNotFoundError,
     LibraryNotFoundError,
     NotSupportedError,
@@ -118,6 +119,8 @@ def _open_group(config: HardwareConfig, hook: Any | None, fallback_to_simulated:
             continue
         try:
             return factory(config)
+        except DeviceIndexError:
+            raise  # that vendor's GPUs are here: a mistyped index is a config error, not "no GPU"
         except (LibraryNotFoundError, DeviceNotFoundError) as exc:
             reasons.append(f"{vendor}: {exc}")
         except VoltanaHardwareError as exc:

@@ -15,7 +15,12 @@ from voltana.core.contexts import DoctorCheck
 from voltana.core.hookspecs import DriverFactory, hookimpl
 from voltana.core.types import EnergySource
 from voltana.hardware.device import GpuDevice, GpuGroup, clock_privilege
-from voltana.hardware.errors import LibraryNotFoundError, NoPermissionError, VoltanaHardwareError
+from voltana.hardware.errors import (
+    DeviceIndexError,
+    LibraryNotFoundError,
+    NoPermissionError,
+    VoltanaHardwareError,
+)
 from voltana.hardware.nvml import PRIVILEGE_FIX
 from voltana.hardware.select import BUILTIN_DRIVERS
 
@@ -90,9 +95,15 @@ def _open_selected(config: Any) -> tuple[GpuGroup | None, DoctorCheck]:
     try:
         group = open_devices(hardware, get_plugin_manager().hook)
     except VoltanaHardwareError as exc:
-        return None, DoctorCheck(
-            "hardware", "devices", False, str(exc), "fix hardware.vendor / device_indices"
+        local = getattr(exc, "local_group", None)  # clockd serves other GPUs: close the engine's own
+        if local is not None:
+            local.close()
+        fix = (
+            "fix hardware.device_indices"
+            if isinstance(exc, DeviceIndexError)
+            else "fix hardware.vendor / device_indices"
         )
+        return None, DoctorCheck("hardware", "devices", False, str(exc), fix)
     names = ", ".join(f"{d.index}:{d.name}" for d in group.devices)
     clocks = group.supported_clocks_mhz()
     span = f"{clocks[0]}..{clocks[-1]} MHz" if clocks else "no clocks"

@@ -184,3 +184,20 @@ def test_root_without_cap_sys_admin_cannot_lock(monkeypatch: pytest.MonkeyPatch,
     assert not allowed and why.startswith("root but without CAP_SYS_ADMIN")
     status.write_text(f"CapEff:\t{(1 << CAP_SYS_ADMIN) | 0xA80425FB:016x}\n")  # --cap-add SYS_ADMIN
     assert clock_privilege() == (True, "CAP_SYS_ADMIN in the effective capability set")
+
+
+def test_a_mistyped_device_index_with_auto_is_a_problem_naming_it(
+    standin_nvml: StandinNvml, tmp_path: Path
+) -> None:
+    """QA: 1 GPU, device_indices=[3], auto: "info, no physical GPU usable, install the driver", exit 0."""
+    config = tmp_path / "auto.toml"
+    config.write_text('[hardware]\nvendor = "auto"\ndevice_indices = [3]\n')
+    standin_nvml.script(device_count=1)
+    done = _doctor(env=standin_nvml.env(), config=config)
+    assert done.returncode == 1, done.stdout + done.stderr
+    devices = _row(done.stdout, "devices")
+    assert devices.startswith("problem | GPU index 3 is not visible (this process sees 1 NVIDIA GPU(s)"), (
+        devices
+    )
+    assert devices.endswith("fix hardware.device_indices")
+    assert "SIMULATED" not in done.stdout + done.stderr and "install the NVIDIA driver" not in done.stdout
