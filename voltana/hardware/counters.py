@@ -10,8 +10,10 @@
 - :class:`EnergyTracker` reads one device's energy and never raises: the counter while it works; when the
   counter is missing (NOT_SUPPORTED, no permission) or fails :data:`FAILURES_BEFORE_FALLBACK` times in a row,
   it integrates power (trapezoid rule between reads) and says so with ``source = power-integrated``; with no
-  power reading either, energy is ``unknown``. A single failed read gives ``energy_j = None`` for that read
-  only (the caller skips that window). One WARNING per kind of event, never per read.
+  power reading either, energy is ``unknown``. A *failing* counter (not a missing one) is tried again on every
+  read and used again as soon as it reads (one WARNING): cumulative joules continue from the integrated
+  value, so nothing is counted twice. A single failed read gives ``energy_j = None`` for that read only (the
+  caller skips that window). One WARNING per kind of event, never per read.
 """
 
 from __future__ import annotations
@@ -219,6 +221,11 @@ class EnergyTracker:
         self._read_power_w = read_power_w
         self._clock = clock
         self._failures = 0
+        self._counter_source = source  # what the counter's joules are, kept while falling back
+        self._retry_counter = False  # a failing (not missing) counter: try it again on every read
+        self._offset_j = (
+            0.0  # counter joules + offset = cumulative joules (re-based when the counter resumes)
+        )
         self._last_j = 0.0
         self._last_power: tuple[float, float] | None = None  # (monotonic_s, watts) of the last power read
         self._warned: set[str] = set()
@@ -236,6 +243,13 @@ class EnergyTracker:
             return self._read()
 
     def _read(self) -> EnergyReading:
+        if self._retry_counter:
+            try:
+                value = float(self._read_counter_j())
+            except VoltanaHardwareError:
+                pass  # still failing: keep integrating power (or unknown) below
+            else:
+                return self._resume(value)
         if self.source in (EnergySource.MEASURED, EnergySource.SIMULATED):
             try:
                 value = float(self._read_counter_j())
@@ -253,14 +267,39 @@ class EnergyTracker:
                         exc,
                     )
                     return EnergyReading(None, self.source, self._clock())
-                self._fall_back(f"the energy counter failed {self._failures} times in a row ({exc})")
+                self._retry_counter = True
+                self._fall_back(
+                    f"the energy counter failed {self._failures} times in a row ({exc}; it is retried on "
+                    "every read)"
+                )
             else:
                 self._failures = 0
-                self._last_j = value
-                return EnergyReading(value, self.source, self._clock())
+                self._last_j = value + self._offset_j
+                return EnergyReading(self._last_j, self.source, self._clock())
         if self.source is EnergySource.POWER_INTEGRATED:
             return self._integrate()
         return EnergyReading(None, EnergySource.UNKNOWN, self._clock())
+
+    def _resume(self, counter_j: float) -> EnergyReading:
+        """The failing counter reads again: continue the cumulative joules from the integrated value."""
+        now = self._clock()
+        if self.source is EnergySource.POWER_INTEGRATED and self._last_power is not None:
+            then, watts_then = self._last_power
+            self._last_j += watts_then * max(0.0, now - then)  # up to now at the last power reading
+        previous = self.source
+        self._offset_j = self._last_j - counter_j  # the counter's own step over the gap is not counted again
+        self.source = self._counter_source
+        self._retry_counter = False
+        self._failures = 0
+        self._last_power = None
+        self._warn_once(
+            "resumed",
+            "voltana: the energy counter of %s reads again: energy is measured by it again (the gap was %s) "
+            "(reported once)",
+            self.label,
+            "integrated from power" if previous is EnergySource.POWER_INTEGRATED else "unknown",
+        )
+        return EnergyReading(self._last_j, self.source, now)
 
     def _power(self) -> float | None:
         """Watts now; None when there is no power reading at all; raises on a transient failure."""

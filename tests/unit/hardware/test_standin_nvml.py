@@ -152,6 +152,30 @@ def test_a_failing_counter_falls_back_to_power(
     assert len(_warnings(caplog, "failed 3 times in a row")) == 1
 
 
+def test_a_counter_that_reads_again_is_used_again_without_double_counting(
+    standin_nvml: StandinNvml, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: three failed reads switched to power-integrated for the rest of the process."""
+    standin_nvml.script(energy_fail_reads=[2, 3, 4], power_mw=250_000)  # counter and power agree: 250 W
+    with caplog.at_level(logging.WARNING, logger="voltana.hardware"):
+        device = nvml.open_nvidia().devices[0]  # read 1
+        first = device.read_energy()  # read 2 fails
+        readings = []
+        for _ in range(7):  # read 3 fails, read 4 falls back to power, read 5 on: the counter again
+            time.sleep(0.2)
+            readings.append(device.read_energy())
+    sources = [r.source for r in readings]
+    assert first.energy_j is None and readings[0].energy_j is None
+    assert sources[1] is EnergySource.POWER_INTEGRATED
+    assert sources[2:] == [EnergySource.MEASURED] * 5 and device.energy_source is EnergySource.MEASURED
+    values = [r.energy_j for r in readings[1:]]
+    assert all(v is not None for v in values) and values == sorted(values)  # never backwards
+    elapsed_s = readings[-1].monotonic_s - readings[1].monotonic_s
+    # no double counting: the counter's step over the gap was integrated from power once, not added again
+    assert values[-1] - values[0] == pytest.approx(250.0 * elapsed_s, abs=60.0)
+    assert len(_warnings(caplog, "reads again")) == 1
+
+
 def test_refused_lock_maps_to_no_permission_with_the_fix(standin_nvml: StandinNvml) -> None:
     standin_nvml.script(lock="no_permission")
     group = nvml.open_nvidia()
