@@ -16,6 +16,12 @@ class VoltanaHardwareError(VoltanaError, RuntimeError):
     """Base of every hardware-layer error; ``str()`` is one line fit for a user."""
 
 
+RESET_CLOCKS_BY_HAND = (
+    "the clocks may still be locked: reset them by hand with `sudo nvidia-smi -rgc` (NVIDIA) or "
+    "`sudo amd-smi reset --clocks` (AMD)"
+)
+
+
 class ClockdMismatchError(VoltanaHardwareError):
     """``voltana clockd`` serves other GPUs (or another vendor) than this engine drives.
 

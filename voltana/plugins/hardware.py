@@ -16,6 +16,7 @@ from voltana.core.hookspecs import DriverFactory, hookimpl
 from voltana.core.types import EnergySource
 from voltana.hardware.device import GpuDevice, GpuGroup, clock_privilege
 from voltana.hardware.errors import (
+    RESET_CLOCKS_BY_HAND,
     DeviceIndexError,
     LibraryNotFoundError,
     NoPermissionError,
@@ -183,7 +184,7 @@ def _lock_test(group: GpuGroup, try_lock: bool) -> DoctorCheck:
             "lock test",
             False,
             f"locked GPU {index} at {current_mhz} MHz but the reset failed: {exc}",
-            "reset it by hand: `nvidia-smi -rgc` (NVIDIA) or `amd-smi reset --clocks` (AMD)",
+            RESET_CLOCKS_BY_HAND,
         )
     return DoctorCheck(
         "hardware",

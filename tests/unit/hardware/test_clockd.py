@@ -22,6 +22,7 @@ from voltana.adapters.runtime import InstanceRuntime
 from voltana.cli import app
 from voltana.core.config import HardwareConfig, VoltanaConfig
 from voltana.core.types import BatchSnapshot, Phase, ScheduledRequest
+from voltana.hardware.applier import ClockApplier
 from voltana.hardware.clockd import ClockdClient, ClockdGpuGroup
 from voltana.hardware.errors import (
     ClockdMismatchError,
@@ -292,3 +293,28 @@ def test_an_engine_refuses_a_daemon_serving_other_gpus(
         assert [e for e in standin_nvml.log() if e.op == "lock"] == []  # no lock landed anywhere
     finally:
         running.stop()
+
+
+def test_a_killed_daemon_leaves_the_fix_in_the_engines_restore_error(
+    daemon: Daemon, standin_nvml: StandinNvml, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: SIGKILL of clockd while the engine holds a lock: "could not restore GPU clocks: Broken pipe"."""
+    group = open_devices(HardwareConfig(vendor="nvidia", clockd_socket=str(daemon.socket_path)))
+    applier = ClockApplier(group)
+    applier.submit(1005)
+    assert applier.wait_applied(5.0) and applier.applied_clock_mhz == 1005
+    daemon.process.kill()
+    daemon.process.wait(30)
+    with caplog.at_level(logging.ERROR, logger="voltana.hardware"):
+        applier.close()
+    group.close()
+    assert locked_devices(standin_nvml.log()) == {0: 1005, 1: 1005}  # nobody reset them
+    failed = [r.getMessage() for r in caplog.records if "could not restore GPU clocks" in r.getMessage()]
+    assert len(failed) == 1 and "sudo nvidia-smi -rgc" in failed[0]
+
+
+def test_doctor_try_lock_help_warns_about_an_engine_holding_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "2000")
+    result = CliRunner().invoke(app, ["doctor", "--help"])
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "the reset also ends the engine's clock lock" in text and "through clockd" in text
