@@ -56,12 +56,14 @@ def map_nvml_error(exc: Exception, action: str) -> VoltanaHardwareError:
     pynvml = _import_pynvml()
     code = getattr(exc, "value", None)
     where = f"NVML {action} failed: {exc}"
+    clocks = "clock" in action and "read" not in action  # locking or resetting, not reading
     if code == pynvml.NVML_ERROR_NO_PERMISSION:
+        if not clocks:
+            return NoPermissionError(f"{where}; the driver does not let this process read it")
         return NoPermissionError(f"{where}; locking clocks needs root or CAP_SYS_ADMIN: {PRIVILEGE_FIX}")
     if code in (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
-        return NotSupportedError(
-            f"{where}; this GPU or driver does not support it (locked clocks need Volta+ and driver >= 440)"
-        )
+        need = " (locked clocks need Volta+ and driver >= 440)" if clocks else ""
+        return NotSupportedError(f"{where}; this GPU or driver does not support it{need}")
     if code in (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED):
         return LibraryNotFoundError(
             f"{where}; no NVIDIA driver here (libnvidia-ml.so missing or not loaded): install the driver, "

@@ -253,3 +253,19 @@ def test_a_genuine_reset_stays_rebased() -> None:
     readings = [P_MJ, 1_200] + [1_200 + 1_000 * i for i in range(1, 30)]
     totals = [counter.update(raw) for raw in readings]
     assert totals[-1] == pytest.approx(29.0)  # counts from the new base, past the glitch window too
+
+
+def test_an_unsupported_energy_counter_gets_no_clock_locking_hint(
+    fake_nvml: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: the energy fallback WARNING said "(locked clocks need Volta+ and driver >= 440)"."""
+    fake_nvml["nvmlDeviceGetTotalEnergyConsumption"].side_effect = pynvml.NVMLError(
+        pynvml.NVML_ERROR_NOT_SUPPORTED
+    )
+    with caplog.at_level(logging.WARNING, logger="voltana.hardware"):
+        group = nvml.open_nvidia([0])
+    fallback = [r.getMessage() for r in caplog.records if "integrating power" in r.getMessage()]
+    assert len(fallback) == 1 and "reading the energy counter" in fallback[0] and "Volta" not in fallback[0]
+    fake_nvml["nvmlDeviceSetGpuLockedClocks"].side_effect = pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+    with pytest.raises(NotSupportedError, match=r"locked clocks need Volta\+"):
+        group.lock_clock_mhz(1005)

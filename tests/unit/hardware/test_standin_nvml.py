@@ -270,3 +270,20 @@ def test_concurrent_readers_never_see_a_spurious_drop(
             thread.join(60)
     assert all(len(values) == 300 and values == sorted(values) for values in seen.values())
     assert not _warnings(caplog, "went backward")
+
+
+def test_the_watchdog_leaves_open_time_warnings_to_the_engine(
+    standin_nvml: StandinNvml, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """QA: the energy fallback WARNING appeared twice, once from the engine and once from its watchdog."""
+    from voltana.hardware.watchdog import start_watchdog
+
+    standin_nvml.script(energy="not_supported")
+    env = standin_nvml.env()
+    for key in ("LD_LIBRARY_PATH", "VOLTANA_STANDIN_NVML"):
+        monkeypatch.setenv(key, env[key])
+    watchdog = start_watchdog(HardwareConfig(vendor="nvidia"))
+    assert watchdog.wait_ready(60)  # it opened the GPU (and read its energy baseline)
+    watchdog.disarm(clean=True)
+    assert watchdog.wait_exited(30)
+    assert "integrating power" not in capfd.readouterr().err
