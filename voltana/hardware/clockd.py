@@ -275,9 +275,19 @@ class ClockdClient:
             self._sock.connect(self.socket_path)
         except OSError as exc:
             self._sock.close()
-            raise VoltanaHardwareError(
-                f"cannot reach voltana clockd at {self.socket_path}: {exc.strerror or exc}; start it with "
-                f"`sudo voltana clockd --socket {self.socket_path} --allow-uid {os.getuid()}`"
+            if isinstance(exc, PermissionError):
+                fix = (
+                    f"this user (uid {os.getuid()}, gid {os.getgid()}) may not open the socket: start clockd "
+                    f"with --allow-uid {os.getuid()} (or --allow-gid) and make the socket's directory "
+                    "reachable for this user"
+                )
+            else:
+                fix = (
+                    f"start it with `sudo voltana clockd --socket {self.socket_path} --allow-uid "
+                    f"{os.getuid()}`, or fix hardware.clockd_socket"
+                )
+            raise errors.ClockdUnreachableError(
+                f"cannot reach voltana clockd at {self.socket_path}: {exc.strerror or exc}; {fix}", fix
             ) from None
         self._reader = self._sock.makefile("rb")
         self._lock = threading.Lock()

@@ -22,6 +22,14 @@ RESET_CLOCKS_BY_HAND = (
 )
 
 
+class ClockdUnreachableError(VoltanaHardwareError):
+    """``hardware.clockd_socket`` cannot be connected to; ``fix`` says what to do (one line)."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
 class ClockdMismatchError(VoltanaHardwareError):
     """``voltana clockd`` serves other GPUs (or another vendor) than this engine drives.
 

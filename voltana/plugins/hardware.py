@@ -17,6 +17,8 @@ from voltana.core.types import EnergySource
 from voltana.hardware.device import GpuDevice, GpuGroup, clock_privilege
 from voltana.hardware.errors import (
     RESET_CLOCKS_BY_HAND,
+    ClockdMismatchError,
+    ClockdUnreachableError,
     DeviceIndexError,
     LibraryNotFoundError,
     NoPermissionError,
@@ -99,11 +101,14 @@ def _open_selected(config: Any) -> tuple[GpuGroup | None, DoctorCheck]:
         local = getattr(exc, "local_group", None)  # clockd serves other GPUs: close the engine's own
         if local is not None:
             local.close()
-        fix = (
-            "fix hardware.device_indices"
-            if isinstance(exc, DeviceIndexError)
-            else "fix hardware.vendor / device_indices"
-        )
+        if isinstance(exc, ClockdUnreachableError):
+            fix = exc.fix
+        elif isinstance(exc, ClockdMismatchError):
+            fix = "start clockd with the engine's hardware.vendor and device_indices"
+        elif isinstance(exc, DeviceIndexError):
+            fix = "fix hardware.device_indices"
+        else:
+            fix = "fix hardware.vendor / device_indices"
         return None, DoctorCheck("hardware", "devices", False, str(exc), fix)
     names = ", ".join(f"{d.index}:{d.name}" for d in group.devices)
     clocks = group.supported_clocks_mhz()
@@ -121,12 +126,24 @@ def _open_selected(config: Any) -> tuple[GpuGroup | None, DoctorCheck]:
 
 
 def _energy_check(group: GpuGroup) -> DoctorCheck:
+    reading = group.read_energy()  # a real read now: a counter that exists but fails is not "ok"
     source = group.energy_source
     refresh = (
-        f", counter refreshed every {group.energy_refresh_s * 1e3:.0f} ms" if group.energy_refresh_s else ""
+        f", which the driver refreshes about every {group.energy_refresh_s * 1e3:.0f} ms (documented, not "
+        "measured here)"
+        if group.energy_refresh_s
+        else ""
     )
     if source is EnergySource.MEASURED:
-        return DoctorCheck("hardware", "energy", True, f"measured by the GPU's energy counter{refresh}")
+        if reading.energy_j is None:
+            return DoctorCheck(
+                "hardware",
+                "energy",
+                False,
+                "the GPU's energy counter exists but reading it failed just now",
+                "check `nvidia-smi -q -d POWER`; repeated failures fall back to integrating power",
+            )
+        return DoctorCheck("hardware", "energy", True, f"read from the GPU's energy counter{refresh}")
     if source is EnergySource.POWER_INTEGRATED:
         return DoctorCheck(
             "hardware", "energy", None, "no usable energy counter: power readings are integrated instead"
@@ -173,6 +190,19 @@ def _lock_test(group: GpuGroup, try_lock: bool) -> DoctorCheck:
             current_mhz = min(group.supported_clocks_mhz(), key=lambda clock: abs(clock - current_mhz))
         read_back_mhz = device.lock_clock_mhz(current_mhz)
     except NoPermissionError as exc:
+        if device is group:  # through clockd: another client (an engine) holds the clocks
+            return DoctorCheck(
+                "hardware", "lock test", False, f"clockd refused: {exc}", "try again while no engine runs"
+            )
+        if clock_privilege()[0]:  # the privilege fix in the error's text would be wrong here
+            return DoctorCheck(
+                "hardware",
+                "lock test",
+                False,
+                f"the driver refused: {str(exc).split(';')[0]}",
+                "CAP_SYS_ADMIN is present, so the driver itself refuses: a vGPU, MIG or a node whose admin "
+                "restricted clock changes (check `nvidia-smi -q -d CLOCK` and ask the node's admin)",
+            )
         return DoctorCheck("hardware", "lock test", False, f"the driver refused: {exc}", PRIVILEGE_FIX)
     except VoltanaHardwareError as exc:
         return DoctorCheck("hardware", "lock test", False, f"locking failed: {exc}", "see the detail")
