@@ -318,3 +318,19 @@ def test_doctor_try_lock_help_warns_about_an_engine_holding_the_lock(monkeypatch
     result = CliRunner().invoke(app, ["doctor", "--help"])
     text = " ".join(result.output.replace("│", " ").split())
     assert "the reset also ends the engine's clock lock" in text and "through clockd" in text
+
+
+def test_an_nvidia_engine_refuses_a_daemon_serving_the_simulated_gpu(
+    standin_nvml: StandinNvml, socket_dir: Path
+) -> None:
+    """QA: an NVIDIA engine connected to a simulated clockd; its "locks" succeeded and changed nothing."""
+    running = Daemon(standin_nvml, socket_dir / "c.sock", hardware='vendor = "simulated"')
+    try:
+        engine = HardwareConfig(vendor="nvidia", clockd_socket=str(running.socket_path))
+        with pytest.raises(
+            ClockdMismatchError, match=r"serves simulated GPU\(s\).*drives nvidia GPU\(s\) \[0\]"
+        ):
+            open_devices(engine)
+    finally:
+        running.stop()
+    assert standin_nvml.log() == []
