@@ -66,6 +66,9 @@ def measure(device_index: int, seconds: float, repeats: int) -> dict[str, Any]:
 
     pynvml.nvmlInit()
     try:
+        count = int(pynvml.nvmlDeviceGetCount())
+        if not 0 <= device_index < count:
+            raise ValueError(f"--device {device_index}: NVML sees {count} GPU(s), indices 0..{count - 1}")
         handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
         result: dict[str, Any] = {
             "gpu": _text(pynvml.nvmlDeviceGetName(handle)),
@@ -134,12 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2000, help="calls timed per NVML read")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args(argv)
+    if args.seconds <= 0 or args.repeats < 1:
+        parser.error("--seconds must be > 0 and --repeats >= 1 (a median needs at least one measurement)")
     try:
         result = measure(args.device, args.seconds, args.repeats)
     except ImportError:
         print("error: pynvml is not installed: pip install 'voltana[nvidia]'", file=sys.stderr)
         return 2
-    except Exception as exc:  # an NVML error: no driver, no such device
+    except ValueError as exc:  # no such device
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # an NVML error: no driver
         print(f"error: NVML: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2) if args.json else table(result))

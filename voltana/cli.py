@@ -119,7 +119,12 @@ def doctor(
         bool,
         typer.Option(
             "--try-lock",
-            help="Also lock GPU 0's SM clock at its current value and reset it (proves the driver lets you).",
+            help=(
+                "Also lock GPU 0's SM clock at its current value and reset it (proves the driver lets you). "
+                "Without voltana clockd, do not run it while an engine drives that GPU: the reset also ends "
+                "the engine's clock lock (NVML cannot tell that a lock is held); through clockd a held lock "
+                "is refused, not reset."
+            ),
         ),
     ] = False,
 ) -> None:
@@ -174,4 +179,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m voltana.cli`: run the importable module, not this `__main__` copy, so plugin commands that
+    # import `voltana.cli` (cli_state) share its CliState class and see --config
+    from voltana.cli import main as module_main
+
+    module_main()

@@ -173,7 +173,15 @@ class InstanceRuntime:
         try:
             devices = _open_devices(config, hook)
         except Exception as exc:
-            return cls._monitor_only(f"GPU control unavailable: {_one_line(exc)}", **common)
+            local = getattr(exc, "local_group", None)  # clockd serves other GPUs: still measure our own
+            if local is None:
+                return cls._monitor_only(f"GPU control unavailable: {_one_line(exc)}", **common)
+            perf_model = _performance_model(config, local)
+            runtime = cls._monitor_only(
+                f"GPU control refused: {_one_line(exc)}", devices=local, perf_model=perf_model, **common
+            )
+            runtime._energy = _start_energy(runtime, config, local, perf_model)
+            return runtime
         perf_model = _performance_model(config, devices)
         try:
             controllers = {

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from voltana.hardware.device import (
+    MAX_GPU_POWER_W,
     DeviceCapabilities,
     EnergyCounter,
     EnergySource,
@@ -23,7 +24,7 @@ from voltana.hardware.device import (
     visible_device_map,
 )
 from voltana.hardware.errors import (
-    DeviceNotFoundError,
+    DeviceIndexError,
     GpuLostError,
     InvalidArgumentError,
     LibraryNotFoundError,
@@ -174,6 +175,7 @@ class AmdGpu(GpuDevice):
                 joules_per_unit=float(reading["counter_resolution"]) * 1e-6,
                 widths_bits=(32, 64),  # 32-bit on older firmware, 64-bit accumulators elsewhere
                 label=f"GPU {self.index} ({self.name})",
+                max_power_w=MAX_GPU_POWER_W,
             )
         return self._energy.update(int(reading["energy_accumulator"]))
 
@@ -215,7 +217,7 @@ def open_amd(device_indices: list[int] | None = None) -> GpuGroup:
     chosen = device_indices if device_indices else list(range(len(visible)))
     for index in chosen:
         if index < 0 or index >= len(visible):
-            raise DeviceNotFoundError(
+            raise DeviceIndexError(
                 f"GPU index {index} is not visible (this process sees {len(visible)} AMD GPU(s) through "
                 f"{env_var}); fix hardware.device_indices"
             )

@@ -30,6 +30,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from voltana.hardware.device import GpuGroup
+from voltana.hardware.errors import RESET_CLOCKS_BY_HAND
 
 if TYPE_CHECKING:
     from voltana.hardware.watchdog import Watchdog
@@ -188,7 +189,7 @@ class ClockApplier:
                 logger.info("voltana: GPU clocks restored to the driver default")
             except Exception as exc:
                 restored = False
-                logger.error("voltana: could not restore GPU clocks: %s", exc)
+                logger.error("voltana: could not restore GPU clocks: %s; %s", exc, RESET_CLOCKS_BY_HAND)
         elif self.restore_on_exit and self.monitor_only and len(self.group.devices) > 1:
             # A refused lock on a TP group may have locked the members before the one that refused: reset
             # quietly (the refusal was already logged; a second refusal here is expected and not an error).

@@ -9,7 +9,9 @@ and clock reads stay in the engine (they need no privilege).
 
 Protocol: one JSON object per line, each request answered by one line.
 
-- ``{"op": "hello"}`` -> ``{"ok": true, "vendor": str, "devices": [int], "supported_clocks_mhz": [int]}``
+- ``{"op": "hello"}`` -> ``{"ok": true, "vendor": str, "devices": [int], "uuids": [str | null],
+  "supported_clocks_mhz": [int]}``: an engine refuses a daemon whose vendor or GPUs differ from its own
+  (:func:`check_same_gpus`)
 - ``{"op": "lock", "clock_mhz": int}`` -> ``{"ok": true, "read_back_mhz": int}``
 - ``{"op": "reset"}`` -> ``{"ok": true}``
 - any failure -> ``{"ok": false, "kind": <voltana error class>, "error": <one line>}``
@@ -23,6 +25,7 @@ import logging
 import os
 import socket
 import socketserver
+import stat
 import struct
 import threading
 from collections.abc import Callable, Iterable
@@ -93,6 +96,7 @@ class ClockDaemon:
                     "ok": True,
                     "vendor": self.group.vendor,
                     "devices": [d.index for d in self.group.devices],
+                    "uuids": [d.uuid for d in self.group.devices],
                     "supported_clocks_mhz": list(self.group.supported_clocks_mhz()),
                 }
             if op == "lock":
@@ -174,8 +178,7 @@ class ClockDaemon:
                 finally:
                     daemon.disconnected(token)
 
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        claim_socket_path(self.socket_path)
         server = socketserver.ThreadingUnixStreamServer(str(self.socket_path), Handler)
         server.daemon_threads = True
         os.chmod(self.socket_path, 0o660)
@@ -197,6 +200,70 @@ class ClockDaemon:
             self._server.shutdown()
 
 
+class ClockdSocketError(VoltanaHardwareError):
+    """The daemon's socket path is taken: a live daemon serves it, or it is not a socket."""
+
+
+def claim_socket_path(path: Path) -> None:
+    """Make ``path`` free for a new socket: remove only a *stale* socket (nobody accepts on it).
+
+    Raises :class:`ClockdSocketError` (one line, nothing removed) when another process serves the socket or
+    when ``path`` is anything but a socket (the daemon runs as root: it must never delete a user's file).
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ClockdSocketError(
+            f"{path} exists and is not a socket; voltana clockd never removes it: pass another --socket"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        pass  # nobody listens: a socket left by a daemon that died
+    else:
+        raise ClockdSocketError(
+            f"another voltana clockd is serving {path}; stop it first or pass another --socket"
+        )
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def check_same_gpus(info: dict[str, Any], local: GpuGroup, socket_path: str) -> None:
+    """Raise :class:`~voltana.hardware.errors.ClockdMismatchError` unless the daemon's ``hello`` (``info``)
+    names the vendor and the physical GPUs of ``local``.
+
+    GPUs are compared by UUID where both sides report them (process-visible indices differ legitimately
+    under ``CUDA_VISIBLE_DEVICES``), else by index.
+    """
+
+    def describe(vendor: object, indices: object, uuids: object) -> str:
+        named = uuids if isinstance(uuids, list) and all(uuids) else None
+        return f"{vendor} GPU(s) {indices}" + (f" ({', '.join(map(str, named))})" if named else "")
+
+    local_indices = [d.index for d in local.devices]
+    local_uuids = [d.uuid for d in local.devices]
+    their_uuids = info.get("uuids")
+    if isinstance(their_uuids, list) and their_uuids and all(their_uuids) and all(local_uuids):
+        same = sorted(map(str, their_uuids)) == sorted(map(str, local_uuids))
+    else:
+        same = info.get("devices") == local_indices
+    if info.get("vendor") == local.vendor and same:
+        return
+    raise errors.ClockdMismatchError(
+        f"voltana clockd at {socket_path} serves "
+        f"{describe(info.get('vendor'), info.get('devices'), their_uuids)} but this engine drives "
+        f"{describe(local.vendor, local_indices, local_uuids)}: its locks would land on other GPUs; start "
+        "clockd with the same hardware.vendor and device_indices (and GPUs) as the engine",
+        local_group=local,
+    )
+
+
 class ClockdClient:
     """An engine's connection to ``voltana clockd``; raises ``VoltanaHardwareError`` subclasses (one line)."""
 
@@ -208,9 +275,19 @@ class ClockdClient:
             self._sock.connect(self.socket_path)
         except OSError as exc:
             self._sock.close()
-            raise VoltanaHardwareError(
-                f"cannot reach voltana clockd at {self.socket_path}: {exc.strerror or exc}; start it with "
-                f"`sudo voltana clockd --socket {self.socket_path} --allow-uid {os.getuid()}`"
+            if isinstance(exc, PermissionError):
+                fix = (
+                    f"this user (uid {os.getuid()}, gid {os.getgid()}) may not open the socket: start clockd "
+                    f"with --allow-uid {os.getuid()} (or --allow-gid) and make the socket's directory "
+                    "reachable for this user"
+                )
+            else:
+                fix = (
+                    f"start it with `sudo voltana clockd --socket {self.socket_path} --allow-uid "
+                    f"{os.getuid()}`, or fix hardware.clockd_socket"
+                )
+            raise errors.ClockdUnreachableError(
+                f"cannot reach voltana clockd at {self.socket_path}: {exc.strerror or exc}; {fix}", fix
             ) from None
         self._reader = self._sock.makefile("rb")
         self._lock = threading.Lock()

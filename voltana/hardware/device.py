@@ -13,10 +13,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from voltana.core.types import EnergySource
-from voltana.hardware.counters import EnergyCounter, EnergyReading, EnergyTracker, weakest_source
+from voltana.hardware.counters import (
+    MAX_GPU_POWER_W,
+    EnergyCounter,
+    EnergyReading,
+    EnergyTracker,
+    weakest_source,
+)
 from voltana.hardware.errors import DeviceNotFoundError, InvalidArgumentError
 
 __all__ = [
+    "MAX_GPU_POWER_W",
     "DeviceCapabilities",
     "EnergyCounter",
     "EnergyReading",
@@ -45,6 +52,7 @@ class GpuDevice(ABC):
     vendor: str = "unknown"
     measured_energy_source: EnergySource = EnergySource.MEASURED  # what the counter's joules are
     energy_refresh_s: float = 0.0  # how often the vendor refreshes the energy counter (0: on every read)
+    uuid: str | None = None  # the physical device's identity where the vendor reports one (NVML: GPU-...)
 
     def __init__(self, index: int, name: str) -> None:
         self.index = index

@@ -16,6 +16,31 @@ class VoltanaHardwareError(VoltanaError, RuntimeError):
     """Base of every hardware-layer error; ``str()`` is one line fit for a user."""
 
 
+RESET_CLOCKS_BY_HAND = (
+    "the clocks may still be locked: reset them by hand with `sudo nvidia-smi -rgc` (NVIDIA) or "
+    "`sudo amd-smi reset --clocks` (AMD)"
+)
+
+
+class ClockdUnreachableError(VoltanaHardwareError):
+    """``hardware.clockd_socket`` cannot be connected to; ``fix`` says what to do (one line)."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+class ClockdMismatchError(VoltanaHardwareError):
+    """``voltana clockd`` serves other GPUs (or another vendor) than this engine drives.
+
+    ``local_group`` is the engine's own, still open group (energy and clock reads need no daemon) or None.
+    """
+
+    def __init__(self, message: str, local_group: Any = None) -> None:
+        super().__init__(message)
+        self.local_group = local_group
+
+
 class LibraryNotFoundError(VoltanaHardwareError):
     """The vendor management library (libnvidia-ml / libamd_smi) cannot be loaded."""
 
@@ -38,6 +63,10 @@ class InvalidArgumentError(VoltanaHardwareError):
 
 class DeviceNotFoundError(VoltanaHardwareError):
     """A configured device index does not exist or is not visible to this process."""
+
+
+class DeviceIndexError(DeviceNotFoundError):
+    """``hardware.device_indices`` names a GPU the vendor does not show (a config mistake: GPUs exist)."""
 
 
 class UnknownProfileError(VoltanaError, ValueError):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from voltana.hardware.device import (
+    MAX_GPU_POWER_W,
     DeviceCapabilities,
     EnergyCounter,
     EnergySource,
@@ -21,7 +22,7 @@ from voltana.hardware.device import (
     visible_device_map,
 )
 from voltana.hardware.errors import (
-    DeviceNotFoundError,
+    DeviceIndexError,
     GpuLostError,
     InvalidArgumentError,
     LibraryNotFoundError,
@@ -55,12 +56,14 @@ def map_nvml_error(exc: Exception, action: str) -> VoltanaHardwareError:
     pynvml = _import_pynvml()
     code = getattr(exc, "value", None)
     where = f"NVML {action} failed: {exc}"
+    clocks = "clock" in action and "read" not in action  # locking or resetting, not reading
     if code == pynvml.NVML_ERROR_NO_PERMISSION:
+        if not clocks:
+            return NoPermissionError(f"{where}; the driver does not let this process read it")
         return NoPermissionError(f"{where}; locking clocks needs root or CAP_SYS_ADMIN: {PRIVILEGE_FIX}")
     if code in (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
-        return NotSupportedError(
-            f"{where}; this GPU or driver does not support it (locked clocks need Volta+ and driver >= 440)"
-        )
+        need = " (locked clocks need Volta+ and driver >= 440)" if clocks else ""
+        return NotSupportedError(f"{where}; this GPU or driver does not support it{need}")
     if code in (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED):
         return LibraryNotFoundError(
             f"{where}; no NVIDIA driver here (libnvidia-ml.so missing or not loaded): install the driver, "
@@ -129,12 +132,28 @@ class NvmlGpu(GpuDevice):
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(handle_id)
         name = pynvml.nvmlDeviceGetName(self._handle)
         super().__init__(index, name.decode() if isinstance(name, bytes) else str(name))
-        # NVML reports a 64-bit mJ counter: a decrease is a reset or glitch, never a wrap in practice
+        try:
+            uuid = pynvml.nvmlDeviceGetUUID(self._handle)
+            self.uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+        except pynvml.NVMLError:
+            self.uuid = None
+        # NVML reports a 64-bit mJ counter: a decrease is a reset or glitch, never a wrap in practice; no
+        # interval may count more than the enforced power limit allows
         self._energy = EnergyCounter(
-            joules_per_unit=1e-3, widths_bits=(64,), label=f"GPU {index} ({self.name})"
+            joules_per_unit=1e-3,
+            widths_bits=(64,),
+            label=f"GPU {index} ({self.name})",
+            max_power_w=self._power_limit_w(),
         )
         self._clocks: tuple[int, ...] | None = None
         self.read_energy()  # baseline, and finds out now (one WARNING) whether the counter works
+
+    def _power_limit_w(self) -> float:
+        """The enforced power limit (W), else :data:`MAX_GPU_POWER_W` where the driver does not say."""
+        try:
+            return float(self._nvml.nvmlDeviceGetEnforcedPowerLimit(self._handle)) / 1000.0
+        except self._nvml.NVMLError:
+            return MAX_GPU_POWER_W
 
     @_nvml_call("reading supported clocks")
     def supported_clocks_mhz(self) -> tuple[int, ...]:
@@ -191,7 +210,7 @@ def open_nvidia(device_indices: list[int] | None = None) -> GpuGroup:
         chosen = device_indices if device_indices else list(range(len(visible)))
         for index in chosen:
             if index < 0 or index >= len(visible):
-                raise DeviceNotFoundError(
+                raise DeviceIndexError(
                     f"GPU index {index} is not visible (this process sees {len(visible)} NVIDIA GPU(s) "
                     "through CUDA_VISIBLE_DEVICES); fix hardware.device_indices"
                 )

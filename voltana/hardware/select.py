@@ -16,6 +16,7 @@ from typing import Any
 from voltana.core.config import HardwareConfig
 from voltana.hardware.device import GpuGroup
 from voltana.hardware.errors import (
+    DeviceIndexError,
     DeviceNotFoundError,
     LibraryNotFoundError,
     NotSupportedError,
@@ -73,26 +74,36 @@ def registered_drivers(hook: Any | None = None) -> dict[str, DriverFactory]:
     return found
 
 
-def open_devices(config: HardwareConfig, hook: Any | None = None) -> GpuGroup:
+def open_devices(
+    config: HardwareConfig, hook: Any | None = None, *, fallback_to_simulated: bool = True
+) -> GpuGroup:
     """The GPU group an instance drives, per ``config.vendor``; raises ``VoltanaHardwareError`` (one line).
 
     With ``config.clockd_socket`` the clock locks and resets of a physical group go through ``voltana
-    clockd`` (:class:`~voltana.hardware.clockd.ClockdGpuGroup`); energy and clock reads stay local.
+    clockd`` (:class:`~voltana.hardware.clockd.ClockdGpuGroup`); energy and clock reads stay local. A daemon
+    serving another vendor or other GPUs raises :class:`~voltana.hardware.errors.ClockdMismatchError`
+    carrying the local group (still open). ``fallback_to_simulated=False``: ``vendor = auto`` with no
+    physical GPU raises ``DeviceNotFoundError`` instead of opening the simulated GPU.
     """
-    group = _open_group(config, hook)
+    group = _open_group(config, hook, fallback_to_simulated)
     if config.clockd_socket and group.vendor != "simulated":
-        from voltana.hardware.clockd import ClockdClient, ClockdGpuGroup
+        from voltana.hardware.clockd import ClockdClient, ClockdGpuGroup, check_same_gpus
 
         try:
             client = ClockdClient(config.clockd_socket)
         except VoltanaHardwareError:
             group.close()
             raise
+        try:
+            check_same_gpus(client.info, group, config.clockd_socket)
+        except VoltanaHardwareError:
+            client.close()
+            raise
         return ClockdGpuGroup(group, client)
     return group
 
 
-def _open_group(config: HardwareConfig, hook: Any | None) -> GpuGroup:
+def _open_group(config: HardwareConfig, hook: Any | None, fallback_to_simulated: bool = True) -> GpuGroup:
     drivers: Mapping[str, DriverFactory] = registered_drivers(hook)
     if config.vendor != "auto":
         factory = drivers.get(config.vendor)
@@ -108,10 +119,16 @@ def _open_group(config: HardwareConfig, hook: Any | None) -> GpuGroup:
             continue
         try:
             return factory(config)
+        except DeviceIndexError:
+            raise  # that vendor's GPUs are here: a mistyped index is a config error, not "no GPU"
         except (LibraryNotFoundError, DeviceNotFoundError) as exc:
             reasons.append(f"{vendor}: {exc}")
         except VoltanaHardwareError as exc:
             reasons.append(f"{vendor}: {exc}")
+    if not fallback_to_simulated:
+        raise DeviceNotFoundError(
+            f"hardware.vendor=auto found no physical GPU ({'; '.join(reasons) or 'no driver registered'})"
+        )
     logger.warning(
         "voltana: hardware.vendor=auto found no physical GPU (%s); using the SIMULATED GPU: clocks are not "
         "controlled and energy is modelled, not measured (energy_source=simulated); set hardware.vendor="

@@ -139,6 +139,9 @@ def main(argv: list[str]) -> int:
     if os.fork() > 0:  # the launcher exits: the watchdog leaves the engine's process tree
         os._exit(0)
     spec = json.loads(argv[1])
+    # the engine already said what opening its GPUs found (an energy fallback, a simulated GPU): the watchdog
+    # only resets clocks, so it does not repeat those WARNINGs; its own failures are printed below
+    logger.setLevel(logging.ERROR)
     group: Any | None = None
     try:
         group = _open_group(spec)

@@ -15,7 +15,15 @@ from voltana.core.contexts import DoctorCheck
 from voltana.core.hookspecs import DriverFactory, hookimpl
 from voltana.core.types import EnergySource
 from voltana.hardware.device import GpuDevice, GpuGroup, clock_privilege
-from voltana.hardware.errors import LibraryNotFoundError, NoPermissionError, VoltanaHardwareError
+from voltana.hardware.errors import (
+    RESET_CLOCKS_BY_HAND,
+    ClockdMismatchError,
+    ClockdUnreachableError,
+    DeviceIndexError,
+    LibraryNotFoundError,
+    NoPermissionError,
+    VoltanaHardwareError,
+)
 from voltana.hardware.nvml import PRIVILEGE_FIX
 from voltana.hardware.select import BUILTIN_DRIVERS
 
@@ -90,9 +98,18 @@ def _open_selected(config: Any) -> tuple[GpuGroup | None, DoctorCheck]:
     try:
         group = open_devices(hardware, get_plugin_manager().hook)
     except VoltanaHardwareError as exc:
-        return None, DoctorCheck(
-            "hardware", "devices", False, str(exc), "fix hardware.vendor / device_indices"
-        )
+        local = getattr(exc, "local_group", None)  # clockd serves other GPUs: close the engine's own
+        if local is not None:
+            local.close()
+        if isinstance(exc, ClockdUnreachableError):
+            fix = exc.fix
+        elif isinstance(exc, ClockdMismatchError):
+            fix = "start clockd with the engine's hardware.vendor and device_indices"
+        elif isinstance(exc, DeviceIndexError):
+            fix = "fix hardware.device_indices"
+        else:
+            fix = "fix hardware.vendor / device_indices"
+        return None, DoctorCheck("hardware", "devices", False, str(exc), fix)
     names = ", ".join(f"{d.index}:{d.name}" for d in group.devices)
     clocks = group.supported_clocks_mhz()
     span = f"{clocks[0]}..{clocks[-1]} MHz" if clocks else "no clocks"
@@ -109,12 +126,24 @@ def _open_selected(config: Any) -> tuple[GpuGroup | None, DoctorCheck]:
 
 
 def _energy_check(group: GpuGroup) -> DoctorCheck:
+    reading = group.read_energy()  # a real read now: a counter that exists but fails is not "ok"
     source = group.energy_source
     refresh = (
-        f", counter refreshed every {group.energy_refresh_s * 1e3:.0f} ms" if group.energy_refresh_s else ""
+        f", which the driver refreshes about every {group.energy_refresh_s * 1e3:.0f} ms (documented, not "
+        "measured here)"
+        if group.energy_refresh_s
+        else ""
     )
     if source is EnergySource.MEASURED:
-        return DoctorCheck("hardware", "energy", True, f"measured by the GPU's energy counter{refresh}")
+        if reading.energy_j is None:
+            return DoctorCheck(
+                "hardware",
+                "energy",
+                False,
+                "the GPU's energy counter exists but reading it failed just now",
+                "check `nvidia-smi -q -d POWER`; repeated failures fall back to integrating power",
+            )
+        return DoctorCheck("hardware", "energy", True, f"read from the GPU's energy counter{refresh}")
     if source is EnergySource.POWER_INTEGRATED:
         return DoctorCheck(
             "hardware", "energy", None, "no usable energy counter: power readings are integrated instead"
@@ -161,6 +190,19 @@ def _lock_test(group: GpuGroup, try_lock: bool) -> DoctorCheck:
             current_mhz = min(group.supported_clocks_mhz(), key=lambda clock: abs(clock - current_mhz))
         read_back_mhz = device.lock_clock_mhz(current_mhz)
     except NoPermissionError as exc:
+        if device is group:  # through clockd: another client (an engine) holds the clocks
+            return DoctorCheck(
+                "hardware", "lock test", False, f"clockd refused: {exc}", "try again while no engine runs"
+            )
+        if clock_privilege()[0]:  # the privilege fix in the error's text would be wrong here
+            return DoctorCheck(
+                "hardware",
+                "lock test",
+                False,
+                f"the driver refused: {str(exc).split(';')[0]}",
+                "CAP_SYS_ADMIN is present, so the driver itself refuses: a vGPU, MIG or a node whose admin "
+                "restricted clock changes (check `nvidia-smi -q -d CLOCK` and ask the node's admin)",
+            )
         return DoctorCheck("hardware", "lock test", False, f"the driver refused: {exc}", PRIVILEGE_FIX)
     except VoltanaHardwareError as exc:
         return DoctorCheck("hardware", "lock test", False, f"locking failed: {exc}", "see the detail")
@@ -172,7 +214,7 @@ def _lock_test(group: GpuGroup, try_lock: bool) -> DoctorCheck:
             "lock test",
             False,
             f"locked GPU {index} at {current_mhz} MHz but the reset failed: {exc}",
-            "reset it by hand: `nvidia-smi -rgc` (NVIDIA) or `amd-smi reset --clocks` (AMD)",
+            RESET_CLOCKS_BY_HAND,
         )
     return DoctorCheck(
         "hardware",
@@ -214,16 +256,23 @@ def clockd_command(
     import signal
 
     from voltana.cli import cli_state
-    from voltana.hardware.clockd import ClockDaemon
+    from voltana.hardware.clockd import ClockDaemon, ClockdSocketError
     from voltana.hardware.select import open_devices
     from voltana.plugins import get_plugin_manager
 
     err = Console(stderr=True)
     hardware = cli_state(ctx).loaded().config.hardware.model_copy(update={"clockd_socket": None})
     try:
-        group = open_devices(hardware, get_plugin_manager().hook)
+        # a clock daemon never serves the simulated GPU by accident: engines would "lock" nothing
+        group = open_devices(hardware, get_plugin_manager().hook, fallback_to_simulated=False)
     except VoltanaHardwareError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        hint = (
+            '; voltana clockd serves physical GPUs only (set hardware.vendor = "simulated" to serve a '
+            "simulated GPU on purpose)"
+            if hardware.vendor == "auto"
+            else ""
+        )
+        err.print(f"[red]error:[/] {escape(str(exc))}{hint}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     allowed, why = clock_privilege()
     if not allowed and group.vendor != "simulated":
@@ -244,6 +293,9 @@ def clockd_command(
                 soft_wrap=True,
             )
         )
+    except ClockdSocketError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     except OSError as exc:
         err.print(f"[red]error:[/] cannot listen on {socket_path}: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

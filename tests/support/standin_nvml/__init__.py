@@ -11,8 +11,8 @@ cached by the hash of its source, as ``libnvidia-ml.so.1`` (the name ``pynvml`` 
   :meth:`StandinNvml.activate` hands the loaded library to ``pynvml`` (``pynvml.nvmlLib``) instead; every call
   still goes through pynvml's real ctypes wrappers and error classes.
 
-The script is a ``key=value`` file (keys in docs/hardware.md); :meth:`StandinNvml.script` rewrites it and the
-library re-reads it on its next call.
+The script is a ``key=value`` file (keys in docs/guides/gpus.md); :meth:`StandinNvml.script` rewrites it and
+the library re-reads it on its next call.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
  * NVML API reference (function names, argument order, return codes as pynvml declares them).
  *
  * Scripted by the key=value file named in $VOLTANA_STANDIN_NVML (re-read when it changes); see
- * docs/hardware.md for the keys. Clock locks and resets (and, with log_reads=1, energy/power reads) are
+ * docs/guides/gpus.md for the keys. Clock locks and resets (and, with log_reads=1, energy/power reads) are
  * appended to the file named by `log`; on first use a process replays that log, so a clock locked by a process
  * that died is still locked for the next one, as on a real GPU.
  */
@@ -46,7 +46,7 @@ struct standin_config {
     unsigned memory_clock_mhz, min_clock_mhz, max_clock_mhz, clock_step_mhz, default_clock_mhz;
     unsigned arbitrate_max_mhz; /* 0: the locked clock is read back as asked */
     int init_ret, lock_ret, energy_ret, power_ret, energy_fail_ret;
-    unsigned long long power_mw, energy_offset_mj;
+    unsigned long long power_mw, power_limit_mw, energy_offset_mj;
     unsigned refresh_ms;
     int fail_reads[MAX_LIST], n_fail_reads;
     unsigned long long readings_mj[MAX_LIST];
@@ -106,6 +106,7 @@ static void config_defaults(void) {
     cfg.clock_step_mhz = 15;
     cfg.default_clock_mhz = 1410;
     cfg.power_mw = 250000;
+    cfg.power_limit_mw = 400000; /* an A100-SXM4's 400 W board power */
     cfg.refresh_ms = 100;
     cfg.energy_offset_mj = 1000000;
     cfg.energy_fail_ret = NVML_ERROR_UNKNOWN;
@@ -126,6 +127,7 @@ static void config_set(const char *key, const char *value) {
     else if (!strcmp(key, "power")) cfg.power_ret = parse_ret(value);
     else if (!strcmp(key, "energy_fail_error")) cfg.energy_fail_ret = parse_ret(value);
     else if (!strcmp(key, "power_mw")) cfg.power_mw = strtoull(value, NULL, 10);
+    else if (!strcmp(key, "power_limit_mw")) cfg.power_limit_mw = strtoull(value, NULL, 10);
     else if (!strcmp(key, "energy_offset_mj")) cfg.energy_offset_mj = strtoull(value, NULL, 10);
     else if (!strcmp(key, "refresh_ms")) cfg.refresh_ms = (unsigned)atoi(value);
     else if (!strcmp(key, "energy_fail_reads")) cfg.n_fail_reads = parse_list(value, NULL, cfg.fail_reads);
@@ -409,6 +411,15 @@ nvmlReturn_t nvmlDeviceGetPowerUsage(void *device, unsigned int *milliwatts) {
     if (cfg.log_reads) log_line("power", index, 0, 0, cfg.power_ret);
     if (cfg.power_ret != NVML_SUCCESS) return leave(cfg.power_ret);
     *milliwatts = (unsigned)cfg.power_mw;
+    return leave(NVML_SUCCESS);
+}
+
+nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(void *device, unsigned int *milliwatts) {
+    if (enter() != NVML_SUCCESS) return leave(NVML_ERROR_UNINITIALIZED);
+    int index = device_of(device);
+    if (index < 0 || !milliwatts) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    if (!cfg.power_limit_mw) return leave(NVML_ERROR_NOT_SUPPORTED);
+    *milliwatts = (unsigned)cfg.power_limit_mw;
     return leave(NVML_SUCCESS);
 }
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -16,35 +18,63 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.support.standin_nvml import StandinNvml, locked_devices
+from voltana.adapters.runtime import InstanceRuntime
 from voltana.cli import app
-from voltana.core.config import HardwareConfig
+from voltana.core.config import HardwareConfig, VoltanaConfig
+from voltana.core.types import BatchSnapshot, Phase, ScheduledRequest
+from voltana.hardware.applier import ClockApplier
 from voltana.hardware.clockd import ClockdClient, ClockdGpuGroup
-from voltana.hardware.errors import InvalidArgumentError, NoPermissionError, VoltanaHardwareError
+from voltana.hardware.errors import (
+    ClockdMismatchError,
+    InvalidArgumentError,
+    NoPermissionError,
+    VoltanaHardwareError,
+)
 from voltana.hardware.select import open_devices
 
 
+def _clockd(
+    standin: StandinNvml, socket_path: Path, *args: str, hardware: str = 'vendor = "nvidia"'
+) -> subprocess.Popen[str]:
+    config = standin.work_dir / "clockd.toml"
+    config.write_text(f"[hardware]\n{hardware}\n")
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "voltana.cli",
+            "--config",
+            str(config),
+            "clockd",
+            "--socket",
+            str(socket_path),
+            *args,
+        ],
+        env={k: v for k, v in standin.env().items() if k != "CUDA_VISIBLE_DEVICES"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _refused(process: subprocess.Popen[str]) -> str:
+    """The one error line of a daemon that must refuse to start (a daemon that serves instead is killed)."""
+    try:
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(f"clockd started serving: {process.communicate()[1]}") from None
+    assert process.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    return stderr
+
+
 class Daemon:
-    def __init__(self, standin: StandinNvml, socket_path: Path, *args: str) -> None:
-        config = standin.work_dir / "clockd.toml"
-        config.write_text('[hardware]\nvendor = "nvidia"\n')
+    def __init__(
+        self, standin: StandinNvml, socket_path: Path, *args: str, hardware: str = 'vendor = "nvidia"'
+    ) -> None:
         self.socket_path = socket_path
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "voltana.cli",
-                "--config",
-                str(config),
-                "clockd",
-                "--socket",
-                str(socket_path),
-                *args,
-            ],
-            env={k: v for k, v in standin.env().items() if k != "CUDA_VISIBLE_DEVICES"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        self.process = _clockd(standin, socket_path, *args, hardware=hardware)
         deadline = time.monotonic() + 60
         while not socket_path.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -171,3 +201,136 @@ def test_doctor_try_lock_goes_through_clockd(
     assert [(e.op, e.pid) for e in log] == [("lock", daemon.process.pid)] * 2 + [
         ("reset", daemon.process.pid)
     ] * 2
+
+
+def test_auto_without_a_physical_gpu_refuses_to_serve_the_simulated_gpu(
+    standin_nvml: StandinNvml, socket_dir: Path
+) -> None:
+    """QA: vendor=auto where NVML does not load served a SIMULATED GPU; engines' locks changed nothing."""
+    standin_nvml.script(init="driver_not_loaded")
+    stderr = _refused(_clockd(standin_nvml, socket_dir / "c.sock", hardware='vendor = "auto"'))
+    assert "no physical GPU" in stderr and 'hardware.vendor = "simulated"' in stderr
+    assert not (socket_dir / "c.sock").exists()
+
+
+def test_explicit_simulated_vendor_may_be_served(standin_nvml: StandinNvml, socket_dir: Path) -> None:
+    running = Daemon(standin_nvml, socket_dir / "s.sock", hardware='vendor = "simulated"')
+    try:
+        client = ClockdClient(running.socket_path)
+        assert client.info["vendor"] == "simulated"
+        client.close()
+    finally:
+        running.stop()
+
+
+def test_a_second_daemon_never_takes_over_a_live_socket(daemon: Daemon, standin_nvml: StandinNvml) -> None:
+    stderr = _refused(_clockd(standin_nvml, daemon.socket_path))
+    assert f"another voltana clockd is serving {daemon.socket_path}" in stderr
+    client = ClockdClient(daemon.socket_path)  # the first daemon still serves its socket
+    assert client.lock_clock_mhz(1005) == 1005
+    assert {e.pid for e in standin_nvml.log()} == {daemon.process.pid}
+    client.close()
+
+
+def test_a_file_at_the_socket_path_is_never_deleted(standin_nvml: StandinNvml, socket_dir: Path) -> None:
+    precious = socket_dir / "precious.txt"
+    precious.write_text("keep me\n")
+    stderr = _refused(_clockd(standin_nvml, precious))
+    assert "is not a socket" in stderr and "never removes it" in stderr
+    assert precious.read_text() == "keep me\n"
+
+
+def test_a_stale_socket_is_replaced(standin_nvml: StandinNvml, socket_dir: Path) -> None:
+    stale = socket_dir / "stale.sock"
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(stale))  # a daemon that died: the socket file stays, nobody accepts on it
+    left.close()
+    running = Daemon(standin_nvml, stale)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client = ClockdClient(stale)
+                break
+            except VoltanaHardwareError:
+                assert running.process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        assert client.info["vendor"] == "nvidia"
+        client.close()
+    finally:
+        running.stop()
+
+
+def test_an_engine_refuses_a_daemon_serving_other_gpus(
+    standin_nvml: StandinNvml,
+    socket_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QA: clockd on GPU 1, engine on GPU 0 through it: the engine's locks landed on GPU 1 silently."""
+    standin_nvml.script(device_count=2)
+    running = Daemon(standin_nvml, socket_dir / "c.sock", hardware='vendor = "nvidia"\ndevice_indices = [1]')
+    try:
+        engine = HardwareConfig(vendor="nvidia", device_indices=[0], clockd_socket=str(running.socket_path))
+        with pytest.raises(
+            ClockdMismatchError, match=r"serves nvidia GPU\(s\) \[1\] .*drives nvidia GPU\(s\) \[0\]"
+        ):
+            open_devices(engine)
+        standin_nvml.activate(monkeypatch)
+        config = VoltanaConfig(enabled=True, hardware=engine.model_dump(), slo={"itl_s": 1e-9})
+        with caplog.at_level(logging.ERROR, logger="voltana"):
+            runtime = InstanceRuntime.start(config, Phase.DECODE, "m0")
+        try:
+            assert runtime.monitor_only and "GPU-standin-1" in runtime.status().monitor_only_reason
+            errors_logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert len(errors_logged) == 1 and "GPU-standin-0" in errors_logged[0].getMessage()
+            runtime.before_iteration(
+                BatchSnapshot.build(Phase.DECODE, [ScheduledRequest("a", 1, 100, 0.0)], 1.0)
+            )
+            runtime.after_iteration()
+        finally:
+            runtime.close()
+        assert [e for e in standin_nvml.log() if e.op == "lock"] == []  # no lock landed anywhere
+    finally:
+        running.stop()
+
+
+def test_a_killed_daemon_leaves_the_fix_in_the_engines_restore_error(
+    daemon: Daemon, standin_nvml: StandinNvml, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: SIGKILL of clockd while the engine holds a lock: "could not restore GPU clocks: Broken pipe"."""
+    group = open_devices(HardwareConfig(vendor="nvidia", clockd_socket=str(daemon.socket_path)))
+    applier = ClockApplier(group)
+    applier.submit(1005)
+    assert applier.wait_applied(5.0) and applier.applied_clock_mhz == 1005
+    daemon.process.kill()
+    daemon.process.wait(30)
+    with caplog.at_level(logging.ERROR, logger="voltana.hardware"):
+        applier.close()
+    group.close()
+    assert locked_devices(standin_nvml.log()) == {0: 1005, 1: 1005}  # nobody reset them
+    failed = [r.getMessage() for r in caplog.records if "could not restore GPU clocks" in r.getMessage()]
+    assert len(failed) == 1 and "sudo nvidia-smi -rgc" in failed[0]
+
+
+def test_doctor_try_lock_help_warns_about_an_engine_holding_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "2000")
+    result = CliRunner().invoke(app, ["doctor", "--help"])
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "the reset also ends the engine's clock lock" in text and "through clockd" in text
+
+
+def test_an_nvidia_engine_refuses_a_daemon_serving_the_simulated_gpu(
+    standin_nvml: StandinNvml, socket_dir: Path
+) -> None:
+    """QA: an NVIDIA engine connected to a simulated clockd; its "locks" succeeded and changed nothing."""
+    running = Daemon(standin_nvml, socket_dir / "c.sock", hardware='vendor = "simulated"')
+    try:
+        engine = HardwareConfig(vendor="nvidia", clockd_socket=str(running.socket_path))
+        with pytest.raises(
+            ClockdMismatchError, match=r"serves simulated GPU\(s\).*drives nvidia GPU\(s\) \[0\]"
+        ):
+            open_devices(engine)
+    finally:
+        running.stop()
+    assert standin_nvml.log() == []

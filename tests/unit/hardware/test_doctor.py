@@ -139,8 +139,9 @@ def test_all_fine_with_try_lock_locks_and_resets_the_current_clock(
     assert "ok | locked GPU 0 at its current 1095 MHz (read back 1095 MHz) and reset it" in _row(
         result.output, "lock test"
     )
-    assert "ok | measured by the GPU's energy counter, counter refreshed every 100 ms" in _row(
-        result.output, "energy"
+    assert (
+        "ok | read from the GPU's energy counter, which the driver refreshes about every 100 ms (documented, "
+        "not measured here)" in _row(result.output, "energy")
     )
     assert "problem" not in result.output
     log = standin_nvml.log()
@@ -160,7 +161,34 @@ def test_try_lock_refused_by_the_driver_is_a_problem(
     assert "ok | CAP_SYS_ADMIN in the effective capability set" in _row(result.output, "clock control")
     row = _row(result.output, "lock test")
     assert "problem | the driver refused: NVML locking the SM clock failed: Insufficient Permissions" in row
+    # QA: the fix said "grant CAP_SYS_ADMIN" to a process that has it
+    assert "CAP_SYS_ADMIN is present, so the driver itself refuses" in row and "setcap" not in row
     assert locked_devices(standin_nvml.log()) == {}
+
+
+def test_an_energy_counter_whose_reads_fail_is_not_ok(
+    standin_nvml: StandinNvml, nvidia_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: every counter read failing still gave "ok, measured"."""
+    standin_nvml.script(device_count=1, energy_fail_reads=list(range(1, 50)))
+    monkeypatch.setenv("COLUMNS", "1000")
+    result = CliRunner().invoke(app, ["--config", str(nvidia_config), "doctor"])
+    assert result.exit_code == 1, result.output
+    assert "problem | the GPU's energy counter exists but reading it failed" in _row(result.output, "energy")
+
+
+def test_an_unreachable_clockd_gets_the_clockd_fix(
+    standin_nvml: StandinNvml, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: a clockd_socket nobody serves got the fix "fix hardware.vendor / device_indices"."""
+    config = tmp_path / "engine.toml"
+    config.write_text(f'[hardware]\nvendor = "nvidia"\nclockd_socket = "{tmp_path / "none.sock"}"\n')
+    monkeypatch.setenv("COLUMNS", "1000")
+    result = CliRunner().invoke(app, ["--config", str(config), "doctor"])
+    assert result.exit_code == 1, result.output
+    row = _row(result.output, "devices")
+    assert row.startswith("problem | cannot reach voltana clockd at") and "fix hardware.vendor" not in row
+    assert row.endswith("or fix hardware.clockd_socket")
 
 
 def test_without_try_lock_doctor_only_reads(
@@ -184,3 +212,20 @@ def test_root_without_cap_sys_admin_cannot_lock(monkeypatch: pytest.MonkeyPatch,
     assert not allowed and why.startswith("root but without CAP_SYS_ADMIN")
     status.write_text(f"CapEff:\t{(1 << CAP_SYS_ADMIN) | 0xA80425FB:016x}\n")  # --cap-add SYS_ADMIN
     assert clock_privilege() == (True, "CAP_SYS_ADMIN in the effective capability set")
+
+
+def test_a_mistyped_device_index_with_auto_is_a_problem_naming_it(
+    standin_nvml: StandinNvml, tmp_path: Path
+) -> None:
+    """QA: 1 GPU, device_indices=[3], auto: "info, no physical GPU usable, install the driver", exit 0."""
+    config = tmp_path / "auto.toml"
+    config.write_text('[hardware]\nvendor = "auto"\ndevice_indices = [3]\n')
+    standin_nvml.script(device_count=1)
+    done = _doctor(env=standin_nvml.env(), config=config)
+    assert done.returncode == 1, done.stdout + done.stderr
+    devices = _row(done.stdout, "devices")
+    assert devices.startswith("problem | GPU index 3 is not visible (this process sees 1 NVIDIA GPU(s)"), (
+        devices
+    )
+    assert devices.endswith("fix hardware.device_indices")
+    assert "SIMULATED" not in done.stdout + done.stderr and "install the NVIDIA driver" not in done.stdout

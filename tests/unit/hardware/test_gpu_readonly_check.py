@@ -41,3 +41,25 @@ def test_readonly_check_measures_the_refresh_period_and_never_locks(standin_nvml
     assert rows["NVML reads"] == "0"
     assert "voltana doctor" in out and "lock test" in out  # doctor ran, read-only (no --try-lock)
     assert {entry.op for entry in standin_nvml.log()} <= {"energy", "power"}  # no lock, no reset, ever
+
+
+def test_bad_arguments_are_one_line_with_the_fix(standin_nvml: StandinNvml) -> None:
+    """QA: --seconds 0 --repeats 0 gave "NVML: no median for empty data"; --device 5 "Invalid Argument"."""
+    standin_nvml.script(device_count=1)
+    env = standin_nvml.env()
+    env["PYTHON"] = sys.executable
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPT.parents[1]), env.get("PYTHONPATH")]))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    empty = run("--seconds", "0", "--repeats", "0")
+    assert (
+        empty.returncode != 0 and "--repeats >= 1" in empty.stderr and "median for empty" not in empty.stderr
+    )
+    missing = run("--device", "5", "--seconds", "0.2", "--repeats", "5")
+    assert missing.returncode != 0 and "--device 5: NVML sees 1 GPU(s), indices 0..0" in missing.stderr
+    assert "| NVML reads | 2 |" in empty.stdout and "| NVML reads | 2 |" in missing.stdout
+    assert "Traceback" not in empty.stderr + missing.stderr

@@ -35,6 +35,8 @@ VENDOR_CALLS = (
     "nvmlDeviceSetGpuLockedClocks",
     "nvmlDeviceResetGpuLockedClocks",
     "nvmlDeviceGetTotalEnergyConsumption",
+    "nvmlDeviceGetEnforcedPowerLimit",
+    "nvmlDeviceGetUUID",
     "nvmlDeviceGetPowerUsage",
 )
 A100_CLOCKS = list(range(1410, 209, -15))  # NVML lists them descending
@@ -55,6 +57,8 @@ def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         calls["nvmlDeviceGetClockInfo"].return_value = 1410
         calls["nvmlDeviceGetTotalEnergyConsumption"].return_value = 0
         calls["nvmlDeviceGetPowerUsage"].return_value = 250_000
+        calls["nvmlDeviceGetEnforcedPowerLimit"].return_value = 400_000
+        calls["nvmlDeviceGetUUID"].side_effect = lambda handle: f"GPU-{handle}"
         yield calls
 
 
@@ -196,3 +200,72 @@ def test_real_pynvml_without_a_driver_reports_cleanly(monkeypatch: pytest.Monkey
     monkeypatch.setattr(nvml, "_init_count", 0)
     with pytest.raises(LibraryNotFoundError, match=r"^NVML initialisation failed: .*simulated"):
         nvml.open_nvidia()
+
+
+class _Ticks:
+    """A clock advancing ``step_s`` per call (the energy sampler reads every 25 ms)."""
+
+    def __init__(self, step_s: float = 0.025) -> None:
+        self.now_s = 0.0
+        self.step_s = step_s
+
+    def __call__(self) -> float:
+        self.now_s += self.step_s
+        return self.now_s
+
+
+P_MJ = 5_000_000_000  # a counter 5 MJ into its life
+
+
+@pytest.mark.parametrize(
+    ("readings_mj", "expected_j"),
+    [
+        ([P_MJ, P_MJ + 100, 0, 0, P_MJ + 200], 0.2),  # QA: 5,000,000.3 J
+        ([P_MJ, P_MJ + 100_000, 0, 0, 0, 0, P_MJ + 425_000], 425.0),  # one bad refresh read 4 times
+        ([P_MJ, 1_000, 1_100, 1_200, P_MJ + 425_000], 425.0),  # low readings that move are a glitch too
+    ],
+)
+def test_a_multi_read_drop_that_recovers_is_measured_from_the_pre_drop_value(
+    readings_mj: list[int], expected_j: float
+) -> None:
+    counter = EnergyCounter(joules_per_unit=1e-3, widths_bits=(64,), max_power_w=400.0, clock=_Ticks())
+    totals = [counter.update(raw) for raw in readings_mj]
+    assert totals[-1] == pytest.approx(expected_j)
+    assert totals == sorted(totals)  # cumulative joules never decrease
+
+
+def test_an_implausible_jump_is_bounded_by_the_power_limit_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    counter = EnergyCounter(joules_per_unit=1e-3, max_power_w=400.0, clock=_Ticks(0.025))
+    # a drop to 0 that lasts past the glitch window (a reset), then back at 5 MJ: 0.025 s can hold 10 J
+    readings = [P_MJ] + [0] * (EnergyCounter.GLITCH_READS + 2) + [P_MJ + 425_000, P_MJ + 435_000]
+    with caplog.at_level(logging.WARNING, logger="voltana.hardware"):
+        totals = [counter.update(raw) for raw in readings]
+    assert totals[-2] == pytest.approx(400.0 * 0.025)  # bounded by limit x elapsed, not 5,000,425 J
+    assert totals[-1] == pytest.approx(totals[-2] + 10.0)  # and measured normally afterwards
+    assert counter.glitches == 1
+    assert len([r for r in caplog.records if "power limit" in r.getMessage()]) == 1
+
+
+def test_a_genuine_reset_stays_rebased() -> None:
+    counter = EnergyCounter(joules_per_unit=1e-3, max_power_w=400.0, clock=_Ticks())
+    readings = [P_MJ, 1_200] + [1_200 + 1_000 * i for i in range(1, 30)]
+    totals = [counter.update(raw) for raw in readings]
+    assert totals[-1] == pytest.approx(29.0)  # counts from the new base, past the glitch window too
+
+
+def test_an_unsupported_energy_counter_gets_no_clock_locking_hint(
+    fake_nvml: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: the energy fallback WARNING said "(locked clocks need Volta+ and driver >= 440)"."""
+    fake_nvml["nvmlDeviceGetTotalEnergyConsumption"].side_effect = pynvml.NVMLError(
+        pynvml.NVML_ERROR_NOT_SUPPORTED
+    )
+    with caplog.at_level(logging.WARNING, logger="voltana.hardware"):
+        group = nvml.open_nvidia([0])
+    fallback = [r.getMessage() for r in caplog.records if "integrating power" in r.getMessage()]
+    assert len(fallback) == 1 and "reading the energy counter" in fallback[0] and "Volta" not in fallback[0]
+    fake_nvml["nvmlDeviceSetGpuLockedClocks"].side_effect = pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+    with pytest.raises(NotSupportedError, match=r"locked clocks need Volta\+"):
+        group.lock_clock_mhz(1005)
