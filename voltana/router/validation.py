@@ -240,23 +240,51 @@ def parse_request(
     )
 
 
-def check_model_length(parsed: ParsedRequest, model_len: int | None) -> None:
-    """Refuse (400, before any engine call) a request whose longest prompt plus ``max_tokens`` exceeds the
-    model's length, when the prompt was counted (token ids or the model's tokenizer); an estimate never
-    refuses a request (the engine decides). Without ``max_tokens`` one output token is needed."""
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+"""``max_tokens`` of ``/v1/completions`` when absent or null, in vLLM's and SGLang's protocols (the OpenAI
+default); chat has none (generation may run up to the model's length)."""
+
+
+def required_output_tokens(parsed: ParsedRequest, backend: str) -> int:
+    """Output tokens the engine insists fit next to the prompt, by its own rule.
+
+    vLLM (``_validate_prompt_len`` in ``vllm/v1/engine/input_processor.py`` and ``get_max_tokens`` in
+    ``vllm/entrypoints/serve/utils/api_utils.py``): a prompt must leave room for one token; a larger
+    ``max_tokens`` is clamped to what is left, never refused. SGLang (``_validate_one_request`` in
+    ``sglang/srt/managers/tokenizer_manager.py``): a prompt must be shorter than the context and prompt plus
+    ``max_new_tokens`` must fit it (completions default 16; chat without ``max_tokens`` is not checked).
+    """
+    if backend != "sglang":
+        return 1
+    if parsed.max_tokens is not None:
+        return max(1, parsed.max_tokens)
+    return COMPLETIONS_DEFAULT_MAX_TOKENS if parsed.kind == "completions" else 1
+
+
+def check_model_length(parsed: ParsedRequest, model_len: int | None, backend: str = "vllm") -> None:
+    """Refuse (400, before any engine call) exactly what the engine would refuse for length: the longest
+    prompt plus :func:`required_output_tokens` over the model's length, when the prompt was counted (token
+    ids or the model's tokenizer); an estimate never refuses a request (the engine decides)."""
     if model_len is None or parsed.tokens_source == "estimate":
         return
-    output = max(1, parsed.max_tokens or 0)
+    output = required_output_tokens(parsed, backend)
     if parsed.longest_prompt_tokens + output <= model_len:
         return
-    where = "messages" if parsed.kind == "chat" else "prompt"
     counted = "token ids" if parsed.tokens_source == "exact" else "the model's tokenizer"
-    raise RouterError(
+    raise context_length_error(parsed, model_len, output, str(parsed.longest_prompt_tokens), counted)
+
+
+def context_length_error(
+    parsed: ParsedRequest, model_len: int, output: int, prompt_tokens: str, counted: str
+) -> RouterError:
+    """The 400 of a request that cannot fit ``model_len``: its prompt has ``prompt_tokens`` tokens (a number,
+    or "at least N"), counted from ``counted``; the engine needs ``output`` more."""
+    where = "messages" if parsed.kind == "chat" else "prompt"
+    return RouterError(
         400,
-        f"This model's maximum context length is {model_len} tokens. However, you requested "
-        f"{parsed.longest_prompt_tokens + output} tokens ({parsed.longest_prompt_tokens} in the {where}, "
-        f"counted from {counted}; {output} in the completion). Please reduce the length of the {where} "
-        "or completion.",
+        f"This model's maximum context length is {model_len} tokens. However, the {where} has "
+        f"{prompt_tokens} tokens (counted from {counted}) and the completion needs at least {output}. "
+        f"Please reduce the length of the {where} or completion.",
         param=where,
         code="context_length_exceeded",
     )
