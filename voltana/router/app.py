@@ -212,7 +212,7 @@ async def _serve(state: RouterState, request: Request, kind: Kind) -> Response:
         )
     models = _served_models(state)
     body = decode_json(await request.body())
-    if not models and body.get("model") is None:  # as the same request naming a model: no engine yet
+    if not models and body.get("model") in (None, ""):  # as the same request naming a model: no engine yet
         raise RouterError(
             503,
             "no served model is known yet (no engine has answered); retry, or name the 'model'",

@@ -495,6 +495,8 @@ class EmulatedInstance:
         prompt_tokens = count_prompt_tokens(body)
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         echo = not chat and body.get("echo") is True
+        if isinstance(max_tokens, float) and max_tokens.is_integer():
+            max_tokens = int(max_tokens)  # pydantic's lax int, as vLLM and SGLang parse it
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < (0 if echo else 1)):
             return self._error(400, "max_tokens must be a positive integer")
         scoring = max_tokens == 0  # echo without generation: the prompt is computed, one token sampled

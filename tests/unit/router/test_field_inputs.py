@@ -496,3 +496,23 @@ def test_engine_429_and_all_prefills_refusing_carry_retry_after(make_cluster, ma
     refused = client.post(router.url + "/v1/completions", json=body)
     assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
     assert "prefill-0" in refused.text and "prefill-1" in refused.text
+
+
+# --- QA report on issue 18, item 8: what vLLM's pydantic models accept ------------------------------------
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_integral_floats_and_empty_model_are_read_as_vllm_reads_them(
+    make_cluster, make_router, client, protocol
+) -> None:
+    cluster = make_cluster(protocol, 1, 1)
+    router = make_router(cluster)
+    # n: 2.0 is n = 2 for pydantic's lax int: refused like n: 2, not let through as one sample.
+    two = client.post(router.url + "/v1/completions", json={"model": MODEL, "prompt": "x", "n": 2.0})
+    assert two.status_code == 400 and two.json()["error"]["param"] == "n"
+    body = {"model": "", "prompt": "lax ints", "max_tokens": 3.0, "n": 1.0}
+    answer = client.post(router.url + "/v1/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"] == MODEL and answer.json()["choices"][0]["text"] == expected_text(
+        "lax ints", 3
+    )
+    half = client.post(router.url + "/v1/completions", json={**body, "max_tokens": 1.5})
+    assert half.status_code == 400 and half.json()["error"]["param"] == "max_tokens"
