@@ -11,9 +11,10 @@ spawns the engine).
 SGLang too. ``GET /voltana/requests/{X-Request-Id}`` returns one finished request's measured energy
 (``{"request_id", "phase", "energy_j"}``, 404 when unknown): the EngineCore side buffers finished requests'
 records and appends them to ``requests-<engine>.jsonl`` when it publishes its state
-(:class:`RequestEnergyLog`); the API server finds them by the id the client sent (:func:`request_energy`),
-which vLLM embeds in its own (``cmpl-<id>-<n>...``, ``chatcmpl-<id>...``). The router's
-``report_energy`` reads it.
+(:class:`RequestEnergyLog`); the API server finds them by the id the client sent, matched exactly against
+the forms vLLM embeds it in (:func:`_vllm_id_pattern`), reading the files incrementally in a worker thread
+(:class:`RequestEnergyIndex`, :func:`request_record`); a 404 says ``not_yet`` or ``not_measured``. The
+router's ``report_energy`` reads it.
 
 Metrics (one sample per engine, label ``engine`` = data-parallel rank, as vLLM's own):
 ``voltana:sm_clock_mhz``, ``voltana:monitor_only``, ``voltana:num_requests_running``,
