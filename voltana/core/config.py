@@ -177,8 +177,8 @@ class _EnvSource(EnvSettingsSource):
         try:
             decoded = super().decode_complex_value(field_name, field, value)
         except ValueError:
-            if not is_list or not isinstance(value, str):
-                raise
+            if not is_list or not isinstance(value, str) or value.lstrip().startswith("["):
+                raise  # broken JSON stays an error: never comma-split '["a", "b"' into garbage
             decoded = None
         if is_list and not isinstance(decoded, list) and isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
@@ -223,8 +223,14 @@ class LoadedConfig:
     path: Path | None = None
 
     def source_of(self, key: str) -> str:
-        """``env VOLTANA_…``, ``file <path>`` or ``default`` for a dotted key."""
-        return self.sources.get(key, "default")
+        """``env VOLTANA_…``, ``file <path>`` or ``default`` for a dotted key; a key set through its section
+        (``VOLTANA_ROUTER='{"port": 1}'``, a TOML inline table) has the section's source."""
+        parts = key.split(".")
+        for end in range(len(parts), 0, -1):
+            source = self.sources.get(".".join(parts[:end]))
+            if source is not None:
+                return source
+        return "default"
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -311,6 +317,6 @@ def effective_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
     rows: list[tuple[str, Any, str]] = []
     for key, value in _flatten(dumped):
         secret = key.endswith(("admin_token", "clock_token"))
-        shown = "**********" if secret and value is not None else value
+        shown = "**********" if secret and value else value  # empty: that API is off
         rows.append((key, shown, loaded.source_of(key)))
     return rows

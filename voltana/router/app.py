@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import time
@@ -30,13 +29,19 @@ from voltana.router.observability import RouterMetrics, extract_context, tracer_
 from voltana.router.polling import Poller
 from voltana.router.predictors import route_predictors
 from voltana.router.proxy import BackendRejected, DecodeResult, Proxy, send_trace_config
-from voltana.router.tokens import HfPromptTokenizer, PromptTokenizer, count_with_tokenizer
-from voltana.router.validation import Kind, check_model_length, decode_json, parse_request
+from voltana.router.tokens import HfPromptTokenizer, PromptTokenizer, count_for_length_check
+from voltana.router.validation import (
+    Kind,
+    ParsedRequest,
+    check_model_length,
+    decode_json,
+    parse_request,
+    required_output_tokens,
+)
 
 log = logging.getLogger("voltana.router")
 ENDPOINTS: dict[str, Kind] = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 DRAINING_RETRY_AFTER_S = 5
-TOKENIZE_INLINE_BELOW = 512  # estimated prompt tokens under which the tokenizer runs on the event loop
 TOKENS_HEADER = "x-voltana-prompt-tokens"
 """Response header: ``<longest prompt tokens>; source=exact|tokenizer|estimate`` (how they were counted)."""
 
@@ -206,14 +211,21 @@ async def _serve(state: RouterState, request: Request, kind: Kind) -> Response:
             headers={"retry-after": str(DRAINING_RETRY_AFTER_S)},
         )
     models = _served_models(state)
-    parsed = parse_request(kind, decode_json(await request.body()), models, state.config.max_tokens_limit)
-    if state.tokenizer is not None and parsed.tokens_source == "estimate":
-        if parsed.input_tokens < TOKENIZE_INLINE_BELOW:  # short prompts inline; long ones off the loop
-            parsed = count_with_tokenizer(parsed, state.tokenizer)
-        else:
-            parsed = await asyncio.to_thread(count_with_tokenizer, parsed, state.tokenizer)
+    body = decode_json(await request.body())
+    if not models and body.get("model") in (None, ""):  # as the same request naming a model: no engine yet
+        raise RouterError(
+            503,
+            "no served model is known yet (no engine has answered); retry, or name the 'model'",
+            code="no_instance",
+            headers={"retry-after": str(state.registry.retry_after_s(Phase.PREFILL))},
+        )
+    parsed = parse_request(kind, body, models, state.config.max_tokens_limit)
+    model_len = models.get(parsed.model)
+    if state.tokenizer is not None:
+        output_tokens = required_output_tokens(parsed, state.config.backend)
+        parsed = await count_for_length_check(parsed, state.tokenizer, model_len, output_tokens)
     state.metrics.prompt_token_counts.labels(parsed.tokens_source).inc()
-    check_model_length(parsed, models.get(parsed.model))
+    check_model_length(parsed, model_len, state.config.backend)
     proxy = state.proxy
     assert proxy is not None
     headers = {k.lower(): v for k, v in request.headers.items()}
@@ -247,7 +259,10 @@ async def _serve(state: RouterState, request: Request, kind: Kind) -> Response:
             span.set_status(Status(StatusCode.ERROR, "client disconnected"))
             return Response(status_code=499)
         except BackendRejected as exc:
-            return Response(exc.content, status_code=exc.status, media_type=exc.content_type)
+            passed = {TOKENS_HEADER: tokens_header(parsed)}
+            if exc.retry_after:
+                passed["retry-after"] = exc.retry_after
+            return Response(exc.content, status_code=exc.status, media_type=exc.content_type, headers=passed)
         except RouterError as exc:
             span.set_status(Status(StatusCode.ERROR, exc.message))
             raise
@@ -255,7 +270,7 @@ async def _serve(state: RouterState, request: Request, kind: Kind) -> Response:
         state.metrics.added_latency.observe(max(0.0, time.perf_counter() - arrived - ex.upstream_s))
         headers_out = {
             "x-request-id": ex.request_id,
-            TOKENS_HEADER: f"{parsed.longest_prompt_tokens}; source={parsed.tokens_source}",
+            TOKENS_HEADER: tokens_header(parsed),
         }
         if result.content is not None:
             content = result.content
@@ -274,6 +289,11 @@ async def _serve(state: RouterState, request: Request, kind: Kind) -> Response:
     finally:
         if not streaming:
             done()
+
+
+def tokens_header(parsed: ParsedRequest) -> str:
+    """:data:`TOKENS_HEADER` of ``parsed``."""
+    return f"{parsed.longest_prompt_tokens}; source={parsed.tokens_source}"
 
 
 class ClosingStream(StreamingResponse):

@@ -46,6 +46,7 @@ from voltana.hardware.simulated import PerformanceModel, performance_model
 from voltana.plugins.ecofreq_seed import resolve_allowed_clocks
 from voltana.profiler.engine_api import MemoryControl, add_control_routes, iteration_json
 from voltana.router.disconnect import ClientGone, until_disconnect
+from voltana.router.request_ids import NOT_YET, RECORD_ROUTE, id_from_path
 from voltana.router.serving import EmbeddedServer, bind_socket, start_server, stop_server
 
 Protocol = Literal["vllm", "sglang"]
@@ -458,7 +459,7 @@ class EmulatedInstance:
             Route("/v1/loads", self._loads),
             Route("/get_server_info", self._server_info),
             Route("/voltana/state", self._voltana_state),
-            Route("/voltana/requests/{request_id}", self._request_record),
+            Route(RECORD_ROUTE, self._request_record),
             Route("/emulator/stats", self._stats),
             Route("/emulator/fault", self._set_fault, methods=["POST"]),
         ]
@@ -481,10 +482,11 @@ class EmulatedInstance:
         return JSONResponse({"object": "list", "data": [entry]})
 
     async def _request_record(self, request: Request) -> Response:
-        request_id = request.path_params["request_id"]
+        request_id = id_from_path(request.path_params["request_id"])
         joules = self.stats.energy_j.get(request_id)
         if joules is None:
-            return JSONResponse({"error": f"no finished request {request_id!r}"}, status_code=404)
+            body = {"error": f"no finished request {request_id!r}", "reason": NOT_YET}
+            return JSONResponse(body, status_code=404)
         return JSONResponse({"request_id": request_id, "phase": self.role, "energy_j": joules})
 
     def _load(self) -> tuple[int, int, int]:
@@ -597,17 +599,16 @@ class EmulatedInstance:
         prompt_tokens = count_prompt_tokens(body)
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         echo = not chat and body.get("echo") is True
-        if max_tokens is None:
-            max_tokens = DEFAULT_MAX_TOKENS
-        if not isinstance(max_tokens, int) or max_tokens < (0 if echo else 1):
+        if isinstance(max_tokens, float) and max_tokens.is_integer():
+            max_tokens = int(max_tokens)  # pydantic's lax int, as vLLM and SGLang parse it
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < (0 if echo else 1)):
             return self._error(400, "max_tokens must be a positive integer")
         scoring = max_tokens == 0  # echo without generation: the prompt is computed, one token sampled
         if self.role == "prefill" or scoring:
             max_tokens = 1  # a disaggregated prefill server computes the prompt and samples one token
-        if prompt_tokens + max_tokens > self.max_model_len:
-            return self._error(
-                400, f"prompt ({prompt_tokens}) + max_tokens ({max_tokens}) > {self.max_model_len}"
-            )
+        max_tokens, problem = self._fit_model_length(prompt_tokens, max_tokens, chat)
+        if problem is not None:
+            return self._error(400, problem)
         try:
             needs_prefill, problem = await self._arrange_kv(body, key)
         except TimeoutError:
@@ -648,19 +649,20 @@ class EmulatedInstance:
     ) -> Response:
         """Completions with a list of prompts (as vLLM and SGLang accept): the requests reach the engine
         together, so they are scheduled as one batch; one choice per prompt, in order."""
-        max_tokens = body.get("max_tokens") or DEFAULT_MAX_TOKENS
-        if not isinstance(max_tokens, int) or max_tokens < 1:
+        asked = body.get("max_tokens")
+        if isinstance(asked, float) and asked.is_integer():
+            asked = int(asked)  # pydantic's lax int, as vLLM and SGLang parse it
+        if asked is not None and (not isinstance(asked, int) or asked < 1):
             return self._error(400, "max_tokens must be a positive integer")
         if self.role == "prefill":
-            max_tokens = 1
+            asked = 1
         reqs = []
         for i, prompt in enumerate(prompts):
             sub = {**body, "prompt": prompt}
             tokens = count_prompt_tokens(sub)
-            if tokens + max_tokens > self.max_model_len:
-                return self._error(
-                    400, f"prompt {i} ({tokens}) + max_tokens ({max_tokens}) > {self.max_model_len}"
-                )
+            max_tokens, refusal = self._fit_model_length(tokens, asked, chat=False)
+            if refusal is not None:
+                return self._error(400, f"prompt {i}: {refusal}")
             needs_prefill, problem = await self._arrange_kv(sub, prompt_key(sub))
             if problem is not None:
                 return self._error(400, problem)
@@ -688,6 +690,28 @@ class EmulatedInstance:
         usage = {k: sum(a["usage"][k] for a in answers) for k in answer["usage"]}
         answer["usage"] = usage
         return JSONResponse(answer)
+
+    def _fit_model_length(self, prompt: int, max_tokens: int | None, chat: bool) -> tuple[int, str | None]:
+        """(max_tokens to run, refusal) by the engine's length rule (see
+        :func:`voltana.router.validation.required_output_tokens`): both refuse a prompt that leaves no room
+        for a token; vLLM clamps ``max_tokens`` (absent: 16 for completions, the rest of the model's length
+        for chat), SGLang refuses prompt + ``max_tokens`` over the context (chat without it: unchecked)."""
+        room = self.max_model_len - prompt
+        if room <= 0:
+            return 0, (
+                f"The decoder prompt (length {prompt}) is longer than the maximum model length of "
+                f"{self.max_model_len}"
+            )
+        if max_tokens is None:
+            if chat:
+                return room, None
+            max_tokens = DEFAULT_MAX_TOKENS
+        if self.protocol == "sglang" and max_tokens > room:
+            return 0, (
+                f"Requested token count exceeds the model's maximum context length of {self.max_model_len} "
+                f"tokens. You requested a total of {prompt + max_tokens} tokens"
+            )
+        return min(max_tokens, room), None
 
     async def _arrange_kv(self, body: dict[str, Any], key: str) -> tuple[bool, str | None]:
         """(needs local prefill, protocol problem) for this request on this instance."""

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import yarl
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -47,6 +48,7 @@ from voltana.router.errors import RouterError, UpstreamError, error_body
 from voltana.router.instances import Instance, InstanceRegistry
 from voltana.router.observability import RouterMetrics, inject_headers
 from voltana.router.polling import Backend
+from voltana.router.request_ids import NOT_YET, RECORD_PATH, forwarded, record_path
 from voltana.router.validation import ParsedRequest
 
 log = logging.getLogger("voltana.router")
@@ -54,11 +56,13 @@ FORWARDED_HEADERS = ("authorization",)
 EVENT_END = b"\n\n"
 MAX_ENGINE_FAILURES = 1
 """Retries a request gets after engines failed while working on it (poison-request budget)."""
-ENERGY_PATH = "/voltana/requests/{request_id}"
-"""Engine endpoint with one request's record: ``{"request_id", "phase", "energy_j"}``; 404 when unknown."""
+ENERGY_PATH = RECORD_PATH
+"""Engine endpoint of one request's record (404 when unknown); see :func:`energy_url`."""
 ENERGY_LOOKUP_TIMEOUT_S = 1.0
 ENERGY_RECORD_LAG_S = 0.3
 """How late an engine's record may be: vLLM publishes them with its state, every 0.25 s under load."""
+REFUSED_RETRY_AFTER_S = 1
+"""``Retry-After`` (s) when no engine tried took the request (down or 503), or an engine's 429 had none."""
 USAGE_ENERGY_FIELD = "voltana_energy"
 """The ``usage`` extension: ``{"prefill_j": .., "decode_j": .., "total_j": ..}`` (known phases only)."""
 
@@ -99,6 +103,12 @@ def status_failure(inst: Instance, status: int, content: bytes) -> UpstreamError
     return UpstreamError(inst.instance_id, message, status=status, reached=status != 503)
 
 
+def energy_url(base: str, request_id: str) -> yarl.URL:
+    """The engine URL of ``request_id``'s record (:func:`voltana.router.request_ids.record_path`), sent as
+    is: a client's id ``../../v1/models`` or ``dup1?`` never becomes another path or a query."""
+    return yarl.URL(base + record_path(request_id), encoded=True)
+
+
 def energy_usage(joules: dict[Phase, float | None]) -> dict[str, float] | None:
     """``usage.voltana_energy``: ``<phase>_j`` for each phase an engine reported, ``total_j`` when all did;
     None when none did (the field is left out: never a guess)."""
@@ -113,11 +123,15 @@ def energy_usage(joules: dict[Phase, float | None]) -> dict[str, float] | None:
 class BackendRejected(Exception):  # noqa: N818 - an answer to pass through, not a failure
     """An engine answered 4xx: the request itself is at fault; passed through to the client as is."""
 
-    def __init__(self, status: int, content: bytes, content_type: str) -> None:
+    def __init__(
+        self, status: int, content: bytes, content_type: str, retry_after: str | None = None
+    ) -> None:
         super().__init__(f"engine rejected the request with {status}")
         self.status = status
         self.content = content
         self.content_type = content_type
+        self.retry_after = retry_after or (str(REFUSED_RETRY_AFTER_S) if status == 429 else None)
+        """``Retry-After`` to pass on: the engine's, or :data:`REFUSED_RETRY_AFTER_S` for a 429 without."""
 
 
 @dataclass(slots=True)
@@ -217,7 +231,7 @@ class Proxy:
     def new_exchange(self, parsed: ParsedRequest, incoming: dict[str, str], span: trace.Span) -> Exchange:
         """Bookkeeping for one request; keeps the client's ``X-Request-Id`` when it sent one."""
         request_id = incoming.get("x-request-id") or f"voltana-{uuid.uuid4().hex}"
-        headers = {"x-request-id": request_id, "content-type": "application/json"}
+        headers = {"x-request-id": forwarded(request_id), "content-type": "application/json"}
         for name in FORWARDED_HEADERS:
             if name in incoming:
                 headers[name] = incoming[name]
@@ -230,6 +244,7 @@ class Proxy:
         )
         excluded: dict[Phase, set[str]] = {Phase.PREFILL: set(), Phase.DECODE: set()}
         engine_failures = 0
+        refusals = 0  # attempts no engine worked on: never reached one, or a 503 answer
         for _ in range(1 + self.max_retries):
             ex.legs.clear()
             try:
@@ -241,6 +256,7 @@ class Proxy:
             except UpstreamError as exc:
                 failed = self.registry.by_id[exc.instance_id]
                 ex.attempts.append(str(exc))
+                refusals += not exc.reached
                 self.metrics.errors.labels("upstream").inc()
                 if exc.instance_fault:
                     self.registry.record_failure(failed, str(exc))
@@ -272,6 +288,13 @@ class Proxy:
                     ) from None
                 self.metrics.errors.labels("no_instance").inc()
                 raise RouterError(503, str(exc), code="no_instance", headers=retry_after) from None
+        if refusals == len(ex.attempts):  # no engine worked on it (down, busy, starting): retry later
+            raise RouterError(
+                503,
+                f"no instance tried could take the request ({'; '.join(ex.attempts)}); retry later",
+                code="engines_unavailable",
+                headers={"retry-after": str(REFUSED_RETRY_AFTER_S)},
+            )
         raise RouterError(
             502,
             f"request failed on {len(ex.attempts)} attempts: {'; '.join(ex.attempts)}",
@@ -374,6 +397,7 @@ class Proxy:
                 content = await answer.read()
                 status = answer.status
                 content_type = answer.headers.get("content-type", "application/json")
+                retry_after = answer.headers.get("retry-after")
         except aiohttp.ConnectionTimeoutError as exc:
             span.set_status(Status(StatusCode.ERROR, "connect timeout"))
             raise client_failure(inst, exc, sent) from None
@@ -392,7 +416,7 @@ class Proxy:
         if status >= 500:
             raise status_failure(inst, status, content)
         if status >= 400:
-            raise BackendRejected(status, content, content_type)
+            raise BackendRejected(status, content, content_type, retry_after)
         self.registry.record_success(inst)
         return content, content_type
 
@@ -427,7 +451,10 @@ class Proxy:
                 if response.status >= 500:
                     raise status_failure(inst, response.status, content)
                 raise BackendRejected(
-                    response.status, content, response.headers.get("content-type", "application/json")
+                    response.status,
+                    content,
+                    response.headers.get("content-type", "application/json"),
+                    response.headers.get("retry-after"),
                 )
             result.events = _complete_events(response.content.iter_any())
             result.first_events = await anext(result.events, b"")
@@ -486,8 +513,8 @@ class Proxy:
     async def _energy_of(self, inst: Instance, request_id: str) -> float | None:
         """The joules ``inst`` recorded for ``request_id``; None when it does not say. An engine that serves
         records but has not published this one yet (its 404 says so) is asked once more after
-        :data:`ENERGY_RECORD_LAG_S`."""
-        url = inst.url + ENERGY_PATH.format(request_id=request_id)
+        :data:`ENERGY_RECORD_LAG_S`; one that measures no energy (``reason: not_measured``) is not."""
+        url = energy_url(inst.url, request_id)
         timeout = aiohttp.ClientTimeout(total=ENERGY_LOOKUP_TIMEOUT_S)
         record: Any = None
         try:
@@ -496,7 +523,7 @@ class Proxy:
                     if answer.status == 200:
                         record = await answer.json(content_type=None)
                         break
-                    if answer.status != 404 or attempt or b"no finished request" not in await answer.read():
+                    if answer.status != 404 or attempt or not _says_not_yet(await answer.read()):
                         return None
                 await asyncio.sleep(ENERGY_RECORD_LAG_S)
         except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -566,6 +593,15 @@ class Proxy:
                 task.cancel()  # client gone or stream broken: stop the prefill too
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.info("SGLang prefill finished with an error after decode: %s", task.exception())
+
+
+def _says_not_yet(content: bytes) -> bool:
+    """Whether an engine's 404 says the record may still come (``"reason": "not_yet"``)."""
+    try:
+        answer = json.loads(content)
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and answer.get("reason") == NOT_YET
 
 
 async def _cancel(task: asyncio.Task[DecodeResult], cleanup: Callable[[DecodeResult], Any]) -> None:

@@ -64,6 +64,16 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _as_int(value: Any) -> int | None:
+    """``value`` as an integer field the engines accept (pydantic's lax ``int``: ``2``, ``2.0``,
+    ``1e3``), else None (``1.5``, ``true``, strings)."""
+    if _is_int(value):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -143,12 +153,12 @@ def _check_optional(body: dict[str, Any]) -> None:
     checks: tuple[tuple[str, Any, str], ...] = (
         ("temperature", lambda v: _is_number(v) and 0 <= v <= 2, "a number in [0, 2]"),
         ("top_p", lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-        ("n", lambda v: _is_int(v) and 1 <= v <= 128, "an integer in [1, 128]"),
+        ("n", lambda v: _as_int(v) is not None and 1 <= v <= 128, "an integer in [1, 128]"),
         ("stream", lambda v: isinstance(v, bool), "a boolean"),
         ("stream_options", lambda v: isinstance(v, dict), "an object"),
         ("stop", lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
          "a string or a list of strings"),
-        ("seed", _is_int, "an integer"),
+        ("seed", lambda v: _as_int(v) is not None, "an integer"),
         ("presence_penalty", lambda v: _is_number(v) and -2 <= v <= 2, "a number in [-2, 2]"),
         ("frequency_penalty", lambda v: _is_number(v) and -2 <= v <= 2, "a number in [-2, 2]"),
     )  # fmt: skip
@@ -162,7 +172,7 @@ def _check_optional(body: dict[str, Any]) -> None:
 def _model_of(body: dict[str, Any], models: dict[str, int | None]) -> str:
     """The requested model; a missing ``model`` means the only served one (as vLLM does)."""
     model = body.get("model")
-    if model is None and len(models) == 1:
+    if model in (None, "") and len(models) == 1:  # vLLM serves its model for a missing or empty one
         return next(iter(models))
     if not isinstance(model, str) or not model:
         served = f"{len(models)} models are served" if models else "no served model is known yet"
@@ -183,8 +193,8 @@ def _check_single_sample(body: dict[str, Any]) -> None:
     """``n`` / ``best_of`` > 1 are refused: a P/D exchange pairs one prefill with one decode stream (vLLM's
     prefill leg would sample n first tokens, SGLang's legs would share one ``bootstrap_room``)."""
     for name in ("n", "best_of"):
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+        value = _as_int(body.get(name))
+        if value is not None and value > 1:
             raise RouterError(
                 400,
                 f"'{name}' = {value} is not supported with disaggregated prefill/decode; send {value} "
@@ -217,13 +227,14 @@ def parse_request(
     echo = kind == "completions" and body.get("echo") is True
     max_tokens = None
     for name in ("max_tokens", "max_completion_tokens"):
-        value = body.get(name)
-        if value is None:
+        raw = body.get(name)
+        if raw is None:
             continue
-        if not _is_int(value) or value < (0 if echo else 1):
+        value = _as_int(raw)
+        if value is None or value < (0 if echo else 1):
             hint = " (0 is accepted with 'echo': true, for prompt scoring)" if kind == "completions" else ""
             raise RouterError(
-                400, f"'{name}' must be a positive integer{hint}, got {json.dumps(value)[:80]}", param=name
+                400, f"'{name}' must be a positive integer{hint}, got {json.dumps(raw)[:80]}", param=name
             )
         model_len = models.get(model)
         limit = min(max_tokens_limit, model_len) if model_len else max_tokens_limit
@@ -240,23 +251,51 @@ def parse_request(
     )
 
 
-def check_model_length(parsed: ParsedRequest, model_len: int | None) -> None:
-    """Refuse (400, before any engine call) a request whose longest prompt plus ``max_tokens`` exceeds the
-    model's length, when the prompt was counted (token ids or the model's tokenizer); an estimate never
-    refuses a request (the engine decides). Without ``max_tokens`` one output token is needed."""
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+"""``max_tokens`` of ``/v1/completions`` when absent or null, in vLLM's and SGLang's protocols (the OpenAI
+default); chat has none (generation may run up to the model's length)."""
+
+
+def required_output_tokens(parsed: ParsedRequest, backend: str) -> int:
+    """Output tokens the engine insists fit next to the prompt, by its own rule.
+
+    vLLM (``_validate_prompt_len`` in ``vllm/v1/engine/input_processor.py`` and ``get_max_tokens`` in
+    ``vllm/entrypoints/serve/utils/api_utils.py``): a prompt must leave room for one token; a larger
+    ``max_tokens`` is clamped to what is left, never refused. SGLang (``_validate_one_request`` in
+    ``sglang/srt/managers/tokenizer_manager.py``): a prompt must be shorter than the context and prompt plus
+    ``max_new_tokens`` must fit it (completions default 16; chat without ``max_tokens`` is not checked).
+    """
+    if backend != "sglang":
+        return 1
+    if parsed.max_tokens is not None:
+        return max(1, parsed.max_tokens)
+    return COMPLETIONS_DEFAULT_MAX_TOKENS if parsed.kind == "completions" else 1
+
+
+def check_model_length(parsed: ParsedRequest, model_len: int | None, backend: str = "vllm") -> None:
+    """Refuse (400, before any engine call) exactly what the engine would refuse for length: the longest
+    prompt plus :func:`required_output_tokens` over the model's length, when the prompt was counted (token
+    ids or the model's tokenizer); an estimate never refuses a request (the engine decides)."""
     if model_len is None or parsed.tokens_source == "estimate":
         return
-    output = max(1, parsed.max_tokens or 0)
+    output = required_output_tokens(parsed, backend)
     if parsed.longest_prompt_tokens + output <= model_len:
         return
-    where = "messages" if parsed.kind == "chat" else "prompt"
     counted = "token ids" if parsed.tokens_source == "exact" else "the model's tokenizer"
-    raise RouterError(
+    raise context_length_error(parsed, model_len, output, str(parsed.longest_prompt_tokens), counted)
+
+
+def context_length_error(
+    parsed: ParsedRequest, model_len: int, output: int, prompt_tokens: str, counted: str
+) -> RouterError:
+    """The 400 of a request that cannot fit ``model_len``: its prompt has ``prompt_tokens`` tokens (a number,
+    or "at least N"), counted from ``counted``; the engine needs ``output`` more."""
+    where = "messages" if parsed.kind == "chat" else "prompt"
+    return RouterError(
         400,
-        f"This model's maximum context length is {model_len} tokens. However, you requested "
-        f"{parsed.longest_prompt_tokens + output} tokens ({parsed.longest_prompt_tokens} in the {where}, "
-        f"counted from {counted}; {output} in the completion). Please reduce the length of the {where} "
-        "or completion.",
+        f"This model's maximum context length is {model_len} tokens. However, the {where} has "
+        f"{prompt_tokens} tokens (counted from {counted}) and the completion needs at least {output}. "
+        f"Please reduce the length of the {where} or completion.",
         param=where,
         code="context_length_exceeded",
     )

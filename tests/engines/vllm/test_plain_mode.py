@@ -183,3 +183,33 @@ def test_trace_lines_are_json_with_measurements(plain_servers: dict[str, Any]) -
     record = json.loads(lines[-1])
     assert record["latency_s"] > 0 and record["energy_j"] > 0  # simulated GPU: energy from the model
     assert record["applied_clock_mhz"] > 0
+
+
+def test_request_energy_route_matches_escaped_ids_exactly(plain_servers: dict[str, Any]) -> None:
+    """Last in this file (it adds requests). Real vLLM ids (``cmpl-<X-Request-Id>-0-<8 hex>``): each client
+    id, escaped by the router's rule, finds its own record only; a prefix of it finds none ("not yet")."""
+    import time
+
+    from voltana.router.proxy import energy_url
+
+    server = plain_servers["enabled"]
+    ids = ["job7", "job7-retry", "a/b?c", "../../v1/models"]
+    for request_id in ids:
+        body = {"model": server.model, "prompt": "energy " + request_id, "max_tokens": 3 + len(request_id)}
+        answer = httpx.post(f"{server.url}/v1/completions", json=body, headers={"x-request-id": request_id})
+        assert answer.status_code == 200, answer.text
+    for request_id in ids:
+        url = str(energy_url(server.url, request_id))
+        deadline = time.monotonic() + 10.0
+        record = httpx.get(url, timeout=30.0)
+        while record.status_code == 404 and time.monotonic() < deadline:
+            assert record.json()["reason"] == "not_yet"
+            time.sleep(0.1)
+            record = httpx.get(url, timeout=30.0)
+        assert record.status_code == 200, record.text
+        assert record.json()["request_id"] == request_id and record.json()["energy_j"] > 0
+    job7 = httpx.get(str(energy_url(server.url, "job7")), timeout=30.0).json()["energy_j"]
+    both = job7 + httpx.get(str(energy_url(server.url, "job7-retry")), timeout=30.0).json()["energy_j"]
+    assert job7 < both  # not the prefix sum
+    missing = httpx.get(str(energy_url(server.url, "job")), timeout=30.0)
+    assert missing.status_code == 404 and missing.json()["reason"] == "not_yet"

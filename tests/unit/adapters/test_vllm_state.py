@@ -121,3 +121,59 @@ def test_request_energy_log_rotates(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["requests-0.jsonl", "requests-0.jsonl.1"]
     assert state.request_energy(tmp_path, "r4")["energy_j"] == 4.0  # type: ignore[index]
     assert state.request_energy(tmp_path, "r0") is None  # rotated out twice
+
+
+def test_request_energy_matches_the_client_id_exactly(tmp_path: Path) -> None:
+    """QA report: ``job7`` got job7's and job7-retry's joules (510 J) by prefix. vLLM's id forms:
+    ``cmpl-<id>-<prompt>-<8 hex>``, ``chatcmpl-<id>[_<n>]-<8 hex>`` (no suffix when randomization is off)."""
+
+    from voltana.adapters.vllm import state
+
+    log = state.RequestEnergyLog(tmp_path, engine_index=0)
+    log.add("cmpl-job7-0-1a2b3c4d", "decode", 100.0)
+    log.add("cmpl-job7-retry-0-5e6f7a8b", "decode", 410.0)
+    log.add("cmpl-job7-0-0-99999999", "decode", 7.0)  # client id "job7-0"
+    log.add("chatcmpl-job8-retry-abcdef01", "decode", 20.0)
+    log.add("chatcmpl-job8", "decode", 2.0)  # VLLM_DISABLE_REQUEST_ID_RANDOMIZATION
+    log.flush()
+    assert state.request_energy(tmp_path, "job7")["energy_j"] == 100.0  # type: ignore[index]
+    assert state.request_energy(tmp_path, "job7-retry")["energy_j"] == 410.0  # type: ignore[index]
+    assert state.request_energy(tmp_path, "job7-0")["energy_j"] == 7.0  # type: ignore[index]
+    assert state.request_energy(tmp_path, "job8")["energy_j"] == 2.0  # type: ignore[index]
+    assert state.request_energy(tmp_path, "job") is None
+
+
+def _published(tmp_path: Path, energy_source: str) -> None:
+    StatePublisher(tmp_path, 0).publish(_state(0, 1410, energy_source=energy_source))
+
+
+def test_request_record_route_reads_off_the_loop_and_says_not_measured(tmp_path: Path) -> None:
+    """QA report: the route read every file on vLLM's API server loop, and answered "not yet" forever when
+    no energy was measured (the router waited 0.3 s more per answer)."""
+    import asyncio
+    import threading
+
+    from voltana.adapters.vllm import state
+
+    threads: list[int] = []
+
+    class Recording(state.RequestEnergyIndex):
+        def answer(self, client_id: str) -> Any:
+            threads.append(threading.get_ident())
+            return super().answer(client_id)
+
+    index = Recording(tmp_path)
+    _published(tmp_path, "unknown")  # voltana enabled, no energy meter
+    status, body = asyncio.run(state.request_record(index, "x"))
+    assert (status, body["reason"]) == (404, "not_measured")
+    _published(tmp_path, "measured")
+    status, body = asyncio.run(state.request_record(index, "x"))
+    assert (status, body["reason"]) == (404, "not_yet")
+    log = state.RequestEnergyLog(tmp_path, engine_index=0)
+    log.add("cmpl-x-0-0123abcd", "prefill", 1.5)
+    log.flush()  # appended after the index read the file: read incrementally
+    assert asyncio.run(state.request_record(index, "x")) == (
+        200,
+        {"request_id": "x", "phase": "prefill", "energy_j": 1.5},
+    )
+    assert threads and threading.get_ident() not in threads  # every lookup ran in a worker thread

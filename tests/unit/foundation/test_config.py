@@ -113,3 +113,18 @@ def test_list_settings_take_comma_separated_or_json(
     loaded = load_config()
     assert getattr(getattr(loaded.config, section), key) == wanted
     assert loaded.source_of(f"{section}.{key}") == f"env {env}"
+
+
+def test_qa_config_show_sources_masking_and_broken_json_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA report on issue 18: a section set as one JSON env value showed source ``default``; an empty admin
+    token (admin API off) showed as ``**********``; a malformed JSON list was silently comma-split."""
+    monkeypatch.setenv("VOLTANA_ROUTER", '{"port": 1}')
+    monkeypatch.setenv("VOLTANA_ROUTER__ADMIN_TOKEN", "")
+    rows = {key: (value, source) for key, value, source in effective_items(load_config())}
+    assert rows["router.port"] == (1, "env VOLTANA_ROUTER")
+    assert rows["router.admin_token"][0] in ("", None)
+    monkeypatch.delenv("VOLTANA_ROUTER")
+    monkeypatch.setenv("VOLTANA_ROUTER__DECODE", '["http://h:1", "http://h:2"')
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert "VOLTANA_ROUTER__DECODE" in str(info.value) and "\n" not in str(info.value)

@@ -17,7 +17,7 @@ CASES: list[tuple[str, object, int, str]] = [
     ("/v1/completions", [1, 2, 3], 400, "JSON object"),
     ("/v1/completions", "a string", 400, "JSON object"),
     ("/v1/completions", None, 400, "JSON object"),
-    ("/v1/completions", {"model": "", "prompt": "hi"}, 400, "'model' is required"),
+    ("/v1/completions", {"model": ["m"], "prompt": "hi"}, 400, "'model' is required"),
     ("/v1/completions", {"model": 7, "prompt": "hi"}, 400, "'model'"),
     ("/v1/completions", {"model": "gpt-9", "prompt": "hi"}, 404, "not served"),
     ("/v1/completions", {"model": MODEL}, 400, "'prompt' is required"),

@@ -63,18 +63,54 @@ def test_token_id_prompt_over_the_model_length_is_refused_before_prefill(
 ) -> None:
     cluster = make_cluster(protocol, 1, 1)  # max_model_len 8192, as in the report
     router = make_router(cluster, max_tokens_limit=10**6)
-    body = {"model": MODEL, "prompt": [7] * 8000, "max_tokens": 500}
+    body = {"model": MODEL, "prompt": [7] * 8192, "max_tokens": 500}
     answer = client.post(router.url + "/v1/completions", json=body)
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert error["code"] == "context_length_exceeded"
-    assert "8192" in error["message"] and "8500" in error["message"] and "token ids" in error["message"]
+    assert "8192" in error["message"] and "token ids" in error["message"]
     assert engine_calls(cluster) == 0  # no prefill ran
-    batch = {"model": MODEL, "prompt": [[7] * 100, [7] * 8000], "max_tokens": 500}  # the longest counts
+    batch = {"model": MODEL, "prompt": [[7] * 100, [7] * 8192], "max_tokens": 5}  # the longest counts
     assert client.post(router.url + "/v1/completions", json=batch).status_code == 400
-    fits = client.post(router.url + "/v1/completions", json={**body, "max_tokens": 192})
+    fits = client.post(router.url + "/v1/completions", json={**body, "prompt": [7] * 8000, "max_tokens": 192})
     assert fits.status_code == 200, fits.text
     assert fits.headers["x-voltana-prompt-tokens"] == "8000; source=exact"
+
+
+# Item 5 of the QA report: the router refuses exactly what the engine refuses. vLLM refuses a prompt that
+# leaves no room for one token and clamps a larger max_tokens (absent: its defaults); SGLang also refuses
+# prompt + max_tokens over the context (completions default 16). The emulator follows the same rules.
+@pytest.mark.parametrize(
+    ("protocol", "max_tokens", "expected"),
+    [
+        ("vllm", 500, 200),  # clamped to the 192 tokens left
+        ("vllm", None, 200),  # completions default 16, clamped
+        ("sglang", 500, 400),
+        ("sglang", None, 400),  # default 16 does not fit the 2 tokens left
+        ("sglang", 192, 200),
+    ],
+)
+def test_model_length_rule_is_the_engines(
+    make_cluster, make_router, client, protocol, max_tokens, expected
+) -> None:
+    cluster = make_cluster(protocol, 1, 1)
+    router = make_router(cluster, max_tokens_limit=10**6)
+    prompt_len = 8000 if max_tokens != None or protocol == "vllm" else 8190  # noqa: E711
+    body: dict[str, Any] = {"model": MODEL, "prompt": [7] * prompt_len}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    before = engine_calls(cluster)
+    answer = client.post(router.url + "/v1/completions", json=body)
+    assert answer.status_code == expected, answer.text
+    if expected == 400:
+        assert answer.json()["error"]["code"] == "context_length_exceeded"
+        assert engine_calls(cluster) == before  # refused by the router, not after a prefill
+        # The emulated engine refuses the same request for its length (what the router refuses, it would).
+        direct = client.post(cluster.instances[-1].url + "/v1/completions", json=body)
+        assert direct.status_code == 400 and "maximum" in direct.text, direct.text
+    else:
+        usage = answer.json()["usage"]
+        assert usage["completion_tokens"] <= 8192 - prompt_len
 
 
 @pytest.fixture(scope="module")
@@ -95,16 +131,79 @@ def test_text_prompt_is_counted_with_the_local_tokenizer(
     with_tokenizer = make_router(cluster, tokenizer=str(tokenizer_file))
     answer = client.post(with_tokenizer.url + "/v1/completions", json=body)
     assert answer.status_code == 400, answer.text
-    assert "1600 in the prompt, counted from the model's tokenizer" in answer.json()["error"]["message"]
+    assert "prompt has 1600 tokens (counted from the model's tokenizer)" in answer.json()["error"]["message"]
     assert engine_calls(cluster) == 0
+    near = client.post(with_tokenizer.url + "/v1/completions", json={**body, "prompt": "zq" * 511 + "z"})
+    assert near.status_code == 200 and near.headers["x-voltana-prompt-tokens"] == "1023; source=tokenizer"
+    # A prompt whose every byte could be a token and still fits is not tokenized: the bound decides.
     short = client.post(with_tokenizer.url + "/v1/completions", json={**body, "prompt": "zq" * 10})
-    assert short.headers["x-voltana-prompt-tokens"] == "20; source=tokenizer"
+    assert short.headers["x-voltana-prompt-tokens"] == "5; source=estimate"
     metrics = client.get(with_tokenizer.url + "/metrics").text
     assert 'voltana_router_prompt_token_counts_total{source="tokenizer"} 2.0' in metrics
     # Without a tokenizer the estimate never refuses: the engine decides (and this one estimates too).
     estimate_only = make_router(cluster)
     passed = client.post(estimate_only.url + "/v1/completions", json=body)
     assert passed.status_code == 200 and passed.headers["x-voltana-prompt-tokens"] == "400; source=estimate"
+
+
+class CountingTokenizer:
+    """The tiny model's tokenizer, recording which prompts it had to tokenize."""
+
+    def __init__(self, path: Path) -> None:
+        from voltana.router.tokens import HfPromptTokenizer
+
+        self.inner = HfPromptTokenizer(path)
+        self.max_chars_per_token = self.inner.max_chars_per_token
+        self.special_tokens = self.inner.special_tokens
+        self.seen: list[int] = []
+
+    def count_texts(self, texts: list[str]) -> list[int]:
+        self.seen.extend(len(t) for t in texts)
+        return self.inner.count_texts(texts)
+
+
+def test_huge_text_prompt_is_refused_by_its_length_without_tokenizing(tokenizer_file) -> None:
+    from voltana.router.errors import RouterError
+    from voltana.router.tokens import count_for_length_check
+    from voltana.router.validation import parse_request
+
+    tokenizer = CountingTokenizer(tokenizer_file)
+    models = {MODEL: 2048}
+    huge = parse_request("completions", {"model": MODEL, "prompt": "hello world " * 600_000}, models, 10**6)
+    with pytest.raises(RouterError) as info:
+        asyncio.run(count_for_length_check(huge, tokenizer, 2048, 1))
+    assert info.value.status == 400 and "at least" in info.value.message
+    small = parse_request("completions", {"model": MODEL, "prompt": "hello " * 100}, models, 10**6)
+    assert asyncio.run(count_for_length_check(small, tokenizer, 2048, 1)) is small
+    assert tokenizer.seen == []  # the bounds decided both: nothing tokenized
+
+
+def test_tokenizing_a_long_prompt_does_not_block_other_requests(tokenizer_file) -> None:
+    """A short request sent next to a prompt being tokenized finishes first (the event loop keeps running:
+    the tokenizer must release the GIL in its worker thread)."""
+    from voltana.router.tokens import count_for_length_check
+    from voltana.router.validation import parse_request
+
+    tokenizer = CountingTokenizer(tokenizer_file)
+    model_len = 600_000  # = the prompt's bytes: the bounds cannot decide, the prompt gets tokenized
+    big = parse_request("completions", {"model": MODEL, "prompt": "zq " * 200_000}, {MODEL: model_len}, 10**9)
+    finished: list[str] = []
+
+    async def long() -> None:
+        await count_for_length_check(big, tokenizer, model_len, 1)
+        finished.append("long")
+
+    async def short() -> None:
+        for _ in range(50):  # a short request's worth of event-loop turns, each waiting on a timer
+            await asyncio.sleep(0.001)
+        finished.append("short")
+
+    async def both() -> None:
+        await asyncio.gather(long(), short())
+
+    asyncio.run(both())
+    assert tokenizer.seen == [len(big.body["prompt"])]
+    assert finished == ["short", "long"]
 
 
 def test_unloadable_tokenizer_is_one_config_line(make_cluster, make_router, tmp_path) -> None:
@@ -155,6 +254,24 @@ def test_report_energy_puts_joules_per_phase_in_usage(make_cluster, make_router,
         usage_chunk["usage"]["voltana_energy"]["decode_j"] == energy_records(cluster, request_id)["decode_j"]
     )
     assert all("voltana_energy" not in (json.loads(e).get("usage") or {}) for e in events[:-2])
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_energy_lookup_escapes_the_client_request_id(make_cluster, make_router, client, protocol) -> None:
+    """QA report: ``dup1?`` got another request's joules, ``abc/def``, ``a%2Fb`` and non-ASCII ids none,
+    ``../../v1/models`` made the router GET /v1/models. Each id now gets exactly its own record."""
+    cluster = make_cluster(protocol, 1, 1)
+    router = make_router(cluster, report_energy=True)
+    body = {"model": MODEL, "prompt": "whose energy", "max_tokens": 3}
+    client.post(router.url + "/v1/completions", json=body, headers={"x-request-id": "dup1"})
+    for request_id in ("dup1?", "abc/def", "a%2Fb", "h\u00e9-\u6f22", "../../v1/models", "..", "x#y", "a b"):
+        raw = request_id.encode()  # an HTTP header is bytes; servers read it as Latin-1
+        answer = client.post(router.url + "/v1/completions", json=body, headers={"x-request-id": raw})
+        assert answer.status_code == 200, (request_id, answer.text)
+        recorded = energy_records(cluster, raw.decode("latin-1"))
+        assert set(recorded) == {"prefill_j", "decode_j"}, request_id
+        energy = answer.json()["usage"]["voltana_energy"]
+        assert {k: energy[k] for k in recorded} == recorded, request_id
 
 
 class NoRecords(dict):  # type: ignore[type-arg]
@@ -351,3 +468,51 @@ def test_vllm_compatible_inputs_are_accepted(make_cluster, make_router, client, 
     assert card.id == MODEL and raw["root"] == MODEL and raw["parent"] is None
     assert raw["max_model_len"] == 8192
     assert raw["permission"][0]["object"] == "model_permission" and raw["permission"][0]["allow_sampling"]
+
+
+# --- QA report on issue 18, LOW: 503/429 answers a client can retry ---------------------------------------
+def test_no_model_known_yet_is_503_with_retry_after(make_cluster, make_router, client, bg) -> None:
+    cluster = make_cluster("vllm", 1, 1)
+    for inst in cluster.instances:
+        bg.run(inst.kill())  # engines down: no served model known
+    router = make_router(cluster)
+    for body in ({"prompt": "hi"}, {"model": MODEL, "prompt": "hi"}):
+        answer = client.post(router.url + "/v1/completions", json=body)
+        assert answer.status_code == 503, answer.text
+        assert int(answer.headers["retry-after"]) >= 1
+
+
+def test_engine_429_and_all_prefills_refusing_carry_retry_after(make_cluster, make_router, client) -> None:
+    cluster = make_cluster("vllm", 2, 1)
+    router = make_router(cluster, eject_after_failures=50)
+    body = {"model": MODEL, "prompt": "busy?", "max_tokens": 2}
+    cluster.decode[0].faults.error_status = 429
+    limited = client.post(router.url + "/v1/completions", json=body)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert limited.headers["x-voltana-prompt-tokens"] == "1; source=estimate"
+    cluster.decode[0].faults.error_status = None
+    for inst in cluster.prefill:
+        inst.faults.error_status = 503
+    refused = client.post(router.url + "/v1/completions", json=body)
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert "prefill-0" in refused.text and "prefill-1" in refused.text
+
+
+# --- QA report on issue 18, item 8: what vLLM's pydantic models accept ------------------------------------
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_integral_floats_and_empty_model_are_read_as_vllm_reads_them(
+    make_cluster, make_router, client, protocol
+) -> None:
+    cluster = make_cluster(protocol, 1, 1)
+    router = make_router(cluster)
+    # n: 2.0 is n = 2 for pydantic's lax int: refused like n: 2, not let through as one sample.
+    two = client.post(router.url + "/v1/completions", json={"model": MODEL, "prompt": "x", "n": 2.0})
+    assert two.status_code == 400 and two.json()["error"]["param"] == "n"
+    body = {"model": "", "prompt": "lax ints", "max_tokens": 3.0, "n": 1.0}
+    answer = client.post(router.url + "/v1/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"] == MODEL and answer.json()["choices"][0]["text"] == expected_text(
+        "lax ints", 3
+    )
+    half = client.post(router.url + "/v1/completions", json={**body, "max_tokens": 1.5})
+    assert half.status_code == 400 and half.json()["error"]["param"] == "max_tokens"

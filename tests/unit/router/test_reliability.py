@@ -86,13 +86,14 @@ def test_instance_returning_500s_is_ejected_and_requests_complete_elsewhere(
     assert cluster.decode[0].stats.completed + cluster.decode[2].stats.completed == 12
 
 
-def test_every_instance_failing_gives_a_clear_502(make_cluster, make_router, client) -> None:
+def test_every_instance_refusing_gives_503_with_retry_after(make_cluster, make_router, client) -> None:
+    """Every engine tried answered 503 (busy, starting): the client gets 503 + Retry-After, not a 502."""
     cluster = make_cluster("vllm", 1, 2)
     router = make_router(cluster, eject_after_failures=50, max_retries=3)
     for inst in cluster.decode:
         inst.faults.error_status = 503
     answer = complete(client, router.url, "doomed")
-    assert answer.status_code == 502
+    assert answer.status_code == 503 and int(answer.headers["retry-after"]) >= 1
     error = answer.json()["error"]
     assert (
         "decode-0" in error["message"] and "decode-1" in error["message"] and "HTTP 503" in error["message"]

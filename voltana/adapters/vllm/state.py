@@ -11,9 +11,10 @@ spawns the engine).
 SGLang too. ``GET /voltana/requests/{X-Request-Id}`` returns one finished request's measured energy
 (``{"request_id", "phase", "energy_j"}``, 404 when unknown): the EngineCore side buffers finished requests'
 records and appends them to ``requests-<engine>.jsonl`` when it publishes its state
-(:class:`RequestEnergyLog`); the API server finds them by the id the client sent (:func:`request_energy`),
-which vLLM embeds in its own (``cmpl-<id>-<n>...``, ``chatcmpl-<id>...``). The router's
-``report_energy`` reads it.
+(:class:`RequestEnergyLog`); the API server finds them by the id the client sent, matched exactly against
+the forms vLLM embeds it in (:func:`_vllm_id_pattern`), reading the files incrementally in a worker thread
+(:class:`RequestEnergyIndex`, :func:`request_record`); a 404 says ``not_yet`` or ``not_measured``. The
+router's ``report_energy`` reads it.
 
 Metrics (one sample per engine, label ``engine`` = data-parallel rank, as vLLM's own):
 ``voltana:sm_clock_mhz``, ``voltana:monitor_only``, ``voltana:num_requests_running``,
@@ -26,19 +27,23 @@ Metrics (one sample per engine, label ``engine`` = data-parallel rank, as vLLM's
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from voltana.core.types import EnergySource, RequestRecord
+from voltana.router.request_ids import NOT_MEASURED, NOT_YET, RECORD_ROUTE, id_from_path
 
 STATE_DIR_ENV = "_VOLTANA_VLLM_STATE_DIR"
 PUBLISH_INTERVAL_S = 0.25
@@ -99,7 +104,7 @@ class StatePublisher:
 REQUESTS_FILE = "requests-{engine}.jsonl"
 REQUEST_LINES_KEPT = 20_000
 """Lines per engine file before it is rotated (one older file is kept)."""
-REQUESTS_PATH = "/voltana/requests/{request_id}"
+INDEX_MAX_RECORDS = 4 * REQUEST_LINES_KEPT
 
 
 class RequestEnergyLog:
@@ -142,41 +147,101 @@ class RequestEnergyLog:
             return
 
 
+def _vllm_id_pattern(client_id: str) -> re.Pattern[str]:
+    """vLLM 0.32's engine request ids for the client's ``X-Request-Id`` ``X``: ``cmpl-X-<prompt index>``
+    (``vllm/entrypoints/openai/completion/serving.py``), ``chatcmpl-X`` or ``chatcmpl-X_<index>``
+    (``.../chat_completion/serving.py``), each followed by ``-<8 hex>`` unless
+    ``VLLM_DISABLE_REQUEST_ID_RANDOMIZATION`` (``vllm/v1/engine/input_processor.py``); or ``X`` itself."""
+    x = re.escape(client_id)
+    return re.compile(rf"(?:cmpl-{x}-\d+|chatcmpl-{x}(?:_\d+)?)(?:-[0-9a-f]{{8}})?|{x}")
+
+
 def _matches(engine_id: str, client_id: str) -> bool:
-    """Whether vLLM's request id ``engine_id`` belongs to the client's ``X-Request-Id``."""
-    if engine_id == client_id:
-        return True
-    for prefix in ("cmpl-", "chatcmpl-"):
-        if engine_id.startswith(prefix + client_id):
-            rest = engine_id[len(prefix) + len(client_id) :]
-            if not rest or rest.startswith("-"):
-                return True
-    return False
+    """Whether vLLM's request id ``engine_id`` is exactly one of ``client_id``'s (never a longer id's)."""
+    return _vllm_id_pattern(client_id).fullmatch(engine_id) is not None
 
 
-def request_energy(directory: Path, client_id: str) -> dict[str, Any] | None:
-    """``{"request_id", "phase", "energy_j"}`` of the client's request on this instance (the sum over its
-    prompts when it sent several), or None when no engine recorded it."""
-    found: list[dict[str, Any]] = []
-    for path in sorted(directory.glob("requests-*.jsonl*")):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError:
-            continue
-        if client_id not in text:
-            continue
-        for line in text.splitlines():
-            if client_id in line:
+class RequestEnergyIndex:
+    """API-server side: the engines' request records, read incrementally (only bytes appended since the
+    last lookup; a rotated file is read once more) and kept by engine request id, at most
+    :data:`INDEX_MAX_RECORDS`. Thread-safe: lookups run in a worker thread, off vLLM's event loop."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._lock = threading.Lock()
+        self._read: dict[Path, tuple[int, int]] = {}  # file -> (inode, bytes read)
+        self._records: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def _refresh(self) -> None:
+        for path in sorted(self._directory.glob("requests-*.jsonl*")):
+            try:
+                with path.open("rb") as fh:
+                    inode = os.fstat(fh.fileno()).st_ino
+                    known_inode, offset = self._read.get(path, (inode, 0))
+                    if known_inode != inode:
+                        offset = 0
+                    fh.seek(offset)
+                    data = fh.read()
+            except OSError:
+                continue
+            complete = data.rfind(b"\n") + 1  # a line being appended is read next time
+            self._read[path] = (inode, offset + complete)
+            for line in data[:complete].splitlines():
                 try:
                     record = json.loads(line)
                 except ValueError:
                     continue
-                if isinstance(record, dict) and _matches(str(record.get("request_id")), client_id):
-                    found.append(record)
-    if not found:
+                if isinstance(record, dict) and isinstance(record.get("request_id"), str):
+                    self._records[record["request_id"]] = record
+                    self._records.move_to_end(record["request_id"])
+        while len(self._records) > INDEX_MAX_RECORDS:
+            self._records.popitem(last=False)
+
+    def lookup(self, client_id: str) -> dict[str, Any] | None:
+        """``{"request_id", "phase", "energy_j"}`` of the client's request (the sum over its prompts when it
+        sent several), or None when no engine recorded it (yet). Blocking file I/O: call it off the loop."""
+        with self._lock:
+            self._refresh()
+            pattern = _vllm_id_pattern(client_id)
+            found = [r for engine_id, r in self._records.items() if client_id in engine_id
+                     and pattern.fullmatch(engine_id)]  # fmt: skip
+        if not found:
+            return None
+        return {"request_id": client_id, "phase": found[-1].get("phase"),
+                "energy_j": sum(float(r.get("energy_j", 0.0)) for r in found)}  # fmt: skip
+
+    def answer(self, client_id: str) -> tuple[bool | None, dict[str, Any] | None]:
+        """(whether an engine measures energy, see :func:`measures_request_energy`; the record or None)."""
+        measured = measures_request_energy(self._directory)
+        return measured, (None if measured is False else self.lookup(client_id))
+
+
+def request_energy(directory: Path, client_id: str) -> dict[str, Any] | None:
+    """One-shot :meth:`RequestEnergyIndex.lookup` (reads every record file)."""
+    return RequestEnergyIndex(directory).lookup(client_id)
+
+
+def measures_request_energy(directory: Path) -> bool | None:
+    """Whether any live engine measures energy (records requests); None when no engine state is known yet."""
+    states = list(read_states(directory))
+    if not states:
         return None
-    return {"request_id": client_id, "phase": found[-1].get("phase"),
-            "energy_j": sum(float(r.get("energy_j", 0.0)) for r in found)}  # fmt: skip
+    return any(str(s.get("energy_source", "unknown")) != "unknown" for s in states)
+
+
+async def request_record(index: RequestEnergyIndex | None, path_id: str) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of ``GET /voltana/requests/{id}``: 200 with the record; 404 with ``reason``
+    ``not_yet`` (not published yet: ask again) or ``not_measured`` (no engine measures energy: it never
+    will). The file reads run in a worker thread, never on vLLM's API server event loop."""
+    client_id = id_from_path(path_id)
+    if index is None:
+        return 404, {"error": "this instance does not measure energy", "reason": NOT_MEASURED}
+    measured, record = await asyncio.to_thread(index.answer, client_id)
+    if measured is False:
+        return 404, {"error": "this instance does not measure energy", "reason": NOT_MEASURED}
+    if record is None:
+        return 404, {"error": f"no finished request {client_id!r}", "reason": NOT_YET}
+    return 200, record
 
 
 def read_states(directory: Path) -> Iterator[dict[str, Any]]:
@@ -285,19 +350,21 @@ def install_state_route() -> bool:
         directory = state_dir()
         return JSONResponse(state_payload(directory) if directory else {})
 
+    index: list[RequestEnergyIndex] = []
+
     async def voltana_request(request_id: str) -> Any:
         from fastapi.responses import JSONResponse
 
         directory = state_dir()
-        record = request_energy(directory, request_id) if directory else None
-        if record is None:
-            return JSONResponse({"error": f"no finished request {request_id!r}"}, status_code=404)
-        return JSONResponse(record)
+        if directory is not None and not index:
+            index.append(RequestEnergyIndex(directory))
+        status, body = await request_record(index[0] if index else None, request_id)
+        return JSONResponse(body, status_code=status)
 
     def attach_endpoint_plugins(app: Any, *args: Any, **kwargs: Any) -> Any:
         result = original(app, *args, **kwargs)
         app.add_api_route(STATE_PATH, voltana_state, methods=["GET"])
-        app.add_api_route(REQUESTS_PATH, voltana_request, methods=["GET"])
+        app.add_api_route(RECORD_ROUTE, voltana_request, methods=["GET"])
         _add_control_routes(app)
         return result
 
