@@ -17,6 +17,7 @@ import uvicorn
 from sglang.srt.disaggregation.utils import DisaggregationMode
 
 from tests.engines.sglang.sglang_objects import decode_batch, extend_batch, make_req, scheduler_shell
+from voltana.adapters import state_payload
 from voltana.adapters.sglang import binding, plugin, state
 from voltana.adapters.sglang.snapshot import snapshot_from_batch
 from voltana.core.config import VoltanaConfig
@@ -139,7 +140,9 @@ def test_sglang_http_server_serves_voltana_state(sglang_http: str, state_dir: Pa
 def test_state_publisher_writes_only_changes_and_cleans_up(state_dir: Path) -> None:
     values = {"sm_clock_mhz": 1005}
     path = state.state_path(30000, None, state_dir)
-    publisher = state.StatePublisher(path, lambda: dict(values), interval_s=0.01).start()
+    publisher = state.StatePublisher(
+        path, source=lambda: state.InstanceStatePayload(sm_clock_mhz=values["sm_clock_mhz"]), interval_s=0.01
+    ).start()
     first = path.stat().st_mtime_ns
     time.sleep(0.05)
     assert path.stat().st_mtime_ns == first  # unchanged state is not rewritten
@@ -170,14 +173,15 @@ def test_binding_state_reports_queues_after_an_iteration(
         made.launched(result)
         made.processed(scheduler, batch, result, [])
         snapshot = state.binding_state(made)
-        assert snapshot["queues"] == {
+        assert snapshot.queues == {
             "waiting": 0,
             "bootstrap": 0,
             "inflight": 0,
             "prealloc": 1,
             "transfer": 2,
         }
-        assert snapshot["iterations"] == 1
+        assert snapshot.iterations == 1 and snapshot.version == state_payload.STATE_PAYLOAD_VERSION
+        assert state_payload.InstanceStatePayload.from_json(snapshot.to_json()) == snapshot
     finally:
         made.runtime.close()
 

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.vllm_servers import VllmServer, running_vllm_servers
 from voltana.adapters.iteration_trace import read_trace
+from voltana.adapters.state_payload import STATE_PAYLOAD_VERSION, InstanceStatePayload
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -169,6 +170,7 @@ def test_voltana_state_route_for_the_router(plain_servers: dict[str, Any]) -> No
     assert state["iterations"] == len(read_trace(plain_servers["trace"]))
     assert 0 < state["hook_time_per_iteration_s"] < 0.01
     assert [r["engine"] for r in state["replicas"]] == [0]
+    assert InstanceStatePayload.from_json(state).version == STATE_PAYLOAD_VERSION  # the shared payload
 
 
 def test_disabled_voltana_has_zero_effect(plain_servers: dict[str, Any]) -> None:

@@ -10,24 +10,25 @@ from typing import Any
 
 import pytest
 
-from voltana.adapters.vllm.state import StatePublisher, VoltanaStateCollector, read_states, state_payload
+from voltana.adapters.state_payload import InstanceStatePayload, StatePublisher
+from voltana.adapters.vllm.state import VoltanaStateCollector, engine_state_path, read_states, state_payload
 
 prometheus_client = pytest.importorskip("prometheus_client")
 
 
-def _state(engine: int, clock: int | None, **extra: Any) -> dict[str, Any]:
-    state = {
+def _state(engine: int, clock: int | None, **extra: Any) -> InstanceStatePayload:
+    values: dict[str, Any] = {
         "engine": engine,
         "instance_id": f"vllm-decode-{engine}-1",
         "role": "decode",
         "policy": "ecofreq",
-        "monitor_only": 0,
+        "monitor_only": False,
         "sm_clock_mhz": clock,
         "num_requests_running": 3,
         "num_requests_waiting": 1,
         "kv_tokens": 900,
         "kv_capacity_tokens": 4096,
-        "capture_sizes": [1, 2, 4, 8],
+        "capture_sizes": (1, 2, 4, 8),
         "iterations": 10,
         "hook_seconds": 0.002,
         "energy_source": "measured",
@@ -35,30 +36,39 @@ def _state(engine: int, clock: int | None, **extra: Any) -> dict[str, Any]:
         "idle_energy_joules": 2.0,
         "updated_at_s": time.time(),
     }
-    state.update(extra)
-    return state
+    values.update(extra)
+    return InstanceStatePayload(**values)
 
 
-def test_publisher_writes_atomically_and_throttles(tmp_path: Path) -> None:
-    publisher = StatePublisher(tmp_path, engine_index=1)
+def _publish(directory: Path, state: InstanceStatePayload) -> None:
+    publisher = StatePublisher(engine_state_path(directory, state.engine)).start()
+    publisher.submit(state)
+    publisher.close(remove=False)  # writes what is pending first
+
+
+def test_engine_publisher_writes_atomically_and_throttles(tmp_path: Path) -> None:
+    publisher = StatePublisher(engine_state_path(tmp_path, 1)).start()
     assert publisher.due()
-    publisher.publish(_state(1, 1200))
-    assert not publisher.due()  # within PUBLISH_INTERVAL_S of the last write
+    publisher.submit(_state(1, 1200))
+    assert not publisher.due()  # within PUBLISH_INTERVAL_S of the last submit
+    assert publisher.flush()
     assert [s["sm_clock_mhz"] for s in read_states(tmp_path)] == [1200]
     assert [p.name for p in tmp_path.iterdir()] == ["engine-1.json"]  # no temp file left behind
-    assert not StatePublisher(None, 0).due()  # no directory: publishing is off
+    publisher.close(remove=False)
+    assert not StatePublisher(engine_state_path(None, 0)).start().due()  # no directory: publishing is off
 
 
 def test_stale_and_broken_files_are_skipped(tmp_path: Path) -> None:
-    (tmp_path / "engine-0.json").write_text(json.dumps(_state(0, 1000, updated_at_s=time.time() - 3600)))
+    stale = _state(0, 1000, updated_at_s=time.time() - 3600).to_json()
+    (tmp_path / "engine-0.json").write_text(json.dumps(stale))
     (tmp_path / "engine-1.json").write_text("{not json")
-    (tmp_path / "engine-2.json").write_text(json.dumps(_state(2, 1100)))
+    (tmp_path / "engine-2.json").write_text(json.dumps(_state(2, 1100).to_json()))
     assert [s["engine"] for s in read_states(tmp_path)] == [2]
 
 
 def test_collector_exposes_voltana_metrics(tmp_path: Path) -> None:
     for engine, clock in ((0, 1410), (1, None)):
-        StatePublisher(tmp_path, engine).publish(_state(engine, clock))
+        _publish(tmp_path, _state(engine, clock))
     registry = prometheus_client.CollectorRegistry()
     registry.register(VoltanaStateCollector(tmp_path))
     text = prometheus_client.generate_latest(registry).decode()
@@ -76,7 +86,7 @@ def test_collector_exposes_voltana_metrics(tmp_path: Path) -> None:
 
 def test_state_payload_for_the_router(tmp_path: Path) -> None:
     for engine in (1, 0):
-        StatePublisher(tmp_path, engine).publish(_state(engine, 1005 + engine))
+        _publish(tmp_path, _state(engine, 1005 + engine))
     payload = state_payload(tmp_path)
     assert payload["sm_clock_mhz"] == 1005 and payload["capture_sizes"] == [1, 2, 4, 8]
     assert payload["hook_time_per_iteration_s"] == pytest.approx(0.0002)

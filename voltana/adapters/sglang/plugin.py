@@ -124,8 +124,8 @@ def make_binding(config: VoltanaConfig, scheduler: Any) -> SchedulerBinding | No
         instance_id=placement.instance_id,
         capture_sizes=capture_sizes_of(scheduler),
     )
-    publisher = StatePublisher(state_path(placement.port, placement.dp_rank), partial(binding_state, binding))
-    publisher.start()
+    source = partial(binding_state, binding, placement.dp_rank)
+    publisher = StatePublisher(state_path(placement.port, placement.dp_rank), source=source).start()
     from voltana.adapters.engine_control import EngineControlChannel
 
     control = EngineControlChannel(

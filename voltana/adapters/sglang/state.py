@@ -2,27 +2,36 @@
 
 The router reads SGLang's own ``/v1/loads`` for requests and KV tokens; what SGLang does not know — the SM
 clock voltana set and the decode CUDA-graph batch sizes EcoRoute packs against — comes from here. The
-leader scheduler process publishes its state to a small JSON file (written off the hot path by a daemon
-thread, atomically, only when it changed); the HTTP server process (a different process) serves it.
+leader scheduler process publishes its state (:class:`~voltana.adapters.state_payload.InstanceStatePayload`,
+the payload vLLM's adapter publishes too) to a small JSON file with the shared
+:class:`~voltana.adapters.state_payload.StatePublisher` (a daemon thread, atomically, only when it
+changed); the HTTP server process (a different process) serves it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from voltana.adapters.state_payload import InstanceStatePayload, StatePublisher
+from voltana.adapters.state_payload import write_json_atomically as write_state
+
 log = logging.getLogger("voltana.sglang")
 
+__all__ = [
+    "STATE_ROUTE",
+    "InstanceStatePayload",
+    "StatePublisher",
+    "binding_state",
+    "read_state",
+    "write_state",
+]
+
 STATE_ROUTE = "/voltana/state"
-PUBLISH_INTERVAL_S = 0.25
 
 
 def state_dir() -> Path:
@@ -52,31 +61,16 @@ def add_control_routes_for_port(
     add_control_routes(app, FileControlBackend(*control_dirs(port, 0, directory)), token)
 
 
-def binding_state(binding: Any) -> dict[str, Any]:
-    """The JSON-ready state of one scheduler binding (runtime status, capture sizes, queue depths)."""
-    status = binding.runtime.status()
-    return {
-        "instance_id": binding.instance_id,
-        "role": status.role,
-        "sm_clock_mhz": status.sm_clock_mhz,
-        "capture_sizes": list(binding.capture_sizes),
-        "monitor_only": status.monitor_only or bool(binding.broken),
-        "monitor_only_reason": status.monitor_only_reason or binding.broken,
-        "policy": status.policy,
-        "iterations": status.iterations,
-        "hook_time_per_iteration_s": status.hook_time_per_iteration_s,
-        "energy_source": status.energy_source.value,
-        "energy_joules": status.energy_j,
-        "idle_energy_joules": status.idle_energy_j,
-        "queues": asdict(binding.queues),
-    }
-
-
-def write_state(path: Path, state: dict[str, Any]) -> None:
-    """Replace ``path`` atomically with ``state`` as JSON."""
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state, separators=(",", ":")), encoding="utf-8")
-    os.replace(tmp, path)
+def binding_state(binding: Any, dp_rank: int | None = None) -> InstanceStatePayload:
+    """The state of one scheduler binding (runtime status, capture sizes, queue depths); a binding whose
+    hook turned itself off is reported monitor-only with its reason."""
+    return InstanceStatePayload.from_status(
+        binding.runtime.status(),
+        broken=binding.broken,
+        engine=dp_rank or 0,
+        capture_sizes=tuple(binding.capture_sizes),
+        queues=asdict(binding.queues),
+    )
 
 
 def read_state(port: int, directory: Path | None = None) -> dict[str, Any] | None:
@@ -90,48 +84,6 @@ def read_state(port: int, directory: Path | None = None) -> dict[str, Any] | Non
     if not replicas:
         return None
     return {**replicas[0], "replicas": replicas}
-
-
-class StatePublisher:
-    """A daemon thread that writes ``source()`` to ``path`` every ``interval_s`` when it changed."""
-
-    def __init__(
-        self, path: Path, source: Callable[[], dict[str, Any]], interval_s: float = PUBLISH_INTERVAL_S
-    ):
-        self.path = path
-        self._source = source
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._last = ""
-        self._thread = threading.Thread(target=self._run, name="voltana-state", daemon=True)
-
-    def start(self) -> StatePublisher:
-        """Publish once now, then keep publishing in the background."""
-        self.publish()
-        self._thread.start()
-        return self
-
-    def publish(self) -> None:
-        """Write the state if it changed; never raises."""
-        try:
-            state = self._source()
-            text = json.dumps(state, sort_keys=True)
-            if text != self._last:
-                write_state(self.path, {**state, "updated_at_s": time.time()})
-                self._last = text
-        except Exception as exc:
-            log.warning("voltana: cannot publish instance state to %s: %s", self.path, exc)
-
-    def close(self) -> None:
-        """Stop publishing and remove the state file."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2 * self._interval_s)
-        self.path.unlink(missing_ok=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            self.publish()
 
 
 def add_state_route(app: Any, port: int, directory: Path | None = None) -> None:

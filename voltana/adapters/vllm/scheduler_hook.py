@@ -18,8 +18,9 @@ from collections import deque
 from typing import Any
 
 from voltana.adapters.runtime import InstanceRuntime
+from voltana.adapters.state_payload import InstanceStatePayload, StatePublisher
 from voltana.adapters.vllm.snapshot import build_snapshot, first_token_request_ids
-from voltana.adapters.vllm.state import RequestEnergyLog, StatePublisher, control_dirs, state_dir
+from voltana.adapters.vllm.state import RequestEnergyLog, control_dirs, engine_state_path, state_dir
 from voltana.core.config import ConfigError, VoltanaConfig, load_config
 from voltana.core.types import Phase
 
@@ -69,8 +70,12 @@ class VllmSchedulerHook:
         self._iteration = 0
         self._inflight: deque[tuple[Any, list[str]]] = deque()
         self._tracked: dict[str, Any] = {}
-        self._publisher = StatePublisher(state_dir(), engine_index)
-        self._energy_log = RequestEnergyLog(state_dir() if runtime.measures_energy else None, engine_index)
+        directory = state_dir()
+        self._energy_log = RequestEnergyLog(directory if runtime.measures_energy else None, engine_index)
+        # JSON, the state file and the request log's appends happen on the publisher's thread, not vLLM's.
+        self._publisher = StatePublisher(
+            engine_state_path(directory, engine_index), after_write=self._energy_log.flush
+        ).start()
         # Measured energy is settled by the sampler thread after the request left: records come from there.
         runtime.add_request_observer(self._energy_log.add_record)
         self._broken = False
@@ -121,40 +126,30 @@ class VllmSchedulerHook:
         try:
             self._finish(scheduler.finished_req_ids)
             if self._publisher.due() or not scheduler.running:  # throttled, and always when going idle
-                self._publisher.publish(self.state(scheduler))
-                self._energy_log.flush()
+                self._publisher.submit(self.state(scheduler))
         except Exception as exc:
             self._break(exc)
         self.hook_time_s += time.perf_counter() - t0
 
-    def state(self, scheduler: Any) -> dict[str, Any]:
-        """This instance as the router sees it (see :mod:`voltana.adapters.vllm.state`)."""
-        status = self.runtime.status()
+    def state(self, scheduler: Any) -> InstanceStatePayload:
+        """This instance as the router sees it (``/voltana/state``; cheap: counts and one sum over the
+        running batch, no I/O)."""
         running = scheduler.running
-        return {
-            "engine": self.engine_index,
-            "instance_id": status.instance_id,
-            "role": status.role,
-            "policy": status.policy,
-            "monitor_only": int(status.monitor_only),
-            "sm_clock_mhz": status.sm_clock_mhz,
-            "num_requests_running": len(running),
-            "num_requests_waiting": len(scheduler.waiting)
-            + len(getattr(scheduler, "kv_holding_waiting", ())),
-            "kv_tokens": sum(r.num_computed_tokens for r in running),
-            "kv_capacity_tokens": self.kv_capacity_tokens,
-            "capture_sizes": list(self.capture_sizes),
-            "iterations": status.iterations,
-            "hook_seconds": self.hook_time_s,
-            "energy_source": status.energy_source.value,
-            "energy_joules": status.energy_j,
-            "idle_energy_joules": status.idle_energy_j,
-            "updated_at_s": time.time(),
-        }
+        return InstanceStatePayload.from_status(
+            self.runtime.status(),
+            engine=self.engine_index,
+            capture_sizes=self.capture_sizes,
+            num_requests_running=len(running),
+            num_requests_waiting=len(scheduler.waiting) + len(getattr(scheduler, "kv_holding_waiting", ())),
+            kv_tokens=sum(r.num_computed_tokens for r in running),
+            kv_capacity_tokens=self.kv_capacity_tokens,
+            hook_seconds=self.hook_time_s,
+        )
 
     def shutdown(self) -> None:
         if self.control is not None:
             self.control.close()
+        self._publisher.close(remove=False)  # the last state stays for /metrics until it goes stale
         self.runtime.close()
 
     def _finish(self, finished_ids: Any) -> None:

@@ -1,8 +1,9 @@
 """Instance state for the router, added to vLLM's own ``/metrics``.
 
 vLLM's scheduler (where voltana decides) runs in the EngineCore process; ``/metrics`` is served by the API
-server process. The EngineCore side writes a small JSON file per engine (atomically, at most every
-:data:`PUBLISH_INTERVAL_S`, and whenever the engine goes idle); the API server side registers a Prometheus
+server process. The EngineCore side writes a small JSON file per engine (an
+:class:`~voltana.adapters.state_payload.InstanceStatePayload`, atomically, from a publisher thread, at most
+every ``PUBLISH_INTERVAL_S`` and whenever the engine goes idle); the API server side registers a Prometheus
 collector that reads those files at scrape time. The directory travels to child processes in
 ``_VOLTANA_VLLM_STATE_DIR``, set by the first process that loads the plugin (the API server, before it
 spawns the engine).
@@ -46,7 +47,6 @@ from voltana.core.types import EnergySource, RequestRecord
 from voltana.router.request_ids import NOT_MEASURED, NOT_YET, RECORD_ROUTE, id_from_path
 
 STATE_DIR_ENV = "_VOLTANA_VLLM_STATE_DIR"
-PUBLISH_INTERVAL_S = 0.25
 STATE_MAX_AGE_S = 60.0
 _GAUGES = (
     ("sm_clock_mhz", "SM clock voltana applied last (MHz)"),
@@ -77,28 +77,11 @@ def state_dir(create: bool = False) -> Path | None:
     return Path(path)
 
 
-class StatePublisher:
-    """EngineCore side: writes this engine's state file (the caller throttles with :meth:`due`)."""
-
-    def __init__(self, directory: Path | None, engine_index: int) -> None:
-        self._path = directory / f"engine-{engine_index}.json" if directory else None
-        self._last_s = 0.0
-
-    def due(self) -> bool:
-        """True when a publish would write now (cheap; call before building the state)."""
-        return self._path is not None and time.monotonic() - self._last_s >= PUBLISH_INTERVAL_S
-
-    def publish(self, state: dict[str, Any]) -> None:
-        """Write ``state`` atomically (never raises: state is best effort)."""
-        if self._path is None:
-            return
-        self._last_s = time.monotonic()
-        try:
-            tmp = self._path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(state), encoding="utf-8")
-            tmp.replace(self._path)
-        except OSError:
-            pass
+def engine_state_path(directory: Path | None, engine_index: int) -> Path | None:
+    """This engine's state file in ``directory`` (None: publishing is off). The EngineCore side publishes
+    :class:`~voltana.adapters.state_payload.InstanceStatePayload` there with the shared
+    :class:`~voltana.adapters.state_payload.StatePublisher` (its own thread, off the engine thread)."""
+    return directory / f"engine-{engine_index}.json" if directory else None
 
 
 REQUESTS_FILE = "requests-{engine}.jsonl"
@@ -110,7 +93,7 @@ INDEX_MAX_RECORDS = 4 * REQUEST_LINES_KEPT
 class RequestEnergyLog:
     """EngineCore side: finished requests' energy, buffered in memory (one tuple per request, added on the
     engine thread or the energy sampler thread) and appended to this engine's ``requests-<engine>.jsonl`` by
-    :meth:`flush` (with the state, on the engine thread)."""
+    :meth:`flush` (after each state write, on the state publisher's thread)."""
 
     def __init__(self, directory: Path | None, engine_index: int) -> None:
         self._path = directory / REQUESTS_FILE.format(engine=engine_index) if directory else None

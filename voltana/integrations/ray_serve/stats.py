@@ -1,10 +1,11 @@
 """Replica state as Ray Serve routing stats, and the :class:`InstanceState` a routing policy sees.
 
-A replica's ``record_routing_stats()`` returns ``{"voltana": state}``, where ``state`` has the shape of the
-engine adapters' ``GET /voltana/state`` (``voltana.adapters.vllm.state``): ``instance_id``, ``role``,
-``policy``, ``sm_clock_mhz``, ``capture_sizes``, ``num_requests_running``, ``num_requests_waiting``,
-``kv_tokens``, ``kv_capacity_tokens``, ``iterations``, ``updated_at_s`` (Unix time), plus ``energy_j`` (GPU
-energy since the replica started, J; absent when not measured). Ray's controller polls it every
+A replica's ``record_routing_stats()`` returns ``{"voltana": state}``, where ``state`` is the engine adapters'
+``GET /voltana/state`` payload (:class:`voltana.adapters.state_payload.InstanceStatePayload` as JSON):
+``instance_id``, ``role``, ``policy``, ``sm_clock_mhz``, ``capture_sizes``, ``num_requests_running``,
+``num_requests_waiting``, ``kv_tokens``, ``kv_capacity_tokens``, ``iterations``, ``updated_at_s`` (Unix time),
+``energy_joules`` with ``energy_source`` (GPU energy since the replica started, J; read as unknown when the
+source is ``unknown``) and ``version``. Ray's controller polls it every
 ``request_routing_stats_period_s`` and hands it to every request router as ``RunningReplica.routing_stats``;
 the ``"voltana"`` key leaves room for other stats (Ray Serve LLM's own).
 
@@ -18,7 +19,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from voltana.core.types import InstanceState, Phase
+from voltana.adapters.state_payload import InstanceStatePayload
+from voltana.core.types import EnergySource, InstanceState, Phase
 
 ROUTING_STATS_KEY = "voltana"
 DEFAULT_RECORDED_DECISIONS = 4096
@@ -35,6 +37,13 @@ def _float(value: Any) -> float | None:
 def _int(value: Any) -> int:
     number = _float(value)
     return int(number) if number is not None else 0
+
+
+def _energy_j(state: Mapping[str, Any]) -> float | None:
+    """The payload's ``energy_joules`` unless its ``energy_source`` is unknown (missing: unknown)."""
+    if state.get("energy_source", EnergySource.UNKNOWN.value) == EnergySource.UNKNOWN.value:
+        return None
+    return _float(state.get("energy_joules"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,21 +64,25 @@ class ReplicaStats:
     updated_at_s: float = 0.0
 
     def to_state(self) -> dict[str, Any]:
-        """The ``/voltana/state``-shaped dict (JSON-ready)."""
-        return {
-            "instance_id": self.instance_id,
-            "role": self.role,
-            "policy": self.policy,
-            "sm_clock_mhz": self.sm_clock_mhz,
-            "capture_sizes": list(self.capture_sizes),
-            "num_requests_running": self.num_running,
-            "num_requests_waiting": self.num_waiting,
-            "kv_tokens": self.kv_tokens,
-            "kv_capacity_tokens": self.kv_capacity_tokens,
-            "iterations": self.iterations,
-            "energy_j": self.energy_j,
-            "updated_at_s": self.updated_at_s,
-        }
+        """The ``/voltana/state`` payload (:class:`InstanceStatePayload`'s JSON; the Ray engine's energy is
+        the simulated GPU's, ``energy_source`` ``unknown`` when ``energy_j`` is None)."""
+        source = EnergySource.UNKNOWN if self.energy_j is None else EnergySource.SIMULATED
+        return InstanceStatePayload(
+            instance_id=self.instance_id,
+            role=self.role,
+            policy=self.policy,
+            monitor_only=False,
+            sm_clock_mhz=self.sm_clock_mhz,
+            capture_sizes=self.capture_sizes,
+            num_requests_running=self.num_running,
+            num_requests_waiting=self.num_waiting,
+            kv_tokens=self.kv_tokens,
+            kv_capacity_tokens=self.kv_capacity_tokens,
+            iterations=self.iterations,
+            energy_source=source.value,
+            energy_joules=self.energy_j or 0.0,
+            updated_at_s=self.updated_at_s,
+        ).to_json()
 
     def to_routing_stats(self) -> dict[str, Any]:
         """What ``record_routing_stats()`` returns: ``{"voltana": <state>}``."""
@@ -93,7 +106,7 @@ class ReplicaStats:
             kv_tokens=_int(state.get("kv_tokens")),
             kv_capacity_tokens=_int(state.get("kv_capacity_tokens")),
             iterations=_int(state.get("iterations")),
-            energy_j=_float(state.get("energy_j")),
+            energy_j=_energy_j(state),
             updated_at_s=_float(state.get("updated_at_s")) or 0.0,
         )
 
