@@ -17,8 +17,8 @@ from dataclasses import replace
 from typing import Any
 
 from voltana.sim.metrics import PolicyResult
-from voltana.sim.runner import ORACLE, SimulationError, SimulationSetup, with_savings
-from voltana.sim.sweep import BASELINE, SweepPoint, plan_runs, run_sweep
+from voltana.sim.runner import ORACLE, SimulationError, SimulationSetup
+from voltana.sim.sweep import BASELINE, SweepPoint, plan_runs, run_sweep, sweep_point
 from voltana.sim.workload import Workload
 
 
@@ -132,5 +132,5 @@ def run_sweep_on_ray(
             results.append(oracle)
             if all(r.policy != BASELINE for r in results):
                 results.insert(0, reference)
-        points.append(SweepPoint(rate, tuple(with_savings(results, BASELINE))))
+        points.append(sweep_point(setup, rate, results, workload_at(rate)))
     return points

@@ -147,8 +147,16 @@ def run_sweep(
             results.append(choice.result)
             if all(r.policy != BASELINE for r in results):
                 results.insert(0, reference)
-        point = SweepPoint(
-            rate, tuple(with_savings(results, BASELINE)), workload.name, len(workload), workload.duration_s
-        )
-        points.append(replace(point, overload=find_overload(results, setup.slo, point.offered_rate_rps)))
+        points.append(sweep_point(setup, rate, results, workload))
     return points
+
+
+def sweep_point(
+    setup: SimulationSetup, rate_rps: float, results: Sequence[PolicyResult], workload: Workload
+) -> SweepPoint:
+    """One rate's point: the results with savings against static max, the window that ran, the overload
+    flag. Shared by the serial sweep and the Ray runner so both report the same."""
+    point = SweepPoint(
+        rate_rps, tuple(with_savings(results, BASELINE)), workload.name, len(workload), workload.duration_s
+    )
+    return replace(point, overload=find_overload(results, setup.slo, point.offered_rate_rps))

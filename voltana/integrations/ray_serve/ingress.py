@@ -14,8 +14,9 @@ before the first byte reaches the client (a replica died, an engine stopped) ret
 stream ends it with an OpenAI error event and no ``[DONE]``: a client never takes a cut answer for whole.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: Ray Serve's class-based ingress hands these methods to
+# FastAPI, which then sees string annotations it cannot resolve (``request: Request`` became a required query
+# parameter, 422 on every request, with FastAPI 0.165).
 import json
 import logging
 import time
