@@ -174,4 +174,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # ``python -m voltana.cli`` runs this file as ``__main__``, a second copy of the module: plugin commands
+    # import ``voltana.cli``, whose CliState is another class, so the root's ``--config`` would be invisible
+    # to them. Run the canonical module's app instead.
+    from voltana.cli import main as _canonical_main
+
+    _canonical_main()
