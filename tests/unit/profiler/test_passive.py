@@ -47,3 +47,21 @@ def test_passive_fits_traffic_and_probes_within_the_slo(tmp_path: Path) -> None:
     assert meta["probed_mhz"] == [1065, 1245]
     assert profile.clocks_mhz == (1065, 1245, 1410) and set(profile.phases) == {Phase.DECODE}
     assert "probed: [1065, 1245]" in result.stdout
+
+
+def test_passive_without_exploration_needs_no_token(tmp_path: Path) -> None:
+    out = tmp_path / "passive.json"
+    stop = threading.Event()
+    with running_emulator(time_scale=1.0) as emu:  # no engine.clock_token: pinning is off (403)
+        sender = threading.Thread(target=_traffic, args=(emu.decode_url, stop), daemon=True)
+        sender.start()
+        try:
+            result = run_profile(
+                [emu.decode_url], out, "--passive", "--duration-minutes", "0.1", "--explore-seconds", "0"
+            )
+        finally:
+            stop.set()
+            sender.join(60)
+    assert result.returncode == 0, result.stderr
+    meta = load_profile(out).metadata
+    assert meta["visited_mhz"] == [1410] and meta["probed_mhz"] == []
