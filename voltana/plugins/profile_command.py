@@ -10,6 +10,7 @@ plugin module keeps to its layer.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,8 @@ from voltana.core.hookspecs import hookimpl
 from voltana.core.profile import Profile, save_profile
 
 DEFAULT_OUTPUT = Path("voltana-profile.json")
+PLAIN_PROGRESS_EVERY_S = 60.0
+"""Longest gap between plain progress lines when stderr is not a terminal."""
 T = TypeVar("T")
 
 
@@ -166,22 +169,50 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 class _RichProgress:
-    """The profiler's progress callbacks on a rich progress bar with ETA (stderr)."""
+    """The profiler's progress callbacks on a rich progress bar with ETA (stderr); when stderr is not a
+    terminal (a log, ``systemd``, CI) the bar draws nothing, so one plain line is printed at each tenth of the
+    work (and at least every :data:`PLAIN_PROGRESS_EVERY_S`)."""
 
     def __init__(self, progress: Progress, console: Console) -> None:
         self._progress = progress
         self._console = console
         self._task: Any = None
+        self._plain = not console.is_terminal
+        self._total = self._done = 0
+        self._description = ""
+        self._started = self._printed_at = 0.0
+        self._printed_tenth = 0
 
     def start(self, total: int, description: str) -> None:
         self._task = self._progress.add_task(description, total=total)
+        self._total, self._done, self._description = total, 0, description
+        self._started = self._printed_at = time.monotonic()
+        self._printed_tenth = 0
 
     def advance(self, count: int = 1) -> None:
         if self._task is not None:
             self._progress.advance(self._task, count)
+        self._done += count
+        if not self._plain or self._total <= 0:
+            return
+        now = time.monotonic()
+        tenth = 10 * self._done // self._total
+        if tenth > self._printed_tenth or now - self._printed_at >= PLAIN_PROGRESS_EVERY_S:
+            self._printed_tenth, self._printed_at = tenth, now
+            elapsed = now - self._started
+            eta = elapsed / self._done * (self._total - self._done)
+            self.note(
+                f"{self._description}: {self._done}/{self._total} ({100 * self._done // self._total}%), "
+                f"elapsed {_clock(elapsed)}, ETA {_clock(eta)}"
+            )
 
     def note(self, text: str) -> None:
         self._console.print(text, highlight=False, soft_wrap=True)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def _progress_bar(err: Console) -> Progress:

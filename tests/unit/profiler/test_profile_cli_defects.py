@@ -4,6 +4,7 @@ and URLs that are not voltana engines."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -147,3 +148,15 @@ def test_a_url_that_is_not_a_voltana_engine_is_one_line(tmp_path: Path) -> None:
     lines = _lines(result.stderr)
     assert len(lines) == 1 and "404" in lines[0] and "voltana" in lines[0], lines
     assert "<" not in lines[0]  # no HTML
+
+
+def test_progress_is_printed_as_lines_when_not_a_terminal(tmp_path: Path) -> None:
+    with running_emulator({"VOLTANA_ENGINE__CLOCK_TOKEN": TOKEN}) as emu:
+        result = run_profile([emu.decode_url], tmp_path / "p.json", *SMALL)  # stderr is a pipe
+    assert result.returncode == 0, result.stderr
+    progress = re.findall(
+        r"^profiling 2 clocks: (\d+)/(\d+) \(\d+%\), elapsed \S+, ETA \S+$", result.stderr, re.M
+    )
+    assert len(progress) >= 2, result.stderr
+    done, total = progress[-1]
+    assert done == total and int(total) > 0
