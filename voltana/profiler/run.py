@@ -38,6 +38,8 @@ CHECKPOINT_VERSION = 2  # 2: records the grid-defining options (resume refuses o
 SETTLE_S = 0.15
 """Pause between the last request of a unit and the last read of its records (the engine publishes its
 records from a background thread every 50 ms)."""
+UNIT_OVERHEAD_S = 2.0 * SETTLE_S + 0.2
+"""Per unit besides its shapes: the pin and its read-back, the settle reads, the checkpoint write."""
 RECORD_KEYS = ("phase", "batch_size", "new_tokens", "context_tokens", "clock_mhz", "pinned_mhz",
                "latency_s", "energy_j")  # fmt: skip
 
@@ -277,10 +279,17 @@ def plan_grid(
 
 
 def estimate_s(grid: Grid, shape_s: Mapping[Phase, float]) -> float:
-    """Seconds the grid takes: the busiest engine's units x shapes x measured seconds per shape."""
+    """Seconds the grid takes: the busiest engine's units x (shapes x seconds per shape + overhead).
+
+    ``shape_s`` is timed by the warm-up, unpinned, i.e. at the engine's own clock, taken as the grid's
+    highest; at a lower clock a shape is taken to last ``highest / clock`` times as long (compute-bound
+    latency scales with 1/clock; memory-bound decode slows less), so the estimate errs long and
+    ``--budget-minutes`` holds (timed at the top clock only, 0.5 min of budget ran 42 s at 3 clocks)."""
+    top = max(grid.clocks_mhz, default=1)
     per_engine: dict[str, float] = {}
     for unit in grid.units():
-        cost = len(grid.shapes[unit.phase]) * shape_s.get(unit.phase, 0.0)
+        slowdown = top / unit.clock_mhz
+        cost = len(grid.shapes[unit.phase]) * shape_s.get(unit.phase, 0.0) * slowdown + UNIT_OVERHEAD_S
         per_engine[unit.engine] = per_engine.get(unit.engine, 0.0) + cost
     return max(per_engine.values(), default=0.0)
 
@@ -447,11 +456,13 @@ def _open_checkpoint(
     clocks = choose_clocks(infos, request.clocks_mhz)
     grid = plan_grid(infos, request, clocks, coarse=False)
     shape_s: dict[Phase, float] = {}
+    warm_started = time.monotonic()
     for url, client in clients.items():
         for phase, secs in warm_up(client, grid, grid.engine_phases[url]).items():
             shape_s[phase] = max(shape_s.get(phase, 0.0), secs)
     if request.budget_minutes is not None:
-        grid, estimate = fit_budget(infos, request, clocks, shape_s, request.budget_minutes * 60.0)
+        budget_s = request.budget_minutes * 60.0 - (time.monotonic() - warm_started)  # warm-up counts
+        grid, estimate = fit_budget(infos, request, clocks, shape_s, max(budget_s, 0.0))
         shapes = sum(len(s) for s in grid.shapes.values())
         progress.note(
             f"budget {request.budget_minutes:g} min: {len(grid.clocks_mhz)} clocks, {shapes} shapes "
