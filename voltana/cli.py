@@ -179,8 +179,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # `python -m voltana.cli`: run the importable module, not this `__main__` copy, so plugin commands that
-    # import `voltana.cli` (cli_state) share its CliState class and see --config
-    from voltana.cli import main as module_main
+    # ``python -m voltana.cli`` runs this file as ``__main__``, a second copy of the module: plugin commands
+    # import ``voltana.cli``, whose CliState is another class, so the root's ``--config`` would be invisible
+    # to them. Run the canonical module's app instead.
+    from voltana.cli import main as _canonical_main
 
-    module_main()
+    _canonical_main()

@@ -196,8 +196,10 @@ def save_profile(profile: Profile, path: str | Path) -> Path:
     return target
 
 
-def load_profile(path: str | Path) -> Profile:
-    """Read and validate a profile; raises :class:`ProfileError` with one line on any problem."""
+def load_profile(path: str | Path, allow_partial: bool = False) -> Profile:
+    """Read and validate a profile; raises :class:`ProfileError` with one line on any problem, and on a
+    partial profile (``metadata.complete`` false: ``voltana profile`` was interrupted; its clocks are only
+    those finished, so predictors seeded from it would extrapolate the rest) unless ``allow_partial``."""
     source = Path(path).expanduser()
     try:
         doc = json.loads(source.read_text(encoding="utf-8"))
@@ -208,9 +210,15 @@ def load_profile(path: str | Path) -> Profile:
     except json.JSONDecodeError as exc:
         raise ProfileError(f"predictor profile {source} is not valid JSON (line {exc.lineno})") from None
     try:
-        return profile_from_json(doc)
+        profile = profile_from_json(doc)
     except ProfileError as exc:
         raise ProfileError(f"predictor profile {source}: {exc}") from None
+    if profile.metadata.get("complete") is False and not allow_partial:
+        raise ProfileError(
+            f"predictor profile {source} is partial (an interrupted `voltana profile`, clocks "
+            f"{list(profile.clocks_mhz)} only): run the same profile command again to finish it"
+        )
+    return profile
 
 
 def profile_from_json(doc: Any) -> Profile:

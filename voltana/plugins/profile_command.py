@@ -9,8 +9,12 @@ plugin module keeps to its layer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -29,6 +33,8 @@ from voltana.core.hookspecs import hookimpl
 from voltana.core.profile import Profile, save_profile
 
 DEFAULT_OUTPUT = Path("voltana-profile.json")
+PLAIN_PROGRESS_EVERY_S = 60.0
+"""Longest gap between plain progress lines when stderr is not a terminal."""
 T = TypeVar("T")
 
 
@@ -94,6 +100,7 @@ def profile_command(
     from voltana.cli import cli_state
 
     err = Console(stderr=True)
+    _check_paths(err, output, plot)
     if engine:
         if simulated:
             _fail(err, "--engine and --simulated exclude each other")
@@ -119,23 +126,93 @@ def _fail(err: Console, message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def _check_paths(err: Console, output: Path, plot: Path | None) -> None:
+    """Before any work: ``-o`` and ``--plot`` name files in existing directories (and --plot a known image
+    type); a mistake is one line, never a traceback after the run, never a file beside a directory."""
+    from voltana.profiler.plot import PLOT_SUFFIXES
+
+    for flag, path in (("-o", output), ("--plot", plot)):
+        if path is None:
+            continue
+        if path.is_dir() or str(path).endswith(("/", "\\")) or not path.name:
+            _fail(err, f"{flag} {path} is a directory; give a file name (e.g. {path / 'profile.json'})")
+        if not path.parent.is_dir():
+            _fail(err, f"{flag} {path}: directory {path.parent} does not exist")
+    if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
+        _fail(
+            err,
+            f"--plot {plot}: unknown image type {plot.suffix or '(none)'}; use {', '.join(PLOT_SUFFIXES)}",
+        )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd stop, docker stop, ``timeout``) during a run: handled like Ctrl-C."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While inside: SIGTERM raises :class:`Terminated` in the main thread, so the run unpins at once and
+    writes what it has instead of dying with the clock pinned until the lease lapses."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class _RichProgress:
-    """The profiler's progress callbacks on a rich progress bar with ETA (stderr)."""
+    """The profiler's progress callbacks on a rich progress bar with ETA (stderr); when stderr is not a
+    terminal (a log, ``systemd``, CI) the bar draws nothing, so one plain line is printed at each tenth of the
+    work (and at least every :data:`PLAIN_PROGRESS_EVERY_S`)."""
 
     def __init__(self, progress: Progress, console: Console) -> None:
         self._progress = progress
         self._console = console
         self._task: Any = None
+        self._plain = not console.is_terminal
+        self._total = self._done = 0
+        self._description = ""
+        self._started = self._printed_at = 0.0
+        self._printed_tenth = 0
 
     def start(self, total: int, description: str) -> None:
         self._task = self._progress.add_task(description, total=total)
+        self._total, self._done, self._description = total, 0, description
+        self._started = self._printed_at = time.monotonic()
+        self._printed_tenth = 0
 
     def advance(self, count: int = 1) -> None:
         if self._task is not None:
             self._progress.advance(self._task, count)
+        self._done += count
+        if not self._plain or self._total <= 0:
+            return
+        now = time.monotonic()
+        tenth = 10 * self._done // self._total
+        if tenth > self._printed_tenth or now - self._printed_at >= PLAIN_PROGRESS_EVERY_S:
+            self._printed_tenth, self._printed_at = tenth, now
+            elapsed = now - self._started
+            eta = elapsed / self._done * (self._total - self._done)
+            self.note(
+                f"{self._description}: {self._done}/{self._total} ({100 * self._done // self._total}%), "
+                f"elapsed {_clock(elapsed)}, ETA {_clock(eta)}"
+            )
 
     def note(self, text: str) -> None:
         self._console.print(text, highlight=False, soft_wrap=True)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def _progress_bar(err: Console) -> Progress:
@@ -150,18 +227,20 @@ def _progress_bar(err: Console) -> Progress:
     return Progress(*columns, console=err, transient=True)
 
 
-def _with_progress(err: Console, work: Callable[[_RichProgress], T], interrupted: str) -> T:
-    """``work(progress)`` under a progress bar; Ctrl-C exits 130 with ``interrupted``, a user-fixable
-    problem (engine refused, unreachable, nothing to fit) is one line and exit 2."""
+def _with_progress(err: Console, work: Callable[[_RichProgress], T], interrupted: str | None) -> T:
+    """``work(progress)`` under a progress bar; Ctrl-C exits 130 (SIGTERM 143) with ``interrupted`` (None:
+    the work said it), a user-fixable problem (engine refused, unreachable, nothing to fit) is one line and
+    exit 2."""
     from voltana.profiler.client import ProfilerError
     from voltana.profiler.fit import FitError
 
     try:
-        with _progress_bar(err) as bar:
+        with _sigterm_as_interrupt(), _progress_bar(err) as bar:
             return work(_RichProgress(bar, err))
-    except KeyboardInterrupt:
-        err.print(interrupted, highlight=False)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        if interrupted:
+            err.print(interrupted, highlight=False)
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
     except (ProfilerError, FitError, OSError) as exc:
         _fail(err, str(exc))
 
@@ -186,7 +265,7 @@ def _profile_engines(
     if phase not in ("prefill", "decode", "auto"):
         _fail(err, f"--phase must be prefill, decode or auto, got {phase!r}")
     try:
-        wanted = _parse_int_list(clocks) if clocks else ()
+        wanted = _parse_int_list(clocks) if clocks is not None else ()
     except ValueError as exc:
         _fail(err, str(exc))
     request = ProfileRequest(
@@ -205,7 +284,7 @@ def _profile_engines(
     outcome = _with_progress(
         err,
         lambda progress: run_profile(request, progress),
-        "interrupted: clocks unpinned; run the same command again to resume",
+        None,  # run_profile says what it unpinned and wrote
     )
     console = Console()
     _quality_table(console, outcome.quality)
@@ -291,7 +370,11 @@ def _profile_simulated(
 
     try:
         perf = performance_model(gpu, model, tp)
-        chosen = _parse_clocks(clocks, perf.supported_clocks_mhz) if clocks else default_profile_clocks(perf)
+        chosen = (
+            _parse_clocks(clocks, perf.supported_clocks_mhz)
+            if clocks is not None
+            else default_profile_clocks(perf)
+        )
     except (UnknownProfileError, ValueError) as exc:
         _fail(err, str(exc))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -310,10 +393,14 @@ def _profile_simulated(
 
 
 def _parse_int_list(raw: str) -> tuple[int, ...]:
+    """``--clocks``: comma-separated MHz; an empty list is a mistake (omit the flag for the default)."""
     try:
-        return tuple(sorted({int(part) for part in raw.split(",") if part.strip()}))
+        values = tuple(sorted({int(part) for part in raw.split(",") if part.strip()}))
     except ValueError:
         raise ValueError(f"--clocks must be comma-separated integers (MHz), got {raw!r}") from None
+    if not values:
+        raise ValueError("--clocks is empty; give comma-separated MHz, or omit it for the default grid")
+    return values
 
 
 def _parse_clocks(raw: str, supported: tuple[int, ...]) -> tuple[int, ...]:

@@ -41,11 +41,22 @@ class EngineInfo:
 
 
 def _message(resp: httpx.Response) -> str:
+    """The engine's one-line reason: its JSON error message, else the HTTP reason and the content type (an
+    HTML error page of something that is not a voltana engine is never dumped)."""
     try:
         body = resp.json()
-        return str(body.get("error", {}).get("message") or body)
+        text = str(body.get("error", {}).get("message") or body) if isinstance(body, dict) else str(body)
     except ValueError:
-        return resp.text[:200]
+        kind = resp.headers.get("content-type", "no body").split(";")[0]
+        text = f"{resp.reason_phrase or 'error'} ({kind}, not a voltana API response)"
+    return " ".join(text.split())[:300]
+
+
+def _json(resp: httpx.Response, url: str) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        raise ProfilerError(f"{url} answered {resp.status_code} with {_message(resp)}") from None
 
 
 class EngineClient:
@@ -67,7 +78,7 @@ class EngineClient:
             raise ProfilerError(f"{url}: {type(exc).__name__}: {exc}") from None
         if resp.status_code != 200:
             raise ProfilerError(f"GET {url} answered {resp.status_code}: {_message(resp)}")
-        return resp.json()
+        return _json(resp, url)
 
     def info(self) -> EngineInfo:
         """Role, served model, allowed clocks and shape limits (``/voltana/state``, ``/voltana/clock``,
@@ -112,11 +123,10 @@ class EngineClient:
             raise ProfilerError(f"{self.url}{CLOCK_PATH}: {type(exc).__name__}: {exc}") from None
         if resp.status_code != 200:
             hint = {403: " (set engine.clock_token on the engine)", 401: " (check engine.clock_token here)"}
-            raise ProfilerError(
-                f"{self.url} refused the clock ({resp.status_code}): {_message(resp)}"
-                + hint.get(resp.status_code, "")
-            )
-        result: dict[str, Any] = resp.json()
+            reason = _message(resp)
+            extra = "" if "engine.clock_token" in reason else hint.get(resp.status_code, "")
+            raise ProfilerError(f"{self.url} refused the clock ({resp.status_code}): {reason}{extra}")
+        result: dict[str, Any] = _json(resp, self.url + CLOCK_PATH)
         return result
 
     def iterations(self, since: int) -> tuple[list[dict[str, Any]], int, int]:

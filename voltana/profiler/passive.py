@@ -87,8 +87,9 @@ def run_passive(request: PassiveRequest, progress: Progress) -> PassiveOutcome:
     probed: list[int] = []
     try:
         infos = {url: client.info() for url, client in clients.items()}
-        for client in clients.values():
-            client.check_access()
+        if request.explore_s >= request.probe_s:  # no probe fits the budget: nothing to pin, no token needed
+            for client in clients.values():
+                client.check_access()
         since = {url: client.last_seq() for url, client in clients.items()}
         leases = {url: ClockLease(client, 10.0) for url, client in clients.items()}
         explore_left = request.explore_s

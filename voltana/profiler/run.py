@@ -34,10 +34,12 @@ from voltana.profiler.plan import (
 )
 
 CHECKPOINT_FORMAT = "voltana-profile-run"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: records the grid-defining options (resume refuses others)
 SETTLE_S = 0.15
 """Pause between the last request of a unit and the last read of its records (the engine publishes its
 records from a background thread every 50 ms)."""
+UNIT_OVERHEAD_S = 2.0 * SETTLE_S + 0.2
+"""Per unit besides its shapes: the pin and its read-back, the settle reads, the checkpoint write."""
 RECORD_KEYS = ("phase", "batch_size", "new_tokens", "context_tokens", "clock_mhz", "pinned_mhz",
                "latency_s", "energy_j")  # fmt: skip
 
@@ -102,6 +104,8 @@ class Checkpoint:
     path: Path
     grid: Grid
     units: dict[str, dict[str, Any]] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    """The grid-defining options of the run that made it (:func:`grid_options`)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -113,7 +117,7 @@ class Checkpoint:
             doc = json.loads(path.read_text(encoding="utf-8"))
             if doc.get("format") != CHECKPOINT_FORMAT or doc.get("version") != CHECKPOINT_VERSION:
                 raise ValueError("not a voltana profile checkpoint of this version")
-            return cls(path, Grid.from_json(doc["grid"]), dict(doc["units"]))
+            return cls(path, Grid.from_json(doc["grid"]), dict(doc["units"]), dict(doc["options"]))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ProfilerError(f"cannot resume from {path}: {exc} (delete it or pass --restart)") from None
 
@@ -128,6 +132,7 @@ class Checkpoint:
                 "format": CHECKPOINT_FORMAT,
                 "version": CHECKPOINT_VERSION,
                 "grid": self.grid.to_json(),
+                "options": self.options,
                 "units": self.units,
             }
             tmp = self.path.with_suffix(self.path.suffix + ".tmp")
@@ -193,6 +198,36 @@ class Progress(Protocol):
 # ------------------------------------------------------------------------------------ planning
 
 
+def grid_options(request: ProfileRequest) -> dict[str, Any]:
+    """The options that define a run's grid (a checkpoint resumes only under the same ones)."""
+    return {
+        "phase": request.phase,
+        "clocks_mhz": sorted(set(request.clocks_mhz)),
+        "max_batch": request.max_batch,
+        "max_prompt_tokens": request.max_prompt_tokens,
+        "budget_minutes": request.budget_minutes,
+    }
+
+
+_OPTION_FLAGS = {
+    "phase": "--phase",
+    "clocks_mhz": "--clocks",
+    "max_batch": "--max-batch",
+    "max_prompt_tokens": "--max-prompt-tokens",
+    "budget_minutes": "--budget-minutes",
+}
+
+
+def _describe(options: Mapping[str, Any]) -> str:
+    def show(key: str) -> str:
+        value = options.get(key)
+        if key == "clocks_mhz":
+            return ",".join(map(str, value)) if value else "(default)"
+        return "(default)" if value is None else str(value)
+
+    return " ".join(f"{flag} {show(key)}" for key, flag in _OPTION_FLAGS.items())
+
+
 def phases_of(info: EngineInfo, wanted: str) -> list[Phase]:
     """The phases to profile on an engine: ``--phase``, or (auto) its role (mixed: both)."""
     if wanted in ("prefill", "decode"):
@@ -244,10 +279,17 @@ def plan_grid(
 
 
 def estimate_s(grid: Grid, shape_s: Mapping[Phase, float]) -> float:
-    """Seconds the grid takes: the busiest engine's units x shapes x measured seconds per shape."""
+    """Seconds the grid takes: the busiest engine's units x (shapes x seconds per shape + overhead).
+
+    ``shape_s`` is timed by the warm-up, unpinned, i.e. at the engine's own clock, taken as the grid's
+    highest; at a lower clock a shape is taken to last ``highest / clock`` times as long (compute-bound
+    latency scales with 1/clock; memory-bound decode slows less), so the estimate errs long and
+    ``--budget-minutes`` holds (timed at the top clock only, 0.5 min of budget ran 42 s at 3 clocks)."""
+    top = max(grid.clocks_mhz, default=1)
     per_engine: dict[str, float] = {}
     for unit in grid.units():
-        cost = len(grid.shapes[unit.phase]) * shape_s.get(unit.phase, 0.0)
+        slowdown = top / unit.clock_mhz
+        cost = len(grid.shapes[unit.phase]) * shape_s.get(unit.phase, 0.0) * slowdown + UNIT_OVERHEAD_S
         per_engine[unit.engine] = per_engine.get(unit.engine, 0.0) + cost
     return max(per_engine.values(), default=0.0)
 
@@ -354,18 +396,26 @@ def run_profile(
         )
         leases = {url: ClockLease(client, request.lease_s) for url, client in clients.items()}
         mismatched = _run_units(todo, clients, leases, grid, checkpoint, threading.Event(), progress)
-    except (KeyboardInterrupt, ProfilerError):
+    except (KeyboardInterrupt, ProfilerError) as exc:
         for lease in leases.values():
             lease.release()
-        where = ""
+        written = ""
         if checkpoint is not None and checkpoint.units:
             try:
                 outcome = finish(checkpoint, request, partial=True)
-                where = f"; wrote {outcome.path} (clocks {list(outcome.clocks_mhz)})" if outcome.path else ""
-            except FitError as exc:  # what was collected cannot be fitted yet: the checkpoint still resumes
-                where = f"; no partial profile ({exc})"
+                if outcome.path:
+                    written = (
+                        f"; wrote a PARTIAL profile {outcome.path} (clocks {list(outcome.clocks_mhz)} of "
+                        f"{list(checkpoint.grid.clocks_mhz)}), not for deployment: "
+                        "engine.predictor_profile refuses it"
+                    )
+            except FitError as fit_exc:  # what was collected cannot be fitted yet: the checkpoint resumes
+                written = f"; no partial profile ({fit_exc})"
+        verb = "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped"
         if checkpoint is not None:
-            progress.note(f"stopped: the clocks are unpinned; run the same command to resume{where}")
+            progress.note(f"{verb}: clocks unpinned{written}; run the same command again to finish it")
+        elif isinstance(exc, KeyboardInterrupt):
+            progress.note(f"{verb}: clocks unpinned; nothing written")
         raise
     finally:
         for lease in leases.values():
@@ -393,22 +443,32 @@ def _open_checkpoint(
                 f"{path} was made with engines {sorted(checkpoint.grid.engine_phases)}; "
                 "pass the same --engine URLs to resume, or --restart"
             )
+        wanted = grid_options(request)
+        if checkpoint.options != wanted:
+            changed = {k: v for k, v in checkpoint.options.items() if wanted.get(k) != v}
+            raise ProfilerError(
+                f"{path} was made with other options ({_describe(checkpoint.options)}); pass the same "
+                f"{' '.join(_OPTION_FLAGS[k] for k in changed if k in _OPTION_FLAGS)} to resume it, "
+                "or --restart to start over with these"
+            )
         progress.note(f"resuming from {path}: {len(checkpoint.units)} unit(s) done")
         return checkpoint
     clocks = choose_clocks(infos, request.clocks_mhz)
     grid = plan_grid(infos, request, clocks, coarse=False)
     shape_s: dict[Phase, float] = {}
+    warm_started = time.monotonic()
     for url, client in clients.items():
         for phase, secs in warm_up(client, grid, grid.engine_phases[url]).items():
             shape_s[phase] = max(shape_s.get(phase, 0.0), secs)
     if request.budget_minutes is not None:
-        grid, estimate = fit_budget(infos, request, clocks, shape_s, request.budget_minutes * 60.0)
+        budget_s = request.budget_minutes * 60.0 - (time.monotonic() - warm_started)  # warm-up counts
+        grid, estimate = fit_budget(infos, request, clocks, shape_s, max(budget_s, 0.0))
         shapes = sum(len(s) for s in grid.shapes.values())
         progress.note(
             f"budget {request.budget_minutes:g} min: {len(grid.clocks_mhz)} clocks, {shapes} shapes "
             f"per clock (estimate {estimate / 60:.1f} min)"
         )
-    return Checkpoint(path, grid)
+    return Checkpoint(path, grid, options=grid_options(request))
 
 
 def _run_units(

@@ -3,6 +3,7 @@ traffic at the clock the instance runs, and probes unvisited clocks only as far 
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from pathlib import Path
 
@@ -24,19 +25,26 @@ def _traffic(url: str, stop: threading.Event) -> None:
             client.post(f"{url}/v1/completions", json=body)
 
 
+def _passive_under_traffic(
+    url: str, out: Path, minutes: str, explore_s: str
+) -> subprocess.CompletedProcess[str]:
+    """``voltana profile --passive`` on ``url`` while a thread keeps decode traffic flowing."""
+    stop = threading.Event()
+    sender = threading.Thread(target=_traffic, args=(url, stop), daemon=True)
+    sender.start()
+    try:
+        return run_profile(
+            [url], out, "--passive", "--duration-minutes", minutes, "--explore-seconds", explore_s
+        )
+    finally:
+        stop.set()
+        sender.join(60)
+
+
 def test_passive_fits_traffic_and_probes_within_the_slo(tmp_path: Path) -> None:
     out = tmp_path / "passive.json"
-    stop = threading.Event()
     with running_emulator({"VOLTANA_ENGINE__CLOCK_TOKEN": TOKEN}, time_scale=1.0) as emu:
-        sender = threading.Thread(target=_traffic, args=(emu.decode_url, stop), daemon=True)
-        sender.start()
-        try:
-            result = run_profile(
-                [emu.decode_url], out, "--passive", "--duration-minutes", "0.2", "--explore-seconds", "4"
-            )
-        finally:
-            stop.set()
-            sender.join(60)
+        result = _passive_under_traffic(emu.decode_url, out, "0.2", "4")
         assert clock_state(emu.decode_url)["pinned_mhz"] is None
     assert result.returncode == 0, result.stderr
     profile = load_profile(out)
@@ -47,3 +55,12 @@ def test_passive_fits_traffic_and_probes_within_the_slo(tmp_path: Path) -> None:
     assert meta["probed_mhz"] == [1065, 1245]
     assert profile.clocks_mhz == (1065, 1245, 1410) and set(profile.phases) == {Phase.DECODE}
     assert "probed: [1065, 1245]" in result.stdout
+
+
+def test_passive_without_exploration_needs_no_token(tmp_path: Path) -> None:
+    out = tmp_path / "passive.json"
+    with running_emulator(time_scale=1.0) as emu:  # no engine.clock_token: pinning is off (403)
+        result = _passive_under_traffic(emu.decode_url, out, "0.1", "0")
+    assert result.returncode == 0, result.stderr
+    meta = load_profile(out).metadata
+    assert meta["visited_mhz"] == [1410] and meta["probed_mhz"] == []

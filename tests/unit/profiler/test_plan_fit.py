@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from voltana.core.types import Phase
 from voltana.plugins.ecofreq_seed import PREFILL_SEGMENT_ENDS
@@ -12,7 +13,7 @@ from voltana.profiler.client import EngineInfo
 from voltana.profiler.fit import held_out_quality, sample_of, samples_of
 from voltana.profiler.passive import slo_allows
 from voltana.profiler.plan import TOKEN_ID_RANGE, decode_shapes, prefill_shapes, spread_clocks
-from voltana.profiler.run import ProfileRequest, estimate_s, fit_budget, plan_grid
+from voltana.profiler.run import UNIT_OVERHEAD_S, ProfileRequest, estimate_s, fit_budget, plan_grid
 
 CLOCKS = (210, 375, 555, 720, 900, 1065, 1245, 1410)
 
@@ -59,6 +60,16 @@ def test_budget_picks_coarser_shapes_then_fewer_clocks_keeping_the_ends() -> Non
     assert len(grid.shapes[Phase.DECODE]) < len(full.shapes[Phase.DECODE])
     assert grid.clocks_mhz[0] == 210 and grid.clocks_mhz[-1] == 1410
     assert spread_clocks(CLOCKS, 3) == (210, 900, 1410)
+
+
+def test_budget_estimate_counts_the_slower_low_clocks() -> None:
+    """The warm-up times shapes at the engine's own (top) clock; a unit at 210 MHz of a 210..1410 grid is
+    estimated 1410/210 times as long, plus a fixed overhead per unit."""
+    request = ProfileRequest(engines=("http://e",), output=Path("p.json"), phase="decode")
+    grid = plan_grid([_info()], request, (210, 1410), coarse=False)
+    shapes = len(grid.shapes[Phase.DECODE])
+    estimate = estimate_s(grid, {Phase.DECODE: 1.0})
+    assert estimate == pytest.approx(shapes * (1410 / 210 + 1.0) + 2 * UNIT_OVERHEAD_S)
 
 
 def test_held_out_error_of_exactly_linear_data_is_zero_and_filters_apply() -> None:
