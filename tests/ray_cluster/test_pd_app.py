@@ -144,9 +144,9 @@ def test_replicas_publish_their_energy_role_and_policy(pd: dict[str, Any]) -> No
     assert len(last) == 4  # all 2 + 2 replicas published
     for state in last.values():
         assert state["policy"] == "ecofreq"
-        assert (state["energy_j"] > 0) == (state["iterations"] > 0)  # energy so far: J of its iterations
+        assert (state["energy_joules"] > 0) == (state["iterations"] > 0)  # energy so far: J of its iterations
     for phase in ("prefill", "decode"):
-        assert sum(s["energy_j"] for s in last.values() if s["role"] == phase) > 0
+        assert sum(s["energy_joules"] for s in last.values() if s["role"] == phase) > 0
 
 
 def _spans(receiver: OtlpReceiver) -> list[Any]:
