@@ -154,7 +154,7 @@ def test_request_energy_matches_the_client_id_exactly(tmp_path: Path) -> None:
 
 
 def _published(tmp_path: Path, energy_source: str) -> None:
-    StatePublisher(tmp_path, 0).publish(_state(0, 1410, energy_source=energy_source))
+    _publish(tmp_path, _state(0, 1410, energy_source=energy_source))
 
 
 def test_request_record_route_reads_off_the_loop_and_says_not_measured(tmp_path: Path) -> None:

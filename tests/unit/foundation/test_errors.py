@@ -15,7 +15,11 @@ import voltana
 from voltana.core.errors import VoltanaError
 
 # Control-flow signals inside the router that never reach a user (see voltana.core.errors).
-NOT_ERRORS = {"voltana.router.disconnect.ClientGone", "voltana.router.proxy.BackendRejected"}
+NOT_ERRORS = {
+    "voltana.router.disconnect.ClientGone",
+    "voltana.router.proxy.BackendRejected",
+    "voltana.plugins.profile_command.Terminated",  # SIGTERM during a profile run, handled like Ctrl-C
+}
 
 
 # Modules of an optional extra that this environment need not have (the Ray tier has its own virtualenv).
