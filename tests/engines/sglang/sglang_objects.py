@@ -8,10 +8,16 @@ attributes voltana reads. Used by the ``sglang`` test tier and ``benchmarks/benc
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from array import array
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import torch
+import uvicorn
 from sglang.srt.disaggregation.decode import DecodePreallocQueue, DecodeRequest, DecodeTransferQueue
 from sglang.srt.disaggregation.prefill import PrefillBootstrapQueue
 from sglang.srt.disaggregation.utils import DisaggregationMode
@@ -90,3 +96,27 @@ def scheduler_shell(
         scheduler.disagg_decode_prealloc_queue = pre
         scheduler.disagg_decode_transfer_queue = trans
     return scheduler
+
+
+@contextlib.contextmanager
+def served_http_app(app: object, launch_hook: object) -> Iterator[tuple[str, int]]:
+    """SGLang's FastAPI ``app`` on a free loopback port, after ``launch_hook(args)`` (the plugin's pre-launch
+    hook, which adds voltana's routes) ran as SGLang runs it; yields (base URL, port), then stops it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    launch_hook(SimpleNamespace(port=port))  # type: ignore[operator]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")  # type: ignore[arg-type]
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        server.should_exit = True
+        thread.join(5)

@@ -4,18 +4,15 @@ in what is, in a real deployment, another process."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from sglang.srt.disaggregation.utils import DisaggregationMode
 
-from tests.engines.sglang.sglang_objects import decode_batch, make_req, scheduler_shell
+from tests.engines.sglang.sglang_objects import decode_batch, make_req, scheduler_shell, served_http_app
 from voltana.adapters.sglang import plugin, state
 from voltana.core.config import VoltanaConfig
 from voltana.profiler.engine_api import CLOCK_PATH, ITERATIONS_PATH
@@ -35,22 +32,8 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[st
     monkeypatch.setenv("VOLTANA_HARDWARE__VENDOR", "simulated")
     kept = list(app.router.routes)
     app.router.routes[:] = [r for r in kept if getattr(r, "path", None) not in VOLTANA_ROUTES]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    plugin._before_http_launch(type("Args", (), {"port": port})())
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    yield f"http://127.0.0.1:{port}", port
-    server.should_exit = True
-    thread.join(5)
+    with served_http_app(app, plugin._before_http_launch) as served_at:
+        yield served_at
     app.router.routes[:] = kept
 
 

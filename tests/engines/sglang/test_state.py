@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
 import httpx
 import pytest
-import uvicorn
 from sglang.srt.disaggregation.utils import DisaggregationMode
 
-from tests.engines.sglang.sglang_objects import decode_batch, extend_batch, make_req, scheduler_shell
+from tests.engines.sglang.sglang_objects import (
+    decode_batch,
+    extend_batch,
+    make_req,
+    scheduler_shell,
+    served_http_app,
+)
 from voltana.adapters import state_payload
 from voltana.adapters.sglang import binding, plugin, state
 from voltana.adapters.sglang.snapshot import snapshot_from_batch
@@ -24,12 +26,6 @@ from voltana.core.config import VoltanaConfig
 from voltana.core.types import Phase
 
 pytestmark = pytest.mark.sglang
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -43,20 +39,8 @@ def sglang_http(state_dir: Path) -> Iterator[str]:
     """SGLang's own FastAPI app, with voltana's route added by the launch hook, on a loopback port."""
     from sglang.srt.entrypoints.http_server import app
 
-    port = free_port()
-    plugin._before_http_launch(SimpleNamespace(port=port))
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with served_http_app(app, plugin._before_http_launch) as (url, _):
+        yield url
 
 
 def wait_for_clock_change(made: Any, before: int | None, timeout_s: float = 3.0) -> int | None:
