@@ -3,8 +3,8 @@
 Three sources: live engines (``--engine URL``: pins every clock of the grid through the engine's
 ``POST /voltana/clock`` and fits the iterations it reports), live engines under normal traffic
 (``--engine URL --passive``), or the simulated GPU (``--simulated GPU MODEL``, the default when no engine is
-named). The engine profiler lives in :mod:`voltana.profiler` and is imported when the command runs, so this
-plugin module keeps to its layer.
+named). The engine profiler lives in :mod:`voltana.profiler` and is imported when the command runs, so
+``voltana --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from voltana.cli.state import cli_state
 from voltana.core.hookspecs import hookimpl
-from voltana.core.profile import Profile, save_profile
+from voltana.core.profile import Profile, load_profile, save_profile
+from voltana.hardware.errors import UnknownProfileError
+from voltana.hardware.simulated import performance_model
+from voltana.plugins.ecofreq_seed import default_profile_clocks, grid_size, profile_from_model
 
 DEFAULT_OUTPUT = Path("voltana-profile.json")
 PLAIN_PROGRESS_EVERY_S = 60.0
@@ -97,8 +101,6 @@ def profile_command(
 ) -> None:
     """Fit EcoPred's latency and energy models per clock on live engines (or the simulated GPU); write the
     profile that ``engine.predictor_profile`` loads."""
-    from voltana.cli import cli_state
-
     err = Console(stderr=True)
     _check_paths(err, output, plot)
     if engine:
@@ -310,8 +312,6 @@ def _quality_table(console: Console, quality: Any) -> None:
 def _written(console: Console, path: Path | None, plot: Path | None) -> None:
     if path is None:
         return
-    from voltana.core.profile import load_profile
-
     console.print(f"wrote {path}", highlight=False)
     if plot is not None:
         from voltana.profiler.plot import plot_profile
@@ -336,7 +336,6 @@ def _profile_passive(
     plot: Path | None,
     ctx: typer.Context,
 ) -> None:
-    from voltana.cli import cli_state
     from voltana.profiler.passive import PassiveRequest, run_passive
 
     config = cli_state(ctx).loaded().config
@@ -364,10 +363,6 @@ def _profile_passive(
 def _profile_simulated(
     err: Console, gpu: str, model: str, tp: int | None, clocks: str | None, output: Path, plot: Path | None
 ) -> None:
-    from voltana.hardware.errors import UnknownProfileError
-    from voltana.hardware.simulated import performance_model
-    from voltana.plugins.ecofreq_seed import default_profile_clocks, grid_size, profile_from_model
-
     try:
         perf = performance_model(gpu, model, tp)
         chosen = (

@@ -1,6 +1,6 @@
 """``voltana simulate``: what would voltana save on this workload, on these GPUs? (a simulated P/D cluster).
 
-The command lives in a plugin (``voltana_register_commands``); the simulator itself is imported when the
+The command registers through ``voltana_register_commands``; the simulator itself is imported when the
 command runs, so ``voltana --help`` stays fast.
 """
 
@@ -16,7 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from voltana.cli.state import cli_state
 from voltana.core.hookspecs import hookimpl
+from voltana.core.plugin_manager import registered_policies
+from voltana.hardware.errors import UnknownProfileError
+from voltana.hardware.simulated import performance_model
+from voltana.plugins import get_plugin_manager
 
 console = Console()
 err_console = Console(stderr=True)
@@ -123,10 +128,7 @@ def simulate(
     ] = None,
 ) -> None:
     """Simulate a P/D cluster under several clock/routing policies and compare energy and SLO attainment."""
-    from voltana.cli import cli_state
-    from voltana.hardware.errors import UnknownProfileError
-    from voltana.hardware.simulated import performance_model
-    from voltana.plugins import get_plugin_manager
+    # the simulator is imported when the command runs: `voltana --help` stays fast (pyproject: PLC0415)
     from voltana.sim.cluster import ClusterSpec
     from voltana.sim.datasets import DATASET_WORKLOADS, dataset_workload, tokenizer_for_model
     from voltana.sim.engine import EngineConfigError
@@ -336,8 +338,6 @@ def _timeline_policy(names: list[str]) -> str:
 
 
 def _check_policies(names: list[str]) -> None:
-    from voltana.core.plugin_manager import registered_policies
-    from voltana.plugins import get_plugin_manager
     from voltana.sim.runner import ORACLE, SimulationError, parse_policy
 
     known = registered_policies(get_plugin_manager())

@@ -18,12 +18,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "voltana.plugins.hardware",
     "voltana.plugins.ecofreq",
     "voltana.plugins.paper_policy",
-    "voltana.plugins.profile_command",
     "voltana.plugins.telemetry",
     "voltana.plugins.routing",
     "voltana.plugins.ecoroute",
-    "voltana.plugins.simulate_cli",
-    "voltana.plugins.router_cli",
 )
 
 _lock = threading.Lock()

@@ -18,7 +18,7 @@ from voltana.core.errors import VoltanaError
 NOT_ERRORS = {
     "voltana.router.disconnect.ClientGone",
     "voltana.router.proxy.BackendRejected",
-    "voltana.plugins.profile_command.Terminated",  # SIGTERM during a profile run, handled like Ctrl-C
+    "voltana.cli.profile.Terminated",  # SIGTERM during a profile run, handled like Ctrl-C
 }
 
 

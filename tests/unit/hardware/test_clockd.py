@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from tests.support.standin_nvml import StandinNvml, locked_devices
 from voltana.adapters.runtime import InstanceRuntime
-from voltana.cli import app
+from voltana.cli import build_app
 from voltana.core.config import HardwareConfig, VoltanaConfig
 from voltana.core.types import BatchSnapshot, Phase, ScheduledRequest
 from voltana.hardware.applier import ClockApplier
@@ -31,6 +31,8 @@ from voltana.hardware.errors import (
     VoltanaHardwareError,
 )
 from voltana.hardware.select import open_devices
+
+app = build_app()  # the root app with every command (built-in and plugin) registered
 
 
 def _clockd(

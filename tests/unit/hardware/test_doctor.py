@@ -19,9 +19,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.support.standin_nvml import StandinNvml, locked_devices
-from voltana.cli import app
+from voltana.cli import build_app
 from voltana.hardware import device as device_module
 from voltana.hardware.device import CAP_SYS_ADMIN, clock_privilege
+
+app = build_app()  # the root app with every command (built-in and plugin) registered
 
 PR_CAPBSET_DROP = 24  # linux/prctl.h
 
