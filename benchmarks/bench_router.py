@@ -33,9 +33,9 @@ import httpx
 
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import Phase, RouteRequest, Slo
+from voltana.emulator.cluster import expected_text
 from voltana.plugins import get_plugin_manager
 from voltana.router.choice import InstanceChooser
-from voltana.router.emulator import expected_text
 from voltana.router.instances import InstanceRegistry, parse_endpoint
 from voltana.router.load_parsing import LoadReport
 from voltana.router.predictors import route_predictors

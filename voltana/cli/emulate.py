@@ -41,7 +41,7 @@ def emulate(
     ``engine.clock_token`` (config) turns on ``POST /voltana/clock`` (for ``voltana profile --engine``);
     ``clocks`` sets the clocks it may pin."""
     # the emulator's server stack is imported when the command runs: `voltana --help` stays fast
-    from voltana.router.emulator import EmulatorCluster
+    from voltana.emulator.cluster import EmulatorCluster
 
     config = cli_state(ctx).loaded().config
     token = config.engine.clock_token.get_secret_value() if config.engine.clock_token else None

@@ -10,11 +10,11 @@ import pytest
 
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import Phase, RequestRecord
+from voltana.emulator.cluster import EmuRequest, expected_text
 from voltana.hardware.simulated import performance_model
 from voltana.integrations.ray_serve.engine import VoltanaEngine
 from voltana.integrations.ray_serve.stats import ROUTING_STATS_KEY, ReplicaStats, instance_state
 from voltana.plugins import get_plugin_manager
-from voltana.router.emulator import EmuRequest, expected_text
 
 STATS = ReplicaStats(
     instance_id="r1", role="decode", policy="ecofreq", sm_clock_mhz=1110, capture_sizes=(1, 2, 4, 8),

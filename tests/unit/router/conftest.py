@@ -14,9 +14,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from voltana.core.config import VoltanaConfig
 from voltana.core.plugin_manager import registered_policies
+from voltana.emulator.cluster import EmulatorCluster
 from voltana.plugins import get_plugin_manager
 from voltana.router.app import build_router_app
-from voltana.router.emulator import EmulatorCluster
 from voltana.router.serving import BackgroundLoop, EmbeddedServer, bind_socket, start_server, stop_server
 
 FAST = 0.02  # emulated time runs 50x faster than the simulated GPU: a decode step is ~0.2 ms

@@ -27,11 +27,11 @@ from ray import serve
 from voltana.core.config import VoltanaConfig
 from voltana.core.errors import VoltanaError
 from voltana.core.types import Phase
+from voltana.emulator.cluster import EmuRequest, count_prompt_tokens, prompt_key
 from voltana.hardware.simulated import performance_model
 from voltana.integrations.ray_serve.engine import VoltanaEngine
 from voltana.plugins import get_plugin_manager
 from voltana.plugins.telemetry import configure_telemetry, telemetry_wanted
-from voltana.router.emulator import EmuRequest, count_prompt_tokens, prompt_key
 
 
 class ReplicaStoppedError(VoltanaError, RuntimeError):
