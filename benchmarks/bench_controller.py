@@ -36,7 +36,7 @@ from voltana.core.types import (
 from voltana.hardware.simulated import performance_model
 from voltana.plugins import DEFAULT_PLUGINS
 from voltana.plugins.ecofreq import state_of
-from voltana.plugins.ecofreq_seed import build_controller
+from voltana.plugins.ecofreq.factory import build_controller
 
 ROUNDS = 101
 CALLS_PER_ROUND = 200

@@ -669,7 +669,7 @@ def _open_devices(config: VoltanaConfig, hook: Any) -> Any:
 def _build_controller(
     config: VoltanaConfig, phase: Phase, instance_id: str, model: Any, hook: Any, devices: Any
 ) -> Any:
-    from voltana.plugins.ecofreq_seed import build_controller
+    from voltana.plugins.ecofreq.factory import build_controller
 
     return build_controller(config, phase, instance_id, model, hook, devices.supported_clocks_mhz())
 

@@ -34,7 +34,7 @@ from voltana.core.hookspecs import hookimpl
 from voltana.core.profile import Profile, load_profile, save_profile
 from voltana.hardware.errors import UnknownProfileError
 from voltana.hardware.simulated import performance_model
-from voltana.plugins.ecofreq_seed import default_profile_clocks, grid_size, profile_from_model
+from voltana.plugins.ecofreq.factory import default_profile_clocks, grid_size, profile_from_model
 
 DEFAULT_OUTPUT = Path("voltana-profile.json")
 PLAIN_PROGRESS_EVERY_S = 60.0

@@ -43,7 +43,7 @@ from voltana.core.attribution import energy_shares
 from voltana.core.config import ClockConfig
 from voltana.core.types import Phase, ScheduledRequest
 from voltana.hardware.simulated import PerformanceModel, performance_model
-from voltana.plugins.ecofreq_seed import resolve_allowed_clocks
+from voltana.plugins.ecofreq.factory import resolve_allowed_clocks
 from voltana.profiler.engine_api import MemoryControl, add_control_routes, iteration_json
 from voltana.router.disconnect import ClientGone, until_disconnect
 from voltana.router.request_ids import NOT_YET, RECORD_ROUTE, id_from_path

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from voltana.core.profile import PhaseFit, save_profile
 from voltana.core.types import Phase
-from voltana.plugins.ecofreq_seed import PREFILL_SEGMENT_ENDS
+from voltana.plugins.ecofreq.factory import PREFILL_SEGMENT_ENDS
 from voltana.profiler.client import ClockLease, EngineClient, EngineInfo, ProfilerError
 from voltana.profiler.fit import ClockQuality, FitError, build_profile, fit_records
 from voltana.profiler.plan import (

@@ -31,7 +31,7 @@ class RoutePredictors:
 
 def route_predictors(config: VoltanaConfig) -> RoutePredictors | None:
     """Predictors for the router, or None when no seed is configured. Raises ValueError (one line)."""
-    from voltana.plugins.ecofreq_seed import profile_from_model, resolve_allowed_clocks
+    from voltana.plugins.ecofreq.factory import profile_from_model, resolve_allowed_clocks
 
     profile: Profile
     idle_power_w = 0.0

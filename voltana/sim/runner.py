@@ -92,7 +92,7 @@ def static_spec(
 
 def allowed_clocks_mhz(config: VoltanaConfig, model: Any) -> tuple[int, ...]:
     """The clocks the controllers use (the controller factory's own resolution of ``config.clocks``)."""
-    from voltana.plugins.ecofreq_seed import resolve_allowed_clocks
+    from voltana.plugins.ecofreq.factory import resolve_allowed_clocks
 
     try:
         return resolve_allowed_clocks(config.clocks, model.supported_clocks_mhz)
@@ -123,7 +123,7 @@ def pinned_clock_options(spec: PolicySpec, phase: Phase, clocks_mhz: tuple[int, 
 def _build_controller(
     config: VoltanaConfig, phase: Phase, instance_id: str, model: Any, hook: Any
 ) -> Controller:
-    from voltana.plugins.ecofreq_seed import build_controller
+    from voltana.plugins.ecofreq.factory import build_controller
 
     controller: Controller = build_controller(config, phase, instance_id, model, hook)
     return controller

@@ -34,7 +34,7 @@ from voltana.hardware.device import GpuGroup
 from voltana.hardware.errors import NoPermissionError
 from voltana.hardware.simulated import SimulatedGpu, performance_model
 from voltana.plugins import get_plugin_manager
-from voltana.plugins.ecofreq_seed import build_controller
+from voltana.plugins.ecofreq.factory import build_controller
 
 pytestmark = pytest.mark.sglang
 

@@ -26,7 +26,7 @@ from voltana.core.types import (
 )
 from voltana.hardware.simulated import PerformanceModel, performance_model
 from voltana.plugins import DEFAULT_PLUGINS
-from voltana.plugins.ecofreq_seed import profile_from_model, resolve_allowed_clocks, seeded_predictors
+from voltana.plugins.ecofreq.factory import profile_from_model, resolve_allowed_clocks, seeded_predictors
 
 SLO = Slo(ttft_s=0.8, itl_s=0.05)
 """The paper's demo SLOs."""

@@ -10,7 +10,7 @@ from ecofreq_helpers import a100, a100_profile, decode_snapshot, plugin_hook
 from voltana.core.config import ClockConfig, VoltanaConfig
 from voltana.core.profile import ProfileError, save_profile
 from voltana.core.types import Phase
-from voltana.plugins.ecofreq_seed import build_controller, resolve_allowed_clocks
+from voltana.plugins.ecofreq.factory import build_controller, resolve_allowed_clocks
 
 A100_CLOCKS = a100().supported_clocks_mhz
 

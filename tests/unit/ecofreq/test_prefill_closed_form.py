@@ -13,7 +13,7 @@ from voltana.core.predictor import LatencyPredictor
 from voltana.core.types import BatchSnapshot, Phase, ScheduledRequest
 from voltana.hardware.simulated import performance_model
 from voltana.plugins import get_plugin_manager
-from voltana.plugins.ecofreq_seed import build_controller
+from voltana.plugins.ecofreq.factory import build_controller
 from voltana.plugins.routing import predicted_prefill_s
 
 

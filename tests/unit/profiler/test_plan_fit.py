@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from voltana.core.types import Phase
-from voltana.plugins.ecofreq_seed import PREFILL_SEGMENT_ENDS
+from voltana.plugins.ecofreq.factory import PREFILL_SEGMENT_ENDS
 from voltana.profiler.client import EngineInfo
 from voltana.profiler.fit import held_out_quality, sample_of, samples_of
 from voltana.profiler.passive import slo_allows

@@ -25,7 +25,7 @@ from voltana.core.predictor import features
 from voltana.core.profile import Profile, load_profile
 from voltana.core.types import BatchSnapshot, Phase, ScheduledRequest
 from voltana.hardware.simulated import PerformanceModel, performance_model
-from voltana.plugins.ecofreq_seed import build_controller
+from voltana.plugins.ecofreq.factory import build_controller
 from voltana.profiler.fit import predict
 
 pytestmark = pytest.mark.slow

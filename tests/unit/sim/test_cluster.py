@@ -46,7 +46,7 @@ def iteration_log() -> Iterator[IterationLog]:
 
 
 def simulate(setup: SimulationSetup, workload, policy: str = "static-max"):  # type: ignore[no-untyped-def]
-    from voltana.plugins.ecofreq_seed import build_controller
+    from voltana.plugins.ecofreq.factory import build_controller
 
     spec = parse_policy(policy)
     configs = {p: with_clock_policy(setup.config, *spec.clock_policy(p)) for p in Phase}

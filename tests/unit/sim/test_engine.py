@@ -157,7 +157,7 @@ def test_decode_state_shows_admission_fields(a100_llama: PerformanceModel) -> No
 
 
 def _static(setup, phase, iid):  # type: ignore[no-untyped-def]
-    from voltana.plugins.ecofreq_seed import build_controller
+    from voltana.plugins.ecofreq.factory import build_controller
     from voltana.sim.runner import with_clock_policy
 
     config = with_clock_policy(setup.config, "static-max", {})

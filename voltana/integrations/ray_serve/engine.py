@@ -34,7 +34,7 @@ from voltana.core.types import (
 from voltana.emulator.cluster import EmulatedEngine, EmuRequest, Faults
 from voltana.hardware.simulated import IterationCost, PerformanceModel
 from voltana.integrations.ray_serve.stats import ReplicaStats
-from voltana.plugins.ecofreq_seed import build_controller
+from voltana.plugins.ecofreq.factory import build_controller
 
 log = logging.getLogger("voltana.ray_serve")
 
