@@ -1,9 +1,9 @@
 """The load the profiler sends at each clock: batches shaped to cover the grid EcoPred fits.
 
 Prefill (features: tokens in the batch, attention work): per prefill segment of
-:data:`~voltana.plugins.ecofreq.factory.PREFILL_SEGMENT_ENDS`, batches of 1 and 4 prompts totalling a
-spread of token counts, each sent as one request with ``max_tokens=1``. Decode (features: batch size, KV
-tokens): per batch-size segment (the engine's CUDA-graph capture sizes), batches at a spread of sizes with short and long
+:data:`~voltana.plugins.ecofreq.factory.PREFILL_SEGMENT_ENDS`, batches of 1 and 4 prompts totalling a spread
+of token counts, each sent as one request with ``max_tokens=1``. Decode (features: batch size, KV tokens): per
+batch-size segment (the engine's CUDA-graph capture sizes), batches at a spread of sizes with short and long
 prompts, each generating :data:`DECODE_STEPS` tokens, so every decode step of the batch is a sample at a
 growing KV size. ``coarse`` halves the spread (``--budget-minutes`` when time is short). Prompts are random
 token ids from a seed per shape, the same in every run (a resumed run sends what a run in one go sends).
