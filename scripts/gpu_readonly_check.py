@@ -62,7 +62,7 @@ def _text(value: object) -> str:
 
 def measure(device_index: int, seconds: float, repeats: int) -> dict[str, Any]:
     """All the read-only measurements for one GPU."""
-    import pynvml
+    import pynvml  # noqa: PLC0415 - the optional [nvidia] extra, needed only on a GPU machine
 
     pynvml.nvmlInit()
     try:

@@ -20,6 +20,8 @@ from typing import Any
 
 from voltana.core.energy_ledger import EnergyLedger, Settlement
 from voltana.core.types import BatchSnapshot, EnergySource, RequestRecord
+from voltana.hardware.energy import EnergySampler, energy_refresh_s, group_energy_reader
+from voltana.hardware.simulated import record_iteration
 
 log = logging.getLogger("voltana.runtime")
 
@@ -61,8 +63,6 @@ class EnergyAccounting:
         clock: Callable[[], float],
         name: str = "voltana-energy",
     ) -> None:
-        from voltana.hardware.energy import EnergySampler, energy_refresh_s, group_energy_reader
-
         self._group = group
         self._perf_model = perf_model
         self._emit = emit
@@ -154,7 +154,6 @@ class EnergyAccounting:
         self, start_s: float, end_s: float, snapshot: BatchSnapshot, clock_mhz: int
     ) -> float | None:
         """Advance the simulated counters by the idle gap and the modelled iteration, then settle inline."""
-        from voltana.hardware.simulated import record_iteration
 
         model, group = self._perf_model, self._group
         ledger = self.ledger

@@ -24,6 +24,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from voltana.core.config import ConfigError, load_config
 from voltana.core.types import IterationRecord
 from voltana.profiler.engine_api import ClockPin, IterationPage, page_from, record_json
 
@@ -40,7 +41,6 @@ OLD_RECORDS_FILE = "iterations.1.jsonl"
 
 def configured_clock_token() -> str | None:
     """``engine.clock_token`` of this process's config (None when unset or the config is invalid)."""
-    from voltana.core.config import ConfigError, load_config
 
     try:
         secret = load_config().config.engine.clock_token

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
+from voltana.adapters.status import RuntimeStatus
 from voltana.core.types import IterationRecord
-
-if TYPE_CHECKING:
-    from voltana.adapters.runtime import RuntimeStatus
 
 
 def iteration_to_dict(record: IterationRecord) -> dict[str, Any]:

@@ -20,6 +20,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from voltana.adapters.energy_accounting import EnergyAccounting
+from voltana.adapters.iteration_trace import IterationTrace
+from voltana.adapters.status import RuntimeStatus
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import (
     BatchSnapshot,
@@ -30,6 +33,13 @@ from voltana.core.types import (
     Phase,
     RequestRecord,
 )
+from voltana.hardware.applier import ClockApplier
+from voltana.hardware.select import open_devices
+from voltana.hardware.simulated import performance_model
+from voltana.hardware.watchdog import start_watchdog
+from voltana.plugins import get_plugin_manager
+from voltana.plugins.ecofreq.factory import build_controller
+from voltana.plugins.telemetry import configure_telemetry
 
 log = logging.getLogger("voltana.runtime")
 
@@ -64,30 +74,6 @@ class _Pending:
     decision: ClockDecision
     dispatch_s: float  # perf_counter when the forward could start (end of before_iteration)
     wall_start_s: float  # the adapter's clock (snapshot.now_s) for the IterationRecord
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeStatus:
-    """What the instance exposes about voltana (for /metrics, the router and benchmarks)."""
-
-    instance_id: str
-    role: str
-    monitor_only: bool
-    monitor_only_reason: str
-    sm_clock_mhz: int | None
-    policy: str
-    iterations: int
-    hook_time_s: float
-    energy_source: EnergySource = EnergySource.UNKNOWN
-    energy_j: float = 0.0
-    """Counter energy apportioned so far (J, all GPUs): iterations plus idle."""
-    idle_energy_j: float = 0.0
-    """The part of ``energy_j`` that fell between iterations (J): the instance's idle energy."""
-
-    @property
-    def hook_time_per_iteration_s(self) -> float:
-        """Mean time voltana spent in before+after per iteration (s)."""
-        return self.hook_time_s / self.iterations if self.iterations else 0.0
 
 
 class InstanceRuntime:
@@ -195,8 +181,6 @@ class InstanceRuntime:
             return runtime
         runtime = cls(controllers=controllers, devices=devices, perf_model=perf_model, **common)
         try:
-            from voltana.hardware.applier import ClockApplier
-
             runtime._applier = ClockApplier(
                 devices,
                 restore_on_exit=config.hardware.restore_clocks_on_exit,
@@ -620,8 +604,6 @@ class _NullHook:
 def _start_telemetry(config: VoltanaConfig) -> None:
     """Start this process's telemetry from ``[telemetry]``; a failure costs one warning, never serving."""
     try:
-        from voltana.plugins.telemetry import configure_telemetry
-
         configure_telemetry(config)
     except Exception as exc:
         log.warning("voltana: telemetry is off: %s", _one_line(exc))
@@ -629,8 +611,6 @@ def _start_telemetry(config: VoltanaConfig) -> None:
 
 def _plugin_hook_or_null() -> Any:
     try:
-        from voltana.plugins import get_plugin_manager
-
         return get_plugin_manager().hook
     except Exception as exc:
         log.error(
@@ -652,8 +632,6 @@ def _performance_model(config: VoltanaConfig, devices: Any) -> Any | None:
     if model is not None:
         return model
     try:
-        from voltana.hardware.simulated import performance_model
-
         return performance_model(config.hardware.simulated_gpu, config.hardware.simulated_model)
     except Exception as exc:
         log.warning("voltana: no performance model for seeding (%s)", _one_line(exc))
@@ -661,16 +639,12 @@ def _performance_model(config: VoltanaConfig, devices: Any) -> Any | None:
 
 
 def _open_devices(config: VoltanaConfig, hook: Any) -> Any:
-    from voltana.hardware.select import open_devices
-
     return open_devices(config.hardware, hook if hasattr(hook, "voltana_register_hardware") else None)
 
 
 def _build_controller(
     config: VoltanaConfig, phase: Phase, instance_id: str, model: Any, hook: Any, devices: Any
 ) -> Any:
-    from voltana.plugins.ecofreq.factory import build_controller
-
     return build_controller(config, phase, instance_id, model, hook, devices.supported_clocks_mhz())
 
 
@@ -678,8 +652,6 @@ def _start_energy(runtime: InstanceRuntime, config: VoltanaConfig, devices: Any,
     """The instance's energy accounting (sampler thread for a real GPU); None, with a warning, if it cannot
     start: energy is then unknown, clock control is unaffected."""
     try:
-        from voltana.adapters.energy_accounting import EnergyAccounting
-
         return EnergyAccounting(
             devices,
             perf_model,
@@ -703,8 +675,6 @@ def _start_watchdog(config: VoltanaConfig, devices: Any) -> Any | None:
     if getattr(devices, "vendor", "") == "simulated":
         return None
     try:
-        from voltana.hardware.watchdog import start_watchdog
-
         return start_watchdog(config.hardware.model_copy(update={"vendor": devices.vendor}))
     except Exception as exc:
         log.warning(
@@ -728,7 +698,6 @@ def _open_trace(config: VoltanaConfig) -> Callable[[IterationRecord, RuntimeStat
     path = getattr(config.engine, "trace_path", None)
     if not path:
         return None
-    from voltana.adapters.iteration_trace import IterationTrace
 
     try:
         return IterationTrace.open(path)

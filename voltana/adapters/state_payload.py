@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from voltana.adapters.runtime import RuntimeStatus
+from voltana.adapters.status import RuntimeStatus
 
 log = logging.getLogger("voltana.adapters")
 

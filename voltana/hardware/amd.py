@@ -44,7 +44,7 @@ def load_amdsmi() -> Any:
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured):
-            import amdsmi
+            import amdsmi  # noqa: PLC0415 - optional [amd] extra; needs ROCm at import
     except (ImportError, KeyError, OSError) as exc:
         printed = [line.strip() for line in captured.getvalue().splitlines() if line.strip()]
         reason = printed[0] if printed else f"{type(exc).__name__}: {exc}"

@@ -43,7 +43,7 @@ PRIVILEGE_FIX = (
 
 def _import_pynvml() -> Any:
     try:
-        import pynvml
+        import pynvml  # noqa: PLC0415 - optional [nvidia] extra
     except ImportError as exc:
         raise LibraryNotFoundError(
             f"NVML unavailable: {exc}; install it with `pip install 'voltana[nvidia]'`"

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from voltana.core.config import HardwareConfig
+from voltana.hardware.amd import open_amd
+from voltana.hardware.clockd import ClockdClient, ClockdGpuGroup, check_same_gpus
 from voltana.hardware.device import GpuGroup
 from voltana.hardware.errors import (
     DeviceIndexError,
@@ -22,6 +24,8 @@ from voltana.hardware.errors import (
     NotSupportedError,
     VoltanaHardwareError,
 )
+from voltana.hardware.nvml import open_nvidia
+from voltana.hardware.simulated import open_simulated
 
 logger = logging.getLogger("voltana.hardware")
 
@@ -31,21 +35,18 @@ AUTO_ORDER = ("nvidia", "amd")
 
 def open_nvidia_from_config(config: HardwareConfig) -> GpuGroup:
     """NVIDIA GPUs through NVML."""
-    from voltana.hardware.nvml import open_nvidia
 
     return open_nvidia(list(config.device_indices))
 
 
 def open_amd_from_config(config: HardwareConfig) -> GpuGroup:
     """AMD GPUs through amdsmi."""
-    from voltana.hardware.amd import open_amd
 
     return open_amd(list(config.device_indices))
 
 
 def open_simulated_from_config(config: HardwareConfig) -> GpuGroup:
     """Simulated GPUs: ``simulated_gpu`` x ``simulated_model``; one per device index, else the model's TP."""
-    from voltana.hardware.simulated import open_simulated
 
     tp = len(config.device_indices) or None
     return open_simulated(config.simulated_gpu, config.simulated_model, tp)
@@ -87,8 +88,6 @@ def open_devices(
     """
     group = _open_group(config, hook, fallback_to_simulated)
     if config.clockd_socket and group.vendor != "simulated":
-        from voltana.hardware.clockd import ClockdClient, ClockdGpuGroup, check_same_gpus
-
         try:
             client = ClockdClient(config.clockd_socket)
         except VoltanaHardwareError:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voltana.core.config import HardwareConfig
+from voltana.hardware.select import open_devices
+from voltana.hardware.simulated import open_simulated
 
 logger = logging.getLogger("voltana.hardware")
 CLEAN = b"clean\n"
@@ -124,11 +126,8 @@ def _open_group(spec: dict[str, Any]) -> Any:
     hardware = HardwareConfig(**spec["hardware"])
     state_dir = spec.get("simulated_state_dir")
     if hardware.vendor == "simulated":
-        from voltana.hardware.simulated import open_simulated
-
         tp = len(hardware.device_indices) or None
         return open_simulated(hardware.simulated_gpu, hardware.simulated_model, tp, state_dir)
-    from voltana.hardware.select import open_devices
 
     return open_devices(hardware)
 

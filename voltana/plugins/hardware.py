@@ -8,6 +8,8 @@ from typing import Any
 from voltana.core.contexts import DoctorCheck
 from voltana.core.hookspecs import DriverFactory, hookimpl
 from voltana.core.types import EnergySource
+from voltana.hardware.amd import load_amdsmi
+from voltana.hardware.clockd import ClockdGpuGroup
 from voltana.hardware.device import GpuDevice, GpuGroup, clock_privilege
 from voltana.hardware.errors import (
     RESET_CLOCKS_BY_HAND,
@@ -18,8 +20,9 @@ from voltana.hardware.errors import (
     NoPermissionError,
     VoltanaHardwareError,
 )
-from voltana.hardware.nvml import PRIVILEGE_FIX
-from voltana.hardware.select import BUILTIN_DRIVERS
+from voltana.hardware.nvml import PRIVILEGE_FIX, nvml_init, nvml_shutdown
+from voltana.hardware.select import BUILTIN_DRIVERS, open_devices
+from voltana.plugins import get_plugin_manager
 
 
 @hookimpl
@@ -37,12 +40,11 @@ LOCK_TEST_HINT = "`voltana doctor --try-lock` locks GPU 0 at its current clock a
 
 def _nvml_check() -> DoctorCheck:
     try:
-        import pynvml
+        import pynvml  # noqa: PLC0415 - probes the optional [nvidia] extra
     except ImportError:
         return DoctorCheck(
             "hardware", "NVML", None, "nvidia-ml-py not installed", "pip install 'voltana[nvidia]'"
         )
-    from voltana.hardware.nvml import nvml_init, nvml_shutdown
 
     try:
         nvml_init()
@@ -72,8 +74,6 @@ def _nvml_check() -> DoctorCheck:
 
 
 def _amd_check() -> DoctorCheck:
-    from voltana.hardware.amd import load_amdsmi
-
     try:
         load_amdsmi()
     except VoltanaHardwareError as exc:
@@ -83,8 +83,6 @@ def _amd_check() -> DoctorCheck:
 
 def _open_selected(config: Any) -> tuple[GpuGroup | None, DoctorCheck]:
     """The configured GPU group (caller closes it) and the ``devices`` row."""
-    from voltana.hardware.select import open_devices
-    from voltana.plugins import get_plugin_manager
 
     hardware = getattr(config, "hardware", None)
     if hardware is None:
@@ -154,8 +152,6 @@ def _energy_check(group: GpuGroup) -> DoctorCheck:
 
 
 def _privilege_check(group: GpuGroup) -> DoctorCheck:
-    from voltana.hardware.clockd import ClockdGpuGroup
-
     if group.vendor == "simulated":
         return DoctorCheck("hardware", "clock control", None, "simulated GPU: no privilege needed")
     if isinstance(group, ClockdGpuGroup):
@@ -173,7 +169,6 @@ def _lock_test(group: GpuGroup, try_lock: bool) -> DoctorCheck:
         return DoctorCheck("hardware", "lock test", None, "simulated GPU: nothing to try")
     if not try_lock:
         return DoctorCheck("hardware", "lock test", None, "not tried (read-only)", LOCK_TEST_HINT)
-    from voltana.hardware.clockd import ClockdGpuGroup
 
     # through clockd the whole group is locked, at the supported clock nearest to the current one
     device: GpuDevice | GpuGroup = group if isinstance(group, ClockdGpuGroup) else group.devices[0]

@@ -272,8 +272,9 @@ Handler = Callable[[Any], Awaitable[Any]]
 
 def starlette_handlers(backend: ControlBackend, token: str | None) -> dict[tuple[str, str], Handler]:
     """``{(path, method): async handler(request)}`` for Starlette or FastAPI apps (``add_route``)."""
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
+    # starlette loads where routes are served (engines, emulator), not in the profiler's client
+    from starlette.requests import Request  # noqa: PLC0415
+    from starlette.responses import JSONResponse  # noqa: PLC0415
 
     async def post_clock(request: Request) -> JSONResponse:
         try:

@@ -14,6 +14,8 @@ from voltana.core.config import VoltanaConfig
 from voltana.core.predictor import EnergyPredictor, LatencyPredictor
 from voltana.core.profile import Profile, load_profile
 from voltana.core.types import Phase
+from voltana.hardware.simulated import performance_model
+from voltana.plugins.ecofreq.factory import profile_from_model, resolve_allowed_clocks
 
 log = logging.getLogger("voltana.router")
 
@@ -31,7 +33,6 @@ class RoutePredictors:
 
 def route_predictors(config: VoltanaConfig) -> RoutePredictors | None:
     """Predictors for the router, or None when no seed is configured. Raises ValueError (one line)."""
-    from voltana.plugins.ecofreq.factory import profile_from_model, resolve_allowed_clocks
 
     profile: Profile
     idle_power_w = 0.0
@@ -39,8 +40,6 @@ def route_predictors(config: VoltanaConfig) -> RoutePredictors | None:
         profile = load_profile(config.engine.predictor_profile)
         clocks = resolve_allowed_clocks(config.clocks, profile.clocks_mhz)
     elif config.hardware.vendor == "simulated":
-        from voltana.hardware.simulated import performance_model
-
         model = performance_model(config.hardware.simulated_gpu, config.hardware.simulated_model)
         clocks = resolve_allowed_clocks(config.clocks, model.supported_clocks_mhz)
         profile = profile_from_model(model, clocks)

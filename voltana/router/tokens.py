@@ -54,7 +54,7 @@ class HfPromptTokenizer:
         if not file.is_file():
             raise ConfigError(f"router.tokenizer = {str(path)!r}: no {TOKENIZER_FILE} there")
         try:
-            from tokenizers import Tokenizer
+            from tokenizers import Tokenizer  # noqa: PLC0415 - optional [tokenizer] extra
         except ImportError:
             raise ConfigError(
                 "router.tokenizer needs the 'tokenizers' package: pip install 'voltana[tokenizer]'"

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+from voltana.plugins import get_plugin_manager
 from voltana.sim.metrics import PolicyResult
 from voltana.sim.runner import ORACLE, SimulationError, SimulationSetup
 from voltana.sim.sweep import BASELINE, SweepPoint, plan_runs, run_sweep, sweep_point
@@ -30,7 +31,7 @@ def import_ray() -> Any:
     """The ``ray`` module; raises :class:`RayUnavailableError` naming the fix when it cannot be imported."""
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # a broken amdsmi prints to stdout
-            import ray
+            import ray  # noqa: PLC0415 - optional [ray] extra
     except ImportError:
         raise RayUnavailableError("Ray is not installed: pip install 'voltana[ray]'") from None
     except (KeyError, OSError) as exc:  # Ray 2.60 imports amdsmi, which raises KeyError without ROCm
@@ -72,7 +73,6 @@ def _one_unit(
     oracle_stride: int,
 ) -> tuple[PolicyResult, ...]:
     """One task: ``policy`` at ``rate`` (the oracle: its reference, then it), with a fresh plugin hook."""
-    from voltana.plugins import get_plugin_manager
 
     here = replace(setup, hook=get_plugin_manager().hook)
     (point,) = run_sweep(here, [policy], workload_at, [rate], prefill_route, timeline_policy, oracle_stride)

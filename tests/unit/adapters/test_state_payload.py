@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from voltana.adapters.runtime import RuntimeStatus
 from voltana.adapters.state_payload import (
     STATE_PAYLOAD_VERSION,
     InstanceStatePayload,
     StatePublisher,
 )
+from voltana.adapters.status import RuntimeStatus
 from voltana.core.types import EnergySource
 from voltana.integrations.ray_serve.stats import ReplicaStats
 

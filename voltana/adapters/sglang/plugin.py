@@ -14,6 +14,8 @@ import multiprocessing
 from functools import partial
 from typing import Any
 
+from voltana.adapters.engine_control import EngineControlChannel, configured_clock_token
+from voltana.adapters.runtime import InstanceRuntime
 from voltana.adapters.sglang.binding import (
     PROCESS_RESULT_TARGET,
     RUN_BATCH_TARGET,
@@ -100,7 +102,6 @@ def install(config: VoltanaConfig, *, serve_state: bool = False) -> None:
 
 def make_binding(config: VoltanaConfig, scheduler: Any) -> SchedulerBinding | None:
     """The binding of a leader scheduler (None on the other ranks): runtime, GPUs, state publisher."""
-    from voltana.adapters.runtime import InstanceRuntime
 
     placement = placement_of(scheduler)
     if placement.tp_rank < 0:
@@ -126,7 +127,6 @@ def make_binding(config: VoltanaConfig, scheduler: Any) -> SchedulerBinding | No
     )
     source = partial(binding_state, binding, placement.dp_rank)
     publisher = StatePublisher(state_path(placement.port, placement.dp_rank), source=source).start()
-    from voltana.adapters.engine_control import EngineControlChannel
 
     control = EngineControlChannel(
         runtime, *control_dirs(placement.port, placement.dp_rank), config.engine.iteration_buffer
@@ -145,7 +145,6 @@ def _before_http_launch(*args: Any, **kwargs: Any) -> None:
 
         server_args = args[0] if args else kwargs["server_args"]
         add_state_route(app, int(server_args.port))
-        from voltana.adapters.engine_control import configured_clock_token
 
         add_control_routes_for_port(app, int(server_args.port), configured_clock_token())
     except Exception as exc:

@@ -17,8 +17,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from fastapi.responses import JSONResponse
+
+from voltana.adapters.engine_control import FileControlBackend
 from voltana.adapters.state_payload import InstanceStatePayload, StatePublisher
 from voltana.adapters.state_payload import write_json_atomically as write_state
+from voltana.profiler.engine_api import add_control_routes
 
 log = logging.getLogger("voltana.sglang")
 
@@ -55,8 +59,6 @@ def add_control_routes_for_port(
     app: Any, port: int, token: str | None, directory: Path | None = None
 ) -> None:
     """``POST/GET /voltana/clock`` and ``GET /voltana/iterations`` (DP replica 0's records) on ``app``."""
-    from voltana.adapters.engine_control import FileControlBackend
-    from voltana.profiler.engine_api import add_control_routes
 
     add_control_routes(app, FileControlBackend(*control_dirs(port, 0, directory)), token)
 
@@ -88,7 +90,6 @@ def read_state(port: int, directory: Path | None = None) -> dict[str, Any] | Non
 
 def add_state_route(app: Any, port: int, directory: Path | None = None) -> None:
     """Serve ``GET /voltana/state`` on SGLang's FastAPI ``app`` (nulls until the leader has published)."""
-    from fastapi.responses import JSONResponse
 
     async def voltana_state() -> JSONResponse:
         state = read_state(port, directory)

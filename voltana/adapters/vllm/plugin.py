@@ -13,6 +13,12 @@ from __future__ import annotations
 import logging
 import os
 
+from voltana.adapters.vllm.compat import (
+    VllmIncompatibleError,
+    check_vllm,
+    supported_range_text,
+    version_is_supported,
+)
 from voltana.core.config import ConfigError, load_config
 
 log = logging.getLogger("voltana.adapters.vllm")
@@ -50,13 +56,6 @@ def register() -> None:
     if not voltana_wanted():
         return
     _share_vllm_log_handlers()
-    from voltana.adapters.vllm.compat import (
-        VllmIncompatibleError,
-        check_vllm,
-        supported_range_text,
-        version_is_supported,
-    )
-
     try:
         version = check_vllm()
     except VllmIncompatibleError as exc:
@@ -67,6 +66,7 @@ def register() -> None:
             "voltana: vLLM %s is untested (supported %s); hooking anyway", version, supported_range_text()
         )
     try:
+        # imported only when enabled: a disabled voltana loads nothing more into vLLM's processes
         from voltana.adapters.vllm.scheduler_hook import install_scheduler_hook
         from voltana.adapters.vllm.state import install_state_route, register_collector
 

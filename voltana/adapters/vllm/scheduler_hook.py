@@ -17,6 +17,7 @@ import time
 from collections import deque
 from typing import Any
 
+from voltana.adapters.engine_control import EngineControlChannel
 from voltana.adapters.runtime import InstanceRuntime
 from voltana.adapters.state_payload import InstanceStatePayload, StatePublisher
 from voltana.adapters.vllm.snapshot import build_snapshot, first_token_request_ids
@@ -215,8 +216,6 @@ def create_hook(scheduler: Any) -> VllmSchedulerHook | None:
         hook = VllmSchedulerHook(runtime, role, engine_index, capture_sizes, kv_capacity)
         dirs = control_dirs(engine_index)
         if config is not None and dirs is not None:
-            from voltana.adapters.engine_control import EngineControlChannel
-
             hook.control = EngineControlChannel(runtime, *dirs, config.engine.iteration_buffer).start()
         return hook
     except Exception as exc:

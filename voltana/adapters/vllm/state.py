@@ -43,7 +43,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fastapi.responses import JSONResponse
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+from voltana.adapters.engine_control import FileControlBackend, configured_clock_token
 from voltana.core.types import EnergySource, RequestRecord
+from voltana.profiler.engine_api import add_control_routes
 from voltana.router.request_ids import NOT_MEASURED, NOT_YET, RECORD_ROUTE, id_from_path
 
 STATE_DIR_ENV = "_VOLTANA_VLLM_STATE_DIR"
@@ -246,8 +252,6 @@ class VoltanaStateCollector:
         self._directory = directory
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
-
         states = list(read_states(self._directory))
         for name, doc in _GAUGES:
             family = GaugeMetricFamily(f"voltana:{name}", doc, labels=["engine"])
@@ -303,8 +307,6 @@ def control_dirs(engine_index: int = 0) -> tuple[Path, Path] | None:
 def _add_control_routes(app: Any) -> None:
     """``POST/GET /voltana/clock`` and ``GET /voltana/iterations`` (engine 0's records; a pin holds for
     every data-parallel engine). The token comes from ``engine.clock_token``."""
-    from voltana.adapters.engine_control import FileControlBackend, configured_clock_token
-    from voltana.profiler.engine_api import add_control_routes
 
     dirs = control_dirs(0)
     if dirs is not None:
@@ -328,16 +330,12 @@ def install_state_route() -> bool:
         return True
 
     async def voltana_state() -> Any:
-        from fastapi.responses import JSONResponse
-
         directory = state_dir()
         return JSONResponse(state_payload(directory) if directory else {})
 
     index: list[RequestEnergyIndex] = []
 
     async def voltana_request(request_id: str) -> Any:
-        from fastapi.responses import JSONResponse
-
         directory = state_dir()
         if directory is not None and not index:
             index.append(RequestEnergyIndex(directory))
@@ -367,9 +365,6 @@ def register_collector() -> None:
     directory = state_dir(create=True)
     if directory is None:
         return
-    try:
-        from prometheus_client import REGISTRY
-    except ImportError:
-        return
+
     REGISTRY.register(VoltanaStateCollector(directory))
     _collector_registered = True

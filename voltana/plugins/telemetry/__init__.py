@@ -64,7 +64,8 @@ def configure_telemetry(
     with _lock:
         if _active is not None or not wanted:
             return _active
-        from voltana.plugins.telemetry.pipeline import Telemetry
+        # the OTel SDK pipeline loads only when telemetry is on (this plugin is in every engine process)
+        from voltana.plugins.telemetry.pipeline import Telemetry  # noqa: PLC0415
 
         _active = Telemetry(
             config.telemetry,

@@ -14,9 +14,14 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+)
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
 from voltana.core.config import ConfigError, TelemetryConfig
 
@@ -214,9 +219,6 @@ def build_exporters(
     if config.exporter == "none":
         return None, None
     if config.exporter == "console":
-        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
         # sys.stdout as it is now (the exporters' defaults bind the stream of their import time)
         return ConsoleSpanExporter(out=sys.stdout), ConsoleMetricExporter(out=sys.stdout)
     spans, metrics = _otlp_exporters(config)
@@ -227,11 +229,12 @@ def build_exporters(
 def _otlp_exporters(config: TelemetryConfig) -> tuple[SpanExporter, MetricExporter]:
     timeout_s = config.export_timeout_s
     try:
+        # the exporters are the optional [otlp] extra
         if config.protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # noqa: PLC0415
                 OTLPMetricExporter as GrpcMetricExporter,
             )
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
                 OTLPSpanExporter as GrpcSpanExporter,
             )
 
@@ -241,8 +244,10 @@ def _otlp_exporters(config: TelemetryConfig) -> tuple[SpanExporter, MetricExport
                 GrpcSpanExporter(endpoint=endpoint, insecure=insecure, timeout=timeout_s),
                 GrpcMetricExporter(endpoint=endpoint, insecure=insecure, timeout=timeout_s),
             )
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
+            OTLPMetricExporter,
+        )
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
 
         stripped = stripped_signal_path(config)
         if stripped is not None:
