@@ -33,7 +33,7 @@ import httpx
 
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import Phase, RouteRequest, Slo
-from voltana.emulator.cluster import expected_text
+from voltana.emulator.responses import expected_text
 from voltana.plugins import get_plugin_manager
 from voltana.router.choice import InstanceChooser
 from voltana.router.instances import InstanceRegistry, parse_endpoint

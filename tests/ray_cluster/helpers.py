@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from voltana.emulator.cluster import expected_text, prompt_key
+from voltana.emulator.responses import expected_text, prompt_key
 
 # Small clusters on a shared 2-core machine: a tenth of a CPU per replica.
 TEST_SETTINGS: dict[str, Any] = {

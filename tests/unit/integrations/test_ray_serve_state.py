@@ -10,7 +10,8 @@ import pytest
 
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import Phase, RequestRecord
-from voltana.emulator.cluster import EmuRequest, expected_text
+from voltana.emulator.engine import EmuRequest
+from voltana.emulator.responses import expected_text
 from voltana.hardware.simulated import performance_model
 from voltana.integrations.ray_serve.engine import VoltanaEngine
 from voltana.integrations.ray_serve.stats import ROUTING_STATS_KEY, ReplicaStats, instance_state

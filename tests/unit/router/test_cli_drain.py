@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from voltana.emulator.cluster import expected_text
+from voltana.emulator.responses import expected_text
 
 pytestmark = pytest.mark.slow
 VOLTANA = [sys.executable, "-m", "voltana.cli"]

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from tests.support.tiny_model import train_bpe_tokenizer
-from voltana.emulator.cluster import expected_text
+from voltana.emulator.responses import expected_text
 
 MODEL = "emulated-model"
 PROTOCOLS = ["vllm", "sglang"]

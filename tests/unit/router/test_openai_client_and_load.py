@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from voltana.emulator.cluster import expected_text, prompt_key
+from voltana.emulator.responses import expected_text, prompt_key
 
 MODEL = "emulated-model"
 

@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from voltana.emulator.cluster import expected_text, prompt_key
+from voltana.emulator.responses import expected_text, prompt_key
 
 MODEL = "emulated-model"
 

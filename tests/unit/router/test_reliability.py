@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from voltana.emulator.cluster import expected_text
+from voltana.emulator.responses import expected_text
 
 MODEL = "emulated-model"
 

@@ -1,6 +1,6 @@
 """The engine inside an emulated Ray Serve replica, with voltana on: one clock decision per iteration.
 
-:class:`VoltanaEngine` is the engine emulator's continuous batching (``voltana.emulator.cluster``), each
+:class:`VoltanaEngine` is the engine emulator's continuous batching (``voltana.emulator.engine``), each
 iteration timed and costed by the simulated GPU (``voltana.hardware.simulated``) at the clock voltana's
 :class:`~voltana.core.controller.FrequencyController` picks for it (``policy.clock``, EcoFreq by default),
 the controller learning from each finished iteration as in a real engine. It keeps what the replica
@@ -31,7 +31,7 @@ from voltana.core.types import (
     RequestRecord,
     ScheduledRequest,
 )
-from voltana.emulator.cluster import EmulatedEngine, EmuRequest, Faults
+from voltana.emulator.engine import EmulatedEngine, EmuRequest, Faults
 from voltana.hardware.simulated import IterationCost, PerformanceModel
 from voltana.integrations.ray_serve.stats import ReplicaStats
 from voltana.plugins.ecofreq.factory import build_controller

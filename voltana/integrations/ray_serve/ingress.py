@@ -32,7 +32,7 @@ from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from voltana.core.config import VoltanaConfig
-from voltana.emulator.cluster import completion_object
+from voltana.emulator.responses import completion_object
 from voltana.integrations.ray_serve.routing import ROUTE_KEY
 from voltana.integrations.ray_serve.stats import recorded_decisions
 from voltana.plugins.telemetry import configure_telemetry, start_request_trace, telemetry_wanted

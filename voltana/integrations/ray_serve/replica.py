@@ -27,7 +27,8 @@ from ray import serve
 from voltana.core.config import VoltanaConfig
 from voltana.core.errors import VoltanaError
 from voltana.core.types import Phase
-from voltana.emulator.cluster import EmuRequest, count_prompt_tokens, prompt_key
+from voltana.emulator.engine import EmuRequest
+from voltana.emulator.responses import count_prompt_tokens, prompt_key
 from voltana.hardware.simulated import performance_model
 from voltana.integrations.ray_serve.engine import VoltanaEngine
 from voltana.plugins import get_plugin_manager
