@@ -203,6 +203,7 @@ class InstanceRuntime:
                 on_monitor_only=runtime._applier_gave_up,
                 watchdog=_start_watchdog(config, devices),
                 name=f"voltana-clock-{instance_id}",
+                power_limit_w=config.hardware.power_limit_w,
             )
         except Exception as exc:
             runtime._degrade(f"clock applier could not start: {_one_line(exc)}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from voltana.core.types import EnergySource
@@ -31,6 +31,7 @@ __all__ = [
     "GpuDevice",
     "GpuGroup",
     "PowerLimits",
+    "call_every",
     "clock_privilege",
     "has_clock_privilege",
     "visible_device_map",
@@ -213,13 +214,13 @@ def has_clock_privilege() -> bool:
     return clock_privilege()[0]
 
 
-def _on_every_member(devices: Sequence[GpuDevice], action: Callable[[GpuDevice], object]) -> None:
-    """Run ``action`` on every device, even after one fails; re-raise the first error (restores must try
-    every GPU)."""
+def call_every(actions: Iterable[Callable[[], object]]) -> None:
+    """Call every action even after one fails, then re-raise the first error: a restore must try every GPU
+    and every setting (a refused clock reset must not leave the power limit set)."""
     first_error: Exception | None = None
-    for device in devices:
+    for action in actions:
         try:
-            action(device)
+            action()
         except Exception as exc:
             first_error = first_error or exc
     if first_error is not None:
@@ -272,7 +273,7 @@ class GpuGroup:
 
     def reset_clocks(self) -> None:
         """Reset every member (attempts all, re-raises the first error)."""
-        _on_every_member(self.devices, lambda device: device.reset_clocks())
+        call_every(device.reset_clocks for device in self.devices)
 
     def power_limits(self) -> PowerLimits:
         """Per-GPU limits every member accepts: the lowest limit in force and default, the intersection of
@@ -300,7 +301,7 @@ class GpuGroup:
 
     def reset_power_limit(self) -> None:
         """Restore every member's default power limit (attempts all, re-raises the first error)."""
-        _on_every_member(self.devices, lambda device: device.reset_power_limit())
+        call_every(device.reset_power_limit for device in self.devices)
 
     def current_clock_mhz(self) -> int:
         """Lowest current clock among members (MHz)."""
