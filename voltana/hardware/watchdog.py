@@ -32,6 +32,7 @@ from typing import Any
 
 from voltana.core.config import HardwareConfig
 from voltana.hardware.device import call_every
+from voltana.hardware.errors import NotSupportedError
 
 logger = logging.getLogger("voltana.hardware")
 CLEAN = b"clean\n"
@@ -162,7 +163,7 @@ def main(argv: list[str]) -> int:
     try:
         if group is None:
             group = _open_group(spec)
-        restores = [group.reset_clocks, group.reset_power_limit] if power_limit else [group.reset_clocks]
+        restores = [group.reset_clocks, _power_limit_restorer(group)] if power_limit else [group.reset_clocks]
         call_every(restores)
     except Exception as exc:
         print(f"voltana watchdog: the engine died and the {what} could not be reset: {exc}", file=sys.stderr)
@@ -172,6 +173,16 @@ def main(argv: list[str]) -> int:
             group.close()
     print(f"voltana watchdog: the engine died; {what} reset to the driver default", file=sys.stderr)
     return 0
+
+
+def _power_limit_restorer(group: Any) -> Any:
+    """Restore the default power limit; a GPU without a settable limit had none set (nothing to restore)."""
+
+    def restore() -> None:
+        with contextlib.suppress(NotSupportedError):
+            group.reset_power_limit()
+
+    return restore
 
 
 if __name__ == "__main__":

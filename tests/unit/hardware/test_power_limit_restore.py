@@ -170,3 +170,31 @@ def test_the_watchdog_restores_the_limit_after_a_sigkill(standin_nvml: StandinNv
     assert power_limits_mw(entries) == {0: 400_000} and locked_devices(entries) == {}
     restore = [e for e in entries if e.op == "power_limit" and e.max_mhz == 400_000]
     assert len(restore) == 1 and restore[0].pid != child.pid  # the watchdog did it, not the engine
+
+
+def test_the_watchdog_does_not_report_a_failure_for_a_gpu_without_power_limits(
+    standin_nvml: StandinNvml,
+) -> None:
+    """A GPU with no settable limit: the engine's set was refused (NOT_SUPPORTED, one ERROR), so after a
+    SIGKILL the watchdog restores the clocks and has no power limit to restore: a success, not an error."""
+    standin_nvml.script(power_limit_default_mw=0)
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_NVML_ENGINE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=standin_nvml.env(dict(os.environ)),
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        child.kill()
+        child.wait(timeout=10)
+        assert child.stderr is not None
+        stderr = child.stderr.read()  # end of file once the watchdog (which shares it) has exited
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert "power_limit_w = 250 W NOT set" in stderr  # the engine's one ERROR at start
+    assert "the engine died; GPU clocks and power limit reset to the driver default" in stderr
+    assert "could not be reset" not in stderr
+    assert locked_devices(standin_nvml.log()) == {}
