@@ -4,6 +4,7 @@ vLLM servers need Ray Serve LLM with vLLM, which this environment does not have 
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ import pytest
 
 from voltana.core.config import ConfigError
 from voltana.core.types import Phase
-from voltana.integrations.ray_serve.app import PDAppSettings, build_pd_app, config_dict, vllm_pd_args
-from voltana.integrations.ray_serve.routing import VoltanaDecodeRouter, VoltanaPrefillRouter
+
+# Ray is imported inside the tests: the session fixture installs the amdsmi guard first (conftest.py).
 
 pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -31,6 +32,9 @@ def llm_config(role: str) -> dict[str, Any]:
 
 def test_both_deployments_get_voltanas_router_as_ray_serve_loads_it(tmp_path: Path) -> None:
     from ray.serve.config import RequestRouterConfig
+
+    from voltana.integrations.ray_serve.app import PDAppSettings, config_dict, vllm_pd_args
+    from voltana.integrations.ray_serve.routing import VoltanaDecodeRouter, VoltanaPrefillRouter
 
     decode_file = tmp_path / "decode.yaml"
     decode_file.write_text(json.dumps(llm_config("decode")))  # JSON is YAML
@@ -75,6 +79,8 @@ def test_both_deployments_get_voltanas_router_as_ray_serve_loads_it(tmp_path: Pa
     ],
 )
 def test_bad_vllm_settings_are_one_line(settings: dict[str, Any], message: str) -> None:
+    from voltana.integrations.ray_serve.app import build_pd_app
+
     with pytest.raises(ConfigError, match=message) as caught:
         build_pd_app(CONFIG, settings)
     assert "\n" not in str(caught.value)
@@ -85,7 +91,46 @@ def test_without_ray_serve_llm_the_vllm_app_says_what_to_install() -> None:
     # must become one that builds the app).
     with pytest.raises(ImportError):
         import ray.serve.llm  # noqa: F401
+    from voltana.integrations.ray_serve.app import build_pd_app
+
     with pytest.raises(ConfigError, match=r"ray\[llm\]") as caught:
         build_pd_app(CONFIG, {"engine": "vllm", "prefill_llm_config": llm_config("prefill"),
                               "decode_llm_config": llm_config("decode")})  # fmt: skip
     assert "\n" not in str(caught.value)
+
+
+def _defined_names(path: Path) -> set[str]:
+    """Top-level names ``path`` defines or imports (classes, functions, assignments, imports)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def test_the_ray_serve_llm_names_llm_server_uses_exist_in_the_installed_ray() -> None:
+    """``llm_server`` cannot be imported here (Ray Serve LLM needs vLLM), so its Ray imports are checked
+    against the installed Ray's source: every imported name is defined where it is imported from."""
+    import ray
+
+    from voltana.integrations.ray_serve import vllm_replica
+
+    ray_root = Path(ray.__file__).parent.parent
+    source = Path(vllm_replica.__file__).with_name("llm_server.py")
+    checked = 0
+    for node in ast.parse(source.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ray."):
+            base = ray_root.joinpath(*node.module.split("."))
+            module_file = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+            defined = _defined_names(module_file)
+            for alias in node.names:
+                assert alias.name in defined or (base / f"{alias.name}.py").exists(), (
+                    node.module,
+                    alias.name,
+                )
+                checked += 1
+    assert checked >= 8
