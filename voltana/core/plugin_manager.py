@@ -12,6 +12,7 @@ import pluggy
 from voltana.core import hookspecs
 from voltana.core.contexts import PolicyInfo
 from voltana.core.errors import VoltanaError
+from voltana.core.policies import policies_of
 
 ENTRY_POINT_GROUP = "voltana"
 ALLOWLIST_ENV = "VOLTANA_PLUGINS"
@@ -62,7 +63,6 @@ def make_plugin_manager(
 
 
 def registered_policies(pm: pluggy.PluginManager) -> list[PolicyInfo]:
-    """All policies the registered plugins declare, in registration order."""
-    found: list[PolicyInfo] = []
-    pm.hook.voltana_register_policies(register=found.append)
-    return found
+    """All policies the registered plugins register (the plugin registered last first; see
+    ``voltana.core.policies``)."""
+    return policies_of(pm.hook)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from voltana.hardware.device import GpuGroup
+from voltana.core.protocols import DeviceGroup
 from voltana.hardware.errors import RESET_CLOCKS_BY_HAND
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ _previous_sigterm: Any = None
 
 
 class ClockApplier:
-    """Applies the latest submitted SM clock to a :class:`GpuGroup` from a worker thread.
+    """Applies the latest submitted SM clock to a GPU group (``GpuGroup``) from a worker thread.
 
     Invariants: ``submit`` never blocks and never raises; ``locked_clock_mhz`` is the clock asked of the
     driver by the last successful lock, ``applied_clock_mhz`` (= ``read_back_clock_mhz``) the clock the GPU
@@ -57,7 +57,7 @@ class ClockApplier:
 
     def __init__(
         self,
-        group: GpuGroup,
+        group: DeviceGroup,
         *,
         restore_on_exit: bool = True,
         on_monitor_only: Callable[[str], None] | None = None,
@@ -190,7 +190,7 @@ class ClockApplier:
             except Exception as exc:
                 restored = False
                 logger.error("voltana: could not restore GPU clocks: %s; %s", exc, RESET_CLOCKS_BY_HAND)
-        elif self.restore_on_exit and self.monitor_only and len(self.group.devices) > 1:
+        elif self.restore_on_exit and self.monitor_only and len(self.group) > 1:
             # A refused lock on a TP group may have locked the members before the one that refused: reset
             # quietly (the refusal was already logged; a second refusal here is expected and not an error).
             try:
