@@ -35,7 +35,8 @@ def make_plugin_manager(
 ) -> pluggy.PluginManager:
     """A manager with voltana's hookspecs, ``default_plugins`` (module paths) and allowlisted entry points.
 
-    Entry points load after built-ins so their first-result hooks win (pluggy calls the newest first).
+    Entry points load after built-ins, so pluggy calls theirs first and a policy they register under a
+    built-in name replaces the built-in (see ``voltana.core.policies.lookup_policy``).
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)

@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from voltana.core.config import ConfigError
 from voltana.core.contexts import ClockContext, PolicyInfo, PolicyKind, RouteContext
+from voltana.core.errors import VoltanaError
 from voltana.core.types import BatchSnapshot, ClockDecision, InstanceState, RouteRequest
 
 ClockPolicy = Callable[[BatchSnapshot, ClockContext], ClockDecision | None]
@@ -39,16 +40,35 @@ class UnknownPolicyError(ConfigError):
     """No registered plugin provides the named policy of that kind; the message lists the registered ones."""
 
 
+class PolicyRegistrationError(VoltanaError, TypeError):
+    """A plugin's ``voltana_register_policies`` failed or registered something that is not a policy."""
+
+
 def policies_of(hook: Any) -> list[PolicyInfo]:
     """Every policy the plugins behind ``hook`` (a pluggy ``pm.hook``) register, in pluggy's call order: the
     plugin registered last first (third-party entry points before the built-ins).
 
-    A hook relay without ``voltana_register_policies`` (a stand-in with no plugins) registers none.
+    A hook relay without ``voltana_register_policies`` (a stand-in with no plugins) registers none. Raises
+    :class:`PolicyRegistrationError` (one line) when a plugin's registration fails or registers something
+    other than a ``PolicyInfo`` of kind ``clock`` or ``route`` with a callable ``choose``.
     """
     found: list[PolicyInfo] = []
     register_policies = getattr(hook, "voltana_register_policies", None)
-    if register_policies is not None:
+    if register_policies is None:
+        return found
+    try:
         register_policies(register=found.append)
+    except Exception as exc:
+        raise PolicyRegistrationError(
+            f"a plugin's voltana_register_policies failed ({type(exc).__name__}: {exc}); it must call "
+            "register(PolicyInfo(kind, name, description, choose))"
+        ) from exc
+    for info in found:
+        if not isinstance(info, PolicyInfo) or info.kind not in _KIND_WORDS or not callable(info.choose):
+            raise PolicyRegistrationError(
+                f"a plugin registered {info!r}; expected PolicyInfo(kind='clock' or 'route', name, "
+                "description, choose) with a callable choose"
+            )
     return found
 
 

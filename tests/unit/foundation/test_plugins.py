@@ -13,7 +13,7 @@ from voltana.core.config import VoltanaConfig
 from voltana.core.contexts import ClockContext
 from voltana.core.controller import FrequencyController
 from voltana.core.plugin_manager import PluginLoadError, make_plugin_manager, registered_policies
-from voltana.core.policies import UnknownPolicyError, clock_policy
+from voltana.core.policies import PolicyRegistrationError, UnknownPolicyError, clock_policy
 from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason, Phase, Slo
 from voltana.hardware.simulated import performance_model
 from voltana.plugins import DEFAULT_PLUGINS
@@ -160,6 +160,27 @@ def test_allowlist_excludes_unlisted_plugins(tmp_path: Path, monkeypatch: pytest
     assert decision is not None and decision.clock_mhz == 1410
     with pytest.raises(UnknownPolicyError, match="unknown clock policy 'thirdparty'; registered: "):
         frequency_controller(pm, "thirdparty")
+
+
+def test_a_policy_registered_without_its_callable_is_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = """
+    from voltana.core.contexts import PolicyInfo
+    from voltana.core.hookspecs import hookimpl
+
+    @hookimpl
+    def voltana_register_policies(register):
+        register(PolicyInfo("clock", "names-only", "declares a name, no callable"))
+    """
+    install_distribution(tmp_path, "voltana_names_only_demo", source, "names-only")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pm = make_plugin_manager(DEFAULT_PLUGINS)
+    with pytest.raises(PolicyRegistrationError) as caught:
+        registered_policies(pm)
+    message = str(caught.value)
+    assert "\n" not in message and "register(PolicyInfo(kind, name, description, choose))" in message
+    assert "choose" in message.split("failed (")[1]  # the TypeError names the missing argument
 
 
 def test_misspelt_hook_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
