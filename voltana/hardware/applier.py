@@ -32,8 +32,13 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+<<<<<<< HEAD
 from voltana.hardware.device import GpuGroup
 from voltana.hardware.errors import RESET_CLOCKS_BY_HAND, RESET_POWER_LIMIT_BY_HAND
+=======
+from voltana.core.protocols import DeviceGroup
+from voltana.hardware.errors import RESET_CLOCKS_BY_HAND
+>>>>>>> s16b
 
 if TYPE_CHECKING:
     from voltana.hardware.watchdog import Watchdog
@@ -48,7 +53,7 @@ _previous_sigterm: Any = None
 
 
 class ClockApplier:
-    """Applies the latest submitted SM clock to a :class:`GpuGroup` from a worker thread.
+    """Applies the latest submitted SM clock to a GPU group (``GpuGroup``) from a worker thread.
 
     Invariants: ``submit`` never blocks and never raises; ``locked_clock_mhz`` is the clock asked of the
     driver by the last successful lock, ``applied_clock_mhz`` (= ``read_back_clock_mhz``) the clock the GPU
@@ -65,7 +70,7 @@ class ClockApplier:
 
     def __init__(
         self,
-        group: GpuGroup,
+        group: DeviceGroup,
         *,
         restore_on_exit: bool = True,
         on_monitor_only: Callable[[str], None] | None = None,
@@ -243,7 +248,7 @@ class ClockApplier:
             except Exception as exc:
                 restored = False
                 logger.error("voltana: could not restore GPU clocks: %s; %s", exc, RESET_CLOCKS_BY_HAND)
-        elif self.restore_on_exit and self.monitor_only and len(self.group.devices) > 1:
+        elif self.restore_on_exit and self.monitor_only and len(self.group) > 1:
             # A refused lock on a TP group may have locked the members before the one that refused: reset
             # quietly (the refusal was already logged; a second refusal here is expected and not an error).
             try:

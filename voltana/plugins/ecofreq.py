@@ -441,18 +441,12 @@ def _hold(st: EcoFreqState, k: int, now_s: float, decision: ClockDecision) -> Cl
 
 
 @hookimpl
-def voltana_choose_clock(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision | None:
-    if ctx.policy != POLICY_NAME:
-        return None
-    return _choose(snapshot, ctx)
-
-
-@hookimpl
 def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
     register(
         PolicyInfo(
             "clock",
             POLICY_NAME,
             "least predicted energy meeting TTFT for the whole queue (prefill) or ITL (decode); guardrails",
+            _choose,
         )
     )

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from voltana.core.config import RouterConfig, VoltanaConfig
+from voltana.core.policies import UnknownPolicyError
 from voltana.core.types import Phase, Slo
 from voltana.router.choice import InstanceChooser
 from voltana.router.disconnect import ClientGone, until_disconnect
@@ -387,7 +388,10 @@ def _add_admin_routes(app: FastAPI, state: RouterState) -> None:
         if not changes:
             raise RouterError(400, "give 'prefill' and/or 'decode' policy names")
         for phase, name in changes.items():
-            state.chooser.set_policy(phase, name)
+            try:
+                state.chooser.set_policy(phase, name)
+            except UnknownPolicyError as exc:
+                raise RouterError(400, f"{exc} (for {phase.value})") from None
             log.warning("routing policy for %s set to %s", phase.value, name)
         return JSONResponse({"policies": {p.value: state.chooser.policy(p) for p in Phase}})
 
