@@ -205,6 +205,15 @@ class DeviceGroup(Protocol):
         """Give every member's clock back to the driver."""
         ...
 
+    def set_power_limit_w(self, limit_w: float) -> float:
+        """Set every member's power limit (W per GPU); the lowest limit read back (W). Raises the driver's
+        ``NotSupportedError``, ``NoPermissionError`` or ``InvalidArgumentError`` (out of range)."""
+        ...
+
+    def reset_power_limit(self) -> None:
+        """Restore every member's default power limit."""
+        ...
+
     def energy_j(self) -> float:
         """Cumulative energy of all members (J)."""
         ...

@@ -32,13 +32,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-<<<<<<< HEAD
-from voltana.hardware.device import GpuGroup
-from voltana.hardware.errors import RESET_CLOCKS_BY_HAND, RESET_POWER_LIMIT_BY_HAND
-=======
 from voltana.core.protocols import DeviceGroup
-from voltana.hardware.errors import RESET_CLOCKS_BY_HAND
->>>>>>> s16b
+from voltana.hardware.errors import RESET_CLOCKS_BY_HAND, RESET_POWER_LIMIT_BY_HAND
 
 if TYPE_CHECKING:
     from voltana.hardware.watchdog import Watchdog
@@ -185,7 +180,7 @@ class ClockApplier:
                 limit_w,
                 exc,
             )
-            if len(self.group.devices) > 1:
+            if len(self.group) > 1:
                 self._power_limit_touched = True  # members before the one that refused may have it: restore
             return
         self._power_limit_touched = True
