@@ -31,6 +31,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 from bench_report import add_json_option, emit
+from bench_router import wait_http
 from rich.table import Table
 
 SERVER = """
@@ -70,18 +71,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_up(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1.0, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
 
 
 PREFILL_BODY = json.dumps({"model": "m", "prompt": "hello", "max_tokens": 1, "stream": False}).encode()
@@ -138,7 +127,11 @@ class Tally:
         self.requests = 0
 
 
-def round_runner(tally: Tally, requests: int, concurrency: int, events: int):  # type: ignore[no-untyped-def]
+def round_runner(
+    tally: Tally, requests: int, concurrency: int, events: int
+) -> Callable[[Exchange], Awaitable[None]]:
+    """A timed round: a warm-up wave (not counted), then ``requests`` exchanges, ``concurrency`` at a time."""
+
     async def run(exchange: Exchange) -> None:
         gate = asyncio.Semaphore(concurrency)
 
@@ -181,7 +174,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}/v1/completions"
     tallies = {"aiohttp": Tally(), "httpx": Tally()}
     try:
-        wait_up(f"http://127.0.0.1:{port}/health")
+        wait_http(f"http://127.0.0.1:{port}/health")
         for _ in range(args.rounds):
             for name, runner in (("aiohttp", aiohttp_rounds), ("httpx", httpx_rounds)):
                 run = round_runner(tallies[name], args.requests, args.concurrency, args.events)
