@@ -37,12 +37,15 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
 from itertools import accumulate
 from operator import mul
 from typing import Any
 
+from pydantic import ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
 from voltana.core.arrivals import ArrivalRate
+from voltana.core.config import ConfigError
 from voltana.core.contexts import ClockContext, PolicyInfo
 from voltana.core.decode_demand import DecodeDemand
 from voltana.core.hookspecs import hookimpl
@@ -53,77 +56,74 @@ POLICY_NAME = "ecofreq"
 _STATE_KEY = "ecofreq"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=ConfigDict(extra="ignore", use_attribute_docstrings=True))
 class EcoFreqOptions:
-    """Guardrail knobs from ``policy.options`` (unknown keys belong to other policies and are ignored)."""
+    """Guardrail knobs from ``policy.options`` (unknown keys belong to other policies and are ignored).
 
-    safety_margin: float = 0.1
+    A pydantic dataclass: each field's constraint is checked and its docstring is its description; build it
+    from the config with :meth:`from_mapping`, which turns a bad value into one
+    :class:`~voltana.core.config.ConfigError` line."""
+
+    safety_margin: float = Field(default=0.1, ge=0.0, lt=1.0)
     """Share of the SLO kept in reserve (``policy.safety_margin``)."""
-    mape_limit: float = 0.15
+    mape_limit: float = Field(default=0.15, ge=0.0)
     """Recent predictor MAPE (fraction) above which the max clock is used."""
-    min_observations: int = 16
+    min_observations: int = Field(default=16, ge=0)
     """Observations before the MAPE guardrail applies (a seeded predictor is trusted until then)."""
-    min_dwell_s: float = 0.05
+    min_dwell_s: float = Field(default=0.05, ge=0.0)
     """After a change, energy-motivated moves wait this long (s)."""
-    hysteresis: float = 0.03
+    hysteresis: float = Field(default=0.03, ge=0.0)
     """Relative predicted-energy saving needed to leave the current (feasible) clock."""
-    clock_change_latency_s: float = 0.001
+    clock_change_latency_s: float = Field(default=0.001, ge=0.0)
     """Predicted latency cost of changing the clock for one iteration (s)."""
-    prefill_token_budget: int = 8192
+    prefill_token_budget: int = Field(default=8192, ge=1)
     """Tokens per prefill iteration the engine schedules (vLLM/SGLang chunked-prefill budget)."""
-    plan_for_newcomer: bool = True
+    plan_for_newcomer: StrictBool = True
     """Prefill: also plan for one prompt of the recent mean size arriving now, behind the queue."""
-    idle_power_w: float = 0.0
+    idle_power_w: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     """Power the instance draws when not computing (W, all its GPUs); the objective is energy above it."""
-    arrival_window_s: float = 2.0
+    arrival_window_s: float = Field(default=2.0, ge=0.0, allow_inf_nan=False)
     """Prefill: time constant of the arrival-rate estimate (s); 0 turns arrival awareness off."""
-    decode_window_s: float = 10.0
+    decode_window_s: float = Field(default=10.0, ge=0.0, allow_inf_nan=False)
     """Decode: time constant of the measured load (requests/s; the output estimate averages over 3x it, s);
     0 turns the load and admission-queue constraints off (the next iteration's ITL only). Long, as the clock
     must carry the mean load: the admission queue answers bursts at once."""
-    max_running_requests: int = 0
+    max_running_requests: int = Field(default=0, ge=0)
     """Decode: the engine's running-request cap (vLLM ``max_num_seqs``, SGLang ``max_running_requests``);
     0: unknown, measured as the running batch while requests wait for admission."""
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> EcoFreqOptions:
-        """Options from ``policy.options``; raises ValueError naming a key with a bad value."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name in options:
-                raw = options[f.name]
-                try:
-                    values[f.name] = _parse_option(f.name, raw)
-                except (TypeError, ValueError):
-                    kind = "true or false" if f.name in _BOOL_OPTIONS else "a number"
-                    raise ValueError(f"policy.options.{f.name} must be {kind}, got {raw!r}") from None
-        opts = cls(**values)
-        if (
-            not 0.0 <= opts.safety_margin < 1.0
-            or opts.prefill_token_budget < 1
-            or opts.hysteresis < 0
-            or not opts.idle_power_w >= 0
-            or not opts.arrival_window_s >= 0
-            or not opts.decode_window_s >= 0
-            or opts.max_running_requests < 0
-        ):
-            raise ValueError(
-                "policy.options: need 0 <= safety_margin < 1, hysteresis >= 0, token budget >= 1, "
-                "idle_power_w >= 0, arrival_window_s >= 0, decode_window_s >= 0, max_running_requests >= 0"
-            )
-        return opts
+        """Options from ``policy.options``; raises :class:`~voltana.core.config.ConfigError` (a ValueError)
+        naming the first key with a bad value, what it must be and what it got, in one line."""
+        try:
+            return _OPTIONS_ADAPTER.validate_python(dict(options))
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc)) from None
 
 
-_BOOL_OPTIONS = frozenset({"plan_for_newcomer"})
-_INT_OPTIONS = frozenset({"min_observations", "prefill_token_budget", "max_running_requests"})
+_OPTIONS_ADAPTER = TypeAdapter(EcoFreqOptions)
 
 
-def _parse_option(name: str, raw: Any) -> bool | int | float:
-    if name in _BOOL_OPTIONS:
-        if isinstance(raw, bool):
-            return raw
-        raise TypeError(name)
-    return int(raw) if name in _INT_OPTIONS else float(raw)
+def _one_line(exc: ValidationError) -> str:
+    """``policy.options.<key> must be <constraint>, got <value>`` for the first error of ``exc``."""
+    error = exc.errors(include_url=False)[0]
+    key = ".".join(str(part) for part in error["loc"])
+    ctx = error.get("ctx") or {}
+    kinds = {"bool_type": "true or false", "float_parsing": "a number", "int_parsing": "a whole number",
+             "float_type": "a number", "int_type": "a whole number", "int_from_float": "a whole number",
+             "finite_number": "a finite number"}  # fmt: skip
+    bounds = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than": ("<", "lt"),
+              "less_than_equal": ("<=", "le")}  # fmt: skip
+    kind = error["type"]
+    if kind in bounds:
+        operator, bound = bounds[kind]
+        wanted = f"{operator} {ctx[bound]:g}"
+        if key == "safety_margin":
+            wanted = "in [0, 1)"
+    else:
+        wanted = kinds.get(kind, error["msg"].lower())
+    return f"policy.options.{key} must be {wanted}, got {error['input']!r}"
 
 
 class EcoFreqState:
