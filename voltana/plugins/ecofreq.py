@@ -13,14 +13,20 @@ anything waits.
 
 Decode: feasible clocks have predicted ITL <= ``ITL * (1 - safety_margin)`` for the next iteration, and, once
 the instance has measured its load (:class:`voltana.core.decode_demand.DecodeDemand`: requests per second
-``lambda`` entering it and tokens ``L`` generated per request), the clock must carry that load: the largest
-batch ``B`` the instance may run (its running-request cap ``max_running_requests``, else the running batch
-while requests wait for admission, else the largest batch the predictor has seen) with predicted ITL within
-the bound must produce ``B / ITL(B) >= lambda * L / (1 - safety_margin)`` tokens per second (Little's law: a
-slower clock needs more requests in flight than it may run, and the excess waits for admission, where each
-iteration still looks fast). A non-empty admission queue is a signal: each waiting request's predicted mean
-ITL, ``ITL + (time waited + expected wait for a slot) / (L - 1)`` with slots freed at ``B / (L * ITL)``
-requests per second, must stay within the bound; while ``L`` is unknown a queue means the max clock.
+``lambda`` entering it and tokens ``L`` generated per request), the clock must carry that load or time-share
+with faster ones. Let ``B`` be the largest batch the instance may run (its running-request cap
+``max_running_requests``, else the running batch while requests wait for admission, else the largest batch
+the predictor has seen) with predicted ITL within the bound. The clock carries the load when
+``B / ITL(B) >= lambda * L`` tokens per second (Little's law). A slower clock stays feasible while the backlog
+it builds is within what the ITL bound absorbs: over one request's life the instance would hold
+``max(b, lambda * L * ITL(b))`` requests plus those waiting (``b`` the running batch); that must fit ``B``,
+or, where ``B`` is the cap, the last of the excess, waiting at that position for a slot, must still meet the
+bound. Past that a faster clock drains the backlog (the effective clock is a mix matching the load). A
+non-empty admission queue is a signal: each waiting request's predicted mean ITL,
+``ITL + (time waited + expected wait for a slot) / n`` with slots freed at ``B / (L * ITL)`` requests per
+second, must stay within the bound, ``n`` a short output (``DecodeDemand.short_decode_tokens``, a low quantile
+of measured lengths: a request's wait is spread over its own gaps); while ``L`` is unknown a queue means the
+max clock.
 
 Objective (both phases): among feasible clocks the least predicted energy above idle,
 ``E(f) - idle_power_w * t(f)``: an instance draws its idle power whenever it is not computing, so a slower
@@ -351,7 +357,8 @@ def _decode_checker(
     snapshot: BatchSnapshot, st: EcoFreqState, predictor: ClockTable, latency: list[float]
 ) -> Callable[[int], int]:
     """A feasibility test per clock index: 0 feasible, 1 the next iteration misses the ITL bound, 2 the clock
-    cannot carry the measured load or a waiting request would miss its ITL (see module docstring)."""
+    neither carries the measured load nor may be time-shared, or a waiting request would miss its ITL (see
+    module docstring)."""
     held = st.clock_index
     change_s = st.opts.clock_change_latency_s
     bound = st.bound_s
@@ -369,8 +376,9 @@ def _decode_checker(
 def _load_checker(
     snapshot: BatchSnapshot, st: EcoFreqState, predictor: ClockTable
 ) -> Callable[[int], bool] | None:
-    """Whether clock index ``k`` carries the measured decode load and drains the admission queue in time;
-    None when there is nothing to check yet (no load measured and no queue)."""
+    """Whether clock index ``k`` carries the measured decode load, or may be time-shared because the backlog
+    it builds stays within the ITL bound, and serves every waiting request within it; None when there is
+    nothing to check yet (no load measured and no queue)."""
     demand = st.demand
     assert demand is not None
     demand.update(snapshot)
@@ -403,6 +411,10 @@ def _load_checker(
     waited = [now_s - since.get(q.request_id, now_s) for q in waiting]
     slots = float(max(batch, 1))
     top = int(cap)
+    arrival_rps = demand.rate_rps
+    # A waiting request's wait is spread over its own gaps: checked for a short output (see DecodeDemand).
+    short = demand.short_decode_tokens
+    spread = max(short if short is not None else output - 1.0, 1.0)
 
     def carries(k: int) -> bool:
         # The largest batch within the cap whose ITL fits the bound (ITL grows with the batch).
@@ -413,12 +425,23 @@ def _load_checker(
                 lo = mid
             else:
                 hi = mid - 1
-        if lo == 0 or lo / itl_s(k, float(lo)) < load_tps:
+        if lo == 0:
             return False
+        step_s = itl_s(k, slots)
+        free_rps = slots / (output * step_s)  # a slot frees when a running request finishes
+        if lo / itl_s(k, float(lo)) < load_tps:
+            # The clock does not carry the load in steady state: time-share it with a faster one while
+            # the backlog it builds stays within what the ITL bound absorbs. Over one request's life
+            # (mean output x this iteration's ITL) the instance would hold Little's law's
+            # ``arrival_rps * output * step_s`` requests (or the present batch, if more) plus those
+            # waiting. Beyond the largest batch within the bound (``lo``) they either run above the
+            # bound (``lo`` below the cap: rejected) or wait for a slot (``lo`` at the cap): then the
+            # last of them, at that position in the queue, must still meet the ITL bound with its wait
+            # spread over a short output. Past that, a faster clock drains the backlog.
+            excess = max(slots, arrival_rps * output * step_s) + len(waited) - lo
+            if excess > 0.0 and (lo < top or step_s + excess / free_rps / spread > bound):
+                return False
         if waited:
-            step_s = itl_s(k, slots)
-            free_rps = slots / (output * step_s)  # a slot frees when a running request finishes
-            spread = max(output - 1.0, 1.0)
             for position, already_s in enumerate(waited, start=1):
                 if step_s + (already_s + position / free_rps) / spread > bound:
                     return False
