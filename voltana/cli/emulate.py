@@ -15,6 +15,7 @@ from rich.table import Table
 
 from voltana.cli.state import cli_state
 from voltana.core.config import ConfigError
+from voltana.core.extras import require_extra
 from voltana.core.hookspecs import hookimpl
 from voltana.hardware.errors import UnknownProfileError
 
@@ -40,6 +41,7 @@ def emulate(
 
     ``engine.clock_token`` (config) turns on ``POST /voltana/clock`` (for ``voltana profile --engine``);
     ``clocks`` sets the clocks it may pin."""
+    require_extra("voltana emulate")
     # the emulator's server stack is imported when the command runs: `voltana --help` stays fast
     from voltana.emulator.cluster import EmulatorCluster
 

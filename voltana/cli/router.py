@@ -14,6 +14,7 @@ from rich.console import Console
 
 from voltana.cli.state import cli_state, validate_policy_names
 from voltana.core.config import ConfigError, RouterConfig
+from voltana.core.extras import require_extra
 from voltana.core.hookspecs import hookimpl
 from voltana.core.plugin_manager import registered_policies
 from voltana.plugins import get_plugin_manager
@@ -67,6 +68,7 @@ def router(
     ] = None,
 ) -> None:
     """Run the OpenAI-compatible P/D router in front of vLLM or SGLang prefill and decode instances."""
+    require_extra("voltana router")
     # the server stack is imported when the command runs: `voltana --help` stays fast (pyproject: PLC0415)
     import uvicorn
 

@@ -53,6 +53,12 @@ class HardwareConfig(_Section):
         None, description="Unix socket of `voltana clockd`: clocks are locked through it (no CAP_SYS_ADMIN)"
     )
     restore_clocks_on_exit: bool = True
+    power_limit_w: float | None = Field(
+        None,
+        gt=0,
+        description="static per-GPU power limit (W) set at start, checked against the GPU's accepted range; "
+        "the default limit is restored on exit (with restore_clocks_on_exit); empty: leave it to the driver",
+    )
     watchdog: bool = Field(
         True,
         description="engine paths start a watchdog process that resets the clocks if the engine is killed",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -70,11 +70,18 @@ PolicyKind = Literal["clock", "route"]
 
 @dataclass(frozen=True, slots=True)
 class PolicyInfo:
-    """A named policy a plugin provides, listed by ``voltana config show`` and validated in config."""
+    """A named policy a plugin registers through ``voltana_register_policies``.
+
+    ``kind``: ``clock`` or ``route``; ``name``: what config selects (``policy.clock``,
+    ``policy.prefill_route``, ``policy.decode_route``); ``description``: one line for ``voltana config show``;
+    ``choose``: the policy itself, a ``ClockPolicy`` or a ``RoutePolicy`` (contracts in
+    ``voltana.core.policies``), looked up once by name and then called on every iteration or decision.
+    """
 
     kind: PolicyKind
     name: str
     description: str
+    choose: Callable[..., Any]
 
 
 @dataclass(frozen=True, slots=True)

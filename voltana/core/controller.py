@@ -1,7 +1,9 @@
 """The per-instance frequency controller: one clock decision per iteration, learning from each result.
 
-``decide`` asks the clock-choice hook (the configured policy) and always returns a usable decision: a policy
-that answers nothing, answers a clock outside the allowed set, or raises, yields the max clock with a reason.
+The configured clock policy is looked up once, by name, when the controller is built (an unknown name
+raises ``UnknownPolicyError`` there, listing the registered ones); ``decide`` calls only it and always returns
+a usable decision: a policy that answers nothing, answers a clock outside the allowed set, or raises, yields
+the max clock with a reason.
 ``observe`` feeds the measured latency (and energy) back into the predictors, then broadcasts the record to
 ``voltana_iteration_finished`` observers (telemetry). Neither ever raises into the engine.
 """
@@ -14,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from voltana.core.contexts import ClockContext
+from voltana.core.policies import clock_policy
 from voltana.core.predictor import EnergyPredictor, LatencyPredictor
 from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason, IterationRecord, Phase, Slo
 
@@ -26,7 +29,11 @@ APPLIED_CLOCK_KEY = "applied_clock_mhz"
 class FrequencyController:
     """Chooses the SM clock of one engine instance for each iteration (see module docstring).
 
-    Invariant: every returned ``clock_mhz`` is one of ``allowed_clocks_mhz``.
+    ``hook``: the plugin manager's hook relay (``pm.hook``): the policy named ``policy`` is looked up in
+    what its plugins register, and finished iterations go to its ``voltana_iteration_finished``. Raises
+    ``UnknownPolicyError`` (a ``ConfigError``) for an unregistered ``policy``, ``ValueError`` for bad clocks.
+    Implements :class:`voltana.core.protocols.Controller`. Invariant: every returned ``clock_mhz`` is one of
+    ``allowed_clocks_mhz``.
     """
 
     def __init__(
@@ -53,6 +60,7 @@ class FrequencyController:
             if model is not None and tuple(grid) != clocks:
                 raise ValueError(f"{name} is built on clocks {tuple(grid)}, not the allowed clocks {clocks}")
         merged = {**(options or {}), "safety_margin": safety_margin}  # the explicit argument wins
+        self._choose_clock = clock_policy(hook, policy)  # once: decide() calls only this policy
         self.hook = hook
         self.predictor = predictor
         self.power_model = power_model
@@ -67,7 +75,6 @@ class FrequencyController:
             options=merged,
         )
         self._allowed = frozenset(clocks)
-        self._choose_clock = hook.voltana_choose_clock
         self._policy_failed = False
         self._observer_failed = False
 
@@ -76,10 +83,15 @@ class FrequencyController:
         """The ascending clock set every decision is drawn from (MHz)."""
         return self.ctx.allowed_clocks_mhz
 
+    @property
+    def policy(self) -> str:
+        """The name of the clock policy this controller calls."""
+        return self.ctx.policy
+
     def decide(self, snapshot: BatchSnapshot) -> ClockDecision:
         """The clock for the iteration in ``snapshot``; never raises."""
         try:
-            decision: ClockDecision | None = self._choose_clock(snapshot=snapshot, ctx=self.ctx)
+            decision = self._choose_clock(snapshot, self.ctx)
         except Exception:
             if not self._policy_failed:
                 logger.exception("clock policy %r failed; using the max clock", self.ctx.policy)

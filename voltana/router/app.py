@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import httpx
 from fastapi import FastAPI, Request
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -20,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from voltana.core.config import RouterConfig, VoltanaConfig
+from voltana.core.policies import UnknownPolicyError
 from voltana.core.types import Phase, Slo
 from voltana.router.choice import InstanceChooser
 from voltana.router.disconnect import ClientGone, until_disconnect
@@ -105,10 +105,12 @@ def build_router_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Engine requests (the hot path) go through aiohttp: measured here at 3-5x less CPU per call than
-        # httpx, which is what keeps the router's added latency near a millisecond. Polling uses httpx.
-        # Idle connections close before the engines close them (vLLM/SGLang: uvicorn's 5 s keep-alive): a
-        # request written on a connection the engine is closing is lost with "connection reset".
+        # One HTTP client, aiohttp: proxying a streamed P/D exchange it costs ~10x less CPU per request than
+        # httpx at the router's concurrency (benchmarks/bench_http_client.py), which is what keeps the
+        # router's added latency near a millisecond. Engine requests and polls get separate sessions (their
+        # timeouts differ). Idle connections close before the engines close them (vLLM/SGLang: uvicorn's
+        # 5 s keep-alive): a request written on a connection the engine is closing is lost ("connection
+        # reset").
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=rc.pool_idle_timeout_s)
         timeout = aiohttp.ClientTimeout(
             total=None,
@@ -116,30 +118,39 @@ def build_router_app(
             connect=rc.connect_timeout_s,
             sock_read=rc.request_timeout_s,
         )
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False, trace_configs=[send_trace_config()]
-        ) as session:
-            poll_timeout = httpx.Timeout(max(rc.poll_interval_s, 1.0), connect=rc.connect_timeout_s)
-            async with httpx.AsyncClient(timeout=poll_timeout, trust_env=False) as poll_client:
-                state.proxy = Proxy(
-                    backend=rc.backend,
-                    registry=registry,
-                    chooser=chooser,
-                    session=session,
-                    metrics=state.metrics,
-                    tracer=state.tracer,
-                    max_retries=rc.max_retries,
-                    request_timeout_s=rc.request_timeout_s,
-                    kv_transfer_params=rc.kv_transfer_params,
-                    report_energy=rc.report_energy,
-                )
-                state.poller = Poller(registry, poll_client, rc.backend, rc.poll_interval_s)
-                await state.poller.poll_all()
-                state.poller.start()
-                try:
-                    yield
-                finally:
-                    await state.poller.stop()
+        poll_connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=rc.pool_idle_timeout_s)
+        connect_s = rc.connect_timeout_s
+        poll_timeout = aiohttp.ClientTimeout(
+            total=max(rc.poll_interval_s, 1.0), sock_connect=connect_s, connect=connect_s
+        )
+        async with (
+            aiohttp.ClientSession(
+                connector=connector,
+                timeout=timeout,
+                auto_decompress=False,
+                trace_configs=[send_trace_config()],
+            ) as session,
+            aiohttp.ClientSession(connector=poll_connector, timeout=poll_timeout) as poll_client,
+        ):
+            state.proxy = Proxy(
+                backend=rc.backend,
+                registry=registry,
+                chooser=chooser,
+                session=session,
+                metrics=state.metrics,
+                tracer=state.tracer,
+                max_retries=rc.max_retries,
+                request_timeout_s=rc.request_timeout_s,
+                kv_transfer_params=rc.kv_transfer_params,
+                report_energy=rc.report_energy,
+            )
+            state.poller = Poller(registry, poll_client, rc.backend, rc.poll_interval_s)
+            await state.poller.poll_all()
+            state.poller.start()
+            try:
+                yield
+            finally:
+                await state.poller.stop()
 
     app = FastAPI(title="voltana router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.router = state
@@ -387,7 +398,10 @@ def _add_admin_routes(app: FastAPI, state: RouterState) -> None:
         if not changes:
             raise RouterError(400, "give 'prefill' and/or 'decode' policy names")
         for phase, name in changes.items():
-            state.chooser.set_policy(phase, name)
+            try:
+                state.chooser.set_policy(phase, name)
+            except UnknownPolicyError as exc:
+                raise RouterError(400, f"{exc} (for {phase.value})") from None
             log.warning("routing policy for %s set to %s", phase.value, name)
         return JSONResponse({"policies": {p.value: state.chooser.policy(p) for p in Phase}})
 

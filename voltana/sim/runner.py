@@ -15,10 +15,11 @@ from typing import Any
 from voltana.core.config import VoltanaConfig
 from voltana.core.contexts import ClockContext
 from voltana.core.errors import VoltanaError
+from voltana.core.protocols import Controller
 from voltana.core.types import Phase, Slo
 from voltana.plugins.ecofreq.factory import build_controller, resolve_allowed_clocks
 from voltana.plugins.static_clock import STATIC_POLICIES, static_clock_mhz
-from voltana.sim.cluster import ClusterSimulation, ClusterSpec, Controller, RoutingSpec
+from voltana.sim.cluster import ClusterSimulation, ClusterSpec, RoutingSpec
 from voltana.sim.engine import EngineConfigError
 from voltana.sim.metrics import PolicyResult, summarize
 from voltana.sim.workload import Workload

@@ -233,15 +233,15 @@ async def request_record(index: RequestEnergyIndex | None, path_id: str) -> tupl
     return 200, record
 
 
-def read_states(directory: Path) -> Iterator[dict[str, Any]]:
-    """Fresh engine states in ``directory`` (files older than :data:`STATE_MAX_AGE_S` are skipped)."""
+def read_states(directory: Path, max_age_s: float | None = STATE_MAX_AGE_S) -> Iterator[dict[str, Any]]:
+    """Fresh engine states in ``directory`` (files older than ``max_age_s`` are skipped; None: none is)."""
     now = time.time()
     for path in sorted(directory.glob("engine-*.json")):
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if now - float(state.get("updated_at_s", 0.0)) <= STATE_MAX_AGE_S:
+        if max_age_s is None or now - float(state.get("updated_at_s", 0.0)) <= max_age_s:
             yield state
 
 
