@@ -17,8 +17,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastapi.responses import JSONResponse
-
 from voltana.adapters.engine_control import FileControlBackend
 from voltana.adapters.state_payload import InstanceStatePayload, StatePublisher
 from voltana.adapters.state_payload import write_json_atomically as write_state
@@ -90,8 +88,10 @@ def read_state(port: int, directory: Path | None = None) -> dict[str, Any] | Non
 
 def add_state_route(app: Any, port: int, directory: Path | None = None) -> None:
     """Serve ``GET /voltana/state`` on SGLang's FastAPI ``app`` (nulls until the leader has published)."""
+    # fastapi comes with the engine; voltana's core install has none (the router extra brings it)
+    from fastapi.responses import JSONResponse
 
-    async def voltana_state() -> JSONResponse:
+    async def voltana_state() -> Any:
         state = read_state(port, directory)
         return JSONResponse(state if state is not None else {"sm_clock_mhz": None, "capture_sizes": []})
 

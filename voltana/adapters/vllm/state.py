@@ -43,7 +43,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fastapi.responses import JSONResponse
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
@@ -328,6 +327,8 @@ def install_state_route() -> bool:
         return False
     if getattr(original, "_voltana_state_route", False):
         return True
+    # fastapi comes with the engine; voltana's core install has none (the router extra brings it)
+    from fastapi.responses import JSONResponse
 
     async def voltana_state() -> Any:
         directory = state_dir()
