@@ -9,9 +9,12 @@ per instance (a :class:`BudgetAllocation`); the instance's clock policy chooses 
 
 The allocation is a greedy marginal rule (a knapsack over clock steps, each step a few watts):
 
-1. every instance starts at its lowest clock; if even that predicts more than the budget, the allocation is
-   flagged infeasible (``feasible=False``, and a warning is logged once per change) and every ceiling stays
-   at the lowest clock: the overshoot is reported, never hidden;
+1. every instance starts at its floor clock (``floor_clock_mhz``: what a static per-GPU power cap of
+   ``budget / N`` would let its heaviest iteration run at, so that no instance is worse off than under
+   static caps), or at its lowest clock when the floors together do not fit; if even the lowest clocks
+   predict more than the budget, the allocation is flagged infeasible (``feasible=False``, and a warning is
+   logged once per change) and every ceiling stays at the lowest clock: the overshoot is reported, never
+   hidden;
 2. steps below an instance's need clock come first: the step with the largest SLO benefit per extra watt is
    taken while it fits, where the benefit of raising instance ``i`` from clock ``k`` to ``k+1`` is
    ``pressure_i * (work_s_i[k] - work_s_i[k+1])`` (request-seconds of waiting saved in one period);
@@ -52,7 +55,8 @@ class BudgetDemand:
     ``clocks_mhz`` is ascending and non-empty; ``power_w`` (predicted average power over the period, W) and
     ``work_s`` (predicted busy time of the instance's pending and expected work, s) have one entry per clock.
     ``pressure`` >= 0 counts the requests that wait on that work (queue, running batch, expected arrivals);
-    ``need_clock_mhz`` is the lowest clock the instance's policy needs (None: its lowest clock).
+    ``need_clock_mhz`` is the lowest clock the instance's policy needs (None: its lowest clock);
+    ``floor_clock_mhz`` the clock it keeps whenever the floors fit the budget together (None: its lowest).
     Raises ValueError for inconsistent lengths, an empty clock set or a negative pressure.
     """
 
@@ -62,6 +66,7 @@ class BudgetDemand:
     work_s: tuple[float, ...]
     pressure: float = 0.0
     need_clock_mhz: int | None = None
+    floor_clock_mhz: int | None = None
 
     def __post_init__(self) -> None:
         n = len(self.clocks_mhz)
@@ -83,6 +88,13 @@ class BudgetDemand:
             if clock >= self.need_clock_mhz:
                 return index
         return len(self.clocks_mhz) - 1
+
+    def floor_index(self) -> int:
+        """Index of the highest clock <= ``floor_clock_mhz`` (0 without a floor or below every clock)."""
+        if self.floor_clock_mhz is None:
+            return 0
+        below = [i for i, clock in enumerate(self.clocks_mhz) if clock <= self.floor_clock_mhz]
+        return below[-1] if below else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +180,10 @@ class BudgetCoordinator:
             self._reported_infeasible = True
         else:
             self._reported_infeasible = False
+            floors = [d.floor_index() for d in demands]
+            at_floors = sum(p[k] for p, k in zip(power, floors, strict=True))
+            if at_floors <= self.budget_w:
+                level, total = floors, at_floors
             needs = [d.need_index() for d in demands]
             total = self._raise(demands, power, level, total, needs)
             total = self._raise(demands, power, level, total, [len(d.clocks_mhz) - 1 for d in demands])
@@ -188,7 +204,7 @@ class BudgetCoordinator:
         target = self.target_w
         while True:
             best = -1
-            best_score = (-math.inf, -math.inf)
+            best_score: tuple[float, float, float] = (-math.inf, -math.inf, -math.inf)
             for i, demand in enumerate(demands):
                 k = level[i]
                 if k >= limits[i]:
@@ -198,9 +214,10 @@ class BudgetCoordinator:
                     continue
                 saved_s = max(0.0, demand.work_s[k] - demand.work_s[k + 1])
                 benefit = demand.pressure * saved_s
-                # A free step is taken first; ties go to the instance with more pressure.
+                # A free step is taken first; ties go to the instance with more pressure, then to the one
+                # with the lower clock (spare budget is spread evenly among instances without pressure).
                 per_w = math.inf if extra_w <= 0.0 else benefit / extra_w
-                score = (per_w, demand.pressure)
+                score = (per_w, demand.pressure, -demand.clocks_mhz[k])
                 if score > best_score:
                     best, best_score = i, score
             if best < 0:
@@ -208,6 +225,26 @@ class BudgetCoordinator:
             k = level[best]
             total += power[best][k + 1] - power[best][k]
             level[best] = k + 1
+
+
+def average_power_w(
+    idle_w: float,
+    busy_power_w: Sequence[float],
+    work_s: Sequence[float],
+    period_s: float,
+    burst_utilization: float,
+) -> tuple[float, ...]:
+    """Predicted average power over one period at each clock (W): ``idle + u(f) * (busy(f) - idle)``.
+
+    ``busy_power_w`` is the instance's power while computing at each clock (W), ``work_s`` its predicted
+    busy time at each clock (s); the busy share ``u(f) = work_s / period_s`` is at least
+    ``burst_utilization`` (headroom for a burst that starts within the period) and at most 1.
+    """
+    floor = min(1.0, max(0.0, burst_utilization))
+    return tuple(
+        idle_w + min(1.0, max(floor, w / period_s)) * (p - idle_w)
+        for w, p in zip(work_s, busy_power_w, strict=True)
+    )
 
 
 def static_power_caps_w(budget_w: float, instance_ids: Sequence[str]) -> Mapping[str, float]:
