@@ -8,8 +8,9 @@ budget (``static-max``, ``ecofreq+ecoroute``) for reference. Prints SLO attainme
 the cluster's power in 1 s windows, then whether the targets hold: the coordinator's SLO attainment >= every
 static-cap policy's at the same budget, and its power above the budget in < 1 % of the 1 s windows.
 
-Run: ``.venv/bin/python benchmarks/bench_power_budget.py [--rate 70] [--duration 120] [--plot out.png]
-[--json docs/benchmarks/bench_power_budget.json]`` (ShareGPT lengths ship with the repository).
+Run: ``.venv/bin/python benchmarks/bench_power_budget.py [--rate 70] [--duration 120]
+[--plot docs/power-budget.png] [--json docs/benchmarks/bench_power_budget.json]`` (ShareGPT lengths ship with
+the repository; the docs' figure and table come from those two files).
 """
 
 from __future__ import annotations

@@ -259,15 +259,7 @@ def simulate(
                 f"--timeline-rate {timeline_rate:g} is not one of the simulated rates ({known} req/s)"
             )
         total = plan_runs(names, 1, len(allowed)) * len(sweep_rates)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-            disable=as_json,
-        ) as bar:
+        with _progress(as_json) as bar:
             task = bar.add_task("simulating", total=total)
 
             def on_run(label: str, r: float) -> None:
@@ -350,6 +342,19 @@ def simulate(
         )
 
 
+def _progress(quiet: bool) -> Progress:
+    """The progress bar of a simulation run (on stderr; off for ``--json``)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=quiet,
+    )
+
+
 def _check_budget_options(
     power_budget: float | None,
     power_budgets: str | None,
@@ -405,15 +410,7 @@ def _run_power_budget(
     except ValueError as exc:
         raise _fail(f"--power-budgets: {exc}") from None
     references = ("static-max", "ecofreq+ecoroute")
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=as_json,
-    ) as bar:
+    with _progress(as_json) as bar:
         task = bar.add_task("simulating", total=len(references) + len(budgets) * len(BUDGET_POLICIES))
 
         def on_run(label: str, budget_w: float | None) -> None:
