@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from voltana.core.types import IterationRecord
-from voltana.profiler.ceiling_api import CeilingLease
 from voltana.profiler.engine_api import ClockPin, IterationPage, page_from, record_json
 
 log = logging.getLogger("voltana.engine_control")
@@ -117,13 +116,7 @@ class EngineControlChannel:
             self.tick()
 
     def _sync_pin(self) -> None:
-        doc = _read_json(self.pin_path)
-        pin = None
-        if doc is not None:
-            try:
-                pin = ClockPin.from_json(doc)
-            except (KeyError, TypeError, ValueError):
-                pin = None
+        pin = _pin_from(_read_json(self.pin_path))
         wanted = pin.clock_mhz if pin is not None and pin.live() else None
         if wanted != self.runtime.pinned_clock_mhz:
             try:
@@ -140,8 +133,8 @@ class EngineControlChannel:
                     )
 
     def _sync_ceiling(self) -> None:
-        lease = _ceiling_from(_read_json(self.ceiling_path))
-        wanted = lease.ceiling_mhz if lease is not None and lease.live() else None
+        lease = _pin_from(_read_json(self.ceiling_path))
+        wanted = lease.clock_mhz if lease is not None and lease.live() else None
         if wanted != self.runtime.clock_ceiling_mhz:
             self.runtime.set_clock_ceiling(wanted)
             log.info("voltana: power-budget clock ceiling %s", f"{wanted} MHz" if wanted else "lifted")
@@ -184,9 +177,9 @@ class EngineControlChannel:
             self._last_control, self._last_control_s = text, now
 
 
-def _ceiling_from(doc: dict[str, Any] | None) -> CeilingLease | None:
+def _pin_from(doc: dict[str, Any] | None) -> ClockPin | None:
     try:
-        return CeilingLease.from_json(doc) if doc else None
+        return ClockPin.from_json(doc) if doc else None
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -200,10 +193,10 @@ class FileControlBackend:
         self.ceiling_path = pin_dir / CEILING_FILE
         self.engine_dir = engine_dir
 
-    def current_ceiling(self) -> CeilingLease | None:
-        return _ceiling_from(_read_json(self.ceiling_path))
+    def current_ceiling(self) -> ClockPin | None:
+        return _pin_from(_read_json(self.ceiling_path))
 
-    def set_ceiling(self, lease: CeilingLease | None) -> None:
+    def set_ceiling(self, lease: ClockPin | None) -> None:
         if lease is None:
             self.ceiling_path.unlink(missing_ok=True)
         else:
@@ -227,11 +220,7 @@ class FileControlBackend:
         return str(doc.get("problem") or "")
 
     def current_pin(self) -> ClockPin | None:
-        doc = _read_json(self.pin_path)
-        try:
-            return ClockPin.from_json(doc) if doc else None
-        except (KeyError, TypeError, ValueError):
-            return None
+        return _pin_from(_read_json(self.pin_path))
 
     def set_pin(self, pin: ClockPin | None) -> None:
         if pin is None:

@@ -16,42 +16,25 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from voltana.profiler.engine_api import check_token
+from voltana.profiler.engine_api import ClockPin, check_token
 
 CEILING_PATH = "/voltana/ceiling"
 DEFAULT_CEILING_LEASE_S = 3.0
 MAX_CEILING_LEASE_S = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class CeilingLease:
-    """A clock ceiling (MHz) in force until ``expires_at_s`` (wall clock, ``time.time()``)."""
-
-    ceiling_mhz: int
-    expires_at_s: float
-
-    def live(self, now_s: float | None = None) -> bool:
-        """True while the lease has not lapsed."""
-        return (time.time() if now_s is None else now_s) < self.expires_at_s
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> CeilingLease:
-        return cls(int(doc["ceiling_mhz"]), float(doc["expires_at_s"]))
+CEILING_LEASE_ID = "voltana-router"
+"""The lease id a ceiling is stored under (a ceiling is held like a clock pin: :class:`ClockPin`)."""
 
 
 class CeilingBackend(Protocol):
     """Where an engine keeps the ceiling (in process, or a file its scheduler process reads)."""
 
-    def current_ceiling(self) -> CeilingLease | None: ...
+    def current_ceiling(self) -> ClockPin | None: ...
 
-    def set_ceiling(self, lease: CeilingLease | None) -> None: ...
+    def set_ceiling(self, lease: ClockPin | None) -> None: ...
 
 
 def ceiling_status(backend: CeilingBackend) -> dict[str, Any]:
@@ -59,7 +42,7 @@ def ceiling_status(backend: CeilingBackend) -> dict[str, Any]:
     lease = backend.current_ceiling()
     live = lease if lease is not None and lease.live() else None
     return {
-        "ceiling_mhz": live.ceiling_mhz if live else None,
+        "ceiling_mhz": live.clock_mhz if live else None,
         "expires_in_s": round(live.expires_at_s - time.time(), 3) if live else None,
     }
 
@@ -91,7 +74,7 @@ def handle_ceiling(
         or ceiling <= 0
     ):
         return 422, _problem("ceiling_mhz must be a positive clock (MHz) or null")
-    backend.set_ceiling(CeilingLease(int(ceiling), time.time() + float(lease_s)))
+    backend.set_ceiling(ClockPin(int(ceiling), CEILING_LEASE_ID, time.time() + float(lease_s)))
     return 200, ceiling_status(backend)
 
 
@@ -134,15 +117,15 @@ class MemoryCeiling:
     process): :meth:`ceiling_mhz` is the live ceiling or None."""
 
     def __init__(self) -> None:
-        self._lease: CeilingLease | None = None
+        self._lease: ClockPin | None = None
 
-    def current_ceiling(self) -> CeilingLease | None:
+    def current_ceiling(self) -> ClockPin | None:
         return self._lease
 
-    def set_ceiling(self, lease: CeilingLease | None) -> None:
+    def set_ceiling(self, lease: ClockPin | None) -> None:
         self._lease = lease
 
     def ceiling_mhz(self) -> int | None:
         """The live ceiling (MHz), or None (none pushed, or its lease lapsed)."""
         lease = self._lease
-        return lease.ceiling_mhz if lease is not None and lease.live() else None
+        return lease.clock_mhz if lease is not None and lease.live() else None

@@ -13,7 +13,7 @@ from voltana.adapters.engine_control import EngineControlChannel, FileControlBac
 from voltana.adapters.runtime import InstanceRuntime
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import BatchSnapshot, DecisionReason, Phase, ScheduledRequest
-from voltana.profiler.ceiling_api import CeilingLease, handle_ceiling
+from voltana.profiler.ceiling_api import CEILING_LEASE_ID, handle_ceiling
 from voltana.profiler.engine_api import ClockPin, handle_pin
 
 ALLOWED = [1065, 1245, 1410]
@@ -129,7 +129,7 @@ def _ceiling_round_trip(runtime: InstanceRuntime, tmp_path: Path) -> None:
     channel.tick()
     reasons = {r["reason"] for r in backend.iterations_since(2, 100).records}
     assert reasons == {str(DecisionReason.POWER_CEILING)}
-    backend.set_ceiling(CeilingLease(1300, time.time() - 1.0))  # the router stopped renewing it
+    backend.set_ceiling(ClockPin(1300, CEILING_LEASE_ID, time.time() - 1.0))  # the router stopped renewing it
     channel.tick()
     assert runtime.clock_ceiling_mhz is None
     assert _iterate(runtime, 1, start=9) == [1410]
