@@ -304,11 +304,14 @@ def _add_control_routes(app: Any) -> None:
     """``POST/GET /voltana/clock`` and ``GET /voltana/iterations`` (engine 0's records; a pin holds for
     every data-parallel engine). The token comes from ``engine.clock_token``."""
     from voltana.adapters.engine_control import FileControlBackend, configured_clock_token
+    from voltana.profiler.ceiling_api import add_ceiling_routes
     from voltana.profiler.engine_api import add_control_routes
 
     dirs = control_dirs(0)
     if dirs is not None:
-        add_control_routes(app, FileControlBackend(*dirs), configured_clock_token())
+        backend, token = FileControlBackend(*dirs), configured_clock_token()
+        add_control_routes(app, backend, token)
+        add_ceiling_routes(app, backend, token)  # the router's power budget (every engine reads it)
 
 
 def install_state_route() -> bool:
