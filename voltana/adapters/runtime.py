@@ -105,6 +105,7 @@ class InstanceRuntime:
         self.model_name = model_name
         self._hook = hook
         self._controllers: dict[Phase, Controller] = dict(controllers or {})
+        self._ceiling_mhz: int | None = None
         self._devices: DeviceGroup | None = devices
         self._applier: ClockApplier | None = applier
         self._energy: InstanceEnergyMeter | None = energy
@@ -392,6 +393,17 @@ class InstanceRuntime:
             if clock_mhz not in self.allowed_clocks_mhz:
                 raise ValueError(f"{clock_mhz} MHz is not an allowed clock {list(self.allowed_clocks_mhz)}")
         self._pinned_mhz = clock_mhz
+
+    @property
+    def clock_ceiling_mhz(self) -> int | None:
+        """The power-budget ceiling in force (MHz), or None."""
+        return self._ceiling_mhz
+
+    def set_clock_ceiling(self, clock_mhz: int | None) -> None:
+        """Hold every controller's decisions at or below ``clock_mhz`` (None lifts it); a pin is not held."""
+        self._ceiling_mhz = clock_mhz
+        for controller in self._controllers.values():
+            controller.set_clock_ceiling(clock_mhz)
 
     def add_iteration_observer(self, observer: Callable[[IterationRecord], None]) -> None:
         """Call ``observer(record)`` after every iteration (hot path: it must be cheap and not raise)."""

@@ -24,6 +24,8 @@ class ClockContext:
 
     ``allowed_clocks_mhz`` is ascending and non-empty; ``state`` is scratch space a stateful policy owns for
     this instance (hysteresis, dwell timers); ``options`` are the policy's settings from config.
+    ``clock_ceiling_mhz`` is the power-budget coordinator's ceiling for this instance (None: no budget); the
+    controller clamps every decision to it, so a policy may read it but need not.
     """
 
     policy: str
@@ -35,6 +37,7 @@ class ClockContext:
     power_model: Any | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    clock_ceiling_mhz: int | None = None
 
     @property
     def max_clock_mhz(self) -> int:

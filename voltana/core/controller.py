@@ -4,6 +4,8 @@ The configured clock policy is looked up once, by name, when the controller is b
 raises ``UnknownPolicyError`` there, listing the registered ones); ``decide`` calls only it and always returns
 a usable decision: a policy that answers nothing, answers a clock outside the allowed set, or raises, yields
 the max clock with a reason.
+A power-budget ceiling (:meth:`FrequencyController.set_clock_ceiling`, from ``voltana.core.power_budget``)
+clamps every decision: the policy's clock if at or below it, else the highest allowed clock at or below it.
 ``observe`` feeds the measured latency (and energy) back into the predictors, then broadcasts the record to
 ``voltana_iteration_finished`` observers (telemetry). Neither ever raises into the engine.
 """
@@ -24,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 APPLIED_CLOCK_KEY = "applied_clock_mhz"
 """``ClockContext.state`` key where the controller records the clock the last iteration really ran at."""
+WANTED_CLOCK_KEY = "wanted_clock_mhz"
+"""``ClockContext.state`` key: the clock the policy chose for the last decision, before any power ceiling (the
+budget coordinator reads it as the instance's need)."""
 
 
 class FrequencyController:
@@ -33,7 +38,7 @@ class FrequencyController:
     what its plugins register, and finished iterations go to its ``voltana_iteration_finished``. Raises
     ``UnknownPolicyError`` (a ``ConfigError``) for an unregistered ``policy``, ``ValueError`` for bad clocks.
     Implements :class:`voltana.core.protocols.Controller`. Invariant: every returned ``clock_mhz`` is one of
-    ``allowed_clocks_mhz``.
+    ``allowed_clocks_mhz`` and at most the ceiling's clock.
     """
 
     def __init__(
@@ -88,8 +93,31 @@ class FrequencyController:
         """The name of the clock policy this controller calls."""
         return self.ctx.policy
 
+    @property
+    def clock_ceiling_mhz(self) -> int | None:
+        """The power-budget ceiling in force (MHz; None: no budget)."""
+        return self.ctx.clock_ceiling_mhz
+
+    def set_clock_ceiling(self, clock_mhz: int | None) -> None:
+        """Hold every later decision at or below ``clock_mhz`` (None lifts the ceiling).
+
+        A ceiling below the lowest allowed clock holds the lowest allowed clock (the budget is then reported
+        infeasible by the coordinator, not here).
+        """
+        self.ctx.clock_ceiling_mhz = None if clock_mhz is None else int(clock_mhz)
+
     def decide(self, snapshot: BatchSnapshot) -> ClockDecision:
         """The clock for the iteration in ``snapshot``; never raises."""
+        decision = self._decide(snapshot)
+        self.ctx.state[WANTED_CLOCK_KEY] = decision.clock_mhz
+        ceiling = self.ctx.clock_ceiling_mhz
+        if ceiling is None or decision.clock_mhz <= ceiling:
+            return decision
+        clocks = self.ctx.allowed_clocks_mhz
+        capped = clocks[max(0, bisect.bisect_right(clocks, ceiling) - 1)]
+        return ClockDecision(capped, DecisionReason.POWER_CEILING, decision.policy)
+
+    def _decide(self, snapshot: BatchSnapshot) -> ClockDecision:
         try:
             decision = self._choose_clock(snapshot, self.ctx)
         except Exception:

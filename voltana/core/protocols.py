@@ -59,6 +59,10 @@ class Controller(Protocol):
         """Learn from the finished iteration in ``record`` (measured latency, energy when known)."""
         ...
 
+    def set_clock_ceiling(self, clock_mhz: int | None) -> None:
+        """Hold later decisions at or below ``clock_mhz`` (MHz; a power-budget ceiling), None lifts it."""
+        ...
+
 
 class ClockApplier(Protocol):
     """Applies submitted SM clocks to a GPU group off the per-iteration path.

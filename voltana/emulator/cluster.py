@@ -42,6 +42,7 @@ from voltana.emulator.responses import (
 )
 from voltana.hardware.simulated import PerformanceModel, performance_model
 from voltana.plugins.ecofreq.factory import resolve_allowed_clocks
+from voltana.profiler.ceiling_api import MemoryCeiling, add_ceiling_routes, clock_under
 from voltana.profiler.engine_api import MemoryControl, add_control_routes
 from voltana.router.disconnect import ClientGone, until_disconnect
 from voltana.router.request_ids import NOT_YET, RECORD_ROUTE, id_from_path
@@ -137,6 +138,7 @@ class EmulatedInstance:
         self.control = MemoryControl(
             allowed_clocks_mhz or _default_allowed_clocks(model), self.clock_mhz
         )  # POST /voltana/clock, GET /voltana/iterations
+        self.ceiling = MemoryCeiling()  # POST /voltana/ceiling (the router's power budget)
         self.engine: EmulatedEngine | None = None
         self._server: EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -162,7 +164,9 @@ class EmulatedInstance:
 
     async def start(self, port: int = 0) -> None:
         """Serve on ``port`` (0: a free one; the same port again after :meth:`kill` to revive)."""
-        self.engine = EmulatedEngine(self.model, self.clock_mhz, self.time_scale, self.faults, self.control)
+        self.engine = EmulatedEngine(
+            self.model, self.clock_mhz, self.time_scale, self.faults, self.control, self.ceiling
+        )
         self.engine.start()
         sock = bind_socket(self.host, port or self.port)
         self.port = sock.getsockname()[1]
@@ -202,6 +206,7 @@ class EmulatedInstance:
         ]
         app = Starlette(routes=routes)
         add_control_routes(app, self.control, self.clock_token)
+        add_ceiling_routes(app, self.ceiling, self.clock_token)
         return app
 
     async def _stall(self) -> None:
@@ -279,11 +284,23 @@ class EmulatedInstance:
             "instance_id": self.engine_id,
             "phase": self.role,
             "role": self.role,
-            "sm_clock_mhz": self.control.clock_mhz()[0],
+            "sm_clock_mhz": self._clock_now_mhz(),
+            "clock_ceiling_mhz": self.ceiling.ceiling_mhz(),
+            "energy_joules": self.engine.energy_joules() if self.engine is not None else 0.0,
+            "updated_at_s": time.time(),
+            "allowed_clocks_mhz": list(self.control.allowed_clocks_mhz()),
             "capture_sizes": list(self.model.capture_sizes),
             "kv_capacity_tokens": self.model.kv_capacity_tokens,
         }
         return JSONResponse(state)
+
+    def _clock_now_mhz(self) -> int:
+        """The clock the next iteration runs at: the pin, else the default held under the ceiling."""
+        clock, pinned = self.control.clock_mhz()
+        ceiling = self.ceiling.ceiling_mhz()
+        if pinned or ceiling is None:
+            return clock
+        return clock_under(self.control.allowed_clocks_mhz(), clock, ceiling)
 
     async def _stats(self, request: Request) -> Response:
         s = self.stats

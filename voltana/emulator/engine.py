@@ -23,6 +23,7 @@ from voltana.core.attribution import energy_shares
 from voltana.core.types import Phase, ScheduledRequest
 from voltana.emulator.responses import token_text
 from voltana.hardware.simulated import PerformanceModel
+from voltana.profiler.ceiling_api import MemoryCeiling, clock_under
 from voltana.profiler.engine_api import MemoryControl, iteration_json
 
 PREFILL_TOKEN_BUDGET = 8192  # vLLM's default max_num_batched_tokens with chunked prefill
@@ -68,10 +69,15 @@ class EmulatedEngine:
         time_scale: float,
         faults: Faults,
         control: MemoryControl | None = None,
+        ceiling: MemoryCeiling | None = None,
     ) -> None:
         self.model = model
         self.clock_mhz = clock_mhz
         self.control = control
+        self.ceiling = ceiling
+        self.busy_energy_j = 0.0  # simulated joules of every iteration run
+        self.busy_sim_s = 0.0  # simulated seconds of those iterations
+        self.started_at_s = time.monotonic()
         self.time_scale = time_scale
         self.faults = faults
         self.waiting: deque[EmuRequest] = deque()
@@ -144,7 +150,12 @@ class EmulatedEngine:
         pinned = False
         if self.control is not None:
             self.clock_mhz, pinned = self.control.clock_mhz()
+            ceiling = self.ceiling.ceiling_mhz() if self.ceiling is not None else None
+            if ceiling is not None and not pinned:
+                self.clock_mhz = clock_under(self.control.allowed_clocks_mhz(), self.clock_mhz, ceiling)
         cost = self.model.cost(phase, batch_size, new_tokens, context_tokens, self.clock_mhz)
+        self.busy_energy_j += cost.energy_j
+        self.busy_sim_s += cost.latency_s
         if self.control is not None:
             self.control.ring.append(
                 iteration_json(
@@ -162,6 +173,16 @@ class EmulatedEngine:
                 )
             )
         return cost
+
+    def energy_joules(self) -> float:
+        """Energy drawn since start at wall-clock pace (J): the simulated GPU's iterations plus its idle power
+        in between, times ``time_scale``, so that joules per wall second are the simulated watts. With
+        ``time_scale`` 0 (no waiting) wall time means nothing: the iterations' simulated joules alone."""
+        if self.time_scale <= 0.0:
+            return self.busy_energy_j
+        elapsed_sim_s = (time.monotonic() - self.started_at_s) / self.time_scale
+        idle_s = max(0.0, elapsed_sim_s - self.busy_sim_s)
+        return (self.busy_energy_j + self.model.idle_power_w() * idle_s) * self.time_scale
 
     @staticmethod
     def _attribute(batch: list[EmuRequest], energy_j: float, prefill: bool) -> None:

@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from voltana.core.config import RouterConfig, VoltanaConfig
+from voltana.core.config import ConfigError, RouterConfig, VoltanaConfig
 from voltana.core.policies import UnknownPolicyError
 from voltana.core.types import Phase, Slo
 from voltana.router.choice import InstanceChooser
@@ -27,6 +27,7 @@ from voltana.router.errors import RouterError, error_body
 from voltana.router.instances import InstanceRegistry, parse_endpoint
 from voltana.router.observability import RouterMetrics, extract_context, tracer_for
 from voltana.router.polling import Poller
+from voltana.router.power_budget import RouterBudget
 from voltana.router.predictors import route_predictors
 from voltana.router.proxy import BackendRejected, DecodeResult, Proxy, send_trace_config
 from voltana.router.tokens import HfPromptTokenizer, PromptTokenizer, count_for_length_check
@@ -58,6 +59,7 @@ class RouterState:
     known_policies: dict[str, set[str]]
     poller: Poller | None = None
     proxy: Proxy | None = None
+    budget: RouterBudget | None = None
     draining: bool = False
     inflight: int = 0
     tokenizer: PromptTokenizer | None = None
@@ -95,8 +97,14 @@ def build_router_app(
         slo=Slo(config.slo.ttft_s, config.slo.itl_s),
         options={"safety_margin": config.policy.safety_margin, **config.policy.options},
         seed=seed,
-        predictors=route_predictors(config),
+        predictors=(predictors := route_predictors(config)),
     )
+    budget_w = config.cluster.power_budget_w
+    if budget_w is not None and predictors is None:
+        raise ConfigError(
+            f"cluster.power_budget_w = {budget_w:g} needs predicted power per clock: set "
+            'engine.predictor_profile (a `voltana profile` file) or hardware.vendor = "simulated"'
+        )
     state = RouterState(
         rc, registry, chooser, RouterMetrics(), tracer_for(tracer_provider), known_policies or {}
     )
@@ -145,6 +153,16 @@ def build_router_app(
                 report_energy=rc.report_energy,
             )
             state.poller = Poller(registry, poll_client, rc.backend, rc.poll_interval_s)
+            if budget_w is not None and predictors is not None:
+                token = config.engine.clock_token
+                state.budget = RouterBudget(
+                    registry,
+                    poll_client,
+                    predictors,
+                    config.cluster,
+                    token.get_secret_value() if token else None,
+                )
+                state.poller.after_poll = state.budget.after_poll  # pushed ceilings lapse on their own
             await state.poller.poll_all()
             state.poller.start()
             try:
@@ -190,6 +208,12 @@ def build_router_app(
         limits = state.registry.model_limits()
         names = sorted(set(rc.served_models) or set(limits))
         return JSONResponse({"object": "list", "data": [_model_card(state, n, limits.get(n)) for n in names]})
+
+    @app.get("/voltana/budget")
+    async def budget() -> Response:
+        if state.budget is None:
+            return JSONResponse({"budget_w": None, "detail": "no cluster.power_budget_w configured"})
+        return JSONResponse(state.budget.status())
 
     @app.get("/health")
     async def health() -> Response:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import aiohttp
@@ -61,6 +63,8 @@ class Poller:
         self.backend = backend
         self.interval_s = interval_s
         self.polls = 0
+        self.after_poll: Callable[[], Awaitable[None]] | None = None
+        """Awaited after every round of polls (the power budget's coordinator); must not raise."""
         self._voltana_state: dict[str, bool] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -80,6 +84,8 @@ class Poller:
     async def _run(self) -> None:
         while True:
             await self.poll_all()
+            if self.after_poll is not None:
+                await self.after_poll()
             await asyncio.sleep(self.interval_s)
 
     async def poll_all(self) -> None:
@@ -130,4 +136,17 @@ class Poller:
         inst.sm_clock_mhz = clock if isinstance(clock, int) else None
         if isinstance(sizes, list) and all(isinstance(s, int) for s in sizes):
             inst.capture_sizes = tuple(sorted(sizes))
+        energy = state.get("energy_joules") if isinstance(state, dict) else None
+        if isinstance(energy, int | float) and not isinstance(energy, bool):
+            # The engine's own time of the reading (the payload's updated_at_s), else now: a poll's network
+            # delay must not show up as power.
+            stamp = state.get("updated_at_s")
+            at_s = (
+                float(stamp)
+                if isinstance(stamp, int | float) and not isinstance(stamp, bool)
+                else time.time()
+            )
+            inst.energy_j, inst.energy_at_s = float(energy), at_s
+        ceiling = state.get("clock_ceiling_mhz") if isinstance(state, dict) else None
+        inst.clock_ceiling_mhz = ceiling if isinstance(ceiling, int) else None
         inst.touch()

@@ -150,8 +150,13 @@ def run_policy(
     rate_rps: float | None = None,
     record_timeline: bool = False,
     progress: Callable[[float], None] | None = None,
+    wrap_controller: Callable[[Phase, str, Controller], Controller] | None = None,
 ) -> PolicyResult:
-    """Simulate ``workload`` under ``spec``: real controllers per instance, routing through the hook."""
+    """Simulate ``workload`` under ``spec``: real controllers per instance, routing through the hook.
+
+    ``wrap_controller`` (phase, instance id, controller) may put a layer around each controller (the power
+    budget's meter, ceiling and power cap: :mod:`voltana.sim.power_budget`).
+    """
     model = setup.cluster.model
     clocks = allowed_clocks_mhz(setup.config, model)
     try:
@@ -169,6 +174,8 @@ def run_policy(
 
     def factory(phase: Phase, instance_id: str) -> Controller:
         controller = _build_controller(configs[phase], phase, instance_id, model, setup.hook)
+        if wrap_controller is not None:
+            controller = wrap_controller(phase, instance_id, controller)
         controllers[instance_id] = controller
         return controller
 

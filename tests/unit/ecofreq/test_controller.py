@@ -11,7 +11,7 @@ import pytest
 from ecofreq_helpers import SLO, a100, controller, decode_snapshot, default_clocks, predictors
 
 from voltana.core.contexts import ClockContext, PolicyInfo
-from voltana.core.controller import APPLIED_CLOCK_KEY, FrequencyController
+from voltana.core.controller import APPLIED_CLOCK_KEY, WANTED_CLOCK_KEY, FrequencyController
 from voltana.core.errors import VoltanaError
 from voltana.core.hookspecs import hookimpl
 from voltana.core.plugin_manager import make_plugin_manager
@@ -154,3 +154,21 @@ def test_predictors_must_be_built_on_the_allowed_clocks(pm: pluggy.PluginManager
         )
     with pytest.raises(ValueError, match="safety_margin"):
         controller(Phase.DECODE, safety_margin=1.0)
+
+
+def test_a_power_ceiling_clamps_every_decision_and_keeps_the_wish(pm: pluggy.PluginManager) -> None:
+    clocks = default_clocks()
+    ctl = controller(Phase.DECODE, "static-max", hook=pm.hook)
+    snapshot = decode_snapshot(8, 100)
+    assert ctl.decide(snapshot).clock_mhz == clocks[-1]
+    ceiling = clocks[len(clocks) // 2] + 1  # between two allowed clocks: the one below holds
+    ctl.set_clock_ceiling(ceiling)
+    assert ctl.ctx.clock_ceiling_mhz == ceiling
+    decision = ctl.decide(snapshot)
+    assert decision.clock_mhz == clocks[len(clocks) // 2]
+    assert decision.reason == DecisionReason.POWER_CEILING
+    assert ctl.ctx.state[WANTED_CLOCK_KEY] == clocks[-1]  # the policy's own choice, for the coordinator
+    ctl.set_clock_ceiling(clocks[0] - 100)  # below every allowed clock: the lowest
+    assert ctl.decide(snapshot).clock_mhz == clocks[0]
+    ctl.set_clock_ceiling(None)
+    assert ctl.decide(snapshot).clock_mhz == clocks[-1]

@@ -48,6 +48,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 
 from voltana.adapters.engine_control import FileControlBackend, configured_clock_token
 from voltana.core.types import EnergySource, RequestRecord
+from voltana.profiler.ceiling_api import add_ceiling_routes
 from voltana.profiler.engine_api import add_control_routes
 from voltana.router.request_ids import NOT_MEASURED, NOT_YET, RECORD_ROUTE, id_from_path
 
@@ -309,7 +310,9 @@ def _add_control_routes(app: Any) -> None:
 
     dirs = control_dirs(0)
     if dirs is not None:
-        add_control_routes(app, FileControlBackend(*dirs), configured_clock_token())
+        backend, token = FileControlBackend(*dirs), configured_clock_token()
+        add_control_routes(app, backend, token)
+        add_ceiling_routes(app, backend, token)  # the router's power budget (every engine reads it)
 
 
 def install_state_route() -> bool:
