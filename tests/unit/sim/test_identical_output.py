@@ -1,10 +1,11 @@
 """The simulator's output is pinned: performance work on the hot path (cluster, predictors, policies) must not
 change a single decision.
 
-``tests/data/sim/identical_output.json`` holds a small Mooncake-shaped workload (bursty arrivals, log-normal
-prompts up to 60k tokens, so chunked prefill and a decode admission queue both occur) and what the simulator
-produced for it, per policy, before the speed-ups of issue 18 item 12: the summary JSON (energy, percentiles,
-attainment, clock residency, iterations) and every instance's clock timeline. Discrete things (clocks,
+``tests/data/sim/identical_output.json`` holds two small workloads - Mooncake-shaped (bursty arrivals,
+log-normal prompts up to 60k tokens: chunked prefill and a decode admission queue both occur) and a prefill
+backlog (bursts of short prompts on 1P+1D) - and what the simulator produced for them, per policy, before the
+speed-ups of issue 18 item 12: the summary JSON (energy, percentiles, attainment, clock residency,
+iterations) and every instance's clock timeline. Discrete things (clocks,
 iteration counts, request counts) must match exactly, times and energies to 1e-9 relative (the same
 arithmetic in the same order gives the same floats; the tolerance only absorbs a platform's libm).
 
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 
 from voltana.hardware.simulated import performance_model
+from voltana.plugins import ecofreq
 from voltana.sim.runner import SimulationSetup, parse_policy, run_policy
 from voltana.sim.synthetic import arrival_times
 from voltana.sim.workload import Workload, from_columns
@@ -30,18 +32,31 @@ from voltana.sim.workload import Workload, from_columns
 from .conftest import make_setup
 
 GOLDEN = Path(__file__).resolve().parents[2] / "data" / "sim" / "identical_output.json"
-POLICIES = ("static-max", "voltana-paper", "ecofreq+ecoroute")
 SEED = 18
+RUNS = (
+    ("mooncake-shaped", "static-max"),
+    ("mooncake-shaped", "voltana-paper"),
+    ("mooncake-shaped", "ecofreq+ecoroute"),
+    ("prefill-backlog", "ecofreq+ecoroute"),
+)
+"""(workload, policy) pairs pinned. ``prefill-backlog`` runs bursts of short prompts on 1P+1D: EcoFreq plans
+over prefill queues of 64+ prompts (its numpy grouping path) while clocks still move."""
+CLUSTERS = {"mooncake-shaped": (2, 2), "prefill-backlog": (1, 1)}
 
 
-def golden_workload(seed: int = SEED) -> Workload:
-    """The pinned workload's generator (used only to regenerate: the test reads the stored columns)."""
+def golden_workload(name: str, seed: int = SEED) -> Workload:
+    """The pinned workloads' generator (used only to regenerate: the test reads the stored columns)."""
     rng = np.random.default_rng(seed)
-    times = arrival_times(rng, 14.0, 30.0, "bursty")
+    if name == "mooncake-shaped":
+        times = arrival_times(rng, 14.0, 30.0, "bursty")
+        prompt_median, prompt_sigma, output_median = 600.0, 1.3, 900.0
+    else:
+        times = arrival_times(rng, 40.0, 8.0, "bursty")
+        prompt_median, prompt_sigma, output_median = 300.0, 0.8, 20.0
     n = len(times)
-    prompts = np.clip(np.rint(rng.lognormal(math.log(600.0), 1.3, n)), 1, 60000)
-    outputs = np.maximum(1, np.rint(rng.lognormal(math.log(900.0), 0.7, n)))
-    return from_columns("identical-output", times.tolist(), prompts.astype(int).tolist(), outputs.tolist())
+    prompts = np.clip(np.rint(rng.lognormal(math.log(prompt_median), prompt_sigma, n)), 1, 60000)
+    outputs = np.maximum(1, np.rint(rng.lognormal(math.log(output_median), 0.7, n)))
+    return from_columns(name, times.tolist(), prompts.astype(int).tolist(), outputs.tolist())
 
 
 def fingerprint(setup: SimulationSetup, policy: str, workload: Workload) -> dict[str, Any]:
@@ -53,8 +68,8 @@ def fingerprint(setup: SimulationSetup, policy: str, workload: Workload) -> dict
     }
 
 
-def _setup() -> SimulationSetup:
-    return make_setup(performance_model("a100-80gb", "llama-3.1-8b"))
+def _setup(workload: str) -> SimulationSetup:
+    return make_setup(performance_model("a100-80gb", "llama-3.1-8b"), *CLUSTERS[workload])
 
 
 def _assert_same(actual: Any, expected: Any, where: str) -> None:
@@ -78,33 +93,55 @@ def golden() -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-def test_simulation_output_is_unchanged(golden: dict[str, Any], policy: str) -> None:
-    columns = golden["workload"]
-    workload = from_columns("identical-output", columns["arrival_s"], columns["input"], columns["output"])
-    actual = json.loads(json.dumps(fingerprint(_setup(), policy, workload)))
-    _assert_same(actual, golden["policies"][policy], policy)
+def _stored(golden: dict[str, Any], name: str) -> Workload:
+    columns = golden["workloads"][name]
+    return from_columns(name, columns["arrival_s"], columns["input"], columns["output"])
 
 
-def test_golden_workload_exercises_the_hot_paths(golden: dict[str, Any]) -> None:
-    """The pinned run covers what the speed-ups touch: chunked prefill of long prompts, decode admission
+@pytest.mark.parametrize(("workload", "policy"), RUNS)
+def test_simulation_output_is_unchanged(
+    golden: dict[str, Any], workload: str, policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long_queues: list[int] = []
+    grouping = ecofreq._queue_groups_vectorised
+
+    def spy(*args: Any) -> Any:
+        groups = grouping(*args)
+        long_queues.append(0 if groups is None else len(groups))
+        return groups
+
+    monkeypatch.setattr(ecofreq, "_queue_groups_vectorised", spy)
+    actual = json.loads(json.dumps(fingerprint(_setup(workload), policy, _stored(golden, workload))))
+    _assert_same(actual, golden["runs"][f"{workload}/{policy}"], f"{workload}/{policy}")
+    if workload == "prefill-backlog":  # EcoFreq planned over prefill queues of 64+ prompts (numpy grouping)
+        assert any(long_queues)
+
+
+def test_golden_workloads_exercise_the_hot_paths(golden: dict[str, Any]) -> None:
+    """The pinned runs cover what the speed-ups touch: chunked prefill of long prompts, decode admission
     waits, clock changes under EcoFreq."""
-    assert max(golden["workload"]["input"]) > 2 * 8192  # prompts span several prefill iterations
-    ecofreq = golden["policies"]["ecofreq+ecoroute"]
-    assert ecofreq["summary"]["admission_wait"]["p90_s"] > 1.0  # a real decode admission queue
-    assert all(len(clocks) > 2 for clocks in ecofreq["timeline"].values())
+    assert max(golden["workloads"]["mooncake-shaped"]["input"]) > 2 * 8192  # several prefill iterations
+    for run in ("mooncake-shaped/ecofreq+ecoroute", "prefill-backlog/ecofreq+ecoroute"):
+        assert len(golden["runs"][run]["timeline"]["prefill-0"]) > 2  # the prefill clock moves
+    ecofreq_run = golden["runs"]["mooncake-shaped/ecofreq+ecoroute"]
+    assert ecofreq_run["summary"]["admission_wait"]["p90_s"] > 1.0  # a real decode admission queue
+    assert all(len(clocks) > 2 for clocks in ecofreq_run["timeline"].values())
 
 
 def main() -> None:
-    workload = golden_workload()
-    setup = _setup()
+    workloads = {name: golden_workload(name) for name in CLUSTERS}
     out = {
-        "workload": {
-            "arrival_s": workload.arrival_s.tolist(),
-            "input": workload.input_tokens.tolist(),
-            "output": workload.output_tokens.tolist(),
+        "workloads": {
+            name: {
+                "arrival_s": w.arrival_s.tolist(),
+                "input": w.input_tokens.tolist(),
+                "output": w.output_tokens.tolist(),
+            }
+            for name, w in workloads.items()
         },
-        "policies": {policy: fingerprint(setup, policy, workload) for policy in POLICIES},
+        "runs": {
+            f"{name}/{policy}": fingerprint(_setup(name), policy, workloads[name]) for name, policy in RUNS
+        },
     }
     print(json.dumps(out))
 
