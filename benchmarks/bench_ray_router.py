@@ -3,12 +3,12 @@
 Run: ``.venv/bin/python benchmarks/bench_ray_router.py [--decisions 20000] [--json]``. In the dev environment
 (PyPI ``amdsmi`` without ROCm, which breaks ``import ray``) prefix ``PYTHONPATH=tests/support/ray_site``.
 
-The same 16 decode candidates with the same load, every built-in decode policy through the
-``voltana_choose_instance`` hook:
+The same 16 decode candidates with the same load, every built-in decode policy (the registered policy
+looked up once by name):
 
 - ``ray``: ``VoltanaDecodeRouter.choose_replicas`` (the real router object, built with the arguments Ray
   Serve gives it) over 16 replicas carrying published ``routing_stats``; it maps them to ``InstanceState``,
-  calls the hook, records the decision and ranks the replicas. The replicas are stand-ins with the three
+  calls the policy, records the decision and ranks the replicas. The replicas are stand-ins with the three
   attributes a router reads (``replica_id``, ``routing_stats``, ``max_ongoing_requests``), as in Ray's own
   router tests: a real ``RunningReplica`` needs a live actor handle. Ray's queue-length probe and the
   request's RPC come on top in both cases and are not measured here.

@@ -4,7 +4,8 @@ The changelog is CHANGELOG.md at the repository root. Three reference pages, eac
 the facts live, so they cannot drift:
 - ``reference/config.md`` from the pydantic settings model (``voltana.core.config.VoltanaConfig``);
 - ``reference/cli.md`` from the click command tree of the ``voltana`` app, plugin commands included;
-- ``reference/hooks.md`` from the pluggy hook specifications (``voltana.core.hookspecs``).
+- ``reference/hooks.md`` from the pluggy hook specifications (``voltana.core.hookspecs``) and the policies the
+  built-in plugins register (``voltana_register_policies``).
 
 ``tests/unit/docs`` imports the ``*_reference`` functions and checks that every config key, CLI option and
 hook appears.
@@ -24,8 +25,11 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from voltana.core import hookspecs
+from voltana.core import hookspecs, policies
 from voltana.core.config import ENV_PREFIX, VoltanaConfig
+from voltana.core.plugin_manager import make_plugin_manager
+from voltana.core.policies import policies_of
+from voltana.plugins import DEFAULT_PLUGINS
 
 
 def _type_name(annotation: Any) -> str:
@@ -156,8 +160,10 @@ def hooks_reference() -> str:
         "# Hook reference",
         "",
         "Generated from `voltana.core.hookspecs`. Implement a hook with `@voltana.core.hookspecs.hookimpl`",
-        "in a module published under the `voltana` entry-point group. *First result* hooks stop at the first",
-        "implementation that returns something other than `None` (third-party plugins run before built-ins).",
+        "in a module published under the `voltana` entry-point group (third-party plugins run before",
+        "built-ins). Clock and routing policies are not hooks of their own: plugins register them by name",
+        "through `voltana_register_policies` (see [Plugins](../plugins.md)); the built-in ones are listed at",
+        "the end.",
         "",
     ]
     for name, func in hook_specs():
@@ -166,7 +172,16 @@ def hooks_reference() -> str:
         signature = str(inspect.signature(func)).replace("'", "")
         lines += [f"## `{name}`", "", f"```python\ndef {name}{signature}\n```", "", f"Calling: {kind}.", ""]
         lines += [inspect.getdoc(func) or "", ""]
+    lines += ["## Built-in policies", "", inspect.getdoc(policies) or "", ""]
+    lines += ["| kind | name | description |", "| --- | --- | --- |"]
+    for info in sorted(policies_of(builtin_plugins().hook), key=lambda p: (p.kind, p.name)):
+        lines.append(f"| {info.kind} | `{info.name}` | {info.description} |")
     return "\n".join(lines) + "\n"
+
+
+def builtin_plugins() -> Any:
+    """A plugin manager with the built-in plugins only (no third-party entry points)."""
+    return make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False)
 
 
 def benchmarks_page(results_dir: Path) -> str:

@@ -8,12 +8,13 @@ cluster is small (2 CPUs; replicas ask for a tenth of one) because the CI machin
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.vllm_servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RAY_SITE = REPO / "tests" / "support" / "ray_site"
@@ -38,12 +39,6 @@ def ray_process_env() -> Iterator[None]:
 
 
 RAY_CPUS = 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tests.support.vllm_servers import free_port
 from voltana.router.emulator import expected_text, prompt_key
 
 # Small clusters on a shared 2-core machine: a tenth of a CPU per replica.
@@ -82,3 +95,74 @@ async def send_all(
             return await client.post(path, json=body)
 
         return list(await asyncio.gather(*(one(b) for b in bodies), return_exceptions=True))
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """A Ray head started apart (``ray start --head --block``): its GCS address, temp dir and the
+    environment a driver needs to join it (the cluster's own auth token)."""
+
+    address: str
+    temp_dir: Path
+    env: dict[str, str]
+
+    def logs(self, pattern: str) -> list[Path]:
+        """Log files of this cluster's session matching ``pattern`` (e.g. ``python-core-driver-*.log``)."""
+        return sorted((self.temp_dir / "session_latest" / "logs").glob(pattern))
+
+
+@contextmanager
+def ray_head(num_cpus: int, start_timeout_s: float = 180.0) -> Iterator[RayHead]:
+    """``ray start --head --block`` on loopback, every port its own (free ones), its own temp dir and auth
+    token; yields
+    once the runtime started. Stopped at exit even on failure: SIGTERM to its process group (``ray start``
+    makes itself the group leader of every Ray process it starts), SIGKILL after a grace period."""
+    ports = [free_port() for _ in range(9)]
+    temp_dir = Path(tempfile.mkdtemp(prefix="vray-", dir="/tmp"))  # short: Ray's socket paths have a limit
+    # Ray 2.60 turns token auth on for new clusters, with a token in ~/.ray unless given one: give its own.
+    auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    command = [
+        str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+        "--node-ip-address", "127.0.0.1", "--port", str(ports[0]), "--num-cpus", str(num_cpus),
+        "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(temp_dir),
+        "--ray-client-server-port", str(ports[1]), "--node-manager-port", str(ports[2]),
+        "--object-manager-port", str(ports[3]), "--dashboard-agent-listen-port", str(ports[4]),
+        "--dashboard-agent-grpc-port", str(ports[5]), "--runtime-env-agent-port", str(ports[6]),
+        "--metrics-export-port", str(ports[7]), "--min-worker-port", str(ports[8]),
+        "--max-worker-port", str(ports[8] + 64), "--log-style", "record",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, **auth_env},
+    )  # fmt: skip
+    output: list[str] = []
+    try:
+        started = threading.Event()
+
+        def read() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                output.append(line)
+                if "Ray runtime started" in line:
+                    started.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + start_timeout_s
+        while not started.wait(0.5):
+            assert process.poll() is None, "ray start --head exited:\n" + "".join(output[-40:])
+            assert time.monotonic() < deadline, "ray start --head did not start:\n" + "".join(output[-40:])
+        yield RayHead(f"127.0.0.1:{ports[0]}", temp_dir, auth_env)
+    finally:
+        _stop_group(process)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_group(process: subprocess.Popen[str], grace_s: float = 20.0) -> None:
+    """SIGTERM ``process``'s process group, then SIGKILL it if the leader is still there after ``grace_s``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=grace_s)

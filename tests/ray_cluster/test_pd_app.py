@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from tests.ray_cluster.helpers import answer_text, deployed, expected_answer, request_body, send_all
 from tests.unit.telemetry.telemetry_helpers import OtlpReceiver, wait_until
 from voltana.core.config import VoltanaConfig
+from voltana.core.policies import route_policy
 from voltana.core.types import Phase, RouteRequest, Slo
 from voltana.hardware.simulated import performance_model
 from voltana.integrations.ray_serve.stats import state_from_record
@@ -82,13 +83,13 @@ def test_every_request_was_routed_once_per_phase_by_the_voltana_routers(pd: dict
 
 
 def _hook_choice(decision: dict[str, Any], config: VoltanaConfig, policy: str, phase: Phase) -> str | None:
-    """What ``voltana_choose_instance`` answers for a recorded decision (fresh context, as the router)."""
+    """What the routing policy ``policy`` answers for a recorded decision (fresh context, as the router)."""
     options = {"safety_margin": config.policy.safety_margin, **config.policy.options}
     slo = Slo(config.slo.ttft_s, config.slo.itl_s)
     ctx = route_context(policy, phase, slo, random.Random(0), options, route_predictors(config))
     request = RouteRequest(decision["request_id"], decision["input_tokens"], decision["max_output_tokens"])
     states = [state_from_record(c) for c in decision["candidates"]]
-    return get_plugin_manager().hook.voltana_choose_instance(request=request, candidates=states, ctx=ctx)
+    return route_policy(get_plugin_manager().hook, policy)(request, states, ctx)
 
 
 def test_decode_choices_are_what_ecoroute_picks_on_the_same_instance_state(pd: dict[str, Any]) -> None:

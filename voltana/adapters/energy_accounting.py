@@ -154,7 +154,7 @@ class EnergyAccounting:
         self, start_s: float, end_s: float, snapshot: BatchSnapshot, clock_mhz: int
     ) -> float | None:
         """Advance the simulated counters by the idle gap and the modelled iteration, then settle inline."""
-        from voltana.hardware.simulated import record_iteration
+        from voltana.hardware.simulated import record_iteration, simulated_power_cap_w
 
         model, group = self._perf_model, self._group
         ledger = self.ledger
@@ -168,7 +168,7 @@ class EnergyAccounting:
                     advance(idle_s)
         modelled_j = 0.0
         if model is not None:
-            cost = _modelled_cost(model, snapshot, clock_mhz)
+            cost = _modelled_cost(model, snapshot, clock_mhz, simulated_power_cap_w(group))
             record_iteration(group, cost)
             modelled_j = cost.energy_j
         self._last_end_s = end_s
@@ -224,8 +224,16 @@ class EnergyAccounting:
         return released
 
 
-def _modelled_cost(model: Any, snapshot: BatchSnapshot, clock_mhz: int) -> Any:
-    """The performance model's cost of the iteration in ``snapshot`` at ``clock_mhz`` (an IterationCost)."""
+def _modelled_cost(
+    model: Any, snapshot: BatchSnapshot, clock_mhz: int, power_cap_w: float | None = None
+) -> Any:
+    """The performance model's cost of the iteration in ``snapshot`` at ``clock_mhz`` (an IterationCost),
+    under a per-GPU ``power_cap_w`` (W; None: TDP), as a simulated GPU with a power limit runs it."""
     return model.cost(
-        snapshot.phase, snapshot.batch_size, snapshot.num_new_tokens, snapshot.num_context_tokens, clock_mhz
+        snapshot.phase,
+        snapshot.batch_size,
+        snapshot.num_new_tokens,
+        snapshot.num_context_tokens,
+        clock_mhz,
+        power_cap_w=power_cap_w,
     )

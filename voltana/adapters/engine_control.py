@@ -7,6 +7,9 @@ They talk through a small directory:
   on unpin. The engine reads it every :data:`POLL_INTERVAL_S` on a daemon thread and pins its runtime
   (:meth:`InstanceRuntime.pin_clock`, so the pin goes through the clock applier), and unpins as soon as the
   lease lapses: a profiler that dies leaves the clock to the policy within one lease.
+- ``ceiling.json``: the power-budget ceiling (:mod:`voltana.profiler.ceiling_api`), written by the HTTP
+  process on ``POST /voltana/ceiling``; the engine's thread holds its controllers under it while its lease is
+  live and lifts it when the lease lapses (the router stopped renewing it).
 - ``<engine>/control.json``: the engine's allowed clocks, the pin it took up and the clock it read back.
 - ``<engine>/iterations.jsonl`` and ``iterations.1.jsonl``: the iteration ring. The hot path only appends
   the record to a deque; the thread writes new lines, and rotates when a file holds half the capacity, so
@@ -33,6 +36,7 @@ POLL_INTERVAL_S = 0.05
 HEARTBEAT_S = 1.0
 CONTROL_STALE_S = 10.0
 PIN_FILE = "pin.json"
+CEILING_FILE = "ceiling.json"
 CONTROL_FILE = "control.json"
 RECORDS_FILE = "iterations.jsonl"
 OLD_RECORDS_FILE = "iterations.1.jsonl"
@@ -69,6 +73,7 @@ class EngineControlChannel:
     def __init__(self, runtime: Any, pin_dir: Path, engine_dir: Path, capacity: int) -> None:
         self.runtime = runtime
         self.pin_path = pin_dir / PIN_FILE
+        self.ceiling_path = pin_dir / CEILING_FILE
         self.engine_dir = engine_dir
         self.capacity = max(2, capacity)
         engine_dir.mkdir(parents=True, exist_ok=True)
@@ -100,6 +105,7 @@ class EngineControlChannel:
         """One poll: take up (or drop) the pin, write new records, refresh the control file; never raises."""
         try:
             self._sync_pin()
+            self._sync_ceiling()
             self._flush_records()
             self._publish_control()
         except Exception as exc:  # best effort: profiling must never disturb serving
@@ -110,13 +116,7 @@ class EngineControlChannel:
             self.tick()
 
     def _sync_pin(self) -> None:
-        doc = _read_json(self.pin_path)
-        pin = None
-        if doc is not None:
-            try:
-                pin = ClockPin.from_json(doc)
-            except (KeyError, TypeError, ValueError):
-                pin = None
+        pin = _pin_from(_read_json(self.pin_path))
         wanted = pin.clock_mhz if pin is not None and pin.live() else None
         if wanted != self.runtime.pinned_clock_mhz:
             try:
@@ -131,6 +131,13 @@ class EngineControlChannel:
                     log.info(
                         "voltana: clock pinned at %d MHz by lease %s", wanted, pin.lease_id if pin else ""
                     )
+
+    def _sync_ceiling(self) -> None:
+        lease = _pin_from(_read_json(self.ceiling_path))
+        wanted = lease.clock_mhz if lease is not None and lease.live() else None
+        if wanted != self.runtime.clock_ceiling_mhz:
+            self.runtime.set_clock_ceiling(wanted)
+            log.info("voltana: power-budget clock ceiling %s", f"{wanted} MHz" if wanted else "lifted")
 
     def _flush_records(self) -> None:
         if not self._pending:
@@ -158,6 +165,7 @@ class EngineControlChannel:
             "allowed_clocks_mhz": list(self.runtime.allowed_clocks_mhz),
             "problem": f"monitor-only: {status.monitor_only_reason}" if status.monitor_only else "",
             "engine_pinned_mhz": self.runtime.pinned_clock_mhz,
+            "clock_ceiling_mhz": self.runtime.clock_ceiling_mhz,
             "applied_clock_mhz": status.sm_clock_mhz,
             "last_seq": self._seq,
             "capacity": self.capacity,
@@ -169,12 +177,31 @@ class EngineControlChannel:
             self._last_control, self._last_control_s = text, now
 
 
+def _pin_from(doc: dict[str, Any] | None) -> ClockPin | None:
+    try:
+        return ClockPin.from_json(doc) if doc else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 class FileControlBackend:
-    """HTTP side: a :class:`~voltana.profiler.engine_api.ControlBackend` over the channel's directory."""
+    """HTTP side: a :class:`~voltana.profiler.engine_api.ControlBackend` (and the ceiling's
+    :class:`~voltana.profiler.ceiling_api.CeilingBackend`) over the channel's directory."""
 
     def __init__(self, pin_dir: Path, engine_dir: Path) -> None:
         self.pin_path = pin_dir / PIN_FILE
+        self.ceiling_path = pin_dir / CEILING_FILE
         self.engine_dir = engine_dir
+
+    def current_ceiling(self) -> ClockPin | None:
+        return _pin_from(_read_json(self.ceiling_path))
+
+    def set_ceiling(self, lease: ClockPin | None) -> None:
+        if lease is None:
+            self.ceiling_path.unlink(missing_ok=True)
+        else:
+            self.ceiling_path.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(self.ceiling_path, lease.to_json())
 
     def _control(self) -> dict[str, Any] | None:
         doc = _read_json(self.engine_dir / CONTROL_FILE)
@@ -193,11 +220,7 @@ class FileControlBackend:
         return str(doc.get("problem") or "")
 
     def current_pin(self) -> ClockPin | None:
-        doc = _read_json(self.pin_path)
-        try:
-            return ClockPin.from_json(doc) if doc else None
-        except (KeyError, TypeError, ValueError):
-            return None
+        return _pin_from(_read_json(self.pin_path))
 
     def set_pin(self, pin: ClockPin | None) -> None:
         if pin is None:

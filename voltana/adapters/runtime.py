@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voltana.core.config import VoltanaConfig
+from voltana.core.protocols import ClockApplier, Controller, DeviceGroup, InstanceEnergyMeter
 from voltana.core.types import (
     BatchSnapshot,
     ClockDecision,
@@ -103,10 +104,10 @@ class InstanceRuntime:
         instance_id: str,
         phase: Phase | None,
         hook: Any,
-        controllers: Mapping[Phase, Any] | None = None,
-        devices: Any | None = None,
-        applier: Any | None = None,
-        energy: Any | None = None,
+        controllers: Mapping[Phase, Controller] | None = None,
+        devices: DeviceGroup | None = None,
+        applier: ClockApplier | None = None,
+        energy: InstanceEnergyMeter | None = None,
         perf_model: Any | None = None,
         monitor_only_reason: str = "",
         model_name: str = "",
@@ -117,10 +118,11 @@ class InstanceRuntime:
         self.phase = phase
         self.model_name = model_name
         self._hook = hook
-        self._controllers = dict(controllers or {})
-        self._devices = devices
-        self._applier = applier
-        self._energy = energy
+        self._controllers: dict[Phase, Controller] = dict(controllers or {})
+        self._ceiling_mhz: int | None = None
+        self._devices: DeviceGroup | None = devices
+        self._applier: ClockApplier | None = applier
+        self._energy: InstanceEnergyMeter | None = energy
         self._perf_model = perf_model
         self._trace = trace
         self._clock = clock
@@ -135,7 +137,7 @@ class InstanceRuntime:
         self._hook_time_s = 0.0
         self._failure_logged = False
         first = next(iter(self._controllers.values()), None)
-        self._policy = str(first.ctx.policy) if first is not None else ""
+        self._policy = first.policy if first is not None else ""
         if monitor_only_reason or not self._controllers:
             self._monitor_only_reason = monitor_only_reason or "no frequency controller"
         self._default_clock_mhz = _default_clock_mhz(devices, perf_model)
@@ -195,14 +197,15 @@ class InstanceRuntime:
             return runtime
         runtime = cls(controllers=controllers, devices=devices, perf_model=perf_model, **common)
         try:
-            from voltana.hardware.applier import ClockApplier
+            from voltana.hardware.applier import ClockApplier as ThreadedClockApplier
 
-            runtime._applier = ClockApplier(
+            runtime._applier = ThreadedClockApplier(
                 devices,
                 restore_on_exit=config.hardware.restore_clocks_on_exit,
                 on_monitor_only=runtime._applier_gave_up,
                 watchdog=_start_watchdog(config, devices),
                 name=f"voltana-clock-{instance_id}",
+                power_limit_w=config.hardware.power_limit_w,
             )
         except Exception as exc:
             runtime._degrade(f"clock applier could not start: {_one_line(exc)}")
@@ -407,6 +410,17 @@ class InstanceRuntime:
                 raise ValueError(f"{clock_mhz} MHz is not an allowed clock {list(self.allowed_clocks_mhz)}")
         self._pinned_mhz = clock_mhz
 
+    @property
+    def clock_ceiling_mhz(self) -> int | None:
+        """The power-budget ceiling in force (MHz), or None."""
+        return self._ceiling_mhz
+
+    def set_clock_ceiling(self, clock_mhz: int | None) -> None:
+        """Hold every controller's decisions at or below ``clock_mhz`` (None lifts it); a pin is not held."""
+        self._ceiling_mhz = clock_mhz
+        for controller in self._controllers.values():
+            controller.set_clock_ceiling(clock_mhz)
+
     def add_iteration_observer(self, observer: Callable[[IterationRecord], None]) -> None:
         """Call ``observer(record)`` after every iteration (hot path: it must be cheap and not raise)."""
         self._iteration_observers.append(observer)
@@ -466,7 +480,7 @@ class InstanceRuntime:
         controller = self._controllers.get(snapshot.phase)
         if controller is None:  # a pure-phase instance always uses its own controller
             controller = next(iter(self._controllers.values()))
-        decision: ClockDecision = controller.decide(snapshot)
+        decision = controller.decide(snapshot)
         if self.phase is None and snapshot.phase is Phase.PREFILL:
             decision = self._guard_decodes_in_mixed_batch(snapshot, decision)
         return decision
@@ -486,7 +500,7 @@ class InstanceRuntime:
             iteration=snapshot.iteration,
             instance_id=snapshot.instance_id,
         )
-        itl_decision: ClockDecision = self._controllers[Phase.DECODE].decide(sub)
+        itl_decision = self._controllers[Phase.DECODE].decide(sub)
         return itl_decision if itl_decision.clock_mhz > decision.clock_mhz else decision
 
     def _monitor_decision(self) -> ClockDecision:
@@ -518,7 +532,7 @@ class InstanceRuntime:
         while learned:
             item = learned.popleft()
             controller = self._controllers.get(item.snapshot.phase)
-            power_model = getattr(controller, "power_model", None)
+            power_model = controller.power_model if controller is not None else None
             if power_model is not None and item.snapshot.requests and not self._monitor_only_reason:
                 power_model.observe_iteration(item.snapshot, item.clock_mhz, item.energy_j)
         total_j = energy.ledger.total_j  # a float the sampler thread writes: read once
@@ -644,11 +658,10 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _performance_model(config: VoltanaConfig, devices: Any) -> Any | None:
+def _performance_model(config: VoltanaConfig, devices: DeviceGroup) -> Any | None:
     """The physics model: the simulated group's own, else the configured profile (seeds the predictor)."""
-    model = (
-        getattr(devices.devices[0], "model", None) if getattr(devices, "vendor", "") == "simulated" else None
-    )
+    members = getattr(devices, "devices", ()) if devices.vendor == "simulated" else ()  # GpuGroup's GPUs
+    model = getattr(members[0], "model", None) if members else None
     if model is not None:
         return model
     try:
@@ -660,21 +673,23 @@ def _performance_model(config: VoltanaConfig, devices: Any) -> Any | None:
         return None
 
 
-def _open_devices(config: VoltanaConfig, hook: Any) -> Any:
+def _open_devices(config: VoltanaConfig, hook: Any) -> DeviceGroup:
     from voltana.hardware.select import open_devices
 
     return open_devices(config.hardware, hook if hasattr(hook, "voltana_register_hardware") else None)
 
 
 def _build_controller(
-    config: VoltanaConfig, phase: Phase, instance_id: str, model: Any, hook: Any, devices: Any
-) -> Any:
+    config: VoltanaConfig, phase: Phase, instance_id: str, model: Any, hook: Any, devices: DeviceGroup
+) -> Controller:
     from voltana.plugins.ecofreq_seed import build_controller
 
     return build_controller(config, phase, instance_id, model, hook, devices.supported_clocks_mhz())
 
 
-def _start_energy(runtime: InstanceRuntime, config: VoltanaConfig, devices: Any, perf_model: Any) -> Any:
+def _start_energy(
+    runtime: InstanceRuntime, config: VoltanaConfig, devices: DeviceGroup, perf_model: Any
+) -> InstanceEnergyMeter | None:
     """The instance's energy accounting (sampler thread for a real GPU); None, with a warning, if it cannot
     start: energy is then unknown, clock control is unaffected."""
     try:
@@ -693,7 +708,7 @@ def _start_energy(runtime: InstanceRuntime, config: VoltanaConfig, devices: Any,
         return None
 
 
-def _start_watchdog(config: VoltanaConfig, devices: Any) -> Any | None:
+def _start_watchdog(config: VoltanaConfig, devices: DeviceGroup) -> Any | None:
     """The clock-restore watchdog process (``hardware.watchdog``; not for a simulated GPU, which lives in
     this process, nor through ``voltana clockd``, which resets when the engine's connection drops); None,
     with a warning, if it cannot start."""
@@ -714,7 +729,7 @@ def _start_watchdog(config: VoltanaConfig, devices: Any) -> Any | None:
         return None
 
 
-def _default_clock_mhz(devices: Any | None, perf_model: Any | None) -> int:
+def _default_clock_mhz(devices: DeviceGroup | None, perf_model: Any | None) -> int:
     """The clock the GPUs run at before voltana changes anything (0 when unknown); read once at start."""
     try:
         if devices is not None:

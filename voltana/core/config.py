@@ -53,6 +53,12 @@ class HardwareConfig(_Section):
         None, description="Unix socket of `voltana clockd`: clocks are locked through it (no CAP_SYS_ADMIN)"
     )
     restore_clocks_on_exit: bool = True
+    power_limit_w: float | None = Field(
+        None,
+        gt=0,
+        description="static per-GPU power limit (W) set at start, checked against the GPU's accepted range; "
+        "the default limit is restored on exit (with restore_clocks_on_exit); empty: leave it to the driver",
+    )
     watchdog: bool = Field(
         True,
         description="engine paths start a watchdog process that resets the clocks if the engine is killed",
@@ -169,6 +175,25 @@ class EngineConfig(_Section):
     )
 
 
+class ClusterConfig(_Section):
+    """Cluster-wide settings: the power budget the router's coordinator shares among instances."""
+
+    power_budget_w: float | None = Field(
+        None, gt=0, description="cap on the cluster's GPU power (W); empty: no budget, no ceilings"
+    )
+    budget_period_s: float = Field(1.0, gt=0, description="how often clock ceilings are recomputed (s)")
+    budget_margin: float = Field(
+        0.05, ge=0, lt=1, description="share of the budget kept in reserve for prediction error"
+    )
+    burst_utilization: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="busy share assumed at least for every instance when predicting its power: headroom "
+        "for a burst that starts within a period",
+    )
+
+
 class _EnvSource(EnvSettingsSource):
     """``VOLTANA_*`` variables; a list setting also takes a comma-separated value (JSON still works)."""
 
@@ -200,6 +225,7 @@ class VoltanaConfig(BaseSettings):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -24,6 +24,8 @@ class ClockContext:
 
     ``allowed_clocks_mhz`` is ascending and non-empty; ``state`` is scratch space a stateful policy owns for
     this instance (hysteresis, dwell timers); ``options`` are the policy's settings from config.
+    ``clock_ceiling_mhz`` is the power-budget coordinator's ceiling for this instance (None: no budget); the
+    controller clamps every decision to it, so a policy may read it but need not.
     """
 
     policy: str
@@ -35,6 +37,7 @@ class ClockContext:
     power_model: Any | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    clock_ceiling_mhz: int | None = None
 
     @property
     def max_clock_mhz(self) -> int:
@@ -70,11 +73,18 @@ PolicyKind = Literal["clock", "route"]
 
 @dataclass(frozen=True, slots=True)
 class PolicyInfo:
-    """A named policy a plugin provides, listed by ``voltana config show`` and validated in config."""
+    """A named policy a plugin registers through ``voltana_register_policies``.
+
+    ``kind``: ``clock`` or ``route``; ``name``: what config selects (``policy.clock``,
+    ``policy.prefill_route``, ``policy.decode_route``); ``description``: one line for ``voltana config show``;
+    ``choose``: the policy itself, a ``ClockPolicy`` or a ``RoutePolicy`` (contracts in
+    ``voltana.core.policies``), looked up once by name and then called on every iteration or decision.
+    """
 
     kind: PolicyKind
     name: str
     description: str
+    choose: Callable[..., Any]
 
 
 @dataclass(frozen=True, slots=True)

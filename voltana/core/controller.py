@@ -1,7 +1,11 @@
 """The per-instance frequency controller: one clock decision per iteration, learning from each result.
 
-``decide`` asks the clock-choice hook (the configured policy) and always returns a usable decision: a policy
-that answers nothing, answers a clock outside the allowed set, or raises, yields the max clock with a reason.
+The configured clock policy is looked up once, by name, when the controller is built (an unknown name
+raises ``UnknownPolicyError`` there, listing the registered ones); ``decide`` calls only it and always returns
+a usable decision: a policy that answers nothing, answers a clock outside the allowed set, or raises, yields
+the max clock with a reason.
+A power-budget ceiling (:meth:`FrequencyController.set_clock_ceiling`, from ``voltana.core.power_budget``)
+clamps every decision: the policy's clock if at or below it, else the highest allowed clock at or below it.
 ``observe`` feeds the measured latency (and energy) back into the predictors, then broadcasts the record to
 ``voltana_iteration_finished`` observers (telemetry). Neither ever raises into the engine.
 """
@@ -14,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from voltana.core.contexts import ClockContext
+from voltana.core.policies import clock_policy
 from voltana.core.predictor import EnergyPredictor, LatencyPredictor
 from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason, IterationRecord, Phase, Slo
 
@@ -21,12 +26,19 @@ logger = logging.getLogger(__name__)
 
 APPLIED_CLOCK_KEY = "applied_clock_mhz"
 """``ClockContext.state`` key where the controller records the clock the last iteration really ran at."""
+WANTED_CLOCK_KEY = "wanted_clock_mhz"
+"""``ClockContext.state`` key: the clock the policy chose for the last decision, before any power ceiling (the
+budget coordinator reads it as the instance's need)."""
 
 
 class FrequencyController:
     """Chooses the SM clock of one engine instance for each iteration (see module docstring).
 
-    Invariant: every returned ``clock_mhz`` is one of ``allowed_clocks_mhz``.
+    ``hook``: the plugin manager's hook relay (``pm.hook``): the policy named ``policy`` is looked up in
+    what its plugins register, and finished iterations go to its ``voltana_iteration_finished``. Raises
+    ``UnknownPolicyError`` (a ``ConfigError``) for an unregistered ``policy``, ``ValueError`` for bad clocks.
+    Implements :class:`voltana.core.protocols.Controller`. Invariant: every returned ``clock_mhz`` is one of
+    ``allowed_clocks_mhz`` and at most the ceiling's clock.
     """
 
     def __init__(
@@ -53,6 +65,7 @@ class FrequencyController:
             if model is not None and tuple(grid) != clocks:
                 raise ValueError(f"{name} is built on clocks {tuple(grid)}, not the allowed clocks {clocks}")
         merged = {**(options or {}), "safety_margin": safety_margin}  # the explicit argument wins
+        self._choose_clock = clock_policy(hook, policy)  # once: decide() calls only this policy
         self.hook = hook
         self.predictor = predictor
         self.power_model = power_model
@@ -67,7 +80,6 @@ class FrequencyController:
             options=merged,
         )
         self._allowed = frozenset(clocks)
-        self._choose_clock = hook.voltana_choose_clock
         self._policy_failed = False
         self._observer_failed = False
 
@@ -76,10 +88,38 @@ class FrequencyController:
         """The ascending clock set every decision is drawn from (MHz)."""
         return self.ctx.allowed_clocks_mhz
 
+    @property
+    def policy(self) -> str:
+        """The name of the clock policy this controller calls."""
+        return self.ctx.policy
+
+    @property
+    def clock_ceiling_mhz(self) -> int | None:
+        """The power-budget ceiling in force (MHz; None: no budget)."""
+        return self.ctx.clock_ceiling_mhz
+
+    def set_clock_ceiling(self, clock_mhz: int | None) -> None:
+        """Hold every later decision at or below ``clock_mhz`` (None lifts the ceiling).
+
+        A ceiling below the lowest allowed clock holds the lowest allowed clock (the budget is then reported
+        infeasible by the coordinator, not here).
+        """
+        self.ctx.clock_ceiling_mhz = None if clock_mhz is None else int(clock_mhz)
+
     def decide(self, snapshot: BatchSnapshot) -> ClockDecision:
         """The clock for the iteration in ``snapshot``; never raises."""
+        decision = self._decide(snapshot)
+        self.ctx.state[WANTED_CLOCK_KEY] = decision.clock_mhz
+        ceiling = self.ctx.clock_ceiling_mhz
+        if ceiling is None or decision.clock_mhz <= ceiling:
+            return decision
+        clocks = self.ctx.allowed_clocks_mhz
+        capped = clocks[max(0, bisect.bisect_right(clocks, ceiling) - 1)]
+        return ClockDecision(capped, DecisionReason.POWER_CEILING, decision.policy)
+
+    def _decide(self, snapshot: BatchSnapshot) -> ClockDecision:
         try:
-            decision: ClockDecision | None = self._choose_clock(snapshot=snapshot, ctx=self.ctx)
+            decision = self._choose_clock(snapshot, self.ctx)
         except Exception:
             if not self._policy_failed:
                 logger.exception("clock policy %r failed; using the max clock", self.ctx.policy)

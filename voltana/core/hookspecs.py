@@ -5,20 +5,13 @@ Markers are typed (as in tox) so decorated implementations keep their signatures
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import pluggy
 
-from voltana.core.contexts import ClockContext, DoctorCheck, PolicyInfo, RouteContext
-from voltana.core.types import (
-    BatchSnapshot,
-    ClockDecision,
-    InstanceState,
-    IterationRecord,
-    RequestRecord,
-    RouteRequest,
-)
+from voltana.core.contexts import DoctorCheck, PolicyInfo
+from voltana.core.types import IterationRecord, RequestRecord
 
 PROJECT_NAME = "voltana"
 _F = TypeVar("_F", bound=Callable[..., object])
@@ -31,35 +24,11 @@ def _spec(func: _F) -> _F:
     return marked
 
 
-def _first_result_spec(func: _F) -> _F:
-    marked: _F = _spec_marker(firstresult=True)(func)
-    return marked
-
-
 hookimpl = cast(Callable[[_F], _F], _impl_marker)
-"""Decorator for hook implementations: ``@hookimpl def voltana_choose_clock(...)``."""
+"""Decorator for hook implementations: ``@hookimpl def voltana_register_policies(register): ...``."""
 
 DriverFactory = Callable[..., Any]
 """Builds a device group for an instance from ``HardwareConfig``; see ``voltana.hardware``."""
-
-
-@_first_result_spec
-def voltana_choose_clock(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision | None:
-    """Choose the SM clock for the iteration in ``snapshot``.
-
-    Return None unless ``ctx.policy`` names a policy this plugin implements (or it deliberately overrides).
-    Called once per iteration on the hot path: it must cost microseconds and never block.
-    """
-
-
-@_first_result_spec
-def voltana_choose_instance(
-    request: RouteRequest, candidates: Sequence[InstanceState], ctx: RouteContext
-) -> str | None:
-    """Choose the ``instance_id`` (among healthy ``candidates`` of ``ctx.phase``) that serves ``request``.
-
-    Return None unless ``ctx.policy`` names a routing policy this plugin implements.
-    """
 
 
 @_spec
@@ -79,7 +48,15 @@ def voltana_register_hardware(register: Callable[[str, DriverFactory], None]) ->
 
 @_spec
 def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
-    """Declare the clock and routing policies this plugin implements."""
+    """Register each clock and routing policy this plugin provides: ``register(PolicyInfo(kind, name,
+    description, choose))``.
+
+    ``choose`` is the policy itself (``ClockPolicy`` or ``RoutePolicy``, contracts in
+    ``voltana.core.policies``). The controller, the simulator and the routers look the configured name up
+    once when they start (an unknown name is one ``UnknownPolicyError`` listing the registered ones) and then
+    call only that callable, once per iteration or routing decision. A name registered twice: the plugin
+    registered last (third-party entry points load after the built-ins) wins.
+    """
 
 
 @_spec

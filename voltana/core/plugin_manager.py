@@ -12,6 +12,7 @@ import pluggy
 from voltana.core import hookspecs
 from voltana.core.contexts import PolicyInfo
 from voltana.core.errors import VoltanaError
+from voltana.core.policies import policies_of
 
 ENTRY_POINT_GROUP = "voltana"
 ALLOWLIST_ENV = "VOLTANA_PLUGINS"
@@ -34,7 +35,8 @@ def make_plugin_manager(
 ) -> pluggy.PluginManager:
     """A manager with voltana's hookspecs, ``default_plugins`` (module paths) and allowlisted entry points.
 
-    Entry points load after built-ins so their first-result hooks win (pluggy calls the newest first).
+    Entry points load after built-ins, so pluggy calls theirs first and a policy they register under a
+    built-in name replaces the built-in (see ``voltana.core.policies.lookup_policy``).
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
@@ -62,7 +64,6 @@ def make_plugin_manager(
 
 
 def registered_policies(pm: pluggy.PluginManager) -> list[PolicyInfo]:
-    """All policies the registered plugins declare, in registration order."""
-    found: list[PolicyInfo] = []
-    pm.hook.voltana_register_policies(register=found.append)
-    return found
+    """All policies the registered plugins register (the plugin registered last first; see
+    ``voltana.core.policies``)."""
+    return policies_of(pm.hook)

@@ -151,6 +151,8 @@ class DecisionReason(StrEnum):
     MONITOR_ONLY = "monitor-only"
     PINNED = "pinned"
     """A client pinned the clock (``POST /voltana/clock``, e.g. ``voltana profile``); the policy waits."""
+    POWER_CEILING = "power-ceiling"
+    """The policy wanted more than the power-budget coordinator's ceiling; the clock is the ceiling."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""AMD driver on ROCm's ``amdsmi``: SCLK range/limit, perf level AUTO to reset, energy accumulator, power.
+"""AMD driver on ROCm's ``amdsmi``: SCLK range/limit, perf level AUTO to reset, power cap, energy, power.
 
 Named ``amd.py`` so that nothing here can be mistaken for the vendor module ``amdsmi``. Importing ``amdsmi``
 without ROCm raises (``KeyError``/``OSError``) and prints to stdout: :func:`load_amdsmi` imports it guarded,
@@ -20,6 +20,7 @@ from voltana.hardware.device import (
     EnergySource,
     GpuDevice,
     GpuGroup,
+    PowerLimits,
     has_clock_privilege,
     visible_device_map,
 )
@@ -60,7 +61,13 @@ def map_amdsmi_error(exc: Exception, action: str) -> VoltanaHardwareError:
     wrapper = amdsmi.amdsmi_wrapper
     code = exc.get_error_code() if hasattr(exc, "get_error_code") else None
     where = f"AMD SMI {action} failed: {' '.join(str(exc).split())}"
+    power_limit = "power limit" in action
     if code == wrapper.AMDSMI_STATUS_NO_PERM:
+        if power_limit:
+            return NoPermissionError(
+                f"{where}; setting the power cap needs root: run the engine as root, or leave "
+                "hardware.power_limit_w empty (the driver's default cap stays)"
+            )
         return NoPermissionError(
             f"{where}; setting clocks needs root: run the engine as root or monitor only"
         )
@@ -75,6 +82,8 @@ def map_amdsmi_error(exc: Exception, action: str) -> VoltanaHardwareError:
     if code == wrapper.AMDSMI_STATUS_NOT_FOUND:
         return GpuLostError(f"{where}; the GPU is gone: check `amd-smi list` and dmesg")
     if code in (wrapper.AMDSMI_STATUS_INVAL, wrapper.AMDSMI_STATUS_INPUT_OUT_OF_BOUNDS):
+        if power_limit:
+            return InvalidArgumentError(f"{where}; pass a limit inside power_limits() (min_w..max_w)")
         return InvalidArgumentError(f"{where}; pass a clock from supported_clocks_mhz()")
     return VoltanaHardwareError(f"{where}; see `amd-smi metric` for the device state")
 
@@ -87,6 +96,17 @@ def _amd_call(action: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
 def _to_mhz(value: float) -> int:
     """amdsmi reports frequencies in Hz; tolerate MHz from older builds."""
     return round(value / 1e6) if value > 100_000 else int(value)
+
+
+POWER_CAP_SENSOR = 0  # amdsmi_set_power_cap's sensor index: the GPU's (socket) power cap
+MICROWATT_W = 1e-6
+
+
+def _power_cap_unit_w(info: dict[str, Any]) -> float:
+    """Watts per unit of ``amdsmi_get_power_cap_info``: microwatts on Linux bare metal, watts where the
+    library runs on a virtualisation host (``amdsmi.h``, ``amdsmi_power_cap_info_t``). A default cap above
+    10,000 units is microwatts: 10 kW is no GPU's cap, and neither is 10 mW."""
+    return MICROWATT_W if float(info["default_power_cap"]) > 10_000 else 1.0
 
 
 class AmdGpu(GpuDevice):
@@ -165,6 +185,34 @@ class AmdGpu(GpuDevice):
     def reset_clocks(self) -> None:
         self._smi.amdsmi_set_gpu_perf_level(self._handle, self._smi.AmdSmiDevPerfLevel.AUTO)
         self._limits_mhz = None
+
+    def _power_caps(self) -> tuple[PowerLimits, float]:
+        """The power caps in W and the unit of amdsmi's values (W per unit)."""
+        info = self._smi.amdsmi_get_power_cap_info(self._handle)
+        unit_w = _power_cap_unit_w(info)
+        limits = PowerLimits(
+            current_w=float(info["power_cap"]) * unit_w,
+            default_w=float(info["default_power_cap"]) * unit_w,
+            min_w=float(info["min_power_cap"]) * unit_w,
+            max_w=float(info["max_power_cap"]) * unit_w,
+        )
+        return limits, unit_w
+
+    @_amd_call("reading the power limit")
+    def power_limits(self) -> PowerLimits:
+        return self._power_caps()[0]
+
+    @_amd_call("setting the power limit")
+    def set_power_limit_w(self, limit_w: float) -> float:
+        limits, unit_w = self._power_caps()
+        limits.check(limit_w)
+        self._smi.amdsmi_set_power_cap(self._handle, POWER_CAP_SENSOR, round(limit_w / unit_w))
+        return self._power_caps()[0].current_w
+
+    @_amd_call("resetting the power limit")
+    def reset_power_limit(self) -> None:
+        limits, unit_w = self._power_caps()
+        self._smi.amdsmi_set_power_cap(self._handle, POWER_CAP_SENSOR, round(limits.default_w / unit_w))
 
     @_amd_call("reading the energy counter")
     def energy_j(self) -> float:

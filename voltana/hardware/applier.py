@@ -5,6 +5,9 @@ Why a thread: a clock change is a driver ioctl that takes milliseconds; the iter
 coalesce (the worker always applies the *latest* target), and a driver error never reaches the caller: the
 applier switches to monitor-only mode and says so once, loudly.
 
+A static power limit (``power_limit_w``, ``hardware.power_limit_w``) is set once when the applier starts and
+given back with the clocks: every path below that resets the clocks also restores the default power limit.
+
 Restoring clocks: ``close()`` resets them; every live applier is also closed at interpreter exit (``atexit``)
 and on SIGTERM (a handler installed from the main thread, chaining to the previous handler). A hard crash
 (SIGKILL, segfault in the engine) cannot run any of these: pass a ``watchdog``
@@ -29,8 +32,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from voltana.hardware.device import GpuGroup
-from voltana.hardware.errors import RESET_CLOCKS_BY_HAND
+from voltana.core.protocols import DeviceGroup
+from voltana.hardware.errors import RESET_CLOCKS_BY_HAND, RESET_POWER_LIMIT_BY_HAND
 
 if TYPE_CHECKING:
     from voltana.hardware.watchdog import Watchdog
@@ -45,7 +48,7 @@ _previous_sigterm: Any = None
 
 
 class ClockApplier:
-    """Applies the latest submitted SM clock to a :class:`GpuGroup` from a worker thread.
+    """Applies the latest submitted SM clock to a GPU group (``GpuGroup``) from a worker thread.
 
     Invariants: ``submit`` never blocks and never raises; ``locked_clock_mhz`` is the clock asked of the
     driver by the last successful lock, ``applied_clock_mhz`` (= ``read_back_clock_mhz``) the clock the GPU
@@ -53,16 +56,22 @@ class ClockApplier:
     (``time.monotonic``); all None before the first lock. After a driver error ``monitor_only`` is True and
     no further driver calls are made except the restore on close, and only if a lock ever succeeded (a
     refused first lock changed nothing: no reset, no second error).
+
+    ``power_limit_w`` (W per GPU, None: leave the driver's limit) is set synchronously in the constructor;
+    ``applied_power_limit_w`` is the limit read back, None when none was set. A refused or out-of-range limit
+    is one ERROR (``power_limit_error``) and clock control goes on; a limit that was set is restored to the
+    driver's default on close, wherever the clocks are.
     """
 
     def __init__(
         self,
-        group: GpuGroup,
+        group: DeviceGroup,
         *,
         restore_on_exit: bool = True,
         on_monitor_only: Callable[[str], None] | None = None,
         watchdog: Watchdog | None = None,
         name: str = "voltana-clock-applier",
+        power_limit_w: float | None = None,
     ) -> None:
         self.group = group
         self.restore_on_exit = restore_on_exit
@@ -89,6 +98,11 @@ class ClockApplier:
         self._warned_unsupported = False
         self._clocks = group.supported_clocks_mhz()
         self._clock_set = frozenset(self._clocks)
+        self.applied_power_limit_w: float | None = None
+        self.power_limit_error = ""
+        self._power_limit_touched = False
+        if power_limit_w is not None:
+            self._set_power_limit(power_limit_w)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         _live.add(self)
@@ -155,6 +169,45 @@ class ClockApplier:
             )
         return nearest
 
+    def _set_power_limit(self, limit_w: float) -> None:
+        try:
+            self.applied_power_limit_w = self.group.set_power_limit_w(limit_w)
+        except Exception as exc:
+            self.power_limit_error = str(exc)
+            logger.error(
+                "voltana: hardware.power_limit_w = %g W NOT set, the driver's limit stays (clock control "
+                "continues): %s",
+                limit_w,
+                exc,
+            )
+            if len(self.group) > 1:
+                self._power_limit_touched = True  # members before the one that refused may have it: restore
+            return
+        self._power_limit_touched = True
+        logger.info(
+            "voltana: GPU power limit set to %g W per GPU (read back %g W)",
+            limit_w,
+            self.applied_power_limit_w,
+        )
+
+    def _restore_power_limit(self) -> bool:
+        """Restore the default power limit if one was set; False if that failed (logged)."""
+        if not (self.restore_on_exit and self._power_limit_touched):
+            return True
+        try:
+            self.group.reset_power_limit()
+        except Exception as exc:
+            if self.power_limit_error:  # it was refused before: a second refusal is expected, not news
+                logger.debug("voltana: power-limit reset after a refused set failed: %s", exc)
+                return True
+            logger.error(
+                "voltana: could not restore the GPU power limit: %s; %s", exc, RESET_POWER_LIMIT_BY_HAND
+            )
+            return False
+        if not self.power_limit_error:
+            logger.info("voltana: GPU power limit restored to the driver default")
+        return True
+
     def _enter_monitor_only(self, reason: str) -> None:
         self.monitor_only = True
         self.monitor_only_reason = reason
@@ -190,13 +243,14 @@ class ClockApplier:
             except Exception as exc:
                 restored = False
                 logger.error("voltana: could not restore GPU clocks: %s; %s", exc, RESET_CLOCKS_BY_HAND)
-        elif self.restore_on_exit and self.monitor_only and len(self.group.devices) > 1:
+        elif self.restore_on_exit and self.monitor_only and len(self.group) > 1:
             # A refused lock on a TP group may have locked the members before the one that refused: reset
             # quietly (the refusal was already logged; a second refusal here is expected and not an error).
             try:
                 self.group.reset_clocks()
             except Exception as exc:
                 logger.debug("voltana: reset after a refused lock failed: %s", exc)
+        restored = self._restore_power_limit() and restored
         if self.watchdog is not None:
             self.watchdog.disarm(clean=restored)  # not clean: the watchdog process retries the reset
         _live.discard(self)

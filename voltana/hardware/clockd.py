@@ -1,11 +1,13 @@
-"""``voltana clockd``: the one privileged process that locks GPU clocks, so engines run without CAP_SYS_ADMIN.
+"""``voltana clockd``: the one privileged process that locks GPU clocks (and sets the power limit), so engines
+run without CAP_SYS_ADMIN.
 
 The daemon opens one GPU group (``hardware.vendor`` / ``hardware.device_indices`` of its config) and listens
 on a Unix stream socket. Each connection is checked with ``SO_PEERCRED``: only the allowed user or group ids
-may talk to it (default: the daemon's own uid). One connection at a time owns the clocks; when the owner
-disconnects for any reason (clean close, SIGKILL, OOM kill of the engine) the daemon resets the clocks at
-once. Engines point ``hardware.clockd_socket`` at it: clock locks and resets go through the daemon, energy
-and clock reads stay in the engine (they need no privilege).
+may talk to it (default: the daemon's own uid). One connection at a time owns the clocks and the power limit;
+when the owner disconnects for any reason (clean close, SIGKILL, OOM kill of the engine) the daemon resets
+what it set (clocks, power limit) at once. Engines point ``hardware.clockd_socket`` at it: clock locks, power
+limits and their resets go through the daemon; energy, clock and power-limit reads stay in the engine (they
+need no privilege).
 
 Protocol: one JSON object per line, each request answered by one line.
 
@@ -14,6 +16,8 @@ Protocol: one JSON object per line, each request answered by one line.
   (:func:`check_same_gpus`)
 - ``{"op": "lock", "clock_mhz": int}`` -> ``{"ok": true, "read_back_mhz": int}``
 - ``{"op": "reset"}`` -> ``{"ok": true}``
+- ``{"op": "power_limit", "limit_w": float}`` -> ``{"ok": true, "read_back_w": float}`` (W per GPU)
+- ``{"op": "power_reset"}`` -> ``{"ok": true}`` (the driver's default power limit)
 - any failure -> ``{"ok": false, "kind": <voltana error class>, "error": <one line>}``
 """
 
@@ -34,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from voltana.hardware import errors
-from voltana.hardware.device import DeviceCapabilities, GpuGroup
+from voltana.hardware.device import DeviceCapabilities, GpuGroup, call_every
 from voltana.hardware.errors import InvalidArgumentError, VoltanaHardwareError
 
 logger = logging.getLogger("voltana.hardware")
@@ -81,6 +85,7 @@ class ClockDaemon:
         self._lock = threading.Lock()
         self._owner: PeerCredentials | None = None
         self._owner_token: object | None = None
+        self._held: set[str] = set()  # what the owner set: "clocks", "power limit"
         self._server: socketserver.ThreadingUnixStreamServer | None = None
 
     def allowed(self, peer: PeerCredentials) -> bool:
@@ -104,46 +109,72 @@ class ClockDaemon:
                 if not isinstance(clock_mhz, int) or isinstance(clock_mhz, bool):
                     raise InvalidArgumentError(f"lock needs an integer clock_mhz, got {clock_mhz!r}")
                 with self._lock:
-                    if self._owner_token not in (None, token):
-                        owner = self._owner
-                        raise errors.NoPermissionError(
-                            f"the GPU clocks are held by another client (pid {owner.pid if owner else '?'})"
-                        )
+                    self._check_owner(token)
                     read_back = self.group.lock_clock_mhz(clock_mhz)
-                    self._owner, self._owner_token = peer, token
+                    self._hold(peer, token, "clocks")
                 return {"ok": True, "read_back_mhz": int(read_back)}
-            if op == "reset":
+            if op == "power_limit":
+                limit_w = request.get("limit_w")
+                if not isinstance(limit_w, int | float) or isinstance(limit_w, bool):
+                    raise InvalidArgumentError(f"power_limit needs a number limit_w (W), got {limit_w!r}")
                 with self._lock:
-                    if self._owner_token not in (None, token):
-                        raise errors.NoPermissionError("the GPU clocks are held by another client")
-                    self._release()
+                    self._check_owner(token)
+                    read_back_w = self.group.set_power_limit_w(float(limit_w))
+                    self._hold(peer, token, "power limit")
+                return {"ok": True, "read_back_w": float(read_back_w)}
+            if op in ("reset", "power_reset"):
+                with self._lock:
+                    self._check_owner(token)
+                    self._release({"clocks"} if op == "reset" else {"power limit"})
                 return {"ok": True}
-            raise InvalidArgumentError(f"unknown op {op!r}; expected hello, lock or reset")
+            raise InvalidArgumentError(
+                f"unknown op {op!r}; expected hello, lock, reset, power_limit or power_reset"
+            )
         except VoltanaHardwareError as exc:
             return _error_reply(exc)
 
+    def _check_owner(self, token: object) -> None:
+        """Raise ``NoPermissionError`` when another connection holds the clocks or the power limit."""
+        if self._owner_token not in (None, token):
+            owner = self._owner
+            raise errors.NoPermissionError(
+                f"the GPU clocks are held by another client (pid {owner.pid if owner else '?'})"
+            )
+
+    def _hold(self, peer: PeerCredentials, token: object, what: str) -> None:
+        self._owner, self._owner_token = peer, token
+        self._held.add(what)
+
     def disconnected(self, token: object) -> None:
-        """The connection ``token`` is gone: if it owned the clocks, reset them now."""
+        """The connection ``token`` is gone: reset what it set (clocks, power limit) now."""
         with self._lock:
             if self._owner_token is token:
                 owner = self._owner
+                held = " and the ".join(sorted(self._held)) or "clocks"
                 try:
-                    self._release()
+                    self._release({"clocks", "power limit"})
                 except VoltanaHardwareError as exc:
                     logger.error(
-                        "voltana clockd: could not reset the clocks after pid %s left: %s", owner, exc
+                        "voltana clockd: could not reset the %s after pid %s left: %s", held, owner, exc
                     )
                 else:
                     logger.warning(
-                        "voltana clockd: client pid %s disconnected holding the clocks; reset them",
+                        "voltana clockd: client pid %s disconnected holding the %s; reset them",
                         owner.pid if owner else "?",
+                        held,
                     )
 
-    def _release(self) -> None:
-        owned = self._owner_token is not None
-        self._owner = self._owner_token = None
-        if owned:
-            self.group.reset_clocks()
+    def _release(self, what: set[str]) -> None:
+        """Give back ``what`` the owner holds ("clocks", "power limit"); the owner is released when it holds
+        nothing more. Every reset is tried; the first error is re-raised."""
+        held = self._held & what
+        self._held -= what
+        if not self._held:
+            self._owner = self._owner_token = None
+        actions = [self.group.reset_clocks] if "clocks" in held else []
+        if "power limit" in held:
+            actions.append(self.group.reset_power_limit)
+        call_every(actions)
 
     def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
         """Listen and serve until :meth:`shutdown`; then reset held clocks and remove the socket."""
@@ -190,7 +221,7 @@ class ClockDaemon:
         finally:
             server.server_close()
             with self._lock, contextlib.suppress(VoltanaHardwareError):
-                self._release()
+                self._release({"clocks", "power limit"})
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
 
@@ -318,6 +349,14 @@ class ClockdClient:
         """Reset through the daemon."""
         self._call({"op": "reset"})
 
+    def set_power_limit_w(self, limit_w: float) -> float:
+        """Set the power limit (W per GPU) through the daemon; returns the limit read back (W)."""
+        return float(self._call({"op": "power_limit", "limit_w": float(limit_w)})["read_back_w"])
+
+    def reset_power_limit(self) -> None:
+        """Restore the default power limit through the daemon."""
+        self._call({"op": "power_reset"})
+
     def close(self) -> None:
         """Disconnect (the daemon resets clocks this client still holds)."""
         with contextlib.suppress(OSError):
@@ -338,6 +377,13 @@ class ClockdGpuGroup(GpuGroup):
 
     def reset_clocks(self) -> None:
         self.client.reset_clocks()
+
+    def set_power_limit_w(self, limit_w: float) -> float:
+        self.power_limits().check(limit_w)  # read locally: one clear line before any daemon call
+        return self.client.set_power_limit_w(limit_w)
+
+    def reset_power_limit(self) -> None:
+        self.client.reset_power_limit()
 
     def capabilities(self) -> DeviceCapabilities:
         local = super().capabilities()

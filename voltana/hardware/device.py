@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from voltana.core.types import EnergySource
@@ -20,7 +20,7 @@ from voltana.hardware.counters import (
     EnergyTracker,
     weakest_source,
 )
-from voltana.hardware.errors import DeviceNotFoundError, InvalidArgumentError
+from voltana.hardware.errors import DeviceNotFoundError, InvalidArgumentError, NotSupportedError
 
 __all__ = [
     "MAX_GPU_POWER_W",
@@ -30,6 +30,8 @@ __all__ = [
     "EnergySource",
     "GpuDevice",
     "GpuGroup",
+    "PowerLimits",
+    "call_every",
     "clock_privilege",
     "has_clock_privilege",
     "visible_device_map",
@@ -44,6 +46,29 @@ class DeviceCapabilities:
     has_energy_counter: bool
     has_power_reading: bool
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PowerLimits:
+    """One GPU's power limit as the driver reports it (W, per GPU).
+
+    ``current_w`` is the limit in force now (NVML's power management limit, amdsmi's ``power_cap``),
+    ``default_w`` the driver's default (what a reset restores), ``min_w``..``max_w`` the range the driver
+    accepts for a new limit. A group's limits are per GPU too: see :meth:`GpuGroup.power_limits`.
+    """
+
+    current_w: float
+    default_w: float
+    min_w: float
+    max_w: float
+
+    def check(self, limit_w: float, where: str = "power limit") -> None:
+        """Raise :class:`InvalidArgumentError` (one line) unless ``min_w <= limit_w <= max_w``."""
+        if not self.min_w <= limit_w <= self.max_w:
+            raise InvalidArgumentError(
+                f"{where} {limit_w:g} W is outside the range this GPU accepts "
+                f"({self.min_w:g}..{self.max_w:g} W, default {self.default_w:g} W); pick a value inside it"
+            )
 
 
 class GpuDevice(ABC):
@@ -82,6 +107,25 @@ class GpuDevice(ABC):
     def power_w(self) -> float | None:
         """Instantaneous (or driver-averaged) power (W); None where not available."""
         return None
+
+    def power_limits(self) -> PowerLimits:
+        """The power limit in force, the default and the accepted range (W); reading needs no privilege.
+
+        Raises :class:`NotSupportedError` where the driver has no power limit (the default here).
+        """
+        raise NotSupportedError(f"{self.vendor} GPU {self.index} ({self.name}): power limits not supported")
+
+    def set_power_limit_w(self, limit_w: float) -> float:
+        """Set the power limit (W, checked against :meth:`power_limits`); returns the limit read back.
+
+        Needs the same privilege as locking clocks (``NoPermissionError`` otherwise). The limit outlives
+        the process on a real GPU: :meth:`reset_power_limit` gives the default back.
+        """
+        raise NotSupportedError(f"{self.vendor} GPU {self.index} ({self.name}): power limits not supported")
+
+    def reset_power_limit(self) -> None:
+        """Restore the driver's default power limit."""
+        raise NotSupportedError(f"{self.vendor} GPU {self.index} ({self.name}): power limits not supported")
 
     def _tracker(self) -> EnergyTracker:
         tracker = getattr(self, "_energy_tracker", None)
@@ -170,6 +214,19 @@ def has_clock_privilege() -> bool:
     return clock_privilege()[0]
 
 
+def call_every(actions: Iterable[Callable[[], object]]) -> None:
+    """Call every action even after one fails, then re-raise the first error: a restore must try every GPU
+    and every setting (a refused clock reset must not leave the power limit set)."""
+    first_error: Exception | None = None
+    for action in actions:
+        try:
+            action()
+        except Exception as exc:
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
+
+
 class GpuGroup:
     """The GPUs of one engine instance (tensor parallel): they move together.
 
@@ -216,14 +273,35 @@ class GpuGroup:
 
     def reset_clocks(self) -> None:
         """Reset every member (attempts all, re-raises the first error)."""
-        first_error: Exception | None = None
-        for device in self.devices:
-            try:
-                device.reset_clocks()
-            except Exception as exc:
-                first_error = first_error or exc
-        if first_error is not None:
-            raise first_error
+        call_every(device.reset_clocks for device in self.devices)
+
+    def power_limits(self) -> PowerLimits:
+        """Per-GPU limits every member accepts: the lowest limit in force and default, the intersection of
+        the ranges (W). Raises ``NotSupportedError`` if a member has none, ``InvalidArgumentError`` if the
+        members' ranges do not overlap."""
+        limits = [device.power_limits() for device in self.devices]
+        combined = PowerLimits(
+            current_w=min(limit.current_w for limit in limits),
+            default_w=min(limit.default_w for limit in limits),
+            min_w=max(limit.min_w for limit in limits),
+            max_w=min(limit.max_w for limit in limits),
+        )
+        if combined.min_w > combined.max_w:
+            raise InvalidArgumentError(
+                f"the GPUs of this group accept no common power limit ({combined.min_w:g} W minimum on one, "
+                f"{combined.max_w:g} W maximum on another); set limits per GPU with `nvidia-smi -pl`"
+            )
+        return combined
+
+    def set_power_limit_w(self, limit_w: float) -> float:
+        """Set ``limit_w`` (W, per GPU) on every member after checking the common range; returns the lowest
+        read-back limit. Raises ``InvalidArgumentError`` (one line, nothing set) outside the range."""
+        self.power_limits().check(limit_w)
+        return min(device.set_power_limit_w(limit_w) for device in self.devices)
+
+    def reset_power_limit(self) -> None:
+        """Restore every member's default power limit (attempts all, re-raises the first error)."""
+        call_every(device.reset_power_limit for device in self.devices)
 
     def current_clock_mhz(self) -> int:
         """Lowest current clock among members (MHz)."""

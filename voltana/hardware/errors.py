@@ -22,6 +22,12 @@ RESET_CLOCKS_BY_HAND = (
 )
 
 
+RESET_POWER_LIMIT_BY_HAND = (
+    "the power limit may still be set: restore the default by hand with `sudo nvidia-smi -pl <default W>` "
+    "(NVIDIA; `nvidia-smi -q -d POWER` shows the default) or `sudo amd-smi set --power-cap <default W>` (AMD)"
+)
+
+
 class ClockdUnreachableError(VoltanaHardwareError):
     """``hardware.clockd_socket`` cannot be connected to; ``fix`` says what to do (one line)."""
 

@@ -1,7 +1,8 @@
-"""NVIDIA driver on ``nvidia-ml-py`` (module ``pynvml``): locked SM clocks, energy counter, power.
+"""NVIDIA driver on ``nvidia-ml-py`` (module ``pynvml``): locked SM clocks, power limit, energy, power.
 
-Locking clocks (``nvmlDeviceSetGpuLockedClocks``) needs root or CAP_SYS_ADMIN. Application clocks are
-deprecated and not used. Every vendor error is mapped to voltana's hierarchy with what to do about it.
+Locking clocks (``nvmlDeviceSetGpuLockedClocks``) and setting the power management limit
+(``nvmlDeviceSetPowerManagementLimit``, mW) need root or CAP_SYS_ADMIN. Application clocks are deprecated and
+not used. Every vendor error is mapped to voltana's hierarchy with what to do about it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from voltana.hardware.device import (
     EnergySource,
     GpuDevice,
     GpuGroup,
+    PowerLimits,
     clock_privilege,
     visible_device_map,
 )
@@ -35,9 +37,14 @@ from voltana.hardware.errors import (
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-PRIVILEGE_FIX = (
+GRANT_CAP_SYS_ADMIN = (
     "grant CAP_SYS_ADMIN (`sudo setcap cap_sys_admin+ep <python binary>`, docker --cap-add SYS_ADMIN; root "
-    "in a container is not enough without it); otherwise voltana only monitors (use policy.clock=static-max)"
+    "in a container is not enough without it)"
+)
+PRIVILEGE_FIX = f"{GRANT_CAP_SYS_ADMIN}; otherwise voltana only monitors (use policy.clock=static-max)"
+POWER_LIMIT_FIX = (
+    f"{GRANT_CAP_SYS_ADMIN} or use voltana clockd; otherwise leave hardware.power_limit_w empty (the "
+    "driver's default limit stays)"
 )
 
 
@@ -56,11 +63,17 @@ def map_nvml_error(exc: Exception, action: str) -> VoltanaHardwareError:
     pynvml = _import_pynvml()
     code = getattr(exc, "value", None)
     where = f"NVML {action} failed: {exc}"
-    clocks = "clock" in action and "read" not in action  # locking or resetting, not reading
+    writing = "read" not in action  # locking, setting or resetting
+    clocks = "clock" in action and writing
+    power_limit = "power limit" in action and writing
     if code == pynvml.NVML_ERROR_NO_PERMISSION:
-        if not clocks:
-            return NoPermissionError(f"{where}; the driver does not let this process read it")
-        return NoPermissionError(f"{where}; locking clocks needs root or CAP_SYS_ADMIN: {PRIVILEGE_FIX}")
+        if clocks:
+            return NoPermissionError(f"{where}; locking clocks needs root or CAP_SYS_ADMIN: {PRIVILEGE_FIX}")
+        if power_limit:
+            return NoPermissionError(
+                f"{where}; setting the power limit needs root or CAP_SYS_ADMIN: {POWER_LIMIT_FIX}"
+            )
+        return NoPermissionError(f"{where}; the driver does not let this process read it")
     if code in (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
         need = " (locked clocks need Volta+ and driver >= 440)" if clocks else ""
         return NotSupportedError(f"{where}; this GPU or driver does not support it{need}")
@@ -74,6 +87,8 @@ def map_nvml_error(exc: Exception, action: str) -> VoltanaHardwareError:
             f"{where}; the GPU fell off the bus: check `nvidia-smi` and dmesg, reset or reboot"
         )
     if code in (pynvml.NVML_ERROR_INVALID_ARGUMENT, pynvml.NVML_ERROR_NOT_FOUND):
+        if power_limit:
+            return InvalidArgumentError(f"{where}; pass a limit inside power_limits() (min_w..max_w)")
         return InvalidArgumentError(f"{where}; pass a clock from supported_clocks_mhz() and a valid device")
     return VoltanaHardwareError(f"{where}; see `nvidia-smi -q` for the device state")
 
@@ -175,6 +190,31 @@ class NvmlGpu(GpuDevice):
     @_nvml_call("resetting locked clocks")
     def reset_clocks(self) -> None:
         self._nvml.nvmlDeviceResetGpuLockedClocks(self._handle)
+
+    @_nvml_call("reading the power limit")
+    def power_limits(self) -> PowerLimits:
+        nvml, handle = self._nvml, self._handle
+        min_mw, max_mw = nvml.nvmlDeviceGetPowerManagementLimitConstraints(handle)
+        return PowerLimits(
+            current_w=nvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000.0,
+            default_w=nvml.nvmlDeviceGetPowerManagementDefaultLimit(handle) / 1000.0,
+            min_w=min_mw / 1000.0,
+            max_w=max_mw / 1000.0,
+        )
+
+    @_nvml_call("setting the power limit")
+    def set_power_limit_w(self, limit_w: float) -> float:
+        self.power_limits().check(limit_w)
+        self._nvml.nvmlDeviceSetPowerManagementLimit(self._handle, round(limit_w * 1000.0))
+        self._energy.max_power_w = self._power_limit_w()  # the jump bound follows the enforced limit
+        return float(self._nvml.nvmlDeviceGetPowerManagementLimit(self._handle)) / 1000.0
+
+    @_nvml_call("resetting the power limit")
+    def reset_power_limit(self) -> None:
+        # NVML has no reset call: the default limit is set back (what `nvidia-smi -pl <default>` does)
+        default_mw = self._nvml.nvmlDeviceGetPowerManagementDefaultLimit(self._handle)
+        self._nvml.nvmlDeviceSetPowerManagementLimit(self._handle, default_mw)
+        self._energy.max_power_w = self._power_limit_w()
 
     @_nvml_call("reading the energy counter")
     def energy_j(self) -> float:

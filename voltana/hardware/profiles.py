@@ -13,6 +13,10 @@ Sources (public; the subsets the calibration tests read ship under ``tests/data`
   SM clock 210..1410 MHz in 15 MHz steps (``nvidia-smi -q -d SUPPORTED_CLOCKS``), NVLink3 600 GB/s.
 - [H100-DS] NVIDIA H100 datasheet (SXM5 80GB): 989.4 TFLOPS dense FP16/BF16 tensor, 3350 GB/s HBM3, 700 W TDP,
   SM clock up to 1980 MHz, NVLink4 900 GB/s.
+- [A100-PL] `nvidia-smi -q` of an A100-SXM4 (400 W board) in NVIDIA/nvidia-docker issue #1648: Power Limit,
+  Default Power Limit and Max Power Limit 400.00 W, Min Power Limit 100.00 W.
+- [H100-PL] NVIDIA DGX user guide, "Managing Power Capping": the Redfish power limit of an SXM GPU reads
+  AllowableMin 200 W, AllowableMax 700 W, DefaultSetPoint 700 W (the H100 SXM5's 700 W board power).
 - [NCCL] nccl-tests all_reduce published results: bus bandwidth ~230 GB/s on A100 NVLink3, ~360 GB/s on H100
   NVLink4 (about 75-80% of the unidirectional link rate).
 - [HF-CONFIG] the models' public ``config.json`` (layers, hidden size, heads, KV heads, FFN size, vocabulary).
@@ -35,8 +39,9 @@ class GpuSpec:
 
     Power model (per GPU, W): ``idle_w + clock_tree_w*g(f) + sm_w*g(f)*u_compute + memory_w*u_memory`` with
     ``g(f) = (f/f_max) * (V(f)/V_max)**2`` and ``V`` flat at ``voltage_floor_ratio*V_max`` below
-    ``voltage_floor_mhz``, linear from there to ``V_max`` at ``f_max``. Capped at ``tdp_w``: the effective
-    clock drops until the power fits (H100 under heavy prefill).
+    ``voltage_floor_mhz``, linear from there to ``V_max`` at ``f_max``. Capped at the power limit (``tdp_w``
+    unless a lower limit down to ``min_power_limit_w`` is set): the effective clock drops until the power
+    fits (H100 under heavy prefill).
 
     Voltage floor [ASSUMPTION, DESIGN.md section 4]: the A100/H100 voltage-frequency curves are not public.
     GPUs keep a minimum operating voltage, so below some clock dynamic power falls only linearly with f and
@@ -54,6 +59,7 @@ class GpuSpec:
     allreduce_bus_bytes_per_s: float
     tdp_w: float
     idle_w: float
+    min_power_limit_w: float  # the lowest power limit the driver accepts (the default and maximum is tdp_w)
     # Latency, fitted to [VIDUR] linear and element-wise operators (per transformer layer, per GPU).
     gemm_memory_efficiency: float
     gemm_compute_efficiency: float
@@ -121,8 +127,9 @@ GPUS: dict[str, GpuSpec] = {
         hbm_bytes_per_s=2.039e12,  # [A100-DS]
         hbm_capacity_bytes=80e9,  # [A100-DS]
         allreduce_bus_bytes_per_s=230e9,  # [NCCL]
-        tdp_w=400.0,  # [A100-DS]
+        tdp_w=400.0,  # [A100-DS]; also the default and maximum power limit [A100-PL]
         idle_w=63.0,  # [SPLITWISE-POWER] idle_power a100-80gb
+        min_power_limit_w=100.0,  # [A100-PL]
         gemm_memory_efficiency=0.71,  # [VIDUR] fit: weight streaming at 1..128 tokens
         gemm_compute_efficiency=0.82,  # [VIDUR] fit: 2048..4096 tokens
         gemm_tile_tokens=128,  # [VIDUR] the step at 128 -> 136 tokens (e.g. Llama-3-8B TP1: 0.41 -> 0.57 ms)
@@ -146,8 +153,9 @@ GPUS: dict[str, GpuSpec] = {
         hbm_bytes_per_s=3.35e12,  # [H100-DS]
         hbm_capacity_bytes=80e9,  # [H100-DS]
         allreduce_bus_bytes_per_s=360e9,  # [NCCL]
-        tdp_w=700.0,  # [H100-DS]
+        tdp_w=700.0,  # [H100-DS]; also the default and maximum power limit [H100-PL]
         idle_w=75.0,  # [SPLITWISE-POWER] idle_power h100-80gb
+        min_power_limit_w=200.0,  # [H100-PL]
         gemm_memory_efficiency=0.79,  # [VIDUR] fit
         gemm_compute_efficiency=0.79,  # [VIDUR] fit
         gemm_tile_tokens=128,  # [VIDUR] same 128-token steps as on A100

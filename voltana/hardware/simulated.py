@@ -9,8 +9,11 @@ to the engine's CUDA-graph capture sizes. Memory-bound parts are flat in the SM 
 with 1/f.
 
 Power per GPU = idle + (clock tree + SM x compute utilisation) x f x V(f)^2 + HBM x memory utilisation, with
-a voltage floor, capped at TDP (the effective clock drops when the cap binds). Constants and their sources
-live in :mod:`voltana.hardware.profiles`.
+a voltage floor, capped at the power limit (TDP, or a lower limit set with ``set_power_limit_w``): when the
+cap binds the effective clock drops one step at a time until the power fits, as NVIDIA's power capping does
+("the clocks have been optimized to ensure not to exceed currently set power limits", NVML's
+``nvmlClocksEventReasonSwPowerCap``; nvidia-smi reports it as the ``SW Power Cap`` clock event reason).
+Constants and their sources live in :mod:`voltana.hardware.profiles`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voltana.core.types import Phase
-from voltana.hardware.device import DeviceCapabilities, EnergySource, GpuDevice, GpuGroup
+from voltana.hardware.device import DeviceCapabilities, EnergySource, GpuDevice, GpuGroup, PowerLimits
 from voltana.hardware.errors import InvalidArgumentError, UnknownProfileError
 from voltana.hardware.profiles import (
     ACTIVATION_RESERVE_BYTES,
@@ -50,6 +53,7 @@ __all__ = [
     "open_simulated",
     "performance_model",
     "record_iteration",
+    "simulated_power_cap_w",
 ]
 
 
@@ -192,12 +196,21 @@ class PerformanceModel:
         return pos
 
     def cost(
-        self, phase: Phase, batch_size: int, num_new_tokens: int, num_context_tokens: int, clock_mhz: int
+        self,
+        phase: Phase,
+        batch_size: int,
+        num_new_tokens: int,
+        num_context_tokens: int,
+        clock_mhz: int,
+        power_cap_w: float | None = None,
     ) -> IterationCost:
         """Latency, energy and power of one iteration at ``clock_mhz`` (whole instance).
 
         Prefill: ``num_new_tokens`` prompt tokens computed, ``num_context_tokens`` cached before. Decode:
-        ``num_new_tokens == batch_size``, ``num_context_tokens`` KV tokens read.
+        ``num_new_tokens == batch_size``, ``num_context_tokens`` KV tokens read. ``power_cap_w`` is a
+        per-GPU power limit below TDP (None: TDP): while the iteration's power per GPU exceeds the cap the
+        clock steps down (``effective_clock_mhz``); at the lowest clock it runs even if still above the
+        cap (a driver refuses limits that low: ``gpu.min_power_limit_w``).
         """
         index = self._index_of(clock_mhz)
         if batch_size <= 0 or num_new_tokens <= 0:
@@ -231,6 +244,7 @@ class PerformanceModel:
         compute_at_max_s = gemm_compute_s + partial_s + attn_compute_s
 
         gpu = self.gpu
+        cap_w = gpu.tdp_w if power_cap_w is None else min(gpu.tdp_w, power_cap_w)
         while True:
             slowdown = self._slowdown[index]
             latency_s = (
@@ -246,7 +260,7 @@ class PerformanceModel:
                 + self._dynamic[index] * (gpu.clock_tree_w + gpu.sm_w * compute_util)
                 + gpu.memory_w * memory_util
             )
-            if power_w <= gpu.tdp_w or index == 0:
+            if power_w <= cap_w or index == 0:
                 break
             index -= 1  # the power cap binds: the GPU runs below the set clock
         instance_power_w = power_w * self.tp
@@ -303,8 +317,10 @@ class SimulatedGpu(GpuDevice):
     """A GPU backed by a :class:`PerformanceModel`: clocks are remembered, energy advances as told.
 
     Energy advances by :meth:`record_iteration` (this GPU's share of an instance's :class:`IterationCost`) and
-    :meth:`advance_idle_s`. With ``state_path`` every clock change is written there as JSON
-    (``{"locked_clock_mhz": int | null, "events": [...]}``), so another process can observe a restore.
+    :meth:`advance_idle_s`. The power limit (:meth:`set_power_limit_w`, ``min_power_limit_w``..TDP of the
+    profile) is what callers pass to :meth:`PerformanceModel.cost` (:func:`simulated_power_cap_w`). With
+    ``state_path`` every clock or power-limit change is written there as JSON (``{"locked_clock_mhz": int |
+    null, "power_limit_w": float | null, "events": [...]}``), so another process can observe a restore.
     """
 
     vendor = "simulated"
@@ -327,6 +343,7 @@ class SimulatedGpu(GpuDevice):
         self.driver_calls = 0
         self.driver_latency_s = driver_latency_s
         self._power_w = model.gpu.idle_w
+        self.power_limit_w: float | None = None  # None: the default (TDP)
 
     def supported_clocks_mhz(self) -> tuple[int, ...]:
         return self.model.supported_clocks_mhz
@@ -352,6 +369,25 @@ class SimulatedGpu(GpuDevice):
             self.driver_calls += 1
             self.locked_clock_mhz = None
             self._persist("reset")
+
+    def power_limits(self) -> PowerLimits:
+        gpu = self.model.gpu
+        current_w = gpu.tdp_w if self.power_limit_w is None else self.power_limit_w
+        return PowerLimits(current_w, gpu.tdp_w, gpu.min_power_limit_w, gpu.tdp_w)
+
+    def set_power_limit_w(self, limit_w: float) -> float:
+        self.power_limits().check(limit_w)
+        with self._lock:
+            self.driver_calls += 1
+            self.power_limit_w = float(limit_w)
+            self._persist(f"power_limit {limit_w:g}")
+        return float(limit_w)
+
+    def reset_power_limit(self) -> None:
+        with self._lock:
+            self.driver_calls += 1
+            self.power_limit_w = None
+            self._persist("power_reset")
 
     def energy_j(self) -> float:
         return self._energy_j
@@ -379,7 +415,11 @@ class SimulatedGpu(GpuDevice):
         if self._state_path is None:
             return
         self._events.append(event)
-        state = {"locked_clock_mhz": self.locked_clock_mhz, "events": self._events}
+        state = {
+            "locked_clock_mhz": self.locked_clock_mhz,
+            "power_limit_w": self.power_limit_w,
+            "events": self._events,
+        }
         tmp = self._state_path.with_suffix(self._state_path.suffix + ".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self._state_path)
@@ -399,6 +439,13 @@ def open_simulated(
     perf = performance_model(gpu, model, tp)
     paths = [None if state_dir is None else Path(state_dir) / f"gpu{i}.json" for i in range(perf.tp)]
     return GpuGroup([SimulatedGpu(i, perf, path, driver_latency_s) for i, path in enumerate(paths)])
+
+
+def simulated_power_cap_w(group: GpuGroup) -> float | None:
+    """The per-GPU power cap a simulated group runs under (W): the lowest limit set on a member, None when
+    every member runs at its default (TDP). Pass it as ``PerformanceModel.cost(..., power_cap_w=...)``."""
+    limits = [d.power_limit_w for d in group.devices if isinstance(d, SimulatedGpu) and d.power_limit_w]
+    return min(limits) if limits else None
 
 
 def record_iteration(group: GpuGroup, cost: IterationCost) -> None:

@@ -5,7 +5,8 @@ do not reach it; forked once more so that it is not in the engine's process tree
 shutdown SIGKILLs as a whole) that blocks reading a pipe from the engine. Nothing is ever written except
 ``clean`` by :meth:`Watchdog.disarm` on an orderly shutdown. When the pipe reaches end-of-file without that
 word, the engine is gone: the child resets the clocks of the same devices, which it opened *before* blocking
-(so the reset is one driver call per GPU, milliseconds after the kill, not an import and an NVML start-up).
+(so the reset is one driver call per GPU, milliseconds after the kill, not an import and an NVML start-up),
+and, when the engine's config sets ``hardware.power_limit_w``, restores the default power limit too.
 
 The engine paths start it by default (``hardware.watchdog = true``; not for the simulated GPU, which lives in
 the engine's process). It covers what no in-process handler can: SIGKILL, the OOM killer, a segfault, and
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voltana.core.config import HardwareConfig
+from voltana.hardware.device import call_every
+from voltana.hardware.errors import NotSupportedError
 
 logger = logging.getLogger("voltana.hardware")
 CLEAN = b"clean\n"
@@ -155,20 +158,31 @@ def main(argv: list[str]) -> int:
     received = sys.stdin.buffer.read()
     if received.strip() == CLEAN.strip():
         return 0
+    power_limit = spec["hardware"].get("power_limit_w") is not None
+    what = "GPU clocks and power limit" if power_limit else "GPU clocks"
     try:
         if group is None:
             group = _open_group(spec)
-        group.reset_clocks()
+        restores = [group.reset_clocks, _power_limit_restorer(group)] if power_limit else [group.reset_clocks]
+        call_every(restores)
     except Exception as exc:
-        print(
-            f"voltana watchdog: the engine died and the GPU clocks could not be reset: {exc}", file=sys.stderr
-        )
+        print(f"voltana watchdog: the engine died and the {what} could not be reset: {exc}", file=sys.stderr)
         return 1
     finally:
         if group is not None:
             group.close()
-    print("voltana watchdog: the engine died; GPU clocks reset to the driver default", file=sys.stderr)
+    print(f"voltana watchdog: the engine died; {what} reset to the driver default", file=sys.stderr)
     return 0
+
+
+def _power_limit_restorer(group: Any) -> Any:
+    """Restore the default power limit; a GPU without a settable limit had none set (nothing to restore)."""
+
+    def restore() -> None:
+        with contextlib.suppress(NotSupportedError):
+            group.reset_power_limit()
+
+    return restore
 
 
 if __name__ == "__main__":

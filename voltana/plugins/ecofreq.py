@@ -13,14 +13,20 @@ anything waits.
 
 Decode: feasible clocks have predicted ITL <= ``ITL * (1 - safety_margin)`` for the next iteration, and, once
 the instance has measured its load (:class:`voltana.core.decode_demand.DecodeDemand`: requests per second
-``lambda`` entering it and tokens ``L`` generated per request), the clock must carry that load: the largest
-batch ``B`` the instance may run (its running-request cap ``max_running_requests``, else the running batch
-while requests wait for admission, else the largest batch the predictor has seen) with predicted ITL within
-the bound must produce ``B / ITL(B) >= lambda * L / (1 - safety_margin)`` tokens per second (Little's law: a
-slower clock needs more requests in flight than it may run, and the excess waits for admission, where each
-iteration still looks fast). A non-empty admission queue is a signal: each waiting request's predicted mean
-ITL, ``ITL + (time waited + expected wait for a slot) / (L - 1)`` with slots freed at ``B / (L * ITL)``
-requests per second, must stay within the bound; while ``L`` is unknown a queue means the max clock.
+``lambda`` entering it and tokens ``L`` generated per request), the clock must carry that load or time-share
+with faster ones. Let ``B`` be the largest batch the instance may run (its running-request cap
+``max_running_requests``, else the running batch while requests wait for admission, else the largest batch
+the predictor has seen) with predicted ITL within the bound. The clock carries the load when
+``B / ITL(B) >= lambda * L`` tokens per second (Little's law). A slower clock stays feasible while the backlog
+it builds is within what the ITL bound absorbs: over one request's life the instance would hold
+``max(b, lambda * L * ITL(b))`` requests plus those waiting (``b`` the running batch); that must fit ``B``,
+or, where ``B`` is the cap, the last of the excess, waiting at that position for a slot, must still meet the
+bound. Past that a faster clock drains the backlog (the effective clock is a mix matching the load). A
+non-empty admission queue is a signal: each waiting request's predicted mean ITL,
+``ITL + (time waited + expected wait for a slot) / n`` with slots freed at ``B / (L * ITL)`` requests per
+second, must stay within the bound, ``n`` a short output (``DecodeDemand.short_decode_tokens``, a low quantile
+of measured lengths: a request's wait is spread over its own gaps); while ``L`` is unknown a queue means the
+max clock.
 
 Objective (both phases): among feasible clocks the least predicted energy above idle,
 ``E(f) - idle_power_w * t(f)``: an instance draws its idle power whenever it is not computing, so a slower
@@ -37,14 +43,16 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
 from itertools import accumulate
 from operator import mul
 from typing import Any
 
 import numpy as np
+from pydantic import ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
 
 from voltana.core.arrivals import ArrivalRate
+from voltana.core.config import ConfigError
 from voltana.core.contexts import ClockContext, PolicyInfo
 from voltana.core.decode_demand import DecodeDemand
 from voltana.core.hookspecs import hookimpl
@@ -55,77 +63,74 @@ POLICY_NAME = "ecofreq"
 _STATE_KEY = "ecofreq"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=ConfigDict(extra="ignore", use_attribute_docstrings=True))
 class EcoFreqOptions:
-    """Guardrail knobs from ``policy.options`` (unknown keys belong to other policies and are ignored)."""
+    """Guardrail knobs from ``policy.options`` (unknown keys belong to other policies and are ignored).
 
-    safety_margin: float = 0.1
+    A pydantic dataclass: each field's constraint is checked and its docstring is its description; build it
+    from the config with :meth:`from_mapping`, which turns a bad value into one
+    :class:`~voltana.core.config.ConfigError` line."""
+
+    safety_margin: float = Field(default=0.1, ge=0.0, lt=1.0)
     """Share of the SLO kept in reserve (``policy.safety_margin``)."""
-    mape_limit: float = 0.15
+    mape_limit: float = Field(default=0.15, ge=0.0)
     """Recent predictor MAPE (fraction) above which the max clock is used."""
-    min_observations: int = 16
+    min_observations: int = Field(default=16, ge=0)
     """Observations before the MAPE guardrail applies (a seeded predictor is trusted until then)."""
-    min_dwell_s: float = 0.05
+    min_dwell_s: float = Field(default=0.05, ge=0.0)
     """After a change, energy-motivated moves wait this long (s)."""
-    hysteresis: float = 0.03
+    hysteresis: float = Field(default=0.03, ge=0.0)
     """Relative predicted-energy saving needed to leave the current (feasible) clock."""
-    clock_change_latency_s: float = 0.001
+    clock_change_latency_s: float = Field(default=0.001, ge=0.0)
     """Predicted latency cost of changing the clock for one iteration (s)."""
-    prefill_token_budget: int = 8192
+    prefill_token_budget: int = Field(default=8192, ge=1)
     """Tokens per prefill iteration the engine schedules (vLLM/SGLang chunked-prefill budget)."""
-    plan_for_newcomer: bool = True
+    plan_for_newcomer: StrictBool = True
     """Prefill: also plan for one prompt of the recent mean size arriving now, behind the queue."""
-    idle_power_w: float = 0.0
+    idle_power_w: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     """Power the instance draws when not computing (W, all its GPUs); the objective is energy above it."""
-    arrival_window_s: float = 2.0
+    arrival_window_s: float = Field(default=2.0, ge=0.0, allow_inf_nan=False)
     """Prefill: time constant of the arrival-rate estimate (s); 0 turns arrival awareness off."""
-    decode_window_s: float = 10.0
+    decode_window_s: float = Field(default=10.0, ge=0.0, allow_inf_nan=False)
     """Decode: time constant of the measured load (requests/s; the output estimate averages over 3x it, s);
     0 turns the load and admission-queue constraints off (the next iteration's ITL only). Long, as the clock
     must carry the mean load: the admission queue answers bursts at once."""
-    max_running_requests: int = 0
+    max_running_requests: int = Field(default=0, ge=0)
     """Decode: the engine's running-request cap (vLLM ``max_num_seqs``, SGLang ``max_running_requests``);
     0: unknown, measured as the running batch while requests wait for admission."""
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> EcoFreqOptions:
-        """Options from ``policy.options``; raises ValueError naming a key with a bad value."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name in options:
-                raw = options[f.name]
-                try:
-                    values[f.name] = _parse_option(f.name, raw)
-                except (TypeError, ValueError):
-                    kind = "true or false" if f.name in _BOOL_OPTIONS else "a number"
-                    raise ValueError(f"policy.options.{f.name} must be {kind}, got {raw!r}") from None
-        opts = cls(**values)
-        if (
-            not 0.0 <= opts.safety_margin < 1.0
-            or opts.prefill_token_budget < 1
-            or opts.hysteresis < 0
-            or not opts.idle_power_w >= 0
-            or not opts.arrival_window_s >= 0
-            or not opts.decode_window_s >= 0
-            or opts.max_running_requests < 0
-        ):
-            raise ValueError(
-                "policy.options: need 0 <= safety_margin < 1, hysteresis >= 0, token budget >= 1, "
-                "idle_power_w >= 0, arrival_window_s >= 0, decode_window_s >= 0, max_running_requests >= 0"
-            )
-        return opts
+        """Options from ``policy.options``; raises :class:`~voltana.core.config.ConfigError` (a ValueError)
+        naming the first key with a bad value, what it must be and what it got, in one line."""
+        try:
+            return _OPTIONS_ADAPTER.validate_python(dict(options))
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc)) from None
 
 
-_BOOL_OPTIONS = frozenset({"plan_for_newcomer"})
-_INT_OPTIONS = frozenset({"min_observations", "prefill_token_budget", "max_running_requests"})
+_OPTIONS_ADAPTER = TypeAdapter(EcoFreqOptions)
 
 
-def _parse_option(name: str, raw: Any) -> bool | int | float:
-    if name in _BOOL_OPTIONS:
-        if isinstance(raw, bool):
-            return raw
-        raise TypeError(name)
-    return int(raw) if name in _INT_OPTIONS else float(raw)
+def _one_line(exc: ValidationError) -> str:
+    """``policy.options.<key> must be <constraint>, got <value>`` for the first error of ``exc``."""
+    error = exc.errors(include_url=False)[0]
+    key = ".".join(str(part) for part in error["loc"])
+    ctx = error.get("ctx") or {}
+    kinds = {"bool_type": "true or false", "float_parsing": "a number", "int_parsing": "a whole number",
+             "float_type": "a number", "int_type": "a whole number", "int_from_float": "a whole number",
+             "finite_number": "a finite number"}  # fmt: skip
+    bounds = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than": ("<", "lt"),
+              "less_than_equal": ("<=", "le")}  # fmt: skip
+    kind = error["type"]
+    if kind in bounds:
+        operator, bound = bounds[kind]
+        wanted = f"{operator} {ctx[bound]:g}"
+        if key == "safety_margin":
+            wanted = "in [0, 1)"
+    else:
+        wanted = kinds.get(kind, error["msg"].lower())
+    return f"policy.options.{key} must be {wanted}, got {error['input']!r}"
 
 
 class EcoFreqState:
@@ -387,7 +392,8 @@ def _decode_checker(
     snapshot: BatchSnapshot, st: EcoFreqState, predictor: ClockTable, latency: list[float]
 ) -> Callable[[int], int]:
     """A feasibility test per clock index: 0 feasible, 1 the next iteration misses the ITL bound, 2 the clock
-    cannot carry the measured load or a waiting request would miss its ITL (see module docstring)."""
+    neither carries the measured load nor may be time-shared, or a waiting request would miss its ITL (see
+    module docstring)."""
     held = st.clock_index
     change_s = st.opts.clock_change_latency_s
     bound = st.bound_s
@@ -405,8 +411,9 @@ def _decode_checker(
 def _load_checker(
     snapshot: BatchSnapshot, st: EcoFreqState, predictor: ClockTable
 ) -> Callable[[int], bool] | None:
-    """Whether clock index ``k`` carries the measured decode load and drains the admission queue in time;
-    None when there is nothing to check yet (no load measured and no queue)."""
+    """Whether clock index ``k`` carries the measured decode load, or may be time-shared because the backlog
+    it builds stays within the ITL bound, and serves every waiting request within it; None when there is
+    nothing to check yet (no load measured and no queue)."""
     demand = st.demand
     assert demand is not None
     demand.update(snapshot)
@@ -439,6 +446,10 @@ def _load_checker(
     waited = [now_s - since.get(q.request_id, now_s) for q in waiting]
     slots = float(max(batch, 1))
     top = int(cap)
+    arrival_rps = demand.rate_rps
+    # A waiting request's wait is spread over its own gaps: checked for a short output (see DecodeDemand).
+    short = demand.short_decode_tokens
+    spread = max(short if short is not None else output - 1.0, 1.0)
 
     def carries(k: int) -> bool:
         # The largest batch within the cap whose ITL fits the bound (ITL grows with the batch).
@@ -449,12 +460,23 @@ def _load_checker(
                 lo = mid
             else:
                 hi = mid - 1
-        if lo == 0 or lo / itl_s(k, float(lo)) < load_tps:
+        if lo == 0:
             return False
+        step_s = itl_s(k, slots)
+        free_rps = slots / (output * step_s)  # a slot frees when a running request finishes
+        if lo / itl_s(k, float(lo)) < load_tps:
+            # The clock does not carry the load in steady state: time-share it with a faster one while
+            # the backlog it builds stays within what the ITL bound absorbs. Over one request's life
+            # (mean output x this iteration's ITL) the instance would hold Little's law's
+            # ``arrival_rps * output * step_s`` requests (or the present batch, if more) plus those
+            # waiting. Beyond the largest batch within the bound (``lo``) they either run above the
+            # bound (``lo`` below the cap: rejected) or wait for a slot (``lo`` at the cap): then the
+            # last of them, at that position in the queue, must still meet the ITL bound with its wait
+            # spread over a short output. Past that, a faster clock drains the backlog.
+            excess = max(slots, arrival_rps * output * step_s) + len(waited) - lo
+            if excess > 0.0 and (lo < top or step_s + excess / free_rps / spread > bound):
+                return False
         if waited:
-            step_s = itl_s(k, slots)
-            free_rps = slots / (output * step_s)  # a slot frees when a running request finishes
-            spread = max(output - 1.0, 1.0)
             for position, already_s in enumerate(waited, start=1):
                 if step_s + (already_s + position / free_rps) / spread > bound:
                     return False
@@ -477,18 +499,12 @@ def _hold(st: EcoFreqState, k: int, now_s: float, decision: ClockDecision) -> Cl
 
 
 @hookimpl
-def voltana_choose_clock(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision | None:
-    if ctx.policy != POLICY_NAME:
-        return None
-    return _choose(snapshot, ctx)
-
-
-@hookimpl
 def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
     register(
         PolicyInfo(
             "clock",
             POLICY_NAME,
             "least predicted energy meeting TTFT for the whole queue (prefill) or ITL (decode); guardrails",
+            _choose,
         )
     )

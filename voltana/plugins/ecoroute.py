@@ -1,4 +1,5 @@
-"""EcoRoute: boundary- and clock-aware decode routing on ``voltana_choose_instance``.
+"""EcoRoute: boundary- and clock-aware decode routing, registered as the routing policies ``ecoroute`` and
+``ecoroute-paper``.
 
 ``ecoroute-paper`` follows VoltanaLLM (arXiv 2509.04827, released code tag voltanallm-v0.1): batch-size
 boundaries every 128 requests (one GEMM tile); while every instance is below one tile, the lowest current
@@ -38,7 +39,7 @@ from typing import Any
 from voltana.core.contexts import PolicyInfo, RouteContext
 from voltana.core.hookspecs import hookimpl
 from voltana.core.types import BatchSnapshot, InstanceState, Phase, RouteRequest, ScheduledRequest
-from voltana.plugins.routing import Chooser, dispatch, model_for, predictor_for
+from voltana.plugins.routing import model_for, predictor_for, route_policy_of
 
 ECOROUTE_POLICIES = ("ecoroute", "ecoroute-paper")
 DEFAULT_HEADROOM = 0.5
@@ -204,19 +205,6 @@ def choose_ecoroute(request: RouteRequest, candidates: list[InstanceState], ctx:
     return min(fitting, key=key).instance_id
 
 
-CHOOSERS: dict[str, Chooser] = {
-    "ecoroute": choose_ecoroute,
-    "ecoroute-paper": choose_ecoroute_paper,
-}
-
-
-@hookimpl
-def voltana_choose_instance(
-    request: RouteRequest, candidates: Sequence[InstanceState], ctx: RouteContext
-) -> str | None:
-    return dispatch(CHOOSERS, request, candidates, ctx)
-
-
 @hookimpl
 def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
     register(
@@ -224,6 +212,14 @@ def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
             "route",
             "ecoroute",
             "decode: admitted at once first, then least marginal energy, capture-size aware, packs load",
+            route_policy_of(choose_ecoroute),
         )
     )
-    register(PolicyInfo("route", "ecoroute-paper", "decode: VoltanaLLM's 128-tile, clock-aware routing"))
+    register(
+        PolicyInfo(
+            "route",
+            "ecoroute-paper",
+            "decode: VoltanaLLM's 128-tile, clock-aware routing",
+            route_policy_of(choose_ecoroute_paper),
+        )
+    )

@@ -22,9 +22,10 @@ from voltana.hardware.errors import (
     DeviceIndexError,
     LibraryNotFoundError,
     NoPermissionError,
+    NotSupportedError,
     VoltanaHardwareError,
 )
-from voltana.hardware.nvml import PRIVILEGE_FIX
+from voltana.hardware.nvml import POWER_LIMIT_FIX, PRIVILEGE_FIX
 from voltana.hardware.select import BUILTIN_DRIVERS
 
 
@@ -174,6 +175,55 @@ def _privilege_check(group: GpuGroup) -> DoctorCheck:
     return DoctorCheck("hardware", "clock control", False, f"{why}: clocks cannot be locked", PRIVILEGE_FIX)
 
 
+def _power_limit_check(group: GpuGroup, limit_w: float | None) -> DoctorCheck:
+    """The ``power limit`` row: the GPU's limits, whether this process may set one, and whether the configured
+    ``hardware.power_limit_w`` fits the range (reads only; nothing is set)."""
+    from voltana.hardware.clockd import ClockdGpuGroup
+
+    row = "power limit"
+    try:
+        limits = group.power_limits()
+    except NotSupportedError as exc:
+        if limit_w is None:
+            return DoctorCheck("hardware", row, None, f"no settable power limit here: {exc}")
+        return DoctorCheck(
+            "hardware", row, False, f"hardware.power_limit_w = {limit_w:g} W but {exc}", "leave it empty"
+        )
+    except VoltanaHardwareError as exc:
+        return DoctorCheck("hardware", row, False, f"reading the power limit failed: {exc}", "see the detail")
+    state = (
+        f"{limits.current_w:g} W per GPU now, default {limits.default_w:g} W, accepted "
+        f"{limits.min_w:g}..{limits.max_w:g} W"
+    )
+    if limits.current_w != limits.default_w:
+        state += " (not the default: set by someone else, or left by an engine that was killed)"
+    if limit_w is not None and not limits.min_w <= limit_w <= limits.max_w:
+        return DoctorCheck(
+            "hardware",
+            row,
+            False,
+            f"hardware.power_limit_w = {limit_w:g} W is outside the accepted range; {state}",
+            f"pick a value in {limits.min_w:g}..{limits.max_w:g} W, or leave it empty",
+        )
+    wanted = "" if limit_w is None else f"hardware.power_limit_w = {limit_w:g} W fits; "
+    if group.vendor == "simulated":
+        return DoctorCheck("hardware", row, None, f"{wanted}simulated GPU, no privilege needed: {state}")
+    if isinstance(group, ClockdGpuGroup):
+        return DoctorCheck("hardware", row, True, f"{wanted}set through voltana clockd: {state}")
+    allowed, why = clock_privilege()
+    if allowed:
+        return DoctorCheck("hardware", row, True, f"{wanted}{why}: can be set; {state}")
+    if limit_w is None:
+        return DoctorCheck("hardware", row, None, f"not configured ({why}: could not be set); {state}")
+    return DoctorCheck(
+        "hardware",
+        row,
+        False,
+        f"hardware.power_limit_w = {limit_w:g} W cannot be set: {why}; {state}",
+        POWER_LIMIT_FIX,
+    )
+
+
 def _lock_test(group: GpuGroup, try_lock: bool) -> DoctorCheck:
     if group.vendor == "simulated":
         return DoctorCheck("hardware", "lock test", None, "simulated GPU: nothing to try")
@@ -231,7 +281,12 @@ def voltana_doctor_checks(config: Any, try_lock: bool) -> list[DoctorCheck]:
     checks.append(devices_row)
     if group is not None:
         try:
-            checks += [_energy_check(group), _privilege_check(group), _lock_test(group, try_lock)]
+            checks += [
+                _energy_check(group),
+                _privilege_check(group),
+                _power_limit_check(group, config.hardware.power_limit_w),
+                _lock_test(group, try_lock),
+            ]
         finally:
             group.close()
     return checks

@@ -42,18 +42,12 @@ def paper_clock(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
 
 
 @hookimpl
-def voltana_choose_clock(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision | None:
-    if ctx.policy != POLICY_NAME:
-        return None
-    return paper_clock(snapshot, ctx)
-
-
-@hookimpl
 def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
     register(
         PolicyInfo(
             "clock",
             POLICY_NAME,
             "VoltanaLLM paper: max clock if anything waits, else the lowest clock meeting TTFT/ITL",
+            paper_clock,
         )
     )

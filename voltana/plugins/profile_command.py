@@ -29,6 +29,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from voltana.core.extras import require_extra
 from voltana.core.hookspecs import hookimpl
 from voltana.core.profile import Profile, save_profile
 
@@ -104,6 +105,7 @@ def profile_command(
     if engine:
         if simulated:
             _fail(err, "--engine and --simulated exclude each other")
+        require_extra("voltana profile --engine", modules=("aiohttp",))  # the HTTP client: router extra
         token_secret = cli_state(ctx).loaded().config.engine.clock_token
         token = token_secret.get_secret_value() if token_secret else None
         if passive:
@@ -231,7 +233,7 @@ def _with_progress(err: Console, work: Callable[[_RichProgress], T], interrupted
     """``work(progress)`` under a progress bar; Ctrl-C exits 130 (SIGTERM 143) with ``interrupted`` (None:
     the work said it), a user-fixable problem (engine refused, unreachable, nothing to fit) is one line and
     exit 2."""
-    from voltana.profiler.client import ProfilerError
+    from voltana.profiler.errors import ProfilerError
     from voltana.profiler.fit import FitError
 
     try:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from voltana.core.config import ConfigError, RouterConfig
+from voltana.core.extras import require_extra
 from voltana.core.hookspecs import hookimpl
 
 console = Console()
@@ -68,6 +69,7 @@ def router(
     ] = None,
 ) -> None:
     """Run the OpenAI-compatible P/D router in front of vLLM or SGLang prefill and decode instances."""
+    require_extra("voltana router")
     import uvicorn
 
     from voltana.cli import cli_state, validate_policy_names
@@ -154,6 +156,7 @@ def emulate(
 
     ``engine.clock_token`` (config) turns on ``POST /voltana/clock`` (for ``voltana profile --engine``);
     ``clocks`` sets the clocks it may pin."""
+    require_extra("voltana emulate")
     from voltana.cli import cli_state
     from voltana.hardware.errors import UnknownProfileError
     from voltana.router.emulator import EmulatorCluster

@@ -1,4 +1,4 @@
-"""Routing baselines on ``voltana_choose_instance``: ``random``, ``round-robin``, ``least-loaded`` and
+"""Routing baselines registered as named policies: ``random``, ``round-robin``, ``least-loaded`` and
 ``predicted-ttft`` (prefill: the instance that would finish this prompt first).
 
 Used by the simulator and the HTTP router alike. ``ctx.predictor`` is a latency model
@@ -14,6 +14,7 @@ from typing import Any
 
 from voltana.core.contexts import PolicyInfo, RouteContext
 from voltana.core.hookspecs import hookimpl
+from voltana.core.policies import RoutePolicy
 from voltana.core.types import BatchSnapshot, InstanceState, Phase, RouteRequest, ScheduledRequest
 
 ROUTING_POLICIES = ("random", "round-robin", "least-loaded", "predicted-ttft")
@@ -106,37 +107,26 @@ Chooser = Callable[[RouteRequest, list[InstanceState], RouteContext], str]
 """A routing policy: picks the ``instance_id`` for a request among healthy candidates (never empty)."""
 
 
-def dispatch(
-    choosers: Mapping[str, Chooser],
-    request: RouteRequest,
-    candidates: Sequence[InstanceState],
-    ctx: RouteContext,
-) -> str | None:
-    """Run the chooser ``ctx.policy`` names, if this plugin has it (the first-result hook contract)."""
-    chooser = choosers.get(ctx.policy)
-    if chooser is None or not candidates:
-        return None
-    return chooser(request, healthy(candidates), ctx)
+def route_policy_of(chooser: Chooser) -> RoutePolicy:
+    """``chooser`` as a registered :data:`~voltana.core.policies.RoutePolicy`: it sees the healthy candidates
+    only (all of them when none is healthy) and is not called without candidates (None)."""
 
+    def choose(request: RouteRequest, candidates: Sequence[InstanceState], ctx: RouteContext) -> str | None:
+        if not candidates:
+            return None
+        return chooser(request, healthy(candidates), ctx)
 
-CHOOSERS: dict[str, Chooser] = {
-    "random": choose_random,
-    "round-robin": choose_round_robin,
-    "least-loaded": choose_least_loaded,
-    "predicted-ttft": choose_predicted_ttft,
-}
-
-
-@hookimpl
-def voltana_choose_instance(
-    request: RouteRequest, candidates: Sequence[InstanceState], ctx: RouteContext
-) -> str | None:
-    return dispatch(CHOOSERS, request, candidates, ctx)
+    choose.__name__ = choose.__qualname__ = getattr(chooser, "__name__", "choose")
+    choose.__doc__ = chooser.__doc__
+    return choose
 
 
 @hookimpl
 def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
-    register(PolicyInfo("route", "random", "uniformly random instance (seeded)"))
-    register(PolicyInfo("route", "round-robin", "instances in turn"))
-    register(PolicyInfo("route", "least-loaded", "fewest running + waiting requests, then pending tokens"))
-    register(PolicyInfo("route", "predicted-ttft", "prefill: earliest predicted prefill completion"))
+    for name, description, chooser in (
+        ("random", "uniformly random instance (seeded)", choose_random),
+        ("round-robin", "instances in turn", choose_round_robin),
+        ("least-loaded", "fewest running + waiting requests, then pending tokens", choose_least_loaded),
+        ("predicted-ttft", "prefill: earliest predicted prefill completion", choose_predicted_ttft),
+    ):
+        register(PolicyInfo("route", name, description, route_policy_of(chooser)))

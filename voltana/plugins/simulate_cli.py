@@ -121,6 +121,17 @@ def simulate(
     ray_address: Annotated[
         str | None, typer.Option("--ray", help="Run the simulations as tasks on the Ray cluster at ADDRESS.")
     ] = None,
+    power_budget: Annotated[
+        float | None,
+        typer.Option(
+            help="Cluster power budget (W): compare the coordinator, static per-GPU power caps and static "
+            "clocks at it (clocks default to the GPU's whole range)."
+        ),
+    ] = None,
+    power_budgets: Annotated[
+        str | None,
+        typer.Option(help="Budget sweep: watts or shares of the max-clock peak, e.g. '60%,75%,90%'."),
+    ] = None,
 ) -> None:
     """Simulate a P/D cluster under several clock/routing policies and compare energy and SLO attainment."""
     from voltana.cli import cli_state
@@ -150,6 +161,9 @@ def simulate(
     if (ttft is not None and not ttft > 0) or (itl is not None and not itl > 0):
         raise _fail("--ttft and --itl must be positive (seconds)")
     _check_run_options(rate, rates, duration, seed)
+    budget_mode = power_budget is not None or power_budgets is not None
+    if budget_mode:
+        _check_budget_options(power_budget, power_budgets, rates, workers, ray_address)
     if timeline_rate is not None and plot is None:
         raise _fail("--timeline-rate chooses the rate of the plot's clock timeline: give --plot too")
     try:
@@ -158,7 +172,7 @@ def simulate(
         raise _fail(str(exc)) from None
     clocks = config.clocks
     clock_update: dict[str, Any] = {}
-    if min_clock is not None or (clocks.min_mhz is None and not clocks.allowed_mhz):
+    if min_clock is not None or (clocks.min_mhz is None and not clocks.allowed_mhz and not budget_mode):
         clock_update["min_mhz"] = min_clock if min_clock is not None else PAPER_MIN_CLOCK_MHZ
     if max_clock is not None:
         clock_update["max_mhz"] = max_clock
@@ -228,6 +242,15 @@ def simulate(
         )
         limits = setup.cluster.limits()
         check_slo_feasible(perf, setup.slo, probe)
+        if budget_mode:
+            title = (
+                f"{gpu} / {model} TP{perf.tp}, {prefill}P+{decode}D, {probe.name}, SLO TTFT "
+                f"{setup.slo.ttft_s * 1e3:g} ms / ITL {setup.slo.itl_s * 1e3:g} ms"
+            )
+            _run_power_budget(
+                setup, probe, allowed, power_budget, power_budgets, plot=plot, as_json=as_json, title=title
+            )
+            return
         _check_policies(names)
         timeline_policy = _timeline_policy(names) if plot else None
         if timeline_rate is not None and timeline_rate not in sweep_rates:
@@ -236,15 +259,7 @@ def simulate(
                 f"--timeline-rate {timeline_rate:g} is not one of the simulated rates ({known} req/s)"
             )
         total = plan_runs(names, 1, len(allowed)) * len(sweep_rates)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-            disable=as_json,
-        ) as bar:
+        with _progress(as_json) as bar:
             task = bar.add_task("simulating", total=total)
 
             def on_run(label: str, r: float) -> None:
@@ -325,6 +340,114 @@ def simulate(
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _progress(quiet: bool) -> Progress:
+    """The progress bar of a simulation run (on stderr; off for ``--json``)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=quiet,
+    )
+
+
+def _check_budget_options(
+    power_budget: float | None,
+    power_budgets: str | None,
+    rates: str | None,
+    workers: int | None,
+    ray_address: str | None,
+) -> None:
+    """One line for a power-budget run the command cannot honour."""
+    if power_budget is not None and power_budgets is not None:
+        raise _fail("give --power-budget or --power-budgets, not both")
+    if power_budget is not None and not (power_budget > 0 and math.isfinite(power_budget)):
+        raise _fail(f"--power-budget must be a positive number of watts, got {power_budget:g}")
+    if rates is not None:
+        raise _fail("a power-budget run simulates one rate: give --rate, not --rates")
+    if workers is not None or ray_address is not None:
+        raise _fail("a power-budget run is not distributed over Ray: drop --workers/--ray")
+
+
+def _run_power_budget(
+    setup: Any,
+    workload: Any,
+    allowed: tuple[int, ...],
+    power_budget: float | None,
+    power_budgets: str | None,
+    *,
+    plot: Path | None,
+    as_json: bool,
+    title: str,
+) -> None:
+    """``--power-budget``/``--power-budgets``: the coordinator against static caps and static clocks."""
+    from voltana.sim.power_budget import (
+        BUDGET_POLICIES,
+        cluster_peak_power_w,
+        mean_decode_context,
+        run_budget_sweep,
+    )
+    from voltana.sim.power_budget_report import (
+        budget_json,
+        budget_table,
+        coordinator_holds,
+        parse_budgets,
+        plot_budget,
+    )
+
+    cluster_config = setup.config.cluster
+    peak_w = cluster_peak_power_w(setup.cluster, allowed[-1], mean_decode_context(workload))
+    try:
+        budgets = (
+            [(float(power_budget), power_budget / peak_w)]
+            if power_budget is not None
+            else parse_budgets(power_budgets or "", peak_w)
+        )
+    except ValueError as exc:
+        raise _fail(f"--power-budgets: {exc}") from None
+    references = ("static-max", "ecofreq+ecoroute")
+    with _progress(as_json) as bar:
+        task = bar.add_task("simulating", total=len(references) + len(budgets) * len(BUDGET_POLICIES))
+
+        def on_run(label: str, budget_w: float | None) -> None:
+            where = "no budget" if budget_w is None else f"{budget_w:.0f} W"
+            bar.update(task, advance=1, description=f"{label} @ {where}")
+
+        runs = run_budget_sweep(
+            setup,
+            workload,
+            budgets,
+            references=references,
+            period_s=cluster_config.budget_period_s,
+            margin=cluster_config.budget_margin,
+            burst_utilization=cluster_config.burst_utilization,
+            clocks_mhz=allowed,
+            on_run=on_run,
+        )
+    if plot is not None:
+        plot_budget(runs, plot, title)
+    if as_json:
+        meta = {
+            "title": title,
+            "peak_power_w": peak_w,
+            "clocks_mhz": [allowed[0], allowed[-1]],
+            "budget_period_s": cluster_config.budget_period_s,
+            "budget_margin": cluster_config.budget_margin,
+            "burst_utilization": cluster_config.burst_utilization,
+        }
+        print(json.dumps(budget_json(runs, meta), indent=2))
+        return
+    out = console if console.is_terminal else Console(width=140)
+    out.print(f"[bold]{escape(title)}[/], clocks {allowed[0]}..{allowed[-1]} MHz", highlight=False)
+    out.print(budget_table(runs, setup.slo, peak_w))
+    for line in coordinator_holds(runs):
+        out.print(line, highlight=False)
+    if plot is not None:
+        out.print(f"plot written to {plot}", highlight=False)
 
 
 def _timeline_policy(names: list[str]) -> str:

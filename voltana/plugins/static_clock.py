@@ -11,25 +11,42 @@ from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason
 STATIC_POLICIES = ("static-max", "static-min", "static")
 
 
-def static_clock_mhz(ctx: ClockContext) -> int:
-    """The clock a static policy pins: max, min, or the allowed clock nearest ``options.static_clock_mhz``."""
-    if ctx.policy == "static-max":
-        return ctx.max_clock_mhz
-    if ctx.policy == "static-min":
-        return ctx.min_clock_mhz
+def nearest_clock_mhz(ctx: ClockContext) -> int:
+    """The allowed clock nearest ``options.static_clock_mhz`` (ties: the higher; unset: the max clock)."""
     target = int(ctx.options.get("static_clock_mhz", ctx.max_clock_mhz))
     return min(ctx.allowed_clocks_mhz, key=lambda f: (abs(f - target), -f))
 
 
-@hookimpl
-def voltana_choose_clock(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision | None:
-    if ctx.policy not in STATIC_POLICIES:
-        return None
-    return ClockDecision(static_clock_mhz(ctx), DecisionReason.STATIC, ctx.policy)
+def static_clock_mhz(ctx: ClockContext) -> int:
+    """The clock the static policy ``ctx.policy`` pins: max, min, or the one nearest the configured clock."""
+    if ctx.policy == "static-max":
+        return ctx.max_clock_mhz
+    if ctx.policy == "static-min":
+        return ctx.min_clock_mhz
+    return nearest_clock_mhz(ctx)
+
+
+def choose_static_max(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
+    """``static-max``: always the highest allowed clock."""
+    return ClockDecision(ctx.max_clock_mhz, DecisionReason.STATIC, "static-max")
+
+
+def choose_static_min(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
+    """``static-min``: always the lowest allowed clock."""
+    return ClockDecision(ctx.min_clock_mhz, DecisionReason.STATIC, "static-min")
+
+
+def choose_static(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
+    """``static``: the allowed clock nearest ``options.static_clock_mhz``."""
+    return ClockDecision(nearest_clock_mhz(ctx), DecisionReason.STATIC, "static")
 
 
 @hookimpl
 def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
-    register(PolicyInfo("clock", "static-max", "always the highest allowed clock (the usual default)"))
-    register(PolicyInfo("clock", "static-min", "always the lowest allowed clock"))
-    register(PolicyInfo("clock", "static", "a fixed clock: policy.options.static_clock_mhz"))
+    register(
+        PolicyInfo(
+            "clock", "static-max", "always the highest allowed clock (the usual default)", choose_static_max
+        )
+    )
+    register(PolicyInfo("clock", "static-min", "always the lowest allowed clock", choose_static_min))
+    register(PolicyInfo("clock", "static", "a fixed clock: policy.options.static_clock_mhz", choose_static))

@@ -3,28 +3,32 @@
 A :class:`ClockLease` pins through ``POST /voltana/clock`` and renews the pin from a daemon thread every
 third of the lease: when the profiler process dies the renewals stop and the engine unpins within one
 lease; when it ends (or Ctrl-C) :meth:`ClockLease.release` unpins at once.
+
+HTTP goes through aiohttp, the router's client (one HTTP client for voltana, see
+``benchmarks/bench_http_client.py``); the profiler is synchronous and threaded, so :class:`BlockingHttp` runs
+one session on a private event-loop thread and waits for each call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 
-from voltana.core.errors import VoltanaError
 from voltana.profiler.engine_api import CLOCK_PATH, ITERATIONS_PATH
+from voltana.profiler.errors import ProfilerError
 
 STATE_PATH = "/voltana/state"
 PIN_READBACK_TIMEOUT_S = 10.0
-
-
-class ProfilerError(VoltanaError, RuntimeError):
-    """A problem the user can fix (engine unreachable, token refused, bad clock); ``str()`` is one line."""
+__all__ = ["BlockingHttp", "ClockLease", "EngineClient", "EngineInfo", "ProfilerError", "Reply"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,23 +44,112 @@ class EngineInfo:
     kv_capacity_tokens: int
 
 
-def _message(resp: httpx.Response) -> str:
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One whole HTTP answer."""
+
+    status: int
+    reason: str
+    content_type: str
+    content: bytes
+
+    def json(self) -> Any:
+        """The body parsed as JSON; raises ValueError when it is not JSON."""
+        return json.loads(self.content)
+
+
+class BlockingHttp:
+    """Blocking HTTP calls over one aiohttp session living on a private event-loop thread (thread-safe:
+    the lease renews from its own thread). ``timeout_s``: whole-call limit; connecting gets 5 s."""
+
+    CONNECT_TIMEOUT_S = 5.0
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout_s, connect=self.CONNECT_TIMEOUT_S, sock_connect=self.CONNECT_TIMEOUT_S
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="voltana-profiler-http", daemon=True
+        )
+        self._thread.start()
+        self._session: aiohttp.ClientSession = self._wait(self._open())
+
+    async def _open(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(timeout=self._timeout)
+
+    def _wait(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Reply:
+        """Send one request and read its whole answer; raises :class:`ProfilerError` (one line naming
+        ``url``) when no answer comes (refused, reset, timed out)."""
+        try:
+            reply: Reply = self._wait(self._request(method, url, params, body, headers, timeout_s))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            detail = f": {exc}" if str(exc) else ""
+            raise ProfilerError(f"{url}: {type(exc).__name__}{detail}") from None
+        return reply
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, Any] | None,
+        body: Any,
+        headers: Mapping[str, str] | None,
+        timeout_s: float | None,
+    ) -> Reply:
+        timeout = (
+            self._timeout
+            if timeout_s is None
+            else aiohttp.ClientTimeout(
+                total=timeout_s, connect=self.CONNECT_TIMEOUT_S, sock_connect=self.CONNECT_TIMEOUT_S
+            )
+        )
+        query = {k: str(v) for k, v in params.items()} if params else None
+        async with self._session.request(
+            method, url, params=query, json=body, headers=headers, timeout=timeout
+        ) as answer:
+            content = await answer.read()
+            return Reply(answer.status, answer.reason or "", answer.headers.get("content-type", ""), content)
+
+    def close(self) -> None:
+        """Close the session and stop the loop thread."""
+        if self._loop.is_closed():
+            return
+        self._wait(self._session.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+def _message(resp: Reply) -> str:
     """The engine's one-line reason: its JSON error message, else the HTTP reason and the content type (an
     HTML error page of something that is not a voltana engine is never dumped)."""
     try:
         body = resp.json()
         text = str(body.get("error", {}).get("message") or body) if isinstance(body, dict) else str(body)
     except ValueError:
-        kind = resp.headers.get("content-type", "no body").split(";")[0]
-        text = f"{resp.reason_phrase or 'error'} ({kind}, not a voltana API response)"
+        kind = (resp.content_type or "no body").split(";")[0]
+        text = f"{resp.reason or 'error'} ({kind}, not a voltana API response)"
     return " ".join(text.split())[:300]
 
 
-def _json(resp: httpx.Response, url: str) -> Any:
+def _json(resp: Reply, url: str) -> Any:
     try:
         return resp.json()
     except ValueError:
-        raise ProfilerError(f"{url} answered {resp.status_code} with {_message(resp)}") from None
+        raise ProfilerError(f"{url} answered {resp.status} with {_message(resp)}") from None
 
 
 class EngineClient:
@@ -66,18 +159,15 @@ class EngineClient:
         self.url = url.rstrip("/")
         self.load_url = (load_url or url).rstrip("/")
         self.token = token
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=5.0))
+        self._http = BlockingHttp(timeout_s)
 
     def close(self) -> None:
         self._http.close()
 
     def _get(self, url: str, **params: Any) -> Any:
-        try:
-            resp = self._http.get(url, params=params or None)
-        except httpx.HTTPError as exc:
-            raise ProfilerError(f"{url}: {type(exc).__name__}: {exc}") from None
-        if resp.status_code != 200:
-            raise ProfilerError(f"GET {url} answered {resp.status_code}: {_message(resp)}")
+        resp = self._http.request("GET", url, params=params or None)
+        if resp.status != 200:
+            raise ProfilerError(f"GET {url} answered {resp.status}: {_message(resp)}")
         return _json(resp, url)
 
     def info(self) -> EngineInfo:
@@ -117,15 +207,12 @@ class EngineClient:
         """Pin (or with None unpin); raises :class:`ProfilerError` with the engine's one-line reason."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         body = {"clock_mhz": clock_mhz, "lease_id": lease_id, "lease_s": lease_s}
-        try:
-            resp = self._http.post(self.url + CLOCK_PATH, json=body, headers=headers, timeout=10.0)
-        except httpx.HTTPError as exc:
-            raise ProfilerError(f"{self.url}{CLOCK_PATH}: {type(exc).__name__}: {exc}") from None
-        if resp.status_code != 200:
+        resp = self._http.request("POST", self.url + CLOCK_PATH, body=body, headers=headers, timeout_s=10.0)
+        if resp.status != 200:
             hint = {403: " (set engine.clock_token on the engine)", 401: " (check engine.clock_token here)"}
             reason = _message(resp)
-            extra = "" if "engine.clock_token" in reason else hint.get(resp.status_code, "")
-            raise ProfilerError(f"{self.url} refused the clock ({resp.status_code}): {reason}{extra}")
+            extra = "" if "engine.clock_token" in reason else hint.get(resp.status, "")
+            raise ProfilerError(f"{self.url} refused the clock ({resp.status}): {reason}{extra}")
         result: dict[str, Any] = _json(resp, self.url + CLOCK_PATH)
         return result
 
@@ -155,14 +242,9 @@ class EngineClient:
             "temperature": 0.0,
             "ignore_eos": True,
         }
-        try:
-            resp = self._http.post(self.load_url + "/v1/completions", json=body)
-        except httpx.HTTPError as exc:
-            raise ProfilerError(f"{self.load_url}/v1/completions: {type(exc).__name__}: {exc}") from None
-        if resp.status_code != 200:
-            raise ProfilerError(
-                f"{self.load_url}/v1/completions answered {resp.status_code}: {_message(resp)}"
-            )
+        resp = self._http.request("POST", self.load_url + "/v1/completions", body=body)
+        if resp.status != 200:
+            raise ProfilerError(f"{self.load_url}/v1/completions answered {resp.status}: {_message(resp)}")
 
 
 class ClockLease:

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import httpx
 from fastapi import FastAPI, Request
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from voltana.core.config import RouterConfig, VoltanaConfig
+from voltana.core.config import ConfigError, RouterConfig, VoltanaConfig
+from voltana.core.policies import UnknownPolicyError
 from voltana.core.types import Phase, Slo
 from voltana.router.choice import InstanceChooser
 from voltana.router.disconnect import ClientGone, until_disconnect
@@ -27,6 +27,7 @@ from voltana.router.errors import RouterError, error_body
 from voltana.router.instances import InstanceRegistry, parse_endpoint
 from voltana.router.observability import RouterMetrics, extract_context, tracer_for
 from voltana.router.polling import Poller
+from voltana.router.power_budget import RouterBudget
 from voltana.router.predictors import route_predictors
 from voltana.router.proxy import BackendRejected, DecodeResult, Proxy, send_trace_config
 from voltana.router.tokens import HfPromptTokenizer, PromptTokenizer, count_for_length_check
@@ -58,6 +59,7 @@ class RouterState:
     known_policies: dict[str, set[str]]
     poller: Poller | None = None
     proxy: Proxy | None = None
+    budget: RouterBudget | None = None
     draining: bool = False
     inflight: int = 0
     tokenizer: PromptTokenizer | None = None
@@ -95,8 +97,14 @@ def build_router_app(
         slo=Slo(config.slo.ttft_s, config.slo.itl_s),
         options={"safety_margin": config.policy.safety_margin, **config.policy.options},
         seed=seed,
-        predictors=route_predictors(config),
+        predictors=(predictors := route_predictors(config)),
     )
+    budget_w = config.cluster.power_budget_w
+    if budget_w is not None and predictors is None:
+        raise ConfigError(
+            f"cluster.power_budget_w = {budget_w:g} needs predicted power per clock: set "
+            'engine.predictor_profile (a `voltana profile` file) or hardware.vendor = "simulated"'
+        )
     state = RouterState(
         rc, registry, chooser, RouterMetrics(), tracer_for(tracer_provider), known_policies or {}
     )
@@ -105,10 +113,12 @@ def build_router_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Engine requests (the hot path) go through aiohttp: measured here at 3-5x less CPU per call than
-        # httpx, which is what keeps the router's added latency near a millisecond. Polling uses httpx.
-        # Idle connections close before the engines close them (vLLM/SGLang: uvicorn's 5 s keep-alive): a
-        # request written on a connection the engine is closing is lost with "connection reset".
+        # One HTTP client, aiohttp: proxying a streamed P/D exchange it costs ~10x less CPU per request than
+        # httpx at the router's concurrency (benchmarks/bench_http_client.py), which is what keeps the
+        # router's added latency near a millisecond. Engine requests and polls get separate sessions (their
+        # timeouts differ). Idle connections close before the engines close them (vLLM/SGLang: uvicorn's
+        # 5 s keep-alive): a request written on a connection the engine is closing is lost ("connection
+        # reset").
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=rc.pool_idle_timeout_s)
         timeout = aiohttp.ClientTimeout(
             total=None,
@@ -116,30 +126,49 @@ def build_router_app(
             connect=rc.connect_timeout_s,
             sock_read=rc.request_timeout_s,
         )
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False, trace_configs=[send_trace_config()]
-        ) as session:
-            poll_timeout = httpx.Timeout(max(rc.poll_interval_s, 1.0), connect=rc.connect_timeout_s)
-            async with httpx.AsyncClient(timeout=poll_timeout, trust_env=False) as poll_client:
-                state.proxy = Proxy(
-                    backend=rc.backend,
-                    registry=registry,
-                    chooser=chooser,
-                    session=session,
-                    metrics=state.metrics,
-                    tracer=state.tracer,
-                    max_retries=rc.max_retries,
-                    request_timeout_s=rc.request_timeout_s,
-                    kv_transfer_params=rc.kv_transfer_params,
-                    report_energy=rc.report_energy,
+        poll_connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=rc.pool_idle_timeout_s)
+        connect_s = rc.connect_timeout_s
+        poll_timeout = aiohttp.ClientTimeout(
+            total=max(rc.poll_interval_s, 1.0), sock_connect=connect_s, connect=connect_s
+        )
+        async with (
+            aiohttp.ClientSession(
+                connector=connector,
+                timeout=timeout,
+                auto_decompress=False,
+                trace_configs=[send_trace_config()],
+            ) as session,
+            aiohttp.ClientSession(connector=poll_connector, timeout=poll_timeout) as poll_client,
+        ):
+            state.proxy = Proxy(
+                backend=rc.backend,
+                registry=registry,
+                chooser=chooser,
+                session=session,
+                metrics=state.metrics,
+                tracer=state.tracer,
+                max_retries=rc.max_retries,
+                request_timeout_s=rc.request_timeout_s,
+                kv_transfer_params=rc.kv_transfer_params,
+                report_energy=rc.report_energy,
+            )
+            state.poller = Poller(registry, poll_client, rc.backend, rc.poll_interval_s)
+            if budget_w is not None and predictors is not None:
+                token = config.engine.clock_token
+                state.budget = RouterBudget(
+                    registry,
+                    poll_client,
+                    predictors,
+                    config.cluster,
+                    token.get_secret_value() if token else None,
                 )
-                state.poller = Poller(registry, poll_client, rc.backend, rc.poll_interval_s)
-                await state.poller.poll_all()
-                state.poller.start()
-                try:
-                    yield
-                finally:
-                    await state.poller.stop()
+                state.poller.after_poll = state.budget.after_poll  # pushed ceilings lapse on their own
+            await state.poller.poll_all()
+            state.poller.start()
+            try:
+                yield
+            finally:
+                await state.poller.stop()
 
     app = FastAPI(title="voltana router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.router = state
@@ -179,6 +208,12 @@ def build_router_app(
         limits = state.registry.model_limits()
         names = sorted(set(rc.served_models) or set(limits))
         return JSONResponse({"object": "list", "data": [_model_card(state, n, limits.get(n)) for n in names]})
+
+    @app.get("/voltana/budget")
+    async def budget() -> Response:
+        if state.budget is None:
+            return JSONResponse({"budget_w": None, "detail": "no cluster.power_budget_w configured"})
+        return JSONResponse(state.budget.status())
 
     @app.get("/health")
     async def health() -> Response:
@@ -387,7 +422,10 @@ def _add_admin_routes(app: FastAPI, state: RouterState) -> None:
         if not changes:
             raise RouterError(400, "give 'prefill' and/or 'decode' policy names")
         for phase, name in changes.items():
-            state.chooser.set_policy(phase, name)
+            try:
+                state.chooser.set_policy(phase, name)
+            except UnknownPolicyError as exc:
+                raise RouterError(400, f"{exc} (for {phase.value})") from None
             log.warning("routing policy for %s set to %s", phase.value, name)
         return JSONResponse({"policies": {p.value: state.chooser.policy(p) for p in Phase}})
 

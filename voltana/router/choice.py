@@ -1,8 +1,9 @@
-"""The routing decision: the ``voltana_choose_instance`` hook over the routable instances of one phase.
+"""The routing decision: the configured routing policy over the routable instances of one phase.
 
-Policies are plugins (``voltana.plugins.routing``, ``voltana.plugins.ecoroute``, or a third party's); this
-module only builds the candidates and the :class:`RouteContext`, times the call and guards against a policy
-that answers nothing usable (then the least-loaded candidate is taken and the miss is counted).
+Policies are registered by plugins (``voltana.plugins.routing``, ``voltana.plugins.ecoroute``, or a third
+party's) and looked up once by name (:func:`voltana.core.policies.route_policy`); this module only builds the
+candidates and the :class:`RouteContext`, times the call and guards against a policy that answers nothing
+usable (then the least-loaded candidate is taken and the miss is counted).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from voltana.core.contexts import RouteContext
 from voltana.core.errors import VoltanaError
+from voltana.core.policies import RoutePolicy, route_policy
 from voltana.core.types import Phase, RouteRequest, Slo
 from voltana.router.instances import Instance, InstanceRegistry
 from voltana.router.predictors import RoutePredictors
@@ -54,7 +56,9 @@ def route_context(
 
 
 class InstanceChooser:
-    """Chooses prefill and decode instances through the plugin hook; policies can change at run time."""
+    """Chooses prefill and decode instances with the registered routing policies named for each phase
+    (``hook``: the plugin manager's ``pm.hook``); policies can change at run time. Raises
+    ``UnknownPolicyError`` (one line, listing the registered ones) for a policy name no plugin registers."""
 
     def __init__(
         self,
@@ -70,6 +74,10 @@ class InstanceChooser:
     ) -> None:
         self.hook = hook
         self.registry = registry
+        self.policies: dict[Phase, RoutePolicy] = {
+            Phase.PREFILL: route_policy(hook, prefill_policy),
+            Phase.DECODE: route_policy(hook, decode_policy),
+        }
         rng = random.Random(seed)
         self.contexts = {
             phase: route_context(policy, phase, slo, rng, options, predictors)
@@ -83,7 +91,8 @@ class InstanceChooser:
         return self.contexts[phase].policy
 
     def set_policy(self, phase: Phase, name: str) -> None:
-        """Switch the policy of ``phase`` (its scratch state is reset)."""
+        """Switch the policy of ``phase`` (its scratch state is reset); raises ``UnknownPolicyError``."""
+        self.policies[phase] = route_policy(self.hook, name)
         ctx = self.contexts[phase]
         ctx.policy = name
         ctx.state.clear()
@@ -109,9 +118,7 @@ class InstanceChooser:
         if len(routable) > 1:
             candidates = self.registry.views(routable)
             try:
-                picked = self.hook.voltana_choose_instance(
-                    request=request, candidates=candidates, ctx=self.contexts[phase]
-                )
+                picked = self.policies[phase](request, candidates, self.contexts[phase])
             except Exception:
                 log.exception("routing policy %r raised; using the least-loaded instance", self.policy(phase))
                 picked = None

@@ -44,6 +44,7 @@ from voltana.core.config import ClockConfig
 from voltana.core.types import Phase, ScheduledRequest
 from voltana.hardware.simulated import PerformanceModel, performance_model
 from voltana.plugins.ecofreq_seed import resolve_allowed_clocks
+from voltana.profiler.ceiling_api import MemoryCeiling, add_ceiling_routes, clock_under
 from voltana.profiler.engine_api import MemoryControl, add_control_routes, iteration_json
 from voltana.router.disconnect import ClientGone, until_disconnect
 from voltana.router.request_ids import NOT_YET, RECORD_ROUTE, id_from_path
@@ -177,10 +178,15 @@ class EmulatedEngine:
         time_scale: float,
         faults: Faults,
         control: MemoryControl | None = None,
+        ceiling: MemoryCeiling | None = None,
     ) -> None:
         self.model = model
         self.clock_mhz = clock_mhz
         self.control = control
+        self.ceiling = ceiling
+        self.busy_energy_j = 0.0  # simulated joules of every iteration run
+        self.busy_sim_s = 0.0  # simulated seconds of those iterations
+        self.started_at_s = time.monotonic()
         self.time_scale = time_scale
         self.faults = faults
         self.waiting: deque[EmuRequest] = deque()
@@ -253,7 +259,12 @@ class EmulatedEngine:
         pinned = False
         if self.control is not None:
             self.clock_mhz, pinned = self.control.clock_mhz()
+            ceiling = self.ceiling.ceiling_mhz() if self.ceiling is not None else None
+            if ceiling is not None and not pinned:
+                self.clock_mhz = clock_under(self.control.allowed_clocks_mhz(), self.clock_mhz, ceiling)
         cost = self.model.cost(phase, batch_size, new_tokens, context_tokens, self.clock_mhz)
+        self.busy_energy_j += cost.energy_j
+        self.busy_sim_s += cost.latency_s
         if self.control is not None:
             self.control.ring.append(
                 iteration_json(
@@ -271,6 +282,16 @@ class EmulatedEngine:
                 )
             )
         return cost
+
+    def energy_joules(self) -> float:
+        """Energy drawn since start at wall-clock pace (J): the simulated GPU's iterations plus its idle power
+        in between, times ``time_scale``, so that joules per wall second are the simulated watts. With
+        ``time_scale`` 0 (no waiting) wall time means nothing: the iterations' simulated joules alone."""
+        if self.time_scale <= 0.0:
+            return self.busy_energy_j
+        elapsed_sim_s = (time.monotonic() - self.started_at_s) / self.time_scale
+        idle_s = max(0.0, elapsed_sim_s - self.busy_sim_s)
+        return (self.busy_energy_j + self.model.idle_power_w() * idle_s) * self.time_scale
 
     @staticmethod
     def _attribute(batch: list[EmuRequest], energy_j: float, prefill: bool) -> None:
@@ -400,6 +421,7 @@ class EmulatedInstance:
         self.control = MemoryControl(
             allowed_clocks_mhz or _default_allowed_clocks(model), self.clock_mhz
         )  # POST /voltana/clock, GET /voltana/iterations
+        self.ceiling = MemoryCeiling()  # POST /voltana/ceiling (the router's power budget)
         self.engine: EmulatedEngine | None = None
         self._server: EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -425,7 +447,9 @@ class EmulatedInstance:
 
     async def start(self, port: int = 0) -> None:
         """Serve on ``port`` (0: a free one; the same port again after :meth:`kill` to revive)."""
-        self.engine = EmulatedEngine(self.model, self.clock_mhz, self.time_scale, self.faults, self.control)
+        self.engine = EmulatedEngine(
+            self.model, self.clock_mhz, self.time_scale, self.faults, self.control, self.ceiling
+        )
         self.engine.start()
         sock = bind_socket(self.host, port or self.port)
         self.port = sock.getsockname()[1]
@@ -465,6 +489,7 @@ class EmulatedInstance:
         ]
         app = Starlette(routes=routes)
         add_control_routes(app, self.control, self.clock_token)
+        add_ceiling_routes(app, self.ceiling, self.clock_token)
         return app
 
     async def _stall(self) -> None:
@@ -542,11 +567,23 @@ class EmulatedInstance:
             "instance_id": self.engine_id,
             "phase": self.role,
             "role": self.role,
-            "sm_clock_mhz": self.control.clock_mhz()[0],
+            "sm_clock_mhz": self._clock_now_mhz(),
+            "clock_ceiling_mhz": self.ceiling.ceiling_mhz(),
+            "energy_joules": self.engine.energy_joules() if self.engine is not None else 0.0,
+            "updated_at_s": time.time(),
+            "allowed_clocks_mhz": list(self.control.allowed_clocks_mhz()),
             "capture_sizes": list(self.model.capture_sizes),
             "kv_capacity_tokens": self.model.kv_capacity_tokens,
         }
         return JSONResponse(state)
+
+    def _clock_now_mhz(self) -> int:
+        """The clock the next iteration runs at: the pin, else the default held under the ceiling."""
+        clock, pinned = self.control.clock_mhz()
+        ceiling = self.ceiling.ceiling_mhz()
+        if pinned or ceiling is None:
+            return clock
+        return clock_under(self.control.allowed_clocks_mhz(), clock, ceiling)
 
     async def _stats(self, request: Request) -> Response:
         s = self.stats

@@ -77,6 +77,11 @@ class Instance:
     polled_at_s: float = 0.0
     sm_clock_mhz: int | None = None
     capture_sizes: tuple[int, ...] = ()
+    energy_j: float | None = None
+    """Cumulative energy in its voltana state (J; None: unreported), read at ``energy_at_s`` (wall clock)."""
+    energy_at_s: float = 0.0
+    clock_ceiling_mhz: int | None = None
+    """The power-budget ceiling the instance reports in force (MHz)."""
     models: dict[str, int | None] = field(default_factory=dict)
     model_cards: dict[str, dict[str, object]] = field(default_factory=dict)
     """The engine's own ``/v1/models`` entries (``root``, ``parent``, ``permission`` ...), by model id."""

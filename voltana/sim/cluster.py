@@ -1,9 +1,10 @@
 """Discrete-event simulation of a P/D disaggregated deployment: N prefill + M decode instances.
 
 Each instance runs continuous batching on a simulated GPU (``PerformanceModel.cost``) and asks its own
-real ``FrequencyController`` for the clock of every iteration (``decide`` before, ``observe`` after), exactly
-as an engine adapter does in production. Requests are placed by routing policies through the
-``voltana_choose_instance`` hook.
+real ``FrequencyController`` (a :class:`voltana.core.protocols.Controller`) for the clock of every iteration
+(``decide`` before, ``observe`` after), exactly as an engine adapter does in production. Requests are placed
+by the routing policies ``RoutingSpec`` names, looked up once among the registered policies (an unknown name
+raises ``UnknownPolicyError`` when the simulation is built).
 
 Engine behaviour modelled (the parts that matter for clocks and energy):
 - prefill: FIFO queue, iterations of at most ``prefill_token_budget`` prompt tokens (chunked prefill: the
@@ -28,9 +29,11 @@ import heapq
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from voltana.core.contexts import RouteContext
+from voltana.core.policies import route_policy
+from voltana.core.protocols import Controller
 from voltana.core.types import (
     BatchSnapshot,
     InstanceState,
@@ -50,14 +53,6 @@ DEFAULT_KV_BANDWIDTH_BYTES_PER_S = 25e9
 """One 200 Gb/s RDMA NIC per instance (typical for NIXL/Mooncake P/D transfer), an assumption."""
 DEFAULT_KV_TRANSFER_FIXED_S = 0.002
 """Per-request handshake + scheduling overhead of a KV transfer (s), an assumption."""
-
-
-class Controller(Protocol):
-    """What the simulator needs of ``voltana.core.controller.FrequencyController``."""
-
-    def decide(self, snapshot: BatchSnapshot) -> Any: ...
-
-    def observe(self, record: IterationRecord) -> None: ...
 
 
 ControllerFactory = Callable[[Phase, str], Controller]
@@ -100,7 +95,7 @@ class ClusterSpec:
 
 @dataclass(frozen=True)
 class RoutingSpec:
-    """Routing policy names (``voltana_choose_instance``) and their options (shared, then per phase)."""
+    """Routing policy names (registered ``route`` policies) and their options (shared, then per phase)."""
 
     prefill: str = "predicted-ttft"
     decode: str = "ecoroute"
@@ -293,6 +288,10 @@ class ClusterSimulation:
         self.cluster = cluster
         self.model = cluster.model
         self.hook = hook
+        self.route_policies = {  # looked up once: an unknown name fails here, before any request runs
+            Phase.PREFILL: route_policy(hook, routing.prefill),
+            Phase.DECODE: route_policy(hook, routing.decode),
+        }
         self.record_timeline = record_timeline
         supported_top = int(cluster.model.supported_clocks_mhz[-1])
 
@@ -435,11 +434,9 @@ class ClusterSimulation:
         if len(instances) == 1:
             return instances[0]
         route = RouteRequest(request.request_id, request.input_tokens, 0, request.arrival_s)
-        chosen = self.hook.voltana_choose_instance(
-            request=route, candidates=[self._state(i) for i in instances], ctx=ctx
-        )
+        chosen = self.route_policies[ctx.phase](route, [self._state(i) for i in instances], ctx)
         if chosen is None:
-            raise ValueError(f"no plugin implements the {ctx.phase} routing policy {ctx.policy!r}")
+            raise ValueError(f"the {ctx.phase} routing policy {ctx.policy!r} chose no instance")
         return self.by_id[chosen]
 
     def _route_prefill(self, request: SimRequest) -> None:

@@ -2,8 +2,11 @@
 
 Source: Zheng et al., "LMSYS-Chat-1M: A Large-Scale Real-World LLM Conversation Dataset", ICLR 2024
 (arXiv 2309.11998), Table 1 (basic statistics, tokens counted with the Llama-2 tokenizer): average tokens
-per prompt 69.5 +- 143.9 and per response 214.5 +- 246.2 (mean +- standard deviation). The conversations
-themselves are gated on their hub and cannot be shipped, so lengths are drawn, not replayed.
+per prompt 69.5 +- 143.9 and per response 214.5 +- 246.2 (mean +- standard deviation). UNVERIFIED: the
+standard deviations were entered from memory of that table, and a search of public copies of the paper (its
+abstract pages, mirrors, the dataset card) did not reach the table's text, so none of the four numbers has
+been checked against it. The
+conversations themselves are gated on their hub and cannot be shipped, so lengths are drawn, not replayed.
 
 Shape (a choice, stated): each length is log-normal with the published mean and standard deviation (moment
 matched: ``sigma^2 = ln(1 + (sd/mean)^2)``, ``mu = ln(mean) - sigma^2 / 2``), rounded, at least 1 token;
@@ -23,7 +26,7 @@ LMSYS_PROMPT_MEAN_TOKENS = 69.5
 LMSYS_PROMPT_STD_TOKENS = 143.9
 LMSYS_RESPONSE_MEAN_TOKENS = 214.5
 LMSYS_RESPONSE_STD_TOKENS = 246.2
-"""arXiv 2309.11998, Table 1 (LMSYS-Chat-1M row)."""
+"""arXiv 2309.11998, Table 1 (LMSYS-Chat-1M row), not verified against it (module docstring)."""
 
 
 def lognormal_params(mean: float, std: float) -> tuple[float, float]:

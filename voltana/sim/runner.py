@@ -14,8 +14,9 @@ from typing import Any
 
 from voltana.core.config import VoltanaConfig
 from voltana.core.errors import VoltanaError
+from voltana.core.protocols import Controller
 from voltana.core.types import Phase, Slo
-from voltana.sim.cluster import ClusterSimulation, ClusterSpec, Controller, RoutingSpec
+from voltana.sim.cluster import ClusterSimulation, ClusterSpec, RoutingSpec
 from voltana.sim.engine import EngineConfigError
 from voltana.sim.metrics import PolicyResult, summarize
 from voltana.sim.workload import Workload
@@ -151,8 +152,13 @@ def run_policy(
     rate_rps: float | None = None,
     record_timeline: bool = False,
     progress: Callable[[float], None] | None = None,
+    wrap_controller: Callable[[Phase, str, Controller], Controller] | None = None,
 ) -> PolicyResult:
-    """Simulate ``workload`` under ``spec``: real controllers per instance, routing through the hook."""
+    """Simulate ``workload`` under ``spec``: real controllers per instance, routing through the hook.
+
+    ``wrap_controller`` (phase, instance id, controller) may put a layer around each controller (the power
+    budget's meter, ceiling and power cap: :mod:`voltana.sim.power_budget`).
+    """
     model = setup.cluster.model
     clocks = allowed_clocks_mhz(setup.config, model)
     try:
@@ -170,6 +176,8 @@ def run_policy(
 
     def factory(phase: Phase, instance_id: str) -> Controller:
         controller = _build_controller(configs[phase], phase, instance_id, model, setup.hook)
+        if wrap_controller is not None:
+            controller = wrap_controller(phase, instance_id, controller)
         controllers[instance_id] = controller
         return controller
 

@@ -222,9 +222,11 @@ def test_non_leader_ranks_do_nothing(engine: Engine, monkeypatch: pytest.MonkeyP
 
 
 class ExplodingController:
-    """A controller with a bug: its decision raises."""
+    """A controller with a bug: its decision raises (the rest of ``voltana.core.protocols.Controller``)."""
 
-    ctx = SimpleNamespace(policy="ecofreq")
+    policy = "ecofreq"
+    allowed_clocks_mhz = (1005, 1410)
+    power_model = None
 
     def decide(self, snapshot: Any) -> Any:
         raise ZeroDivisionError("division by zero in the policy")

@@ -70,12 +70,13 @@ def build_standin_nvml(cache_root: Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class LogEntry:
-    """One line of the stand-in's log: a clock lock/reset (or a read, with ``log_reads=1``)."""
+    """One line of the stand-in's log: a clock lock/reset, a power-limit set (``op=power_limit``, the new
+    limit in mW as ``max_mhz``), or a read (with ``log_reads=1``)."""
 
     t_s: float  # CLOCK_MONOTONIC seconds (= time.monotonic() in Python)
     pid: int
     tid: int  # = threading.get_native_id() of the calling thread
-    op: str  # lock, reset, energy, power
+    op: str  # lock, reset, power_limit, energy, power
     device: int
     min_mhz: int
     max_mhz: int
@@ -114,6 +115,15 @@ def locked_devices(entries: list[LogEntry]) -> dict[int, int]:
             state[entry.device] = entry.max_mhz
         elif entry.op == "reset":
             state.pop(entry.device, None)
+    return state
+
+
+def power_limits_mw(entries: list[LogEntry]) -> dict[int, int]:
+    """The power limit each device was last set to successfully (mW; a reset sets the default)."""
+    state: dict[int, int] = {}
+    for entry in entries:
+        if entry.op == "power_limit" and entry.ret == 0:
+            state[entry.device] = entry.max_mhz
     return state
 
 

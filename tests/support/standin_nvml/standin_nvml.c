@@ -5,9 +5,9 @@
  * NVML API reference (function names, argument order, return codes as pynvml declares them).
  *
  * Scripted by the key=value file named in $VOLTANA_STANDIN_NVML (re-read when it changes); see
- * docs/guides/gpus.md for the keys. Clock locks and resets (and, with log_reads=1, energy/power reads) are
- * appended to the file named by `log`; on first use a process replays that log, so a clock locked by a process
- * that died is still locked for the next one, as on a real GPU.
+ * docs/guides/gpus.md for the keys. Clock locks and resets, power-limit sets (and, with log_reads=1, energy/power
+ * reads) are appended to the file named by `log`; on first use a process replays that log, so a clock locked
+ * (or a power limit set) by a process that died is still in force for the next one, as on a real GPU.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -45,8 +45,9 @@ struct standin_config {
     char name[96];
     unsigned memory_clock_mhz, min_clock_mhz, max_clock_mhz, clock_step_mhz, default_clock_mhz;
     unsigned arbitrate_max_mhz; /* 0: the locked clock is read back as asked */
-    int init_ret, lock_ret, energy_ret, power_ret, energy_fail_ret;
+    int init_ret, lock_ret, energy_ret, power_ret, energy_fail_ret, set_power_limit_ret;
     unsigned long long power_mw, power_limit_mw, energy_offset_mj;
+    unsigned long long power_limit_min_mw, power_limit_max_mw, power_limit_default_mw;
     unsigned refresh_ms;
     int fail_reads[MAX_LIST], n_fail_reads;
     unsigned long long readings_mj[MAX_LIST];
@@ -61,6 +62,7 @@ struct standin_device {
     unsigned locked_min, locked_max;
     int locked, energy_reads;
     unsigned long long reset_base_mj;
+    unsigned long long power_limit_mw; /* 0: the default power management limit */
 };
 
 static pthread_mutex_t mutex = PTHREAD_MUTEX_INITIALIZER;
@@ -107,6 +109,9 @@ static void config_defaults(void) {
     cfg.default_clock_mhz = 1410;
     cfg.power_mw = 250000;
     cfg.power_limit_mw = 400000; /* an A100-SXM4's 400 W board power */
+    cfg.power_limit_min_mw = 100000; /* an A100-SXM4 accepts 100..400 W (nvidia-smi -q: Min/Max Power Limit) */
+    cfg.power_limit_max_mw = 400000;
+    cfg.power_limit_default_mw = 400000;
     cfg.refresh_ms = 100;
     cfg.energy_offset_mj = 1000000;
     cfg.energy_fail_ret = NVML_ERROR_UNKNOWN;
@@ -128,6 +133,10 @@ static void config_set(const char *key, const char *value) {
     else if (!strcmp(key, "energy_fail_error")) cfg.energy_fail_ret = parse_ret(value);
     else if (!strcmp(key, "power_mw")) cfg.power_mw = strtoull(value, NULL, 10);
     else if (!strcmp(key, "power_limit_mw")) cfg.power_limit_mw = strtoull(value, NULL, 10);
+    else if (!strcmp(key, "power_limit_min_mw")) cfg.power_limit_min_mw = strtoull(value, NULL, 10);
+    else if (!strcmp(key, "power_limit_max_mw")) cfg.power_limit_max_mw = strtoull(value, NULL, 10);
+    else if (!strcmp(key, "power_limit_default_mw")) cfg.power_limit_default_mw = strtoull(value, NULL, 10);
+    else if (!strcmp(key, "set_power_limit")) cfg.set_power_limit_ret = parse_ret(value);
     else if (!strcmp(key, "energy_offset_mj")) cfg.energy_offset_mj = strtoull(value, NULL, 10);
     else if (!strcmp(key, "refresh_ms")) cfg.refresh_ms = (unsigned)atoi(value);
     else if (!strcmp(key, "energy_fail_reads")) cfg.n_fail_reads = parse_list(value, NULL, cfg.fail_reads);
@@ -217,6 +226,8 @@ static void replay_log(void) {
             devices[device].locked_max = hi;
         } else if (!strcmp(op, "reset")) {
             devices[device].locked = 0;
+        } else if (!strcmp(op, "power_limit")) {
+            devices[device].power_limit_mw = hi;
         }
     }
     fclose(file);
@@ -414,13 +425,62 @@ nvmlReturn_t nvmlDeviceGetPowerUsage(void *device, unsigned int *milliwatts) {
     return leave(NVML_SUCCESS);
 }
 
+/* The power management limit in force: the one set last, else the default. */
+static unsigned long long management_limit_mw(int index) {
+    return devices[index].power_limit_mw ? devices[index].power_limit_mw : cfg.power_limit_default_mw;
+}
+
+/* The enforced limit is the lowest of every limiter: the board's (power_limit_mw) and the management limit. */
 nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(void *device, unsigned int *milliwatts) {
     if (enter() != NVML_SUCCESS) return leave(NVML_ERROR_UNINITIALIZED);
     int index = device_of(device);
     if (index < 0 || !milliwatts) return leave(NVML_ERROR_INVALID_ARGUMENT);
     if (!cfg.power_limit_mw) return leave(NVML_ERROR_NOT_SUPPORTED);
-    *milliwatts = (unsigned)cfg.power_limit_mw;
+    unsigned long long limit = cfg.power_limit_mw;
+    if (cfg.power_limit_default_mw && management_limit_mw(index) < limit) limit = management_limit_mw(index);
+    *milliwatts = (unsigned)limit;
     return leave(NVML_SUCCESS);
+}
+
+/* Power management limits: power_limit_default_mw=0 makes them NOT_SUPPORTED (a GPU without power management). */
+nvmlReturn_t nvmlDeviceGetPowerManagementLimit(void *device, unsigned int *milliwatts) {
+    if (enter() != NVML_SUCCESS) return leave(NVML_ERROR_UNINITIALIZED);
+    int index = device_of(device);
+    if (index < 0 || !milliwatts) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    if (!cfg.power_limit_default_mw) return leave(NVML_ERROR_NOT_SUPPORTED);
+    *milliwatts = (unsigned)management_limit_mw(index);
+    return leave(NVML_SUCCESS);
+}
+
+nvmlReturn_t nvmlDeviceGetPowerManagementDefaultLimit(void *device, unsigned int *milliwatts) {
+    if (enter() != NVML_SUCCESS) return leave(NVML_ERROR_UNINITIALIZED);
+    if (device_of(device) < 0 || !milliwatts) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    if (!cfg.power_limit_default_mw) return leave(NVML_ERROR_NOT_SUPPORTED);
+    *milliwatts = (unsigned)cfg.power_limit_default_mw;
+    return leave(NVML_SUCCESS);
+}
+
+nvmlReturn_t nvmlDeviceGetPowerManagementLimitConstraints(void *device, unsigned int *min_mw, unsigned int *max_mw) {
+    if (enter() != NVML_SUCCESS) return leave(NVML_ERROR_UNINITIALIZED);
+    if (device_of(device) < 0 || !min_mw || !max_mw) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    if (!cfg.power_limit_default_mw) return leave(NVML_ERROR_NOT_SUPPORTED);
+    *min_mw = (unsigned)cfg.power_limit_min_mw;
+    *max_mw = (unsigned)cfg.power_limit_max_mw;
+    return leave(NVML_SUCCESS);
+}
+
+/* Logged as op=power_limit with the new limit (mW) in max=; NVML has no reset call: a reset sets the default. */
+nvmlReturn_t nvmlDeviceSetPowerManagementLimit(void *device, unsigned int limit_mw) {
+    if (enter() != NVML_SUCCESS) return leave(NVML_ERROR_UNINITIALIZED);
+    int index = device_of(device);
+    if (index < 0) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    if (!cfg.power_limit_default_mw) return leave(NVML_ERROR_NOT_SUPPORTED);
+    int ret = cfg.set_power_limit_ret;
+    if (ret == NVML_SUCCESS && (limit_mw < cfg.power_limit_min_mw || limit_mw > cfg.power_limit_max_mw))
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS) devices[index].power_limit_mw = limit_mw;
+    log_line("power_limit", index, 0, limit_mw, ret);
+    return leave(ret);
 }
 
 nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(void *device, unsigned long long *millijoules) {

@@ -13,6 +13,7 @@ from voltana.adapters.engine_control import EngineControlChannel, FileControlBac
 from voltana.adapters.runtime import InstanceRuntime
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import BatchSnapshot, DecisionReason, Phase, ScheduledRequest
+from voltana.profiler.ceiling_api import CEILING_LEASE_ID, handle_ceiling
 from voltana.profiler.engine_api import ClockPin, handle_pin
 
 ALLOWED = [1065, 1245, 1410]
@@ -97,3 +98,38 @@ def test_monitor_only_engine_refuses_pins(tmp_path: Path) -> None:
             runtime.pin_clock(1410)
     finally:
         runtime.close()
+
+
+def test_a_power_budget_ceiling_holds_the_engine_and_lapses(tmp_path: Path) -> None:
+    config = VoltanaConfig(
+        enabled=True,
+        hardware={"vendor": "simulated"},
+        clocks={"allowed_mhz": ALLOWED},
+        policy={"clock": "static-max"},  # wants 1410 MHz every iteration: only the ceiling holds it lower
+    )
+    runtime = InstanceRuntime.start(config, Phase.DECODE, "i0")
+    try:
+        _ceiling_round_trip(runtime, tmp_path)
+    finally:
+        runtime.close()
+
+
+def _ceiling_round_trip(runtime: InstanceRuntime, tmp_path: Path) -> None:
+    channel = EngineControlChannel(runtime, tmp_path, tmp_path / "engine-0", capacity=64)
+    backend = FileControlBackend(tmp_path, tmp_path / "engine-0")
+    assert handle_ceiling(backend, TOKEN, "Bearer wrong", {"ceiling_mhz": 1065})[0] == 401
+    assert handle_ceiling(backend, None, f"Bearer {TOKEN}", {"ceiling_mhz": 1065})[0] == 403
+    assert handle_ceiling(backend, TOKEN, f"Bearer {TOKEN}", {"ceiling_mhz": -5})[0] == 422
+    assert _iterate(runtime, 2) == [1410, 1410]
+    status, body = handle_ceiling(backend, TOKEN, f"Bearer {TOKEN}", {"ceiling_mhz": 1300, "lease_s": 30})
+    assert status == 200 and body["ceiling_mhz"] == 1300
+    channel.tick()  # the engine takes the ceiling up
+    assert runtime.clock_ceiling_mhz == 1300
+    assert _iterate(runtime, 3, start=2) == [1245] * 3  # the highest allowed clock under 1300, read back
+    channel.tick()
+    reasons = {r["reason"] for r in backend.iterations_since(2, 100).records}
+    assert reasons == {str(DecisionReason.POWER_CEILING)}
+    backend.set_ceiling(ClockPin(1300, CEILING_LEASE_ID, time.time() - 1.0))  # the router stopped renewing it
+    channel.tick()
+    assert runtime.clock_ceiling_mhz is None
+    assert _iterate(runtime, 1, start=9) == [1410]

@@ -98,6 +98,20 @@ def test_pipelined_iterations_do_not_double_count_time(recorder: HookRecorder) -
     assert runtime.after_iteration() is None
 
 
+def test_unknown_clock_policy_means_monitor_only_with_one_error_listing_the_registered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    runtime = InstanceRuntime.start(_config(policy={"clock": "ecofrek"}), Phase.DECODE, "d0")
+    try:
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "unknown clock policy 'ecofrek'; registered: " in errors[0]
+        assert "ecofreq" in errors[0] and "monitor-only" in errors[0]
+        assert runtime.monitor_only and runtime.status().policy == "monitor-only"
+    finally:
+        runtime.close()
+
+
 def test_missing_gpu_library_means_monitor_only_with_one_error(
     caplog: pytest.LogCaptureFixture, recorder: HookRecorder
 ) -> None:

@@ -1,4 +1,4 @@
-"""The generated reference pages name every configuration key, command-line option and hook."""
+"""The generated reference pages name every config key, command-line option, hook and built-in policy."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from types import ModuleType
 import pytest
 
 from voltana.core import hookspecs
+from voltana.core.plugin_manager import make_plugin_manager
+from voltana.core.policies import policies_of
+from voltana.plugins import DEFAULT_PLUGINS
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -47,10 +50,18 @@ def test_every_cli_command_and_option_is_in_the_reference(pages: ModuleType) -> 
 def test_every_hook_is_in_the_reference(pages: ModuleType) -> None:
     text = pages.hooks_reference()
     hooks = [name for name in dir(hookspecs) if name.startswith("voltana_")]
-    assert len(hooks) >= 8
+    assert len(hooks) >= 6
     for name in hooks:
         assert f"## `{name}`" in text
-    assert "Calling: first result." in text and "Calling: broadcast" in text
+    assert "Calling: broadcast" in text
+
+
+def test_every_builtin_policy_is_in_the_reference(pages: ModuleType) -> None:
+    text = pages.hooks_reference()
+    registered = policies_of(make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False).hook)
+    assert {("clock", "ecofreq"), ("route", "ecoroute")} <= {(p.kind, p.name) for p in registered}
+    for info in registered:
+        assert f"| {info.kind} | `{info.name}` |" in text
 
 
 def test_readme_stays_short() -> None:

@@ -82,7 +82,7 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"policy\.options\.hysteresis"):
         build_controller(bad_knob, Phase.DECODE, "d0", a100(), plugin_hook())
     negative = VoltanaConfig(policy={"options": {"idle_power_w": -5}})
-    with pytest.raises(ValueError, match="idle_power_w >= 0"):
+    with pytest.raises(ValueError, match="idle_power_w must be >= 0, got -5"):
         build_controller(negative, Phase.PREFILL, "p0", a100(), plugin_hook())
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import sys
+from pathlib import Path
 
 import pytest
 from ecofreq_helpers import a100, controller, decode_snapshot, default_clocks
+from pydantic import TypeAdapter
 
+from voltana.cli import main
+from voltana.core.config import ConfigError
 from voltana.core.types import DecisionReason, Phase
 from voltana.plugins.ecofreq import EcoFreqOptions
 
@@ -72,15 +78,41 @@ def test_small_energy_gains_do_not_move_the_clock() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"mape_limit": "high"}, "policy.options.mape_limit must be a number"),
-        ({"safety_margin": 1.5}, "safety_margin"),
-        ({"prefill_token_budget": 0}, "token budget"),
-        ({"plan_for_newcomer": "maybe"}, "plan_for_newcomer must be true or false"),
+        ({"mape_limit": "high"}, "policy.options.mape_limit must be a number, got 'high'"),
+        ({"safety_margin": 1.5}, r"policy.options.safety_margin must be in \[0, 1\), got 1.5"),
+        ({"prefill_token_budget": 0}, "policy.options.prefill_token_budget must be >= 1, got 0"),
+        ({"prefill_token_budget": "8k"}, "prefill_token_budget must be a whole number, got '8k'"),
+        ({"min_observations": 2.5}, "min_observations must be a whole number, got 2.5"),
+        ({"plan_for_newcomer": "maybe"}, "plan_for_newcomer must be true or false, got 'maybe'"),
+        ({"idle_power_w": float("nan")}, "idle_power_w must be a finite number"),
+        ({"decode_window_s": -1}, "decode_window_s must be >= 0"),
     ],
 )
-def test_bad_options_are_one_line_errors(options: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+def test_bad_options_are_one_line_config_errors(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as raised:
         EcoFreqOptions.from_mapping(options)
+    assert "\n" not in str(raised.value)
+
+
+def test_options_carry_their_descriptions_and_constraints() -> None:
+    fields = TypeAdapter(EcoFreqOptions).json_schema()["properties"]
+    assert set(fields) == {f.name for f in dataclasses.fields(EcoFreqOptions)}
+    assert all(field.get("description") for field in fields.values())
+    assert fields["safety_margin"]["minimum"] == 0 and fields["safety_margin"]["exclusiveMaximum"] == 1
+
+
+def test_bad_options_in_a_config_are_one_line_for_simulate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[policy]\noptions = { hysteresis = "lots" }\n')
+    monkeypatch.setattr(sys, "argv", ["voltana", "-c", str(config), "simulate", "--duration", "5",
+                                      "--rates", "3", "--policies", "ecofreq+ecoroute"])  # fmt: skip
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["error: policy.options.hysteresis must be a number, got 'lots'"]
 
 
 def test_options_ignore_other_policies_keys() -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from voltana.core.types import EnergySource
 from voltana.hardware import amd
+from voltana.hardware.device import PowerLimits
 from voltana.hardware.errors import (
     GpuLostError,
     InvalidArgumentError,
@@ -38,6 +39,8 @@ VENDOR_CALLS = (
     "amdsmi_set_gpu_perf_level",
     "amdsmi_get_energy_count",
     "amdsmi_get_power_info",
+    "amdsmi_get_power_cap_info",
+    "amdsmi_set_power_cap",
 )
 _cached: dict[str, ModuleType] = {}
 
@@ -254,3 +257,81 @@ def test_missing_energy_counter_integrates_socket_power(smi: Any, caplog: pytest
     assert second.energy_j - first.energy_j == pytest.approx(640.0 * elapsed_s, rel=1e-6)
     assert calls["amdsmi_set_gpu_clk_limit"].call_count == 2
     assert sum("integrating power" in r.getMessage() for r in caplog.records) == 1
+
+
+MI300X_CAPS_UW = {  # microwatts, as amdsmi reports them on Linux bare metal
+    "power_cap": 750_000_000,
+    "default_power_cap": 750_000_000,
+    "dpm_cap": 2100,
+    "min_power_cap": 0,
+    "max_power_cap": 750_000_000,
+}
+
+
+def _stateful_power_cap(smi: Any, caps: dict[str, int]) -> list[tuple[Any, int]]:
+    """amdsmi_get_power_cap_info / amdsmi_set_power_cap over one cap per handle; returns the sets made."""
+    module, calls = smi
+    state = {"h0": dict(caps), "h1": dict(caps)}
+    sets: list[tuple[Any, int]] = []
+
+    def set_cap(handle: Any, sensor_ind: int, cap: int) -> None:
+        assert sensor_ind == 0
+        if not caps["min_power_cap"] <= cap <= caps["max_power_cap"]:
+            raise module.AmdSmiLibraryException(module.amdsmi_wrapper.AMDSMI_STATUS_INVAL)
+        state[handle]["power_cap"] = cap
+        sets.append((handle, cap))
+
+    calls["amdsmi_get_power_cap_info"].side_effect = lambda handle: dict(state[handle])
+    calls["amdsmi_set_power_cap"].side_effect = set_cap
+    return sets
+
+
+def test_power_cap_set_reads_back_and_resets_in_microwatts(smi: Any) -> None:
+    sets = _stateful_power_cap(smi, {**MI300X_CAPS_UW, "min_power_cap": 200_000_000})
+    group = amd.open_amd()
+    assert group.power_limits() == PowerLimits(750.0, 750.0, 200.0, 750.0)
+    assert group.set_power_limit_w(500.0) == 500.0
+    assert sets == [("h0", 500_000_000), ("h1", 500_000_000)]
+    assert group.power_limits().current_w == 500.0
+    group.reset_power_limit()
+    assert sets[-2:] == [("h0", 750_000_000), ("h1", 750_000_000)]
+    assert group.power_limits().current_w == 750.0
+
+
+def test_power_cap_in_watts_from_a_host_build_is_set_in_watts(smi: Any) -> None:
+    sets = _stateful_power_cap(
+        smi,
+        {
+            "power_cap": 750,
+            "default_power_cap": 750,
+            "dpm_cap": 0,
+            "min_power_cap": 100,
+            "max_power_cap": 750,
+        },
+    )
+    device = amd.open_amd([0]).devices[0]
+    assert device.set_power_limit_w(600.0) == 600.0
+    assert sets == [("h0", 600)]
+
+
+def test_power_cap_outside_the_range_is_one_line_and_sets_nothing(smi: Any) -> None:
+    sets = _stateful_power_cap(smi, {**MI300X_CAPS_UW, "min_power_cap": 200_000_000})
+    device = amd.open_amd([0]).devices[0]
+    with pytest.raises(InvalidArgumentError) as caught:
+        device.set_power_limit_w(150.0)
+    assert "\n" not in str(caught.value) and "200..750 W" in str(caught.value)
+    assert sets == []
+
+
+def test_power_cap_without_root_is_one_message(smi: Any) -> None:
+    module, calls = smi
+    calls["amdsmi_get_power_cap_info"].return_value = dict(MI300X_CAPS_UW)
+    calls["amdsmi_set_power_cap"].side_effect = module.AmdSmiLibraryException(
+        module.amdsmi_wrapper.AMDSMI_STATUS_NO_PERM
+    )
+    device = amd.open_amd([0]).devices[0]
+    with pytest.raises(NoPermissionError) as caught:
+        device.set_power_limit_w(500.0)
+    message = str(caught.value)
+    assert "\n" not in message and "AMDSMI_STATUS_NO_PERM" in message
+    assert "setting the power cap needs root" in message and "hardware.power_limit_w" in message

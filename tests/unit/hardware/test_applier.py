@@ -62,7 +62,7 @@ def test_close_restores_default_clocks_on_every_tp_gpu(tmp_path: Path) -> None:
     applier.close()  # idempotent
     for index in range(4):
         state = json.loads((tmp_path / f"gpu{index}.json").read_text())
-        assert state == {"locked_clock_mhz": None, "events": ["lock 1095", "reset"]}
+        assert state == {"locked_clock_mhz": None, "power_limit_w": None, "events": ["lock 1095", "reset"]}
 
 
 def test_untouched_clocks_are_not_reset() -> None:
@@ -121,7 +121,7 @@ def test_process_end_restores_clocks(tmp_path: Path, how: str) -> None:
         if child.poll() is None:
             child.kill()
     state = json.loads((tmp_path / "gpu0.json").read_text())
-    assert state == {"locked_clock_mhz": None, "events": ["lock 1005", "reset"]}
+    assert state == {"locked_clock_mhz": None, "power_limit_w": None, "events": ["lock 1005", "reset"]}
     assert returncode == (-signal.SIGTERM if how == "sigterm" else 0)
 
 
@@ -189,7 +189,11 @@ def test_watchdog_restores_clocks_after_a_hard_crash_only(tmp_path: Path, ending
     if mode == "crash":
         # The engine's own record still says 1005 until the watchdog reopens the device and resets it.
         state = _state_after(path, lambda s: s["events"] == ["reset"])
-        assert state == {"locked_clock_mhz": None, "events": ["reset"]}
+        assert state == {"locked_clock_mhz": None, "power_limit_w": None, "events": ["reset"]}
     else:
         time.sleep(0.5)
-        assert json.loads(path.read_text()) == {"locked_clock_mhz": None, "events": ["lock 1005", "reset"]}
+        assert json.loads(path.read_text()) == {
+            "locked_clock_mhz": None,
+            "power_limit_w": None,
+            "events": ["lock 1005", "reset"],
+        }

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.support.standin_nvml import StandinNvml, locked_devices
+from tests.support.standin_nvml import StandinNvml, locked_devices, power_limits_mw
 from voltana.adapters.runtime import InstanceRuntime
 from voltana.cli import app
 from voltana.core.config import HardwareConfig, VoltanaConfig
@@ -334,3 +334,51 @@ def test_an_nvidia_engine_refuses_a_daemon_serving_the_simulated_gpu(
     finally:
         running.stop()
     assert standin_nvml.log() == []
+
+
+def test_power_limits_go_through_the_daemon_and_a_killed_client_gets_them_reset(
+    daemon: Daemon, standin_nvml: StandinNvml
+) -> None:
+    """An engine without CAP_SYS_ADMIN sets hardware.power_limit_w through clockd; when it is SIGKILLed the
+    daemon restores both the clocks and the default power limit."""
+    code = (
+        "import time; from voltana.core.config import HardwareConfig; "
+        "from voltana.hardware.select import open_devices; "
+        f"g = open_devices(HardwareConfig(vendor='nvidia', clockd_socket={str(daemon.socket_path)!r})); "
+        "print(g.set_power_limit_w(250.0), g.lock_clock_mhz(1200), flush=True); time.sleep(600)"
+    )
+    engine = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=standin_nvml.env()
+    )
+    assert engine.stdout is not None and engine.stdout.readline().split() == ["250.0", "1200"]
+    log = standin_nvml.log()
+    assert {e.pid for e in log} == {daemon.process.pid}  # the daemon set it, not the engine
+    assert power_limits_mw(log) == {0: 250_000, 1: 250_000} and locked_devices(log) == {0: 1200, 1: 1200}
+    engine.send_signal(signal.SIGKILL)
+    engine.wait(10)
+    deadline = time.monotonic() + 5
+    while power_limits_mw(standin_nvml.log()) != {0: 400_000, 1: 400_000} and time.monotonic() < deadline:
+        time.sleep(0.02)
+    log = standin_nvml.log()
+    assert power_limits_mw(log) == {0: 400_000, 1: 400_000} and locked_devices(log) == {}
+    assert "disconnected holding the clocks and the power limit" in daemon.stop()
+
+
+def test_a_power_limit_is_owned_like_the_clocks(daemon: Daemon, standin_nvml: StandinNvml) -> None:
+    first, second = ClockdClient(daemon.socket_path), ClockdClient(daemon.socket_path)
+    try:
+        assert first.set_power_limit_w(300) == 300.0
+        with pytest.raises(NoPermissionError, match="held by another client"):
+            second.set_power_limit_w(200)
+        with pytest.raises(InvalidArgumentError, match="power_limit needs a number"):
+            first._call({"op": "power_limit", "limit_w": "300"})
+        first.reset_clocks()  # nothing locked: the power limit stays, and so does the ownership
+        assert power_limits_mw(standin_nvml.log()) == {0: 300_000, 1: 300_000}
+        with pytest.raises(NoPermissionError):
+            second.lock_clock_mhz(1005)
+        first.reset_power_limit()
+        assert power_limits_mw(standin_nvml.log()) == {0: 400_000, 1: 400_000}
+        assert second.lock_clock_mhz(1005) == 1005  # released: nothing held any more
+    finally:
+        first.close()
+        second.close()

@@ -229,3 +229,57 @@ def test_a_mistyped_device_index_with_auto_is_a_problem_naming_it(
     )
     assert devices.endswith("fix hardware.device_indices")
     assert "SIMULATED" not in done.stdout + done.stderr and "install the NVIDIA driver" not in done.stdout
+
+
+def _power_config(tmp_path: Path, limit_w: float) -> Path:
+    path = tmp_path / "power.toml"
+    path.write_text(f'[hardware]\nvendor = "nvidia"\npower_limit_w = {limit_w}\n')
+    return path
+
+
+def test_power_limit_row_with_privilege_says_it_can_be_set_and_sets_nothing(
+    standin_nvml: StandinNvml, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    standin_nvml.script(device_count=1)
+    _grant_sys_admin(monkeypatch, tmp_path)
+    monkeypatch.setenv("COLUMNS", "1000")
+    result = CliRunner().invoke(app, ["--config", str(_power_config(tmp_path, 300)), "doctor"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "ok | hardware.power_limit_w = 300 W fits; CAP_SYS_ADMIN in the effective capability set: can be "
+        "set; 400 W per GPU now, default 400 W, accepted 100..400 W" in _row(result.output, "power limit")
+    )
+    assert standin_nvml.log() == []  # doctor only reads
+
+
+def test_power_limit_without_privilege_is_a_problem_with_the_fix(
+    standin_nvml: StandinNvml, tmp_path: Path
+) -> None:
+    standin_nvml.script(device_count=1)
+    preexec = _drop_sys_admin if _has_sys_admin() else None
+    done = _doctor(env=standin_nvml.env(), config=_power_config(tmp_path, 300), preexec=preexec)
+    assert done.returncode == 1, done.stdout + done.stderr
+    row = _row(done.stdout, "power limit")
+    assert row.startswith("problem | hardware.power_limit_w = 300 W cannot be set: ")
+    assert "CAP_SYS_ADMIN" in row and "leave hardware.power_limit_w empty" in row
+
+
+def test_a_power_limit_outside_the_range_and_a_leftover_limit_are_named(
+    standin_nvml: StandinNvml, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from voltana.hardware.nvml import open_nvidia
+
+    standin_nvml.script(device_count=1)
+    left = open_nvidia()
+    left.set_power_limit_w(200.0)  # an engine killed without its watchdog left this behind
+    left.close()
+    _grant_sys_admin(monkeypatch, tmp_path)
+    monkeypatch.setenv("COLUMNS", "1000")
+    result = CliRunner().invoke(app, ["--config", str(_power_config(tmp_path, 50)), "doctor"])
+    assert result.exit_code == 1, result.output
+    row = _row(result.output, "power limit")
+    assert row.startswith(
+        "problem | hardware.power_limit_w = 50 W is outside the accepted range; 200 W per GPU"
+    )
+    assert "(not the default: set by someone else, or left by an engine that was killed)" in row
+    assert row.endswith("| pick a value in 100..400 W, or leave it empty")

@@ -21,10 +21,12 @@ from tests.support.profiling import (
     wait_for,
 )
 from voltana.core.config import VoltanaConfig
+from voltana.core.plugin_manager import make_plugin_manager
 from voltana.core.predictor import features
 from voltana.core.profile import Profile, load_profile
 from voltana.core.types import BatchSnapshot, Phase, ScheduledRequest
 from voltana.hardware.simulated import PerformanceModel, performance_model
+from voltana.plugins import DEFAULT_PLUGINS
 from voltana.plugins.ecofreq_seed import build_controller
 from voltana.profiler.fit import predict
 
@@ -93,7 +95,7 @@ def test_one_command_recovers_the_simulated_gpu_and_seeds_an_instance(tmp_path: 
     # one (the controller the runtime builds at start).
     seeded = VoltanaConfig(clocks={"allowed_mhz": list(CLOCKS)})
     profiled = VoltanaConfig(clocks={"allowed_mhz": list(CLOCKS)}, engine={"predictor_profile": str(out)})
-    hook = _NoHook()
+    hook = make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False).hook  # built-in policies only
     for phase in (Phase.PREFILL, Phase.DECODE):
         ours = build_controller(profiled, phase, "p", None, hook, model.supported_clocks_mhz).predictor
         base = build_controller(seeded, phase, "s", model, hook, model.supported_clocks_mhz).predictor
@@ -112,14 +114,6 @@ def test_one_command_recovers_the_simulated_gpu_and_seeds_an_instance(tmp_path: 
                 ours_mape,
                 base_mape,
             )
-
-
-class _NoHook:
-    def voltana_choose_clock(self, **_: object) -> None:
-        return None
-
-    def voltana_iteration_finished(self, **_: object) -> None:
-        return None
 
 
 def test_interrupted_and_resumed_run_equals_a_run_in_one_go(tmp_path: Path) -> None:

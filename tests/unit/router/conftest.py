@@ -84,11 +84,14 @@ def make_router(bg: BackgroundLoop) -> Iterator[Callable[..., RouterHandle]]:
         cluster: EmulatorCluster,
         tracer_provider: TracerProvider | None = None,
         policy: Any = None,
+        sections: dict[str, Any] | None = None,
         **router: Any,
     ) -> RouterHandle:
         config = router_config(cluster, **router)
         if policy:
             config = config.model_copy(update={"policy": config.policy.model_copy(update=policy)})
+        if sections:  # other config sections (e.g. cluster, hardware, engine), validated
+            config = VoltanaConfig.model_validate({**config.model_dump(), **sections})
         pm = get_plugin_manager()
         known: dict[str, set[str]] = {}
         for info in registered_policies(pm):

@@ -7,8 +7,10 @@ import time
 
 import pytest
 
+from voltana.core.contexts import PolicyInfo
 from voltana.core.hookspecs import hookimpl
 from voltana.core.plugin_manager import make_plugin_manager
+from voltana.core.policies import UnknownPolicyError
 from voltana.core.types import Phase, RouteRequest, Slo
 from voltana.plugins import DEFAULT_PLUGINS
 from voltana.plugins.ecoroute import decode_snapshot
@@ -134,17 +136,20 @@ def test_ejection_quarantine_probation() -> None:
 
 
 class PickLast:
-    """A tiny routing policy plugin: the last candidate; records what it was shown."""
+    """A tiny routing policy plugin: "pick-last" answers the last candidate and records what it was shown;
+    "pick-none" answers nothing."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, ...]] = []
 
-    @hookimpl
-    def voltana_choose_instance(self, request, candidates, ctx):  # type: ignore[no-untyped-def]
-        if ctx.policy != "pick-last":
-            return None
+    def pick_last(self, request, candidates, ctx):  # type: ignore[no-untyped-def]
         self.seen.append(tuple(c.instance_id for c in candidates))
         return candidates[-1].instance_id
+
+    @hookimpl
+    def voltana_register_policies(self, register):  # type: ignore[no-untyped-def]
+        register(PolicyInfo("route", "pick-last", "the last candidate", self.pick_last))
+        register(PolicyInfo("route", "pick-none", "no answer", lambda request, candidates, ctx: None))
 
 
 def test_choice_goes_through_the_hook_and_skips_ejected_draining_saturated() -> None:
@@ -171,11 +176,28 @@ def test_choice_goes_through_the_hook_and_skips_ejected_draining_saturated() -> 
     assert chooser.choose(Phase.PREFILL, request).instance_id == "prefill-0"
 
 
-def test_unknown_policy_falls_back_to_least_loaded_and_counts() -> None:
+def test_unknown_policy_is_refused_at_start_and_on_switch() -> None:
     pm = make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False)
+    with pytest.raises(
+        UnknownPolicyError, match=r"^unknown routing policy 'nobody-has-it'; registered: .*ecoroute"
+    ):
+        InstanceChooser(
+            pm.hook, registry(3), prefill_policy="random", decode_policy="nobody-has-it", slo=Slo(1, 0.1)
+        )
+    chooser = InstanceChooser(
+        pm.hook, registry(3), prefill_policy="random", decode_policy="round-robin", slo=Slo(1, 0.1)
+    )
+    with pytest.raises(UnknownPolicyError):
+        chooser.set_policy(Phase.DECODE, "nobody-has-it")
+    assert chooser.policy(Phase.DECODE) == "round-robin"
+
+
+def test_a_policy_answering_nothing_falls_back_to_least_loaded_and_counts() -> None:
+    pm = make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False)
+    pm.register(PickLast())
     reg = registry(3)
     chooser = InstanceChooser(
-        pm.hook, reg, prefill_policy="random", decode_policy="nobody-has-it", slo=Slo(1, 0.1)
+        pm.hook, reg, prefill_policy="random", decode_policy="pick-none", slo=Slo(1, 0.1)
     )
     reg.acquire(reg.by_id["decode-0"])
     assert chooser.choose(Phase.DECODE, RouteRequest("r", 1)).instance_id == "decode-1"

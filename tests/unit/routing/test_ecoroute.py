@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.policies import choose_instance
 from voltana.core.contexts import RouteContext
 from voltana.core.plugin_manager import make_plugin_manager
 from voltana.core.types import BatchSnapshot, InstanceState, Phase, RouteRequest, Slo
@@ -58,9 +59,7 @@ def decode(i: int, **kw: object) -> InstanceState:
 
 def route(hook, policy, candidates, request=None, **options):  # type: ignore[no-untyped-def]
     ctx = RouteContext(policy, Phase.DECODE, SLO, predictor=options.pop("predictor", None), options=options)
-    return hook.voltana_choose_instance(
-        request=request or RouteRequest("r", 500), candidates=candidates, ctx=ctx
-    )
+    return choose_instance(hook, request=request or RouteRequest("r", 500), candidates=candidates, ctx=ctx)
 
 
 def test_padding_follows_capture_sizes_then_tiles() -> None:
@@ -148,7 +147,7 @@ def test_marginal_energy_packs_onto_a_busy_instance(hook) -> None:  # type: igno
     joules_idle = marginal_energy_j(idle, request, ctx, (1005, 1005))
     assert joules_busy is not None and joules_idle is not None
     assert 0 < joules_busy < joules_idle  # the idle instance would pay the weight streaming again
-    assert hook.voltana_choose_instance(request=request, candidates=[busy, idle], ctx=ctx) == "d0"
+    assert choose_instance(hook, request=request, candidates=[busy, idle], ctx=ctx) == "d0"
 
 
 def test_a_clock_step_up_is_charged_to_the_whole_batch() -> None:
@@ -165,10 +164,7 @@ def test_infeasible_instances_come_last(hook) -> None:  # type: ignore[no-untype
     # 100 requests: 8 + 40 + 0.5 ms > 45 ms even at 1410 MHz.
     ctx = energy_ctx()
     crowded, spare = decode(0, num_running=100, kv_tokens=5000), decode(1, num_running=30, kv_tokens=5000)
-    assert (
-        hook.voltana_choose_instance(request=RouteRequest("r", 500), candidates=[crowded, spare], ctx=ctx)
-        == "d1"
-    )
+    assert choose_instance(hook, request=RouteRequest("r", 500), candidates=[crowded, spare], ctx=ctx) == "d1"
 
 
 def test_energy_key_can_be_switched_off() -> None:

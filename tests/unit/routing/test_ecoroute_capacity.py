@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.policies import choose_instance
 from voltana.core.contexts import RouteContext
 from voltana.core.plugin_manager import make_plugin_manager
 from voltana.core.types import BatchSnapshot, InstanceState, Phase, RouteRequest, Slo
@@ -71,7 +72,7 @@ def test_ecoroute_never_makes_a_request_wait_while_another_instance_admits_it(
     options = {"allowed_clocks_mhz": CLOCKS, "ecoroute_fill": fill, "idle_power_w": 60.0}
     ctx = RouteContext("ecoroute", Phase.DECODE, Slo(0.8, 0.05), predictor=model, options=options)
     ctx.power_model = model
-    chosen = HOOK.voltana_choose_instance(request=request, candidates=candidates, ctx=ctx)
+    chosen = choose_instance(HOOK, request=request, candidates=candidates, ctx=ctx)
     by_id = {c.instance_id: c for c in candidates}
     admitting = [c for c in candidates if admits_now(c, request)]
     if admitting:
@@ -87,7 +88,7 @@ def test_a_full_instance_is_skipped_even_when_packing_would_pick_it() -> None:
     empty = InstanceState("empty", Phase.DECODE, max_running=256, capture_sizes=CAPTURES)
     ctx = RouteContext("ecoroute", Phase.DECODE, Slo(0.8, 0.05), options={"allowed_clocks_mhz": CLOCKS})
     request = RouteRequest("r", 100, 300)
-    assert HOOK.voltana_choose_instance(request=request, candidates=[full, empty], ctx=ctx) == "empty"
+    assert choose_instance(HOOK, request=request, candidates=[full, empty], ctx=ctx) == "empty"
     # Below its headroom the busier instance still wins (packing), as before.
     busy = InstanceState("busy", Phase.DECODE, num_running=40, max_running=256, capture_sizes=CAPTURES)
-    assert HOOK.voltana_choose_instance(request=request, candidates=[busy, empty], ctx=ctx) == "busy"
+    assert choose_instance(HOOK, request=request, candidates=[busy, empty], ctx=ctx) == "busy"

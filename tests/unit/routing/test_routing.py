@@ -1,4 +1,4 @@
-"""Routing baselines through the real plugin manager's ``voltana_choose_instance`` hook."""
+"""Routing baselines, registered as named policies with the real plugin manager and looked up by name."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from collections import Counter
 
 import pytest
 
+from tests.support.policies import choose_instance
 from voltana.core.contexts import RouteContext
+from voltana.core.errors import VoltanaError
 from voltana.core.plugin_manager import make_plugin_manager, registered_policies
+from voltana.core.policies import UnknownPolicyError
 from voltana.core.types import BatchSnapshot, InstanceState, Phase, RouteRequest, Slo
 from voltana.plugins import DEFAULT_PLUGINS
 from voltana.plugins.routing import predicted_prefill_s
@@ -35,7 +38,7 @@ def prefill(i: int, **kw: object) -> InstanceState:
 def choose(hook, policy: str, candidates, request=None, **ctx_kw):  # type: ignore[no-untyped-def]
     ctx = RouteContext(policy, Phase.PREFILL, SLO, **ctx_kw)
     req = request or RouteRequest("r", 100)
-    return hook.voltana_choose_instance(request=req, candidates=candidates, ctx=ctx), ctx
+    return choose_instance(hook, request=req, candidates=candidates, ctx=ctx), ctx
 
 
 def test_policies_are_registered() -> None:
@@ -44,21 +47,27 @@ def test_policies_are_registered() -> None:
     assert {"random", "round-robin", "least-loaded", "predicted-ttft", "ecoroute", "ecoroute-paper"} <= names
 
 
-def test_unknown_policy_answers_none(hook) -> None:  # type: ignore[no-untyped-def]
-    chosen, _ = choose(hook, "no-such-policy", [prefill(0), prefill(1)])
-    assert chosen is None
+def test_unknown_policy_is_one_line_error_listing_the_registered_ones(hook) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UnknownPolicyError) as caught:
+        choose(hook, "no-such-policy", [prefill(0), prefill(1)])
+    message = str(caught.value)
+    assert "\n" not in message and isinstance(caught.value, VoltanaError)
+    assert message.startswith("unknown routing policy 'no-such-policy'; registered: ")
+    assert {"random", "round-robin", "least-loaded", "predicted-ttft", "ecoroute"} <= set(
+        message.split("registered: ")[1].split(", ")
+    )
 
 
 def test_random_is_seeded_and_uses_every_healthy_instance(hook) -> None:  # type: ignore[no-untyped-def]
     candidates = [prefill(0), prefill(1), prefill(2, healthy=False)]
     ctx = RouteContext("random", Phase.PREFILL, SLO, random.Random(7))
     first = [
-        hook.voltana_choose_instance(request=RouteRequest("r", 1), candidates=candidates, ctx=ctx)
+        choose_instance(hook, request=RouteRequest("r", 1), candidates=candidates, ctx=ctx)
         for _ in range(200)
     ]
     ctx2 = RouteContext("random", Phase.PREFILL, SLO, random.Random(7))
     second = [
-        hook.voltana_choose_instance(request=RouteRequest("r", 1), candidates=candidates, ctx=ctx2)
+        choose_instance(hook, request=RouteRequest("r", 1), candidates=candidates, ctx=ctx2)
         for _ in range(200)
     ]
     assert first == second
@@ -71,8 +80,7 @@ def test_round_robin_cycles_in_order(hook) -> None:  # type: ignore[no-untyped-d
     candidates = [prefill(0), prefill(1), prefill(2)]
     ctx = RouteContext("round-robin", Phase.PREFILL, SLO)
     picks = [
-        hook.voltana_choose_instance(request=RouteRequest("r", 1), candidates=candidates, ctx=ctx)
-        for _ in range(6)
+        choose_instance(hook, request=RouteRequest("r", 1), candidates=candidates, ctx=ctx) for _ in range(6)
     ]
     assert picks == ["p0", "p1", "p2", "p0", "p1", "p2"]
 

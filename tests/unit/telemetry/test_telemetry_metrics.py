@@ -16,7 +16,7 @@ from voltana.plugins import get_plugin_manager, telemetry
 from voltana.plugins.telemetry import names
 from voltana.plugins.telemetry.aggregates import InstanceAggregate
 from voltana.plugins.telemetry.pipeline import Telemetry
-from voltana.plugins.telemetry.prometheus import CONTENT_TYPE, PrometheusEndpoint
+from voltana.plugins.telemetry.prometheus import CONTENT_TYPE, PrometheusExposition
 
 DECODE_BATCH = [ScheduledRequest(f"r{i}", 1, 300, 0.0) for i in range(4)]
 DECODE_KEY = frozenset(
@@ -128,7 +128,9 @@ def test_prometheus_text_parses_with_conventional_names(pipeline: Pipeline) -> N
     }
     assert sample.value == pytest.approx(sum(energies))
     assert families["hw_power_watts"].type == "gauge"
-    assert families["voltana_gpu_sm_clock_megahertz"].samples[0].value == 1410
+    # OpenTelemetry's exporter appends units it has a word for, others as written (UCUM "MHz")
+    assert families["voltana_gpu_sm_clock_MHz"].samples[0].value == 1410
+    assert families["voltana_predictor_relative_error"].type == "gauge"  # unit "1": no suffix
     residency = {
         s.labels["voltana_clock_mhz"]: s.value for s in families["voltana_clock_residency_seconds"].samples
     }
@@ -153,18 +155,22 @@ def test_prometheus_histogram_buckets_are_cumulative(pipeline: Pipeline) -> None
 def test_metrics_endpoint_serves_prometheus_text_on_loopback() -> None:
     running = telemetry.configure_telemetry(VoltanaConfig(telemetry={"prometheus": True}))
     assert running is not None
-    endpoint = PrometheusEndpoint(running.prometheus_text, port=0)  # what telemetry.prometheus_port starts
+    exposition = running.prometheus_exposition  # what telemetry.prometheus_port serves, here on a free port
+    assert isinstance(exposition, PrometheusExposition)
+    port = exposition.serve(0)
     try:
         telemetry.voltana_iteration_finished(iteration(Phase.DECODE, "d0", DECODE_BATCH, energy_j=7.0))
-        response = httpx.get(f"http://127.0.0.1:{endpoint.port}/metrics", timeout=5)
-        missing = httpx.get(f"http://127.0.0.1:{endpoint.port}/other", timeout=5)
+        response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
     finally:
-        endpoint.close()
         telemetry.shutdown_telemetry()
+    assert exposition.port is None  # shut down with the pipeline
     assert response.status_code == 200
     assert response.headers["content-type"] == CONTENT_TYPE
-    assert 'hw_energy_joules_total{hw_id="d0"' in response.text
-    assert missing.status_code == 404
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    (sample,) = families["hw_energy_joules"].samples
+    assert sample.labels["hw_id"] == "d0" and sample.value == pytest.approx(7.0)
+    # the pipeline's own registry: nothing of the process-wide one (vLLM serves that at its /metrics)
+    assert not any(name.startswith(("python_", "process_")) for name in families)
 
 
 def test_configured_metrics_port_serves_and_a_taken_port_only_warns(caplog: pytest.LogCaptureFixture) -> None:

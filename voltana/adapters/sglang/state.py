@@ -56,9 +56,12 @@ def add_control_routes_for_port(
 ) -> None:
     """``POST/GET /voltana/clock`` and ``GET /voltana/iterations`` (DP replica 0's records) on ``app``."""
     from voltana.adapters.engine_control import FileControlBackend
+    from voltana.profiler.ceiling_api import add_ceiling_routes
     from voltana.profiler.engine_api import add_control_routes
 
-    add_control_routes(app, FileControlBackend(*control_dirs(port, 0, directory)), token)
+    backend = FileControlBackend(*control_dirs(port, 0, directory))
+    add_control_routes(app, backend, token)
+    add_ceiling_routes(app, backend, token)  # the router's power budget (every DP replica reads it)
 
 
 def binding_state(binding: Any, dp_rank: int | None = None) -> InstanceStatePayload:

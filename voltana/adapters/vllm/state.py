@@ -227,15 +227,15 @@ async def request_record(index: RequestEnergyIndex | None, path_id: str) -> tupl
     return 200, record
 
 
-def read_states(directory: Path) -> Iterator[dict[str, Any]]:
-    """Fresh engine states in ``directory`` (files older than :data:`STATE_MAX_AGE_S` are skipped)."""
+def read_states(directory: Path, max_age_s: float | None = STATE_MAX_AGE_S) -> Iterator[dict[str, Any]]:
+    """Fresh engine states in ``directory`` (files older than ``max_age_s`` are skipped; None: none is)."""
     now = time.time()
     for path in sorted(directory.glob("engine-*.json")):
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if now - float(state.get("updated_at_s", 0.0)) <= STATE_MAX_AGE_S:
+        if max_age_s is None or now - float(state.get("updated_at_s", 0.0)) <= max_age_s:
             yield state
 
 
@@ -304,11 +304,14 @@ def _add_control_routes(app: Any) -> None:
     """``POST/GET /voltana/clock`` and ``GET /voltana/iterations`` (engine 0's records; a pin holds for
     every data-parallel engine). The token comes from ``engine.clock_token``."""
     from voltana.adapters.engine_control import FileControlBackend, configured_clock_token
+    from voltana.profiler.ceiling_api import add_ceiling_routes
     from voltana.profiler.engine_api import add_control_routes
 
     dirs = control_dirs(0)
     if dirs is not None:
-        add_control_routes(app, FileControlBackend(*dirs), configured_clock_token())
+        backend, token = FileControlBackend(*dirs), configured_clock_token()
+        add_control_routes(app, backend, token)
+        add_ceiling_routes(app, backend, token)  # the router's power budget (every engine reads it)
 
 
 def install_state_route() -> bool:

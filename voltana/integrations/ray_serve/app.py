@@ -7,6 +7,12 @@ gets the same voltana config with its role set (``engine.role``), plus the per-r
 selection per replica is Ray's: ``replica_gpus = 1`` gives each replica one GPU and sets its
 ``CUDA_VISIBLE_DEVICES``, which voltana's device selection honours (``hardware.device_indices`` empty).
 
+With ``engine = "vllm"`` the replicas are Ray Serve LLM's vLLM servers instead
+(:mod:`.llm_server`, needs ``ray[llm]``): ``prefill_llm_config`` and ``decode_llm_config`` are their
+``LLMConfig`` s (dicts or YAML/JSON files), each given voltana's config and router
+(:func:`~voltana.integrations.ray_serve.vllm_replica.voltana_llm_config`); the servers add the engine's
+voltana state to their routing stats.
+
 From a shell: ``serve run voltana.integrations.ray_serve.app:app_builder config=voltana.toml num_decode=2``
 (:func:`app_builder` takes Serve's ``key=value`` arguments).
 """
@@ -15,8 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.config import RequestRouterConfig
@@ -26,11 +33,8 @@ from voltana.core.config import ConfigError, VoltanaConfig, load_config
 from voltana.core.types import Phase
 from voltana.integrations.ray_serve.ingress import VoltanaPDIngress
 from voltana.integrations.ray_serve.replica import EmulatedPDReplica, replica_config
+from voltana.integrations.ray_serve.vllm_replica import ROUTERS, voltana_llm_config
 
-ROUTERS = {
-    Phase.PREFILL: "voltana.integrations.ray_serve.routing.VoltanaPrefillRouter",
-    Phase.DECODE: "voltana.integrations.ray_serve.routing.VoltanaDecodeRouter",
-}
 DEPLOYMENT_NAMES = {Phase.PREFILL: "Prefill", Phase.DECODE: "Decode"}
 
 
@@ -39,6 +43,15 @@ class PDAppSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    engine: Literal["emulated", "vllm"] = Field(
+        "emulated", description="replicas: the engine emulator, or Ray Serve LLM's vLLM servers"
+    )
+    prefill_llm_config: dict[str, Any] | str | None = Field(
+        None, description="engine vllm: the prefill LLMConfig (dict, or a YAML/JSON file)"
+    )
+    decode_llm_config: dict[str, Any] | str | None = Field(
+        None, description="engine vllm: the decode LLMConfig (dict, or a YAML/JSON file)"
+    )
     model_name: str = "emulated-model"
     num_prefill: int = Field(1, ge=1)
     num_decode: int = Field(1, ge=1)
@@ -92,11 +105,17 @@ def build_pd_app(
     if unknown:
         raise ConfigError(f"role_overrides: unknown role(s) {sorted(unknown)}; use 'prefill' or 'decode'")
     base = config_dict(config)
+    if shape.engine == "vllm":
+        args = vllm_pd_args(base, shape)
+        try:
+            from voltana.integrations.ray_serve.llm_server import build_vllm_pd_app
+        except ImportError as exc:
+            raise ConfigError(
+                f"engine vllm needs Ray Serve LLM (pip install 'ray[llm]'): {str(exc).splitlines()[0]}"
+            ) from None
+        return build_vllm_pd_app(args)
     deployments: dict[Phase, Application] = {}
-    for phase, count, policy in (
-        (Phase.PREFILL, shape.num_prefill, shape.prefill_policy),
-        (Phase.DECODE, shape.num_decode, shape.decode_policy),
-    ):
+    for phase, count in ((Phase.PREFILL, shape.num_prefill), (Phase.DECODE, shape.num_decode)):
         role_config = _merged(base, shape.role_overrides.get(phase.value, {}))
         try:
             replica_config(role_config, phase)  # fail here, not in a replica
@@ -104,12 +123,7 @@ def build_pd_app(
             raise ConfigError(f"{phase.value} config: {str(exc).splitlines()[0]}") from None
         router_options: dict[str, Any] = {
             "request_router_class": ROUTERS[phase],
-            "request_router_kwargs": {
-                "policy": policy,
-                "config": role_config,
-                "seed": shape.seed,
-                "stale_after_s": shape.stale_after_s,
-            },
+            "request_router_kwargs": _router_kwargs(shape, phase, role_config),
             "request_routing_stats_period_s": shape.routing_stats_period_s,
         }
         deployment = serve.deployment(
@@ -133,6 +147,64 @@ def build_pd_app(
         max_retries=shape.max_retries,
     )
     return app
+
+
+def _router_kwargs(shape: PDAppSettings, phase: Phase, role_config: Mapping[str, Any]) -> dict[str, Any]:
+    policy = shape.prefill_policy if phase is Phase.PREFILL else shape.decode_policy
+    return {
+        "policy": policy,
+        "config": dict(role_config),
+        "seed": shape.seed,
+        "stale_after_s": shape.stale_after_s,
+    }
+
+
+EMULATOR_ONLY = ("model_name", "time_scale", "replica_cpus", "replica_gpus", "ingress_cpus",
+                 "max_ongoing_requests", "max_retries")  # fmt: skip
+"""Settings of the emulated app; the vLLM app takes them from its ``LLMConfig`` s."""
+
+
+def _llm_config(value: Mapping[str, Any] | str | None, name: str) -> dict[str, Any]:
+    """An ``LLMConfig`` as a dict: ``value`` itself, or the YAML/JSON file it names. One-line errors."""
+    if value is None:
+        raise ConfigError(f"engine vllm needs {name} (a Ray Serve LLM LLMConfig: dict or YAML/JSON file)")
+    if not isinstance(value, str):
+        return dict(value)
+    try:
+        loaded = yaml.safe_load(Path(value).expanduser().read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{name}: cannot read {value}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{name}: {value} does not hold a mapping (an LLMConfig)")
+    return loaded
+
+
+def vllm_pd_args(base: Mapping[str, Any], shape: PDAppSettings) -> dict[str, Any]:
+    """Ray Serve LLM's P/D arguments (``prefill_config``, ``decode_config``) for ``engine = "vllm"``: the
+    two ``LLMConfig`` s with voltana on (:func:`voltana_llm_config`: role config with the role overrides,
+    voltana's routers, ``num_prefill``/``num_decode`` replicas when set). Raises :class:`ConfigError`."""
+    emulator_only = sorted(set(EMULATOR_ONLY) & shape.model_fields_set)
+    if emulator_only:
+        raise ConfigError(f"engine vllm: {', '.join(emulator_only)} apply to emulated replicas only; "
+                          "set them in the LLMConfigs")  # fmt: skip
+    args: dict[str, Any] = {}
+    for phase, count, llm_config in (
+        (Phase.PREFILL, "num_prefill", shape.prefill_llm_config),
+        (Phase.DECODE, "num_decode", shape.decode_llm_config),
+    ):
+        role_config = _merged(base, shape.role_overrides.get(phase.value, {}))
+        try:
+            args[f"{phase.value}_config"] = voltana_llm_config(
+                _llm_config(llm_config, f"{phase.value}_llm_config"),
+                phase,
+                role_config,
+                num_replicas=getattr(shape, count) if count in shape.model_fields_set else None,
+                router_kwargs=_router_kwargs(shape, phase, role_config),
+                routing_stats_period_s=shape.routing_stats_period_s,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc).splitlines()[0]) from None
+    return args
 
 
 def app_builder(args: dict[str, str]) -> Application:

@@ -1,8 +1,9 @@
 """Ray Serve request routers that place requests with voltana's routing policies.
 
 :class:`VoltanaDecodeRouter` and :class:`VoltanaPrefillRouter` subclass ``ray.serve.request_router.
-RequestRouter`` and, in ``choose_replicas``, call the same ``voltana_choose_instance`` hook as ``voltana
-router`` and the simulator (EcoRoute, predicted-TTFT, the baselines, a third party's policy), over one
+RequestRouter`` and, in ``choose_replicas``, call the same registered routing policy as ``voltana router``
+and the simulator (EcoRoute, predicted-TTFT, the baselines, a third party's policy; looked up once by name),
+over one
 :class:`~voltana.core.types.InstanceState` per candidate replica built by
 :func:`~voltana.integrations.ray_serve.stats.instance_state` from the replica's published ``routing_stats``
 and this router's own in-flight count. They answer the chosen replica alone (when Ray's queue-length probe of
@@ -32,6 +33,7 @@ from typing import Any, ClassVar
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from voltana.core.config import VoltanaConfig
+from voltana.core.policies import route_policy
 from voltana.core.types import InstanceState, Phase, RouteRequest, Slo
 from voltana.integrations.ray_serve import stats
 from voltana.integrations.ray_serve.stats import ReplicaStats, instance_state
@@ -86,6 +88,7 @@ class VoltanaRequestRouter(RequestRouter):
         options = {"safety_margin": voltana.policy.safety_margin, **voltana.policy.options}
         slo = Slo(voltana.slo.ttft_s, voltana.slo.itl_s)
         self._hook = get_plugin_manager().hook
+        self._choose = route_policy(self._hook, name)  # once; unknown: UnknownPolicyError (a ConfigError)
         self._ctx = route_context(
             name, self.phase, slo, random.Random(seed), options, route_predictors(voltana)
         )
@@ -149,7 +152,7 @@ class VoltanaRequestRouter(RequestRouter):
         picked: str | None = states[0].instance_id if len(states) == 1 else None
         if picked is None:
             try:
-                picked = self._hook.voltana_choose_instance(request=request, candidates=states, ctx=self._ctx)
+                picked = self._choose(request, states, self._ctx)
             except Exception:
                 log.exception("routing policy %r raised; using the least-loaded replica", self.policy)
         index = next((i for i, s in enumerate(states) if s.instance_id == picked), None)

@@ -19,7 +19,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -33,7 +33,7 @@ from voltana.plugins.telemetry import names
 from voltana.plugins.telemetry.aggregates import Aggregates, InstanceAggregate
 from voltana.plugins.telemetry.context import TraceContextRegistry, trace_headers_from
 from voltana.plugins.telemetry.exporters import ExportHealth, build_exporters, describe_target
-from voltana.plugins.telemetry.prometheus import PrometheusEndpoint, render_prometheus
+from voltana.plugins.telemetry.prometheus import PrometheusExposition
 from voltana.plugins.telemetry.spans import request_metric_attributes, request_span_attributes
 from voltana.plugins.telemetry.worker import BackgroundQueue
 
@@ -101,18 +101,17 @@ class Telemetry:
                     export_timeout_millis=config.export_timeout_s * 1000,
                 )
             )
-        self._prometheus_reader: InMemoryMetricReader | None = None
+        self._prometheus: PrometheusExposition | None = None
         if config.prometheus or config.prometheus_port is not None:
-            self._prometheus_reader = InMemoryMetricReader()
-            readers.append(self._prometheus_reader)
+            self._prometheus = PrometheusExposition()
+            readers.append(self._prometheus.reader)
         self.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         self.tracer = self.tracer_provider.get_tracer(SCOPE, __version__)
         self._create_instruments()
         self.requests = BackgroundQueue(self.record_request_now, what="requests")
-        self._endpoint: PrometheusEndpoint | None = None
-        if config.prometheus_port is not None:
+        if self._prometheus is not None and config.prometheus_port is not None:
             try:
-                self._endpoint = PrometheusEndpoint(self.prometheus_text, port=config.prometheus_port)
+                self._prometheus.serve(config.prometheus_port)
             except OSError as exc:  # e.g. another process of this engine (a TP rank) serves it already
                 logger.warning(
                     "telemetry: cannot serve /metrics on 127.0.0.1:%d (%s); other exports go on",
@@ -199,15 +198,20 @@ class Telemetry:
     # --- export -----------------------------------------------------------------------------------------
     def prometheus_text(self) -> str:
         """Current metrics in Prometheus text format ('' unless ``telemetry.prometheus`` is on)."""
-        if self._prometheus_reader is None:
+        if self._prometheus is None:
             return ""
         self.process_pending()
-        return render_prometheus(self._prometheus_reader.get_metrics_data())
+        return self._prometheus.text()
+
+    @property
+    def prometheus_exposition(self) -> PrometheusExposition | None:
+        """Reader, text and endpoint of Prometheus (None unless ``telemetry.prometheus``/``_port`` is set)."""
+        return self._prometheus
 
     @property
     def prometheus_port(self) -> int | None:
         """The port ``/metrics`` is served on, when ``telemetry.prometheus_port`` is set."""
-        return self._endpoint.port if self._endpoint is not None else None
+        return self._prometheus.port if self._prometheus is not None else None
 
     def force_flush(self, timeout_s: float = 5.0) -> bool:
         """Export what is queued now (tests, shutdown); bounded by ``timeout_s``."""
@@ -225,8 +229,8 @@ class Telemetry:
         (its data is dropped, the process may exit), instead of each export attempt adding its own timeout.
         """
         deadline_s = time.monotonic() + self.config.export_timeout_s + SHUTDOWN_GRACE_S
-        if self._endpoint is not None:
-            self._endpoint.close()
+        if self._prometheus is not None:
+            self._prometheus.close()
         self.requests.close(timeout_s=min(1.0, self.config.export_timeout_s))
         timeout_ms = self.config.export_timeout_s * 1000
         stops = {
