@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from bisect import bisect_left as _bisect_left
 from collections.abc import Sequence
 from typing import Self
 
@@ -92,7 +93,9 @@ class ClockTable:
 
     def segment_of(self, x0: float) -> int:
         """Segment index for feature ``x0`` (tokens for prefill, batch size for decode)."""
-        return min(bisect.bisect_left(self.segment_ends, x0), self._last_segment)
+        index = _bisect_left(self.segment_ends, x0)
+        last = self._last_segment
+        return last if last < index else index
 
     def clock_index(self, clock_mhz: int) -> int:
         """Index of ``clock_mhz`` in the grid, or of the nearest grid clock."""
@@ -123,7 +126,10 @@ class ClockTable:
         """Learn from one measured iteration at ``clock_mhz``; False when rejected (outlier or invalid)."""
         if not math.isfinite(measured) or measured <= 0.0:
             return False
-        accepted = self.model.update(self.segment_of(x0), self.clock_index(clock_mhz), x0, x1, measured)
+        index = self._index.get(clock_mhz)
+        if index is None:
+            index = self.clock_index(clock_mhz)
+        accepted = self.model.update(self.segment_of(x0), index, x0, x1, measured)
         if accepted:
             self.max_x0 = max(self.max_x0, x0)
             self.max_x1 = max(self.max_x1, x1)

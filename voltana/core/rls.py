@@ -88,28 +88,29 @@ def rls_step(
     diagonal entry reaches ``cap`` (anti-wind-up in directions the data do not excite), and is reset to
     ``cap * 0.1 * I`` if rounding ever makes a diagonal entry non-positive.
     """
-    error = target - (theta[0] * u0 + theta[1] * u1 + theta[2] * u2)
-    pu0 = p[0] * u0 + p[1] * u1 + p[2] * u2
-    pu1 = p[1] * u0 + p[4] * u1 + p[5] * u2
-    pu2 = p[2] * u0 + p[5] * u1 + p[8] * u2
+    # Hot path (two steps per observation): locals instead of repeated list indexing.
+    t0, t1, t2 = theta
+    p0, p1, p2, _, p4, p5, _, _, p8 = p
+    error = target - (t0 * u0 + t1 * u1 + t2 * u2)
+    pu0 = p0 * u0 + p1 * u1 + p2 * u2
+    pu1 = p1 * u0 + p4 * u1 + p5 * u2
+    pu2 = p2 * u0 + p5 * u1 + p8 * u2
     inv_denom = 1.0 / (lam + u0 * pu0 + u1 * pu1 + u2 * pu2)
     k0, k1, k2 = pu0 * inv_denom, pu1 * inv_denom, pu2 * inv_denom
-    theta[0] += k0 * error
-    theta[1] += k1 * error
-    theta[2] += k2 * error
-    inv = 1.0 / lam if max(p[0], p[4], p[8]) < cap else 1.0
-    p00 = (p[0] - k0 * pu0) * inv
-    p11 = (p[4] - k1 * pu1) * inv
-    p22 = (p[8] - k2 * pu2) * inv
+    theta[0] = t0 + k0 * error
+    theta[1] = t1 + k1 * error
+    theta[2] = t2 + k2 * error
+    inv = 1.0 / lam if max(p0, p4, p8) < cap else 1.0
+    p00 = (p0 - k0 * pu0) * inv
+    p11 = (p4 - k1 * pu1) * inv
+    p22 = (p8 - k2 * pu2) * inv
     if min(p00, p11, p22) <= 0.0:
         p[:] = _identity(0.1 * cap)
         return
-    p01 = (p[1] - k0 * pu1) * inv
-    p02 = (p[2] - k0 * pu2) * inv
-    p12 = (p[5] - k1 * pu2) * inv
-    p[0], p[1], p[2] = p00, p01, p02
-    p[3], p[4], p[5] = p01, p11, p12
-    p[6], p[7], p[8] = p02, p12, p22
+    p01 = (p1 - k0 * pu1) * inv
+    p02 = (p2 - k0 * pu2) * inv
+    p12 = (p5 - k1 * pu2) * inv
+    p[:] = (p00, p01, p02, p01, p11, p12, p02, p12, p22)
 
 
 def _identity(scale: float) -> Row:
@@ -212,43 +213,65 @@ class ClockwiseRls:
         """
         if not (0.0 < y < math.inf and 0.0 <= x0 < math.inf and 0.0 <= x1 < math.inf):
             return False
+        # Hot path (every iteration, per predictor): locals instead of repeated lookups; the arithmetic is
+        # unchanged, operation for operation (pinned by tests/unit/sim/test_identical_output.py).
         s = self.settings
         row = self.rows[segment][clock_index]
         g = self.gains
-        t0, t1, t2 = g[0] * row[0] * x0, g[1] * row[1] * x1, g[2] * row[2]
-        predicted = max(self.drift * (t0 + t1 + t2), _MIN_PREDICTION)
+        r0, r1, r2 = row
+        ga, gb, gc = g
+        t0, t1, t2 = ga * r0 * x0, gb * r1 * x1, gc * r2
+        work = t0 + t1 + t2
+        predicted = max(self.drift * work, _MIN_PREDICTION)
         if not predicted < math.inf:  # overflow (absurd features): nothing sane to learn
             return False
-        self._record_error(abs(y - predicted) / y)
-        relative = y / predicted - 1.0
-        threshold = max(s.outlier_floor, s.outlier_sigmas * self._spread)
-        if abs(relative) > threshold and self._outliers_in_row < s.regime_change_after:
+        # The rolling MAPE of a-priori predictions: each error capped at 1.0, a ring of mape_window.
+        ape = min(abs(y - predicted) / y, 1.0)
+        apes = self._apes
+        slot = self._next
+        self._ape_sum += ape - apes[slot]
+        apes[slot] = ape
+        slot += 1
+        if slot == len(apes):
+            slot = 0
+        self._next = slot
+        self.num_observations += 1
+        if slot == 0:  # re-sum once per window against accumulated rounding
+            self._ape_sum = math.fsum(apes)
+        ratio = y / predicted
+        relative = ratio - 1.0
+        threshold = s.outlier_sigmas * self._spread
+        if not threshold > s.outlier_floor:
+            threshold = s.outlier_floor
+        size = abs(relative)
+        if size > threshold and self._outliers_in_row < s.regime_change_after:
             self._outliers_in_row += 1
             self.num_rejected += 1
             return False
         self._outliers_in_row = 0
-        self._spread += 0.05 * (min(abs(relative), threshold) - self._spread)
+        self._spread += 0.05 * ((threshold if threshold < size else size) - self._spread)
         if s.drift_rate > 0.0:
             # Clamp the ratio before the log: y / predicted can underflow to 0 for a tiny y.
-            ratio = min(max(y / predicted, _MIN_RATIO), _MAX_RATIO)
+            ratio = min(max(ratio, _MIN_RATIO), _MAX_RATIO)
             self.drift *= math.exp(s.drift_rate * math.log(ratio))
         # Shared gains on what the drift left, in relative terms: regressors are the row's own shares.
-        unit = 1.0 / max(t0 + t1 + t2, _MIN_PREDICTION)
+        unit = 1.0 / max(work, _MIN_PREDICTION)
         target = y / self.drift
         rls_step(
             g,
             self._gain_cov,
-            t0 * unit / g[0],
-            t1 * unit / g[1],
-            t2 * unit / g[2],
+            t0 * unit / ga,
+            t1 * unit / gb,
+            t2 * unit / gc,
             target * unit,
             s.gain_forgetting,
             s.max_covariance,
         )
         lo, hi = s.gain_bounds
-        g0 = lo if g[0] < lo else hi if g[0] > hi else g[0]
-        g1 = lo if g[1] < lo else hi if g[1] > hi else g[1]
-        g2 = lo if g[2] < lo else hi if g[2] > hi else g[2]
+        g0, g1, g2 = g
+        g0 = lo if g0 < lo else hi if g0 > hi else g0
+        g1 = lo if g1 < lo else hi if g1 > hi else g1
+        g2 = lo if g2 < lo else hi if g2 > hi else g2
         # Keep the mean gain at 1: the drift carries the uniform part, the gains only the shape (no drift-gain
         # trade-off that could wander off). Rescaling the parameters rescales their covariance.
         mean = (g0 + g1 + g2) / 3.0
@@ -261,30 +284,25 @@ class ClockwiseRls:
         g[0], g[1], g[2] = g0, g1, g2
         target = y / self.drift
         # Then the row, on what drift and gains left, in normalised coordinates.
-        inv_y = 1.0 / self.y_scale
+        y_scale = self.y_scale
+        inv_y = 1.0 / y_scale
         sx0, sx1 = self.x0_scale, self.x1_scale
-        theta = [row[0] * sx0 * inv_y, row[1] * sx1 * inv_y, row[2] * inv_y]
+        theta = [r0 * sx0 * inv_y, r1 * sx1 * inv_y, r2 * inv_y]
         rls_step(
             theta,
             self._cov[segment][clock_index],
-            g[0] * x0 / sx0,
-            g[1] * x1 / sx1,
-            g[2],
+            g0 * x0 / sx0,
+            g1 * x1 / sx1,
+            g2,
             target * inv_y,
             s.forgetting,
             s.max_covariance,
         )
-        row[0] = max(0.0, theta[0] * self.y_scale / sx0)
-        row[1] = max(0.0, theta[1] * self.y_scale / sx1)
-        row[2] = max(0.0, theta[2] * self.y_scale)
+        c0, c1, c2 = theta
+        c0 = c0 * y_scale / sx0
+        c1 = c1 * y_scale / sx1
+        c2 = c2 * y_scale
+        row[0] = c0 if c0 > 0.0 else 0.0
+        row[1] = c1 if c1 > 0.0 else 0.0
+        row[2] = c2 if c2 > 0.0 else 0.0
         return True
-
-    def _record_error(self, ape: float) -> None:
-        ape = min(ape, 1.0)
-        slot = self._next
-        self._ape_sum += ape - self._apes[slot]
-        self._apes[slot] = ape
-        self._next = (slot + 1) % len(self._apes)
-        self.num_observations += 1
-        if self._next == 0:  # re-sum once per window against accumulated rounding
-            self._ape_sum = math.fsum(self._apes)
