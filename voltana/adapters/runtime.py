@@ -84,6 +84,8 @@ class RuntimeStatus:
     """Counter energy apportioned so far (J, all GPUs): iterations plus idle."""
     idle_energy_j: float = 0.0
     """The part of ``energy_j`` that fell between iterations (J): the instance's idle energy."""
+    clock_ceiling_mhz: int | None = None
+    """The power-budget clock ceiling in force (MHz; None: none, or its lease lapsed)."""
 
     @property
     def hook_time_per_iteration_s(self) -> float:
@@ -454,6 +456,7 @@ class InstanceRuntime:
             energy_source=energy.source if energy is not None else EnergySource.UNKNOWN,
             energy_j=ledger.total_j if ledger is not None else 0.0,
             idle_energy_j=ledger.idle_j if ledger is not None else 0.0,
+            clock_ceiling_mhz=self._ceiling_mhz,
         )
 
     def close(self) -> None:
