@@ -52,6 +52,10 @@ class InstanceStatePayload:
     monitor_only: bool = True
     monitor_only_reason: str = ""
     sm_clock_mhz: int | None = None
+    clock_ceiling_mhz: int | None = None
+    """The power-budget ceiling the instance's clock policy is held under (MHz), as ``voltana emulate``
+    reports it; None without one (no ``[cluster] power_budget_w`` router, or its lease lapsed). Added in
+    version 1 (an added field keeps the version)."""
     capture_sizes: tuple[int, ...] = ()
     num_requests_running: int | None = None
     num_requests_waiting: int | None = None
@@ -85,6 +89,7 @@ class InstanceStatePayload:
             "monitor_only": status.monitor_only or bool(broken),
             "monitor_only_reason": status.monitor_only_reason or broken,
             "sm_clock_mhz": status.sm_clock_mhz,
+            "clock_ceiling_mhz": status.clock_ceiling_mhz,
             "iterations": status.iterations,
             "hook_seconds": status.hook_time_s,
             "energy_source": status.energy_source.value,

@@ -25,6 +25,8 @@ class RuntimeStatus:
     """Counter energy apportioned so far (J, all GPUs): iterations plus idle."""
     idle_energy_j: float = 0.0
     """The part of ``energy_j`` that fell between iterations (J): the instance's idle energy."""
+    clock_ceiling_mhz: int | None = None
+    """The power-budget clock ceiling in force (MHz; None: none, or its lease lapsed)."""
 
     @property
     def hook_time_per_iteration_s(self) -> float:

@@ -216,6 +216,7 @@ class RouterBudget:
             "push_failures": self.push_failures,
             "feasible": None if last is None else last.feasible,
             "predicted_power_w": None if last is None else last.predicted_power_w,
+            "predicted_by_instance_w": {} if last is None else dict(last.predicted_by_instance_w),
             "ceilings_mhz": {} if last is None else last.ceilings_mhz,
             "unmet_needs": [] if last is None else list(last.unmet_needs),
             "measured_power_w": dict(self.measured_w),

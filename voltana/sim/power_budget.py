@@ -8,8 +8,9 @@ requests:
 
 - ``ecofreq+coordinator``: EcoFreq within the coordinator's ceilings (recomputed every ``budget_period_s``);
 - ``ecofreq+caps`` and ``static-max+caps``: every GPU capped at ``budget / N`` (``nvidia-smi -pl``): the
-  firmware runs each iteration at the highest clock at or below the policy's whose power fits the cap
-  (:func:`capped_clock_mhz`);
+  simulated GPU's firmware runs each iteration at the highest supported clock at or below the policy's whose
+  power per GPU fits the limit (``PerformanceModel.cost(..., power_cap_w=)``, per GPU:
+  :func:`gpu_power_limit_w`);
 - ``static-clock``: every instance pinned at the highest clock whose peak power (:func:`peak_power_w`) fits
   the budget for the whole cluster.
 
@@ -54,43 +55,16 @@ _ARRIVAL_WINDOW_S = 2.0
 """Time constant of the prefill arrival-rate estimate the pressure uses (EcoFreq's default)."""
 
 
-def capped_clock_mhz(
-    model: Any,
-    phase: Phase,
-    batch_size: int,
-    num_new_tokens: int,
-    num_context_tokens: int,
-    clock_mhz: int,
-    cap_w: float,
-    clocks_mhz: Sequence[int],
-) -> int:
-    """The clock a power-capped instance runs one iteration at (MHz).
+def gpu_power_limit_w(model: Any, instance_cap_w: float) -> float:
+    """The per-GPU power limit an operator sets to hold one instance at ``instance_cap_w`` (W).
 
-    Like the GPU's power management limit (NVML ``nvmlDeviceSetPowerManagementLimit``, ``nvidia-smi -pl``):
-    the highest of ``clocks_mhz`` (ascending) at or below ``clock_mhz`` whose predicted instance power for
-    the batch (``model.cost``, W) is at most ``cap_w``; the lowest clock when none fits. Power rises with the
-    clock for a fixed batch, so the search is a bisection (a few ``cost`` calls per iteration).
+    An instance spans ``model.tp`` GPUs, and a power limit is per GPU (``nvidia-smi -pl``, NVML
+    ``nvmlDeviceSetPowerManagementLimit``), so the share is ``instance_cap_w / tp``, clamped to what the
+    driver accepts: at most TDP, at least ``gpu.min_power_limit_w`` (a driver refuses lower limits, so a
+    budget below ``N * tp * min_power_limit_w`` is not met by static caps; the power windows show it).
     """
-    top = bisect_right(clocks_mhz, clock_mhz) - 1
-    if top < 0:
-        return int(clocks_mhz[0])
-
-    def fits(index: int) -> bool:
-        cost = model.cost(phase, batch_size, num_new_tokens, num_context_tokens, clocks_mhz[index])
-        return bool(cost.avg_power_w <= cap_w)
-
-    if fits(top):
-        return int(clocks_mhz[top])
-    low, high = 0, top  # invariant: clocks above ``high`` do not fit
-    if not fits(low):
-        return int(clocks_mhz[0])
-    while high - low > 1:
-        mid = (low + high) // 2
-        if fits(mid):
-            low = mid
-        else:
-            high = mid
-    return int(clocks_mhz[low])
+    gpu = model.gpu
+    return float(min(gpu.tdp_w, max(gpu.min_power_limit_w, instance_cap_w / model.tp)))
 
 
 def _peak_batch(cluster: ClusterSpec, phase: Phase, context_tokens: int) -> tuple[int, int, int]:
@@ -148,14 +122,15 @@ class MeteredController:
         instance_id: str,
         model: Any,
         *,
-        cap_w: float | None = None,
+        power_limit_w: float | None = None,
         driver: BudgetDriver | None = None,
     ) -> None:
         self.inner = inner
         self.phase = phase
         self.instance_id = instance_id
         self.model = model
-        self.cap_w = cap_w
+        self.power_limit_w = power_limit_w
+        """Per-GPU power limit (W) the simulated GPU runs under; None: TDP."""
         self.driver = driver
         self.clocks_mhz: tuple[int, ...] = tuple(inner.allowed_clocks_mhz)
         self.meter = _Meter()
@@ -177,13 +152,12 @@ class MeteredController:
         if self.phase == Phase.PREFILL:
             self.arrivals.update(snapshot)
         args = (snapshot.phase, snapshot.batch_size, snapshot.num_new_tokens, snapshot.num_context_tokens)
+        # What the simulated GPU will measure for this iteration. Under a power limit its firmware may run any
+        # supported clock (not only the policy's grid): the cost's effective clock is the one the engine runs.
+        cost = self.model.cost(*args, decision.clock_mhz, power_cap_w=self.power_limit_w)
+        if self.power_limit_w is not None and cost.effective_clock_mhz != decision.clock_mhz:
+            decision = ClockDecision(int(cost.effective_clock_mhz), decision.reason, decision.policy)
         clock = decision.clock_mhz
-        if self.cap_w is not None:
-            # The firmware may run any supported clock, not only the policy's grid.
-            clock = capped_clock_mhz(self.model, *args, clock, self.cap_w, self.model.supported_clocks_mhz)
-            if clock != decision.clock_mhz:
-                decision = ClockDecision(clock, decision.reason, decision.policy)
-        cost = self.model.cost(*args, clock)  # what the simulated GPU will measure for this iteration
         meter = self.meter
         meter.start_s.append(snapshot.now_s)
         meter.latency_s.append(float(cost.latency_s))
@@ -439,7 +413,7 @@ def run_budgeted(
     context = mean_decode_context(workload)
     meters: list[MeteredController] = []
     driver: BudgetDriver | None = None
-    cap_w: float | None = None
+    power_limit_w: float | None = None
     pinned: int | None = None
     if budget_w is None:
         spec = parse_policy(policy)
@@ -457,7 +431,7 @@ def run_budgeted(
         ids = [f"prefill-{i}" for i in range(cluster.num_prefill)] + [
             f"decode-{i}" for i in range(cluster.num_decode)
         ]
-        cap_w = static_power_caps_w(budget_w, ids)[ids[0]]
+        power_limit_w = gpu_power_limit_w(cluster.model, static_power_caps_w(budget_w, ids)[ids[0]])
     elif policy == STATIC_CLOCK:
         if not clocks_mhz:
             raise ValueError("static-clock needs the allowed clocks")
@@ -467,7 +441,9 @@ def run_budgeted(
         raise ValueError(f"unknown budget policy {policy!r}; choose from {', '.join(BUDGET_POLICIES)}")
 
     def wrap(phase: Phase, instance_id: str, controller: Controller) -> Controller:
-        metered = MeteredController(controller, phase, instance_id, cluster.model, cap_w=cap_w, driver=driver)
+        metered = MeteredController(
+            controller, phase, instance_id, cluster.model, power_limit_w=power_limit_w, driver=driver
+        )
         meters.append(metered)
         if driver is not None:
             driver.instances.append(metered)

@@ -11,6 +11,7 @@ import pytest
 
 from voltana.adapters.engine_control import EngineControlChannel, FileControlBackend
 from voltana.adapters.runtime import InstanceRuntime
+from voltana.adapters.state_payload import InstanceStatePayload
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import BatchSnapshot, DecisionReason, Phase, ScheduledRequest
 from voltana.profiler.ceiling_api import CEILING_LEASE_ID, handle_ceiling
@@ -125,6 +126,8 @@ def _ceiling_round_trip(runtime: InstanceRuntime, tmp_path: Path) -> None:
     assert status == 200 and body["ceiling_mhz"] == 1300
     channel.tick()  # the engine takes the ceiling up
     assert runtime.clock_ceiling_mhz == 1300
+    # vLLM's and SGLang's /voltana/state report the ceiling in force (the payload built from the runtime).
+    assert InstanceStatePayload.from_status(runtime.status()).to_json()["clock_ceiling_mhz"] == 1300
     assert _iterate(runtime, 3, start=2) == [1245] * 3  # the highest allowed clock under 1300, read back
     channel.tick()
     reasons = {r["reason"] for r in backend.iterations_since(2, 100).records}
@@ -132,4 +135,5 @@ def _ceiling_round_trip(runtime: InstanceRuntime, tmp_path: Path) -> None:
     backend.set_ceiling(ClockPin(1300, CEILING_LEASE_ID, time.time() - 1.0))  # the router stopped renewing it
     channel.tick()
     assert runtime.clock_ceiling_mhz is None
+    assert InstanceStatePayload.from_status(runtime.status()).clock_ceiling_mhz is None
     assert _iterate(runtime, 1, start=9) == [1410]

@@ -32,6 +32,7 @@ def _status(clock: int | None = 1410) -> RuntimeStatus:
         energy_source=EnergySource.MEASURED,
         energy_j=12.5,
         idle_energy_j=2.0,
+        clock_ceiling_mhz=1245,
     )
 
 
@@ -48,6 +49,7 @@ def test_payload_round_trips_through_json() -> None:
     assert data["version"] == STATE_PAYLOAD_VERSION
     assert data["hook_time_per_iteration_s"] == pytest.approx(0.0005)
     assert data["energy_source"] == "measured" and data["capture_sizes"] == [1, 2, 4]
+    assert data["clock_ceiling_mhz"] == 1245  # the power-budget ceiling in force, as the emulator reports it
     assert InstanceStatePayload.from_json(data) == payload
     assert payload.num_requests_waiting is None  # not reported: null, never a guess
 

@@ -86,9 +86,10 @@ def test_collector_exposes_voltana_metrics(tmp_path: Path) -> None:
 
 def test_state_payload_for_the_router(tmp_path: Path) -> None:
     for engine in (1, 0):
-        _publish(tmp_path, _state(engine, 1005 + engine))
+        _publish(tmp_path, _state(engine, 1005 + engine, clock_ceiling_mhz=1065))
     payload = state_payload(tmp_path)
     assert payload["sm_clock_mhz"] == 1005 and payload["capture_sizes"] == [1, 2, 4, 8]
+    assert payload["clock_ceiling_mhz"] == 1065  # the power-budget ceiling in force, like voltana emulate
     assert payload["hook_time_per_iteration_s"] == pytest.approx(0.0002)
     assert [r["engine"] for r in payload["replicas"]] == [0, 1]
     empty = tmp_path / "empty"

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from voltana.core.config import VoltanaConfig
-from voltana.core.types import Phase
+from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason, Phase, ScheduledRequest
 from voltana.hardware.simulated import performance_model
 from voltana.plugins import get_plugin_manager
 from voltana.sim.cluster import ClusterSpec
@@ -18,8 +19,8 @@ from voltana.sim.power_budget import (
     ECOFREQ_CAPS,
     STATIC_CLOCK,
     MeteredController,
-    capped_clock_mhz,
     cluster_peak_power_w,
+    gpu_power_limit_w,
     mean_decode_context,
     power_windows_w,
     run_budgeted,
@@ -31,20 +32,46 @@ from voltana.sim.synthetic import synthetic_workload
 from .test_simulate_cli import run_cli
 
 MODEL = performance_model("a100-80gb", "llama-3.1-8b")
-CLOCKS = MODEL.supported_clocks_mhz
 
 
-def test_a_power_cap_lowers_the_clock_until_the_batch_fits() -> None:
-    full = MODEL.cost(Phase.PREFILL, 1, 8192, 0, CLOCKS[-1]).avg_power_w
-    cap_w = 0.6 * full
-    clock = capped_clock_mhz(MODEL, Phase.PREFILL, 1, 8192, 0, CLOCKS[-1], cap_w, CLOCKS)
-    assert clock < CLOCKS[-1]
-    assert MODEL.cost(Phase.PREFILL, 1, 8192, 0, clock).avg_power_w <= cap_w
-    above = CLOCKS[CLOCKS.index(clock) + 1]
-    assert MODEL.cost(Phase.PREFILL, 1, 8192, 0, above).avg_power_w > cap_w  # the highest that fits
-    # A generous cap leaves the policy's clock; a cap below idle gives the lowest clock.
-    assert capped_clock_mhz(MODEL, Phase.PREFILL, 1, 8192, 0, 1200, 2 * full, CLOCKS) == 1200
-    assert capped_clock_mhz(MODEL, Phase.PREFILL, 1, 8192, 0, 1410, 1.0, CLOCKS) == CLOCKS[0]
+class _MaxClock:
+    """A controller that always asks for the top clock."""
+
+    def __init__(self, clocks: tuple[int, ...]) -> None:
+        self.allowed_clocks_mhz = clocks
+        self.ctx = SimpleNamespace(state={})
+
+    def decide(self, snapshot: BatchSnapshot) -> ClockDecision:
+        return ClockDecision(self.allowed_clocks_mhz[-1], DecisionReason.STATIC, "static-max")
+
+
+def _prefill(tokens: int) -> BatchSnapshot:
+    return BatchSnapshot.build(Phase.PREFILL, [ScheduledRequest("r", tokens, 0, 0.0)], now_s=0.0)
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_a_static_cap_runs_the_simulated_gpus_power_limit_per_gpu(tp: int) -> None:
+    model = performance_model("a100-80gb", "llama-3.1-8b", tp)
+    clocks = model.supported_clocks_mhz
+    full_w = model.cost(Phase.PREFILL, 1, 8192, 0, clocks[-1]).avg_power_w  # whole instance, tp GPUs
+    instance_cap_w = 0.6 * full_w
+    limit_w = gpu_power_limit_w(model, instance_cap_w)
+    assert limit_w == pytest.approx(instance_cap_w / tp)  # a power limit is per GPU
+    policy_grid = (clocks[-1] - 200, clocks[-1])  # the policy's grid; the firmware is not bound to it
+    metered = MeteredController(_MaxClock(policy_grid), Phase.PREFILL, "p", model, power_limit_w=limit_w)
+    decision = metered.decide(_prefill(8192))
+    clock = decision.clock_mhz
+    assert clock == metered.meter.clock_mhz[-1] and clock not in policy_grid
+    # The highest supported clock whose instance power fits the cap: the simulated GPU's own power capping.
+    assert model.cost(Phase.PREFILL, 1, 8192, 0, clock).avg_power_w <= instance_cap_w
+    above = clocks[clocks.index(clock) + 1]
+    assert model.cost(Phase.PREFILL, 1, 8192, 0, above).avg_power_w > instance_cap_w
+    assert metered.meter.energy_j[-1] == pytest.approx(model.cost(Phase.PREFILL, 1, 8192, 0, clock).energy_j)
+    # Without a limit the policy's clock stands; a driver refuses limits below its minimum, so does the cap.
+    free = MeteredController(_MaxClock(policy_grid), Phase.PREFILL, "q", model)
+    assert free.decide(_prefill(8192)).clock_mhz == clocks[-1]
+    assert gpu_power_limit_w(model, 1.0) == model.gpu.min_power_limit_w
+    assert gpu_power_limit_w(model, 1e6) == model.gpu.tdp_w
 
 
 class _Stub:
