@@ -25,6 +25,10 @@ class RuntimeStatus:
     """Counter energy apportioned so far (J, all GPUs): iterations plus idle."""
     idle_energy_j: float = 0.0
     """The part of ``energy_j`` that fell between iterations (J): the instance's idle energy."""
+    clock_ceiling_mhz: int | None = None
+    """The router's power-budget ceiling in force (MHz), or None."""
+    allowed_clocks_mhz: tuple[int, ...] = ()
+    """Every clock a controller may choose (ascending MHz; empty when monitor-only)."""
 
     @property
     def hook_time_per_iteration_s(self) -> float:
