@@ -439,6 +439,7 @@ class InstanceRuntime:
             energy_j=ledger.total_j if ledger is not None else 0.0,
             idle_energy_j=ledger.idle_j if ledger is not None else 0.0,
             clock_ceiling_mhz=self._ceiling_mhz,
+            allowed_clocks_mhz=self.allowed_clocks_mhz,
         )
 
     def close(self) -> None:

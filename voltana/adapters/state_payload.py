@@ -1,10 +1,5 @@
-"""One instance's ``/voltana/state``: the versioned payload both engine adapters publish, and its publisher.
-
-:class:`InstanceStatePayload` is the one contract between an engine adapter (vLLM, SGLang) and its readers:
-the router (``voltana.router.polling`` reads ``sm_clock_mhz`` and ``capture_sizes``), vLLM's ``/metrics``
-collector and the Ray Serve integration (``voltana.integrations.ray_serve.stats``). JSON keys are the field
-names; ``version`` is :data:`STATE_PAYLOAD_VERSION` and grows when a field changes meaning or is removed
-(added fields keep the version: readers ignore unknown keys and default missing ones).
+"""The adapters' threaded publisher of an instance's ``/voltana/state``
+(:class:`~voltana.core.state_payload.InstanceStatePayload`, the payload every engine side shares).
 
 :class:`StatePublisher` writes payloads to a file from its own daemon thread, so the engine thread never
 serialises JSON or touches the file system: :meth:`StatePublisher.submit` is one reference store and an event
@@ -21,116 +16,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from voltana.adapters.status import RuntimeStatus
+from voltana.core.state_payload import InstanceStatePayload
 
 log = logging.getLogger("voltana.adapters")
 
-STATE_PAYLOAD_VERSION = 1
-"""Version of :class:`InstanceStatePayload`'s JSON shape."""
 PUBLISH_INTERVAL_S = 0.25
 """Default time between two state writes of one instance (s)."""
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceStatePayload:
-    """One engine instance (one data-parallel rank) as its ``/voltana/state`` shows it.
-
-    Counts are requests or tokens; clocks MHz; energy J (``energy_joules`` and ``idle_energy_joules`` keep the
-    names of the ``voltana:*_joules_total`` metrics); times s (``updated_at_s`` is Unix time). Load fields
-    an engine does not report are None (SGLang's router reads its own ``/v1/loads`` for them).
-    """
-
-    instance_id: str = ""
-    engine: int = 0
-    """Data-parallel rank of this engine (the ``engine`` label of vLLM's metrics)."""
-    role: str = ""
-    policy: str = ""
-    monitor_only: bool = True
-    monitor_only_reason: str = ""
-    sm_clock_mhz: int | None = None
-    clock_ceiling_mhz: int | None = None
-    """The power-budget ceiling the instance's clock policy is held under (MHz), as ``voltana emulate``
-    reports it; None without one (no ``[cluster] power_budget_w`` router, or its lease lapsed). Added in
-    version 1 (an added field keeps the version)."""
-    capture_sizes: tuple[int, ...] = ()
-    num_requests_running: int | None = None
-    num_requests_waiting: int | None = None
-    kv_tokens: int | None = None
-    kv_capacity_tokens: int | None = None
-    queues: Mapping[str, int] = field(default_factory=dict)
-    """Engine queue depths by queue name (SGLang: waiting, bootstrap, inflight, prealloc, transfer)."""
-    iterations: int = 0
-    hook_seconds: float = 0.0
-    """Total time spent in voltana's per-iteration hook (s)."""
-    energy_source: str = "unknown"
-    energy_joules: float = 0.0
-    idle_energy_joules: float = 0.0
-    updated_at_s: float = 0.0
-    version: int = STATE_PAYLOAD_VERSION
-
-    @property
-    def hook_time_per_iteration_s(self) -> float:
-        """Mean hook time per iteration (s); 0 before the first iteration."""
-        return self.hook_seconds / self.iterations if self.iterations else 0.0
-
-    @classmethod
-    def from_status(cls, status: RuntimeStatus, *, broken: str = "", **load: Any) -> InstanceStatePayload:
-        """The payload of a runtime's :class:`RuntimeStatus`; ``broken`` (a reason) marks a hook that turned
-        itself off as monitor-only; ``load`` sets (or overrides) other fields (``engine``, ``capture_sizes``,
-        ``num_requests_running`` ...). Stamps ``updated_at_s`` now."""
-        values: dict[str, Any] = {
-            "instance_id": status.instance_id,
-            "role": status.role,
-            "policy": status.policy,
-            "monitor_only": status.monitor_only or bool(broken),
-            "monitor_only_reason": status.monitor_only_reason or broken,
-            "sm_clock_mhz": status.sm_clock_mhz,
-            "clock_ceiling_mhz": status.clock_ceiling_mhz,
-            "iterations": status.iterations,
-            "hook_seconds": status.hook_time_s,
-            "energy_source": status.energy_source.value,
-            "energy_joules": status.energy_j,
-            "idle_energy_joules": status.idle_energy_j,
-            "updated_at_s": time.time(),
-        }
-        values.update(load)
-        return cls(**values)
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON-ready dict (every field, plus the derived ``hook_time_per_iteration_s``)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["capture_sizes"] = list(self.capture_sizes)
-        data["queues"] = dict(self.queues)
-        data["hook_time_per_iteration_s"] = self.hook_time_per_iteration_s
-        return data
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> InstanceStatePayload:
-        """Parse :meth:`to_json`'s dict; unknown keys are ignored, missing ones default.
-
-        Raises:
-            ValueError: ``version`` is newer than :data:`STATE_PAYLOAD_VERSION`, or a field's type is wrong.
-        """
-        version = int(data.get("version", STATE_PAYLOAD_VERSION))
-        if version > STATE_PAYLOAD_VERSION:
-            raise ValueError(f"state payload version {version} > supported {STATE_PAYLOAD_VERSION}")
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        try:
-            if "capture_sizes" in values:
-                values["capture_sizes"] = tuple(int(s) for s in values["capture_sizes"])
-            if "queues" in values:
-                values["queues"] = {str(k): int(v) for k, v in dict(values["queues"]).items()}
-            if "monitor_only" in values:
-                values["monitor_only"] = bool(values["monitor_only"])
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"bad state payload: {exc}") from exc
-        values["version"] = version
-        return cls(**values)
 
 
 def write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:

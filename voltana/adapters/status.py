@@ -27,6 +27,8 @@ class RuntimeStatus:
     """The part of ``energy_j`` that fell between iterations (J): the instance's idle energy."""
     clock_ceiling_mhz: int | None = None
     """The power-budget clock ceiling in force (MHz; None: none, or its lease lapsed)."""
+    allowed_clocks_mhz: tuple[int, ...] = ()
+    """Every clock a controller may choose (ascending MHz; empty when monitor-only)."""
 
     @property
     def hook_time_per_iteration_s(self) -> float:

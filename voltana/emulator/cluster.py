@@ -33,6 +33,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from voltana.core.config import ClockConfig
+from voltana.core.state_payload import InstanceStatePayload
+from voltana.core.types import EnergySource
 from voltana.emulator.engine import EmulatedEngine, EmuRequest, Faults
 from voltana.emulator.responses import (
     completion_object,
@@ -54,6 +56,8 @@ Connector = Literal["nixl", "shared-storage"]
 DEFAULT_MAX_TOKENS = 16
 KV_BLOCK_TOKENS = 16
 ENERGY_RECORDS_KEPT = 10_000
+STATE_POLICY = "static"
+"""The clock policy the emulator reports: it runs its default clock, or a pin, held under a ceiling."""
 
 
 @dataclass
@@ -280,19 +284,32 @@ class EmulatedInstance:
 
     async def _voltana_state(self, request: Request) -> Response:
         await self._stall()
-        state = {
-            "instance_id": self.engine_id,
-            "phase": self.role,
-            "role": self.role,
-            "sm_clock_mhz": self._clock_now_mhz(),
-            "clock_ceiling_mhz": self.ceiling.ceiling_mhz(),
-            "energy_joules": self.engine.energy_joules() if self.engine is not None else 0.0,
-            "updated_at_s": time.time(),
-            "allowed_clocks_mhz": list(self.control.allowed_clocks_mhz()),
-            "capture_sizes": list(self.model.capture_sizes),
-            "kv_capacity_tokens": self.model.kv_capacity_tokens,
-        }
-        return JSONResponse(state)
+        return JSONResponse(self.state().to_json())
+
+    def state(self) -> InstanceStatePayload:
+        """This instance's ``GET /voltana/state``: the payload the engine adapters publish
+        (:class:`~voltana.core.state_payload.InstanceStatePayload`). The emulator runs a static clock (its
+        default, a pin, held under the router's ceiling) and its energy is the simulated GPU's."""
+        running, waiting, kv = self._load()
+        engine = self.engine
+        return InstanceStatePayload(
+            instance_id=self.engine_id,
+            role=self.role,
+            policy=STATE_POLICY,
+            monitor_only=False,
+            sm_clock_mhz=self._clock_now_mhz(),
+            clock_ceiling_mhz=self.ceiling.ceiling_mhz(),
+            allowed_clocks_mhz=tuple(self.control.allowed_clocks_mhz()),
+            capture_sizes=tuple(self.model.capture_sizes),
+            num_requests_running=running,
+            num_requests_waiting=waiting,
+            kv_tokens=kv,
+            kv_capacity_tokens=self.model.kv_capacity_tokens,
+            iterations=engine.iterations if engine is not None else 0,
+            energy_source=EnergySource.SIMULATED.value,
+            energy_joules=engine.energy_joules() if engine is not None else 0.0,
+            updated_at_s=time.time(),
+        )
 
     def _clock_now_mhz(self) -> int:
         """The clock the next iteration runs at: the pin, else the default held under the ceiling."""

@@ -19,9 +19,9 @@ from tests.engines.sglang.sglang_objects import (
     scheduler_shell,
     served_http_app,
 )
-from voltana.adapters import state_payload
 from voltana.adapters.sglang import binding, plugin, state
 from voltana.adapters.sglang.snapshot import snapshot_from_batch
+from voltana.core import state_payload
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import Phase
 

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.vllm_servers import VllmServer, running_vllm_servers
 from voltana.adapters.iteration_trace import read_trace
-from voltana.adapters.state_payload import STATE_PAYLOAD_VERSION, InstanceStatePayload
+from voltana.core.state_payload import STATE_PAYLOAD_VERSION, InstanceStatePayload
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

@@ -9,36 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from voltana.adapters.state_payload import (
-    STATE_PAYLOAD_VERSION,
-    InstanceStatePayload,
-    StatePublisher,
-)
-from voltana.adapters.status import RuntimeStatus
-from voltana.core.types import EnergySource
+from tests.support.runtime_records import runtime_status
+from voltana.adapters.state_payload import StatePublisher
+from voltana.core.state_payload import STATE_PAYLOAD_VERSION, InstanceStatePayload
 from voltana.integrations.ray_serve.stats import ReplicaStats
-
-
-def _status(clock: int | None = 1410) -> RuntimeStatus:
-    return RuntimeStatus(
-        instance_id="vllm-decode-0-7",
-        role="decode",
-        monitor_only=False,
-        monitor_only_reason="",
-        sm_clock_mhz=clock,
-        policy="ecofreq",
-        iterations=4,
-        hook_time_s=0.002,
-        energy_source=EnergySource.MEASURED,
-        energy_j=12.5,
-        idle_energy_j=2.0,
-        clock_ceiling_mhz=1245,
-    )
 
 
 def test_payload_round_trips_through_json() -> None:
     payload = InstanceStatePayload.from_status(
-        _status(),
+        runtime_status(),
         engine=1,
         capture_sizes=(1, 2, 4),
         num_requests_running=3,
@@ -49,13 +28,13 @@ def test_payload_round_trips_through_json() -> None:
     assert data["version"] == STATE_PAYLOAD_VERSION
     assert data["hook_time_per_iteration_s"] == pytest.approx(0.0005)
     assert data["energy_source"] == "measured" and data["capture_sizes"] == [1, 2, 4]
-    assert data["clock_ceiling_mhz"] == 1245  # the power-budget ceiling in force, as the emulator reports it
+    assert data["clock_ceiling_mhz"] == 1305 and data["allowed_clocks_mhz"] == [1005, 1305, 1410]
     assert InstanceStatePayload.from_json(data) == payload
     assert payload.num_requests_waiting is None  # not reported: null, never a guess
 
 
 def test_a_hook_that_broke_is_published_monitor_only() -> None:
-    payload = InstanceStatePayload.from_status(_status(), broken="hook failed: KeyError")
+    payload = InstanceStatePayload.from_status(runtime_status(), broken="hook failed: KeyError")
     assert payload.monitor_only and payload.monitor_only_reason == "hook failed: KeyError"
 
 
@@ -69,7 +48,9 @@ def test_from_json_ignores_unknown_keys_and_refuses_newer_versions() -> None:
 
 
 def test_the_ray_integration_reads_the_payload() -> None:
-    payload = InstanceStatePayload.from_status(_status(1200), capture_sizes=(1, 8), num_requests_running=2)
+    payload = InstanceStatePayload.from_status(
+        runtime_status(1200), capture_sizes=(1, 8), num_requests_running=2
+    )
     stats = ReplicaStats.from_state(payload.to_json())
     assert (stats.sm_clock_mhz, stats.capture_sizes, stats.num_running) == (1200, (1, 8), 2)
     assert stats.energy_j == 12.5

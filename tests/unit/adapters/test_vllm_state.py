@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from voltana.adapters.state_payload import InstanceStatePayload, StatePublisher
+from voltana.adapters.state_payload import StatePublisher
 from voltana.adapters.vllm.state import VoltanaStateCollector, engine_state_path, read_states, state_payload
+from voltana.core.state_payload import InstanceStatePayload
 
 prometheus_client = pytest.importorskip("prometheus_client")
 

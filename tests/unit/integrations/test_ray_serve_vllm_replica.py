@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from voltana.adapters.state_payload import InstanceStatePayload, StatePublisher
+from voltana.adapters.state_payload import StatePublisher
 from voltana.adapters.vllm.state import engine_state_path
 from voltana.core.config import VoltanaConfig, load_config
+from voltana.core.state_payload import InstanceStatePayload
 from voltana.core.types import Phase
 from voltana.integrations.ray_serve.stats import ReplicaStats
 from voltana.integrations.ray_serve.vllm_replica import (

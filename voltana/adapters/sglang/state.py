@@ -2,7 +2,7 @@
 
 The router reads SGLang's own ``/v1/loads`` for requests and KV tokens; what SGLang does not know — the SM
 clock voltana set and the decode CUDA-graph batch sizes EcoRoute packs against — comes from here. The
-leader scheduler process publishes its state (:class:`~voltana.adapters.state_payload.InstanceStatePayload`,
+leader scheduler process publishes its state (:class:`~voltana.core.state_payload.InstanceStatePayload`,
 the payload vLLM's adapter publishes too) to a small JSON file with the shared
 :class:`~voltana.adapters.state_payload.StatePublisher` (a daemon thread, atomically, only when it
 changed); the HTTP server process (a different process) serves it.
@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from voltana.adapters.engine_control import FileControlBackend
-from voltana.adapters.state_payload import InstanceStatePayload, StatePublisher
+from voltana.adapters.state_payload import StatePublisher
 from voltana.adapters.state_payload import write_json_atomically as write_state
+from voltana.core.state_payload import InstanceStatePayload
 from voltana.profiler.ceiling_api import add_ceiling_routes
 from voltana.profiler.engine_api import add_control_routes
 

@@ -19,10 +19,11 @@ from typing import Any
 
 from voltana.adapters.engine_control import EngineControlChannel
 from voltana.adapters.runtime import InstanceRuntime
-from voltana.adapters.state_payload import InstanceStatePayload, StatePublisher
+from voltana.adapters.state_payload import StatePublisher
 from voltana.adapters.vllm.snapshot import build_snapshot, first_token_request_ids
 from voltana.adapters.vllm.state import RequestEnergyLog, control_dirs, engine_state_path, state_dir
 from voltana.core.config import ConfigError, VoltanaConfig, load_config
+from voltana.core.state_payload import InstanceStatePayload
 from voltana.core.types import Phase
 
 log = logging.getLogger("voltana.adapters.vllm")

@@ -2,7 +2,7 @@
 
 vLLM's scheduler (where voltana decides) runs in the EngineCore process; ``/metrics`` is served by the API
 server process. The EngineCore side writes a small JSON file per engine (an
-:class:`~voltana.adapters.state_payload.InstanceStatePayload`, atomically, from a publisher thread, at most
+:class:`~voltana.core.state_payload.InstanceStatePayload`, atomically, from a publisher thread, at most
 every ``PUBLISH_INTERVAL_S`` and whenever the engine goes idle); the API server side registers a Prometheus
 collector that reads those files at scrape time. The directory travels to child processes in
 ``_VOLTANA_VLLM_STATE_DIR``, set by the first process that loads the plugin (the API server, before it
@@ -85,7 +85,7 @@ def state_dir(create: bool = False) -> Path | None:
 
 def engine_state_path(directory: Path | None, engine_index: int) -> Path | None:
     """This engine's state file in ``directory`` (None: publishing is off). The EngineCore side publishes
-    :class:`~voltana.adapters.state_payload.InstanceStatePayload` there with the shared
+    :class:`~voltana.core.state_payload.InstanceStatePayload` there with the shared
     :class:`~voltana.adapters.state_payload.StatePublisher` (its own thread, off the engine thread)."""
     return directory / f"engine-{engine_index}.json" if directory else None
 

@@ -1,7 +1,7 @@
 """Replica state as Ray Serve routing stats, and the :class:`InstanceState` a routing policy sees.
 
 A replica's ``record_routing_stats()`` returns ``{"voltana": state}``, where ``state`` is the engine adapters'
-``GET /voltana/state`` payload (:class:`voltana.adapters.state_payload.InstanceStatePayload` as JSON):
+``GET /voltana/state`` payload (:class:`voltana.core.state_payload.InstanceStatePayload` as JSON):
 ``instance_id``, ``role``, ``policy``, ``sm_clock_mhz``, ``capture_sizes``, ``num_requests_running``,
 ``num_requests_waiting``, ``kv_tokens``, ``kv_capacity_tokens``, ``iterations``, ``updated_at_s`` (Unix time),
 ``energy_joules`` with ``energy_source`` (GPU energy since the replica started, J; read as unknown when the
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from voltana.adapters.state_payload import InstanceStatePayload
+from voltana.core.state_payload import InstanceStatePayload
 from voltana.core.types import EnergySource, InstanceState, Phase
 
 ROUTING_STATS_KEY = "voltana"

@@ -4,7 +4,7 @@ Ray Serve LLM runs vLLM in the replica process: ``AsyncEngineArgs`` loads vLLM's
 voltana's plugin (enabled) creates the instance-state directory in the replica and exports it
 (``_VOLTANA_VLLM_STATE_DIR``, :mod:`voltana.adapters.vllm.state`) before ``AsyncLLM`` spawns its EngineCore,
 whose scheduler hook then publishes an ``engine-<rank>.json``
-(:class:`~voltana.adapters.state_payload.InstanceStatePayload`) there. :class:`VoltanaRoutingStatsMixin`
+(:class:`~voltana.core.state_payload.InstanceStatePayload`) there. :class:`VoltanaRoutingStatsMixin`
 adds that state to what the replica's ``record_routing_stats()`` returns, under ``"voltana"``, next to Ray
 Serve LLM's own stats, so the voltana request routers see the engine's clock, capture sizes and load.
 
@@ -25,9 +25,9 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from voltana.adapters.state_payload import InstanceStatePayload
 from voltana.adapters.vllm.state import read_states, state_dir
 from voltana.core.config import ENV_PREFIX
+from voltana.core.state_payload import InstanceStatePayload
 from voltana.core.types import Phase
 from voltana.integrations.ray_serve.stats import ROUTING_STATS_KEY
 
