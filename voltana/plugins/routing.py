@@ -142,14 +142,18 @@ def prefill_marginal_j(
 
 
 def choose_energy_ttft(request: RouteRequest, candidates: list[InstanceState], ctx: RouteContext) -> str:
-    """Prefill, energy-aware within the TTFT: among the instances where the prompt's predicted prefill
-    completion (behind the prompt tokens already there) at the *lowest* allowed clock fits the TTFT budget
-    (``ctx.slo.ttft_s x (1 - safety_margin)``), the one where it adds the least predicted energy
-    (:func:`prefill_marginal_j`; ties: the most pending tokens, then the least loaded). Checking at the lowest
-    clock means the placement needs no clock step-up to meet this request's TTFT; queued prompts run first
-    (FIFO), so their TTFT does not change. When no instance fits, the earliest predicted completion at the
-    top clock (``predicted-ttft``). Needs ``ctx.predictor`` and ``options["allowed_clocks_mhz"]``; without
-    them it is ``predicted-ttft``."""
+    """Prefill, energy-aware within the TTFT: among the instances that *fit*, the one where the prompt adds
+    the least predicted energy (:func:`prefill_marginal_j`; ties: the most pending tokens, then the least
+    loaded); when none fits, the earliest predicted completion at the top clock (``predicted-ttft``).
+
+    An instance fits when, at the *lowest* allowed clock, the prefill of its pending prompt tokens plus this
+    prompt, plus the prefill of its pending tokens once more, fits the TTFT budget
+    ``ctx.slo.ttft_s x (1 - safety_margin)``. The second term bounds how long a prompt already waiting there
+    has waited: it arrived after the running iteration started (else it would be in it), so at most that
+    iteration's duration, at most the prefill of all pending tokens. The prompts of the forming batch finish
+    together, so the bound covers theirs as well as this prompt's TTFT, and at the lowest clock the placement
+    needs no clock step-up. Needs ``ctx.predictor`` and ``options["allowed_clocks_mhz"]``; without them it is
+    ``predicted-ttft``."""
     clocks = ctx.options.get("allowed_clocks_mhz")
     if not clocks:
         return choose_predicted_ttft(request, candidates, ctx)
@@ -161,8 +165,10 @@ def choose_energy_ttft(request: RouteRequest, candidates: list[InstanceState], c
         predictor = predictor_for(ctx, state.instance_id)
         if predictor is None:
             return choose_predicted_ttft(request, candidates, ctx)
-        tokens = state.pending_prompt_tokens + request.input_tokens
-        if predicted_prefill_s(predictor, tokens, token_budget, low) <= budget_s:
+        pending = state.pending_prompt_tokens
+        waited_s = predicted_prefill_s(predictor, pending, token_budget, low) if pending else 0.0
+        joined_s = predicted_prefill_s(predictor, pending + request.input_tokens, token_budget, low)
+        if waited_s + joined_s <= budget_s:
             fitting.append(state)
     if not fitting:
         return choose_predicted_ttft(request, candidates, ctx)

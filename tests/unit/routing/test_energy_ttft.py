@@ -1,5 +1,5 @@
 """``energy-ttft`` prefill routing: least added energy among the instances meeting the TTFT at the lowest
-clock, else the earliest predicted completion (``predicted-ttft``)."""
+clock (their waiting prompts' included), else the earliest predicted completion (``predicted-ttft``)."""
 
 from __future__ import annotations
 
@@ -66,12 +66,20 @@ def test_marginal_energy_counts_the_shared_iteration_cost_once() -> None:
 
 
 def test_an_instance_that_misses_the_ttft_at_the_lowest_clock_is_not_joined(hook) -> None:  # type: ignore[no-untyped-def]
-    # 7500 pending + 100 tokens at 1005 MHz: 1e-4 * 7600 * 1000 / 1005 + 2 ms = 0.758 s: within the 0.8 s
-    # TTFT at margin 0, beyond 0.8 x 0.9 = 0.72 s at margin 0.1 (at 1410 MHz it would fit: 0.541 s).
-    crowded = prefill(0, num_running=1, pending_prompt_tokens=7500)
+    # At 1005 MHz: the 3700 pending tokens take 1e-4 * 3700 * 1000 / 1005 + 2 ms = 0.370 s (how long a prompt
+    # waiting there may have waited), then 3800 tokens with this prompt 0.380 s: 0.750 s in all, within the
+    # 0.8 s TTFT at margin 0, beyond 0.8 x 0.9 = 0.72 s at margin 0.1 (at 1410 MHz it would fit: 0.54 s).
+    crowded = prefill(0, num_running=1, pending_prompt_tokens=3700)
     idle = prefill(1)
     assert choose(hook, [crowded, idle], margin=0.0) == "p0"
     assert choose(hook, [crowded, idle], margin=0.1) == "p1"
+
+
+def test_the_wait_of_the_prompts_already_there_counts(hook) -> None:  # type: ignore[no-untyped-def]
+    # 5000 pending + 100: this prompt alone would finish in 0.51 s at 1005 MHz, but a prompt waiting there
+    # may have waited up to 0.50 s already and finishes with it: 1.0 s > 0.8 s, so the idle instance.
+    crowded = prefill(0, num_running=1, pending_prompt_tokens=5000)
+    assert choose(hook, [crowded, prefill(1)]) == "p1"
 
 
 def test_when_no_instance_meets_the_ttft_the_earliest_completion_wins(hook) -> None:  # type: ignore[no-untyped-def]
