@@ -148,12 +148,13 @@ def choose_energy_ttft(request: RouteRequest, candidates: list[InstanceState], c
 
     An instance fits when, at the *lowest* allowed clock, the prefill of its pending prompt tokens plus this
     prompt, plus the prefill of its pending tokens once more, fits the TTFT budget
-    ``ctx.slo.ttft_s x (1 - safety_margin)``. The second term bounds how long a prompt already waiting there
-    has waited: it arrived after the running iteration started (else it would be in it), so at most that
-    iteration's duration, at most the prefill of all pending tokens. The prompts of the forming batch finish
-    together, so the bound covers theirs as well as this prompt's TTFT, and at the lowest clock the placement
-    needs no clock step-up. Needs ``ctx.predictor`` and ``options["allowed_clocks_mhz"]``; without them it is
-    ``predicted-ttft``."""
+    ``ctx.slo.ttft_s x (1 - safety_margin)``. The second term bounds how long a prompt already waiting
+    there has waited: it arrived after the running iteration started (else it would be in it), so at most
+    that iteration's duration, at most the prefill of all pending tokens (a bound while iterations have
+    room; behind a full iteration, pending beyond one token budget, an estimate). The prompts of the forming
+    batch finish together, so the bound covers theirs as well as this prompt's TTFT, and at the lowest clock
+    the placement needs no clock step-up. Needs ``ctx.predictor`` and ``options["allowed_clocks_mhz"]``;
+    without them it is ``predicted-ttft``."""
     clocks = ctx.options.get("allowed_clocks_mhz")
     if not clocks:
         return choose_predicted_ttft(request, candidates, ctx)
