@@ -1,5 +1,7 @@
-"""Routing baselines registered as named policies: ``random``, ``round-robin``, ``least-loaded`` and
-``predicted-ttft`` (prefill: the instance that would finish this prompt first).
+"""Routing baselines registered as named policies: ``random``, ``round-robin``, ``least-loaded``,
+``predicted-ttft`` (prefill: the instance that would finish this prompt first) and ``energy-ttft`` (prefill:
+among the instances that meet the TTFT at their lowest clock, the one where the prompt adds the least
+predicted energy; see :func:`choose_energy_ttft`).
 
 Used by the simulator and the HTTP router alike. ``ctx.predictor`` is a latency model
 (``predict_latency_s(snapshot, clock_mhz)``) or a mapping from instance id to one; ``ctx.options`` may give
@@ -9,7 +11,7 @@ prediction assumes; else the instance's current clock).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from voltana.core.contexts import PolicyInfo, RouteContext
@@ -17,7 +19,7 @@ from voltana.core.hookspecs import hookimpl
 from voltana.core.policies import RoutePolicy
 from voltana.core.types import BatchSnapshot, InstanceState, Phase, RouteRequest, ScheduledRequest
 
-ROUTING_POLICIES = ("random", "round-robin", "least-loaded", "predicted-ttft")
+ROUTING_POLICIES = ("random", "round-robin", "least-loaded", "predicted-ttft", "energy-ttft")
 DEFAULT_PREFILL_TOKEN_BUDGET = 8192
 """vLLM's and SGLang's default tokens per prefill iteration (``max_num_batched_tokens`` / chunked prefill)."""
 
@@ -51,15 +53,20 @@ def predicted_prefill_s(
     closed_form = getattr(predictor, "predict_prefill_s", None) if phase is Phase.PREFILL else None
     if closed_form is not None:
         return float(closed_form(tokens, token_budget, clock_mhz))
-    total_s = 0.0
+    return sum(
+        float(predictor.predict_latency_s(s, clock_mhz)) for s in prefill_chunks(tokens, token_budget, phase)
+    )
+
+
+def prefill_chunks(tokens: int, token_budget: int, phase: Phase = Phase.PREFILL) -> Iterator[BatchSnapshot]:
+    """The iterations that prefill ``tokens`` prompt tokens, ``token_budget`` new tokens each (chunk ``i``
+    over the ``i x token_budget`` tokens before it)."""
     done = 0
     while done < tokens:
         chunk = min(token_budget, tokens - done)
         request = ScheduledRequest("route", chunk, done, 0.0)
-        snapshot = BatchSnapshot(phase, (request,), (), 0.0, chunk, done)
-        total_s += float(predictor.predict_latency_s(snapshot, clock_mhz))
+        yield BatchSnapshot(phase, (request,), (), 0.0, chunk, done)
         done += chunk
-    return total_s
 
 
 def predicted_ttft_s(state: InstanceState, request: RouteRequest, ctx: RouteContext) -> float:
@@ -103,6 +110,75 @@ def choose_predicted_ttft(request: RouteRequest, candidates: list[InstanceState]
     return min(candidates, key=lambda s: (predicted_ttft_s(s, request, ctx), *_load_key(s))).instance_id
 
 
+def predicted_prefill_j(
+    energy: Any, latency: Any, tokens: int, token_budget: int, clock_mhz: int, idle_w: float
+) -> float:
+    """Predicted energy above idle power of prefilling ``tokens`` prompt tokens, ``token_budget`` tokens per
+    iteration, at ``clock_mhz`` (J): per chunk, the energy model's prediction less ``idle_w`` x the latency
+    model's (an idle GPU draws ``idle_w`` anyway)."""
+    return sum(
+        float(energy.predict_energy_j(s, clock_mhz)) - idle_w * float(latency.predict_latency_s(s, clock_mhz))
+        for s in prefill_chunks(tokens, token_budget)
+    )
+
+
+def prefill_marginal_j(
+    state: InstanceState, request: RouteRequest, ctx: RouteContext, clock_mhz: int
+) -> float:
+    """Predicted extra energy (J, above idle) of ``request``'s prompt on ``state`` at ``clock_mhz``: on a busy
+    instance it joins the prompts queued there (their batch pays the per-iteration cost: overhead and the
+    weight stream), ``E(pending + x) - E(pending)``; on an idle one it runs alone, ``E(x)``. Without an
+    energy model: 0 on a busy instance, 1 on an idle one (the same order)."""
+    busy = state.num_running + state.num_waiting > 0
+    energy = model_for(ctx.power_model, state.instance_id)
+    latency = predictor_for(ctx, state.instance_id)
+    if energy is None or latency is None:
+        return 0.0 if busy else 1.0
+    budget = int(ctx.options.get("prefill_token_budget", DEFAULT_PREFILL_TOKEN_BUDGET))
+    idle_w = float(ctx.options.get("idle_power_w", 0.0))
+    pending = state.pending_prompt_tokens if busy else 0
+    after = predicted_prefill_j(energy, latency, pending + request.input_tokens, budget, clock_mhz, idle_w)
+    return after - predicted_prefill_j(energy, latency, pending, budget, clock_mhz, idle_w)
+
+
+def choose_energy_ttft(request: RouteRequest, candidates: list[InstanceState], ctx: RouteContext) -> str:
+    """Prefill, energy-aware within the TTFT: among the instances that *fit*, the one where the prompt adds
+    the least predicted energy (:func:`prefill_marginal_j`; ties: the most pending tokens, then the least
+    loaded); when none fits, the earliest predicted completion at the top clock (``predicted-ttft``).
+
+    An instance fits when, at the *lowest* allowed clock, the prefill of its pending prompt tokens plus this
+    prompt, plus the prefill of its pending tokens once more, fits the TTFT budget
+    ``ctx.slo.ttft_s x (1 - safety_margin)``. The second term bounds how long a prompt already waiting
+    there has waited: it arrived after the running iteration started (else it would be in it), so at most
+    that iteration's duration, at most the prefill of all pending tokens (a bound while iterations have
+    room; behind a full iteration, pending beyond one token budget, an estimate). The prompts of the forming
+    batch finish together, so the bound covers theirs as well as this prompt's TTFT, and at the lowest clock
+    the placement needs no clock step-up. Needs ``ctx.predictor`` and ``options["allowed_clocks_mhz"]``;
+    without them it is ``predicted-ttft``."""
+    clocks = ctx.options.get("allowed_clocks_mhz")
+    if not clocks:
+        return choose_predicted_ttft(request, candidates, ctx)
+    low = int(clocks[0])
+    budget_s = ctx.slo.ttft_s * (1.0 - float(ctx.options.get("safety_margin", 0.1)))
+    token_budget = int(ctx.options.get("prefill_token_budget", DEFAULT_PREFILL_TOKEN_BUDGET))
+    fitting = []
+    for state in candidates:
+        predictor = predictor_for(ctx, state.instance_id)
+        if predictor is None:
+            return choose_predicted_ttft(request, candidates, ctx)
+        pending = state.pending_prompt_tokens
+        waited_s = predicted_prefill_s(predictor, pending, token_budget, low) if pending else 0.0
+        joined_s = predicted_prefill_s(predictor, pending + request.input_tokens, token_budget, low)
+        if waited_s + joined_s <= budget_s:
+            fitting.append(state)
+    if not fitting:
+        return choose_predicted_ttft(request, candidates, ctx)
+    return min(
+        fitting,
+        key=lambda s: (prefill_marginal_j(s, request, ctx, low), -s.pending_prompt_tokens, *_load_key(s)),
+    ).instance_id
+
+
 Chooser = Callable[[RouteRequest, list[InstanceState], RouteContext], str]
 """A routing policy: picks the ``instance_id`` for a request among healthy candidates (never empty)."""
 
@@ -128,5 +204,6 @@ def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
         ("round-robin", "instances in turn", choose_round_robin),
         ("least-loaded", "fewest running + waiting requests, then pending tokens", choose_least_loaded),
         ("predicted-ttft", "prefill: earliest predicted prefill completion", choose_predicted_ttft),
+        ("energy-ttft", "prefill: least added energy among those meeting the TTFT", choose_energy_ttft),
     ):
         register(PolicyInfo("route", name, description, route_policy_of(chooser)))

@@ -35,7 +35,7 @@ DEFAULT_ROUTES: dict[str, tuple[str, str]] = {
     "static-min": ("round-robin", "round-robin"),
     "static": ("round-robin", "round-robin"),
     "voltana-paper": ("random", "ecoroute-paper"),  # the paper's router: random prefill, EcoRoute decode
-    "ecofreq": ("predicted-ttft", "ecoroute"),
+    "ecofreq": ("energy-ttft", "ecoroute"),  # ours: prefill least added energy within the TTFT
 }
 FALLBACK_ROUTES = ("round-robin", "round-robin")
 
