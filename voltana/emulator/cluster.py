@@ -49,6 +49,7 @@ from voltana.profiler.engine_api import MemoryControl, add_control_routes
 from voltana.router.disconnect import ClientGone, until_disconnect
 from voltana.router.request_ids import NOT_YET, RECORD_ROUTE, id_from_path
 from voltana.router.serving import EmbeddedServer, bind_socket, start_server, stop_server
+from voltana.sim.engine import engine_limits
 
 Protocol = Literal["vllm", "sglang"]
 Role = Literal["prefill", "decode", "mixed"]
@@ -169,7 +170,13 @@ class EmulatedInstance:
     async def start(self, port: int = 0) -> None:
         """Serve on ``port`` (0: a free one; the same port again after :meth:`kill` to revive)."""
         self.engine = EmulatedEngine(
-            self.model, self.clock_mhz, self.time_scale, self.faults, self.control, self.ceiling
+            self.model,
+            self.clock_mhz,
+            self.time_scale,
+            self.faults,
+            self.control,
+            self.ceiling,
+            limits=engine_limits(self.protocol, self.model, max_model_len=self.max_model_len),
         )
         self.engine.start()
         sock = bind_socket(self.host, port or self.port)
@@ -239,7 +246,7 @@ class EmulatedInstance:
         engine = self.engine
         if engine is None:
             return 0, 0, 0
-        return len(engine.running), len(engine.waiting), engine.kv_tokens
+        return len(engine.running), engine.num_waiting, engine.kv_tokens
 
     async def _metrics(self, request: Request) -> Response:
         await self._stall()

@@ -1,9 +1,15 @@
 """The emulator's engine model: continuous batching over iteration times of the simulated GPU.
 
-Engine model: continuous batching. Each iteration is a prefill batch (the waiting queue, up to a token budget)
-or one decode step of every running request; it lasts ``PerformanceModel.cost(...).latency_s x time_scale
-x slowdown``. Output text is a pure function of the prompt (so an answer can be checked anywhere); prompt
-tokens are estimated as characters / 4.
+Engine model: continuous batching with the simulator's rules (:mod:`voltana.sim.engine`). Each iteration
+is a prefill batch or one decode step of every running request; it lasts
+``PerformanceModel.cost(...).latency_s x time_scale x slowdown``. A prefill takes the FIFO waiting queue up
+to a token budget and splits the last prompt that does not fit (chunked prefill,
+:func:`~voltana.sim.engine.compose_prefill`); a request whose prefill is done (or whose KV cache came from a
+prefill instance) joins the running batch FIFO while fewer than the engine's ``max_running`` run and the KV
+cache holds every running prompt + output (:func:`~voltana.sim.engine.admit_decode`, limits from
+:func:`~voltana.sim.engine.engine_limits`). Prefill iterations go first while prompts wait. Output text is a
+pure function of the prompt (so an answer can be checked anywhere); prompt tokens are estimated as
+characters / 4.
 
 Energy: each iteration's simulated energy is split over its batch with voltana's attribution rule
 (:func:`voltana.core.attribution.energy_shares`); a finished request's joules are served at
@@ -25,6 +31,7 @@ from voltana.emulator.responses import token_text
 from voltana.hardware.simulated import PerformanceModel
 from voltana.profiler.ceiling_api import MemoryCeiling, clock_under
 from voltana.profiler.engine_api import MemoryControl, iteration_json
+from voltana.sim.engine import EngineLimits, admit_decode, compose_prefill, engine_limits
 
 PREFILL_TOKEN_BUDGET = 8192  # vLLM's default max_num_batched_tokens with chunked prefill
 MIN_SLEEP_S = 0.002
@@ -40,6 +47,8 @@ class EmuRequest:
     max_tokens: int
     needs_prefill: bool
     generated: int = 0
+    prefilled: int = 0  # prompt tokens computed so far (chunked prefill)
+    chunk: int = 0  # prompt tokens of the prefill iteration being run
     tokens: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     finished: bool = False
     aborted: bool = False
@@ -60,7 +69,12 @@ class Faults:
 
 
 class EmulatedEngine:
-    """Continuous batching over simulated iteration times."""
+    """Continuous batching over simulated iteration times, batching as the simulator does (module docstring).
+
+    ``limits`` default to vLLM's for ``model`` (:func:`voltana.sim.engine.engine_limits`);
+    ``prefill_token_budget`` is the prompt tokens of one prefill iteration (vLLM's
+    ``max_num_batched_tokens``).
+    """
 
     def __init__(
         self,
@@ -70,8 +84,12 @@ class EmulatedEngine:
         faults: Faults,
         control: MemoryControl | None = None,
         ceiling: MemoryCeiling | None = None,
+        limits: EngineLimits | None = None,
+        prefill_token_budget: int = PREFILL_TOKEN_BUDGET,
     ) -> None:
         self.model = model
+        self.limits = limits if limits is not None else engine_limits("vllm", model)
+        self.prefill_token_budget = prefill_token_budget
         self.clock_mhz = clock_mhz
         self.control = control
         self.ceiling = ceiling
@@ -80,7 +98,8 @@ class EmulatedEngine:
         self.started_at_s = time.monotonic()
         self.time_scale = time_scale
         self.faults = faults
-        self.waiting: deque[EmuRequest] = deque()
+        self.waiting: deque[EmuRequest] = deque()  # prefill queue
+        self.ready: deque[EmuRequest] = deque()  # KV here, waiting for a running slot (decode admission)
         self.running: list[EmuRequest] = []
         self.iterations = 0
         self.busy_s = 0.0
@@ -98,12 +117,12 @@ class EmulatedEngine:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for req in list(self.waiting) + self.running:
+        for req in [*self.waiting, *self.ready, *self.running]:
             self.abort(req)
 
     def submit(self, req: EmuRequest) -> None:
-        """Queue ``req`` for prefill, or straight into the decode batch when its KV is already here."""
-        (self.waiting.append if req.needs_prefill else self.running.append)(req)
+        """Queue ``req`` for prefill, or for decode admission when its KV is already here."""
+        (self.waiting.append if req.needs_prefill else self.ready.append)(req)
         self._wake.set()
 
     def abort(self, req: EmuRequest) -> None:
@@ -114,8 +133,15 @@ class EmulatedEngine:
         with contextlib.suppress(ValueError):
             self.waiting.remove(req)
         with contextlib.suppress(ValueError):
+            self.ready.remove(req)
+        with contextlib.suppress(ValueError):
             self.running.remove(req)
         req.tokens.put_nowait(None)
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests not running: waiting for prefill or for decode admission."""
+        return len(self.waiting) + len(self.ready)
 
     @property
     def kv_tokens(self) -> int:
@@ -188,7 +214,7 @@ class EmulatedEngine:
     def _attribute(batch: list[EmuRequest], energy_j: float, prefill: bool) -> None:
         """Add each request's share of one iteration's simulated energy (voltana's attribution rule)."""
         scheduled = [
-            ScheduledRequest(r.request_id, r.prompt_tokens, 0, 0.0)
+            ScheduledRequest(r.request_id, r.chunk, r.prefilled, 0.0)
             if prefill
             else ScheduledRequest(r.request_id, 1, r.prompt_tokens + r.generated, 0.0)
             for r in batch
@@ -200,12 +226,13 @@ class EmulatedEngine:
         """Simulated duration of one iteration of ``batch`` (s, before ``time_scale``) at the current clock
         (the pinned one, if pinned); each request of ``batch`` gets its share of the iteration's energy.
 
-        A prefill computes every prompt token of ``batch``; a decode step one token per request over its
-        context. Subclasses choose the clock here (see ``voltana.integrations.ray_serve.engine``).
+        A prefill computes each request's ``chunk`` of prompt tokens over its ``prefilled`` ones; a decode
+        step one token per request over its context. Subclasses choose the clock here (see
+        ``voltana.integrations.ray_serve.engine``).
         """
         if phase is Phase.PREFILL:
-            tokens = sum(r.prompt_tokens for r in batch)
-            cost = self._cost(Phase.PREFILL, len(batch), tokens, 0)
+            tokens = sum(r.chunk for r in batch)
+            cost = self._cost(Phase.PREFILL, len(batch), tokens, sum(r.prefilled for r in batch))
         else:
             context = sum(r.prompt_tokens + r.generated for r in batch)
             cost = self._cost(Phase.DECODE, len(batch), len(batch), context)
@@ -215,28 +242,57 @@ class EmulatedEngine:
     def iteration_done(self) -> None:
         """Called when the iteration timed by :meth:`iteration_latency_s` has run (before tokens go out)."""
 
+    def _prefill_batch(self) -> list[EmuRequest]:
+        """The next prefill iteration's requests (each with its ``chunk``), leaving a split head queued."""
+        waiting = self.waiting
+        batch: list[EmuRequest] = []
+        for chunk in compose_prefill(
+            (r.prompt_tokens - r.prefilled for r in waiting), self.prefill_token_budget
+        ):
+            req = waiting[0]
+            req.chunk = chunk
+            batch.append(req)
+            if req.prefilled + chunk == req.prompt_tokens:
+                waiting.popleft()
+        return batch
+
+    def _admit(self) -> None:
+        """Move requests from the decode admission queue into the running batch (FIFO, running cap, KV).
+        A request over the whole KV cache runs alone rather than wait forever (the emulator's protocol checks
+        bound prompts by ``max_model_len``; the simulator refuses such requests at arrival)."""
+        ready = self.ready
+        if not ready:
+            return
+        limits = self.limits
+        count = admit_decode(
+            (r.prompt_tokens + r.max_tokens for r in ready),
+            len(self.running),
+            sum(r.prompt_tokens + r.max_tokens for r in self.running),
+            limits.kv_capacity_tokens,
+            limits.max_running,
+        )
+        if count == 0 and not self.running:
+            count = 1
+        for _ in range(count):
+            self.running.append(ready.popleft())
+
     async def _loop(self) -> None:
         while True:
-            if not self.waiting and not self.running:
+            if not self.waiting and not self.ready and not self.running:
                 self._wake.clear()
                 await self._wake.wait()
             if self.waiting:
-                batch: list[EmuRequest] = []
-                tokens = 0
-                while self.waiting and (
-                    not batch or tokens + self.waiting[0].prompt_tokens <= PREFILL_TOKEN_BUDGET
-                ):
-                    req = self.waiting.popleft()
-                    batch.append(req)
-                    tokens += req.prompt_tokens
+                batch = self._prefill_batch()
                 await self._run_for(self.iteration_latency_s(Phase.PREFILL, batch))
                 self.iteration_done()
                 for req in batch:
-                    if not req.aborted:
-                        self._emit(req)  # the prefill samples the first token
+                    req.prefilled += req.chunk
+                    if not req.aborted and req.prefilled >= req.prompt_tokens:
+                        self._emit(req)  # the prefill's last chunk samples the first token
                         if not req.finished:
-                            self.running.append(req)
+                            self.ready.append(req)
                 continue
+            self._admit()
             batch = list(self.running)
             await self._run_for(self.iteration_latency_s(Phase.DECODE, batch))
             self.iteration_done()

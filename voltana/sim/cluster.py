@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ from voltana.core.types import (
     ScheduledRequest,
     Slo,
 )
-from voltana.sim.engine import DEFAULT_ENGINE, EngineLimits, engine_limits
+from voltana.sim.engine import DEFAULT_ENGINE, EngineLimits, admit_decode, compose_prefill, engine_limits
 from voltana.sim.workload import Workload
 
 DEFAULT_PREFILL_TOKEN_BUDGET = 8192
@@ -176,6 +176,10 @@ class _RequestQueue:
         if index != 0 or not self:
             raise IndexError("only the head of a request queue is addressable")
         return self._items[self._head]
+
+    def __iter__(self) -> Iterator[SimRequest]:
+        # Lazy from the head: the consumers (compose_prefill, admit_decode) stop at the first misfit.
+        return map(self._items.__getitem__, range(self._head, len(self._items)))
 
     def append(self, request: SimRequest) -> None:
         self._items.append(request)
@@ -455,9 +459,8 @@ class ClusterSimulation:
         scheduled: list[ScheduledRequest] = []
         new_tokens = 0
         context_tokens = 0
-        while waiting and new_tokens < budget:
+        for chunk in compose_prefill((r.input_tokens - r.prefilled for r in waiting), budget):
             request = waiting[0]
-            chunk = min(request.input_tokens - request.prefilled, budget - new_tokens)
             scheduled.append(
                 ScheduledRequest(request.request_id, chunk, request.prefilled, request.arrival_s)
             )
@@ -466,8 +469,6 @@ class ClusterSimulation:
             context_tokens += request.prefilled
             if request.prefilled + chunk == request.input_tokens:
                 waiting.popleft()
-            else:
-                break
         still_waiting = waiting.queued()
         inst.iteration += 1
         snapshot = BatchSnapshot(
@@ -556,15 +557,18 @@ class ClusterSimulation:
     def _admit(self, inst: _DecodeInstance) -> None:
         admit = inst.admit
         running = inst.running
-        capacity = self.kv_capacity
-        limit = self.max_running
         now_s = self.now_s
-        while admit and len(running) < limit:
-            request = admit[0]
+        # The KV check never fails for an empty batch: requests over a whole instance's KV are rejected.
+        count = admit_decode(
+            (r.input_tokens + r.output_tokens for r in admit),
+            len(running),
+            inst.kv_reserved,
+            self.kv_capacity,
+            self.max_running,
+        )
+        for _ in range(count):
+            request = admit.popleft()
             need = request.input_tokens + request.output_tokens
-            if inst.kv_reserved + need > capacity:  # never true for an empty batch: over-KV is rejected
-                break
-            admit.popleft()
             inst.admit_tokens -= request.context_tokens
             inst.kv_pending -= need
             inst.kv_reserved += need

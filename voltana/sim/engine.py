@@ -21,6 +21,7 @@ SGLang's ``mem_fraction_static``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -110,3 +111,47 @@ def engine_limits(
     if running < 1:
         raise EngineConfigError(f"max running requests must be at least 1, got {running}")
     return EngineLimits(engine, running, context, capacity)
+
+
+def compose_prefill(remaining_tokens: Iterable[int], budget: int) -> list[int]:
+    """Chunked prefill: the chunk (prompt tokens) each request at the head of the FIFO waiting queue gets in
+    the next prefill iteration, at most ``budget`` tokens in all.
+
+    ``remaining_tokens`` are the prompt tokens each waiting request still has to compute, in queue
+    order, read lazily (only as far as the iteration reaches). Requests are taken whole while they fit; the
+    first one that does not fit gets what is left of the budget (it is split across iterations, as vLLM's
+    ``max_num_batched_tokens`` and SGLang's ``chunked_prefill_size`` do) and ends the iteration. Returns
+    one chunk size (>= 1) per request taken, in queue order: ``chunks[i] < remaining[i]`` only for the last.
+    Empty for an empty queue or a budget below 1.
+    """
+    chunks: list[int] = []
+    left = budget
+    for remaining in remaining_tokens:
+        if left <= 0:
+            break
+        chunk = remaining if remaining < left else left
+        chunks.append(chunk)
+        left -= chunk
+        if chunk < remaining:
+            break
+    return chunks
+
+
+def admit_decode(
+    need_tokens: Iterable[int], running: int, kv_reserved: int, kv_capacity: int, max_running: int
+) -> int:
+    """How many requests at the head of a decode instance's FIFO admission queue join its running batch now.
+
+    ``need_tokens`` are each waiting request's prompt + output tokens (the KV cache it holds when done), in
+    queue order, read lazily. A request is admitted while fewer than ``max_running`` requests run and
+    ``kv_reserved`` (the running requests' prompt + output) plus its need fit ``kv_capacity``; the first that
+    does not fit stops admission (FIFO, no overtaking). Returns the count admitted, from 0 to
+    ``max_running - running``.
+    """
+    admitted = 0
+    for need in need_tokens:
+        if running + admitted >= max_running or kv_reserved + need > kv_capacity:
+            break
+        kv_reserved += need
+        admitted += 1
+    return admitted

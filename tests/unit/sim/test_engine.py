@@ -3,6 +3,8 @@ apart from ITL, requests an engine refuses (over its context length or over a de
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,8 @@ from voltana.sim.engine import (
     VLLM_MAX_NUM_SEQS,
     VLLM_MAX_NUM_SEQS_LARGE_GPU,
     EngineConfigError,
+    admit_decode,
+    compose_prefill,
     engine_limits,
 )
 from voltana.sim.metrics import admission_waits, request_latencies
@@ -171,3 +175,34 @@ def test_can_admit_reads_unknown_limits_as_unlimited() -> None:
     assert not full.can_admit(1)
     kv = InstanceState("d0", Phase.DECODE, max_running=8, kv_capacity_tokens=1000, kv_committed_tokens=900)
     assert kv.can_admit(100) and not kv.can_admit(101)
+
+
+def test_compose_prefill_takes_whole_prompts_then_splits_the_last() -> None:
+    assert compose_prefill([3000, 4000, 5000], 8192) == [3000, 4000, 1192]  # the third is chunked
+    assert compose_prefill([3000, 5192, 5000], 8192) == [3000, 5192]  # exact fit: no empty chunk
+    assert compose_prefill([20000, 10], 8192) == [8192]  # a long prompt fills the iteration alone
+    assert compose_prefill([], 8192) == []
+    assert compose_prefill([5], 0) == []
+
+
+def test_compose_prefill_reads_the_queue_only_as_far_as_it_goes() -> None:
+    seen: list[int] = []
+
+    def queue() -> Iterator[int]:
+        for n in (100, 9000, 7, 7):
+            seen.append(n)
+            yield n
+
+    assert compose_prefill(queue(), 1000) == [100, 900]
+    assert seen == [100, 9000]
+
+
+def test_admit_decode_stops_at_the_running_cap_and_at_kv_capacity() -> None:
+    # FIFO under the KV cache: 400 + 500 fit 1000 with 50 reserved; 200 more would not.
+    assert admit_decode([400, 500, 200, 10], running=1, kv_reserved=50, kv_capacity=1000, max_running=8) == 2
+    # The running cap: 3 run, 4 allowed, so one joins however much KV is free.
+    assert admit_decode([10, 10, 10], running=3, kv_reserved=0, kv_capacity=10**6, max_running=4) == 1
+    assert admit_decode([10], running=4, kv_reserved=0, kv_capacity=10**6, max_running=4) == 0
+    # No overtaking: a small request behind one that does not fit waits.
+    assert admit_decode([900, 10], running=0, kv_reserved=200, kv_capacity=1000, max_running=8) == 0
+    assert admit_decode([], running=0, kv_reserved=0, kv_capacity=1000, max_running=8) == 0

@@ -122,7 +122,7 @@ class VoltanaEngine(EmulatedEngine):
         arrival = {rid: a.arrival_time_s for rid, a in self._accounts.items()}
         if phase is Phase.PREFILL:
             scheduled = [
-                ScheduledRequest(r.request_id, r.prompt_tokens, 0, arrival.get(r.request_id, 0.0))
+                ScheduledRequest(r.request_id, r.chunk, r.prefilled, arrival.get(r.request_id, 0.0))
                 for r in batch
             ]
         else:
@@ -133,7 +133,8 @@ class VoltanaEngine(EmulatedEngine):
                 for r in batch
             ]
         waiting = [
-            QueuedRequest(r.request_id, r.prompt_tokens, arrival.get(r.request_id, 0.0)) for r in self.waiting
+            QueuedRequest(r.request_id, r.prompt_tokens - r.prefilled, arrival.get(r.request_id, 0.0))
+            for r in self.waiting
         ]
         return BatchSnapshot.build(
             phase,
@@ -189,7 +190,7 @@ class VoltanaEngine(EmulatedEngine):
             sm_clock_mhz=self.clock_mhz,
             capture_sizes=tuple(self.model.capture_sizes),
             num_running=len(self.running),
-            num_waiting=len(self.waiting),
+            num_waiting=self.num_waiting,
             kv_tokens=self.kv_tokens,
             kv_capacity_tokens=self.model.kv_capacity_tokens,
             iterations=self.iterations,
