@@ -110,9 +110,15 @@ def setup_for(model_name: str, engine: str, seed: int) -> SimulationSetup:
 
 
 def run_rate(
-    setup: SimulationSetup, workload: Workload, rate: float, margins: tuple[float, ...], tick: Any
+    setup: SimulationSetup,
+    workload: Workload,
+    rate: float,
+    margins: tuple[float, ...],
+    tick: Any,
+    prefill_route: str | None = None,
 ) -> RatePoint:
-    """Both static clocks, then both policies at every margin (headline: ``HEADLINE_MARGIN``)."""
+    """Both static clocks, then both policies at every margin (headline: ``HEADLINE_MARGIN``);
+    ``prefill_route`` replaces our policy's default prefill route (the paper's policy keeps its own)."""
     top = setup.config.clocks.max_mhz or setup.cluster.model.max_clock_mhz
     runs = []
     for name, spec in (
@@ -126,7 +132,8 @@ def run_rate(
     headline: dict[str, PolicyResult] = {}
     for policy in (PAPER, OURS):
         for margin in sorted(set(margins) | {HEADLINE_MARGIN}):
-            limited = run_with_limit(with_margin(setup, margin), parse_policy(policy), workload, rate)
+            spec = parse_policy(policy, prefill_route if policy == OURS else None)
+            limited = run_with_limit(with_margin(setup, margin), spec, workload, rate)
             runs.append(limited)
             if margin in margins:
                 frontiers[policy].append(
@@ -333,6 +340,11 @@ def main() -> int:
     parser.add_argument("--panels", default=None, help="e.g. llama-3.1-8b/sharegpt,qwen3-32b/lmsys")
     parser.add_argument("--engine", default="sglang", help="engine defaults (the paper ran SGLang)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prefill-route",
+        default=None,
+        help="prefill route of ecofreq+ecoroute (default: its own, predicted-ttft; e.g. energy-ttft)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write all results as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="write the grid as a PNG")
     args = parser.parse_args()
@@ -385,7 +397,7 @@ def main() -> int:
                         task, advance=1, description=f"{panel.model}/{panel.workload} {rate:g} {label}"
                     )
 
-                points.append(run_rate(setup, workload, rate, margins, tick))
+                points.append(run_rate(setup, workload, rate, margins, tick, args.prefill_route))
             results.append((panel, points))
             failed += report_panel(console, panel, points, checks)
     console.print("\n".join(checks), markup=False, highlight=False)
@@ -395,6 +407,7 @@ def main() -> int:
     if args.json is not None:
         payload = {
             "engine": args.engine,
+            "ours_prefill_route": args.prefill_route or parse_policy(OURS).prefill_route,
             "duration_s": duration,
             "margins": list(margins),
             "slo": SLO,
