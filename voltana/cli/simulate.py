@@ -83,7 +83,8 @@ def simulate(
     ] = None,
     rates: Annotated[str | None, typer.Option(help="Rate sweep, e.g. '2,4,8,12' (req/s).")] = None,
     duration: Annotated[
-        float | None, typer.Option(help="Seconds of arrivals (synthetic default 300; trace: all).")
+        float | None,
+        typer.Option(help="Seconds of arrivals (default: synthetic 300, sharegpt/lmsys 60; trace: all)."),
     ] = None,
     policies: Annotated[
         str | None,
