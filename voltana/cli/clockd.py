@@ -35,7 +35,7 @@ def clockd_command(
 ) -> None:
     """Run the privileged clock helper: the only process that locks GPU clocks; resets when a client leaves.
 
-    Opens the GPUs of the config's [hardware] section; engines set hardware.clockd_socket to this socket.
+    Opens the GPUs of the config's hardware section; engines set hardware.clockd_socket to this socket.
     """
     err = Console(stderr=True)
     hardware = cli_state(ctx).loaded().config.hardware.model_copy(update={"clockd_socket": None})

@@ -39,8 +39,8 @@ def emulate(
 ) -> None:
     """Start emulated vLLM/SGLang prefill and decode instances (one process) for demos and load tests.
 
-    ``engine.clock_token`` (config) turns on ``POST /voltana/clock`` (for ``voltana profile --engine``);
-    ``clocks`` sets the clocks it may pin."""
+    engine.clock_token (config) turns on POST /voltana/clock (for voltana profile --engine);
+    the clocks section sets the clocks it may pin."""
     require_extra("voltana emulate")
     # the emulator's server stack is imported when the command runs: `voltana --help` stays fast
     from voltana.emulator.cluster import EmulatorCluster

@@ -101,7 +101,7 @@ def profile_command(
     ] = 60.0,
 ) -> None:
     """Fit EcoPred's latency and energy models per clock on live engines (or the simulated GPU); write the
-    profile that ``engine.predictor_profile`` loads."""
+    profile that engine.predictor_profile loads."""
     err = Console(stderr=True)
     _check_paths(err, output, plot)
     if engine:

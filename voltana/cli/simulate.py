@@ -27,6 +27,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 SYNTHETIC = "synthetic"
+DEFAULT_POLICIES = "static-max,static-min,voltana-paper,ecofreq+ecoroute"
 
 
 def _fail(message: str) -> typer.Exit:
@@ -82,12 +83,16 @@ def simulate(
     ] = None,
     rates: Annotated[str | None, typer.Option(help="Rate sweep, e.g. '2,4,8,12' (req/s).")] = None,
     duration: Annotated[
-        float | None, typer.Option(help="Seconds of arrivals (synthetic default 300; trace: all).")
+        float | None,
+        typer.Option(help="Seconds of arrivals (default: synthetic 300, sharegpt/lmsys 60; trace: all)."),
     ] = None,
     policies: Annotated[
-        str,
-        typer.Option(help="Comma-separated <clock policy>[+<decode route>] list; 'oracle' adds the oracle."),
-    ] = "static-max,static-min,voltana-paper,ecofreq+ecoroute",
+        str | None,
+        typer.Option(
+            help="Comma-separated <clock policy>[+<decode route>] list; 'oracle' adds the oracle "
+            f"(default {DEFAULT_POLICIES}; not with --power-budget(s), which compares its own fixed set)."
+        ),
+    ] = None,
     min_clock: Annotated[
         int | None, typer.Option(help="Lowest clock in MHz (default: config, else the paper's 1005).")
     ] = None,
@@ -165,7 +170,15 @@ def simulate(
     _check_run_options(rate, rates, duration, seed)
     budget_mode = power_budget is not None or power_budgets is not None
     if budget_mode:
-        _check_budget_options(power_budget, power_budgets, rates, workers, ray_address)
+        _check_budget_options(power_budget, power_budgets, policies, rates, workers, ray_address)
+    elif config.cluster.power_budget_w is not None:
+        err_console.print(
+            f"note: cluster.power_budget_w = {config.cluster.power_budget_w:g} W (config) is not used by "
+            f"simulate unless asked: give --power-budget {config.cluster.power_budget_w:g} to compare "
+            "policies under it",
+            highlight=False,
+            soft_wrap=True,
+        )
     if timeline_rate is not None and plot is None:
         raise _fail("--timeline-rate chooses the rate of the plot's clock timeline: give --plot too")
     try:
@@ -185,7 +198,7 @@ def simulate(
             "slo": config.slo.model_copy(update=slo_update),
         }
     )
-    names = [p.strip() for p in policies.split(",") if p.strip()]
+    names = [p.strip() for p in (DEFAULT_POLICIES if policies is None else policies).split(",") if p.strip()]
     if not names:
         raise _fail("--policies is empty")
     try:
@@ -360,15 +373,28 @@ def _progress(quiet: bool) -> Progress:
 def _check_budget_options(
     power_budget: float | None,
     power_budgets: str | None,
+    policies: str | None,
     rates: str | None,
     workers: int | None,
     ray_address: str | None,
 ) -> None:
     """One line for a power-budget run the command cannot honour."""
+    from voltana.sim.power_budget_report import check_budget_w
+
     if power_budget is not None and power_budgets is not None:
         raise _fail("give --power-budget or --power-budgets, not both")
     if power_budget is not None and not (power_budget > 0 and math.isfinite(power_budget)):
         raise _fail(f"--power-budget must be a positive number of watts, got {power_budget:g}")
+    if power_budget is not None:
+        try:
+            check_budget_w(power_budget, f"{power_budget:g}")
+        except ValueError as exc:
+            raise _fail(f"--power-budget: {exc}") from None
+    if policies is not None:
+        raise _fail(
+            "a power-budget run compares a fixed set (the coordinator, static caps, static clocks, with "
+            "static-max and ecofreq+ecoroute unbudgeted): drop --policies"
+        )
     if rates is not None:
         raise _fail("a power-budget run simulates one rate: give --rate, not --rates")
     if workers is not None or ray_address is not None:
@@ -411,6 +437,14 @@ def _run_power_budget(
         )
     except ValueError as exc:
         raise _fail(f"--power-budgets: {exc}") from None
+    for budget_w, _ in budgets:
+        if budget_w > peak_w:
+            err_console.print(
+                f"note: {budget_w:.0f} W is above the cluster's max-clock peak ({peak_w:.0f} W): it does not "
+                "bind, every budgeted policy runs as if unbudgeted",
+                highlight=False,
+                soft_wrap=True,
+            )
     references = ("static-max", "ecofreq+ecoroute")
     with _progress(as_json) as bar:
         task = bar.add_task("simulating", total=len(references) + len(budgets) * len(BUDGET_POLICIES))

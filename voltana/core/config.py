@@ -39,7 +39,8 @@ class ConfigError(VoltanaError, ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: "inf"/"nan" watts or seconds are config errors, not values that crash later.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class HardwareConfig(_Section):
@@ -181,7 +182,13 @@ class ClusterConfig(_Section):
     power_budget_w: float | None = Field(
         None, gt=0, description="cap on the cluster's GPU power (W); empty: no budget, no ceilings"
     )
-    budget_period_s: float = Field(1.0, gt=0, description="how often clock ceilings are recomputed (s)")
+    budget_period_s: float = Field(
+        1.0,
+        ge=0.1,
+        le=20.0,
+        description="how often clock ceilings are recomputed (s), 0.1 to 20: a ceiling's lease is "
+        "min(60 s, 3 periods), so a longer period would let ceilings lapse between recomputations",
+    )
     budget_margin: float = Field(
         0.05, ge=0, lt=1, description="share of the budget kept in reserve for prediction error"
     )

@@ -51,7 +51,7 @@ def handle_ceiling(
     backend: CeilingBackend, token: str | None, authorization: str | None, body: Any
 ) -> tuple[int, dict[str, Any]]:
     """``POST /voltana/ceiling``: (HTTP status, JSON body)."""
-    denied = check_token(token, authorization)
+    denied = check_token(token, authorization, path=CEILING_PATH, feature="the clock ceiling (power budget)")
     if denied is not None:
         return denied
     if not isinstance(body, dict) or "ceiling_mhz" not in body:

@@ -193,13 +193,21 @@ def _error(status: int, message: str, **extra: Any) -> tuple[int, dict[str, Any]
     return status, {"error": {"message": message, "code": status}, **extra}
 
 
-def check_token(configured: str | None, authorization: str | None) -> tuple[int, dict[str, Any]] | None:
-    """None when the bearer token matches; else (403 no token configured | 401 missing/wrong, body)."""
+def check_token(
+    configured: str | None,
+    authorization: str | None,
+    *,
+    path: str = CLOCK_PATH,
+    feature: str = "clock pinning",
+) -> tuple[int, dict[str, Any]] | None:
+    """None when the bearer token matches; else (403 no token configured | 401 missing/wrong, body).
+
+    ``path`` and ``feature`` name the route in the messages (``/voltana/clock`` or ``/voltana/ceiling``)."""
     if not configured:
-        return _error(403, "clock pinning is off on this engine: set engine.clock_token to enable it")
+        return _error(403, f"{feature} is off on this engine: set engine.clock_token to enable {path}")
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), configured.encode()):
-        return _error(401, "missing or wrong bearer token for /voltana/clock")
+        return _error(401, f"missing or wrong bearer token for {path} (engine.clock_token)")
     return None
 
 

@@ -105,6 +105,11 @@ def build_router_app(
             f"cluster.power_budget_w = {budget_w:g} needs predicted power per clock: set "
             'engine.predictor_profile (a `voltana profile` file) or hardware.vendor = "simulated"'
         )
+    if budget_w is not None and config.engine.clock_token is None:
+        raise ConfigError(
+            f"cluster.power_budget_w = {budget_w:g} needs engine.clock_token: the router pushes clock "
+            "ceilings to POST /voltana/ceiling with the engines' token (set the same token on both)"
+        )
     state = RouterState(
         rc, registry, chooser, RouterMetrics(), tracer_for(tracer_provider), known_policies or {}
     )

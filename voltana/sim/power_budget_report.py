@@ -15,15 +15,35 @@ from voltana.sim.power_budget import COORDINATOR, BudgetRun
 _PLOT_MARKERS = ("o", "s", "^", "D", "v")
 
 
+MIN_BUDGET_W = 10.0
+"""Smallest budget in watts the command line takes: a bare ``0.6`` is almost surely a share meant as ``60%``
+(one GPU idles at tens of watts, so no real cluster budget is below this)."""
+
+
+def check_budget_w(value: float, given: str) -> None:
+    """Raise ValueError (one line) unless ``value`` (W, written ``given``) is a plausible cluster budget."""
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"a power budget must be a positive number of watts, got {given!r}")
+    if value < MIN_BUDGET_W:
+        raise ValueError(
+            f"{given!r} W is below {MIN_BUDGET_W:g} W, probably meant as a share of the max-clock peak: "
+            "write 60% for a share"
+        )
+
+
 def parse_budgets(text: str, peak_w: float) -> list[tuple[float, float | None]]:
     """``60%,75%,900`` -> ``[(0.6 * peak_w, 0.6), (0.75 * peak_w, 0.75), (900.0, None)]`` (W, share of peak).
 
-    Raises ValueError (one line) for an empty list, a non-number or a non-positive budget.
+    Raises ValueError (one line) for an empty list or an empty item, a non-number, a budget in watts below
+    :data:`MIN_BUDGET_W`, a share outside (0%, 100%], or the same budget twice.
     """
+    parts = [p.strip() for p in text.split(",")]
+    if not any(parts):
+        raise ValueError("no power budget given")
     budgets: list[tuple[float, float | None]] = []
-    for part in (p.strip() for p in text.split(",")):
+    for part in parts:
         if not part:
-            continue
+            raise ValueError(f"empty item in {text!r}: write budgets as e.g. '60%,75%,900'")
         try:
             if part.endswith("%"):
                 share = float(part[:-1]) / 100.0
@@ -35,11 +55,16 @@ def parse_budgets(text: str, peak_w: float) -> list[tuple[float, float | None]]:
                 f"power budgets are watts or percentages of the max-clock peak, e.g. '60%,75%,900'; "
                 f"got {part!r}"
             ) from None
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"a power budget must be positive, got {part!r}")
+        if shown is not None:
+            if not (0 < shown <= 1):
+                raise ValueError(
+                    f"a share of the max-clock peak must be above 0% and at most 100%, got {part!r}"
+                )
+        else:
+            check_budget_w(value, part)
+        if any(math.isclose(value, seen_w) for seen_w, _ in budgets):
+            raise ValueError(f"{part!r} repeats a budget already given ({value:.0f} W)")
         budgets.append((value, shown))
-    if not budgets:
-        raise ValueError("no power budget given")
     return budgets
 
 

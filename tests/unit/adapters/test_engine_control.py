@@ -118,8 +118,11 @@ def test_a_power_budget_ceiling_holds_the_engine_and_lapses(tmp_path: Path) -> N
 def _ceiling_round_trip(runtime: InstanceRuntime, tmp_path: Path) -> None:
     channel = EngineControlChannel(runtime, tmp_path, tmp_path / "engine-0", capacity=64)
     backend = FileControlBackend(tmp_path, tmp_path / "engine-0")
-    assert handle_ceiling(backend, TOKEN, "Bearer wrong", {"ceiling_mhz": 1065})[0] == 401
-    assert handle_ceiling(backend, None, f"Bearer {TOKEN}", {"ceiling_mhz": 1065})[0] == 403
+    status, body = handle_ceiling(backend, TOKEN, "Bearer wrong", {"ceiling_mhz": 1065})
+    assert status == 401 and "/voltana/ceiling" in body["error"]["message"]
+    status, body = handle_ceiling(backend, None, f"Bearer {TOKEN}", {"ceiling_mhz": 1065})
+    message = body["error"]["message"]  # names the ceiling route, not clock pinning
+    assert status == 403 and "/voltana/ceiling" in message and "clock pinning" not in message
     assert handle_ceiling(backend, TOKEN, f"Bearer {TOKEN}", {"ceiling_mhz": -5})[0] == 422
     assert _iterate(runtime, 2) == [1410, 1410]
     status, body = handle_ceiling(backend, TOKEN, f"Bearer {TOKEN}", {"ceiling_mhz": 1300, "lease_s": 30})

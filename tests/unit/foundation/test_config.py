@@ -128,3 +128,46 @@ def test_qa_config_show_sources_masking_and_broken_json_lists(monkeypatch: pytes
     with pytest.raises(ConfigError) as info:
         load_config()
     assert "VOLTANA_ROUTER__DECODE" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("VOLTANA_CLUSTER__POWER_BUDGET_W", "inf"),
+        ("VOLTANA_CLUSTER__POWER_BUDGET_W", "nan"),
+        ("VOLTANA_HARDWARE__POWER_LIMIT_W", "inf"),
+        ("VOLTANA_SLO__TTFT_S", "inf"),
+        ("VOLTANA_ROUTER__REQUEST_TIMEOUT_S", "nan"),
+    ],
+)
+def test_non_finite_watts_and_seconds_are_one_line_errors(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    message = str(info.value)
+    assert env.removeprefix("VOLTANA_").lower().replace("__", ".") in message
+    assert "finite" in message
+    assert "\n" not in message
+
+
+def test_non_finite_budget_in_toml_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "[cluster]\npower_budget_w = inf\n[hardware]\npower_limit_w = nan\n")
+    with pytest.raises(ConfigError, match=r"power_budget_w.*finite|power_limit_w.*finite"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("period_s", ["0.05", "21", "3600"])
+def test_budget_period_is_bounded_so_leases_never_lapse(
+    monkeypatch: pytest.MonkeyPatch, period_s: str
+) -> None:
+    monkeypatch.setenv("VOLTANA_CLUSTER__BUDGET_PERIOD_S", period_s)
+    with pytest.raises(ConfigError, match=r"cluster\.budget_period_s"):
+        load_config()
+
+
+def test_budget_period_bounds_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    for period_s in ("0.1", "20"):
+        monkeypatch.setenv("VOLTANA_CLUSTER__BUDGET_PERIOD_S", period_s)
+        assert load_config().config.cluster.budget_period_s == float(period_s)

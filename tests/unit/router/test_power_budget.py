@@ -174,3 +174,16 @@ def test_a_budget_without_predicted_power_is_one_line() -> None:
         build_router_app(config, get_plugin_manager().hook)
     message = str(info.value)
     assert "\n" not in message and "engine.predictor_profile" in message and "simulated" in message
+
+
+def test_a_budget_without_the_engines_clock_token_is_refused_at_start() -> None:
+    """Without engine.clock_token every ceiling push would fail with 401 forever: refuse to start instead."""
+    config = VoltanaConfig(
+        router={"prefill": ["http://127.0.0.1:1"], "decode": ["http://127.0.0.1:2"]},
+        hardware={"vendor": "simulated"},
+        cluster={"power_budget_w": 800},
+    )
+    with pytest.raises(ConfigError) as info:
+        build_router_app(config, get_plugin_manager().hook)
+    message = str(info.value)
+    assert "\n" not in message and "engine.clock_token" in message and "/voltana/ceiling" in message

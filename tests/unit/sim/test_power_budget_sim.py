@@ -29,7 +29,7 @@ from voltana.sim.power_budget_report import parse_budgets
 from voltana.sim.runner import SimulationSetup, allowed_clocks_mhz, kv_bytes_per_token
 from voltana.sim.synthetic import synthetic_workload
 
-from .test_simulate_cli import run_cli
+from .test_simulate_cli import run_cli, run_in_process
 
 MODEL = performance_model("a100-80gb", "llama-3.1-8b")
 
@@ -136,6 +136,26 @@ def test_budgets_parse_watts_and_shares() -> None:
             parse_budgets(bad, 1000.0)
 
 
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("60%,,90%", "empty item"),
+        ("60%,75%,", "empty item"),
+        ("60%,60%", "repeats a budget"),
+        ("600,60%", "repeats a budget"),  # the same watts written two ways
+        ("0.6", "write 60% for a share"),
+        ("60%,9", "write 60% for a share"),
+        ("150%", "at most 100%"),
+        ("inf", "positive number of watts"),
+    ],
+)
+def test_budget_lists_refuse_empty_items_duplicates_and_likely_shares(text: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words) as info:
+        parse_budgets(text, 1000.0)
+    assert "\n" not in str(info.value)
+    assert parse_budgets("100%,10", 1000.0) == [(1000.0, 1.0), (10.0, None)]  # the bounds are accepted
+
+
 def test_simulate_power_budgets_json_and_errors() -> None:
     args = ("--workload", "synthetic", "--rate", "6", "--duration", "15")
     result = run_cli(*args, "--power-budgets", "60%", "--json")
@@ -154,6 +174,26 @@ def test_simulate_power_budgets_json_and_errors() -> None:
         (("--power-budgets", "lots"), "power budgets are watts or percentages"),
         (("--power-budget", "-3"), "--power-budget must be a positive number of watts"),
         (("--power-budget", "700", "--power-budgets", "60%"), "not both"),
+        (("--power-budget", "0.6"), "write 60% for a share"),
+        (("--power-budgets", "60%,,90%"), "empty item"),
+        (("--power-budgets", "60%,60%"), "repeats a budget"),
+        (("--power-budgets", "150%"), "at most 100%"),
+        (("--power-budget", "700", "--policies", "bogus"), "drop --policies"),
     ):
         bad = run_cli(*args, *extra)
         assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_simulate_notes_a_budget_above_the_peak_and_an_unused_config_budget(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--workload", "synthetic", "--rate", "2", "--duration", "5", "--json"]
+    code, out, err = run_in_process([*args, "--power-budget", "100000"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "above the cluster's max-clock peak" in err and "does not bind" in err
+    json.loads(out)  # the note goes to stderr: --json output stays machine-readable
+    monkeypatch.setenv("VOLTANA_CLUSTER__POWER_BUDGET_W", "800")
+    code, out, err = run_in_process([*args, "--policies", "static-max"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "cluster.power_budget_w = 800 W (config) is not used" in err and "--power-budget 800" in err
+    json.loads(out)
