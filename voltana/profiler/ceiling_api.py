@@ -18,7 +18,7 @@ import math
 import time
 from typing import Any, Protocol
 
-from voltana.profiler.engine_api import ClockPin, check_token
+from voltana.profiler.engine_api import ClockPin, check_token, json_post_handler
 
 CEILING_PATH = "/voltana/ceiling"
 DEFAULT_CEILING_LEASE_S = 3.0
@@ -90,13 +90,9 @@ def add_ceiling_routes(app: Any, backend: CeilingBackend, token: str | None) -> 
     from starlette.requests import Request  # noqa: PLC0415
     from starlette.responses import JSONResponse  # noqa: PLC0415
 
-    async def post_ceiling(request: Request) -> JSONResponse:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        status, payload = handle_ceiling(backend, token, request.headers.get("authorization"), body)
-        return JSONResponse(payload, status_code=status)
+    post_ceiling = json_post_handler(
+        lambda authorization, body: handle_ceiling(backend, token, authorization, body)
+    )
 
     async def get_ceiling(request: Request) -> JSONResponse:
         return JSONResponse(ceiling_status(backend))

@@ -278,19 +278,33 @@ def handle_iterations(backend: ControlBackend, query: Mapping[str, str]) -> tupl
 Handler = Callable[[Any], Awaitable[Any]]
 
 
+def json_post_handler(handle: Callable[[str | None, Any], tuple[int, dict[str, Any]]]) -> Handler:
+    """An async Starlette handler answering ``handle(authorization header, JSON body)``, which returns
+    ``(status, payload)``, as JSON; a body that is not JSON is passed as None (``handle`` answers 422)."""
+    # starlette loads where routes are served (engines, emulator), not in the profiler's client
+    from starlette.requests import Request  # noqa: PLC0415
+    from starlette.responses import JSONResponse  # noqa: PLC0415
+
+    async def post(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        status, payload = handle(request.headers.get("authorization"), body)
+        return JSONResponse(payload, status_code=status)
+
+    return post
+
+
 def starlette_handlers(backend: ControlBackend, token: str | None) -> dict[tuple[str, str], Handler]:
     """``{(path, method): async handler(request)}`` for Starlette or FastAPI apps (``add_route``)."""
     # starlette loads where routes are served (engines, emulator), not in the profiler's client
     from starlette.requests import Request  # noqa: PLC0415
     from starlette.responses import JSONResponse  # noqa: PLC0415
 
-    async def post_clock(request: Request) -> JSONResponse:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        status, payload = handle_pin(backend, token, request.headers.get("authorization"), body)
-        return JSONResponse(payload, status_code=status)
+    post_clock = json_post_handler(
+        lambda authorization, body: handle_pin(backend, token, authorization, body)
+    )
 
     async def get_clock(request: Request) -> JSONResponse:
         return JSONResponse(clock_status(backend))
