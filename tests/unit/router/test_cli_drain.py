@@ -21,14 +21,26 @@ pytestmark = pytest.mark.slow
 VOLTANA = [sys.executable, "-m", "voltana.cli"]
 
 
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports (``voltana emulate --base-port`` uses a run)."""
+    for _ in range(200):
+        socks: list[socket.socket] = []
+        try:
+            first = socket.socket()
+            socks.append(first)
+            first.bind(("127.0.0.1", 0))
+            base = first.getsockname()[1]
+            for port in range(base + 1, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise AssertionError(f"no run of {count} free ports")
 
 
 def wait_up(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
@@ -55,7 +67,8 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def test_cli_round_trip_and_graceful_drain_on_sigterm(processes) -> None:  # type: ignore[no-untyped-def]
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOLTANA_")}
-    emu_base, router_port = free_ports(2)
+    emu_base = free_port_run(3)  # the emulator's two instances, then the router
+    router_port = emu_base + 2
     emulate = [*VOLTANA, "emulate", "--prefill", "1", "--decode", "1", "--base-port", str(emu_base)]
     emulator = subprocess.Popen(emulate, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     processes.append(emulator)
