@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from voltana.core.config import ConfigError, RouterConfig, VoltanaConfig
+from voltana.core.config import RouterConfig, VoltanaConfig
 from voltana.core.policies import UnknownPolicyError
 from voltana.core.types import Phase, Slo
 from voltana.router.choice import InstanceChooser
@@ -27,7 +27,7 @@ from voltana.router.errors import RouterError, error_body
 from voltana.router.instances import InstanceRegistry, parse_endpoint
 from voltana.router.observability import RouterMetrics, extract_context, tracer_for
 from voltana.router.polling import Poller
-from voltana.router.power_budget import RouterBudget
+from voltana.router.power_budget import RouterBudget, budget_predictors
 from voltana.router.predictors import route_predictors
 from voltana.router.proxy import BackendRejected, DecodeResult, Proxy, send_trace_config
 from voltana.router.tokens import HfPromptTokenizer, PromptTokenizer, count_for_length_check
@@ -101,10 +101,7 @@ def build_router_app(
     )
     budget_w = config.cluster.power_budget_w
     if budget_w is not None and predictors is None:
-        raise ConfigError(
-            f"cluster.power_budget_w = {budget_w:g} needs predicted power per clock: set "
-            'engine.predictor_profile (a `voltana profile` file) or hardware.vendor = "simulated"'
-        )
+        budget_predictors(config)  # raises its ConfigError
     if budget_w is not None and config.engine.clock_token is None:
         raise ConfigError(
             f"cluster.power_budget_w = {budget_w:g} needs engine.clock_token: the router pushes clock "

@@ -4,6 +4,7 @@ replica engine with voltana's per-iteration clock control and energy accounting.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -108,3 +109,46 @@ def test_engine_decides_a_clock_per_iteration_and_splits_its_energy_over_request
     assert all(r.phase is role and r.energy_j > 0 and r.trace_headers for r in hook.records)
     assert sum(r.energy_j for r in hook.records) == pytest.approx(stats.energy_j)  # every joule attributed
     assert all(min(r.clock_residency_s) >= 1005 for r in hook.records)
+
+
+def test_a_clock_ceiling_holds_every_iteration_shows_in_the_stats_and_lapses_with_its_lease() -> None:
+    hook = Recorder()
+    # static-max: the policy alone asks the top clock every iteration, so only the ceiling holds it lower
+    config = VoltanaConfig(enabled=True, hardware={"vendor": "simulated"}, policy={"clock": "static-max"})
+    model = performance_model("a100-80gb", "llama-3.1-8b")
+    engine = VoltanaEngine(
+        config=config, role=Phase.DECODE, instance_id="x", hook=hook, model=model, time_scale=0.0
+    )
+    ceiling_mhz = 900
+    requests = [EmuRequest(f"r{i}", f"k{i}", 300 + 100 * i, 8, needs_prefill=True) for i in range(3)]
+
+    async def serve() -> int:
+        engine.set_clock_ceiling(ceiling_mhz, lease_s=60.0)
+        for req in requests:
+            engine.admit(req)
+        pending = engine.pending_prompt_tokens()  # before the loop starts: every prompt is still queued
+        engine.start()
+        for req in requests:
+            while await req.tokens.get() is not None:
+                pass
+            engine.finish(req, first_token_time_s=None)
+        await engine.stop()
+        return pending
+
+    assert asyncio.run(serve()) == 300 + 400 + 500
+    assert engine.pending_prompt_tokens() == 0
+    stats = engine.stats()
+    assert stats.clock_ceiling_mhz == ceiling_mhz
+    assert ReplicaStats.from_routing_stats(stats.to_routing_stats()) == stats
+    # Every iteration of every request ran at the highest clock under the ceiling, not the policy's top.
+    under = max(c for c in model.supported_clocks_mhz if c <= ceiling_mhz)
+    assert len(hook.records) == 3 and all(set(r.clock_residency_s) == {under} for r in hook.records)
+    assert all(c.clock_ceiling_mhz == ceiling_mhz for c in engine.controllers.values())
+    # A lease not renewed lapses: the stats stop showing it and the controllers are released.
+    engine.set_clock_ceiling(ceiling_mhz, lease_s=1e-3)
+    deadline = time.monotonic() + 5.0
+    while engine.clock_ceiling_mhz() is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.stats().clock_ceiling_mhz is None
+    engine.set_clock_ceiling(None, lease_s=1.0)
+    assert all(c.clock_ceiling_mhz is None for c in engine.controllers.values())

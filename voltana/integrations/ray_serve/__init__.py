@@ -5,8 +5,8 @@ policies for the prefill and decode deployments, replicas publishing voltana's s
 
 Modules: :mod:`.stats` (the routing-stats payload and its :class:`~voltana.core.types.InstanceState`; no Ray
 import), :mod:`.engine` (the emulated engine with voltana's per-iteration clock control; no Ray import),
-:mod:`.routing` (the ``RequestRouter`` subclasses), :mod:`.replica`, :mod:`.ingress` and :mod:`.app` (the
-deployments and the builder), :mod:`.vllm_replica` (Ray Serve LLM's vLLM replicas: their voltana state and
-configs; no Ray import) and :mod:`.llm_server` (Ray Serve LLM's server classes with that state, and their P/D
-app; needs ``ray[llm]``).
+:mod:`.routing` (the ``RequestRouter`` subclasses), :mod:`.replica`, :mod:`.ingress`, :mod:`.budget` (the
+power-budget coordinator) and :mod:`.app` (the deployments and the builder), :mod:`.vllm_replica` (Ray Serve
+LLM's vLLM replicas: their voltana state and configs; no Ray import) and :mod:`.llm_server` (Ray Serve LLM's
+server classes with that state, and their P/D app; needs ``ray[llm]``).
 """

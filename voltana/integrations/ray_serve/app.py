@@ -3,7 +3,9 @@
 :func:`build_pd_app` returns an ``Application``: an ingress (:mod:`.ingress`), a ``Prefill`` and a ``Decode``
 deployment of :class:`~voltana.integrations.ray_serve.replica.EmulatedPDReplica`, each behind its voltana
 request router (:mod:`.routing`) and publishing its state every ``routing_stats_period_s``. Every replica
-gets the same voltana config with its role set (``engine.role``), plus the per-role overrides; device
+gets the same voltana config with its role set (``engine.role``), plus the per-role overrides. With
+``cluster.power_budget_w`` set, a ``Budget`` deployment (:mod:`.budget`) shares the budget among the
+replicas as clock ceilings (emulated replicas only; the vLLM app does not run it). Device
 selection per replica is Ray's: ``replica_gpus = 1`` gives each replica one GPU and sets its
 ``CUDA_VISIBLE_DEVICES``, which voltana's device selection honours (``hardware.device_indices`` empty).
 
@@ -31,11 +33,15 @@ from ray.serve.deployment import Application
 
 from voltana.core.config import ConfigError, VoltanaConfig, load_config
 from voltana.core.types import Phase
+from voltana.integrations.ray_serve.budget import BudgetDeployment
 from voltana.integrations.ray_serve.ingress import VoltanaPDIngress
 from voltana.integrations.ray_serve.replica import EmulatedPDReplica, replica_config
 from voltana.integrations.ray_serve.vllm_replica import ROUTERS, voltana_llm_config
+from voltana.router.power_budget import budget_predictors
 
 DEPLOYMENT_NAMES = {Phase.PREFILL: "Prefill", Phase.DECODE: "Decode"}
+BUDGET_DEPLOYMENT = "Budget"
+"""The power-budget coordinator's deployment (only with ``cluster.power_budget_w``)."""
 
 
 class PDAppSettings(BaseModel):
@@ -106,6 +112,11 @@ def build_pd_app(
         raise ConfigError(f"role_overrides: unknown role(s) {sorted(unknown)}; use 'prefill' or 'decode'")
     base = config_dict(config)
     if shape.engine == "vllm":
+        if base.get("cluster", {}).get("power_budget_w") is not None:
+            raise ConfigError(
+                "engine vllm: cluster.power_budget_w is not wired to Ray Serve LLM's vLLM replicas; cap "
+                "their GPUs with hardware power_limit_w, or run the emulated app or voltana router"
+            )
         args = vllm_pd_args(base, shape)
         try:
             # Ray Serve LLM (ray[llm]) is optional: only this engine needs it
@@ -115,6 +126,7 @@ def build_pd_app(
                 f"engine vllm needs Ray Serve LLM (pip install 'ray[llm]'): {str(exc).splitlines()[0]}"
             ) from None
         return build_vllm_pd_app(args)
+    budget = _budget_app(base, shape)
     deployments: dict[Phase, Application] = {}
     for phase, count in ((Phase.PREFILL, shape.num_prefill), (Phase.DECODE, shape.num_decode)):
         role_config = _merged(base, shape.role_overrides.get(phase.value, {}))
@@ -135,7 +147,7 @@ def build_pd_app(
             request_router_config=RequestRouterConfig(**router_options),
         )(EmulatedPDReplica)
         deployments[phase] = deployment.bind(
-            phase.value, role_config, model_name=shape.model_name, time_scale=shape.time_scale
+            phase.value, role_config, model_name=shape.model_name, time_scale=shape.time_scale, budget=budget
         )
     ingress = serve.deployment(name="Ingress", ray_actor_options={"num_cpus": shape.ingress_cpus})(
         VoltanaPDIngress
@@ -148,6 +160,20 @@ def build_pd_app(
         max_retries=shape.max_retries,
     )
     return app
+
+
+def _budget_app(base: Mapping[str, Any], shape: PDAppSettings) -> Application | None:
+    """The ``Budget`` deployment (:mod:`.budget`) when ``cluster.power_budget_w`` is set, else None. Raises
+    :class:`ConfigError` when the config cannot predict power per clock."""
+    config = VoltanaConfig(**dict(base))
+    if config.cluster.power_budget_w is None:
+        return None
+    budget_predictors(config)  # fail here, not in the deployment
+    deployment = serve.deployment(
+        name=BUDGET_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": shape.replica_cpus}
+    )(BudgetDeployment)
+    bound: Application = deployment.bind(dict(base))
+    return bound
 
 
 def _router_kwargs(shape: PDAppSettings, phase: Phase, role_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,8 @@ from voltana.emulator.engine import EmulatedEngine, EmuRequest, Faults
 from voltana.hardware.simulated import IterationCost, PerformanceModel
 from voltana.integrations.ray_serve.stats import ReplicaStats
 from voltana.plugins.ecofreq.factory import build_controller
+from voltana.profiler.ceiling_api import CEILING_LEASE_ID, MemoryCeiling
+from voltana.profiler.engine_api import ClockPin
 
 log = logging.getLogger("voltana.ray_serve")
 
@@ -70,7 +72,7 @@ class VoltanaEngine(EmulatedEngine):
             phase: build_controller(config, phase, instance_id, model, hook) for phase in Phase
         }
         top_mhz = self.controllers[role].allowed_clocks_mhz[-1]
-        super().__init__(model, top_mhz, time_scale, Faults())
+        super().__init__(model, top_mhz, time_scale, Faults(), ceiling=MemoryCeiling())
         self.role = role
         self.instance_id = instance_id
         self.hook = hook
@@ -117,6 +119,34 @@ class VoltanaEngine(EmulatedEngine):
             log.exception("voltana_request_finished observer failed")
         return record
 
+    # --- power budget -----------------------------------------------------------------------------------
+    def set_clock_ceiling(self, ceiling_mhz: int | None, lease_s: float) -> None:
+        """Hold every controller at or below ``ceiling_mhz`` (MHz; None lifts it) for ``lease_s`` seconds:
+        a ceiling not renewed within its lease lapses (the clock goes back to the policy)."""
+        assert self.ceiling is not None
+        lease = (
+            None
+            if ceiling_mhz is None
+            else ClockPin(int(ceiling_mhz), CEILING_LEASE_ID, time.time() + lease_s)
+        )
+        self.ceiling.set_ceiling(lease)
+        self._apply_ceiling()
+
+    def clock_ceiling_mhz(self) -> int | None:
+        """The live ceiling (MHz), or None (none set, or its lease lapsed)."""
+        return self.ceiling.ceiling_mhz() if self.ceiling is not None else None
+
+    def _apply_ceiling(self) -> None:
+        ceiling = self.clock_ceiling_mhz()
+        for controller in self.controllers.values():
+            controller.set_clock_ceiling(ceiling)
+
+    def pending_prompt_tokens(self) -> int:
+        """Prompt tokens queued or in prefill here and not computed yet (the budget's prefill work)."""
+        return sum(
+            max(0, r.prompt_tokens - r.prefilled) for r in [*self.waiting, *self.running] if r.needs_prefill
+        )
+
     # --- per iteration ----------------------------------------------------------------------------------
     def _snapshot(self, phase: Phase, batch: list[EmuRequest]) -> BatchSnapshot:
         arrival = {rid: a.arrival_time_s for rid, a in self._accounts.items()}
@@ -148,6 +178,7 @@ class VoltanaEngine(EmulatedEngine):
     def iteration_latency_s(self, phase: Phase, batch: list[EmuRequest]) -> float:
         """Decide the clock for this iteration, cost it on the simulated GPU; its latency (simulated s)."""
         snapshot = self._snapshot(phase, batch)
+        self._apply_ceiling()  # a lapsed lease lifts the ceiling here
         decision = self.controllers[phase].decide(snapshot)
         cost = self.model.cost(
             phase, len(batch), snapshot.num_new_tokens, snapshot.num_context_tokens, decision.clock_mhz
@@ -196,4 +227,5 @@ class VoltanaEngine(EmulatedEngine):
             iterations=self.iterations,
             energy_j=self.energy_j,
             updated_at_s=time.time(),
+            clock_ceiling_mhz=self.clock_ceiling_mhz(),
         )

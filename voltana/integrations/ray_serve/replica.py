@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 import zlib
@@ -33,6 +34,8 @@ from voltana.hardware.simulated import performance_model
 from voltana.integrations.ray_serve.engine import VoltanaEngine
 from voltana.plugins import get_plugin_manager
 from voltana.plugins.telemetry import configure_telemetry, telemetry_wanted
+
+log = logging.getLogger("voltana.ray_serve")
 
 
 class ReplicaStoppedError(VoltanaError, RuntimeError):
@@ -67,6 +70,7 @@ class EmulatedPDReplica:
         *,
         model_name: str = "emulated-model",
         time_scale: float = 1.0,
+        budget: Any = None,
     ) -> None:
         self.role = Phase(role)
         self.config = replica_config(config, self.role)
@@ -86,6 +90,8 @@ class EmulatedPDReplica:
             time_scale=time_scale,
         )
         self._started = False
+        self._budget = budget  # the Budget deployment's handle (cluster.power_budget_w), or None
+        self._budget_call: asyncio.Task[None] | None = None
 
     def _running_engine(self) -> VoltanaEngine:
         if not self._started:  # the engine loop needs the replica's event loop, which __init__ may not see
@@ -150,9 +156,28 @@ class EmulatedPDReplica:
         async for token in self._run(req, payload):
             yield token
 
-    def record_routing_stats(self) -> dict[str, Any]:
-        """Ray Serve's routing-stats hook: ``{"voltana": <state>}`` (see :mod:`.stats`)."""
-        return self.engine.stats().to_routing_stats()
+    async def record_routing_stats(self) -> dict[str, Any]:
+        """Ray Serve's routing-stats hook: ``{"voltana": <state>}`` (see :mod:`.stats`). With a power budget
+        it also reports the state to the ``Budget`` deployment (in the background) and takes its ceiling."""
+        stats = self.engine.stats()
+        if self._budget is not None and (self._budget_call is None or self._budget_call.done()):
+            self._budget_call = asyncio.get_running_loop().create_task(self._report_budget(stats.to_state()))
+        return stats.to_routing_stats()
+
+    async def _report_budget(self, state: dict[str, Any]) -> None:
+        try:
+            answer = await self._budget.report.remote(state, self.engine.pending_prompt_tokens())
+        except Exception as exc:  # the coordinator is gone: the lease runs out on its own
+            log.warning("power budget: cannot report to the Budget deployment (%s)", exc)
+            return
+        if answer["ceiling_mhz"] is not None:
+            self.set_clock_ceiling(answer["ceiling_mhz"], answer["lease_s"])
+
+    def set_clock_ceiling(self, ceiling_mhz: int | None, lease_s: float) -> None:
+        """Hold this replica's clocks at or below ``ceiling_mhz`` (MHz; None lifts it) for ``lease_s``
+        seconds; a ceiling not renewed within its lease lapses. Shown as ``clock_ceiling_mhz`` in the
+        routing stats."""
+        self.engine.set_clock_ceiling(ceiling_mhz, lease_s)
 
     async def check_health(self) -> None:
         """Ray Serve's health check: fails once the engine loop has died."""

@@ -5,7 +5,8 @@ A replica's ``record_routing_stats()`` returns ``{"voltana": state}``, where ``s
 ``instance_id``, ``role``, ``policy``, ``sm_clock_mhz``, ``capture_sizes``, ``num_requests_running``,
 ``num_requests_waiting``, ``kv_tokens``, ``kv_capacity_tokens``, ``iterations``, ``updated_at_s`` (Unix time),
 ``energy_joules`` with ``energy_source`` (GPU energy since the replica started, J; read as unknown when the
-source is ``unknown``) and ``version``. Ray's controller polls it every
+source is ``unknown``), ``clock_ceiling_mhz`` (the power budget's ceiling in force, MHz, or null) and
+``version``. Ray's controller polls it every
 ``request_routing_stats_period_s`` and hands it to every request router as ``RunningReplica.routing_stats``;
 the ``"voltana"`` key leaves room for other stats (Ray Serve LLM's own).
 
@@ -62,6 +63,7 @@ class ReplicaStats:
     iterations: int = 0
     energy_j: float | None = None
     updated_at_s: float = 0.0
+    clock_ceiling_mhz: int | None = None
 
     def to_state(self) -> dict[str, Any]:
         """The ``/voltana/state`` payload (:class:`InstanceStatePayload`'s JSON; the Ray engine's energy is
@@ -82,6 +84,7 @@ class ReplicaStats:
             energy_source=source.value,
             energy_joules=self.energy_j or 0.0,
             updated_at_s=self.updated_at_s,
+            clock_ceiling_mhz=self.clock_ceiling_mhz,
         ).to_json()
 
     def to_routing_stats(self) -> dict[str, Any]:
@@ -92,6 +95,7 @@ class ReplicaStats:
     def from_state(cls, state: Mapping[str, Any]) -> ReplicaStats:
         """Parse a ``/voltana/state``-shaped mapping; fields of the wrong type take their defaults."""
         clock = state.get("sm_clock_mhz")
+        ceiling = state.get("clock_ceiling_mhz")
         sizes = state.get("capture_sizes")
         return cls(
             instance_id=str(state.get("instance_id", "")),
@@ -108,6 +112,7 @@ class ReplicaStats:
             iterations=_int(state.get("iterations")),
             energy_j=_energy_j(state),
             updated_at_s=_float(state.get("updated_at_s")) or 0.0,
+            clock_ceiling_mhz=None if _float(ceiling) is None else _int(ceiling),
         )
 
     @classmethod
