@@ -19,8 +19,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from voltana.cli.state import cli_state
 from voltana.core.hookspecs import hookimpl
 from voltana.core.plugin_manager import registered_policies
-from voltana.hardware.errors import UnknownProfileError
-from voltana.hardware.simulated import performance_model
 from voltana.plugins import get_plugin_manager
 
 console = Console()
@@ -145,6 +143,8 @@ def simulate(
 ) -> None:
     """Simulate a P/D cluster under several clock/routing policies and compare energy and SLO attainment."""
     # the simulator is imported when the command runs: `voltana --help` stays fast (pyproject: PLC0415)
+    from voltana.hardware.errors import UnknownProfileError
+    from voltana.hardware.simulated import performance_model
     from voltana.sim.cluster import ClusterSpec
     from voltana.sim.datasets import DATASET_WORKLOADS, dataset_workload, tokenizer_for_model
     from voltana.sim.engine import EngineConfigError
