@@ -20,9 +20,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pluggy
+
 from voltana.adapters.energy_accounting import EnergyAccounting
 from voltana.adapters.iteration_trace import IterationTrace
 from voltana.adapters.status import RuntimeStatus
+from voltana.core import hookspecs
 from voltana.core.config import VoltanaConfig
 from voltana.core.protocols import ClockApplier, Controller, DeviceGroup, InstanceEnergyMeter
 from voltana.core.types import (
@@ -35,8 +38,9 @@ from voltana.core.types import (
     RequestRecord,
 )
 from voltana.hardware.applier import ClockApplier as ThreadedClockApplier
+from voltana.hardware.device import GpuGroup
 from voltana.hardware.select import open_devices
-from voltana.hardware.simulated import performance_model
+from voltana.hardware.simulated import PerformanceModel, SimulatedGpu, performance_model
 from voltana.hardware.watchdog import start_watchdog
 from voltana.plugins import get_plugin_manager
 from voltana.plugins.ecofreq.factory import build_controller
@@ -89,12 +93,12 @@ class InstanceRuntime:
         *,
         instance_id: str,
         phase: Phase | None,
-        hook: Any,
+        hook: pluggy.HookRelay,
         controllers: Mapping[Phase, Controller] | None = None,
         devices: DeviceGroup | None = None,
         applier: ClockApplier | None = None,
         energy: InstanceEnergyMeter | None = None,
-        perf_model: Any | None = None,
+        perf_model: PerformanceModel | None = None,
         monitor_only_reason: str = "",
         model_name: str = "",
         trace: Callable[[IterationRecord, RuntimeStatus], None] | None = None,
@@ -141,7 +145,7 @@ class InstanceRuntime:
         instance_id: str,
         *,
         model_name: str = "",
-        hook: Any | None = None,
+        hook: pluggy.HookRelay | None = None,
     ) -> InstanceRuntime:
         """Open the GPUs, start the applier and build the controller(s); never raises.
 
@@ -200,7 +204,7 @@ class InstanceRuntime:
             "voltana (%s, %s): clock control active on %s, policy %s",
             instance_id,
             runtime.role,
-            getattr(devices, "vendor", "?"),
+            devices.vendor,
             runtime._policy,
         )
         return runtime
@@ -607,16 +611,6 @@ class InstanceRuntime:
 # ----------------------------------------------------------------------------------------- wiring
 
 
-class _NullHook:
-    """Stands in for the plugin hooks when the plugin manager itself cannot be built."""
-
-    def voltana_iteration_finished(self, record: IterationRecord) -> None:
-        return None
-
-    def voltana_request_finished(self, record: RequestRecord) -> None:
-        return None
-
-
 def _start_telemetry(config: VoltanaConfig) -> None:
     """Start this process's telemetry from ``[telemetry]``; a failure costs one warning, never serving."""
     try:
@@ -625,14 +619,16 @@ def _start_telemetry(config: VoltanaConfig) -> None:
         log.warning("voltana: telemetry is off: %s", _one_line(exc))
 
 
-def _plugin_hook_or_null() -> Any:
+def _plugin_hook_or_null() -> pluggy.HookRelay:
     try:
         return get_plugin_manager().hook
     except Exception as exc:
         log.error(
             "voltana: plugins could not be loaded (%s); iteration and request hooks are off", _one_line(exc)
         )
-        return _NullHook()
+        empty = pluggy.PluginManager(hookspecs.PROJECT_NAME)  # voltana's hooks, no plugin behind them
+        empty.add_hookspecs(hookspecs)
+        return empty.hook
 
 
 def _one_line(exc: BaseException) -> str:
@@ -640,12 +636,10 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _performance_model(config: VoltanaConfig, devices: DeviceGroup) -> Any | None:
+def _performance_model(config: VoltanaConfig, devices: DeviceGroup) -> PerformanceModel | None:
     """The physics model: the simulated group's own, else the configured profile (seeds the predictor)."""
-    members = getattr(devices, "devices", ()) if devices.vendor == "simulated" else ()  # GpuGroup's GPUs
-    model = getattr(members[0], "model", None) if members else None
-    if model is not None:
-        return model
+    if isinstance(devices, GpuGroup) and isinstance(devices.devices[0], SimulatedGpu):
+        return devices.devices[0].model
     try:
         return performance_model(config.hardware.simulated_gpu, config.hardware.simulated_model)
     except Exception as exc:
@@ -653,18 +647,23 @@ def _performance_model(config: VoltanaConfig, devices: DeviceGroup) -> Any | Non
         return None
 
 
-def _open_devices(config: VoltanaConfig, hook: Any) -> DeviceGroup:
+def _open_devices(config: VoltanaConfig, hook: pluggy.HookRelay) -> DeviceGroup:
     return open_devices(config.hardware, hook if hasattr(hook, "voltana_register_hardware") else None)
 
 
 def _build_controller(
-    config: VoltanaConfig, phase: Phase, instance_id: str, model: Any, hook: Any, devices: DeviceGroup
+    config: VoltanaConfig,
+    phase: Phase,
+    instance_id: str,
+    model: PerformanceModel | None,
+    hook: pluggy.HookRelay,
+    devices: DeviceGroup,
 ) -> Controller:
     return build_controller(config, phase, instance_id, model, hook, devices.supported_clocks_mhz())
 
 
 def _start_energy(
-    runtime: InstanceRuntime, config: VoltanaConfig, devices: DeviceGroup, perf_model: Any
+    runtime: InstanceRuntime, config: VoltanaConfig, devices: DeviceGroup, perf_model: PerformanceModel | None
 ) -> InstanceEnergyMeter | None:
     """The instance's energy accounting (sampler thread for a real GPU); None, with a warning, if it cannot
     start: energy is then unknown, clock control is unaffected."""
@@ -689,7 +688,7 @@ def _start_watchdog(config: VoltanaConfig, devices: DeviceGroup) -> Any | None:
     hardware = config.hardware
     if not hardware.watchdog or not hardware.restore_clocks_on_exit or hardware.clockd_socket:
         return None
-    if getattr(devices, "vendor", "") == "simulated":
+    if devices.vendor == "simulated":
         return None
     try:
         return start_watchdog(config.hardware.model_copy(update={"vendor": devices.vendor}))
@@ -701,14 +700,14 @@ def _start_watchdog(config: VoltanaConfig, devices: DeviceGroup) -> Any | None:
         return None
 
 
-def _default_clock_mhz(devices: DeviceGroup | None, perf_model: Any | None) -> int:
+def _default_clock_mhz(devices: DeviceGroup | None, perf_model: PerformanceModel | None) -> int:
     """The clock the GPUs run at before voltana changes anything (0 when unknown); read once at start."""
     try:
         if devices is not None:
             return int(devices.current_clock_mhz())
     except Exception as exc:
         log.debug("voltana: current clock unreadable: %s", exc)
-    return int(getattr(perf_model, "max_clock_mhz", 0) or 0)
+    return perf_model.max_clock_mhz if perf_model is not None else 0
 
 
 def _open_trace(config: VoltanaConfig) -> Callable[[IterationRecord, RuntimeStatus], None] | None:

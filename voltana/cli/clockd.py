@@ -13,12 +13,6 @@ from rich.markup import escape
 
 from voltana.cli.state import cli_state
 from voltana.core.hookspecs import hookimpl
-from voltana.hardware.clockd import ClockDaemon, ClockdSocketError
-from voltana.hardware.device import clock_privilege
-from voltana.hardware.errors import VoltanaHardwareError
-from voltana.hardware.nvml import PRIVILEGE_FIX
-from voltana.hardware.select import open_devices
-from voltana.plugins import get_plugin_manager
 
 
 def clockd_command(
@@ -37,6 +31,13 @@ def clockd_command(
 
     Opens the GPUs of the config's hardware section; engines set hardware.clockd_socket to this socket.
     """
+    from voltana.hardware.clockd import ClockDaemon, ClockdSocketError
+    from voltana.hardware.device import clock_privilege
+    from voltana.hardware.errors import VoltanaHardwareError
+    from voltana.hardware.nvml import PRIVILEGE_FIX
+    from voltana.hardware.select import open_devices
+    from voltana.plugins import get_plugin_manager
+
     err = Console(stderr=True)
     hardware = cli_state(ctx).loaded().config.hardware.model_copy(update={"clockd_socket": None})
     try:

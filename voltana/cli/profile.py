@@ -32,10 +32,6 @@ from rich.table import Table
 from voltana.cli.state import cli_state
 from voltana.core.extras import require_extra
 from voltana.core.hookspecs import hookimpl
-from voltana.core.profile import Profile, load_profile, save_profile
-from voltana.hardware.errors import UnknownProfileError
-from voltana.hardware.simulated import performance_model
-from voltana.plugins.ecofreq.factory import default_profile_clocks, grid_size, profile_from_model
 
 DEFAULT_OUTPUT = Path("voltana-profile.json")
 PLAIN_PROGRESS_EVERY_S = 60.0
@@ -316,6 +312,7 @@ def _written(console: Console, path: Path | None, plot: Path | None) -> None:
         return
     console.print(f"wrote {path}", highlight=False)
     if plot is not None:
+        from voltana.core.profile import load_profile
         from voltana.profiler.plot import plot_profile
 
         console.print(f"wrote {plot_profile(load_profile(path), plot)}", highlight=False)
@@ -365,6 +362,11 @@ def _profile_passive(
 def _profile_simulated(
     err: Console, gpu: str, model: str, tp: int | None, clocks: str | None, output: Path, plot: Path | None
 ) -> None:
+    from voltana.core.profile import Profile, save_profile
+    from voltana.hardware.errors import UnknownProfileError
+    from voltana.hardware.simulated import performance_model
+    from voltana.plugins.ecofreq.factory import default_profile_clocks, grid_size, profile_from_model
+
     try:
         perf = performance_model(gpu, model, tp)
         chosen = (

@@ -18,9 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from voltana.cli.state import cli_state
 from voltana.core.hookspecs import hookimpl
-from voltana.core.plugin_manager import registered_policies
-from voltana.hardware.errors import UnknownProfileError
-from voltana.hardware.simulated import performance_model
+from voltana.core.policies import UnknownPolicyError, lookup_policy
 from voltana.plugins import get_plugin_manager
 
 console = Console()
@@ -145,6 +143,8 @@ def simulate(
 ) -> None:
     """Simulate a P/D cluster under several clock/routing policies and compare energy and SLO attainment."""
     # the simulator is imported when the command runs: `voltana --help` stays fast (pyproject: PLC0415)
+    from voltana.hardware.errors import UnknownProfileError
+    from voltana.hardware.simulated import performance_model
     from voltana.sim.cluster import ClusterSpec
     from voltana.sim.datasets import DATASET_WORKLOADS, dataset_workload, tokenizer_for_model
     from voltana.sim.engine import EngineConfigError
@@ -495,22 +495,21 @@ def _timeline_policy(names: list[str]) -> str:
 
 
 def _check_policies(names: list[str]) -> None:
+    """Every policy named in ``--policies`` is registered (the core's lookup, so the same one-line wording as
+    the engines and the router: ``unknown clock policy 'x'; registered: ...``)."""
     from voltana.sim.runner import ORACLE, SimulationError, parse_policy
 
-    known = registered_policies(get_plugin_manager())
-    clocks = {p.name for p in known if p.kind == "clock"}
-    routes = {p.name for p in known if p.kind == "route"}
+    hook = get_plugin_manager().hook
     for name in names:
         if name == ORACLE:
             continue
         spec = parse_policy(name)
-        if spec.prefill_clock not in clocks:
-            raise SimulationError(
-                f"unknown clock policy {spec.prefill_clock!r}; known: {', '.join(sorted(clocks))}"
-            )
-        for route in (spec.prefill_route, spec.decode_route):
-            if route not in routes:
-                raise SimulationError(f"unknown routing policy {route!r}; known: {', '.join(sorted(routes))}")
+        try:
+            lookup_policy(hook, "clock", spec.prefill_clock)
+            for route in (spec.prefill_route, spec.decode_route):
+                lookup_policy(hook, "route", route)
+        except UnknownPolicyError as exc:
+            raise SimulationError(str(exc)) from None
 
 
 @hookimpl

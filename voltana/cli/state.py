@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from voltana.core.config import ConfigError, LoadedConfig, load_config
-from voltana.core.plugin_manager import registered_policies
+from voltana.core.policies import UnknownPolicyError, lookup_policy, policies_of
 from voltana.plugins import get_plugin_manager
 
 
@@ -38,17 +38,22 @@ def cli_state(ctx: typer.Context) -> CliState:
 
 
 def validate_policy_names(loaded: LoadedConfig) -> None:
-    """Raise ConfigError when a configured policy name is not provided by any registered plugin."""
-    known = registered_policies(get_plugin_manager())
+    """Raise ConfigError when a configured policy name is not provided by any registered plugin: the core's
+    lookup (:func:`voltana.core.policies.lookup_policy`) and its wording, after the key and its source. A kind
+    no plugin registers (a config check without plugins) is not checked."""
+    hook = get_plugin_manager().hook
+    kinds = {p.kind for p in policies_of(hook)}
     policy = loaded.config.policy
     for key, kind, name in (
         ("policy.clock", "clock", policy.clock),
         ("policy.prefill_route", "route", policy.prefill_route),
         ("policy.decode_route", "route", policy.decode_route),
     ):
-        names = sorted({p.name for p in known if p.kind == kind})
-        if names and name not in names:
+        if kind not in kinds:
+            continue
+        try:
+            lookup_policy(hook, kind, name)
+        except UnknownPolicyError as exc:
             raise ConfigError(
-                f"invalid config: {key} = {name!r} (from {loaded.source_of(key)}): "
-                f"unknown {kind} policy; known: {', '.join(names)}"
-            )
+                f"invalid config: {key} = {name!r} (from {loaded.source_of(key)}): {exc}"
+            ) from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,27 @@ from voltana.core.predictor import EnergyPredictor, LatencyPredictor
 from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason, IterationRecord, Phase, Slo
 
 logger = logging.getLogger(__name__)
+
+_failed_policies: set[str] = set()
+"""Clock policies whose exception this process has logged (with its traceback): once per process per policy
+name, however many controllers (instances, phases, simulated rates) run it."""
+_failed_policies_lock = threading.Lock()
+
+
+def _first_failure(policy: str) -> bool:
+    """True the first time this process sees ``policy`` fail (the caller logs the traceback then)."""
+    with _failed_policies_lock:
+        if policy in _failed_policies:
+            return False
+        _failed_policies.add(policy)
+        return True
+
+
+def forget_policy_failures() -> None:
+    """Log the next failure of every clock policy again (tests; a long-lived process after a plugin fix)."""
+    with _failed_policies_lock:
+        _failed_policies.clear()
+
 
 APPLIED_CLOCK_KEY = "applied_clock_mhz"
 """``ClockContext.state`` key where the controller records the clock the last iteration really ran at."""
@@ -122,8 +144,12 @@ class FrequencyController:
             decision = self._choose_clock(snapshot, self.ctx)
         except Exception:
             if not self._policy_failed:
-                logger.exception("clock policy %r failed; using the max clock", self.ctx.policy)
                 self._policy_failed = True
+                if _first_failure(self.ctx.policy):
+                    logger.exception(
+                        "clock policy %r failed; using the max clock (logged once per process)",
+                        self.ctx.policy,
+                    )
             return ClockDecision(self.ctx.max_clock_mhz, DecisionReason.NO_POLICY, self.ctx.policy)
         if decision is None:
             return ClockDecision(self.ctx.max_clock_mhz, DecisionReason.NO_POLICY, self.ctx.policy)

@@ -315,6 +315,7 @@ class EmulatedInstance:
             iterations=engine.iterations if engine is not None else 0,
             energy_source=EnergySource.SIMULATED.value,
             energy_joules=engine.energy_joules() if engine is not None else 0.0,
+            idle_energy_joules=engine.idle_energy_joules() if engine is not None else 0.0,
             updated_at_s=time.time(),
         )
 

@@ -206,9 +206,16 @@ class EmulatedEngine:
         ``time_scale`` 0 (no waiting) wall time means nothing: the iterations' simulated joules alone."""
         if self.time_scale <= 0.0:
             return self.busy_energy_j
+        return self.busy_energy_j * self.time_scale + self.idle_energy_joules()
+
+    def idle_energy_joules(self) -> float:
+        """The part of :meth:`energy_joules` drawn between iterations (J): the simulated GPU's idle power over
+        the wall time no iteration ran, times ``time_scale``; 0 with ``time_scale`` 0 (no wall time)."""
+        if self.time_scale <= 0.0:
+            return 0.0
         elapsed_sim_s = (time.monotonic() - self.started_at_s) / self.time_scale
         idle_s = max(0.0, elapsed_sim_s - self.busy_sim_s)
-        return (self.busy_energy_j + self.model.idle_power_w() * idle_s) * self.time_scale
+        return self.model.idle_power_w() * idle_s * self.time_scale
 
     @staticmethod
     def _attribute(batch: list[EmuRequest], energy_j: float, prefill: bool) -> None:

@@ -68,9 +68,13 @@ class PolicySpec:
 
 def parse_policy(text: str, prefill_route: str | None = None) -> PolicySpec:
     """``clock[+decode_route]`` -> a spec with default routes for the clock policy."""
-    clock, _, decode = text.strip().partition("+")
+    clock, sep, decode = text.strip().partition("+")
     if not clock:
         raise SimulationError(f"empty policy name in {text!r}; expected <clock policy>[+<decode route>]")
+    if sep and not decode:
+        raise SimulationError(
+            f"empty decode route after '+' in {text!r}; expected <clock policy>+<decode route>"
+        )
     default_prefill, default_decode = DEFAULT_ROUTES.get(clock, FALLBACK_ROUTES)
     return PolicySpec(
         name=text.strip(),

@@ -269,3 +269,23 @@ def test_idle_time_between_iterations_is_instance_idle_energy(recorder: HookReco
     assert status.idle_energy_j == pytest.approx(2 * 0.5 * model.idle_power_w())  # the gaps between the three
     assert status.energy_j == pytest.approx(busy_j + status.idle_energy_j)
     assert sum(r.counter_energy_j or 0.0 for r in recorder.iterations) == pytest.approx(status.energy_j)
+
+
+def test_plugins_that_cannot_load_leave_an_empty_typed_hook_relay(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runtime's hook is pluggy's HookRelay: without plugins, voltana's hooks with nothing behind them."""
+    import pluggy
+
+    from voltana.adapters import runtime as runtime_module
+
+    def broken() -> pluggy.PluginManager:
+        raise RuntimeError("a plugin failed to import")
+
+    monkeypatch.setattr(runtime_module, "get_plugin_manager", broken)
+    with caplog.at_level(logging.ERROR, logger="voltana.runtime"):
+        hook = runtime_module._plugin_hook_or_null()
+    assert isinstance(hook, pluggy.HookRelay)
+    assert hook.voltana_iteration_finished.get_hookimpls() == []
+    assert hook.voltana_request_finished(record=None) == []
+    assert "plugins could not be loaded (RuntimeError: a plugin failed to import)" in caplog.text

@@ -11,7 +11,12 @@ import pytest
 from ecofreq_helpers import SLO, a100, controller, decode_snapshot, default_clocks, predictors
 
 from voltana.core.contexts import ClockContext, PolicyInfo
-from voltana.core.controller import APPLIED_CLOCK_KEY, WANTED_CLOCK_KEY, FrequencyController
+from voltana.core.controller import (
+    APPLIED_CLOCK_KEY,
+    WANTED_CLOCK_KEY,
+    FrequencyController,
+    forget_policy_failures,
+)
 from voltana.core.errors import VoltanaError
 from voltana.core.hookspecs import hookimpl
 from voltana.core.plugin_manager import make_plugin_manager
@@ -95,12 +100,28 @@ def test_a_failing_policy_never_raises_and_is_logged_once(
     pm: pluggy.PluginManager, caplog: pytest.LogCaptureFixture
 ) -> None:
     pm.register(Recorder())
+    forget_policy_failures()
     ctl = controller(Phase.DECODE, "boom", hook=pm.hook)
     with caplog.at_level(logging.ERROR):
         decisions = [ctl.decide(decode_snapshot(8, 100)) for _ in range(3)]
     assert {d.clock_mhz for d in decisions} == {default_clocks()[-1]}
     assert {d.reason for d in decisions} == {DecisionReason.NO_POLICY}
     assert sum("failed" in r.message for r in caplog.records) == 1
+
+
+def test_a_failing_policy_is_logged_once_per_process_not_per_controller(
+    pm: pluggy.PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """4 instances x 3 simulated rates run the same raising policy: one traceback, not 12."""
+    pm.register(Recorder())
+    forget_policy_failures()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(12):
+            ctl = controller(Phase.DECODE, "boom", hook=pm.hook)
+            decision = ctl.decide(decode_snapshot(8, 100))
+            assert decision.reason is DecisionReason.NO_POLICY
+    failures = [r for r in caplog.records if "'boom' failed" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None
 
 
 def test_a_third_party_clock_outside_the_allowed_set_is_rounded_up(pm: pluggy.PluginManager) -> None:

@@ -71,3 +71,5 @@ def test_unknown_policy_is_one_line() -> None:
     assert result.returncode == 2
     assert "policy.clock = 'turbo'" in result.stderr
     assert "static-max" in result.stderr
+    # the core's wording (voltana.core.policies.lookup_policy), as the engines and the simulator print it
+    assert "unknown clock policy 'turbo'; registered: " in result.stderr

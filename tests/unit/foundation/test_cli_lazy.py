@@ -41,3 +41,28 @@ def test_help_lists_commands_without_importing_their_stacks() -> None:
     assert {"simulate", "router", "emulate", "profile", "doctor", "clockd"} <= set(probe["commands"])
     loaded = [m for m in probe["modules"] if any(m == h or m.startswith(h + ".") for h in HEAVY)]
     assert loaded == []
+
+
+COMMAND_MODULES_PROBE = """
+import json, sys
+import voltana.cli.app  # every built-in command module, before any plugin is loaded
+print(json.dumps(sorted(sys.modules)))
+"""
+
+NUMERIC = ("numpy", "voltana.core.profile", "voltana.hardware.simulated", "voltana.hardware.clockd")
+"""What the command modules (profile, clockd, simulate) load only when their command runs."""
+
+
+def test_command_modules_do_not_import_numpy_or_the_hardware_stack() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOLTANA_")}
+    result = subprocess.run(
+        [sys.executable, "-c", COMMAND_MODULES_PROBE],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    modules = json.loads(result.stdout.strip().splitlines()[-1])
+    loaded = [m for m in modules if any(m == h or m.startswith(h + ".") for h in NUMERIC)]
+    assert loaded == []

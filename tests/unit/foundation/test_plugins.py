@@ -3,6 +3,7 @@ and the simulator), and the allowlist."""
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from pathlib import Path
 
@@ -141,13 +142,26 @@ def test_entry_point_policies_drive_the_simulator(tmp_path: Path, monkeypatch: p
 
 
 def test_entry_point_plugin_replaces_a_builtin_policy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     install_distribution(tmp_path, "voltana_override_demo", OVERRIDE, "override")
     monkeypatch.syspath_prepend(str(tmp_path))
-    pm = make_plugin_manager(DEFAULT_PLUGINS)
+    with caplog.at_level(logging.WARNING, logger="voltana.core.plugin_manager"):
+        pm = make_plugin_manager(DEFAULT_PLUGINS)
     decision = choose(pm, "static-max")
     assert decision is not None and decision.clock_mhz == 900  # the plugin loaded last wins the name
+    # never silently: one WARNING naming the plugin and the built-in it replaces
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "voltana plugin 'override' replaces the built-in clock policy 'static-max' "
+        "(the plugin loaded last wins the name)"
+    ]
+
+
+def test_builtin_plugins_alone_warn_about_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="voltana.core.plugin_manager"):
+        make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_allowlist_excludes_unlisted_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,8 +207,12 @@ def test_misspelt_hook_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     """
     install_distribution(tmp_path, "voltana_typo_demo", source, "typo")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(PluginLoadError, match="unknown hook"):
+    with pytest.raises(PluginLoadError, match="unknown hook") as caught:
         make_plugin_manager(DEFAULT_PLUGINS)
+    message = str(caught.value)
+    # the one line says how to run without the broken plugin
+    assert "\n" not in message and "without plugin 'typo'" in message and "VOLTANA_PLUGINS" in message
+    assert "docs/plugins.md" in message
 
 
 def test_broken_plugin_import_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

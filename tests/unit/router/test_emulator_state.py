@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.runtime_records import runtime_status
 from voltana.adapters.sglang.state import read_state, state_path
@@ -41,6 +42,9 @@ def test_the_emulator_serves_the_adapters_payload(
         assert parsed.sm_clock_mhz in parsed.allowed_clocks_mhz and parsed.clock_ceiling_mhz is None
         assert parsed.capture_sizes == tuple(instance.model.capture_sizes)
         assert parsed.kv_capacity_tokens == instance.model.kv_capacity_tokens > 0
+        # no request served yet: all the energy so far is the simulated GPU's idle power between iterations
+        assert parsed.idle_energy_joules > 0.0
+        assert parsed.idle_energy_joules == pytest.approx(parsed.energy_joules, rel=0.05)
 
     for engine in ("vllm", "sglang"):
         (tmp_path / engine).mkdir()

@@ -23,6 +23,8 @@ def test_parse_policy_defaults_and_overrides() -> None:
     assert (custom.prefill_route, custom.decode_route) == ("least-loaded", "least-loaded")
     with pytest.raises(SimulationError):
         parse_policy("+ecoroute")
+    with pytest.raises(SimulationError, match="empty decode route after '\\+'"):
+        parse_policy("static-max+")
 
 
 def test_routers_see_pinned_clocks_for_static_policies() -> None:
