@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from voltana.core.config import RouterConfig, VoltanaConfig
+from voltana.core.config import ConfigError, RouterConfig, VoltanaConfig
 from voltana.core.policies import UnknownPolicyError
 from voltana.core.types import Phase, Slo
 from voltana.router.choice import InstanceChooser
