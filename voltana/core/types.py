@@ -10,6 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+DEFAULT_PREFILL_TOKEN_BUDGET = 8192
+"""Prompt tokens per prefill iteration by default: vLLM's ``max_num_batched_tokens`` with chunked prefill and
+SGLang's ``chunked_prefill_size`` on large GPUs (the engines' defaults; configurable per instance)."""
+
 
 class Phase(StrEnum):
     """Which half of P/D serving an iteration (or an instance) belongs to."""

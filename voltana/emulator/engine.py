@@ -26,14 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voltana.core.attribution import energy_shares
-from voltana.core.types import Phase, ScheduledRequest
+from voltana.core.types import DEFAULT_PREFILL_TOKEN_BUDGET, Phase, ScheduledRequest
 from voltana.emulator.responses import token_text
 from voltana.hardware.simulated import PerformanceModel
 from voltana.profiler.ceiling_api import MemoryCeiling, clock_under
 from voltana.profiler.engine_api import MemoryControl, iteration_json
 from voltana.sim.engine import EngineLimits, admit_decode, compose_prefill, engine_limits
 
-PREFILL_TOKEN_BUDGET = 8192  # vLLM's default max_num_batched_tokens with chunked prefill
 MIN_SLEEP_S = 0.002
 
 
@@ -85,7 +84,7 @@ class EmulatedEngine:
         control: MemoryControl | None = None,
         ceiling: MemoryCeiling | None = None,
         limits: EngineLimits | None = None,
-        prefill_token_budget: int = PREFILL_TOKEN_BUDGET,
+        prefill_token_budget: int = DEFAULT_PREFILL_TOKEN_BUDGET,
     ) -> None:
         self.model = model
         self.limits = limits if limits is not None else engine_limits("vllm", model)

@@ -17,11 +17,16 @@ from typing import Any
 from voltana.core.contexts import PolicyInfo, RouteContext
 from voltana.core.hookspecs import hookimpl
 from voltana.core.policies import RoutePolicy
-from voltana.core.types import BatchSnapshot, InstanceState, Phase, RouteRequest, ScheduledRequest
+from voltana.core.types import (
+    DEFAULT_PREFILL_TOKEN_BUDGET,
+    BatchSnapshot,
+    InstanceState,
+    Phase,
+    RouteRequest,
+    ScheduledRequest,
+)
 
 ROUTING_POLICIES = ("random", "round-robin", "least-loaded", "predicted-ttft", "energy-ttft")
-DEFAULT_PREFILL_TOKEN_BUDGET = 8192
-"""vLLM's and SGLang's default tokens per prefill iteration (``max_num_batched_tokens`` / chunked prefill)."""
 
 
 def healthy(candidates: Sequence[InstanceState]) -> list[InstanceState]:

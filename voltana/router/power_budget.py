@@ -31,15 +31,19 @@ import aiohttp
 
 from voltana.core.config import ClusterConfig, ConfigError, VoltanaConfig
 from voltana.core.power_budget import BudgetAllocation, BudgetCoordinator, BudgetDemand, average_power_w
-from voltana.core.types import BatchSnapshot, InstanceState, Phase, ScheduledRequest
+from voltana.core.types import (
+    DEFAULT_PREFILL_TOKEN_BUDGET,
+    BatchSnapshot,
+    InstanceState,
+    Phase,
+    ScheduledRequest,
+)
 from voltana.profiler.ceiling_api import CEILING_PATH
 from voltana.router.instances import Instance, InstanceRegistry
 from voltana.router.predictors import RoutePredictors, route_predictors
 
 log = logging.getLogger("voltana.router")
 
-PREFILL_TOKEN_BUDGET = 8192
-"""Prompt tokens per prefill iteration (vLLM ``max_num_batched_tokens``, SGLang ``chunked_prefill_size``)."""
 PEAK_DECODE_BATCH = 256
 """Heaviest decode batch assumed for the fair-share floor when the engine does not report its cap (vLLM's
 ``max_num_seqs`` default)."""
@@ -158,7 +162,9 @@ class BudgetPlanner:
         current = clocks.index(view.sm_clock_mhz) if view.sm_clock_mhz in clocks else len(clocks) - 1
         if view.phase == Phase.PREFILL:
             pending = view.pending_prompt_tokens
-            tokens = min(PREFILL_TOKEN_BUDGET, pending) if pending > 0 else PREFILL_TOKEN_BUDGET
+            tokens = (
+                min(DEFAULT_PREFILL_TOKEN_BUDGET, pending) if pending > 0 else DEFAULT_PREFILL_TOKEN_BUDGET
+            )
             power, times = self._busy(Phase.PREFILL, 1, tokens, 0)
             work = [pending / tokens * t for t in times]
         else:
@@ -191,7 +197,7 @@ class BudgetPlanner:
         if floor is None:
             share_w = self.coordinator.budget_w / max(1, count)
             if phase == Phase.PREFILL:
-                power, _ = self._busy(phase, 1, PREFILL_TOKEN_BUDGET, 0)
+                power, _ = self._busy(phase, 1, DEFAULT_PREFILL_TOKEN_BUDGET, 0)
             else:
                 batch = PEAK_DECODE_BATCH
                 power, _ = self._busy(phase, batch, batch, batch * PEAK_DECODE_CONTEXT)

@@ -35,6 +35,7 @@ from voltana.core.contexts import RouteContext
 from voltana.core.policies import route_policy
 from voltana.core.protocols import Controller
 from voltana.core.types import (
+    DEFAULT_PREFILL_TOKEN_BUDGET,
     BatchSnapshot,
     InstanceState,
     IterationRecord,
@@ -47,8 +48,6 @@ from voltana.core.types import (
 from voltana.sim.engine import DEFAULT_ENGINE, EngineLimits, admit_decode, compose_prefill, engine_limits
 from voltana.sim.workload import Workload
 
-DEFAULT_PREFILL_TOKEN_BUDGET = 8192
-"""vLLM's ``max_num_batched_tokens`` and SGLang's ``chunked_prefill_size`` default on large GPUs."""
 DEFAULT_KV_BANDWIDTH_BYTES_PER_S = 25e9
 """One 200 Gb/s RDMA NIC per instance (typical for NIXL/Mooncake P/D transfer), an assumption."""
 DEFAULT_KV_TRANSFER_FIXED_S = 0.002

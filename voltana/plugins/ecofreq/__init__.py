@@ -57,7 +57,13 @@ from voltana.core.contexts import ClockContext, PolicyInfo
 from voltana.core.decode_demand import DecodeDemand
 from voltana.core.hookspecs import hookimpl
 from voltana.core.predictor import ClockTable, features
-from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason, Phase
+from voltana.core.types import (
+    DEFAULT_PREFILL_TOKEN_BUDGET,
+    BatchSnapshot,
+    ClockDecision,
+    DecisionReason,
+    Phase,
+)
 
 POLICY_NAME = "ecofreq"
 _STATE_KEY = "ecofreq"
@@ -83,7 +89,7 @@ class EcoFreqOptions:
     """Relative predicted-energy saving needed to leave the current (feasible) clock."""
     clock_change_latency_s: float = Field(default=0.001, ge=0.0)
     """Predicted latency cost of changing the clock for one iteration (s)."""
-    prefill_token_budget: int = Field(default=8192, ge=1)
+    prefill_token_budget: int = Field(default=DEFAULT_PREFILL_TOKEN_BUDGET, ge=1)
     """Tokens per prefill iteration the engine schedules (vLLM/SGLang chunked-prefill budget)."""
     plan_for_newcomer: StrictBool = True
     """Prefill: also plan for one prompt of the recent mean size arriving now, behind the queue."""
