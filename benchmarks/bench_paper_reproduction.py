@@ -290,8 +290,27 @@ def ratio_energies_j(
     return energies, RATIO_MIN_DURATION_S
 
 
+def decode_compute_share(setup: SimulationSetup, result: PolicyResult, rate_rps: float) -> float:
+    """Share of the decode GPUs' peak tensor throughput that the offered decode load needs for the linear
+    layers alone: ``rate x mean output tokens x 2 x (block weights x layers + LM head)`` FLOP/s over
+    ``decode instances x TP x peak`` (A100: 312 TFLOPS dense BF16, the NVIDIA A100 datasheet, as in
+    :mod:`voltana.hardware.profiles`). Attention and the engine's own overheads come on top, so a share near
+    or above 1 is a load no clock carries within any ITL."""
+    model = setup.cluster.model
+    spec = model.model
+    flop_per_token = 2.0 * (spec.n_layers * spec.layer_params + spec.hidden * spec.vocab)
+    mean_output = result.output_tokens / max(result.num_requests, 1)
+    peak = setup.cluster.num_decode * model.tp * model.gpu.peak_flop_per_s
+    return rate_rps * mean_output * flop_per_token / peak
+
+
 def report_panel(
-    console: Console, panel: Panel, points: list[RatePoint], checks: list[str], ratio_lines: list[str]
+    console: Console,
+    panel: Panel,
+    points: list[RatePoint],
+    checks: list[str],
+    ratio_lines: list[str],
+    setup: SimulationSetup,
 ) -> list[str]:
     """Print one panel's tables as soon as it is done; append its notes (``ratio_lines``: the ratio check)
     to ``checks``; return failures."""
@@ -306,10 +325,14 @@ def report_panel(
             failed.append(line)
     low = [p for p in points if min(p.static_max.ttft_attainment, p.static_max.itl_attainment) < 0.9]
     if low:
-        rates = ", ".join(f"{p.rate_rps:g}" for p in low)
+        shares = [decode_compute_share(setup, p.static_max, p.rate_rps) for p in low]
+        rates = ", ".join(
+            f"{p.rate_rps:g} (decode needs {100 * x:.0f}%)" for p, x in zip(low, shares, strict=True)
+        )
         checks.append(
-            f"{panel.model}/{panel.workload}: static max itself below 90% TTFT or ITL at {rates} req/s "
-            f"(beyond what the cluster carries within the SLOs)"
+            f"{panel.model}/{panel.workload}: static max itself below 90% TTFT or ITL at {rates} req/s: "
+            f"beyond what the cluster carries within the SLOs (in brackets: the share of the decode GPUs' "
+            f"peak tensor FLOP/s the offered load needs for its linear layers alone)"
         )
     return failed
 
@@ -451,7 +474,7 @@ def main() -> int:
                 ),
             )
             ratio_lines = ratio_check(panel, energies, ratio_s)
-            failed += report_panel(console, panel, points, checks, ratio_lines)
+            failed += report_panel(console, panel, points, checks, ratio_lines, setup)
     console.print("\n".join(checks), markup=False, highlight=False)
     console.print(
         "all checks hold" if not failed else "FAILED:\n" + "\n".join(failed), markup=False, highlight=False
