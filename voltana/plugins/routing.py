@@ -1,12 +1,12 @@
 """Routing baselines registered as named policies: ``random``, ``round-robin``, ``least-loaded``,
 ``predicted-ttft`` (prefill: the instance that would finish this prompt first) and ``energy-ttft`` (prefill:
-among the instances that meet the TTFT at their lowest clock, the one where the prompt adds the least
-predicted energy; see :func:`choose_energy_ttft`).
+a prompt joins a busy instance's forming batch where the TTFT bound is exact and sharing saves energy, else
+``predicted-ttft``; see :func:`choose_energy_ttft`).
 
 Used by the simulator and the HTTP router alike. ``ctx.predictor`` is a latency model
 (``predict_latency_s(snapshot, clock_mhz)``) or a mapping from instance id to one; ``ctx.options`` may give
-``prefill_token_budget`` (tokens per prefill iteration, default 8192) and ``max_clock_mhz`` (the clock the
-prediction assumes; else the instance's current clock).
+``prefill_token_budget`` (tokens per prefill iteration, default 8192), ``max_clock_mhz`` (the clock the
+prediction assumes; else the instance's current clock) and ``min_join_saving`` (``energy-ttft``).
 """
 
 from __future__ import annotations
