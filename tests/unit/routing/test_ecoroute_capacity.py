@@ -13,6 +13,7 @@ from voltana.plugins import DEFAULT_PLUGINS
 from voltana.plugins.ecoroute import (
     DEFAULT_HEADROOM,
     admits_now,
+    crosses_boundary,
     drain_key,
     has_headroom,
     requests_ahead,
@@ -101,10 +102,10 @@ def test_a_full_instance_is_skipped_even_when_packing_would_pick_it() -> None:
 
 
 def test_past_headroom_the_request_joins_the_instance_that_drains_fastest_not_the_fewest_requests() -> None:
-    """Every instance is past its headroom (an overload): EcoRoute balances like join-shortest-queue by
-    expected drain time, the predicted ITL with the request at the max clock, which counts the KV each batch
-    reads; the fewest requests (the rule before) would pick the instance whose long contexts make every
-    iteration slower."""
+    """Every instance is past its headroom (an overload): with no padding step either way, EcoRoute balances
+    like join-shortest-queue by expected drain time, the predicted ITL with the request at the max clock,
+    which counts the KV each batch reads; the fewest requests (the rule before) would pick the instance whose
+    long contexts make every iteration slower."""
     light = InstanceState(
         "light", Phase.DECODE, num_running=200, kv_tokens=200 * 200, max_running=256, capture_sizes=CAPTURES
     )
@@ -138,5 +139,26 @@ def test_past_headroom_ecoroute_picks_the_least_predicted_itl_among_the_admittin
     if not admitting or any(has_headroom(c, DEFAULT_HEADROOM) for c in admitting):
         return  # the other branches: covered above
     chosen = choose_instance(HOOK, request=request, candidates=candidates, ctx=ctx)
-    keys = {c.instance_id: drain_key(c, request, ctx) for c in admitting}
+    # Past headroom: no padding step if any instance avoids one, then the least predicted ITL.
+    flat = [c for c in admitting if not crosses_boundary(c.num_running + c.num_waiting, c.capture_sizes)]
+    pool = flat or admitting
+    keys = {c.instance_id: drain_key(c, request, ctx) for c in pool}
+    assert chosen in keys
     assert keys[chosen] == min(keys.values())
+
+
+def test_past_headroom_a_tile_boundary_outweighs_a_shorter_queue() -> None:
+    """One more request on an instance at exactly 256 requests (the largest capture size here) pads its batch
+    to 384 rows: EcoRoute balances among the instances that cross no boundary first."""
+    at_boundary = InstanceState(
+        "edge", Phase.DECODE, num_running=256, max_running=400, capture_sizes=CAPTURES
+    )
+    busier = InstanceState("busier", Phase.DECODE, num_running=300, max_running=400, capture_sizes=CAPTURES)
+    model = Linear()
+    ctx = RouteContext(
+        "ecoroute", Phase.DECODE, Slo(0.8, 0.05), predictor=model, options={"allowed_clocks_mhz": CLOCKS}
+    )
+    request = RouteRequest("r", 100, 300)
+    assert drain_key(at_boundary, request, ctx) < drain_key(busier, request, ctx)
+    assert crosses_boundary(256, CAPTURES) and not crosses_boundary(300, CAPTURES)
+    assert choose_instance(HOOK, request=request, candidates=[at_boundary, busier], ctx=ctx) == "busier"
