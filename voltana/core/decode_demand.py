@@ -18,6 +18,10 @@ ids that appear and disappear between decisions it measures, as exponentially we
   within the ITL bound, where the mean would let every request shorter than the mean miss (more than half of
   ShareGPT's outputs are).
 
+- ``itl_so_far(id)``: for a running request, the time since this instance first saw it (its wait for
+  admission included) and the tokens it has run since: its mean ITL so far (EcoFreq brings back the requests
+  that fell behind the bound); ``last_gap_s``, the time between the last two updates (the last iteration).
+
 By Little's law a stable instance runs ``rate_rps * output_tokens * ITL`` requests at once; EcoFreq uses this
 to tell the clocks that carry the measured load from those it may only time-share while the backlog they build
 stays within the ITL bound (see :mod:`voltana.plugins.ecofreq`). Preempted
@@ -86,9 +90,8 @@ class DecodeDemand:
         self.iteration = 0
         self.running: set[str] = set()
         self.joined: dict[str, int] = {}  # running id -> iteration it joined the batch
-        self.started_s: dict[
-            str, float
-        ] = {}  # running id -> when it was first seen here (waiting or running)
+        # running id -> when it was first seen here (waiting or running)
+        self.started_s: dict[str, float] = {}
         self.lengths: deque[int] = deque(maxlen=LENGTH_SAMPLES)
         self.short_cache: float | None = None
 
