@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from voltana.core.config import VoltanaConfig
+from voltana.core.policies import UnknownPolicyError, route_policy
 from voltana.hardware.simulated import performance_model
 from voltana.plugins import get_plugin_manager
 from voltana.sim.cluster import ClusterSpec
@@ -419,6 +420,12 @@ def main() -> int:
     except ValueError:
         print(f"error: --margins must be comma-separated numbers, got {args.margins!r}", file=sys.stderr)
         return 2
+    if args.prefill_route is not None:
+        try:
+            route_policy(get_plugin_manager().hook, args.prefill_route)
+        except UnknownPolicyError as exc:
+            print(f"error: --prefill-route: {exc}", file=sys.stderr)
+            return 2
     duration = args.duration or (30.0 if args.quick else 60.0)
     chosen = list(PANELS)
     if args.panels:

@@ -38,6 +38,30 @@ class ConfigError(VoltanaError, ValueError):
     """A user mistake in configuration; ``str()`` is one line naming key, value and what is allowed."""
 
 
+def options_error_line(exc: ValidationError) -> str:
+    """``policy.options.<key> must be <constraint>, got <value>`` for the first error of ``exc`` (a pydantic
+    validation of ``policy.options``: EcoFreq's knobs, the routing policies' options)."""
+    error = exc.errors(include_url=False)[0]
+    key = ".".join(str(part) for part in error["loc"])
+    ctx = error.get("ctx") or {}
+    kinds = {"bool_type": "true or false", "float_parsing": "a number", "int_parsing": "a whole number",
+             "float_type": "a number", "int_type": "a whole number", "int_from_float": "a whole number",
+             "finite_number": "a finite number", "string_type": "a string"}  # fmt: skip
+    bounds = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than": ("<", "lt"),
+              "less_than_equal": ("<=", "le")}  # fmt: skip
+    kind = error["type"]
+    if kind in bounds:
+        operator, bound = bounds[kind]
+        wanted = f"{operator} {ctx[bound]:g}"
+        if key == "safety_margin":
+            wanted = "in [0, 1)"
+    elif kind == "literal_error":
+        wanted = f"one of {ctx['expected']}"
+    else:
+        wanted = kinds.get(kind, error["msg"].lower())
+    return f"policy.options.{key} must be {wanted}, got {error['input']!r}"
+
+
 class _Section(BaseModel):
     # allow_inf_nan=False: "inf"/"nan" watts or seconds are config errors, not values that crash later.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

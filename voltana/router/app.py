@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from voltana.core.config import ConfigError, RouterConfig, VoltanaConfig
 from voltana.core.policies import UnknownPolicyError
 from voltana.core.types import Phase, Slo
+from voltana.plugins.routing_options import route_options
 from voltana.router.choice import InstanceChooser
 from voltana.router.disconnect import ClientGone, until_disconnect
 from voltana.router.errors import RouterError, error_body
@@ -95,7 +96,7 @@ def build_router_app(
         prefill_policy=config.policy.prefill_route,
         decode_policy=config.policy.decode_route,
         slo=Slo(config.slo.ttft_s, config.slo.itl_s),
-        options={"safety_margin": config.policy.safety_margin, **config.policy.options},
+        options=route_options(config.policy),
         seed=seed,
         predictors=(predictors := route_predictors(config)),
     )

@@ -18,6 +18,7 @@ from voltana.core.errors import VoltanaError
 from voltana.core.protocols import Controller
 from voltana.core.types import Phase, Slo
 from voltana.plugins.ecofreq.factory import build_controller, resolve_allowed_clocks
+from voltana.plugins.routing_options import route_options
 from voltana.plugins.static_clock import STATIC_POLICIES, static_clock_mhz
 from voltana.sim.cluster import ClusterSimulation, ClusterSpec, RoutingSpec
 from voltana.sim.engine import EngineConfigError
@@ -189,8 +190,7 @@ def run_policy(
     options = {
         "allowed_clocks_mhz": clocks,
         "max_clock_mhz": clocks[-1],
-        "safety_margin": setup.config.policy.safety_margin,
-        **setup.config.policy.options,
+        **route_options(setup.config.policy),
     }
     routing = RoutingSpec(
         spec.prefill_route,

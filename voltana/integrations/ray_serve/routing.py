@@ -38,6 +38,7 @@ from voltana.core.types import InstanceState, Phase, RouteRequest, Slo
 from voltana.integrations.ray_serve import stats
 from voltana.integrations.ray_serve.stats import ReplicaStats, instance_state
 from voltana.plugins import get_plugin_manager
+from voltana.plugins.routing_options import route_options
 from voltana.router.choice import route_context
 from voltana.router.predictors import route_predictors
 
@@ -85,7 +86,7 @@ class VoltanaRequestRouter(RequestRouter):
         name = policy or (
             voltana.policy.decode_route if self.phase is Phase.DECODE else voltana.policy.prefill_route
         )
-        options = {"safety_margin": voltana.policy.safety_margin, **voltana.policy.options}
+        options = route_options(voltana.policy)
         slo = Slo(voltana.slo.ttft_s, voltana.slo.itl_s)
         self._hook = get_plugin_manager().hook
         self._choose = route_policy(self._hook, name)  # once; unknown: UnknownPolicyError (a ConfigError)

@@ -54,7 +54,7 @@ from pydantic import ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from voltana.core.arrivals import ArrivalRate
-from voltana.core.config import ConfigError
+from voltana.core.config import ConfigError, options_error_line
 from voltana.core.contexts import ClockContext, PolicyInfo
 from voltana.core.decode_demand import DecodeDemand
 from voltana.core.hookspecs import hookimpl
@@ -114,31 +114,10 @@ class EcoFreqOptions:
         try:
             return _OPTIONS_ADAPTER.validate_python(dict(options))
         except ValidationError as exc:
-            raise ConfigError(_one_line(exc)) from None
+            raise ConfigError(options_error_line(exc)) from None
 
 
 _OPTIONS_ADAPTER = TypeAdapter(EcoFreqOptions)
-
-
-def _one_line(exc: ValidationError) -> str:
-    """``policy.options.<key> must be <constraint>, got <value>`` for the first error of ``exc``."""
-    error = exc.errors(include_url=False)[0]
-    key = ".".join(str(part) for part in error["loc"])
-    ctx = error.get("ctx") or {}
-    kinds = {"bool_type": "true or false", "float_parsing": "a number", "int_parsing": "a whole number",
-             "float_type": "a number", "int_type": "a whole number", "int_from_float": "a whole number",
-             "finite_number": "a finite number"}  # fmt: skip
-    bounds = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than": ("<", "lt"),
-              "less_than_equal": ("<=", "le")}  # fmt: skip
-    kind = error["type"]
-    if kind in bounds:
-        operator, bound = bounds[kind]
-        wanted = f"{operator} {ctx[bound]:g}"
-        if key == "safety_margin":
-            wanted = "in [0, 1)"
-    else:
-        wanted = kinds.get(kind, error["msg"].lower())
-    return f"policy.options.{key} must be {wanted}, got {error['input']!r}"
 
 
 class EcoFreqState:

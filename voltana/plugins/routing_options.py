@@ -1,0 +1,59 @@
+"""The routing policies' knobs in ``policy.options``, checked once when a router or a simulation starts.
+
+A bad value is one :class:`~voltana.core.config.ConfigError` line (``policy.options.<key> must be ...``)
+instead of a ``ValueError`` from inside a routing decision. Unknown keys belong to other policies (EcoFreq's
+:class:`~voltana.plugins.ecofreq.EcoFreqOptions`, a third party's) and are left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from voltana.core.config import ConfigError, PolicyConfig, options_error_line
+from voltana.core.types import DEFAULT_PREFILL_TOKEN_BUDGET
+from voltana.plugins.ecoroute import DEFAULT_HEADROOM, PAPER_TILE_REQUESTS
+from voltana.plugins.routing import MIN_JOIN_SAVING
+
+
+@dataclass(frozen=True, slots=True, config=ConfigDict(extra="ignore", use_attribute_docstrings=True))
+class RoutingOptions:
+    """The routing policies' knobs (``energy-ttft``, ``ecoroute``; see docs/concepts/policies.md)."""
+
+    min_join_saving: float = Field(default=MIN_JOIN_SAVING, ge=0.0, lt=1.0, allow_inf_nan=False)
+    """``energy-ttft``: least share of a prompt's energy alone that joining a busy instance must save."""
+    ecoroute_headroom: float = Field(default=DEFAULT_HEADROOM, ge=0.0, lt=1.0, allow_inf_nan=False)
+    """``ecoroute``: share of an instance's running cap kept free while another instance has room."""
+    ecoroute_pack_limit: int = Field(default=PAPER_TILE_REQUESTS, ge=1)
+    """``ecoroute``: most requests consolidated on one instance while another has room."""
+    ecoroute_fill: Literal["pack", "spread"] = "pack"
+    """``ecoroute`` tie-break: ``pack`` (the busier instance first) or ``spread``."""
+    ecoroute_energy: StrictBool = True
+    """``ecoroute``: rank by the energy model's marginal energy (else by the lowest clock needed)."""
+    prefill_token_budget: int = Field(default=DEFAULT_PREFILL_TOKEN_BUDGET, ge=1)
+    """Tokens per prefill iteration the engine schedules (the prefill routes' TTFT predictions)."""
+    idle_power_w: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    """Power an instance draws when not computing (W); marginal energies are counted above it."""
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> RoutingOptions:
+        """The routing knobs of ``options``; raises :class:`~voltana.core.config.ConfigError` (one line
+        naming the key, what it must be and what it got)."""
+        try:
+            return _ADAPTER.validate_python(dict(options))
+        except ValidationError as exc:
+            raise ConfigError(options_error_line(exc)) from None
+
+
+_ADAPTER = TypeAdapter(RoutingOptions)
+
+
+def route_options(policy: PolicyConfig) -> dict[str, Any]:
+    """The options every routing context starts from: ``safety_margin`` and ``policy.options``, the routing
+    knobs checked (:class:`RoutingOptions`; raises ``ConfigError``). Used by the HTTP router, the Ray Serve
+    request routers and the simulator alike."""
+    RoutingOptions.from_mapping(policy.options)
+    return {"safety_margin": policy.safety_margin, **policy.options}
