@@ -222,6 +222,7 @@ class BudgetPlanner:
             "infeasible_periods": self.infeasible_periods,
             "feasible": None if last is None else last.feasible,
             "predicted_power_w": None if last is None else last.predicted_power_w,
+            "committed_power_w": None if last is None else last.committed_power_w,
             "predicted_by_instance_w": {} if last is None else dict(last.predicted_by_instance_w),
             "ceilings_mhz": {} if last is None else last.ceilings_mhz,
             "unmet_needs": [] if last is None else list(last.unmet_needs),

@@ -168,6 +168,9 @@ def test_router_shares_the_budget_and_a_prefill_burst_moves_it(
     assert state["clock_ceiling_mhz"] in pushed
     assert state["sm_clock_mhz"] <= state["clock_ceiling_mhz"]
     assert hot["predicted_power_w"] <= budget_w and hot["infeasible_periods"] == 0
+    # What was charged (leftover steps at busy power) is at least the expected average and within the target.
+    assert hot["predicted_power_w"] <= hot["committed_power_w"] + 1e-9
+    assert hot["committed_power_w"] <= router.state.budget.coordinator.target_w + 1e-9
     measured_w = (energy_1 - energy_0) / (t_1 - t_0)
     assert 0 < measured_w <= budget_w
     assert hot["push_failures"] == 0
