@@ -130,8 +130,9 @@ class BudgetAllocation:
     predicted_by_instance_w: dict[str, float] = field(default_factory=dict)
     committed_power_w: float = 0.0
     """What the allocation charged against the budget (W): the predicted power, with every clock step bought
-    from the leftover budget (above an instance's need) charged at its busy power; at most the target when
-    feasible."""
+    from the leftover budget (above an instance's need) charged at its busy power; at least
+    ``predicted_power_w``, and when feasible at most the budget (at most the target unless the starting
+    clocks alone predict more)."""
 
 
 class BudgetCoordinator:
@@ -262,7 +263,8 @@ def _charged_above(
 ) -> tuple[float, ...]:
     """``power`` up to index ``base``; above it every step costs the larger of its predicted-average and its
     busy-power increment (W): a clock bought from the leftover budget is paid as if the instance became busy
-    for the whole period at it (a burst within the period), so the leftover never funds an overshoot."""
+    for the whole period at it (a burst within the period), so what a burst draws above the base clock's
+    busy power is paid for."""
     busy = demand.busy_power_w
     if busy is None:
         return power
