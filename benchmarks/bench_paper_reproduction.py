@@ -408,7 +408,7 @@ def main() -> int:
     parser.add_argument(
         "--prefill-route",
         default=None,
-        help="prefill route of ecofreq+ecoroute (default: its own, predicted-ttft; e.g. energy-ttft)",
+        help="prefill route of ecofreq+ecoroute (default: its own, energy-ttft; e.g. predicted-ttft)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write all results as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="write the grid as a PNG")

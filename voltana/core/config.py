@@ -120,7 +120,7 @@ class PolicyConfig(_Section):
     """Policy names (validated against the registered plugins) and their shared knobs."""
 
     clock: str = "ecofreq"
-    prefill_route: str = "predicted-ttft"
+    prefill_route: str = "energy-ttft"
     decode_route: str = "ecoroute"
     safety_margin: float = Field(0.1, ge=0, lt=1, description="share of the SLO kept in reserve")
     options: dict[str, Any] = Field(default_factory=dict)

@@ -9,7 +9,9 @@ each clock for its current batch (prefill: the prompt tokens it has in flight, a
 full budget when it has none; decode: its running batch and KV tokens); its work is the prefill tokens in
 flight at ``t(f)`` per budget, or (decode) a period of iterations at its current clock; its pressure the
 requests running and waiting there. Its work is at least the busy share its measured power implies (load the
-router did not send). Measured power (the change of the ``energy_joules`` its state reports,
+router did not send). Clock steps the leftover budget buys are charged at busy power (prefill: a full token
+budget, decode: its running batch), as if a burst kept the instance busy the whole period
+(:mod:`voltana.core.power_budget`). Measured power (the change of the ``energy_joules`` its state reports,
 per second) corrects the prediction. ``GET /voltana/budget`` on the router shows the last allocation.
 
 :class:`BudgetPlanner` is that rule without transport (observations in, allocation out); :class:`RouterBudget`
@@ -167,12 +169,16 @@ class BudgetPlanner:
             )
             power, times = self._busy(Phase.PREFILL, 1, tokens, 0)
             work = [pending / tokens * t for t in times]
+            # A burst within the period runs full token budgets: that is what a clock step is charged at.
+            full, _ = self._busy(Phase.PREFILL, 1, DEFAULT_PREFILL_TOKEN_BUDGET, 0)
+            burst = tuple(max(b, f) for b, f in zip(power, full, strict=True))
         else:
             batch = max(1, view.num_running)
             context = view.kv_tokens if view.kv_tokens > 0 else batch * PEAK_DECODE_CONTEXT
             power, times = self._busy(Phase.DECODE, batch, batch, context)
             busy = view.num_running > 0
             work = [self.period_s * t / times[current] if busy else 0.0 for t in times]
+            burst = tuple(power)
         # The busy share its measured power implies at its current clock covers load the router did not
         # send (or cannot see in the queue): the work is at least that share of a period.
         measured_w = self.measured_w.get(view.instance_id)
@@ -189,6 +195,7 @@ class BudgetPlanner:
             tuple(work),
             pressure=pressure,
             floor_clock_mhz=self.fair_share_floor_mhz(view.phase, count),
+            busy_power_w=burst,
         )
 
     def fair_share_floor_mhz(self, phase: Phase, count: int) -> int:
@@ -215,6 +222,7 @@ class BudgetPlanner:
             "infeasible_periods": self.infeasible_periods,
             "feasible": None if last is None else last.feasible,
             "predicted_power_w": None if last is None else last.predicted_power_w,
+            "committed_power_w": None if last is None else last.committed_power_w,
             "predicted_by_instance_w": {} if last is None else dict(last.predicted_by_instance_w),
             "ceilings_mhz": {} if last is None else last.ceilings_mhz,
             "unmet_needs": [] if last is None else list(last.unmet_needs),

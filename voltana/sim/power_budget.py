@@ -199,7 +199,11 @@ class BudgetDriver:
     that work over the period, at least ``burst_utilization`` and at most 1 (prefill work is at least what
     the measured prompt-token arrival rate brings in a period). Its pressure counts the
     requests in its batch and queue plus (prefill) the requests the measured arrival rate brings in a period;
-    its need is the highest clock its policy asked for in the last period.
+    its need is the highest clock its policy asked for in the last period. Its busy power for the
+    coordinator's leftover steps is what a burst draws: full prefill token budgets (prefill), its current
+    batch (decode). An iteration still running when the period starts keeps its clock until it ends (a
+    prefill iteration of a full token budget runs ~0.3 s), so its remaining share of the period is predicted
+    at the power it draws, whatever the new ceiling.
     """
 
     def __init__(
@@ -226,6 +230,7 @@ class BudgetDriver:
         self.allocations: list[tuple[float, BudgetAllocation]] = []
         self._busy_power: dict[str, tuple[float, ...]] = {}
         self._floors: dict[Phase, int] = {}
+        self._full_prefill_w: tuple[float, ...] | None = None
 
     def tick(self, now_s: float) -> None:
         """Allocate when a period has passed (the first call allocates at once)."""
@@ -291,6 +296,13 @@ class BudgetDriver:
             pressure += arriving_tokens / max(1.0, new / max(1, batch))
         work = tuple(iterations * t for t in latency)
         power = average_power_w(self.idle_w, busy_power, work, self.period_s, self.burst_utilization)
+        burst = self._burst_power(inst.phase, clocks, busy_power)
+        if running:
+            # The iteration in flight keeps the clock it started with until it ends, whatever the new ceiling.
+            share = min(1.0, (meter.start_s[-1] + meter.latency_s[-1] - now_s) / self.period_s)
+            running_w = meter.energy_j[-1] / meter.latency_s[-1]
+            power = tuple(share * running_w + (1.0 - share) * p for p in power)
+            burst = tuple(share * running_w + (1.0 - share) * b for b in burst)
         return BudgetDemand(
             inst.instance_id,
             clocks,
@@ -299,7 +311,22 @@ class BudgetDriver:
             pressure=pressure,
             need_clock_mhz=inst.period_need_mhz,
             floor_clock_mhz=self._floor(inst.phase, clocks),
+            busy_power_w=burst,
         )
+
+    def _burst_power(
+        self, phase: Phase, clocks: tuple[int, ...], busy_power: tuple[float, ...]
+    ) -> tuple[float, ...]:
+        """Power at each clock if the instance is busy the whole period (W): a prefill burst runs full token
+        budgets (a queue of prompts fills every iteration), a decode batch is the one it runs now (it grows
+        only as fast as prefills finish)."""
+        if phase != Phase.PREFILL:
+            return busy_power
+        if self._full_prefill_w is None:
+            self._full_prefill_w = tuple(
+                peak_power_w(self.cluster, phase, f, self.context_tokens) for f in clocks
+            )
+        return tuple(max(b, f) for b, f in zip(busy_power, self._full_prefill_w, strict=True))
 
     def _floor(self, phase: Phase, clocks: tuple[int, ...]) -> int:
         """The clock a static cap of budget/N allows this phase's heaviest iteration (MHz)."""

@@ -36,10 +36,10 @@ DEFAULT_ROUTES: dict[str, tuple[str, str]] = {
     "static-min": ("round-robin", "round-robin"),
     "static": ("round-robin", "round-robin"),
     "voltana-paper": ("random", "ecoroute-paper"),  # the paper's router: random prefill, EcoRoute decode
-    # ours: predicted-TTFT prefill routing (SLO first). ``energy-ttft`` (least added energy within the TTFT)
-    # is opt-in: it saves more at equal attainment on the paper's grid but loses up to 1 point of TTFT
-    # attainment on the Azure conversation trace (docs/results.md).
-    "ecofreq": ("predicted-ttft", "ecoroute"),
+    # ours: energy-aware prefill routing within the TTFT (a prompt joins a busy instance's forming batch
+    # only where the TTFT bound is exact and sharing saves energy, else predicted-TTFT); measured against
+    # predicted-TTFT on the Azure trace, the paper's grid and the power budgets (docs/concepts/policies.md).
+    "ecofreq": ("energy-ttft", "ecoroute"),
 }
 FALLBACK_ROUTES = ("round-robin", "round-robin")
 

@@ -130,6 +130,57 @@ def test_measured_power_corrects_the_prediction() -> None:
     assert corrected.correction("prefill-0") == pytest.approx(1.3, rel=0.01)
 
 
+def _with_busy_power(demand: BudgetDemand, phase: Phase, tokens_or_batch: int) -> BudgetDemand:
+    """``demand`` with its busy power at each clock (the whole period busy at that clock, W)."""
+    model = performance_model("a100-80gb", "llama-3.1-8b", 1)
+    if phase == Phase.PREFILL:
+        busy = tuple(model.cost(phase, 1, tokens_or_batch, 0, f).avg_power_w for f in CLOCKS)
+    else:
+        b = tokens_or_batch
+        busy = tuple(model.cost(phase, b, b, 600 * b, f).avg_power_w for f in CLOCKS)
+    return BudgetDemand(
+        demand.instance_id,
+        demand.clocks_mhz,
+        demand.power_w,
+        demand.work_s,
+        pressure=demand.pressure,
+        busy_power_w=busy,
+    )
+
+
+def test_leftover_steps_are_charged_as_if_a_burst_kept_the_instance_busy() -> None:
+    # Lightly loaded prefill instances (predicted 20% busy) take clock steps from the leftover budget: each is
+    # charged at its busy-power increment, so a burst that keeps every instance busy the whole period at its
+    # ceiling stays within the target.
+    plain = _cluster((0.2, 0.2), (1, 1))
+    phases = ((Phase.PREFILL, 8192), (Phase.PREFILL, 8192), (Phase.DECODE, 64), (Phase.DECODE, 64))
+    demands = [_with_busy_power(d, *shape) for d, shape in zip(plain, phases, strict=True)]
+    budget = 0.6 * _peak_w(_cluster((1.0, 1.0), (0, 0)))
+    charged = BudgetCoordinator(budget).allocate(demands)
+    uncharged = BudgetCoordinator(budget).allocate(plain)
+    assert charged.feasible and charged.committed_power_w <= budget * (1 - 0.05) + 1e-9
+    # Every instance bursting to its ceiling for the whole period: its average at the lowest clock plus the
+    # busy power the steps above it add.
+    burst_w = 0.0
+    for d in demands:
+        assert d.busy_power_w is not None
+        k = CLOCKS.index(charged.ceilings_mhz[d.instance_id])
+        burst_w += d.power_w[0] + d.busy_power_w[k] - d.busy_power_w[0]
+    assert burst_w <= charged.committed_power_w + 1e-9
+    # The expected power is still reported as predicted (the measured-power correction compares with it).
+    expected = sum(d.power_w[CLOCKS.index(charged.ceilings_mhz[d.instance_id])] for d in demands)
+    assert charged.predicted_power_w == pytest.approx(expected)
+    # Here the charging binds: priced at the predicted average, the leftover buys clocks a burst overdraws.
+    assert any(charged.ceilings_mhz[i] < uncharged.ceilings_mhz[i] for i in charged.ceilings_mhz)
+    overdraw_w = sum(
+        d.power_w[0] + d.busy_power_w[k] - d.busy_power_w[0]
+        for d in demands
+        if d.busy_power_w is not None
+        for k in [CLOCKS.index(uncharged.ceilings_mhz[d.instance_id])]
+    )
+    assert overdraw_w > budget
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"budget_w": 0.0}, "positive"), ({"budget_w": 100.0, "margin": 1.0}, "margin")],
@@ -142,6 +193,8 @@ def test_bad_settings_are_one_clear_error(kwargs: dict[str, float], message: str
 def test_inconsistent_demand_is_refused() -> None:
     with pytest.raises(ValueError, match="same non-zero length"):
         BudgetDemand("x", (1005, 1410), (100.0,), (1.0, 0.5))
+    with pytest.raises(ValueError, match="busy_power_w needs one entry per clock"):
+        BudgetDemand("x", (1005, 1410), (100.0, 150.0), (1.0, 0.5), busy_power_w=(200.0,))
 
 
 def test_static_caps_split_the_budget_evenly() -> None:

@@ -18,6 +18,7 @@ from voltana.sim.power_budget import (
     COORDINATOR,
     ECOFREQ_CAPS,
     STATIC_CLOCK,
+    BudgetRun,
     MeteredController,
     cluster_peak_power_w,
     gpu_power_limit_w,
@@ -28,6 +29,7 @@ from voltana.sim.power_budget import (
 from voltana.sim.power_budget_report import parse_budgets
 from voltana.sim.runner import SimulationSetup, allowed_clocks_mhz, kv_bytes_per_token
 from voltana.sim.synthetic import synthetic_workload
+from voltana.sim.workload import Workload
 
 from .test_simulate_cli import run_cli, run_in_process
 
@@ -90,36 +92,84 @@ def test_power_windows_add_busy_energy_and_idle_power() -> None:
     assert len(power_windows_w([meter], 10.0, 2.2)) == 2  # a last 0.2 s window is too short to judge
 
 
-@pytest.fixture(scope="module")
-def setup_and_workload() -> tuple[SimulationSetup, object, tuple[int, ...], float]:
+def _scenario(seed: int) -> tuple[SimulationSetup, Workload, tuple[int, ...], float]:
+    """2P+2D Llama-3.1-8B on A100s, 40 s of bursty synthetic arrivals at 12 req/s (gamma inter-arrivals), and
+    the cluster's max-clock peak power (W)."""
     config = VoltanaConfig()
     setup = SimulationSetup(
         ClusterSpec(MODEL, 2, 2, kv_bytes_per_token=kv_bytes_per_token(MODEL)),
         config,
         get_plugin_manager().hook,
-        0,
+        seed,
     )
-    workload = synthetic_workload(12.0, 40.0, 0, "bursty")
+    workload = synthetic_workload(12.0, 40.0, seed, "bursty")
     clocks = allowed_clocks_mhz(config, MODEL)
     peak = cluster_peak_power_w(setup.cluster, clocks[-1], mean_decode_context(workload))
     return setup, workload, clocks, peak
 
 
-def test_the_coordinator_and_the_caps_hold_a_tight_budget(setup_and_workload: tuple) -> None:
+@pytest.fixture(scope="module")
+def setup_and_workload() -> tuple[SimulationSetup, Workload, tuple[int, ...], float]:
+    return _scenario(0)
+
+
+TIGHT_SEEDS = tuple(range(6))
+"""Seeds of the tight-budget scenario: ~290 windows of 1 s in all (under 1 %: at most 2 windows)."""
+
+
+@pytest.fixture(scope="module")
+def tight_budget_runs() -> list[tuple[float, BudgetRun, BudgetRun]]:
+    """(budget W, coordinator, ecofreq+caps) at 60 % of the max-clock peak for every seed of the scenario."""
+    runs = []
+    for seed in TIGHT_SEEDS:
+        setup, workload, clocks, peak = _scenario(seed)
+        budget = 0.6 * peak
+        ours = run_budgeted(setup, workload, COORDINATOR, budget, clocks_mhz=clocks)
+        caps = run_budgeted(setup, workload, ECOFREQ_CAPS, budget, clocks_mhz=clocks)
+        assert ours.result.num_requests == caps.result.num_requests == len(workload)  # the same requests
+        runs.append((budget, ours, caps))
+    return runs
+
+
+def test_the_coordinator_holds_a_tight_budget_under_bursts(
+    tight_budget_runs: list[tuple[float, BudgetRun, BudgetRun]],
+) -> None:
+    """Issue #17's criterion: the cluster's power in 1 s windows is above the budget in under 1 % of them,
+    judged over every seed (one seed's 50 windows cannot resolve 1 %), and on every seed sharing the budget by
+    pressure loses no more SLO than splitting it evenly (``ecofreq+caps``).
+
+    What the design charges for: every clock step the leftover budget buys (above an instance's need) at its
+    busy-power increment, as if a burst kept the instance busy the whole period at that clock (a prefill
+    burst at full token budgets), and an iteration still running at the period's start at the power it
+    draws. What it does not bound: an instance busier than predicted at or below its need clock (its busy
+    share is predicted at least ``burst_utilization``), or a decode batch that grows within the period;
+    ``budget_margin`` (5 %) is kept for these, but nothing caps them, so the design guarantees no
+    per-window bound and none is asserted: the criterion is the issue's share of windows. Before the
+    charging, both prefill instances bursting at ceilings bought at half their busy power put ~2 % of these
+    windows above the budget.
+    """
+    windows = sum(len(ours.window_power_w) for _, ours, _ in tight_budget_runs)
+    over = sum(
+        sum(1 for w in ours.window_power_w if w > budget * (1 + 1e-9))
+        for budget, ours, _ in tight_budget_runs
+    )
+    assert windows >= 200 and over / windows < 0.01, (over, windows)
+    for seed, (_, ours, caps) in zip(TIGHT_SEEDS, tight_budget_runs, strict=True):
+        assert ours.infeasible_periods == 0, seed
+        assert caps.over_budget_share == 0.0, seed  # budget/N caps are sized for the worst case here
+        # Same budget, same requests: sharing it by pressure loses no more SLO than splitting it evenly.
+        assert ours.result.slo_attainment >= caps.result.slo_attainment, seed
+
+
+def test_static_clocks_hold_a_tight_budget_a_static_max_cluster_exceeds(setup_and_workload: tuple) -> None:
     setup, workload, clocks, peak = setup_and_workload
     budget = 0.6 * peak
     unbudgeted = run_budgeted(setup, workload, "static-max", None)
     assert max(unbudgeted.window_power_w) > budget  # without a budget the cluster goes above it
-    ours = run_budgeted(setup, workload, COORDINATOR, budget, clocks_mhz=clocks)
-    caps = run_budgeted(setup, workload, ECOFREQ_CAPS, budget, clocks_mhz=clocks)
     static = run_budgeted(setup, workload, STATIC_CLOCK, budget, clocks_mhz=clocks)
-    for run in (ours, caps, static):
-        assert run.result.num_requests == unbudgeted.result.num_requests  # the same requests
-        assert run.over_budget_share == 0.0, run.policy
-    assert ours.infeasible_periods == 0
+    assert static.result.num_requests == unbudgeted.result.num_requests  # the same requests
+    assert static.over_budget_share == 0.0
     assert static.static_clock_mhz is not None and static.static_clock_mhz < clocks[-1]
-    # Same budget, same requests: sharing it by pressure loses no more SLO than splitting it evenly.
-    assert ours.result.slo_attainment >= caps.result.slo_attainment
 
 
 def test_an_impossible_budget_is_reported(setup_and_workload: tuple) -> None:

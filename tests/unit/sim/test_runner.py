@@ -14,7 +14,7 @@ def test_parse_policy_defaults_and_overrides() -> None:
     ours = parse_policy("ecofreq+ecoroute")
     assert (ours.prefill_clock, ours.prefill_route, ours.decode_route) == (
         "ecofreq",
-        "predicted-ttft",
+        "energy-ttft",
         "ecoroute",
     )
     paper = parse_policy("voltana-paper")
