@@ -387,7 +387,8 @@ def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
         return _hold(
             st, top, snapshot.now_s, _decision(clocks, top, DecisionReason.INFEASIBLE, latency, report)
         )
-    if held is not None and held != chosen and check(held) == 0:
+    # (a held clock ranked before the chosen one was checked above and failed: not checked again)
+    if held is not None and held != chosen and held not in order[: order.index(chosen)] and check(held) == 0:
         dwelling = snapshot.now_s - st.held_since_s < opts.min_dwell_s
         small_gain = energy[held] - energy[chosen] <= abs(energy[held]) * opts.hysteresis
         if dwelling or small_gain:
@@ -500,12 +501,6 @@ def _load_checker(
         per_request_kv = snapshot.num_context_tokens / batch
     else:  # (a request's context grows by its output while it runs: half of it on average)
         per_request_kv = sum([q.prompt_tokens for q in waiting]) / len(waiting) + 0.5 * output
-    model = predictor.model
-    segment_of = predictor.segment_of
-
-    def itl_s(k: int, size: float) -> float:
-        return model.predict(segment_of(size), k, size, size * per_request_kv)
-
     now_s = snapshot.now_s
     since = demand.waiting_since_s
     waited = [now_s - since.get(q.request_id, now_s) for q in waiting]
@@ -517,19 +512,20 @@ def _load_checker(
     spread = max(short if short is not None else output - 1.0, 1.0)
 
     def carries(k: int) -> bool:
+        itl_s = predictor.batch_curve(k, per_request_kv)  # ITL (s) of a batch of a size at clock k
         # The largest batch within the cap whose ITL fits the bound (ITL grows with the batch).
         lo, hi = 0, top
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if itl_s(k, float(mid)) <= bound:
+            if itl_s(float(mid)) <= bound:
                 lo = mid
             else:
                 hi = mid - 1
         if lo == 0:
             return False
-        step_s = itl_s(k, slots)
+        step_s = itl_s(slots)
         free_rps = slots / (output * step_s)  # a slot frees when a running request finishes
-        if lo / itl_s(k, float(lo)) < load_tps:
+        if lo / itl_s(float(lo)) < load_tps:
             # The clock does not carry the load in steady state: time-share it with a faster one while
             # the backlog it builds stays within what the ITL bound absorbs. Over one request's life
             # (mean output x this iteration's ITL) the instance would hold Little's law's
