@@ -387,8 +387,7 @@ def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
         return _hold(
             st, top, snapshot.now_s, _decision(clocks, top, DecisionReason.INFEASIBLE, latency, report)
         )
-    # (a held clock ranked before the chosen one was checked above and failed: not checked again)
-    if held is not None and held != chosen and held not in order[: order.index(chosen)] and check(held) == 0:
+    if held is not None and held != chosen and check(held) == 0:
         dwelling = snapshot.now_s - st.held_since_s < opts.min_dwell_s
         small_gain = energy[held] - energy[chosen] <= abs(energy[held]) * opts.hysteresis
         if dwelling or small_gain:
