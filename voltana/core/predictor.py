@@ -147,7 +147,9 @@ class ClockTable:
         index = self._index.get(clock_mhz)
         if index is None:
             index = self.clock_index(clock_mhz)
-        accepted = self.model.update(self.segment_of(x0), index, x0, x1, measured)
+        segment = _bisect_left(self.segment_ends, x0)  # segment_of(x0), inlined (every iteration)
+        last = self._last_segment
+        accepted = self.model.update(last if last < segment else segment, index, x0, x1, measured)
         if accepted:
             self.max_x0 = max(self.max_x0, x0)
             self.max_x1 = max(self.max_x1, x1)
