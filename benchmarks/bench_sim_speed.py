@@ -41,7 +41,7 @@ from rich.table import Table
 
 from voltana.core.config import VoltanaConfig
 from voltana.core.protocols import Controller
-from voltana.core.types import BatchSnapshot, ClockDecision, IterationRecord, Phase
+from voltana.core.types import Phase
 from voltana.hardware.simulated import performance_model
 from voltana.plugins import get_plugin_manager
 from voltana.sim.cluster import ClusterSpec
@@ -89,43 +89,27 @@ def mooncake_like(seed: int = 0, requests: int | None = None) -> Workload:
     )
 
 
-class _TimedController:
-    """A controller with timers around ``decide`` and ``observe`` (everything else passes through)."""
+class _Timed:
+    """``inner`` with a timer around each method named in ``parts`` (method -> part it counts for); every
+    other attribute passes through."""
 
-    def __init__(self, inner: Controller, seconds: defaultdict[str, float]) -> None:
+    def __init__(self, inner: Any, seconds: defaultdict[str, float], parts: dict[str, str]) -> None:
         self._inner = inner
-        self._seconds = seconds
+        for method, part in parts.items():
+            setattr(self, method, self._timer(getattr(inner, method), part, seconds))
+
+    @staticmethod
+    def _timer(call: Any, part: str, seconds: defaultdict[str, float]) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            result = call(*args, **kwargs)
+            seconds[part] += time.perf_counter() - start
+            return result
+
+        return timed
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
-
-    def decide(self, snapshot: BatchSnapshot) -> ClockDecision:
-        start = time.perf_counter()
-        decision = self._inner.decide(snapshot)
-        self._seconds["decide"] += time.perf_counter() - start
-        return decision
-
-    def observe(self, record: IterationRecord) -> None:
-        start = time.perf_counter()
-        self._inner.observe(record)
-        self._seconds["observe"] += time.perf_counter() - start
-
-
-class _TimedModel:
-    """A performance model with a timer around ``cost`` (everything else passes through)."""
-
-    def __init__(self, inner: Any, seconds: defaultdict[str, float]) -> None:
-        self._inner = inner
-        self._seconds = seconds
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def cost(self, *args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        cost = self._inner.cost(*args, **kwargs)
-        self._seconds["gpu model"] += time.perf_counter() - start
-        return cost
 
 
 BREAKDOWN = ("decide", "observe", "gpu model", "simulator")
@@ -136,17 +120,21 @@ def breakdown(setup: SimulationSetup, policy: str, workload: Workload) -> dict[s
     ``cost``, and the rest (the simulator). Timer overhead is measured and taken off each part."""
     seconds: defaultdict[str, float] = defaultdict(float)
     timed = dataclasses.replace(
-        setup, cluster=dataclasses.replace(setup.cluster, model=_TimedModel(setup.cluster.model, seconds))
+        setup,
+        cluster=dataclasses.replace(
+            setup.cluster, model=_Timed(setup.cluster.model, seconds, {"cost": "gpu model"})
+        ),
     )
 
     def wrap(phase: Phase, instance_id: str, controller: Controller) -> Controller:
-        return _TimedController(controller, seconds)
+        timed_controller: Controller = _Timed(controller, seconds, {"decide": "decide", "observe": "observe"})
+        return timed_controller
 
     start = time.perf_counter()
     result = run_policy(timed, parse_policy(policy), workload, wrap_controller=wrap)
     total_s = time.perf_counter() - start
     probe: defaultdict[str, float] = defaultdict(float)
-    null = _TimedModel(type("Null", (), {"cost": staticmethod(lambda: None)})(), probe)
+    null = _Timed(type("Null", (), {"cost": staticmethod(lambda: None)})(), probe, {"cost": "nothing"})
     calls = 20_000
     probe_start = time.perf_counter()
     for _ in range(calls):
