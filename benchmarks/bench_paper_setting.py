@@ -7,6 +7,8 @@ much as voltana-paper with SLO attainment no lower than static max's; >= 30 % sa
 
 Run: ``.venv/bin/python benchmarks/bench_paper_setting.py [--window 120] [--rates 2,5,10] [--json out]``
 (reads ``tests/data/traces/AzureLLMInferenceTrace_conv.csv``, shipped with the repository).
+``--compare-prefill-route energy-ttft`` also runs ecofreq+ecoroute with that prefill route on the same
+requests and prints both routes side by side (energy, TTFT and ITL attainment).
 """
 
 from __future__ import annotations
@@ -24,8 +26,14 @@ from voltana.hardware.simulated import performance_model
 from voltana.plugins import get_plugin_manager
 from voltana.sim.cluster import ClusterSpec
 from voltana.sim.report import comparison_markdown, find, sweep_json
-from voltana.sim.runner import PAPER_MIN_CLOCK_MHZ, SimulationSetup, allowed_clocks_mhz, kv_bytes_per_token
-from voltana.sim.sweep import plan_runs, run_sweep
+from voltana.sim.runner import (
+    PAPER_MIN_CLOCK_MHZ,
+    SimulationSetup,
+    allowed_clocks_mhz,
+    kv_bytes_per_token,
+    parse_policy,
+)
+from voltana.sim.sweep import SweepPoint, plan_runs, run_sweep
 from voltana.sim.synthetic import synthetic_workload
 from voltana.sim.workload import Workload, load_workload
 
@@ -35,12 +43,36 @@ OURS, PAPER, BASE = "ecofreq+ecoroute", "voltana-paper", "static-max"
 LOW_LOAD_TARGET = 0.30
 
 
+def route_table(points: list[SweepPoint], other: list[SweepPoint], default_route: str, route: str) -> str:
+    """Markdown: ecofreq+ecoroute with its default prefill route and with ``route``, per rate (same requests):
+    energy (J), TTFT and ITL attainment (%)."""
+    lines = [
+        f"\n{OURS}: prefill route {default_route} vs {route} (energy J, TTFT / ITL attainment %)\n",
+        f"| req/s | {default_route} | {route} | energy change |",
+        "|---:|---:|---:|---:|",
+    ]
+    for point, alt in zip(points, other, strict=True):
+        a, b = find(point, OURS), find(alt, OURS)
+        assert a and b
+        lines.append(
+            f"| {point.rate_rps:g} | {a.energy_j:,.0f} J, {100 * a.ttft_attainment:.2f} / "
+            f"{100 * a.itl_attainment:.2f} | {b.energy_j:,.0f} J, {100 * b.ttft_attainment:.2f} / "
+            f"{100 * b.itl_attainment:.2f} | {b.energy_j / a.energy_j - 1:+.2%} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rates", default="2,5,10,15,20,25", help="request rates (req/s)")
     parser.add_argument("--window", type=float, default=120.0, help="seconds of arrivals per rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write all results as JSON")
+    parser.add_argument(
+        "--compare-prefill-route",
+        default=None,
+        help="also run ecofreq+ecoroute with this prefill route (e.g. energy-ttft), print both routes",
+    )
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     model = performance_model("a100-80gb", "llama-3.1-8b")
@@ -108,6 +140,11 @@ def main() -> int:
             f"| {s_ours - s_oracle:+.1%} ({oracle_clocks}) | {verdict} |"
         )
     console.print("\n".join(lines), markup=False, highlight=False)
+    if args.compare_prefill_route:
+        route = args.compare_prefill_route
+        other = run_sweep(setup, (OURS,), workload_at, rates, prefill_route=route)
+        table = route_table(points, other, parse_policy(OURS).prefill_route, route)
+        console.print(table, markup=False, highlight=False)
     if args.json is not None:
         meta = {
             "model": model.name,

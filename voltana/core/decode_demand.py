@@ -18,6 +18,10 @@ ids that appear and disappear between decisions it measures, as exponentially we
   within the ITL bound, where the mean would let every request shorter than the mean miss (more than half of
   ShareGPT's outputs are).
 
+- ``itl_so_far(id)``: for a running request, the time since this instance first saw it (its wait for
+  admission included) and the tokens it has run since: its mean ITL so far (EcoFreq brings back the requests
+  that fell behind the bound); ``last_gap_s``, the time between the last two updates (the last iteration).
+
 By Little's law a stable instance runs ``rate_rps * output_tokens * ITL`` requests at once; EcoFreq uses this
 to tell the clocks that carry the measured load from those it may only time-share while the backlog they build
 stays within the ITL bound (see :mod:`voltana.plugins.ecofreq`). Preempted
@@ -58,11 +62,13 @@ class DecodeDemand:
         "iteration",
         "joined",
         "last_batch",
+        "last_gap_s",
         "last_update_s",
         "lengths",
         "present",
         "running",
         "short_cache",
+        "started_s",
         "tokens",
         "waiting_since_s",
         "window_s",
@@ -76,6 +82,7 @@ class DecodeDemand:
         self.departures = 0.0
         self.tokens = 0.0
         self.last_batch = 0
+        self.last_gap_s = 0.0  # time since the previous update (s): the last iteration's measured gap
         self.last_update_s = math.nan
         self.first_update_s = math.nan
         self.present: set[str] = set()
@@ -83,6 +90,8 @@ class DecodeDemand:
         self.iteration = 0
         self.running: set[str] = set()
         self.joined: dict[str, int] = {}  # running id -> iteration it joined the batch
+        # running id -> when it was first seen here (waiting or running)
+        self.started_s: dict[str, float] = {}
         self.lengths: deque[int] = deque(maxlen=LENGTH_SAMPLES)
         self.short_cache: float | None = None
 
@@ -117,6 +126,7 @@ class DecodeDemand:
         """Account for the requests of ``snapshot`` (called once per decode decision)."""
         now_s = snapshot.now_s
         elapsed_s = now_s - self.last_update_s
+        self.last_gap_s = elapsed_s if elapsed_s > 0.0 else 0.0
         if elapsed_s > 0.0:  # False for the first update, NaN or a clock going backwards
             fast = math.exp(-elapsed_s / self.window_s)
             slow = math.exp(-elapsed_s / (OUTPUT_WINDOW_FACTOR * self.window_s))
@@ -133,7 +143,7 @@ class DecodeDemand:
         running = {r.request_id for r in snapshot.requests}
         self.iteration += 1
         if running != self.running:
-            self._note_lengths(running)
+            self._note_lengths(running, now_s)
         current = running  # (sets here are replaced, never changed in place: sharing one is safe)
         waiting = snapshot.waiting
         if waiting:
@@ -150,17 +160,30 @@ class DecodeDemand:
             self.departures += len(previous - current)
             self.present = current
 
-    def _note_lengths(self, running: set[str]) -> None:
-        """Record when requests join the running batch and, for those that left it, how many iterations
-        (tokens) they ran."""
+    def itl_so_far(self, request_id: str, now_s: float) -> tuple[float, int] | None:
+        """(seconds since ``request_id`` was first seen here, tokens it has run since joining the batch) for a
+        running request, or None for an unknown one: their ratio is its mean ITL so far (its wait for
+        admission included), as a client measures it from this instance's side."""
+        start = self.started_s.get(request_id)
+        if start is None:
+            return None
+        return now_s - start, self.iteration - self.joined[request_id]
+
+    def _note_lengths(self, running: set[str], now_s: float) -> None:
+        """Record when requests join the running batch (iteration, and when they were first seen here: their
+        wait for admission counts) and, for those that left it, how many iterations (tokens) they ran."""
         joined = self.joined
+        started = self.started_s
+        since = self.waiting_since_s
         now = self.iteration
         for rid in running - self.running:
             joined[rid] = now
+            started[rid] = since.get(rid, now_s)
         left = self.running - running
         if left:
             lengths = self.lengths
             for rid in left:
+                started.pop(rid, None)
                 start = joined.pop(rid, None)
                 if start is not None:
                     lengths.append(now - start)

@@ -13,7 +13,10 @@ while another instance can admit it at once; when every instance makes it wait, 
 requests are ahead of it. Among the instances that admit it, the energy choice below runs only over those
 with headroom (at most ``(1 - ecoroute_headroom) x max_running`` requests after adding it, default half the
 cap: packing an instance up to its cap makes its clock carry a load at the edge of what it can, and turns
-the next burst into admission waits); when none has headroom, the least-loaded admitting instance (spread).
+the next burst into admission waits); when none has headroom, an instance where one more request crosses no
+capture-size or 128-request tile boundary first (crossing one pads the batch a whole step), then
+join-shortest-queue by expected drain time (:func:`drain_key`: the least predicted ITL with the request at
+the max clock, else the fewest requests).
 Within the energy choice, instances that could not meet the ITL even at the highest clock come last.
 Boundaries are the engine's CUDA-graph capture sizes (``InstanceState.capture_sizes``: a decode batch is
 padded up to the next one, so a request that fits in the padding costs almost nothing).
@@ -128,6 +131,20 @@ def requests_ahead(state: InstanceState) -> int:
     return max(0, state.num_running + state.num_waiting + 1 - state.max_running)
 
 
+def drain_key(state: InstanceState, request: RouteRequest, ctx: RouteContext) -> float:
+    """Join-shortest-queue by expected drain time: the predicted ITL (s) of ``state``'s batch with
+    ``request`` at the max clock, the pace at which its requests, the newcomer's included, get their tokens
+    once the instances are loaded past packing (it counts the requests and the KV each reads); without a
+    latency model or clocks, the number of requests."""
+    predictor = predictor_for(ctx, state.instance_id)
+    clocks = ctx.options.get("allowed_clocks_mhz")
+    n = state.num_running + state.num_waiting + 1
+    if predictor is None or not clocks:
+        return float(n)
+    snapshot = decode_snapshot(n, state.kv_tokens + request.input_tokens)
+    return float(predictor.predict_latency_s(snapshot, clocks[-1]))
+
+
 def _clock_of(state: InstanceState) -> int:
     return state.sm_clock_mhz if state.sm_clock_mhz is not None else 0
 
@@ -186,8 +203,13 @@ def choose_ecoroute(request: RouteRequest, candidates: list[InstanceState], ctx:
     headroom = float(ctx.options.get("ecoroute_headroom", DEFAULT_HEADROOM))
     pack_limit = int(ctx.options.get("ecoroute_pack_limit", PAPER_TILE_REQUESTS))
     fitting = [c for c in admitting if has_headroom(c, headroom, pack_limit)]
-    if not fitting:  # every instance is past its headroom: spread, so none runs into its cap
-        return min(admitting, key=lambda c: (c.num_running + c.num_waiting, c.instance_id)).instance_id
+    if not fitting:  # every instance is past its headroom: balance, so none runs into its cap
+
+        def balance(c: InstanceState) -> tuple[bool, float, str]:
+            n = c.num_running + c.num_waiting
+            return (crosses_boundary(n, c.capture_sizes), drain_key(c, request, ctx), c.instance_id)
+
+        return min(admitting, key=balance).instance_id
 
     def key(c: InstanceState) -> tuple[bool, float, int, int, str]:
         n = c.num_running + c.num_waiting

@@ -1,12 +1,12 @@
 """Routing baselines registered as named policies: ``random``, ``round-robin``, ``least-loaded``,
 ``predicted-ttft`` (prefill: the instance that would finish this prompt first) and ``energy-ttft`` (prefill:
-among the instances that meet the TTFT at their lowest clock, the one where the prompt adds the least
-predicted energy; see :func:`choose_energy_ttft`).
+a prompt joins a busy instance's forming batch where the TTFT bound is exact and sharing saves energy, else
+``predicted-ttft``; see :func:`choose_energy_ttft`).
 
 Used by the simulator and the HTTP router alike. ``ctx.predictor`` is a latency model
 (``predict_latency_s(snapshot, clock_mhz)``) or a mapping from instance id to one; ``ctx.options`` may give
-``prefill_token_budget`` (tokens per prefill iteration, default 8192) and ``max_clock_mhz`` (the clock the
-prediction assumes; else the instance's current clock).
+``prefill_token_budget`` (tokens per prefill iteration, default 8192), ``max_clock_mhz`` (the clock the
+prediction assumes; else the instance's current clock) and ``min_join_saving`` (``energy-ttft``).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def prefill_marginal_j(
     instance it joins the prompts queued there (their batch pays the per-iteration cost: overhead and the
     weight stream), ``E(pending + x) - E(pending)``; on an idle one it runs alone, ``E(x)``. Without an
     energy model: 0 on a busy instance, 1 on an idle one (the same order)."""
-    busy = state.num_running + state.num_waiting > 0
+    busy = is_busy(state)
     energy = model_for(ctx.power_model, state.instance_id)
     latency = predictor_for(ctx, state.instance_id)
     if energy is None or latency is None:
@@ -146,41 +146,112 @@ def prefill_marginal_j(
     return after - predicted_prefill_j(energy, latency, pending, budget, clock_mhz, idle_w)
 
 
-def choose_energy_ttft(request: RouteRequest, candidates: list[InstanceState], ctx: RouteContext) -> str:
-    """Prefill, energy-aware within the TTFT: among the instances that *fit*, the one where the prompt adds
-    the least predicted energy (:func:`prefill_marginal_j`; ties: the most pending tokens, then the least
-    loaded); when none fits, the earliest predicted completion at the top clock (``predicted-ttft``).
+def is_busy(state: InstanceState) -> bool:
+    """True when the instance runs or holds a prompt (a new one waits for its running iteration)."""
+    return state.num_running + state.num_waiting > 0
 
-    An instance fits when, at the *lowest* allowed clock, the prefill of its pending prompt tokens plus this
-    prompt, plus the prefill of its pending tokens once more, fits the TTFT budget
-    ``ctx.slo.ttft_s x (1 - safety_margin)``. The second term bounds how long a prompt already waiting
-    there has waited: it arrived after the running iteration started (else it would be in it), so at most
-    that iteration's duration, at most the prefill of all pending tokens (a bound while iterations have
-    room; behind a full iteration, pending beyond one token budget, an estimate). The prompts of the forming
-    batch finish together, so the bound covers theirs as well as this prompt's TTFT, and at the lowest clock
-    the placement needs no clock step-up. Needs ``ctx.predictor`` and ``options["allowed_clocks_mhz"]``;
-    without them it is ``predicted-ttft``."""
+
+MIN_JOIN_SAVING = 0.05
+"""Least share of a prompt's energy alone that joining a busy instance must save (``energy-ttft``).
+
+Joining saves the per-iteration cost (launch overhead, the weight stream), which matters for a memory-bound
+prompt only: on the simulated A100 (``voltana.hardware.simulated``), Llama-3.1-8B at 1005 MHz, a 100-token
+prompt added to a 500-2000-token batch costs 36-55% less than alone, a 1000-token one 7% less, a 4000-token
+one 5%. 5% is also the error within which a profile recovers a GPU's energies (MAPE per clock,
+docs/guides/profiling.md): a smaller predicted saving is within the model's error, not worth a wait behind
+the running iteration while another instance sits idle. Measured effect: docs/concepts/policies.md."""
+
+
+def _join_saving(state: InstanceState, request: RouteRequest, ctx: RouteContext, low: int) -> float:
+    """Share of the prompt's energy alone at ``low`` that joining busy ``state`` saves, the join priced at the
+    clock the instance runs (its current one, at least ``low``); from predicted latencies at ``low`` when
+    there is no energy model (one clock: energy follows time). 1.0 when nothing can be predicted."""
+    energy = model_for(ctx.power_model, state.instance_id)
+    latency = predictor_for(ctx, state.instance_id)
+    if latency is None:
+        return 1.0
+    budget = int(ctx.options.get("prefill_token_budget", DEFAULT_PREFILL_TOKEN_BUDGET))
+    x, pending = request.input_tokens, state.pending_prompt_tokens
+    if energy is None:
+        alone = predicted_prefill_s(latency, x, budget, low)
+        added = predicted_prefill_s(latency, pending + x, budget, low) - predicted_prefill_s(
+            latency, pending, budget, low
+        )
+    else:
+        idle_w = float(ctx.options.get("idle_power_w", 0.0))
+        alone = predicted_prefill_j(energy, latency, x, budget, low, idle_w)
+        added = prefill_marginal_j(state, request, ctx, _running_clock(state, low))
+    return 1.0 - added / alone if alone > 0 else 0.0
+
+
+def _running_clock(state: InstanceState, low: int) -> int:
+    """The clock a prompt joining ``state`` will likely run at: a busy instance's current one (EcoFreq
+    raised it for the prompts there), at least ``low``; ``low`` on an idle instance."""
+    if not is_busy(state) or state.sm_clock_mhz is None:
+        return low
+    return max(low, int(state.sm_clock_mhz))
+
+
+def choose_energy_ttft(request: RouteRequest, candidates: list[InstanceState], ctx: RouteContext) -> str:
+    """Prefill, energy-aware within the TTFT: a prompt joins a busy instance's forming batch where that
+    provably keeps the TTFT and saves energy, else runs where it finishes first (``predicted-ttft``).
+
+    Rule (``x``: this prompt's tokens, ``P``: the instance's pending prompt tokens, running and waiting,
+    ``L``: predicted prefill time at the *lowest* allowed clock, ``B``: ``prefill_token_budget``, TTFT budget
+    ``ctx.slo.ttft_s x (1 - safety_margin)``):
+
+    1. An idle instance *fits* when ``L(x)`` is within the TTFT budget.
+    2. A busy instance fits only where the prompt rides the batch forming now and the TTFT bound is exact:
+       ``P + x <= B`` and ``L(P) + L(P + x)`` within the TTFT budget. Why it bounds the TTFT: the running
+       iteration holds at most ``P`` tokens (``P < B``: it had room, so every prompt waiting there arrived
+       after it started) and runs at a clock at least the lowest, so it ends within ``L(P)``; the next
+       iteration then holds every waiting prompt and this one, at most ``P + x <= B`` tokens in one
+       iteration, done within ``L(P + x)``. That bounds this prompt's TTFT and that of the prompts already
+       waiting there, which finish with it; no clock step-up is needed for it.
+    3. A busy instance is kept only if joining saves at least ``min_join_saving`` (option; default
+       :data:`MIN_JOIN_SAVING`) of the prompt's energy alone at the lowest clock, the join priced at the
+       clock the instance runs now (EcoFreq may have raised it: a joined prompt runs there). A compute-bound
+       prompt saves a few percent by sharing, not worth a wait that leaves an idle instance idle.
+    4. Among the kept instances, the least added predicted energy (:func:`prefill_marginal_j`, at the clock
+       of step 3; an idle one at the lowest); ties: the earliest predicted completion, then the least loaded.
+       When none is kept: the earliest predicted completion at the top clock (``predicted-ttft``).
+
+    Needs ``ctx.predictor`` and ``options["allowed_clocks_mhz"]``; without them it is ``predicted-ttft``.
+    """
     clocks = ctx.options.get("allowed_clocks_mhz")
     if not clocks:
         return choose_predicted_ttft(request, candidates, ctx)
     low = int(clocks[0])
     budget_s = ctx.slo.ttft_s * (1.0 - float(ctx.options.get("safety_margin", 0.1)))
     token_budget = int(ctx.options.get("prefill_token_budget", DEFAULT_PREFILL_TOKEN_BUDGET))
-    fitting = []
+    min_saving = float(ctx.options.get("min_join_saving", MIN_JOIN_SAVING))
+    kept = []
     for state in candidates:
         predictor = predictor_for(ctx, state.instance_id)
         if predictor is None:
             return choose_predicted_ttft(request, candidates, ctx)
-        pending = state.pending_prompt_tokens
-        waited_s = predicted_prefill_s(predictor, pending, token_budget, low) if pending else 0.0
-        joined_s = predicted_prefill_s(predictor, pending + request.input_tokens, token_budget, low)
-        if waited_s + joined_s <= budget_s:
-            fitting.append(state)
-    if not fitting:
+        if not is_busy(state):
+            fits = predicted_prefill_s(predictor, request.input_tokens, token_budget, low) <= budget_s
+        else:
+            pending = state.pending_prompt_tokens
+            fits = (
+                pending + request.input_tokens <= token_budget
+                and predicted_prefill_s(predictor, pending, token_budget, low)
+                + predicted_prefill_s(predictor, pending + request.input_tokens, token_budget, low)
+                <= budget_s
+                and _join_saving(state, request, ctx, low) >= min_saving
+            )
+        if fits:
+            kept.append(state)
+    if not kept:
         return choose_predicted_ttft(request, candidates, ctx)
     return min(
-        fitting,
-        key=lambda s: (prefill_marginal_j(s, request, ctx, low), -s.pending_prompt_tokens, *_load_key(s)),
+        kept,
+        key=lambda s: (
+            prefill_marginal_j(s, request, ctx, _running_clock(s, low)),
+            predicted_ttft_s(s, request, ctx),
+            *_load_key(s),
+        ),
     ).instance_id
 
 

@@ -323,6 +323,7 @@ class ClusterSimulation:
             random.Random(seed),
             route_predictors,
             {**options, **routing.prefill_options},
+            power_model=route_power_models,
         )
         self.decode_route = RouteContext(
             routing.decode,

@@ -26,7 +26,9 @@ non-empty admission queue is a signal: each waiting request's predicted mean ITL
 ``ITL + (time waited + expected wait for a slot) / n`` with slots freed at ``B / (L * ITL)`` requests per
 second, must stay within the bound, ``n`` a short output (``DecodeDemand.short_decode_tokens``, a low quantile
 of measured lengths: a request's wait is spread over its own gaps); while ``L`` is unknown a queue means the
-max clock.
+max clock. A running request whose mean ITL so far is above the bound (past an overload or a long wait) and
+that the max clock can still bring back within it over its expected remaining tokens holds the clock's ITL
+to the pace that does (:func:`_debt_pace_s`).
 
 Objective (both phases): among feasible clocks the least predicted energy above idle,
 ``E(f) - idle_power_w * t(f)``: an instance draws its idle power whenever it is not computing, so a slower
@@ -147,6 +149,7 @@ class EcoFreqState:
         "arrivals",
         "bound_s",
         "clock_index",
+        "debt_until_s",
         "demand",
         "held_since_s",
         "opts",
@@ -165,6 +168,7 @@ class EcoFreqState:
         decode_s = self.opts.decode_window_s
         self.demand = DecodeDemand(decode_s) if decode_s > 0 and ctx.phase is Phase.DECODE else None
         self.token_rate_tps = 0.0
+        self.debt_until_s = -math.inf
 
     def note_prompts(self, snapshot: BatchSnapshot) -> None:
         """Track the mean tokens per prefill request (EWMA over iterations, weight 0.1)."""
@@ -510,6 +514,10 @@ def _load_checker(
     short = demand.short_decode_tokens
     spread = max(short if short is not None else output - 1.0, 1.0)
 
+    fastest = len(predictor.clocks_mhz) - 1
+    fastest_itl_s = predictor.batch_curve(fastest, per_request_kv)(slots)
+    pace_s = _debt_pace_s(snapshot, st, demand, fastest_itl_s, output, spread)
+
     def carries(k: int) -> bool:
         itl_s = predictor.batch_curve(k, per_request_kv)  # ITL (s) of a batch of a size at clock k
         # The largest batch within the cap whose ITL fits the bound (ITL grows with the batch).
@@ -523,6 +531,8 @@ def _load_checker(
         if lo == 0:
             return False
         step_s = itl_s(slots)
+        if step_s > pace_s:  # too slow to bring a request that fell behind back within the bound
+            return False
         free_rps = slots / (output * step_s)  # a slot frees when a running request finishes
         if lo / itl_s(float(lo)) < load_tps:
             # The clock does not carry the load in steady state: time-share it with a faster one while
@@ -543,6 +553,43 @@ def _load_checker(
         return True
 
     return carries
+
+
+def _debt_pace_s(
+    snapshot: BatchSnapshot,
+    st: EcoFreqState,
+    demand: DecodeDemand,
+    fastest_itl_s: float,
+    output: float,
+    short: float,
+) -> float:
+    """The slowest ITL (s) that brings every running request that fell behind the ITL bound (its mean ITL
+    so far, its wait for admission included, above it: after an overload or a wait) back within it over its
+    expected remaining tokens (the mean output less what it ran, at least ``short``), among those the max
+    clock (``fastest_itl_s``) can still bring back; ``inf`` when none. A request's ITL is the mean of its
+    gaps: one that ran slow needs faster gaps after, not just gaps within the bound.
+
+    Scans the batch only while a request may be behind: for a request's life (``output`` iterations at the
+    bound) after the last decision with requests waiting or after an iteration measured above the bound."""
+    bound = st.bound_s
+    now_s = snapshot.now_s
+    if snapshot.waiting or demand.last_gap_s > bound:
+        st.debt_until_s = now_s + output * bound
+    if not now_s < st.debt_until_s:
+        return math.inf
+    pace = math.inf
+    for request in snapshot.requests:
+        so_far = demand.itl_so_far(request.request_id, now_s)
+        if so_far is None:
+            continue
+        elapsed_s, tokens = so_far
+        behind_s = elapsed_s - bound * tokens
+        if behind_s <= 0.0:
+            continue
+        needed = bound - behind_s / max(output - tokens, short)
+        if fastest_itl_s <= needed < pace:
+            pace = needed
+    return pace
 
 
 def _decision(
