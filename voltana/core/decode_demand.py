@@ -144,11 +144,11 @@ class DecodeDemand:
         self.iteration += 1
         if running != self.running:
             self._note_lengths(running, now_s)
-        current = set(running)
+        current = running  # (sets here are replaced, never changed in place: sharing one is safe)
         waiting = snapshot.waiting
         if waiting:
             waiting_ids = [q.request_id for q in waiting]
-            current.update(waiting_ids)
+            current = running.union(waiting_ids)
             since = self.waiting_since_s
             fresh = {rid: since.get(rid, now_s) for rid in waiting_ids}
             self.waiting_since_s = fresh

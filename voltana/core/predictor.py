@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import math
 from bisect import bisect_left as _bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Self
 
 from voltana.core.profile import Profile, Target
@@ -108,6 +108,24 @@ class ClockTable:
         """Predictions at every grid clock (ascending clocks)."""
         return self.model.predict_all(self.segment_of(x0), x0, x1)
 
+    def batch_curve(self, clock_index: int, x1_per_x0: float) -> Callable[[float], float]:
+        """``x0 -> prediction(x0, x0 * x1_per_x0)`` at grid clock ``clock_index``: a decode batch of ``x0``
+        alike requests reading ``x1_per_x0`` KV tokens each, for searches over batch sizes.
+
+        The same floats as ``model.predict(segment_of(x0), clock_index, x0, x0 * x1_per_x0)`` with the model's
+        drift and gains read once: valid until the next :meth:`observe`.
+        """
+        ends, last, rows = self.segment_ends, self._last_segment, self.model.rows
+        d = self.model.drift
+        g0, g1, g2 = self.model.gains
+
+        def predict(x0: float) -> float:
+            segment = _bisect_left(ends, x0)
+            r0, r1, r2 = rows[last if last < segment else segment][clock_index]
+            return d * (g0 * r0 * x0 + g1 * r1 * (x0 * x1_per_x0) + g2 * r2)
+
+        return predict
+
     def value_at(self, x0: float, x1: float, clock_mhz: int) -> float:
         """Prediction at any clock: grid clocks directly, others interpolated linearly in 1/f."""
         segment = self.segment_of(x0)
@@ -129,7 +147,9 @@ class ClockTable:
         index = self._index.get(clock_mhz)
         if index is None:
             index = self.clock_index(clock_mhz)
-        accepted = self.model.update(self.segment_of(x0), index, x0, x1, measured)
+        segment = _bisect_left(self.segment_ends, x0)  # segment_of(x0), inlined (every iteration)
+        last = self._last_segment
+        accepted = self.model.update(last if last < segment else segment, index, x0, x1, measured)
         if accepted:
             self.max_x0 = max(self.max_x0, x0)
             self.max_x1 = max(self.max_x1, x1)

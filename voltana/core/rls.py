@@ -80,16 +80,26 @@ class AdaptationSettings:
 
 
 def rls_step(
-    theta: Row, p: Row, u0: float, u1: float, u2: float, target: float, lam: float, cap: float
-) -> None:
-    """One RLS step with forgetting ``lam`` on 3 parameters, in place (``p``: symmetric 3x3, row-major).
+    t0: float,
+    t1: float,
+    t2: float,
+    p: Row,
+    u0: float,
+    u1: float,
+    u2: float,
+    target: float,
+    lam: float,
+    cap: float,
+) -> tuple[float, float, float]:
+    """One RLS step with forgetting ``lam`` on the 3 parameters ``(t0, t1, t2)``: returns them updated and
+    updates the covariance ``p`` (symmetric 3x3, row-major) in place.
 
     Numerically guarded: the covariance is updated symmetrically, is not inflated by ``1 / lam`` once a
     diagonal entry reaches ``cap`` (anti-wind-up in directions the data do not excite), and is reset to
     ``cap * 0.1 * I`` if rounding ever makes a diagonal entry non-positive.
     """
-    # Hot path (two steps per observation): locals instead of repeated list indexing.
-    t0, t1, t2 = theta
+    # Hot path (two steps per observation): locals, and max()/min() of the diagonals spelt out (the same
+    # comparisons in the same order as the builtins, NaN included, without their call overhead).
     p0, p1, p2, _, p4, p5, _, _, p8 = p
     error = target - (t0 * u0 + t1 * u1 + t2 * u2)
     pu0 = p0 * u0 + p1 * u1 + p2 * u2
@@ -97,20 +107,23 @@ def rls_step(
     pu2 = p2 * u0 + p5 * u1 + p8 * u2
     inv_denom = 1.0 / (lam + u0 * pu0 + u1 * pu1 + u2 * pu2)
     k0, k1, k2 = pu0 * inv_denom, pu1 * inv_denom, pu2 * inv_denom
-    theta[0] = t0 + k0 * error
-    theta[1] = t1 + k1 * error
-    theta[2] = t2 + k2 * error
-    inv = 1.0 / lam if max(p0, p4, p8) < cap else 1.0
+    t0, t1, t2 = t0 + k0 * error, t1 + k1 * error, t2 + k2 * error
+    top = p4 if p4 > p0 else p0  # max(p0, p4, p8)
+    top = p8 if p8 > top else top
+    inv = 1.0 / lam if top < cap else 1.0
     p00 = (p0 - k0 * pu0) * inv
     p11 = (p4 - k1 * pu1) * inv
     p22 = (p8 - k2 * pu2) * inv
-    if min(p00, p11, p22) <= 0.0:
+    low = p11 if p11 < p00 else p00  # min(p00, p11, p22)
+    low = p22 if p22 < low else low
+    if low <= 0.0:
         p[:] = _identity(0.1 * cap)
-        return
+        return t0, t1, t2
     p01 = (p1 - k0 * pu1) * inv
     p02 = (p2 - k0 * pu2) * inv
     p12 = (p5 - k1 * pu2) * inv
     p[:] = (p00, p01, p02, p01, p11, p12, p02, p12, p22)
+    return t0, t1, t2
 
 
 def _identity(scale: float) -> Row:
@@ -222,11 +235,14 @@ class ClockwiseRls:
         ga, gb, gc = g
         t0, t1, t2 = ga * r0 * x0, gb * r1 * x1, gc * r2
         work = t0 + t1 + t2
-        predicted = max(self.drift * work, _MIN_PREDICTION)
+        # Two-argument min()/max() spelt out as the builtins compare (NaN included), as in rls_step.
+        predicted = self.drift * work
+        predicted = _MIN_PREDICTION if predicted < _MIN_PREDICTION else predicted
         if not predicted < math.inf:  # overflow (absurd features): nothing sane to learn
             return False
         # The rolling MAPE of a-priori predictions: each error capped at 1.0, a ring of mape_window.
-        ape = min(abs(y - predicted) / y, 1.0)
+        ape = abs(y - predicted) / y
+        ape = 1.0 if ape > 1.0 else ape
         apes = self._apes
         slot = self._next
         self._ape_sum += ape - apes[slot]
@@ -252,13 +268,16 @@ class ClockwiseRls:
         self._spread += 0.05 * ((threshold if threshold < size else size) - self._spread)
         if s.drift_rate > 0.0:
             # Clamp the ratio before the log: y / predicted can underflow to 0 for a tiny y.
-            ratio = min(max(ratio, _MIN_RATIO), _MAX_RATIO)
+            ratio = _MIN_RATIO if ratio < _MIN_RATIO else ratio
+            ratio = _MAX_RATIO if ratio > _MAX_RATIO else ratio
             self.drift *= math.exp(s.drift_rate * math.log(ratio))
         # Shared gains on what the drift left, in relative terms: regressors are the row's own shares.
-        unit = 1.0 / max(work, _MIN_PREDICTION)
+        unit = 1.0 / (_MIN_PREDICTION if work < _MIN_PREDICTION else work)
         target = y / self.drift
-        rls_step(
-            g,
+        g0, g1, g2 = rls_step(
+            ga,
+            gb,
+            gc,
             self._gain_cov,
             t0 * unit / ga,
             t1 * unit / gb,
@@ -268,7 +287,6 @@ class ClockwiseRls:
             s.max_covariance,
         )
         lo, hi = s.gain_bounds
-        g0, g1, g2 = g
         g0 = lo if g0 < lo else hi if g0 > hi else g0
         g1 = lo if g1 < lo else hi if g1 > hi else g1
         g2 = lo if g2 < lo else hi if g2 > hi else g2
@@ -287,9 +305,10 @@ class ClockwiseRls:
         y_scale = self.y_scale
         inv_y = 1.0 / y_scale
         sx0, sx1 = self.x0_scale, self.x1_scale
-        theta = [r0 * sx0 * inv_y, r1 * sx1 * inv_y, r2 * inv_y]
-        rls_step(
-            theta,
+        c0, c1, c2 = rls_step(
+            r0 * sx0 * inv_y,
+            r1 * sx1 * inv_y,
+            r2 * inv_y,
             self._cov[segment][clock_index],
             g0 * x0 / sx0,
             g1 * x1 / sx1,
@@ -298,7 +317,6 @@ class ClockwiseRls:
             s.forgetting,
             s.max_covariance,
         )
-        c0, c1, c2 = theta
         c0 = c0 * y_scale / sx0
         c1 = c1 * y_scale / sx1
         c2 = c2 * y_scale

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 DEFAULT_PREFILL_TOKEN_BUDGET = 8192
 """Prompt tokens per prefill iteration by default: vLLM's ``max_num_batched_tokens`` with chunked prefill and
@@ -89,7 +90,7 @@ class QueuedRequest:
     arrival_time_s: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class BatchSnapshot:
     """What one iteration of one instance is about to run, taken right before the forward.
 
@@ -105,6 +106,27 @@ class BatchSnapshot:
     num_context_tokens: int
     iteration: int = 0
     instance_id: str = ""
+
+    def __init__(
+        self,
+        phase: Phase,
+        requests: tuple[ScheduledRequest, ...],
+        waiting: tuple[QueuedRequest, ...],
+        now_s: float,
+        num_new_tokens: int,
+        num_context_tokens: int,
+        iteration: int = 0,
+        instance_id: str = "",
+    ) -> None:
+        # One per iteration of every instance: slot setters, as in ScheduledRequest.
+        _snapshot_set[0](self, phase)
+        _snapshot_set[1](self, requests)
+        _snapshot_set[2](self, waiting)
+        _snapshot_set[3](self, now_s)
+        _snapshot_set[4](self, num_new_tokens)
+        _snapshot_set[5](self, num_context_tokens)
+        _snapshot_set[6](self, iteration)
+        _snapshot_set[7](self, instance_id)
 
     @property
     def batch_size(self) -> int:
@@ -140,6 +162,26 @@ class BatchSnapshot:
         )
 
 
+def _slot_setters(cls: type, *names: str) -> tuple[Any, ...]:
+    """The slots' own setters of a frozen slotted dataclass, for a hand-written ``__init__`` on the hot path
+    (about half the cost of the ``object.__setattr__`` calls of the generated one; the instances stay frozen,
+    hashable and comparable: tests/unit/foundation/test_scheduled_request_fast_init.py)."""
+    return tuple(vars(cls)[name].__set__ for name in names)
+
+
+_snapshot_set = _slot_setters(
+    BatchSnapshot,
+    "phase",
+    "requests",
+    "waiting",
+    "now_s",
+    "num_new_tokens",
+    "num_context_tokens",
+    "iteration",
+    "instance_id",
+)
+
+
 class DecisionReason(StrEnum):
     """Why a clock was chosen: which constraint bound the choice."""
 
@@ -159,7 +201,7 @@ class DecisionReason(StrEnum):
     """The policy wanted more than the power-budget coordinator's ceiling; the clock is the ceiling."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ClockDecision:
     """A policy's choice of SM clock for one iteration, with the reason and its predictions."""
 
@@ -168,6 +210,25 @@ class ClockDecision:
     policy: str
     predicted_latency_s: float | None = None
     predicted_energy_j: float | None = None
+
+    def __init__(
+        self,
+        clock_mhz: int,
+        reason: DecisionReason,
+        policy: str,
+        predicted_latency_s: float | None = None,
+        predicted_energy_j: float | None = None,
+    ) -> None:
+        _decision_set[0](self, clock_mhz)  # one per iteration: slot setters, as in ScheduledRequest
+        _decision_set[1](self, reason)
+        _decision_set[2](self, policy)
+        _decision_set[3](self, predicted_latency_s)
+        _decision_set[4](self, predicted_energy_j)
+
+
+_decision_set = _slot_setters(
+    ClockDecision, "clock_mhz", "reason", "policy", "predicted_latency_s", "predicted_energy_j"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +284,7 @@ class RouteRequest:
     arrival_time_s: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class IterationRecord:
     """One finished iteration: what ran, what was decided, and what was measured."""
 
@@ -239,6 +300,39 @@ class IterationRecord:
     counter_energy_j: float | None = None
     """Instance energy the counter accounted since the previous record (J, idle included; settled off the
     hot path); None where not tracked. Instance energy counters add this, else ``energy_j``."""
+
+    def __init__(
+        self,
+        snapshot: BatchSnapshot,
+        decision: ClockDecision,
+        applied_clock_mhz: int,
+        start_time_s: float,
+        latency_s: float,
+        energy_j: float | None = None,
+        energy_source: EnergySource = EnergySource.SIMULATED,
+        counter_energy_j: float | None = None,
+    ) -> None:
+        _record_set[0](self, snapshot)  # one per iteration: slot setters, as in ScheduledRequest
+        _record_set[1](self, decision)
+        _record_set[2](self, applied_clock_mhz)
+        _record_set[3](self, start_time_s)
+        _record_set[4](self, latency_s)
+        _record_set[5](self, energy_j)
+        _record_set[6](self, energy_source)
+        _record_set[7](self, counter_energy_j)
+
+
+_record_set = _slot_setters(
+    IterationRecord,
+    "snapshot",
+    "decision",
+    "applied_clock_mhz",
+    "start_time_s",
+    "latency_s",
+    "energy_j",
+    "energy_source",
+    "counter_energy_j",
+)
 
 
 @dataclass(frozen=True, slots=True)

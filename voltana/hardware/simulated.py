@@ -212,12 +212,16 @@ class PerformanceModel:
         clock steps down (``effective_clock_mhz``); at the lowest clock it runs even if still above the
         cap (a driver refuses limits that low: ``gpu.min_power_limit_w``).
         """
-        index = self._index_of(clock_mhz)
+        # Hot path (every simulated iteration): the same arithmetic, operation for operation, with the
+        # helpers' fast paths inlined and max()/min() of two floats spelt out as the builtins compare.
+        index = self._clock_index.get(clock_mhz)
+        if index is None:
+            index = self._index_of(clock_mhz)
         if batch_size <= 0 or num_new_tokens <= 0:
             idle = self.gpu.idle_w * self.tp
             return IterationCost(0.0, 0.0, idle, self.supported_clocks_mhz[index])
         requests = float(batch_size)
-        context = float(max(0, num_context_tokens))
+        context = float(num_context_tokens if num_context_tokens > 0 else 0)
         if phase == Phase.DECODE:
             tokens = float(self.padded_batch(batch_size))
             overhead_s = DECODE_OVERHEAD_S
@@ -227,37 +231,44 @@ class PerformanceModel:
             overhead_s = PREFILL_OVERHEAD_S
             # Causal attention of each request's new tokens over its context and over themselves.
             attn_pairs = tokens * (context + 0.5 * tokens) / requests
-        padded = self._padded_tokens(tokens)
+        padded = tokens if tokens <= self._tile else self._padded_tokens(tokens)
+        compute_per_token = self._layer_compute_s_per_token
+        elementwise_s = self._elementwise_s_per_token * tokens
         gemm_memory_s = self._weights_stream_s
-        gemm_compute_s = self._layer_compute_s_per_token * padded + self._lm_compute_s_per_token * requests
-        partial_s = self._partial_share * self._layer_compute_s_per_token * tokens
+        gemm_compute_s = compute_per_token * padded + self._lm_compute_s_per_token * requests
+        partial_s = self._partial_share * compute_per_token * tokens
         attn_memory_s = (context + tokens) * self._kv_bytes_per_token_gpu / self._attn_memory_rate
         attn_compute_s = self._attn_flops_per_token_pair * attn_pairs / self._attn_compute_rate
         flat_s = (
             overhead_s
             + self._fixed_s
-            + self._elementwise_s_per_token * tokens
+            + elementwise_s
             + self._allreduce_fixed_s
             + self._allreduce_s_per_token * tokens
         )
-        memory_busy_s = gemm_memory_s + attn_memory_s + self._elementwise_s_per_token * tokens
+        memory_busy_s = gemm_memory_s + attn_memory_s + elementwise_s
         compute_at_max_s = gemm_compute_s + partial_s + attn_compute_s
 
         gpu = self.gpu
         cap_w = gpu.tdp_w if power_cap_w is None else min(gpu.tdp_w, power_cap_w)
+        slowdowns, dynamic = self._slowdown, self._dynamic
         while True:
-            slowdown = self._slowdown[index]
+            slowdown = slowdowns[index]
+            gemm_s = gemm_compute_s * slowdown
+            attn_s = attn_compute_s * slowdown
             latency_s = (
                 flat_s
-                + max(gemm_memory_s, gemm_compute_s * slowdown)
-                + max(attn_memory_s, attn_compute_s * slowdown)
+                + (gemm_s if gemm_s > gemm_memory_s else gemm_memory_s)
+                + (attn_s if attn_s > attn_memory_s else attn_memory_s)
                 + partial_s * slowdown
             )
-            compute_util = min(1.0, compute_at_max_s * slowdown / latency_s)
-            memory_util = min(1.0, memory_busy_s / latency_s)
+            compute_util = compute_at_max_s * slowdown / latency_s
+            compute_util = compute_util if compute_util < 1.0 else 1.0
+            memory_util = memory_busy_s / latency_s
+            memory_util = memory_util if memory_util < 1.0 else 1.0
             power_w = (
                 gpu.idle_w
-                + self._dynamic[index] * (gpu.clock_tree_w + gpu.sm_w * compute_util)
+                + dynamic[index] * (gpu.clock_tree_w + gpu.sm_w * compute_util)
                 + gpu.memory_w * memory_util
             )
             if power_w <= cap_w or index == 0:
@@ -265,10 +276,7 @@ class PerformanceModel:
             index -= 1  # the power cap binds: the GPU runs below the set clock
         instance_power_w = power_w * self.tp
         return IterationCost(
-            latency_s=latency_s,
-            energy_j=instance_power_w * latency_s,
-            avg_power_w=instance_power_w,
-            effective_clock_mhz=self.supported_clocks_mhz[index],
+            latency_s, instance_power_w * latency_s, instance_power_w, self.supported_clocks_mhz[index]
         )
 
 

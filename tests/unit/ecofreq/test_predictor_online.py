@@ -164,3 +164,22 @@ def test_pathological_samples_never_raise_or_poison_the_model(x0: float, x1: flo
     for _ in range(50):
         model.update(0, 0, 100.0, 100.0, 2.0 * sane)
     assert model.predict(0, 0, 100.0, 100.0) == pytest.approx(2.0 * sane, rel=0.05)
+
+
+def test_batch_curve_gives_the_predictions_of_predict() -> None:
+    """The decode load rule's batch-size search uses ``batch_curve``: the very floats of ``predict``, in every
+    segment (capture sizes) and at every clock, after the model has moved away from its seed."""
+    predictor, _ = predictors(Phase.DECODE)
+    clocks = default_clocks()
+    for i in range(200):  # learn something: drift, gains and rows all move
+        x0 = float(1 + (i * 37) % 300)
+        predictor.observe(
+            x0, x0 * 9000.0, clocks[i % len(clocks)], predictor.value_at(x0, x0 * 9000.0, clocks[-1]) * 1.2
+        )
+    model = predictor.model
+    for k in range(len(clocks)):
+        for per_request_kv in (0.0, 1234.5, 60_000.0):
+            curve = predictor.batch_curve(k, per_request_kv)
+            for size in (0.0, 1.0, 3.0, 17.0, 255.0, 512.0, 2000.0):
+                expected = model.predict(predictor.segment_of(size), k, size, size * per_request_kv)
+                assert curve(size) == expected

@@ -1,13 +1,23 @@
-"""ScheduledRequest's hand-written __init__ (a hot-path speed-up) keeps every dataclass behaviour."""
+"""The hand-written __init__ of the per-iteration types (ScheduledRequest, BatchSnapshot, ClockDecision,
+IterationRecord: a hot-path speed-up) keeps every dataclass behaviour."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import pickle
 
 import pytest
 
-from voltana.core.types import ScheduledRequest
+from voltana.core.types import (
+    BatchSnapshot,
+    ClockDecision,
+    DecisionReason,
+    EnergySource,
+    IterationRecord,
+    Phase,
+    ScheduledRequest,
+)
 
 
 def test_fields_equality_hash_and_repr_are_the_dataclass_ones() -> None:
@@ -37,3 +47,52 @@ def test_it_stays_frozen_and_checks_its_arguments() -> None:
     with pytest.raises(TypeError):
         ScheduledRequest("a", 1, 0)  # type: ignore[call-arg]
     assert not hasattr(request, "__dict__")  # still slotted
+
+
+_SNAPSHOT = BatchSnapshot(Phase.DECODE, (ScheduledRequest("a", 1, 40, 1.5),), (), 2.0, 1, 40, 7, "decode-0")
+_DECISION = ClockDecision(1410, DecisionReason.SLO_BOUND, "ecofreq", 0.02, 3.5)
+_HOT_PATH_TYPES = {
+    BatchSnapshot: _SNAPSHOT,
+    ClockDecision: _DECISION,
+    IterationRecord: IterationRecord(_SNAPSHOT, _DECISION, 1410, 2.0, 0.02, 3.5, EnergySource.SIMULATED, 4.0),
+}
+
+
+@pytest.mark.parametrize("cls", list(_HOT_PATH_TYPES), ids=lambda cls: cls.__name__)
+def test_the_other_hand_written_inits_are_the_dataclass_ones(cls: type) -> None:
+    """BatchSnapshot, ClockDecision and IterationRecord (one of each per iteration) set their slots directly
+    too: same parameters (names, order, defaults) as the fields, and every dataclass behaviour."""
+    params = list(inspect.signature(cls).parameters.values())
+    fields = dataclasses.fields(cls)
+    assert [p.name for p in params] == [f.name for f in fields]
+    for param, field in zip(params, fields, strict=True):
+        assert param.default == (
+            inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
+        )
+    instance = _HOT_PATH_TYPES[cls]
+    values = {f.name: getattr(instance, f.name) for f in fields}
+    by_keyword = cls(**values)
+    assert by_keyword == instance and hash(by_keyword) == hash(instance)
+    assert cls(*values.values()) == instance
+    assert repr(by_keyword) == repr(instance)
+    first = fields[0].name
+    assert dataclasses.replace(instance, **{first: values[first]}) == instance
+    assert pickle.loads(pickle.dumps(instance)) == instance
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(instance, first, values[first])
+    assert not hasattr(instance, "__dict__")
+    with pytest.raises(TypeError):
+        cls()
+
+
+def test_defaults_apply() -> None:
+    snapshot = BatchSnapshot(Phase.PREFILL, (), (), 0.0, 0, 0)
+    assert (snapshot.iteration, snapshot.instance_id) == (0, "")
+    decision = ClockDecision(1005, DecisionReason.IDLE, "p")
+    assert (decision.predicted_latency_s, decision.predicted_energy_j) == (None, None)
+    record = IterationRecord(snapshot, decision, 1005, 0.0, 0.0)
+    assert (record.energy_j, record.energy_source, record.counter_energy_j) == (
+        None,
+        EnergySource.SIMULATED,
+        None,
+    )

@@ -44,12 +44,11 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from itertools import accumulate
 from operator import mul
 from typing import Any
 
-import numpy as np
 from pydantic import ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
@@ -183,71 +182,132 @@ def queue_groups(
     ``m >= 1`` after the current one: ``(m, queued tokens computed by its end, attention work by its end,
     time left to the tightest first-token deadline among the requests it completes (s))``. The attention work
     counts each prompt as one causal request (``p**2 / 2``), matching the prefill feature. A positive
-    ``newcomer_tokens`` adds a virtual prompt of that size arriving now, behind the queue.
+    ``newcomer_tokens`` adds a virtual prompt of that size arriving now, behind the queue. All of
+    :class:`QueueGroups`, which computes only the groups a caller reads.
     """
-    waiting = snapshot.waiting
-    # List comprehensions, not map(attrgetter): attribute access of slotted records is faster inline.
-    tokens = [q.prompt_tokens for q in waiting]
-    total = sum(tokens) + max(newcomer_tokens, 0)
-    if total == 0:
-        return []
-    offset = bound_s - snapshot.now_s
-    if total <= budget:  # the common case: the whole queue fits in the next iteration
-        work = 0.5 * (sum(map(mul, tokens, tokens)) + max(newcomer_tokens, 0) ** 2)
-        first = min([q.arrival_time_s for q in waiting]) if waiting else snapshot.now_s
-        if newcomer_tokens > 0 and snapshot.now_s < first:
-            first = snapshot.now_s
-        return [(1, total, work, first + offset)]
-    arrivals = [q.arrival_time_s for q in waiting]
-    if newcomer_tokens > 0:
-        tokens.append(newcomer_tokens)
-        arrivals.append(snapshot.now_s)
-    if len(tokens) >= _VECTOR_MIN_QUEUE and isinstance(budget, int):
-        vectorised = _queue_groups_vectorised(tokens, arrivals, budget, total, offset)
-        if vectorised is not None:
-            return vectorised
-    cumulative = list(accumulate(tokens))
-    groups: list[tuple[int, int, float, float]] = []
-    lo, count, work = 0, len(cumulative), 0.0
-    while lo < count:
+    return list(QueueGroups(snapshot, budget, bound_s, newcomer_tokens))
+
+
+_EXACT_INT = 2**53
+"""Integers below this are exact as float64: sums of halves of them are exact too."""
+
+
+class QueueGroups:
+    """:func:`queue_groups`'s groups, computed as far as they are read (and kept for the next reader).
+
+    A prefill clock check reads the queue only when the running batch meets its own deadline, then walks the
+    groups in order and stops at the first that misses its deadline; a group ``m`` iterations out misses it
+    once ``m`` iterations take longer than the TTFT bound. So under overload (thousands of queued prompts)
+    the checks read a few groups, or none. Nothing is computed before the first read; then the totals, what
+    the last group holds (``total_tokens``, ``total_work``), by C-level sums (the work sum is exact below
+    2**53, else every group is computed); each group on first read. Iterating yields exactly the ints and
+    floats of the loop ``work += 0.5 * sum(p * p for p in group)`` over the groups in order.
+    """
+
+    __slots__ = (
+        "_budget",
+        "_cumulative",
+        "_groups",
+        "_lo",
+        "_newcomer",
+        "_now_s",
+        "_offset",
+        "_ready",
+        "_tokens",
+        "_total_tokens",
+        "_total_work",
+        "_waiting",
+        "_work",
+    )
+
+    def __init__(
+        self, snapshot: BatchSnapshot, budget: int, bound_s: float, newcomer_tokens: int = 0
+    ) -> None:
+        self._waiting = snapshot.waiting
+        self._budget = budget
+        self._now_s = snapshot.now_s
+        self._offset = bound_s - snapshot.now_s
+        self._newcomer = max(newcomer_tokens, 0)
+        self._groups: list[tuple[int, int, float, float]] = []
+        self._tokens: list[int] = []
+        self._cumulative: list[int] = []
+        self._lo = 0
+        self._work = 0.0
+        self._ready = False  # nothing read yet
+        self._total_tokens = 0
+        self._total_work = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        """Queued prompt tokens (and the newcomer's): the last group's end."""
+        if not self._ready:
+            self._prepare()
+        return self._total_tokens
+
+    @property
+    def total_work(self) -> float:
+        """Attention work of the whole queue: the last group's (0.0 for an empty queue)."""
+        if not self._ready:
+            self._prepare()
+        return self._total_work
+
+    def _prepare(self) -> None:
+        """The totals (and the only group when the whole queue fits in one iteration)."""
+        self._ready = True
+        waiting, newcomer, now_s = self._waiting, self._newcomer, self._now_s
+        # List comprehensions, not map(attrgetter): attribute access of slotted records is faster inline.
+        tokens = [q.prompt_tokens for q in waiting]
+        if newcomer:
+            tokens.append(newcomer)
+        self._tokens = tokens
+        total = self._total_tokens = sum(tokens)
+        if total == 0:
+            return
+        squares = sum(map(mul, tokens, tokens))
+        if total <= self._budget:  # the common case: the whole queue fits in the next iteration
+            first = min([q.arrival_time_s for q in waiting]) if waiting else now_s
+            if newcomer and now_s < first:
+                first = now_s
+            self._total_work = 0.5 * squares
+            self._groups.append((1, total, self._total_work, first + self._offset))
+            return
+        self._cumulative = list(accumulate(tokens))
+        if squares < _EXACT_INT:
+            self._total_work = 0.5 * squares  # = the groups' running sum: every partial sum is exact
+        else:
+            self._total_work = list(self)[-1][2]
+
+    def __bool__(self) -> bool:
+        return self.total_tokens > 0
+
+    def __iter__(self) -> Iterator[tuple[int, int, float, float]]:
+        if not self._ready:
+            self._prepare()
+        groups = self._groups
+        i = 0
+        while i < len(groups) or self._next_group():
+            yield groups[i]
+            i += 1
+
+    def _next_group(self) -> bool:
+        """Compute the next group; False when every request is grouped."""
+        lo, cumulative, budget = self._lo, self._cumulative, self._budget
+        if lo >= len(cumulative):
+            return False
         m = -(-cumulative[lo] // budget)
         hi = bisect_right(cumulative, m * budget, lo)
-        chunk = tokens[lo:hi]
-        work += 0.5 * sum(map(mul, chunk, chunk))
+        chunk = self._tokens[lo:hi]
+        self._work += 0.5 * sum(map(mul, chunk, chunk))
+        total = self._total_tokens
+        waiting = self._waiting
+        now_s = self._now_s
+        first = min([q.arrival_time_s for q in waiting[lo:hi]]) if lo < len(waiting) else now_s
+        if hi > len(waiting) and now_s < first:  # the newcomer, arriving now, is in this group
+            first = now_s
         end_tokens = m * budget if m * budget < total else total
-        groups.append((m, end_tokens, work, min(arrivals[lo:hi]) + offset))
-        lo = hi
-    return groups
-
-
-_VECTOR_MIN_QUEUE = 64
-"""Queues at least this long are grouped with numpy (a long queue under overload: thousands of prompts)."""
-_EXACT_INT = 2**53
-"""Integers below this are exact as float64: the attention work sums stay exact (see below)."""
-
-
-def _queue_groups_vectorised(
-    tokens: list[int], arrivals: list[float], budget: int, total: int, offset: float
-) -> list[tuple[int, int, float, float]] | None:
-    """:func:`queue_groups`'s loop in numpy, with identical results; None when they might not be identical.
-
-    A group is a run of requests whose cumulative tokens end in the same iteration ``m``. The loop's running
-    ``work += 0.5 * sum(p * p)`` only ever adds halves of integers, so while the total stays below 2**53 every
-    partial sum is exact and equals ``0.5 * (integer prefix sum of squares)``: the same floats.
-    """
-    top = max(tokens)
-    if min(tokens) < 0 or top * top * len(tokens) >= _EXACT_INT:
-        return None
-    counts = np.asarray(tokens, dtype=np.int64)
-    cumulative = np.cumsum(counts)
-    iteration = -(-cumulative // budget)
-    starts = np.flatnonzero(np.concatenate(([True], iteration[1:] != iteration[:-1])))
-    ends = np.append(starts[1:], len(tokens)) - 1
-    m = iteration[starts]
-    end_tokens = np.minimum(m * budget, total)
-    work = np.cumsum(counts * counts)[ends].astype(np.float64) * 0.5
-    deadlines = np.minimum.reduceat(np.asarray(arrivals, dtype=np.float64), starts) + offset
-    return list(zip(m.tolist(), end_tokens.tolist(), work.tolist(), deadlines.tolist(), strict=True))
+        self._groups.append((m, end_tokens, self._work, first + self._offset))
+        self._lo = hi
+        return True
 
 
 def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
@@ -342,8 +402,7 @@ def _prefill_checker(
     else:
         batch_slack = math.inf
     rate = st.token_rate_tps = st.arrivals.update(snapshot) if st.arrivals is not None else 0.0
-    groups = queue_groups(snapshot, budget, st.bound_s)
-    queued_tokens, queued_work = (groups[-1][1], groups[-1][2]) if groups else (0, 0.0)
+    groups = QueueGroups(snapshot, budget, st.bound_s)  # read only as far as the checks need
     newcomer = round(st.prompt_tokens) if opts.plan_for_newcomer else 0
     newcomer_work = 0.5 * newcomer * newcomer
     # Sustainable load: a full-budget iteration of mean-size prompts must take <= max_load * budget / rate.
@@ -368,8 +427,8 @@ def _prefill_checker(
                 return 2
             if newcomer:  # arriving now, served behind the queue with what arrives while this iteration runs
                 expected = rate * done
-                ahead = queued_tokens + newcomer + expected
-                ahead_work = queued_work + newcomer_work + 0.5 * expected * st.prompt_tokens
+                ahead = groups.total_tokens + newcomer + expected
+                ahead_work = groups.total_work + newcomer_work + 0.5 * expected * st.prompt_tokens
                 if done + c0 * ahead + c1 * ahead_work + c2 * math.ceil(ahead / budget) > bound:
                     return 2
         return 0
@@ -424,12 +483,6 @@ def _load_checker(
         per_request_kv = snapshot.num_context_tokens / batch
     else:  # (a request's context grows by its output while it runs: half of it on average)
         per_request_kv = sum([q.prompt_tokens for q in waiting]) / len(waiting) + 0.5 * output
-    model = predictor.model
-    segment_of = predictor.segment_of
-
-    def itl_s(k: int, size: float) -> float:
-        return model.predict(segment_of(size), k, size, size * per_request_kv)
-
     now_s = snapshot.now_s
     since = demand.waiting_since_s
     waited = [now_s - since.get(q.request_id, now_s) for q in waiting]
@@ -441,24 +494,26 @@ def _load_checker(
     spread = max(short if short is not None else output - 1.0, 1.0)
 
     fastest = len(predictor.clocks_mhz) - 1
-    pace_s = _debt_pace_s(snapshot, st, demand, itl_s(fastest, slots), output, spread)
+    fastest_itl_s = predictor.batch_curve(fastest, per_request_kv)(slots)
+    pace_s = _debt_pace_s(snapshot, st, demand, fastest_itl_s, output, spread)
 
     def carries(k: int) -> bool:
+        itl_s = predictor.batch_curve(k, per_request_kv)  # ITL (s) of a batch of a size at clock k
         # The largest batch within the cap whose ITL fits the bound (ITL grows with the batch).
         lo, hi = 0, top
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if itl_s(k, float(mid)) <= bound:
+            if itl_s(float(mid)) <= bound:
                 lo = mid
             else:
                 hi = mid - 1
         if lo == 0:
             return False
-        step_s = itl_s(k, slots)
+        step_s = itl_s(slots)
         if step_s > pace_s:  # too slow to bring a request that fell behind back within the bound
             return False
         free_rps = slots / (output * step_s)  # a slot frees when a running request finishes
-        if lo / itl_s(k, float(lo)) < load_tps:
+        if lo / itl_s(float(lo)) < load_tps:
             # The clock does not carry the load in steady state: time-share it with a faster one while
             # the backlog it builds stays within what the ITL bound absorbs. Over one request's life
             # (mean output x this iteration's ITL) the instance would hold Little's law's
