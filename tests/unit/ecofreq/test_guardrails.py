@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import sys
 from pathlib import Path
 
 import pytest
 from ecofreq_helpers import a100, controller, decode_snapshot, default_clocks
 from pydantic import TypeAdapter
 
-from voltana.cli import main
+from tests.support.cli import simulate_with_config
 from voltana.core.config import ConfigError
 from voltana.core.types import DecisionReason, Phase
 from voltana.plugins.ecofreq import EcoFreqOptions
@@ -104,14 +103,10 @@ def test_options_carry_their_descriptions_and_constraints() -> None:
 def test_bad_options_in_a_config_are_one_line_for_simulate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tmp_path / "bad.toml"
-    config.write_text('[policy]\noptions = { hysteresis = "lots" }\n')
-    monkeypatch.setattr(sys, "argv", ["voltana", "-c", str(config), "simulate", "--duration", "5",
-                                      "--rates", "3", "--policies", "ecofreq+ecoroute"])  # fmt: skip
-    with pytest.raises(SystemExit) as exited:
-        main()
-    assert exited.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    code, lines = simulate_with_config(
+        tmp_path, monkeypatch, capsys, '[policy]\noptions = { hysteresis = "lots" }\n', "ecofreq+ecoroute"
+    )
+    assert code == 2
     assert lines == ["error: policy.options.hysteresis must be a number, got 'lots'"]
 
 

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from voltana.cli.app import main
+from tests.support.cli import simulate_with_config
 from voltana.core.config import ConfigError, PolicyConfig, VoltanaConfig
 from voltana.plugins import get_plugin_manager
 from voltana.plugins.routing import MIN_JOIN_SAVING
@@ -44,15 +43,11 @@ def test_good_knobs_pass_through_with_the_safety_margin() -> None:
 def test_simulate_with_a_bad_routing_knob_exits_with_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tmp_path / "bad.toml"
-    config.write_text('[policy]\noptions = { min_join_saving = "abc" }\n')
     # EcoFreq's option check ignores the routing keys: the routing check must catch it
-    monkeypatch.setattr(sys, "argv", ["voltana", "-c", str(config), "simulate", "--duration", "5",
-                                      "--rates", "3", "--policies", "ecofreq+ecoroute"])  # fmt: skip
-    with pytest.raises(SystemExit) as exited:
-        main()
-    assert exited.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    code, lines = simulate_with_config(
+        tmp_path, monkeypatch, capsys, '[policy]\noptions = { min_join_saving = "abc" }\n', "ecofreq+ecoroute"
+    )
+    assert code == 2
     assert lines == ["error: policy.options.min_join_saving must be a number, got 'abc'"]
 
 
