@@ -328,10 +328,10 @@ def report_panel(
     if low:
         shares = [decode_compute_share(setup, p.static_max, p.rate_rps) for p in low]
         rates = ", ".join(
-            f"{p.rate_rps:g} (decode needs {100 * x:.0f}%)" for p, x in zip(low, shares, strict=True)
+            f"{p.rate_rps:g} req/s (decode needs {100 * x:.0f}%)" for p, x in zip(low, shares, strict=True)
         )
         checks.append(
-            f"{panel.model}/{panel.workload}: static max itself below 90% TTFT or ITL at {rates} req/s: "
+            f"{panel.model}/{panel.workload}: static max itself below 90% TTFT or ITL at {rates}: "
             f"beyond what the cluster carries within the SLOs (in brackets: the share of the decode GPUs' "
             f"peak tensor FLOP/s the offered load needs for its linear layers alone)"
         )
@@ -420,13 +420,22 @@ def main() -> int:
     except ValueError:
         print(f"error: --margins must be comma-separated numbers, got {args.margins!r}", file=sys.stderr)
         return 2
+    if not all(0.0 <= m < 1.0 for m in margins):
+        print(f"error: --margins must each be in [0, 1), got {args.margins!r}", file=sys.stderr)
+        return 2
+    if args.duration is not None and not 0.0 < args.duration < float("inf"):
+        print(
+            f"error: --duration must be a positive number of seconds, got {args.duration:g}", file=sys.stderr
+        )
+        return 2
     if args.prefill_route is not None:
         try:
             route_policy(get_plugin_manager().hook, args.prefill_route)
         except UnknownPolicyError as exc:
             print(f"error: --prefill-route: {exc}", file=sys.stderr)
             return 2
-    duration = args.duration or (30.0 if args.quick else 60.0)
+    duration = args.duration if args.duration is not None else (30.0 if args.quick else 60.0)
+    ours_route = args.prefill_route or parse_policy(OURS).prefill_route
     chosen = list(PANELS)
     if args.panels:
         wanted = {w.strip() for w in args.panels.split(",")}
@@ -448,7 +457,8 @@ def main() -> int:
     console.print(
         f"A100-80GB, 2P+2D (TP2 models 1P+1D), engine {args.engine}, SLO TTFT 800 ms / ITL 50 ms, clocks "
         f"{PAPER_MIN_CLOCK_MHZ}..1410 MHz, {duration:g} s of Poisson arrivals per rate, seed {args.seed}; "
-        f"headline margin {HEADLINE_MARGIN}, frontier margins {', '.join(f'{m:g}' for m in margins)}\n"
+        f"headline margin {HEADLINE_MARGIN}, frontier margins {', '.join(f'{m:g}' for m in margins)}; "
+        f"{OURS} with prefill route {ours_route}\n"
     )
     results: list[tuple[Panel, list[RatePoint]]] = []
     failed: list[str] = []
@@ -489,7 +499,7 @@ def main() -> int:
     if args.json is not None:
         payload = {
             "engine": args.engine,
-            "ours_prefill_route": args.prefill_route or parse_policy(OURS).prefill_route,
+            "ours_prefill_route": ours_route,
             "duration_s": duration,
             "margins": list(margins),
             "slo": SLO,
@@ -497,6 +507,7 @@ def main() -> int:
                 {"model": p.model, "workload": p.workload, "points": [point_json(x) for x in pts]}
                 for p, pts in results
             ],
+            "checks": checks,
             "failed": failed,
         }
         args.json.write_text(json.dumps(payload, indent=2))

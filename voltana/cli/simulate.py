@@ -266,7 +266,7 @@ def simulate(
                 setup, probe, allowed, power_budget, power_budgets, plot=plot, as_json=as_json, title=title
             )
             return
-        _check_policies(names)
+        _check_policies(names, config.policy.prefill_route)
         timeline_policy = _timeline_policy(names) if plot else None
         if timeline_rate is not None and timeline_rate not in sweep_rates:
             known = ", ".join(f"{r:g}" for r in sweep_rates)
@@ -285,12 +285,14 @@ def simulate(
 
                 points = run_sweep_on_ray(
                     setup, names, workload_at, sweep_rates, address=ray_address, workers=workers,
-                    timeline_policy=timeline_policy, num_clocks=len(allowed), on_run=on_run,
+                    prefill_route=config.policy.prefill_route, timeline_policy=timeline_policy,
+                    num_clocks=len(allowed), on_run=on_run,
                 )  # fmt: skip
             else:
                 points = run_sweep(
-                    setup, names, workload_at, sweep_rates, timeline_policy=timeline_policy, on_run=on_run
-                )
+                    setup, names, workload_at, sweep_rates, config.policy.prefill_route,
+                    timeline_policy=timeline_policy, on_run=on_run,
+                )  # fmt: skip
     except (WorkloadError, SimulationError, UnknownProfileError, EngineConfigError) as exc:
         raise _fail(str(exc)) from None
     meta = {
@@ -494,16 +496,17 @@ def _timeline_policy(names: list[str]) -> str:
     return next((n for n in reversed(names) if n != "oracle"), BASELINE)
 
 
-def _check_policies(names: list[str]) -> None:
-    """Every policy named in ``--policies`` is registered (the core's lookup, so the same one-line wording as
-    the engines and the router: ``unknown clock policy 'x'; registered: ...``)."""
-    from voltana.sim.runner import ORACLE, SimulationError, parse_policy
+def _check_policies(names: list[str], prefill_route: str) -> None:
+    """Every policy named in ``--policies`` and the config's ``policy.prefill_route`` are registered (the
+    core's lookup, so the same one-line wording as the engines and the router: ``unknown clock policy 'x';
+    registered: ...``)."""
+    from voltana.sim.runner import ORACLE, SimulationError, configured_policy
 
     hook = get_plugin_manager().hook
     for name in names:
         if name == ORACLE:
             continue
-        spec = parse_policy(name)
+        spec = configured_policy(name, prefill_route)
         try:
             lookup_policy(hook, "clock", spec.prefill_clock)
             for route in (spec.prefill_route, spec.decode_route):

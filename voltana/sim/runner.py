@@ -42,6 +42,9 @@ DEFAULT_ROUTES: dict[str, tuple[str, str]] = {
     "ecofreq": ("energy-ttft", "ecoroute"),
 }
 FALLBACK_ROUTES = ("round-robin", "round-robin")
+REFERENCE_POLICIES = frozenset({"static-max", "static-min", "static", "voltana-paper"})
+"""Clock policies compared with their own reference routes (:data:`DEFAULT_ROUTES`), whatever the config's
+``policy.prefill_route`` says."""
 
 
 class SimulationError(VoltanaError, ValueError):
@@ -84,6 +87,14 @@ def parse_policy(text: str, prefill_route: str | None = None) -> PolicySpec:
         prefill_route=prefill_route or default_prefill,
         decode_route=decode or default_decode,
     )
+
+
+def configured_policy(text: str, prefill_route: str | None = None) -> PolicySpec:
+    """:func:`parse_policy` where ``prefill_route`` (a config's ``policy.prefill_route``, or a benchmark's
+    choice for ours) replaces the default prefill route of every policy but the references
+    (:data:`REFERENCE_POLICIES` keep theirs, so that a comparison's baselines do not move with it)."""
+    clock = text.strip().partition("+")[0]
+    return parse_policy(text, None if clock in REFERENCE_POLICIES else prefill_route)
 
 
 def static_spec(

@@ -8,7 +8,15 @@ from dataclasses import dataclass, replace
 from voltana.core.types import Slo
 from voltana.sim.metrics import PolicyResult
 from voltana.sim.oracle import hindsight_oracle
-from voltana.sim.runner import ORACLE, PolicySpec, SimulationSetup, parse_policy, run_policy, with_savings
+from voltana.sim.runner import (
+    ORACLE,
+    PolicySpec,
+    SimulationSetup,
+    configured_policy,
+    parse_policy,
+    run_policy,
+    with_savings,
+)
 from voltana.sim.workload import Workload
 
 BASELINE = "static-max"
@@ -117,8 +125,10 @@ def run_sweep(
     oracle_stride: int = 1,
     on_run: Callable[[str, float], None] | None = None,
 ) -> list[SweepPoint]:
-    """Run every policy (``oracle`` last) at every rate; ``on_run(label, rate)`` after each simulation."""
-    specs: list[PolicySpec] = [parse_policy(p, prefill_route) for p in policies if p != ORACLE]
+    """Run every policy (``oracle`` last) at every rate; ``on_run(label, rate)`` after each simulation.
+    ``prefill_route`` replaces the prefill route of every policy but the references
+    (:func:`~voltana.sim.runner.configured_policy`)."""
+    specs: list[PolicySpec] = [configured_policy(p, prefill_route) for p in policies if p != ORACLE]
     points: list[SweepPoint] = []
     for rate in rates_rps:
         workload = workload_at(rate)

@@ -210,6 +210,6 @@ class VoltanaDecodeRouter(VoltanaRequestRouter):
 
 
 class VoltanaPrefillRouter(VoltanaRequestRouter):
-    """Routes to the prefill deployment (default policy: ``policy.prefill_route``, predicted-TTFT)."""
+    """Routes to the prefill deployment (default policy: ``policy.prefill_route``, energy-ttft)."""
 
     phase = Phase.PREFILL
