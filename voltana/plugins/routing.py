@@ -162,10 +162,13 @@ docs/guides/profiling.md): a smaller predicted saving is within the model's erro
 the running iteration while another instance sits idle. Measured effect: docs/concepts/policies.md."""
 
 
-def _join_saving(state: InstanceState, request: RouteRequest, ctx: RouteContext, low: int) -> float:
+def _join_saving(
+    state: InstanceState, request: RouteRequest, ctx: RouteContext, low: int, added_j: float
+) -> float:
     """Share of the prompt's energy alone at ``low`` that joining busy ``state`` saves, the join priced at the
-    clock the instance runs (its current one, at least ``low``); from predicted latencies at ``low`` when
-    there is no energy model (one clock: energy follows time). 1.0 when nothing can be predicted."""
+    clock the instance runs (``added_j``: :func:`prefill_marginal_j` at :func:`_running_clock`); from
+    predicted latencies at ``low`` when there is no energy model (one clock: energy follows time). 1.0 when
+    nothing can be predicted."""
     energy = model_for(ctx.power_model, state.instance_id)
     latency = predictor_for(ctx, state.instance_id)
     if latency is None:
@@ -180,7 +183,7 @@ def _join_saving(state: InstanceState, request: RouteRequest, ctx: RouteContext,
     else:
         idle_w = float(ctx.options.get("idle_power_w", 0.0))
         alone = predicted_prefill_j(energy, latency, x, budget, low, idle_w)
-        added = prefill_marginal_j(state, request, ctx, _running_clock(state, low))
+        added = added_j
     return 1.0 - added / alone if alone > 0 else 0.0
 
 
@@ -225,34 +228,30 @@ def choose_energy_ttft(request: RouteRequest, candidates: list[InstanceState], c
     budget_s = ctx.slo.ttft_s * (1.0 - float(ctx.options.get("safety_margin", 0.1)))
     token_budget = int(ctx.options.get("prefill_token_budget", DEFAULT_PREFILL_TOKEN_BUDGET))
     min_saving = float(ctx.options.get("min_join_saving", MIN_JOIN_SAVING))
-    kept = []
+    kept: list[tuple[float, InstanceState]] = []  # (added energy at the clock it runs, instance)
     for state in candidates:
         predictor = predictor_for(ctx, state.instance_id)
         if predictor is None:
             return choose_predicted_ttft(request, candidates, ctx)
         if not is_busy(state):
-            fits = predicted_prefill_s(predictor, request.input_tokens, token_budget, low) <= budget_s
-        else:
-            pending = state.pending_prompt_tokens
-            fits = (
-                pending + request.input_tokens <= token_budget
-                and predicted_prefill_s(predictor, pending, token_budget, low)
-                + predicted_prefill_s(predictor, pending + request.input_tokens, token_budget, low)
-                <= budget_s
-                and _join_saving(state, request, ctx, low) >= min_saving
-            )
-        if fits:
-            kept.append(state)
+            if predicted_prefill_s(predictor, request.input_tokens, token_budget, low) <= budget_s:
+                kept.append((prefill_marginal_j(state, request, ctx, low), state))
+            continue
+        pending = state.pending_prompt_tokens
+        if (
+            pending + request.input_tokens <= token_budget
+            and predicted_prefill_s(predictor, pending, token_budget, low)
+            + predicted_prefill_s(predictor, pending + request.input_tokens, token_budget, low)
+            <= budget_s
+        ):
+            added_j = prefill_marginal_j(state, request, ctx, _running_clock(state, low))
+            if _join_saving(state, request, ctx, low, added_j) >= min_saving:
+                kept.append((added_j, state))
     if not kept:
         return choose_predicted_ttft(request, candidates, ctx)
-    return min(
-        kept,
-        key=lambda s: (
-            prefill_marginal_j(s, request, ctx, _running_clock(s, low)),
-            predicted_ttft_s(s, request, ctx),
-            *_load_key(s),
-        ),
-    ).instance_id
+    return min(kept, key=lambda k: (k[0], predicted_ttft_s(k[1], request, ctx), *_load_key(k[1])))[
+        1
+    ].instance_id
 
 
 Chooser = Callable[[RouteRequest, list[InstanceState], RouteContext], str]
