@@ -39,9 +39,11 @@ from voltana.sim.limit import gap_closed, run_with_limit
 from voltana.sim.metrics import PolicyResult
 from voltana.sim.runner import (
     PAPER_MIN_CLOCK_MHZ,
+    PolicySpec,
     SimulationSetup,
     kv_bytes_per_token,
     parse_policy,
+    run_policy,
     static_spec,
 )
 from voltana.sim.workload import Workload
@@ -114,6 +116,15 @@ def setup_for(model_name: str, engine: str, seed: int) -> SimulationSetup:
     return SimulationSetup(cluster, config, get_plugin_manager().hook, seed)
 
 
+def static_specs(setup: SimulationSetup) -> tuple[PolicySpec, PolicySpec]:
+    """Static 1410 MHz (the top clock, round-robin routes as ``static-max``) and static 1005 MHz."""
+    top = setup.config.clocks.max_mhz or setup.cluster.model.max_clock_mhz
+    return (
+        static_spec(top, top, "static-max", routes_of="static-max"),
+        static_spec(PAPER_MIN_CLOCK_MHZ, PAPER_MIN_CLOCK_MHZ, "static-min"),
+    )
+
+
 def run_rate(
     setup: SimulationSetup,
     workload: Workload,
@@ -124,14 +135,10 @@ def run_rate(
 ) -> RatePoint:
     """Both static clocks, then both policies at every margin (headline: ``HEADLINE_MARGIN``);
     ``prefill_route`` replaces our policy's default prefill route (the paper's policy keeps its own)."""
-    top = setup.config.clocks.max_mhz or setup.cluster.model.max_clock_mhz
     runs = []
-    for name, spec in (
-        ("static-max", static_spec(top, top, "static-max", routes_of="static-max")),
-        ("static-min", static_spec(PAPER_MIN_CLOCK_MHZ, PAPER_MIN_CLOCK_MHZ, "static-min")),
-    ):
+    for spec in static_specs(setup):
         runs.append(run_with_limit(setup, spec, workload, rate))
-        tick(name)
+        tick(spec.name)
     static_max, static_min = runs[0].result, runs[1].result
     frontiers: dict[str, list[FrontierPoint]] = {OURS: [], PAPER: []}
     headline: dict[str, PolicyResult] = {}
@@ -275,17 +282,14 @@ def ratio_energies_j(
         return {}, duration_s
     if duration_s >= RATIO_MIN_DURATION_S:
         return {p.rate_rps: (p.static_max.energy_j, p.static_min.energy_j) for p in checked}, duration_s
-    top = setup.config.clocks.max_mhz or setup.cluster.model.max_clock_mhz
     energies: dict[float, tuple[float, float]] = {}
     for p in checked:
         workload = dataset_workload(
             panel.workload, p.rate_rps, RATIO_MIN_DURATION_S, seed, tokenizer=tokenizer_for_model(panel.model)
         )
-        specs = (  # as in run_rate
-            static_spec(top, top, "static-max", routes_of="static-max"),
-            static_spec(PAPER_MIN_CLOCK_MHZ, PAPER_MIN_CLOCK_MHZ, "static-min"),
+        max_j, min_j = (
+            run_policy(setup, spec, workload, p.rate_rps).energy_j for spec in static_specs(setup)
         )
-        max_j, min_j = (run_with_limit(setup, spec, workload, p.rate_rps).result.energy_j for spec in specs)
         tick(f"{p.rate_rps:g} req/s ratio check, {RATIO_MIN_DURATION_S:g} s")
         energies[p.rate_rps] = (max_j, min_j)
     return energies, RATIO_MIN_DURATION_S
