@@ -78,13 +78,17 @@ class PolicyInfo:
     ``kind``: ``clock`` or ``route``; ``name``: what config selects (``policy.clock``,
     ``policy.prefill_route``, ``policy.decode_route``); ``description``: one line for ``voltana config show``;
     ``choose``: the policy itself, a ``ClockPolicy`` or a ``RoutePolicy`` (contracts in
-    ``voltana.core.policies``), looked up once by name and then called on every iteration or decision.
+    ``voltana.core.policies``), looked up once by name and then called on every iteration or decision;
+    ``reads_models``: whether ``choose`` reads the latency or energy models (EcoPred). False (a fixed clock,
+    round-robin) lets a caller that reads none either skip learning them (the simulator does, see
+    ``FrequencyController`` ``learn``); True, the default, is always safe.
     """
 
     kind: PolicyKind
     name: str
     description: str
     choose: Callable[..., Any]
+    reads_models: bool = True
 
 
 @dataclass(frozen=True, slots=True)

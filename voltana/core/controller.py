@@ -57,9 +57,10 @@ class FrequencyController:
     """Chooses the SM clock of one engine instance for each iteration (see module docstring).
 
     ``hook``: the plugin manager's hook relay (``pm.hook``): the policy named ``policy`` is looked up in
-    what its plugins register, and finished iterations go to its ``voltana_iteration_finished``. Raises
-    ``UnknownPolicyError`` (a ``ConfigError``) for an unregistered ``policy``, ``ValueError`` for bad clocks.
-    Implements :class:`voltana.core.protocols.Controller`. Invariant: every returned ``clock_mhz`` is one of
+    what its plugins register, and finished iterations go to its ``voltana_iteration_finished``.
+    ``learn=False`` keeps the models as seeded (see ``learns``). Raises ``UnknownPolicyError`` (a
+    ``ConfigError``) for an unregistered ``policy``, ``ValueError`` for bad clocks. Implements
+    :class:`voltana.core.protocols.Controller`. Invariant: every returned ``clock_mhz`` is one of
     ``allowed_clocks_mhz`` and at most the ceiling's clock.
     """
 
@@ -76,6 +77,7 @@ class FrequencyController:
         power_model: Any | None = None,
         options: Mapping[str, Any] | None = None,
         safety_margin: float = 0.1,
+        learn: bool = True,
     ) -> None:
         clocks = tuple(sorted({int(c) for c in allowed_clocks_mhz}))
         if not clocks or clocks[0] <= 0:
@@ -102,6 +104,10 @@ class FrequencyController:
             options=merged,
         )
         self._allowed = frozenset(clocks)
+        self.learns = bool(learn)
+        """Whether :meth:`observe` feeds measured iterations into the predictor and power model. False only
+        where nothing reads them (a fixed clock with model-blind routing, in the simulator): they then stay
+        as seeded, and each iteration costs no model update."""
         self._policy_failed = False
         self._observer_failed = False
 
@@ -167,7 +173,7 @@ class FrequencyController:
         """Learn from a finished iteration, then broadcast it to observers; never raises."""
         self.ctx.state[APPLIED_CLOCK_KEY] = record.applied_clock_mhz
         try:
-            if record.snapshot.requests and record.latency_s > 0.0:
+            if self.learns and record.snapshot.requests and record.latency_s > 0.0:
                 self.predictor.observe_iteration(record.snapshot, record.applied_clock_mhz, record.latency_s)
                 if isinstance(self.power_model, EnergyPredictor) and record.energy_j is not None:
                     self.power_model.observe_iteration(

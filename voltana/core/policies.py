@@ -87,6 +87,12 @@ def lookup_policy(hook: Any, kind: PolicyKind, name: str) -> PolicyInfo:
     raise UnknownPolicyError(f"unknown {_KIND_WORDS[kind]} policy {name!r}; registered: {known}")
 
 
+def reads_models(hook: Any, kind: PolicyKind, name: str) -> bool:
+    """Whether the ``kind`` policy registered as ``name`` reads the latency or energy models
+    (:attr:`PolicyInfo.reads_models`); raises :class:`UnknownPolicyError`."""
+    return lookup_policy(hook, kind, name).reads_models
+
+
 def clock_policy(hook: Any, name: str) -> ClockPolicy:
     """The clock policy registered as ``name``; raises :class:`UnknownPolicyError`."""
     return cast(ClockPolicy, lookup_policy(hook, "clock", name).choose)

@@ -274,11 +274,16 @@ def route_policy_of(chooser: Chooser) -> RoutePolicy:
 
 @hookimpl
 def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
-    for name, description, chooser in (
-        ("random", "uniformly random instance (seeded)", choose_random),
-        ("round-robin", "instances in turn", choose_round_robin),
-        ("least-loaded", "fewest running + waiting requests, then pending tokens", choose_least_loaded),
-        ("predicted-ttft", "prefill: earliest predicted prefill completion", choose_predicted_ttft),
-        ("energy-ttft", "prefill: least added energy among those meeting the TTFT", choose_energy_ttft),
+    for name, description, chooser, reads_models in (
+        ("random", "uniformly random instance (seeded)", choose_random, False),
+        ("round-robin", "instances in turn", choose_round_robin, False),
+        (
+            "least-loaded",
+            "fewest running + waiting requests, then pending tokens",
+            choose_least_loaded,
+            False,
+        ),
+        ("predicted-ttft", "prefill: earliest predicted prefill completion", choose_predicted_ttft, True),
+        ("energy-ttft", "prefill: least added energy among those meeting the TTFT", choose_energy_ttft, True),
     ):
-        register(PolicyInfo("route", name, description, route_policy_of(chooser)))
+        register(PolicyInfo("route", name, description, route_policy_of(chooser), reads_models))

@@ -45,8 +45,24 @@ def choose_static(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
 def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
     register(
         PolicyInfo(
-            "clock", "static-max", "always the highest allowed clock (the usual default)", choose_static_max
+            "clock",
+            "static-max",
+            "always the highest allowed clock (the usual default)",
+            choose_static_max,
+            reads_models=False,
         )
     )
-    register(PolicyInfo("clock", "static-min", "always the lowest allowed clock", choose_static_min))
-    register(PolicyInfo("clock", "static", "a fixed clock: policy.options.static_clock_mhz", choose_static))
+    register(
+        PolicyInfo(
+            "clock", "static-min", "always the lowest allowed clock", choose_static_min, reads_models=False
+        )
+    )
+    register(
+        PolicyInfo(
+            "clock",
+            "static",
+            "a fixed clock: policy.options.static_clock_mhz",
+            choose_static,
+            reads_models=False,
+        )
+    )

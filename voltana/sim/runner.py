@@ -15,6 +15,7 @@ from typing import Any
 from voltana.core.config import VoltanaConfig
 from voltana.core.contexts import ClockContext
 from voltana.core.errors import VoltanaError
+from voltana.core.policies import reads_models
 from voltana.core.protocols import Controller
 from voltana.core.types import Phase, Slo
 from voltana.plugins.ecofreq.factory import build_controller, resolve_allowed_clocks
@@ -140,11 +141,20 @@ def pinned_clock_options(spec: PolicySpec, phase: Phase, clocks_mhz: tuple[int, 
     return {"allowed_clocks_mhz": (pinned,), "max_clock_mhz": pinned}
 
 
-def _build_controller(
-    config: VoltanaConfig, phase: Phase, instance_id: str, model: Any, hook: Any
-) -> Controller:
-    controller: Controller = build_controller(config, phase, instance_id, model, hook)
-    return controller
+def models_read(hook: Any, spec: PolicySpec, wrapped: bool = False) -> dict[Phase, bool]:
+    """Per phase, whether anything reads its instances' latency and energy models, so that they must learn.
+
+    A phase's clock policy, either route (routes are given every instance's models) or a controller
+    wrapper (``wrapped``: the power budget reads predicted energy) reads them; a policy says so in its
+    :class:`~voltana.core.contexts.PolicyInfo` (``reads_models``). Static max with round-robin routing reads
+    none: its controllers then skip the per-iteration model update, which was half of its simulated time,
+    and its results are the same. Raises ``UnknownPolicyError`` for an unregistered name.
+    """
+    routes = reads_models(hook, "route", spec.prefill_route) or reads_models(hook, "route", spec.decode_route)
+    return {
+        phase: wrapped or routes or reads_models(hook, "clock", spec.clock_policy(phase)[0])
+        for phase in (Phase.PREFILL, Phase.DECODE)
+    }
 
 
 @dataclass
@@ -190,9 +200,12 @@ def run_policy(
     decode_options = {"max_running_requests": max_running, **configs[Phase.DECODE].policy.options}
     configs[Phase.DECODE] = with_clock_policy(configs[Phase.DECODE], spec.decode_clock, decode_options)
     controllers: dict[str, Controller] = {}
+    learns = models_read(setup.hook, spec, wrapped=wrap_controller is not None)
 
     def factory(phase: Phase, instance_id: str) -> Controller:
-        controller = _build_controller(configs[phase], phase, instance_id, model, setup.hook)
+        controller: Controller = build_controller(
+            configs[phase], phase, instance_id, model, setup.hook, learn=learns[phase]
+        )
         if wrap_controller is not None:
             controller = wrap_controller(phase, instance_id, controller)
         controllers[instance_id] = controller

@@ -170,12 +170,14 @@ def build_controller(
     model: PerformanceModel | None,
     hook: Any,
     supported_clocks_mhz: Sequence[int] | None = None,
+    learn: bool = True,
 ) -> FrequencyController:
     """A controller for one instance: clocks from config (within the device's or model's supported clocks),
     predictors seeded from ``config.engine.predictor_profile`` or else from the simulated ``model``, whose
     idle power becomes ``policy.options.idle_power_w`` unless config sets it.
 
-    Raises ValueError (or ``ProfileError``) with one line when neither seed is available or clocks are bad.
+    ``learn``: see ``FrequencyController.learns``. Raises ValueError (or ``ProfileError``) with one line
+    when neither seed is available or clocks are bad.
     """
     supported: Sequence[int] | None = supported_clocks_mhz
     if supported is None and model is not None:
@@ -211,6 +213,7 @@ def build_controller(
         power_model=energy,
         options=options,
         safety_margin=config.policy.safety_margin,
+        learn=learn,
     )
 
 
