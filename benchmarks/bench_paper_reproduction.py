@@ -11,16 +11,19 @@ Checks printed at the end (exit status 1 if one fails): ours' TTFT and ITL attai
 minus 0.5 points; ours saves at least as much as voltana-paper at that attainment floor; the 1005/1410 MHz
 energy ratio within 0.05 of the paper's for Llama-3.1-8B ShareGPT at 50 and 100 req/s.
 
-Run: ``python benchmarks/bench_paper_reproduction.py [--quick] [--json out.json] [--plot grid.png]``
-(full grid: 53 rates x (2 + 2 x margins) simulations of ``--duration`` s; ``--quick``: the first, middle and
-last rate of each panel, margins 0 and 0.1, 30 s).
+Run: ``python benchmarks/bench_paper_reproduction.py [--quick] [--jobs N] [--json out.json]
+[--plot grid.png]`` (full grid: 53 rates x (2 + 2 x margins) simulations of ``--duration`` s, about 40 CPU
+minutes; ``--quick``: the first, middle and last rate of each panel, margins 0 and 0.1, 30 s; ``--jobs N``
+simulates N rates at once in worker processes, with the same results).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +159,24 @@ def run_rate(
             tick(f"{policy} m={margin:g}")
     limit_j = min(r.limit_j for r in runs)
     return RatePoint(rate, static_max, static_min, headline[PAPER], headline[OURS], limit_j, frontiers)
+
+
+def simulate_point(
+    panel: Panel,
+    rate: float,
+    engine: str,
+    seed: int,
+    duration_s: float,
+    margins: tuple[float, ...],
+    prefill_route: str | None,
+    tick: Any = lambda label: None,
+) -> RatePoint:
+    """One rate of one panel from scratch (its own setup and requests): what a ``--jobs`` worker runs."""
+    setup = setup_for(panel.model, engine, seed)
+    workload = dataset_workload(
+        panel.workload, rate, duration_s, seed, tokenizer=tokenizer_for_model(panel.model)
+    )
+    return run_rate(setup, workload, rate, margins, tick, prefill_route)
 
 
 def fmt_pct(x: float) -> str:
@@ -306,7 +327,7 @@ def decode_compute_share(setup: SimulationSetup, result: PolicyResult, rate_rps:
     flop_per_token = 2.0 * (spec.n_layers * spec.layer_params + spec.hidden * spec.vocab)
     mean_output = result.output_tokens / max(result.num_requests, 1)
     peak = setup.cluster.num_decode * model.tp * model.gpu.peak_flop_per_s
-    return rate_rps * mean_output * flop_per_token / peak
+    return float(rate_rps * mean_output * flop_per_token / peak)
 
 
 def report_panel(
@@ -414,6 +435,9 @@ def main() -> int:
         default=None,
         help="prefill route of ecofreq+ecoroute (default: its own, energy-ttft; e.g. predicted-ttft)",
     )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="rates simulated at once in worker processes (default 1)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write all results as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="write the grid as a PNG")
     args = parser.parse_args()
@@ -426,6 +450,12 @@ def main() -> int:
         return 2
     if not all(0.0 <= m < 1.0 for m in margins):
         print(f"error: --margins must each be in [0, 1), got {args.margins!r}", file=sys.stderr)
+        return 2
+    if not 1 <= args.jobs <= (os.cpu_count() or 1) * 4:
+        print(
+            f"error: --jobs must be between 1 and {(os.cpu_count() or 1) * 4}, got {args.jobs}",
+            file=sys.stderr,
+        )
         return 2
     if args.duration is not None and not 0.0 < args.duration < float("inf"):
         print(
@@ -467,35 +497,53 @@ def main() -> int:
     results: list[tuple[Panel, list[RatePoint]]] = []
     failed: list[str] = []
     checks: list[str] = []
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("simulating", total=total)
-        for panel in chosen:
-            setup = setup_for(panel.model, args.engine, args.seed)
-            points = []
-            for rate in rates_of(panel):
-                workload = dataset_workload(
-                    panel.workload, rate, duration, args.seed, tokenizer=tokenizer_for_model(panel.model)
+    point_args = (args.engine, args.seed, duration, margins, args.prefill_route)
+    pool = ProcessPoolExecutor(args.jobs) if args.jobs > 1 else None
+    try:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("simulating", total=total)
+            pending: dict[tuple[int, float], Future[RatePoint]] = {}
+            if pool is not None:  # every point submitted up front; the bar advances as each one finishes
+                for i, panel in enumerate(chosen):
+                    for rate in rates_of(panel):
+                        future = pool.submit(simulate_point, panel, rate, *point_args)
+                        label = f"{panel.model}/{panel.workload} {rate:g} req/s done"
+
+                        def advance(_: Future[RatePoint], label: str = label) -> None:
+                            bar.update(task, advance=per_rate, description=label)
+
+                        future.add_done_callback(advance)
+                        pending[(i, rate)] = future
+            for i, panel in enumerate(chosen):
+                setup = setup_for(panel.model, args.engine, args.seed)
+                points = []
+                for rate in rates_of(panel):
+                    if pool is not None:
+                        points.append(pending[(i, rate)].result())
+                        continue
+
+                    def tick(label: str, panel: Panel = panel, rate: float = rate) -> None:
+                        bar.update(
+                            task, advance=1, description=f"{panel.model}/{panel.workload} {rate:g} {label}"
+                        )
+
+                    points.append(simulate_point(panel, rate, *point_args, tick=tick))
+                results.append((panel, points))
+                energies, ratio_s = ratio_energies_j(
+                    setup,
+                    panel,
+                    points,
+                    duration,
+                    args.seed,
+                    lambda label, panel=panel: bar.update(
+                        task, description=f"{panel.model}/{panel.workload} {label}"
+                    ),
                 )
-
-                def tick(label: str, panel: Panel = panel, rate: float = rate) -> None:
-                    bar.update(
-                        task, advance=1, description=f"{panel.model}/{panel.workload} {rate:g} {label}"
-                    )
-
-                points.append(run_rate(setup, workload, rate, margins, tick, args.prefill_route))
-            results.append((panel, points))
-            energies, ratio_s = ratio_energies_j(
-                setup,
-                panel,
-                points,
-                duration,
-                args.seed,
-                lambda label, panel=panel: bar.update(
-                    task, description=f"{panel.model}/{panel.workload} {label}"
-                ),
-            )
-            ratio_lines = ratio_check(panel, energies, ratio_s)
-            failed += report_panel(console, panel, points, checks, ratio_lines, setup)
+                ratio_lines = ratio_check(panel, energies, ratio_s)
+                failed += report_panel(console, panel, points, checks, ratio_lines, setup)
+    finally:  # an interrupted run leaves no workers behind
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     console.print("\n".join(checks), markup=False, highlight=False)
     console.print(
         "all checks hold" if not failed else "FAILED:\n" + "\n".join(failed), markup=False, highlight=False
