@@ -69,6 +69,12 @@ class RouteContext:
 
 
 PolicyKind = Literal["clock", "route"]
+ModelKind = Literal["latency", "energy"]
+"""A model a policy may read: the latency predictor (``ctx.predictor``) or the energy model
+(``ctx.power_model``)."""
+ALL_MODELS: frozenset[ModelKind] = frozenset({"latency", "energy"})
+NO_MODELS: frozenset[ModelKind] = frozenset()
+LATENCY_MODEL: frozenset[ModelKind] = frozenset({"latency"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +85,16 @@ class PolicyInfo:
     ``policy.prefill_route``, ``policy.decode_route``); ``description``: one line for ``voltana config show``;
     ``choose``: the policy itself, a ``ClockPolicy`` or a ``RoutePolicy`` (contracts in
     ``voltana.core.policies``), looked up once by name and then called on every iteration or decision;
-    ``reads_models``: whether ``choose`` reads the latency or energy models (EcoPred). False (a fixed clock,
-    round-robin) lets a caller that reads none either skip learning them (the simulator does, see
-    ``FrequencyController`` ``learn``); True, the default, is always safe.
+    ``reads_models``: which of the models (EcoPred) ``choose`` reads, ``"latency"`` and ``"energy"``. A model
+    no policy reads need not learn (the simulator skips its updates, see ``FrequencyController`` ``learn``);
+    both, the default, is always safe. A fixed clock or round-robin reads none.
     """
 
     kind: PolicyKind
     name: str
     description: str
     choose: Callable[..., Any]
-    reads_models: bool = True
+    reads_models: frozenset[ModelKind] = ALL_MODELS
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from voltana.core.contexts import ClockContext
+from voltana.core.contexts import ALL_MODELS, ClockContext, ModelKind
 from voltana.core.policies import clock_policy
 from voltana.core.predictor import EnergyPredictor, LatencyPredictor
 from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason, IterationRecord, Phase, Slo
@@ -58,10 +58,10 @@ class FrequencyController:
 
     ``hook``: the plugin manager's hook relay (``pm.hook``): the policy named ``policy`` is looked up in
     what its plugins register, and finished iterations go to its ``voltana_iteration_finished``.
-    ``learn=False`` keeps the models as seeded (see ``learns``). Raises ``UnknownPolicyError`` (a
-    ``ConfigError``) for an unregistered ``policy``, ``ValueError`` for bad clocks. Implements
-    :class:`voltana.core.protocols.Controller`. Invariant: every returned ``clock_mhz`` is one of
-    ``allowed_clocks_mhz`` and at most the ceiling's clock.
+    ``learn``: the models that learn (see ``learns``); the others stay as seeded. Raises
+    ``UnknownPolicyError`` (a ``ConfigError``) for an unregistered ``policy``, ``ValueError`` for bad
+    clocks. Implements :class:`voltana.core.protocols.Controller`. Invariant: every returned ``clock_mhz`` is
+    one of ``allowed_clocks_mhz`` and at most the ceiling's clock.
     """
 
     def __init__(
@@ -77,7 +77,7 @@ class FrequencyController:
         power_model: Any | None = None,
         options: Mapping[str, Any] | None = None,
         safety_margin: float = 0.1,
-        learn: bool = True,
+        learn: frozenset[ModelKind] = ALL_MODELS,
     ) -> None:
         clocks = tuple(sorted({int(c) for c in allowed_clocks_mhz}))
         if not clocks or clocks[0] <= 0:
@@ -104,10 +104,11 @@ class FrequencyController:
             options=merged,
         )
         self._allowed = frozenset(clocks)
-        self.learns = bool(learn)
-        """Whether :meth:`observe` feeds measured iterations into the predictor and power model. False only
-        where nothing reads them (a fixed clock with model-blind routing, in the simulator): they then stay
-        as seeded, and each iteration costs no model update."""
+        self.learns: frozenset[ModelKind] = frozenset(learn)
+        """The models (``"latency"``: the predictor, ``"energy"``: the power model) :meth:`observe` feeds
+        measured iterations into. Less than both only where nothing reads the others (a fixed clock with
+        model-blind routing reads none, the paper's policy and routes no energy; in the simulator): those
+        stay as seeded, and each iteration costs no update of them."""
         self._policy_failed = False
         self._observer_failed = False
 
@@ -173,9 +174,17 @@ class FrequencyController:
         """Learn from a finished iteration, then broadcast it to observers; never raises."""
         self.ctx.state[APPLIED_CLOCK_KEY] = record.applied_clock_mhz
         try:
-            if self.learns and record.snapshot.requests and record.latency_s > 0.0:
-                self.predictor.observe_iteration(record.snapshot, record.applied_clock_mhz, record.latency_s)
-                if isinstance(self.power_model, EnergyPredictor) and record.energy_j is not None:
+            learns = self.learns
+            if learns and record.snapshot.requests and record.latency_s > 0.0:
+                if "latency" in learns:
+                    self.predictor.observe_iteration(
+                        record.snapshot, record.applied_clock_mhz, record.latency_s
+                    )
+                if (
+                    "energy" in learns
+                    and isinstance(self.power_model, EnergyPredictor)
+                    and record.energy_j is not None
+                ):
                     self.power_model.observe_iteration(
                         record.snapshot, record.applied_clock_mhz, record.energy_j
                     )

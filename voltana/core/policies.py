@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from voltana.core.config import ConfigError
-from voltana.core.contexts import ClockContext, PolicyInfo, PolicyKind, RouteContext
+from voltana.core.contexts import ClockContext, ModelKind, PolicyInfo, PolicyKind, RouteContext
 from voltana.core.errors import VoltanaError
 from voltana.core.types import BatchSnapshot, ClockDecision, InstanceState, RouteRequest
 
@@ -87,9 +87,9 @@ def lookup_policy(hook: Any, kind: PolicyKind, name: str) -> PolicyInfo:
     raise UnknownPolicyError(f"unknown {_KIND_WORDS[kind]} policy {name!r}; registered: {known}")
 
 
-def reads_models(hook: Any, kind: PolicyKind, name: str) -> bool:
-    """Whether the ``kind`` policy registered as ``name`` reads the latency or energy models
-    (:attr:`PolicyInfo.reads_models`); raises :class:`UnknownPolicyError`."""
+def reads_models(hook: Any, kind: PolicyKind, name: str) -> frozenset[ModelKind]:
+    """The models the ``kind`` policy registered as ``name`` reads (:attr:`PolicyInfo.reads_models`);
+    raises :class:`UnknownPolicyError`."""
     return lookup_policy(hook, kind, name).reads_models
 
 

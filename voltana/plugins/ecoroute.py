@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from voltana.core.contexts import PolicyInfo, RouteContext
+from voltana.core.contexts import LATENCY_MODEL, PolicyInfo, RouteContext
 from voltana.core.hookspecs import hookimpl
 from voltana.core.types import BatchSnapshot, InstanceState, Phase, RouteRequest, ScheduledRequest
 from voltana.plugins.routing import model_for, predictor_for, route_policy_of
@@ -243,5 +243,6 @@ def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
             "ecoroute-paper",
             "decode: VoltanaLLM's 128-tile, clock-aware routing",
             route_policy_of(choose_ecoroute_paper),
+            reads_models=LATENCY_MODEL,
         )
     )

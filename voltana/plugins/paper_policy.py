@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from voltana.core.contexts import ClockContext, PolicyInfo
+from voltana.core.contexts import LATENCY_MODEL, ClockContext, PolicyInfo
 from voltana.core.hookspecs import hookimpl
 from voltana.core.predictor import ClockTable, features
 from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason, Phase
@@ -49,5 +49,6 @@ def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
             POLICY_NAME,
             "VoltanaLLM paper: max clock if anything waits, else the lowest clock meeting TTFT/ITL",
             paper_clock,
+            reads_models=LATENCY_MODEL,
         )
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from voltana.core.contexts import PolicyInfo, RouteContext
+from voltana.core.contexts import ALL_MODELS, LATENCY_MODEL, NO_MODELS, PolicyInfo, RouteContext
 from voltana.core.hookspecs import hookimpl
 from voltana.core.policies import RoutePolicy
 from voltana.core.types import (
@@ -275,15 +275,13 @@ def route_policy_of(chooser: Chooser) -> RoutePolicy:
 @hookimpl
 def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
     for name, description, chooser, reads_models in (
-        ("random", "uniformly random instance (seeded)", choose_random, False),
-        ("round-robin", "instances in turn", choose_round_robin, False),
-        (
-            "least-loaded",
-            "fewest running + waiting requests, then pending tokens",
-            choose_least_loaded,
-            False,
-        ),
-        ("predicted-ttft", "prefill: earliest predicted prefill completion", choose_predicted_ttft, True),
-        ("energy-ttft", "prefill: least added energy among those meeting the TTFT", choose_energy_ttft, True),
-    ):
+        ("random", "uniformly random instance (seeded)", choose_random, NO_MODELS),
+        ("round-robin", "instances in turn", choose_round_robin, NO_MODELS),
+        ("least-loaded", "fewest running + waiting requests, then pending tokens", choose_least_loaded,
+         NO_MODELS),
+        ("predicted-ttft", "prefill: earliest predicted prefill completion", choose_predicted_ttft,
+         LATENCY_MODEL),
+        ("energy-ttft", "prefill: least added energy among those meeting the TTFT", choose_energy_ttft,
+         ALL_MODELS),
+    ):  # fmt: skip
         register(PolicyInfo("route", name, description, route_policy_of(chooser), reads_models))

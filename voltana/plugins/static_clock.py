@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from voltana.core.contexts import ClockContext, PolicyInfo
+from voltana.core.contexts import NO_MODELS, ClockContext, PolicyInfo
 from voltana.core.hookspecs import hookimpl
 from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason
 
@@ -49,12 +49,16 @@ def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
             "static-max",
             "always the highest allowed clock (the usual default)",
             choose_static_max,
-            reads_models=False,
+            reads_models=NO_MODELS,
         )
     )
     register(
         PolicyInfo(
-            "clock", "static-min", "always the lowest allowed clock", choose_static_min, reads_models=False
+            "clock",
+            "static-min",
+            "always the lowest allowed clock",
+            choose_static_min,
+            reads_models=NO_MODELS,
         )
     )
     register(
@@ -63,6 +67,6 @@ def voltana_register_policies(register: Callable[[PolicyInfo], None]) -> None:
             "static",
             "a fixed clock: policy.options.static_clock_mhz",
             choose_static,
-            reads_models=False,
+            reads_models=NO_MODELS,
         )
     )

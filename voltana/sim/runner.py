@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from voltana.core.config import VoltanaConfig
-from voltana.core.contexts import ClockContext
+from voltana.core.contexts import ALL_MODELS, ClockContext, ModelKind
 from voltana.core.errors import VoltanaError
 from voltana.core.policies import reads_models
 from voltana.core.protocols import Controller
@@ -141,18 +141,21 @@ def pinned_clock_options(spec: PolicySpec, phase: Phase, clocks_mhz: tuple[int, 
     return {"allowed_clocks_mhz": (pinned,), "max_clock_mhz": pinned}
 
 
-def models_read(hook: Any, spec: PolicySpec, wrapped: bool = False) -> dict[Phase, bool]:
-    """Per phase, whether anything reads its instances' latency and energy models, so that they must learn.
+def models_read(hook: Any, spec: PolicySpec, wrapped: bool = False) -> dict[Phase, frozenset[ModelKind]]:
+    """Per phase, the models (latency, energy) anything reads of its instances, so that they must learn.
 
-    A phase's clock policy, either route (routes are given every instance's models) or a controller
-    wrapper (``wrapped``: the power budget reads predicted energy) reads them; a policy says so in its
-    :class:`~voltana.core.contexts.PolicyInfo` (``reads_models``). Static max with round-robin routing reads
-    none: its controllers then skip the per-iteration model update, which was half of its simulated time,
-    and its results are the same. Raises ``UnknownPolicyError`` for an unregistered name.
+    A phase's clock policy, either route (routes are given every instance's models) and a controller wrapper
+    (``wrapped``: the power budget reads predicted energy; taken to read both) read them; a policy says which
+    in its :class:`~voltana.core.contexts.PolicyInfo` (``reads_models``). Static max with round-robin routing
+    reads none: its controllers skip the per-iteration model updates, half of its simulated time; the
+    paper's policy and routes read no energy model. Results are the same either way. Raises
+    ``UnknownPolicyError`` for an unregistered name.
     """
-    routes = reads_models(hook, "route", spec.prefill_route) or reads_models(hook, "route", spec.decode_route)
+    if wrapped:
+        return {Phase.PREFILL: ALL_MODELS, Phase.DECODE: ALL_MODELS}
+    routes = reads_models(hook, "route", spec.prefill_route) | reads_models(hook, "route", spec.decode_route)
     return {
-        phase: wrapped or routes or reads_models(hook, "clock", spec.clock_policy(phase)[0])
+        phase: routes | reads_models(hook, "clock", spec.clock_policy(phase)[0])
         for phase in (Phase.PREFILL, Phase.DECODE)
     }
 

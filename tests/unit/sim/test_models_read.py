@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from voltana.core.contexts import PolicyInfo
+from voltana.core.contexts import ALL_MODELS, ModelKind, PolicyInfo
 from voltana.core.controller import FrequencyController
 from voltana.core.protocols import Controller
 from voltana.core.types import BatchSnapshot, IterationRecord, Phase, ScheduledRequest
@@ -25,32 +25,39 @@ from voltana.sim.runner import (
 from voltana.sim.synthetic import synthetic_workload
 
 
-def test_a_policy_reads_the_models_unless_it_says_otherwise() -> None:
+def test_a_policy_reads_both_models_unless_it_says_otherwise() -> None:
     def choose(*_: Any) -> None:
         return None
 
-    assert PolicyInfo("clock", "third-party", "a plugin's policy", choose).reads_models
+    assert PolicyInfo("clock", "third-party", "a plugin's policy", choose).reads_models == ALL_MODELS
 
 
 def test_which_phases_learn(setup: SimulationSetup) -> None:
     hook = setup.hook
-    both = {Phase.PREFILL: True, Phase.DECODE: True}
-    assert models_read(hook, parse_policy("static-max")) == {Phase.PREFILL: False, Phase.DECODE: False}
-    assert models_read(hook, parse_policy("static-min+round-robin")) == {
-        Phase.PREFILL: False,
-        Phase.DECODE: False,
-    }
-    assert models_read(hook, parse_policy("static-max"), wrapped=True) == both  # the power budget reads them
-    # a route that reads the models (every instance's) makes every phase learn
-    assert models_read(hook, parse_policy("static-max", prefill_route="predicted-ttft")) == both
-    assert models_read(hook, parse_policy("static-max+ecoroute")) == both
-    assert models_read(hook, parse_policy("ecofreq+round-robin", prefill_route="round-robin")) == both
-    assert models_read(hook, parse_policy("ecofreq+ecoroute")) == both
+
+    def each(models: frozenset[ModelKind]) -> dict[Phase, frozenset[ModelKind]]:
+        return {Phase.PREFILL: models, Phase.DECODE: models}
+
+    none: frozenset[ModelKind] = frozenset()
+    latency: frozenset[ModelKind] = frozenset({"latency"})
+    assert models_read(hook, parse_policy("static-max")) == each(none)
+    assert models_read(hook, parse_policy("static-min+round-robin")) == each(none)
+    # the power budget reads predicted energy (and a wrapper may read anything)
+    assert models_read(hook, parse_policy("static-max"), wrapped=True) == each(ALL_MODELS)
+    # a route reads every instance's models, so every phase learns what it reads
+    assert models_read(hook, parse_policy("static-max", prefill_route="predicted-ttft")) == each(latency)
+    assert models_read(hook, parse_policy("static-max+ecoroute")) == each(ALL_MODELS)
+    ecofreq_alone = parse_policy("ecofreq+round-robin", prefill_route="round-robin")
+    assert models_read(hook, ecofreq_alone) == each(ALL_MODELS)
+    assert models_read(hook, parse_policy("ecofreq+ecoroute")) == each(ALL_MODELS)
+    # the paper's clock rule, random prefill and its EcoRoute read the latency model only
+    assert models_read(hook, parse_policy("voltana-paper")) == each(latency)
 
 
-def test_static_max_without_learning_gives_the_same_result(setup: SimulationSetup) -> None:
+@pytest.mark.parametrize("policy", ["static-max", "voltana-paper"])
+def test_skipping_unread_models_gives_the_same_result(setup: SimulationSetup, policy: str) -> None:
     workload = synthetic_workload(12.0, 10.0, seed=3)
-    spec = parse_policy("static-max")
+    spec = parse_policy(policy)
     learnt: list[FrequencyController] = []
 
     def keep(_: Phase, __: str, controller: Controller) -> Controller:
@@ -60,14 +67,14 @@ def test_static_max_without_learning_gives_the_same_result(setup: SimulationSetu
 
     plain = run_policy(setup, spec, workload)
     learning = run_policy(setup, spec, workload, wrap_controller=keep)
-    assert len(learnt) == 4 and all(c.learns for c in learnt)
-    assert all(c.predictor.num_observations > 0 for c in learnt)
+    assert len(learnt) == 4 and all(c.learns == ALL_MODELS for c in learnt)
+    assert sum(c.predictor.num_observations for c in learnt) > 0
     assert plain == learning
 
 
-@pytest.mark.parametrize("learn", [False, True])
-def test_a_controller_that_does_not_learn_still_reports_every_iteration(
-    setup: SimulationSetup, learn: bool
+@pytest.mark.parametrize("learn", [frozenset(), frozenset({"latency"}), ALL_MODELS])
+def test_a_controller_learns_what_it_is_told_and_reports_every_iteration(
+    setup: SimulationSetup, learn: frozenset[ModelKind]
 ) -> None:
     records: list[IterationRecord] = []
 
@@ -81,7 +88,7 @@ def test_a_controller_that_does_not_learn_still_reports_every_iteration(
     model = setup.cluster.model
     config = with_clock_policy(setup.config, "static-max", {})
     controller = build_controller(config, Phase.DECODE, "decode-0", model, Hook(), learn=learn)
-    assert controller.learns is learn
+    assert controller.learns == learn
     batch = (ScheduledRequest("r0", 1, 100, 0.0),)
     snapshot = BatchSnapshot(Phase.DECODE, batch, (), 0.5, num_new_tokens=1, num_context_tokens=100)
     decision = controller.decide(snapshot)
@@ -89,7 +96,7 @@ def test_a_controller_that_does_not_learn_still_reports_every_iteration(
     controller.observe(
         IterationRecord(snapshot, decision, decision.clock_mhz, 0.5, cost.latency_s, cost.energy_j)
     )
-    assert controller.predictor.num_observations == (1 if learn else 0)
+    assert controller.predictor.num_observations == int("latency" in learn)
     assert controller.power_model is not None
-    assert controller.power_model.num_observations == (1 if learn else 0)
+    assert controller.power_model.num_observations == int("energy" in learn)
     assert records and records[0].snapshot is snapshot

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from voltana.core.config import ClockConfig, VoltanaConfig
+from voltana.core.contexts import ALL_MODELS, ModelKind
 from voltana.core.controller import FrequencyController
 from voltana.core.predictor import EnergyPredictor, LatencyPredictor, prefill_attention_work
 from voltana.core.profile import Profile, Sample, fit_phase, load_profile
@@ -170,7 +171,7 @@ def build_controller(
     model: PerformanceModel | None,
     hook: Any,
     supported_clocks_mhz: Sequence[int] | None = None,
-    learn: bool = True,
+    learn: frozenset[ModelKind] = ALL_MODELS,
 ) -> FrequencyController:
     """A controller for one instance: clocks from config (within the device's or model's supported clocks),
     predictors seeded from ``config.engine.predictor_profile`` or else from the simulated ``model``, whose
