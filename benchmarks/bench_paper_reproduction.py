@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
+import signal
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -159,6 +161,10 @@ def run_rate(
             tick(f"{policy} m={margin:g}")
     limit_j = min(r.limit_j for r in runs)
     return RatePoint(rate, static_max, static_min, headline[PAPER], headline[OURS], limit_j, frontiers)
+
+
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def simulate_point(
@@ -435,9 +441,7 @@ def main() -> int:
         default=None,
         help="prefill route of ecofreq+ecoroute (default: its own, energy-ttft; e.g. predicted-ttft)",
     )
-    parser.add_argument(
-        "--jobs", type=int, default=1, help="rates simulated at once in worker processes (default 1)"
-    )
+    parser.add_argument("--jobs", default="1", help="rates simulated at once in worker processes (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="write all results as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="write the grid as a PNG")
     args = parser.parse_args()
@@ -451,10 +455,11 @@ def main() -> int:
     if not all(0.0 <= m < 1.0 for m in margins):
         print(f"error: --margins must each be in [0, 1), got {args.margins!r}", file=sys.stderr)
         return 2
-    if not 1 <= args.jobs <= (os.cpu_count() or 1) * 4:
+    most_jobs = (os.cpu_count() or 1) * 4
+    jobs = int(args.jobs) if args.jobs.strip().isdigit() else 0
+    if not 1 <= jobs <= most_jobs:
         print(
-            f"error: --jobs must be between 1 and {(os.cpu_count() or 1) * 4}, got {args.jobs}",
-            file=sys.stderr,
+            f"error: --jobs must be a whole number from 1 to {most_jobs}, got {args.jobs!r}", file=sys.stderr
         )
         return 2
     if args.duration is not None and not 0.0 < args.duration < float("inf"):
@@ -498,7 +503,8 @@ def main() -> int:
     failed: list[str] = []
     checks: list[str] = []
     point_args = (args.engine, args.seed, duration, margins, args.prefill_route)
-    pool = ProcessPoolExecutor(args.jobs) if args.jobs > 1 else None
+    # Workers ignore Ctrl-C: the main process stops them (below) and says so in one line.
+    pool = ProcessPoolExecutor(jobs, initializer=_ignore_interrupts) if jobs > 1 else None
     try:
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("simulating", total=total)
@@ -541,7 +547,14 @@ def main() -> int:
                 )
                 ratio_lines = ratio_check(panel, energies, ratio_s)
                 failed += report_panel(console, panel, points, checks, ratio_lines, setup)
-    finally:  # an interrupted run leaves no workers behind
+    except KeyboardInterrupt:
+        if pool is not None:  # stop the running points now rather than wait for them
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in multiprocessing.active_children():
+                worker.terminate()
+        print("interrupted: nothing written", file=sys.stderr)
+        return 130
+    finally:  # a finished run leaves no workers behind
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     console.print("\n".join(checks), markup=False, highlight=False)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from voltana.core.config import ConfigError
-from voltana.core.contexts import ClockContext, ModelKind, PolicyInfo, PolicyKind, RouteContext
+from voltana.core.contexts import ALL_MODELS, ClockContext, ModelKind, PolicyInfo, PolicyKind, RouteContext
 from voltana.core.errors import VoltanaError
 from voltana.core.types import BatchSnapshot, ClockDecision, InstanceState, RouteRequest
 
@@ -68,6 +68,13 @@ def policies_of(hook: Any) -> list[PolicyInfo]:
             raise PolicyRegistrationError(
                 f"a plugin registered {info!r}; expected PolicyInfo(kind='clock' or 'route', name, "
                 "description, choose) with a callable choose"
+            )
+        models = info.reads_models
+        if not isinstance(models, frozenset) or not models <= ALL_MODELS:
+            raise PolicyRegistrationError(
+                f"policy {info.name!r} registered reads_models={models!r}; expected a frozenset of "
+                f"{', '.join(repr(m) for m in sorted(ALL_MODELS))} (e.g. LATENCY_MODEL or NO_MODELS from "
+                "voltana.core.contexts)"
             )
     return found
 

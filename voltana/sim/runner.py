@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from voltana.core.config import VoltanaConfig
-from voltana.core.contexts import ALL_MODELS, ClockContext, ModelKind
+from voltana.core.contexts import ALL_MODELS, NO_MODELS, ClockContext, ModelKind
 from voltana.core.errors import VoltanaError
 from voltana.core.policies import reads_models
 from voltana.core.protocols import Controller
@@ -141,19 +141,20 @@ def pinned_clock_options(spec: PolicySpec, phase: Phase, clocks_mhz: tuple[int, 
     return {"allowed_clocks_mhz": (pinned,), "max_clock_mhz": pinned}
 
 
-def models_read(hook: Any, spec: PolicySpec, wrapped: bool = False) -> dict[Phase, frozenset[ModelKind]]:
+def models_read(
+    hook: Any, spec: PolicySpec, wrapper_reads: frozenset[ModelKind] = NO_MODELS
+) -> dict[Phase, frozenset[ModelKind]]:
     """Per phase, the models (latency, energy) anything reads of its instances, so that they must learn.
 
     A phase's clock policy, either route (routes are given every instance's models) and a controller wrapper
-    (``wrapped``: the power budget reads predicted energy; taken to read both) read them; a policy says which
+    (``wrapper_reads``: the power budget reads predicted energy) read them; a policy says which
     in its :class:`~voltana.core.contexts.PolicyInfo` (``reads_models``). Static max with round-robin routing
     reads none: its controllers skip the per-iteration model updates, half of its simulated time; the
     paper's policy and routes read no energy model. Results are the same either way. Raises
     ``UnknownPolicyError`` for an unregistered name.
     """
-    if wrapped:
-        return {Phase.PREFILL: ALL_MODELS, Phase.DECODE: ALL_MODELS}
     routes = reads_models(hook, "route", spec.prefill_route) | reads_models(hook, "route", spec.decode_route)
+    routes = routes | wrapper_reads
     return {
         phase: routes | reads_models(hook, "clock", spec.clock_policy(phase)[0])
         for phase in (Phase.PREFILL, Phase.DECODE)
@@ -183,11 +184,13 @@ def run_policy(
     record_timeline: bool = False,
     progress: Callable[[float], None] | None = None,
     wrap_controller: Callable[[Phase, str, Controller], Controller] | None = None,
+    wrapper_reads: frozenset[ModelKind] = ALL_MODELS,
 ) -> PolicyResult:
     """Simulate ``workload`` under ``spec``: real controllers per instance, routing through the hook.
 
     ``wrap_controller`` (phase, instance id, controller) may put a layer around each controller (the power
-    budget's meter, ceiling and power cap: :mod:`voltana.sim.power_budget`).
+    budget's meter, ceiling and power cap: :mod:`voltana.sim.power_budget`); ``wrapper_reads``: the models
+    that layer reads (both unless told otherwise; a timer reads none), which then learn (:func:`models_read`).
     """
     model = setup.cluster.model
     clocks = allowed_clocks_mhz(setup.config, model)
@@ -203,7 +206,7 @@ def run_policy(
     decode_options = {"max_running_requests": max_running, **configs[Phase.DECODE].policy.options}
     configs[Phase.DECODE] = with_clock_policy(configs[Phase.DECODE], spec.decode_clock, decode_options)
     controllers: dict[str, Controller] = {}
-    learns = models_read(setup.hook, spec, wrapped=wrap_controller is not None)
+    learns = models_read(setup.hook, spec, wrapper_reads if wrap_controller is not None else NO_MODELS)
 
     def factory(phase: Phase, instance_id: str) -> Controller:
         controller: Controller = build_controller(

@@ -197,6 +197,27 @@ def test_a_policy_registered_without_its_callable_is_one_line_error(
     assert "choose" in message.split("failed (")[1]  # the TypeError names the missing argument
 
 
+@pytest.mark.parametrize("reads", ['"latency"', '["latency"]', 'frozenset({"latncy"})'])
+def test_a_policy_with_bad_reads_models_is_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reads: str
+) -> None:
+    source = f"""
+    from voltana.core.contexts import PolicyInfo
+    from voltana.core.hookspecs import hookimpl
+
+    @hookimpl
+    def voltana_register_policies(register):
+        register(PolicyInfo("clock", "misdeclared", "bad reads_models", lambda s, c: None, {reads}))
+    """
+    install_distribution(tmp_path, "voltana_misdeclared_demo", source, "misdeclared")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pm = make_plugin_manager(DEFAULT_PLUGINS)
+    with pytest.raises(PolicyRegistrationError) as caught:
+        registered_policies(pm)
+    message = str(caught.value)
+    assert "\n" not in message and "'misdeclared'" in message and "'energy', 'latency'" in message
+
+
 def test_misspelt_hook_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = """
     from voltana.core.hookspecs import hookimpl

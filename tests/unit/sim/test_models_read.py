@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from voltana.core.contexts import ALL_MODELS, ModelKind, PolicyInfo
+from voltana.core.contexts import ALL_MODELS, NO_MODELS, ModelKind, PolicyInfo
 from voltana.core.controller import FrequencyController
 from voltana.core.protocols import Controller
 from voltana.core.types import BatchSnapshot, IterationRecord, Phase, ScheduledRequest
@@ -43,7 +43,8 @@ def test_which_phases_learn(setup: SimulationSetup) -> None:
     assert models_read(hook, parse_policy("static-max")) == each(none)
     assert models_read(hook, parse_policy("static-min+round-robin")) == each(none)
     # the power budget reads predicted energy (and a wrapper may read anything)
-    assert models_read(hook, parse_policy("static-max"), wrapped=True) == each(ALL_MODELS)
+    assert models_read(hook, parse_policy("static-max"), ALL_MODELS) == each(ALL_MODELS)
+    assert models_read(hook, parse_policy("static-max"), frozenset({"energy"})) == each(frozenset({"energy"}))
     # a route reads every instance's models, so every phase learns what it reads
     assert models_read(hook, parse_policy("static-max", prefill_route="predicted-ttft")) == each(latency)
     assert models_read(hook, parse_policy("static-max+ecoroute")) == each(ALL_MODELS)
@@ -70,6 +71,12 @@ def test_skipping_unread_models_gives_the_same_result(setup: SimulationSetup, po
     assert len(learnt) == 4 and all(c.learns == ALL_MODELS for c in learnt)
     assert sum(c.predictor.num_observations for c in learnt) > 0
     assert plain == learning
+    # A wrapper that reads no model (a timer) leaves learning as in the plain run.
+    learnt.clear()
+    timed = run_policy(setup, spec, workload, wrap_controller=keep, wrapper_reads=NO_MODELS)
+    expected = models_read(setup.hook, spec)
+    assert len(learnt) == 4 and all(c.learns == expected[c.ctx.phase] for c in learnt)
+    assert timed == plain
 
 
 @pytest.mark.parametrize("learn", [frozenset(), frozenset({"latency"}), ALL_MODELS])
