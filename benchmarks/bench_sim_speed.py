@@ -298,7 +298,7 @@ def main() -> int:
             "GPU's cost; simulator: the rest (events, batching, snapshots, routing)"
         )
         tables.append(parts)
-    emit(tables, benchmark="bench_sim_speed", json_path=args.json, width=170)
+    emit(tables, benchmark="bench_sim_speed", json_path=args.json, width=220)
     return 0 if ok else 1
 
 
