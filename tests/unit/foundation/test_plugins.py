@@ -176,24 +176,32 @@ def test_allowlist_excludes_unlisted_plugins(tmp_path: Path, monkeypatch: pytest
         frequency_controller(pm, "thirdparty")
 
 
-def test_a_policy_registered_without_its_callable_is_one_line_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    source = """
+def registration_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registration: str, name: str) -> str:
+    """The one-line error of a plugin whose ``voltana_register_policies`` runs ``registration``."""
+    source = f"""
     from voltana.core.contexts import PolicyInfo
     from voltana.core.hookspecs import hookimpl
 
     @hookimpl
     def voltana_register_policies(register):
-        register(PolicyInfo("clock", "names-only", "declares a name, no callable"))
+        {registration}
     """
-    install_distribution(tmp_path, "voltana_names_only_demo", source, "names-only")
+    install_distribution(tmp_path, f"voltana_{name.replace('-', '_')}_demo", source, name)
     monkeypatch.syspath_prepend(str(tmp_path))
     pm = make_plugin_manager(DEFAULT_PLUGINS)
     with pytest.raises(PolicyRegistrationError) as caught:
         registered_policies(pm)
     message = str(caught.value)
-    assert "\n" not in message and "register(PolicyInfo(kind, name, description, choose))" in message
+    assert "\n" not in message
+    return message
+
+
+def test_a_policy_registered_without_its_callable_is_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registration = 'register(PolicyInfo("clock", "names-only", "declares a name, no callable"))'
+    message = registration_error(tmp_path, monkeypatch, registration, "names-only")
+    assert "register(PolicyInfo(kind, name, description, choose))" in message
     assert "choose" in message.split("failed (")[1]  # the TypeError names the missing argument
 
 
@@ -201,21 +209,9 @@ def test_a_policy_registered_without_its_callable_is_one_line_error(
 def test_a_policy_with_bad_reads_models_is_one_line_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reads: str
 ) -> None:
-    source = f"""
-    from voltana.core.contexts import PolicyInfo
-    from voltana.core.hookspecs import hookimpl
-
-    @hookimpl
-    def voltana_register_policies(register):
-        register(PolicyInfo("clock", "misdeclared", "bad reads_models", lambda s, c: None, {reads}))
-    """
-    install_distribution(tmp_path, "voltana_misdeclared_demo", source, "misdeclared")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    pm = make_plugin_manager(DEFAULT_PLUGINS)
-    with pytest.raises(PolicyRegistrationError) as caught:
-        registered_policies(pm)
-    message = str(caught.value)
-    assert "\n" not in message and "'misdeclared'" in message and "'energy', 'latency'" in message
+    registration = f'register(PolicyInfo("clock", "misdeclared", "bad", lambda s, c: None, {reads}))'
+    message = registration_error(tmp_path, monkeypatch, registration, "misdeclared")
+    assert "'misdeclared'" in message and "'energy', 'latency'" in message
 
 
 def test_misspelt_hook_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
