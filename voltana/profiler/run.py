@@ -354,6 +354,11 @@ class UnitRunner:
             if not records:
                 break
             collected.extend(records)
+        if self.stop.is_set():
+            # Stopped while this unit ran (Ctrl-C unpins every engine at once): its last shapes may have run
+            # unpinned and been filtered out, so the unit is incomplete and runs again on resume. The stop
+            # is set before the unpin, so a unit that passes this check collected every record pinned.
+            return None
         pinned = [r for r in collected if r.get("pinned_mhz") == unit.clock_mhz]
         good = [_strip(r) for r in pinned if r.get("clock_mhz") == unit.clock_mhz]
         return good, len(pinned) - len(good)

@@ -4,6 +4,7 @@ predicts as well as one seeded from the simulator itself, and a resumed run equa
 
 from __future__ import annotations
 
+import _thread
 import json
 import signal
 import subprocess
@@ -28,7 +29,10 @@ from voltana.core.types import BatchSnapshot, Phase, ScheduledRequest
 from voltana.hardware.simulated import PerformanceModel, performance_model
 from voltana.plugins import DEFAULT_PLUGINS
 from voltana.plugins.ecofreq.factory import build_controller
+from voltana.profiler.client import EngineClient
 from voltana.profiler.fit import predict
+from voltana.profiler.run import ProfileRequest
+from voltana.profiler.run import run_profile as run_profile_in_process
 
 pytestmark = pytest.mark.slow
 TOKEN_ENV = {"VOLTANA_ENGINE__CLOCK_TOKEN": TOKEN}
@@ -146,3 +150,58 @@ def test_interrupted_and_resumed_run_equals_a_run_in_one_go(tmp_path: Path) -> N
         assert fresh.returncode == 0, fresh.stderr
     assert json.loads(resumed.read_text()) == json.loads(one_go.read_text())
     assert not partial.exists()
+
+
+class _InterruptAtLastShape(EngineClient):
+    """The real client of the decode engine, which presses Ctrl-C (``interrupt_main``) just before the last
+    shape of the second decode unit and sends that shape only once the interrupt has unpinned the engine:
+    the race where a unit's last iterations run unpinned."""
+
+    def __init__(self, url: str, checkpoint: Path) -> None:
+        super().__init__(url, TOKEN)
+        self.checkpoint = checkpoint
+        self.calls = 0
+        self.interrupted_unit = ""
+
+    def complete(self, prompts: list[list[int]], max_tokens: int, model_id: str) -> None:
+        self.calls += 1
+        if self.checkpoint.exists() and not self.interrupted_unit:
+            shapes = len(json.loads(self.checkpoint.read_text())["grid"]["shapes"]["decode"])
+            warm_up = len({0, shapes // 2, shapes - 1})
+            if self.calls == warm_up + 2 * shapes:
+                self.interrupted_unit = f"{self.url}|decode|{CLOCKS[1]}"
+                _thread.interrupt_main()
+                wait_for(lambda: self.clock_status().get("engine_pinned_mhz") is None, 30, "the unpin")
+        super().complete(prompts, max_tokens, model_id)
+
+
+class _Quiet:
+    def start(self, total: int, description: str) -> None:
+        pass
+
+    def advance(self, count: int = 1) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
+def test_a_unit_interrupted_in_its_last_shape_is_not_kept_and_runs_again(tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    partial = out.with_name("p.json.partial")
+    with running_emulator(TOKEN_ENV) as emu:
+        decode = _InterruptAtLastShape(emu.decode_url, partial)
+        factory = lambda url: decode if url == emu.decode_url else EngineClient(url, TOKEN)  # noqa: E731
+        request = ProfileRequest(
+            (emu.prefill_url, emu.decode_url), out, clocks_mhz=CLOCKS, max_batch=8, max_prompt_tokens=1024
+        )
+        with pytest.raises(KeyboardInterrupt):
+            run_profile_in_process(request, _Quiet(), factory)
+        assert decode.interrupted_unit, "the interrupt never fired"
+        units = json.loads(partial.read_text())["units"]
+        assert f"{emu.decode_url}|decode|{CLOCKS[0]}" in units  # the unit before it is kept
+        assert decode.interrupted_unit not in units  # its last shape ran unpinned: not a finished unit
+        again = run_profile([emu.prefill_url, emu.decode_url], out, *GRID_ARGS)
+        assert again.returncode == 0, again.stderr
+    decode_fit = load_profile(out).metadata["fit_quality"]["decode"]
+    assert [q["samples"] > 0 for q in decode_fit] == [True] * len(CLOCKS)
