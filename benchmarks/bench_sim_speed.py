@@ -53,8 +53,8 @@ from voltana.sim.runner import (
     DEFAULT_POLICIES,
     PAPER_MIN_CLOCK_MHZ,
     SimulationSetup,
+    check_policies,
     kv_bytes_per_token,
-    models_read,
     parse_policy,
     run_policy,
 )
@@ -170,9 +170,8 @@ def main() -> int:
         return 2
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
     try:  # every name looked up before the first hour runs
-        for name in names:
-            models_read(get_plugin_manager().hook, parse_policy(name))
-    except (VoltanaError, ValueError) as exc:
+        check_policies(get_plugin_manager().hook, names)
+    except VoltanaError as exc:
         print(f"error: --policies: {exc}", file=sys.stderr)
         return 2
     if not names:

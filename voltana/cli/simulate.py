@@ -18,7 +18,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from voltana.cli.state import cli_state
 from voltana.core.hookspecs import hookimpl
-from voltana.core.policies import UnknownPolicyError, lookup_policy
 from voltana.plugins import get_plugin_manager
 
 console = Console()
@@ -497,22 +496,11 @@ def _timeline_policy(names: list[str]) -> str:
 
 
 def _check_policies(names: list[str], prefill_route: str) -> None:
-    """Every policy named in ``--policies`` and the config's ``policy.prefill_route`` are registered (the
-    core's lookup, so the same one-line wording as the engines and the router: ``unknown clock policy 'x';
-    registered: ...``)."""
-    from voltana.sim.runner import ORACLE, SimulationError, configured_policy
+    """Every policy named in ``--policies`` and the config's ``policy.prefill_route`` are registered (one
+    line, the core's wording; :func:`voltana.sim.runner.check_policies`)."""
+    from voltana.sim.runner import check_policies
 
-    hook = get_plugin_manager().hook
-    for name in names:
-        if name == ORACLE:
-            continue
-        spec = configured_policy(name, prefill_route)
-        try:
-            lookup_policy(hook, "clock", spec.prefill_clock)
-            for route in (spec.prefill_route, spec.decode_route):
-                lookup_policy(hook, "route", route)
-        except UnknownPolicyError as exc:
-            raise SimulationError(str(exc)) from None
+    check_policies(get_plugin_manager().hook, names, prefill_route)
 
 
 @hookimpl

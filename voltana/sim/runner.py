@@ -15,7 +15,7 @@ from typing import Any
 from voltana.core.config import VoltanaConfig
 from voltana.core.contexts import ALL_MODELS, NO_MODELS, ClockContext, ModelKind
 from voltana.core.errors import VoltanaError
-from voltana.core.policies import reads_models
+from voltana.core.policies import UnknownPolicyError, reads_models
 from voltana.core.protocols import Controller
 from voltana.core.types import Phase, Slo
 from voltana.plugins.ecofreq.factory import build_controller, resolve_allowed_clocks
@@ -159,6 +159,25 @@ def models_read(
         phase: routes | reads_models(hook, "clock", spec.clock_policy(phase)[0])
         for phase in (Phase.PREFILL, Phase.DECODE)
     }
+
+
+def check_policies(hook: Any, names: Sequence[str], prefill_route: str | None = None) -> list[PolicySpec]:
+    """The specs of ``names`` (``clock[+decode_route]`` as ``--policies`` gives them, through
+    :func:`configured_policy` with ``prefill_route``), each clock policy and route looked up before anything
+    runs. ``oracle`` is the simulator's own and gets no spec. Raises :class:`SimulationError` in one line: a
+    malformed name, or the core's ``unknown clock policy 'x'; registered: ...`` (the engines' and the
+    router's wording)."""
+    specs = []
+    for name in names:
+        if name == ORACLE:
+            continue
+        spec = configured_policy(name, prefill_route)
+        try:
+            models_read(hook, spec)
+        except UnknownPolicyError as exc:
+            raise SimulationError(str(exc)) from None
+        specs.append(spec)
+    return specs
 
 
 @dataclass

@@ -6,6 +6,7 @@ per-iteration model update; its results must be exactly those of a run that lear
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -14,9 +15,12 @@ from voltana.core.contexts import ALL_MODELS, NO_MODELS, ModelKind, PolicyInfo
 from voltana.core.controller import FrequencyController
 from voltana.core.protocols import Controller
 from voltana.core.types import BatchSnapshot, IterationRecord, Phase, ScheduledRequest
+from voltana.plugins import get_plugin_manager
 from voltana.plugins.ecofreq.factory import build_controller
 from voltana.sim.runner import (
+    SimulationError,
     SimulationSetup,
+    check_policies,
     models_read,
     parse_policy,
     run_policy,
@@ -107,3 +111,21 @@ def test_a_controller_learns_what_it_is_told_and_reports_every_iteration(
     assert controller.power_model is not None
     assert controller.power_model.num_observations == int("energy" in learn)
     assert records and records[0].snapshot is snapshot
+
+
+def test_check_policies_looks_up_every_clock_and_route_before_running() -> None:
+    hook = get_plugin_manager().hook
+    specs = check_policies(hook, ["static-max", "oracle", "ecofreq+round-robin"], "predicted-ttft")
+    assert [s.name for s in specs] == ["static-max", "ecofreq+round-robin"]  # the oracle is the simulator's
+    assert specs[1].decode_route == "round-robin" and specs[1].prefill_route == "predicted-ttft"
+    assert specs[0].prefill_route != "predicted-ttft"  # a reference keeps its own routes
+    for names, line in (
+        (["static-max", "nope"], "unknown clock policy 'nope'; registered: "),
+        (["ecofreq+nope"], "unknown routing policy 'nope'; registered: "),
+        (["ecofreq+"], "empty decode route after '+'"),
+    ):
+        with pytest.raises(SimulationError, match="^" + re.escape(line)) as err:
+            check_policies(hook, names)
+        assert "\n" not in str(err.value)
+    with pytest.raises(SimulationError, match="unknown routing policy 'nope'"):
+        check_policies(hook, ["ecofreq"], "nope")  # the config's prefill route is checked too
