@@ -86,24 +86,31 @@ TS_LOAD = 1.2
 """The load, as a multiple of what the lowest clock carries at its largest in-bound batch."""
 
 
-def time_sharing_case(decode_window_s: float, batch: int) -> tuple[ClockDecision, float, float]:
-    """A decode instance fed a steady stream (``TS_OUTPUT`` tokens per request, arrivals at ``TS_LOAD`` x the
-    lowest clock's capacity) for 60 s with ``batch`` requests in flight (iteration time set by Little's law).
-    Returns the last decision, the lowest clock's capacity (tokens/s) and the measured load (tokens/s)."""
+def time_sharing_case(
+    decode_window_s: float,
+    batch: int,
+    load: float = TS_LOAD,
+    of_clock: int = 0,
+    duration_s: float = 60.0,
+) -> tuple[ClockDecision, float, float]:
+    """A decode instance fed a steady stream (``TS_OUTPUT`` tokens per request, arrivals at ``load`` x the
+    capacity of clock index ``of_clock``, the lowest by default) for ``duration_s`` with ``batch`` requests
+    in flight (iteration time set by Little's law). Returns the last decision, that clock's capacity
+    (tokens/s) and the measured load (tokens/s)."""
     ctl = controller(Phase.DECODE, clocks=TS_CLOCKS, options={"decode_window_s": decode_window_s})
     bound_s = SLO.itl_s * 0.9
 
     def itl_s(b: int) -> float:
-        return ctl.predictor.values(float(b), float(b * TS_KV_TOKENS))[0]
+        return ctl.predictor.values(float(b), float(b * TS_KV_TOKENS))[of_clock]
 
     b_max = max(b for b in range(1, int(ctl.predictor.max_x0) + 1) if itl_s(b) <= bound_s)
     capacity_tps = b_max / itl_s(b_max)
-    rate_rps = TS_LOAD * capacity_tps / TS_OUTPUT
+    rate_rps = load * capacity_tps / TS_OUTPUT
     step_s = batch / (rate_rps * TS_OUTPUT)
     live = {f"s{i}": 1 + (i * TS_OUTPUT) // batch for i in range(batch)}  # a steady population, every age
     arrived, now_s, next_arrival_s = 0, 0.0, 0.0
     decision = None
-    while now_s < 60.0:
+    while now_s < duration_s:
         scheduled = [ScheduledRequest(rid, 1, TS_KV_TOKENS, 0.0) for rid in live]
         decision = ctl.decide(BatchSnapshot.build(Phase.DECODE, scheduled, now_s=now_s))
         live = {rid: left - 1 for rid, left in live.items() if left > 1}
@@ -178,3 +185,15 @@ def test_decode_demand_measures_each_requests_length_and_a_low_quantile() -> Non
     short, mean = demand.short_decode_tokens, demand.output_tokens
     assert short == float(expected) == 2.0
     assert short is not None and mean is not None and short < 0.1 * mean
+
+
+def test_a_lasting_overload_ends_time_sharing() -> None:
+    """A load 1.2x what even the max clock carries: no faster clock can drain the backlog a slower one
+    builds. For less than one load window (10 s) of that, the excess may be the estimate's own averaging and
+    the lowest clock is still time-shared (its batch fits the bound, as above); once it has lasted a window
+    every clock that does not carry the load is refused and the max clock runs."""
+    early, max_capacity_tps, _ = time_sharing_case(10.0, 40, load=1.2, of_clock=-1, duration_s=8.0)
+    assert early.clock_mhz == TS_CLOCKS[0]
+    lasting, _, measured_tps = time_sharing_case(10.0, 40, load=1.2, of_clock=-1, duration_s=30.0)
+    assert measured_tps > 1.1 * max_capacity_tps  # the max clock does not carry the measured load
+    assert lasting.clock_mhz == TS_CLOCKS[-1]

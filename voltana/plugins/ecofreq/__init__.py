@@ -21,7 +21,11 @@ the predictor has seen) with predicted ITL within the bound. The clock carries t
 it builds is within what the ITL bound absorbs: over one request's life the instance would hold
 ``max(b, lambda * L * ITL(b))`` requests plus those waiting (``b`` the running batch); that must fit ``B``,
 or, where ``B`` is the cap, the last of the excess, waiting at that position for a slot, must still meet the
-bound. Past that a faster clock drains the backlog (the effective clock is a mix matching the load). A
+bound. Past that a faster clock drains the backlog (the effective clock is a mix matching the load). No
+faster clock drains it once the max clock itself does not carry the load: a lasting overload ends
+time-sharing (every clock that does not carry the load is refused, so the max clock runs). Lasting means for
+one load window (``decode_window_s``, the time constant of the measured load) without a break: a shorter
+excess of the estimate is within its own averaging (start-up, a burst, routing that packs one instance). A
 non-empty admission queue is a signal: each waiting request's predicted mean ITL,
 ``ITL + (time waited + expected wait for a slot) / n`` with slots freed at ``B / (L * ITL)`` requests per
 second, must stay within the bound, ``n`` a short output (``DecodeDemand.short_decode_tokens``, a low quantile
@@ -122,7 +126,8 @@ _OPTIONS_ADAPTER = TypeAdapter(EcoFreqOptions)
 class EcoFreqState:
     """Per-instance state: parsed options, SLO bounds, the clock currently held, the mean prompt size, the
     prompt-token arrival rate (``token_rate_tps``: the estimate the last prefill decision used), the measured
-    decode load (``demand``)."""
+    decode load (``demand``) and since when the max clock has not carried it (``overloaded_since_s``, s; NaN
+    while it does)."""
 
     __slots__ = (
         "arrivals",
@@ -132,6 +137,7 @@ class EcoFreqState:
         "demand",
         "held_since_s",
         "opts",
+        "overloaded_since_s",
         "prompt_tokens",
         "token_rate_tps",
     )
@@ -148,6 +154,7 @@ class EcoFreqState:
         self.demand = DecodeDemand(decode_s) if decode_s > 0 and ctx.phase is Phase.DECODE else None
         self.token_rate_tps = 0.0
         self.debt_until_s = -math.inf
+        self.overloaded_since_s = math.nan  # decode: since when the max clock has not carried the load
 
     def note_prompts(self, snapshot: BatchSnapshot) -> None:
         """Track the mean tokens per prefill request (EWMA over iterations, weight 0.1)."""
@@ -317,6 +324,7 @@ def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
     if snapshot.is_idle:
         # Idle is not a choice to dwell on: the first batch after it may move at once.
         st.clock_index, st.held_since_s = 0, -math.inf
+        st.overloaded_since_s = math.nan  # an idle instance is a break in any overload
         return ClockDecision(clocks[0], DecisionReason.IDLE, POLICY_NAME)
     predictor: ClockTable | None = ctx.predictor
     if predictor is None:
@@ -494,19 +502,18 @@ def _load_checker(
     spread = max(short if short is not None else output - 1.0, 1.0)
 
     fastest = len(predictor.clocks_mhz) - 1
-    fastest_itl_s = predictor.batch_curve(fastest, per_request_kv)(slots)
-    pace_s = _debt_pace_s(snapshot, st, demand, fastest_itl_s, output, spread)
+    fastest_curve = predictor.batch_curve(fastest, per_request_kv)
+    pace_s = _debt_pace_s(snapshot, st, demand, fastest_curve(slots), output, spread)
+    fastest_lo = _largest_batch(fastest_curve, top, bound)
+    if fastest_lo and fastest_lo / fastest_curve(float(fastest_lo)) >= load_tps:
+        st.overloaded_since_s = math.nan  # the max clock carries the load
+    elif math.isnan(st.overloaded_since_s):
+        st.overloaded_since_s = now_s
+    lasting_overload = now_s - st.overloaded_since_s >= demand.window_s  # False while NaN
 
     def carries(k: int) -> bool:
         itl_s = predictor.batch_curve(k, per_request_kv)  # ITL (s) of a batch of a size at clock k
-        # The largest batch within the cap whose ITL fits the bound (ITL grows with the batch).
-        lo, hi = 0, top
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if itl_s(float(mid)) <= bound:
-                lo = mid
-            else:
-                hi = mid - 1
+        lo = fastest_lo if k == fastest else _largest_batch(itl_s, top, bound)
         if lo == 0:
             return False
         step_s = itl_s(slots)
@@ -514,6 +521,8 @@ def _load_checker(
             return False
         free_rps = slots / (output * step_s)  # a slot frees when a running request finishes
         if lo / itl_s(float(lo)) < load_tps:
+            if lasting_overload:  # no faster clock drains what this one would build
+                return False
             # The clock does not carry the load in steady state: time-share it with a faster one while
             # the backlog it builds stays within what the ITL bound absorbs. Over one request's life
             # (mean output x this iteration's ITL) the instance would hold Little's law's
@@ -532,6 +541,19 @@ def _load_checker(
         return True
 
     return carries
+
+
+def _largest_batch(itl_s: Callable[[float], float], top: int, bound_s: float) -> int:
+    """The largest batch size in ``[0, top]`` whose ITL (``itl_s``, s, growing with the batch) is within
+    ``bound_s`` (binary search; 0 when not even one request fits)."""
+    lo, hi = 0, top
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if itl_s(float(mid)) <= bound_s:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _debt_pace_s(
