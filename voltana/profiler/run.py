@@ -115,6 +115,8 @@ class Checkpoint:
             return None
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError("not a voltana profile checkpoint (not a JSON object)")
             if doc.get("format") != CHECKPOINT_FORMAT or doc.get("version") != CHECKPOINT_VERSION:
                 raise ValueError("not a voltana profile checkpoint of this version")
             return cls(path, Grid.from_json(doc["grid"]), dict(doc["units"]), dict(doc["options"]))

@@ -161,15 +161,18 @@ def models_read(
     }
 
 
-def check_policies(hook: Any, names: Sequence[str], prefill_route: str | None = None) -> list[PolicySpec]:
+def check_policies(
+    hook: Any, names: Sequence[str], prefill_route: str | None = None, oracle: bool = True
+) -> list[PolicySpec]:
     """The specs of ``names`` (``clock[+decode_route]`` as ``--policies`` gives them, through
     :func:`configured_policy` with ``prefill_route``), each clock policy and route looked up before anything
-    runs. ``oracle`` is the simulator's own and gets no spec. Raises :class:`SimulationError` in one line: a
-    malformed name, or the core's ``unknown clock policy 'x'; registered: ...`` (the engines' and the
-    router's wording)."""
+    runs. ``oracle`` is the simulator's own and gets no spec; with ``oracle=False`` (a caller that cannot
+    run it) it is refused like an unknown name. Raises :class:`SimulationError` in one line: a malformed
+    name, or the core's ``unknown clock policy 'x'; registered: ...`` (the engines' and the router's
+    wording)."""
     specs = []
     for name in names:
-        if name == ORACLE:
+        if name == ORACLE and oracle:
             continue
         spec = configured_policy(name, prefill_route)
         try:

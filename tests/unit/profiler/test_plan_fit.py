@@ -10,10 +10,18 @@ import pytest
 from voltana.core.types import Phase
 from voltana.plugins.ecofreq.factory import PREFILL_SEGMENT_ENDS
 from voltana.profiler.client import EngineInfo
+from voltana.profiler.errors import ProfilerError
 from voltana.profiler.fit import held_out_quality, sample_of, samples_of
 from voltana.profiler.passive import slo_allows
 from voltana.profiler.plan import TOKEN_ID_RANGE, decode_shapes, prefill_shapes, spread_clocks
-from voltana.profiler.run import UNIT_OVERHEAD_S, ProfileRequest, estimate_s, fit_budget, plan_grid
+from voltana.profiler.run import (
+    UNIT_OVERHEAD_S,
+    Checkpoint,
+    ProfileRequest,
+    estimate_s,
+    fit_budget,
+    plan_grid,
+)
 
 CLOCKS = (210, 375, 555, 720, 900, 1065, 1245, 1410)
 
@@ -104,3 +112,12 @@ def test_passive_probe_only_when_the_slo_holds_in_the_worst_case() -> None:
     assert slo_allows(recent, Phase.DECODE, 1065, 0.05)  # 30 ms x 1410/1065 = 39.7 ms <= 45 ms
     assert not slo_allows(recent, Phase.DECODE, 720, 0.05)  # 58.8 ms
     assert not slo_allows(recent, Phase.PREFILL, 1410, 0.8)  # no prefill traffic: nothing to learn
+
+
+@pytest.mark.parametrize("text", ["[]", "null", "1", '"x"', "{}", "{not json"])
+def test_a_checkpoint_that_is_not_one_is_refused_in_one_line(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "p.json.partial"
+    path.write_text(text)
+    with pytest.raises(ProfilerError, match=r"^cannot resume from .*\(delete it or pass --restart\)$") as err:
+        Checkpoint.load(path)
+    assert "\n" not in str(err.value)

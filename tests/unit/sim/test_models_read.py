@@ -129,3 +129,5 @@ def test_check_policies_looks_up_every_clock_and_route_before_running() -> None:
         assert "\n" not in str(err.value)
     with pytest.raises(SimulationError, match="unknown routing policy 'nope'"):
         check_policies(hook, ["ecofreq"], "nope")  # the config's prefill route is checked too
+    with pytest.raises(SimulationError, match=r"^unknown clock policy 'oracle'; registered: "):
+        check_policies(hook, ["static-max", "oracle"], oracle=False)  # a caller that cannot run it
