@@ -182,7 +182,9 @@ class DecodeDemand:
         left = self.running - running
         if left:
             lengths = self.lengths
-            for rid in left:
+            # In id order: a set's order follows string hashes, which differ per process (PYTHONHASHSEED),
+            # and which of one iteration's departures the bounded sample evicts first must not.
+            for rid in sorted(left):
                 started.pop(rid, None)
                 start = joined.pop(rid, None)
                 if start is not None:
