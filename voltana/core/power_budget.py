@@ -219,9 +219,11 @@ class BudgetCoordinator:
         ceilings = {d.instance_id: d.clocks_mhz[k] for d, k in zip(demands, level, strict=True)}
         unmet = tuple(d.instance_id for d, k in zip(demands, level, strict=True) if k < d.need_index())
         by_instance = {d.instance_id: p[k] for d, p, k in zip(demands, power, level, strict=True)}
-        return BudgetAllocation(
-            ceilings, sum(by_instance.values()), self.budget_w, feasible, unmet, by_instance, committed
-        )
+        predicted = sum(by_instance.values())
+        # The running total and this fresh sum add the same terms in another order: with no step charged
+        # above the needs they may differ in the last bit, and what is charged is never below the average.
+        committed = max(committed, predicted)
+        return BudgetAllocation(ceilings, predicted, self.budget_w, feasible, unmet, by_instance, committed)
 
     def _raise(
         self,
