@@ -512,8 +512,11 @@ def _load_checker(
     lasting_overload = now_s - st.overloaded_since_s >= demand.window_s  # False while NaN
 
     def carries(k: int) -> bool:
-        itl_s = predictor.batch_curve(k, per_request_kv)  # ITL (s) of a batch of a size at clock k
-        lo = fastest_lo if k == fastest else _largest_batch(itl_s, top, bound)
+        if k == fastest:  # its curve and largest in-bound batch are those the overload check computed
+            itl_s, lo = fastest_curve, fastest_lo
+        else:
+            itl_s = predictor.batch_curve(k, per_request_kv)  # ITL (s) of a batch of a size at clock k
+            lo = _largest_batch(itl_s, top, bound)
         if lo == 0:
             return False
         step_s = itl_s(slots)
