@@ -119,9 +119,9 @@ class ClockConfig(_Section):
 class PolicyConfig(_Section):
     """Policy names (validated against the registered plugins) and their shared knobs."""
 
-    clock: str = "ecofreq"
-    prefill_route: str = "energy-ttft"
-    decode_route: str = "ecoroute"
+    clock: str = Field("ecofreq", min_length=1)
+    prefill_route: str = Field("energy-ttft", min_length=1)
+    decode_route: str = Field("ecoroute", min_length=1)
     safety_margin: float = Field(0.1, ge=0, lt=1, description="share of the SLO kept in reserve")
     options: dict[str, Any] = Field(default_factory=dict)
 

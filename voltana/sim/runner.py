@@ -15,7 +15,7 @@ from typing import Any
 from voltana.core.config import VoltanaConfig
 from voltana.core.contexts import ALL_MODELS, NO_MODELS, ClockContext, ModelKind
 from voltana.core.errors import VoltanaError
-from voltana.core.policies import UnknownPolicyError, reads_models
+from voltana.core.policies import UnknownPolicyError, reads_models, route_policy
 from voltana.core.protocols import Controller
 from voltana.core.types import Phase, Slo
 from voltana.plugins.ecofreq.factory import build_controller, resolve_allowed_clocks
@@ -168,12 +168,23 @@ def check_policies(
     :func:`configured_policy` with ``prefill_route``), each clock policy and route looked up before anything
     runs. ``oracle`` is the simulator's own and gets no spec; with ``oracle=False`` (a caller that cannot
     run it) it is refused like an unknown name. Raises :class:`SimulationError` in one line: a malformed
-    name, or the core's ``unknown clock policy 'x'; registered: ...`` (the engines' and the router's
-    wording)."""
+    name, the oracle given a route (``oracle+ecoroute``), or the core's ``unknown clock policy 'x';
+    registered: ...`` (the engines' and the router's wording), prefixed ``policy.prefill_route:`` when the
+    unknown name is ``prefill_route``'s."""
+    if prefill_route:
+        try:
+            route_policy(hook, prefill_route)
+        except UnknownPolicyError as exc:
+            raise SimulationError(f"policy.prefill_route: {exc}") from None
     specs = []
     for name in names:
         if name == ORACLE and oracle:
             continue
+        if oracle and name.strip().partition("+")[0] == ORACLE:
+            raise SimulationError(
+                f"{name.strip()!r}: the {ORACLE} chooses its own routes (those of ecofreq, else of "
+                f"static-max); give it as {ORACLE!r}"
+            )
         spec = configured_policy(name, prefill_route)
         try:
             models_read(hook, spec)

@@ -171,3 +171,13 @@ def test_budget_period_bounds_are_accepted(monkeypatch: pytest.MonkeyPatch) -> N
     for period_s in ("0.1", "20"):
         monkeypatch.setenv("VOLTANA_CLUSTER__BUDGET_PERIOD_S", period_s)
         assert load_config().config.cluster.budget_period_s == float(period_s)
+
+
+@pytest.mark.parametrize("key", ["clock", "prefill_route", "decode_route"])
+def test_an_empty_policy_name_is_refused_not_replaced_by_the_default(tmp_path: Path, key: str) -> None:
+    path = tmp_path / "voltana.toml"
+    path.write_text(f'[policy]\n{key} = ""\n')
+    line = rf"^invalid config: policy\.{key} = '' .*at least 1 character"
+    with pytest.raises(ConfigError, match=line) as info:
+        load_config(path)
+    assert "\n" not in str(info.value)

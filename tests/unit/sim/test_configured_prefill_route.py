@@ -28,7 +28,8 @@ def test_an_unknown_configured_route_is_one_line(
         tmp_path, monkeypatch, capsys, '[policy]\nprefill_route = "nope"\n', "static-max,ecofreq+ecoroute"
     )
     assert code == 2
-    assert len(lines) == 1 and lines[0].startswith("error: unknown routing policy 'nope'; registered: ")
+    assert len(lines) == 1
+    assert lines[0].startswith("error: policy.prefill_route: unknown routing policy 'nope'; registered: ")
 
 
 def workload_at(rate: float) -> Workload:

@@ -127,7 +127,10 @@ def test_check_policies_looks_up_every_clock_and_route_before_running() -> None:
         with pytest.raises(SimulationError, match="^" + re.escape(line)) as err:
             check_policies(hook, names)
         assert "\n" not in str(err.value)
-    with pytest.raises(SimulationError, match="unknown routing policy 'nope'"):
-        check_policies(hook, ["ecofreq"], "nope")  # the config's prefill route is checked too
+    # the config's prefill route is checked too, and the line says where the name came from
+    with pytest.raises(SimulationError, match=r"^policy\.prefill_route: unknown routing policy 'nope'"):
+        check_policies(hook, ["static-max"], "nope")
+    with pytest.raises(SimulationError, match=r"^'oracle\+ecoroute': the oracle chooses its own routes"):
+        check_policies(hook, ["static-max", "oracle+ecoroute"])  # not "unknown clock policy 'oracle'"
     with pytest.raises(SimulationError, match=r"^unknown clock policy 'oracle'; registered: "):
         check_policies(hook, ["static-max", "oracle"], oracle=False)  # a caller that cannot run it
