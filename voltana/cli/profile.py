@@ -377,9 +377,13 @@ def _profile_simulated(
     except (UnknownProfileError, ValueError) as exc:
         _fail(err, str(exc))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task(f"profiling {perf.name} at {len(chosen)} clocks", total=grid_size(perf))
-        profile: Profile = profile_from_model(perf, chosen, on_point=lambda: progress.advance(task))
+    try:
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task(f"profiling {perf.name} at {len(chosen)} clocks", total=grid_size(perf))
+            profile: Profile = profile_from_model(perf, chosen, on_point=lambda: progress.advance(task))
+    except KeyboardInterrupt:
+        err.print("interrupted: nothing written", highlight=False)
+        raise typer.Exit(130) from None
     try:
         path = save_profile(profile, output)
     except OSError as exc:
