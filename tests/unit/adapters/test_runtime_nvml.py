@@ -214,10 +214,15 @@ def test_500_iterations_energy_is_sampled_off_the_engine_thread_and_sums_to_the_
         rng = random.Random(7)
         running = [f"r{i}" for i in range(8)]
         serial = len(running)
+        # The engine's own gaps between iterations (and before the first), measured around the calls: on a
+        # loaded machine this thread can wait for a core or the GIL there, and that time is rightly idle.
+        gaps_s, last_end_s = loop_started_s - start_began_s, loop_started_s
         for i in range(500):
+            gaps_s += time.monotonic() - last_end_s
             runtime.before_iteration(_decode(time.time(), i, running))
             time.sleep(rng.uniform(0.005, 0.03))
             runtime.after_iteration()
+            last_end_s = time.monotonic()
             if rng.random() < 0.2:  # one request leaves, another joins
                 leaving = running.pop(rng.randrange(len(running)))
                 runtime.request_finished(leaving, input_tokens=1, output_tokens=5, finish_time_s=time.time())
@@ -228,6 +233,8 @@ def test_500_iterations_energy_is_sampled_off_the_engine_thread_and_sums_to_the_
             runtime.request_finished(rid, input_tokens=1, output_tokens=5, finish_time_s=time.time())
         ledger = runtime._energy.ledger  # type: ignore[union-attr]
         runtime.close()
+        gaps_s += time.monotonic() - last_end_s
+        span_s = time.monotonic() - start_began_s
         after_mj = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
     finally:
         pynvml.nvmlShutdown()
@@ -239,7 +246,10 @@ def test_500_iterations_energy_is_sampled_off_the_engine_thread_and_sums_to_the_
     # the runtime's baseline came after our read: the refreshes during its start (250 W x 100 ms each) differ
     step_j = 250.0 * 0.1
     assert 0 <= counter_j - ledger.total_j <= step_j * (start_s // 0.1 + 1) + 1e-9
-    assert requests_j == pytest.approx(ledger.total_j, rel=0.01)
+    # Busy from start to close: the requests get all but the idle gaps' share (idle draws less than a
+    # running iteration, so at most their share of the time), within 1%. In a quiet run the gaps are ~0.
+    assert requests_j <= ledger.total_j
+    assert requests_j >= ledger.total_j * (0.99 - gaps_s / span_s), (gaps_s, span_s)
     assert len(learned) > 100 and min(learned) > 0.0  # no 0 J iterations taught to the predictor
     reads = [e for e in standin_nvml.log() if e.op == "energy" and loop_started_s <= e.t_s <= loop_ended_s]
     assert reads and all(e.tid != engine_tid for e in reads)  # not one read on the engine thread
