@@ -23,10 +23,11 @@ import dataclasses
 import sys
 
 from bench_paper_reproduction import HEADLINE_MARGIN, OURS, PANELS, setup_for, static_specs
-from bench_report import add_json_option, emit
+from bench_report import add_json_option, emit, json_path_problem
 from rich.progress import Progress
 from rich.table import Table
 
+from voltana.core.errors import VoltanaError
 from voltana.sim.datasets import dataset_workload, tokenizer_for_model
 from voltana.sim.frontier import with_margin
 from voltana.sim.metrics import PolicyResult
@@ -52,6 +53,8 @@ ROUTE_PAIRS = (
 def parse_points(text: str) -> list[tuple[str, str, float]]:
     """``model/workload@rate,...`` -> points; raises ``ValueError`` (one line) for a bad or unknown one."""
     known = {(p.model, p.workload) for p in PANELS}
+    if not text.strip():
+        raise ValueError("--points is empty; give model/workload@rate,... or omit it for the defaults")
     points = []
     for item in text.split(","):
         panel, _, rate = item.strip().partition("@")
@@ -100,10 +103,14 @@ def main() -> int:
     add_json_option(parser)
     args = parser.parse_args()
     try:
-        points = parse_points(args.points) if args.points else list(DEFAULT_POINTS)
+        points = parse_points(args.points) if args.points is not None else list(DEFAULT_POINTS)
         seeds = parse_seeds(args.seeds)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    problem = json_path_problem(args.json)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     if not 0.0 < args.duration < float("inf"):
         print(
@@ -162,6 +169,9 @@ def main() -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing written", file=sys.stderr)
         return 130
+    except VoltanaError as exc:  # a workload or setup the simulator refuses (e.g. too many requests)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     emit(table, benchmark="bench_edge_routing", json_path=args.json, width=240)
     return 0
 

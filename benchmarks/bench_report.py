@@ -28,6 +28,20 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the tables as JSON (docs)")
 
 
+def json_path_problem(path: Path | None) -> str | None:
+    """Why ``--json PATH`` cannot be written (one line), or None: checked before a long run, not after it."""
+    if path is None:
+        return None
+    if path.is_dir() or not path.name:
+        return f"--json {str(path)!r} is a directory; give a file path"
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        return f"--json {str(path)!r}: no such directory {str(parent)!r}"
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"--json {str(path)!r}: not writable"
+    return None
+
+
 def json_path_only(description: str | None) -> Path | None:
     """For a benchmark without other options: parse ``--json`` alone."""
     parser = argparse.ArgumentParser(description=description)
@@ -83,5 +97,8 @@ def emit(
         console.print(table)
     if json_path is not None:
         payload = {"benchmark": benchmark, "machine": machine(), "tables": [table_json(t) for t in tables]}
-        json_path.write_text(json.dumps(payload, indent=2) + "\n")
+        try:
+            json_path.write_text(json.dumps(payload, indent=2) + "\n")
+        except OSError as exc:  # the tables are printed above: say what failed in one line
+            raise SystemExit(f"error: cannot write {json_path}: {exc.strerror or exc}") from None
         console.print(f"wrote {json_path}")

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from voltana.cli.state import cli_state
+from voltana.cli.state import cli_state, validate_policy_names
 from voltana.core.hookspecs import hookimpl
 from voltana.plugins import get_plugin_manager
 
@@ -161,7 +161,9 @@ def simulate(
     from voltana.sim.synthetic import CONV_RATE_RPS, synthetic_workload
     from voltana.sim.workload import Workload, WorkloadError, load_workload
 
-    config = cli_state(ctx).loaded().config
+    loaded = cli_state(ctx).loaded()
+    validate_policy_names(loaded)  # as config show and router: a name no plugin provides is a config error
+    config = loaded.config
     if prefill < 1 or decode < 1:
         raise _fail("--prefill and --decode need at least one instance each")
     if (ttft is not None and not ttft > 0) or (itl is not None and not itl > 0):

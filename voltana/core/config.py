@@ -13,9 +13,17 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Annotated, Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -116,12 +124,17 @@ class ClockConfig(_Section):
         return self
 
 
+PolicyName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+"""A registered policy's name: surrounding spaces dropped, never empty (an empty name is a mistake, not the
+default)."""
+
+
 class PolicyConfig(_Section):
     """Policy names (validated against the registered plugins) and their shared knobs."""
 
-    clock: str = Field("ecofreq", min_length=1)
-    prefill_route: str = Field("energy-ttft", min_length=1)
-    decode_route: str = Field("ecoroute", min_length=1)
+    clock: PolicyName = "ecofreq"
+    prefill_route: PolicyName = "energy-ttft"
+    decode_route: PolicyName = "ecoroute"
     safety_margin: float = Field(0.1, ge=0, lt=1, description="share of the SLO kept in reserve")
     options: dict[str, Any] = Field(default_factory=dict)
 

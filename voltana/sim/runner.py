@@ -73,7 +73,7 @@ class PolicySpec:
 
 def parse_policy(text: str, prefill_route: str | None = None) -> PolicySpec:
     """``clock[+decode_route]`` -> a spec with default routes for the clock policy."""
-    clock, sep, decode = text.strip().partition("+")
+    clock, sep, decode = (part.strip() for part in text.partition("+"))
     if not clock:
         raise SimulationError(f"empty policy name in {text!r}; expected <clock policy>[+<decode route>]")
     if sep and not decode:
@@ -82,7 +82,7 @@ def parse_policy(text: str, prefill_route: str | None = None) -> PolicySpec:
         )
     default_prefill, default_decode = DEFAULT_ROUTES.get(clock, FALLBACK_ROUTES)
     return PolicySpec(
-        name=text.strip(),
+        name=f"{clock}+{decode}" if sep else clock,
         prefill_clock=clock,
         decode_clock=clock,
         prefill_route=prefill_route or default_prefill,
@@ -94,7 +94,7 @@ def configured_policy(text: str, prefill_route: str | None = None) -> PolicySpec
     """:func:`parse_policy` where ``prefill_route`` (a config's ``policy.prefill_route``, or a benchmark's
     choice for ours) replaces the default prefill route of every policy but the references
     (:data:`REFERENCE_POLICIES` keep theirs, so that a comparison's baselines do not move with it)."""
-    clock = text.strip().partition("+")[0]
+    clock = text.partition("+")[0].strip()
     return parse_policy(text, None if clock in REFERENCE_POLICIES else prefill_route)
 
 
@@ -180,7 +180,7 @@ def check_policies(
     for name in names:
         if name == ORACLE and oracle:
             continue
-        if oracle and name.strip().partition("+")[0] == ORACLE:
+        if oracle and name.partition("+")[0].strip() == ORACLE:
             raise SimulationError(
                 f"{name.strip()!r}: the {ORACLE} chooses its own routes (those of ecofreq, else of "
                 f"static-max); give it as {ORACLE!r}"

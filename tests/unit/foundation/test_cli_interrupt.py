@@ -88,6 +88,16 @@ def test_ctrl_c_while_the_app_is_importing_is_one_line(tmp_path: Path, module: s
     assert [line for line in result.stderr.splitlines() if line.strip()] == ["interrupted"]
 
 
+def test_ctrl_c_in_a_command_that_does_not_handle_it_is_one_line(tmp_path: Path) -> None:
+    # simulate imports the simulator when it runs: the interrupt lands inside the command, where typer alone
+    # would exit 130 without a word
+    hook = INTERRUPT_ON_IMPORT.format(module="voltana.sim.cluster")
+    result = run_interrupted(tmp_path, hook, "simulate", "--duration", "2")
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == ["interrupted"]
+
+
 def test_ctrl_c_during_a_simulated_profile_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "profile.json"
     result = run_interrupted(

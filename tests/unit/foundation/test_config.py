@@ -173,11 +173,20 @@ def test_budget_period_bounds_are_accepted(monkeypatch: pytest.MonkeyPatch) -> N
         assert load_config().config.cluster.budget_period_s == float(period_s)
 
 
+@pytest.mark.parametrize("blank", ["", " ", "  "])
 @pytest.mark.parametrize("key", ["clock", "prefill_route", "decode_route"])
-def test_an_empty_policy_name_is_refused_not_replaced_by_the_default(tmp_path: Path, key: str) -> None:
+def test_an_empty_policy_name_is_refused_not_replaced_by_the_default(
+    tmp_path: Path, key: str, blank: str
+) -> None:
     path = tmp_path / "voltana.toml"
-    path.write_text(f'[policy]\n{key} = ""\n')
-    line = rf"^invalid config: policy\.{key} = '' .*at least 1 character"
+    path.write_text(f'[policy]\n{key} = "{blank}"\n')
+    line = rf"^invalid config: policy\.{key} = '{blank}' .*at least 1 character"
     with pytest.raises(ConfigError, match=line) as info:
         load_config(path)
     assert "\n" not in str(info.value)
+
+
+def test_spaces_around_a_policy_name_are_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "voltana.toml"
+    path.write_text('[policy]\nclock = " static-max "\n')
+    assert load_config(path).config.policy.clock == "static-max"

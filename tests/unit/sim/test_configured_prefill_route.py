@@ -29,7 +29,8 @@ def test_an_unknown_configured_route_is_one_line(
     )
     assert code == 2
     assert len(lines) == 1
-    assert lines[0].startswith("error: policy.prefill_route: unknown routing policy 'nope'; registered: ")
+    assert lines[0].startswith("error: invalid config: policy.prefill_route = 'nope' (from file ")
+    assert "unknown routing policy 'nope'; registered: " in lines[0]
 
 
 def workload_at(rate: float) -> Workload:

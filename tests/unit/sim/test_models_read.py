@@ -130,7 +130,16 @@ def test_check_policies_looks_up_every_clock_and_route_before_running() -> None:
     # the config's prefill route is checked too, and the line says where the name came from
     with pytest.raises(SimulationError, match=r"^policy\.prefill_route: unknown routing policy 'nope'"):
         check_policies(hook, ["static-max"], "nope")
-    with pytest.raises(SimulationError, match=r"^'oracle\+ecoroute': the oracle chooses its own routes"):
-        check_policies(hook, ["static-max", "oracle+ecoroute"])  # not "unknown clock policy 'oracle'"
+    for name in ("oracle+ecoroute", "oracle +ecoroute", " oracle + ecoroute "):  # not "unknown clock policy"
+        line = r"^'oracle ?\+ ?ecoroute': the oracle chooses its own routes"
+        with pytest.raises(SimulationError, match=line):
+            check_policies(hook, ["static-max", name])
+    # spaces around '+' are dropped, as around a comma
+    spaced = check_policies(hook, [" ecofreq + round-robin "])[0]
+    assert (spaced.name, spaced.prefill_clock, spaced.decode_route) == (
+        "ecofreq+round-robin",
+        "ecofreq",
+        "round-robin",
+    )
     with pytest.raises(SimulationError, match=r"^unknown clock policy 'oracle'; registered: "):
         check_policies(hook, ["static-max", "oracle"], oracle=False)  # a caller that cannot run it
