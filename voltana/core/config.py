@@ -344,6 +344,8 @@ def _describe_error(exc: ValidationError, sources: Mapping[str, str]) -> str:
     message = str(first["msg"])
     if first["type"] == "extra_forbidden":
         message = "unknown key"
+    elif first["type"] == "string_too_short" and (first.get("ctx") or {}).get("min_length") == 1:
+        message = "must not be empty or blank"  # (spaces are stripped first: a name of spaces is empty)
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     value = first.get("input")
     shown = "" if first["type"] in {"extra_forbidden"} or isinstance(value, dict) else f" = {value!r}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,10 +190,20 @@ def _fill_gaps(
 
 
 def save_profile(profile: Profile, path: str | Path) -> Path:
-    """Write ``profile`` as JSON to ``path`` (parents created); returns the path."""
+    """Write ``profile`` as JSON to ``path`` (parents created); returns the path.
+
+    Atomic: written beside it and renamed into place, so an interrupted or failed write (Ctrl-C, a full disk)
+    leaves the previous file, or none, never a truncated one. Raises ``OSError``."""
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(profile.to_json(), separators=(",", ":")) + "\n", encoding="utf-8")
+    text = json.dumps(profile.to_json(), separators=(",", ":")) + "\n"
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return target
 
 

@@ -54,6 +54,28 @@ def test_profile_round_trips_through_json(tmp_path: Path) -> None:
     assert path.stat().st_size < 100_000
 
 
+def test_an_interrupted_save_keeps_the_previous_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a Ctrl-C (or a full disk) in the middle of the write: the file there before stays whole, nothing is
+    # left beside it
+    path = save_profile(a100_profile(), tmp_path / "p.json")
+    before = path.read_bytes()
+    real_write = Path.write_text
+
+    def interrupted(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        real_write(self, data[: len(data) // 2], encoding="utf-8")  # half written, then the signal
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_profile(a100_profile(), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert load_profile(path).clocks_mhz == default_clocks()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
+
+
 def test_profile_at_profiled_clocks_is_the_fit_and_tracks_the_simulated_gpu() -> None:
     profile = a100_profile()
     clocks = default_clocks()

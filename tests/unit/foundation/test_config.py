@@ -180,7 +180,7 @@ def test_an_empty_policy_name_is_refused_not_replaced_by_the_default(
 ) -> None:
     path = tmp_path / "voltana.toml"
     path.write_text(f'[policy]\n{key} = "{blank}"\n')
-    line = rf"^invalid config: policy\.{key} = '{blank}' .*at least 1 character"
+    line = rf"^invalid config: policy\.{key} = '{blank}' \(from file .*\): must not be empty or blank$"
     with pytest.raises(ConfigError, match=line) as info:
         load_config(path)
     assert "\n" not in str(info.value)
