@@ -27,6 +27,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from voltana.adapters.state_payload import write_json_atomically
 from voltana.core.config import ConfigError, load_config
 from voltana.core.types import IterationRecord
 from voltana.profiler.engine_api import ClockPin, IterationPage, page_from, record_json
@@ -51,12 +52,6 @@ def configured_clock_token() -> str | None:
     except ConfigError:
         return None
     return secret.get_secret_value() if secret else None
-
-
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -173,7 +168,7 @@ class EngineControlChannel:
         text = json.dumps(doc, sort_keys=True)
         now = time.time()
         if text != self._last_control or now - self._last_control_s >= HEARTBEAT_S:
-            _write_json(self.engine_dir / CONTROL_FILE, {**doc, "updated_at_s": now})
+            write_json_atomically(self.engine_dir / CONTROL_FILE, {**doc, "updated_at_s": now})
             self._last_control, self._last_control_s = text, now
 
 
@@ -201,7 +196,7 @@ class FileControlBackend:
             self.ceiling_path.unlink(missing_ok=True)
         else:
             self.ceiling_path.parent.mkdir(parents=True, exist_ok=True)
-            _write_json(self.ceiling_path, lease.to_json())
+            write_json_atomically(self.ceiling_path, lease.to_json())
 
     def _control(self) -> dict[str, Any] | None:
         doc = _read_json(self.engine_dir / CONTROL_FILE)
@@ -227,7 +222,7 @@ class FileControlBackend:
             self.pin_path.unlink(missing_ok=True)
         else:
             self.pin_path.parent.mkdir(parents=True, exist_ok=True)
-            _write_json(self.pin_path, pin.to_json())
+            write_json_atomically(self.pin_path, pin.to_json())
 
     def applied_clock_mhz(self) -> int | None:
         doc = self._control()

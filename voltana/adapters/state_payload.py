@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from voltana.core.files import write_text_atomically
 from voltana.core.state_payload import InstanceStatePayload
 
 log = logging.getLogger("voltana.adapters")
@@ -29,9 +29,7 @@ PUBLISH_INTERVAL_S = 0.25
 
 def write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
     """Replace ``path`` with ``data`` as JSON (a reader never sees half a file). Raises OSError."""
-    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(data, separators=(",", ":")))
 
 
 class StatePublisher:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from voltana.core.errors import VoltanaError
+from voltana.core.files import write_text_atomically
 from voltana.core.types import Phase
 
 PROFILE_FORMAT = "voltana-predictor-profile"
@@ -196,14 +196,7 @@ def save_profile(profile: Profile, path: str | Path) -> Path:
     leaves the previous file, or none, never a truncated one. Raises ``OSError``."""
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(profile.to_json(), separators=(",", ":")) + "\n"
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomically(target, json.dumps(profile.to_json(), separators=(",", ":")) + "\n")
     return target
 
 

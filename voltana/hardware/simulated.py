@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 import time
 from bisect import bisect_left
 from dataclasses import dataclass
 from pathlib import Path
 
+from voltana.core.files import write_text_atomically
 from voltana.core.types import Phase
 from voltana.hardware.device import DeviceCapabilities, EnergySource, GpuDevice, GpuGroup, PowerLimits
 from voltana.hardware.errors import InvalidArgumentError, UnknownProfileError
@@ -428,9 +428,7 @@ class SimulatedGpu(GpuDevice):
             "power_limit_w": self.power_limit_w,
             "events": self._events,
         }
-        tmp = self._state_path.with_suffix(self._state_path.suffix + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self._state_path)
+        write_text_atomically(self._state_path, json.dumps(state))
 
 
 def open_simulated(

@@ -11,7 +11,6 @@ finished so far, if any.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from voltana.core.files import write_text_atomically
 from voltana.core.profile import PhaseFit, save_profile
 from voltana.core.types import Phase
 from voltana.plugins.ecofreq.factory import PREFILL_SEGMENT_ENDS
@@ -137,9 +137,7 @@ class Checkpoint:
                 "options": self.options,
                 "units": self.units,
             }
-            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-            tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_text_atomically(self.path, json.dumps(doc, separators=(",", ":")))
 
     def records(self, phase: Phase, clocks: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """The records of finished units of ``phase`` (optionally only at ``clocks``), in unit order."""
