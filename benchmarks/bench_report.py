@@ -34,7 +34,7 @@ def json_path_problem(path: Path | None) -> str | None:
         return None
     if path.is_dir() or not path.name:
         return f"--json {str(path)!r} is a directory; give a file path"
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent
     if not parent.is_dir():
         return f"--json {str(path)!r}: no such directory {str(parent)!r}"
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):

@@ -178,9 +178,10 @@ def check_policies(
             raise SimulationError(f"policy.prefill_route: {exc}") from None
     specs = []
     for name in names:
-        if name == ORACLE and oracle:
-            continue
-        if oracle and name.partition("+")[0].strip() == ORACLE:
+        clock, plus, _ = (part.strip() for part in name.partition("+"))
+        if oracle and clock == ORACLE:
+            if not plus:
+                continue
             raise SimulationError(
                 f"{name.strip()!r}: the {ORACLE} chooses its own routes (those of ecofreq, else of "
                 f"static-max); give it as {ORACLE!r}"

@@ -115,7 +115,7 @@ def test_a_controller_learns_what_it_is_told_and_reports_every_iteration(
 
 def test_check_policies_looks_up_every_clock_and_route_before_running() -> None:
     hook = get_plugin_manager().hook
-    specs = check_policies(hook, ["static-max", "oracle", "ecofreq+round-robin"], "predicted-ttft")
+    specs = check_policies(hook, ["static-max", " oracle ", "ecofreq+round-robin"], "predicted-ttft")
     assert [s.name for s in specs] == ["static-max", "ecofreq+round-robin"]  # the oracle is the simulator's
     assert specs[1].decode_route == "round-robin" and specs[1].prefill_route == "predicted-ttft"
     assert specs[0].prefill_route != "predicted-ttft"  # a reference keeps its own routes
