@@ -216,6 +216,8 @@ def _clock(seconds: float) -> str:
 
 
 def _progress_bar(err: Console) -> Progress:
+    """The profiler's bar on ``err``; off when ``err`` is not an interactive terminal, where it draws nothing
+    and rich would end it with a blank line (:class:`_RichProgress` prints plain lines there instead)."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -224,7 +226,7 @@ def _progress_bar(err: Console) -> Progress:
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    return Progress(*columns, console=err, transient=True)
+    return Progress(*columns, console=err, transient=True, disable=not err.is_interactive)
 
 
 def _with_progress(err: Console, work: Callable[[_RichProgress], T], interrupted: str | None) -> T:
@@ -378,7 +380,8 @@ def _profile_simulated(
         _fail(err, str(exc))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=err, transient=True) as progress:
+        # off where it draws nothing (not an interactive terminal): rich would end it with a blank line
+        with Progress(*columns, console=err, transient=True, disable=not err.is_interactive) as progress:
             task = progress.add_task(f"profiling {perf.name} at {len(chosen)} clocks", total=grid_size(perf))
             profile: Profile = profile_from_model(perf, chosen, on_point=lambda: progress.advance(task))
     except KeyboardInterrupt:

@@ -361,7 +361,9 @@ def simulate(
 
 
 def _progress(quiet: bool) -> Progress:
-    """The progress bar of a simulation run (on stderr; off for ``--json``)."""
+    """The progress bar of a simulation run (on stderr; off for ``--json`` and when stderr is not an
+    interactive terminal, where it draws nothing and rich would end it with a blank line before the next
+    message)."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -369,7 +371,7 @@ def _progress(quiet: bool) -> Progress:
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
-        disable=quiet,
+        disable=quiet or not err_console.is_interactive,
     )
 
 

@@ -57,3 +57,13 @@ def test_unknown_gpu_model_or_clock_is_one_line(tmp_path: Path) -> None:
         assert expected in lines[0]
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "p.json").exists()
+
+
+def test_profile_on_a_pipe_writes_nothing_to_stderr(tmp_path: Path) -> None:
+    """The bar draws nothing off a terminal; rich's closing blank line is not printed either."""
+    out = tmp_path / "p.json"
+    result = run_cli(
+        "profile", "--gpu", "h100-80gb", "--model", "llama-3.1-8b", "--clocks", "1005,1410", "-o", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""

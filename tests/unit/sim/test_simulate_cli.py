@@ -304,3 +304,22 @@ def test_one_request_is_singular(
     )
     assert code == 0, err
     assert "single arrival: 1 request in 0 s of arrivals" in out
+
+
+# A refusal that comes after the progress bar started (the second rate's workload): rich ends a bar on a
+# stderr that is not a terminal with a blank line, which came before the error line in a log or a pipe.
+
+
+def test_an_error_after_the_progress_bar_is_exactly_one_line_on_a_pipe() -> None:
+    result = run_cli("--workload", "lmsys", "--rates", "5,1e7", "--duration", "5", "--policies", "static-max")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: 1e+07 req/s for 5 s is 5e+07 requests; at most 1,000,000 per run (each is generated up "
+        "front and kept in memory): lower the rate or the duration\n"
+    )
+
+
+def test_a_run_on_a_pipe_writes_nothing_to_stderr() -> None:
+    result = run_cli("--duration", "3", "--rate", "2", "--policies", "static-max")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
