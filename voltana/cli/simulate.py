@@ -199,9 +199,7 @@ def simulate(
             "slo": config.slo.model_copy(update=slo_update),
         }
     )
-    names = [p.strip() for p in (DEFAULT_POLICIES if policies is None else policies).split(",") if p.strip()]
-    if not names:
-        raise _fail("--policies is empty")
+    names, repeats = _policy_names(DEFAULT_POLICIES if policies is None else policies)
     try:
         if plot is not None:
             plot = plot_path(plot)
@@ -274,6 +272,7 @@ def simulate(
             raise _fail(
                 f"--timeline-rate {timeline_rate:g} is not one of the simulated rates ({known} req/s)"
             )
+        _note_repeats(repeats)  # after the checks: a refused run stays one line
         total = plan_runs(names, 1, len(allowed)) * len(sweep_rates)
         with _progress(as_json) as bar:
             task = bar.add_task("simulating", total=total)
@@ -489,6 +488,37 @@ def _run_power_budget(
         out.print(line, highlight=False)
     if plot is not None:
         out.print(f"plot written to {plot}", highlight=False)
+
+
+def _policy_names(text: str) -> tuple[list[str], list[str]]:
+    """``--policies`` as (the names to run, the repeats dropped). Each name is ``clock[+decode_route]``
+    without the spaces around it and around ``+``, as :func:`voltana.sim.runner.parse_policy` reads it, so
+    that ``ecofreq + ecoroute`` and ``ecofreq+ecoroute`` are one policy; a policy given twice runs once, where
+    it first appears. Raises typer.Exit (one line, status 2) when no name is given."""
+    names: list[str] = []
+    repeats: list[str] = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        clock, plus, route = (piece.strip() for piece in part.partition("+"))
+        name = f"{clock}{plus}{route}"
+        if name not in names:
+            names.append(name)
+        elif name not in repeats:
+            repeats.append(name)
+    if not names:
+        raise _fail("--policies is empty")
+    return names, repeats
+
+
+def _note_repeats(repeats: list[str]) -> None:
+    """One line on stderr naming the policies ``--policies`` gave more than once (each runs once)."""
+    if repeats:
+        err_console.print(
+            f"note: --policies names {escape(', '.join(repeats))} more than once: each runs once",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _timeline_policy(names: list[str]) -> str:

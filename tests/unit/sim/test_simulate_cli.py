@@ -323,3 +323,63 @@ def test_a_run_on_a_pipe_writes_nothing_to_stderr() -> None:
     result = run_cli("--duration", "3", "--rate", "2", "--policies", "static-max")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+# A policy named twice in --policies (spaces around the name and '+' do not make it another) runs once.
+
+
+@pytest.mark.parametrize(
+    ("policies", "ran", "note"),
+    [
+        ("static-max,static-max", ["static-max"], "static-max"),
+        (
+            "ecofreq+ecoroute, ecofreq + ecoroute,static-max, static-max ,ecofreq+ecoroute",
+            ["ecofreq+ecoroute", "static-max"],
+            "ecofreq+ecoroute, static-max",
+        ),
+    ],
+)
+def test_a_repeated_policy_runs_once_with_a_note(
+    policies: str,
+    ran: list[str],
+    note: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["--duration", "3", "--rate", "2", "--policies", policies, "--json"]
+    code, out, err = run_in_process(args, monkeypatch, capsys)
+    assert code == 0, err
+    (point,) = json.loads(out)["points"]
+    assert [r["policy"] for r in point["results"]] == ran
+    assert err == f"note: --policies names {note} more than once: each runs once\n"
+
+
+def test_a_spaced_policy_name_gets_its_clock_timeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The plot's timeline policy is the normalised name the runs carry (it was 'not recorded')."""
+    from voltana.sim import plot as plot_module
+
+    shown: list[str] = []
+    real_timeline = plot_module._timeline
+
+    def spy(fig: object, ax: object, point: object, policy: str | None, *rest: object) -> None:
+        real_timeline(fig, ax, point, policy, *rest)  # type: ignore[arg-type]
+        shown.append(ax.get_title())  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(plot_module, "_timeline", spy)
+    plot = tmp_path / "spaced.png"
+    args = [
+        "--duration",
+        "3",
+        "--rate",
+        "2",
+        "--policies",
+        "static-max, ecofreq + ecoroute",
+        "--plot",
+        str(plot),
+    ]
+    code, out, err = run_in_process(args, monkeypatch, capsys)
+    assert code == 0, err
+    assert "clock timeline of ecofreq+ecoroute at 2 req/s" in out.strip().splitlines()[-1]
+    assert shown and shown[0].startswith("clock timeline: ecofreq+ecoroute at 2 req/s")
