@@ -15,7 +15,8 @@ Run: ``python benchmarks/bench_edge_routing.py [--points llama-3.1-8b/lmsys@105,
 [--duration 60] [--json out.json]`` (defaults: Llama-3.1-8B ShareGPT 70 and 75, LMSYS 100 and 105 req/s,
 the edge of what 1410 MHz carries in ``bench_paper_reproduction.py``'s full grid; seeds 0 and 1; 60 s;
 9 simulations per point and seed, a few CPU minutes in all). Same setup as that benchmark (A100-80GB, 2P+2D,
-SGLang's caps, SLO TTFT 800 ms / ITL 50 ms, margin 0.1 for ours).
+SGLang's caps, SLO TTFT 800 ms / ITL 50 ms, margin 0.1 for ours). Every point's workload is built for every
+seed before anything is simulated, so a point the simulator refuses (too many requests) is one line at once.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from voltana.sim.datasets import dataset_workload, tokenizer_for_model
 from voltana.sim.frontier import with_margin
 from voltana.sim.metrics import PolicyResult
 from voltana.sim.runner import PolicySpec, parse_policy, run_policy
+from voltana.sim.workload import Workload
 
 DEFAULT_POINTS = (
     ("llama-3.1-8b", "sharegpt", 70.0),
@@ -86,6 +88,26 @@ def parse_seeds(text: str) -> list[int]:
     if any(s < 0 for s in seeds):
         raise ValueError(f"--seeds must be >= 0, got {text!r}")
     return seeds
+
+
+def build_workloads(
+    points: list[tuple[str, str, float]], seeds: list[int], duration_s: float
+) -> list[tuple[str, str, float, int, Workload]]:
+    """(model, workload name, rate in req/s, seed, workload) for every point and seed, ``duration_s`` seconds
+    of Poisson arrivals each, all built before anything is simulated: a point the simulator refuses (too
+    many requests, a missing dataset) stops the run at once instead of after the earlier points' minutes.
+    Raises :class:`VoltanaError` (one line) for the first refused one."""
+    return [
+        (
+            model,
+            name,
+            rate,
+            seed,
+            dataset_workload(name, rate, duration_s, seed, tokenizer=tokenizer_for_model(model)),
+        )
+        for model, name, rate in points
+        for seed in seeds
+    ]
 
 
 def routed(spec: PolicySpec, prefill_route: str, decode_route: str) -> PolicySpec:
@@ -161,43 +183,40 @@ def main() -> int:
         table.add_column(header, justify="left" if header == "point" else "right")
     runs = len(points) * len(seeds) * (len(ROUTE_PAIRS) + 3)
     try:
+        workloads = build_workloads(points, seeds, args.duration)
         with Progress(transient=True) as bar:
             task = bar.add_task("simulating", total=runs)
-            for model, workload_name, rate in points:
-                for seed in seeds:
-                    setup = with_margin(setup_for(model, args.engine, seed), HEADLINE_MARGIN)
-                    workload = dataset_workload(
-                        workload_name, rate, args.duration, seed, tokenizer=tokenizer_for_model(model)
-                    )
-                    static_max = static_specs(setup)[0]
-                    label = f"{model}/{workload_name} {rate:g} req/s, seed {seed}"
-                    results = []
-                    for prefill_route, decode_route in ROUTE_PAIRS:
-                        bar.update(task, description=f"{label}: 1410 {prefill_route}/{decode_route}")
-                        spec = routed(static_max, prefill_route, decode_route)
-                        results.append(run_policy(setup, spec, workload, rate))
-                        bar.advance(task)
-                    bar.update(task, description=f"{label}: {OURS}")
-                    ours_spec = parse_policy(OURS)
-                    ours = run_policy(setup, ours_spec, workload, rate)
+            for model, workload_name, rate, seed, workload in workloads:
+                setup = with_margin(setup_for(model, args.engine, seed), HEADLINE_MARGIN)
+                static_max = static_specs(setup)[0]
+                label = f"{model}/{workload_name} {rate:g} req/s, seed {seed}"
+                results = []
+                for prefill_route, decode_route in ROUTE_PAIRS:
+                    bar.update(task, description=f"{label}: 1410 {prefill_route}/{decode_route}")
+                    spec = routed(static_max, prefill_route, decode_route)
+                    results.append(run_policy(setup, spec, workload, rate))
                     bar.advance(task)
-                    one_phase = []
-                    for phase in ONE_PHASE:
-                        bar.update(task, description=f"{label}: {OURS} on {phase} alone")
-                        spec = one_phase_ours(ours_spec, static_max, phase)
-                        one_phase.append(run_policy(setup, spec, workload, rate))
-                        bar.advance(task)
-                    itl = [r.itl_attainment for r in results]
-                    table.add_row(
-                        f"{model}/{workload_name} {rate:g}",
-                        str(seed),
-                        *(pct(r) for r in results),
-                        f"{100 * (max(itl) - min(itl)):.1f}",
-                        pct(ours),
-                        f"{100 * (ours.itl_attainment - itl[-1]):+.1f}",
-                        *(f"{pct(r)} ({100 * (r.itl_attainment - itl[-1]):+.1f})" for r in one_phase),
-                        f"{100 * (ours.itl_attainment - itl[0]):+.1f}",
-                    )
+                bar.update(task, description=f"{label}: {OURS}")
+                ours_spec = parse_policy(OURS)
+                ours = run_policy(setup, ours_spec, workload, rate)
+                bar.advance(task)
+                one_phase = []
+                for phase in ONE_PHASE:
+                    bar.update(task, description=f"{label}: {OURS} on {phase} alone")
+                    spec = one_phase_ours(ours_spec, static_max, phase)
+                    one_phase.append(run_policy(setup, spec, workload, rate))
+                    bar.advance(task)
+                itl = [r.itl_attainment for r in results]
+                table.add_row(
+                    f"{model}/{workload_name} {rate:g}",
+                    str(seed),
+                    *(pct(r) for r in results),
+                    f"{100 * (max(itl) - min(itl)):.1f}",
+                    pct(ours),
+                    f"{100 * (ours.itl_attainment - itl[-1]):+.1f}",
+                    *(f"{pct(r)} ({100 * (r.itl_attainment - itl[-1]):+.1f})" for r in one_phase),
+                    f"{100 * (ours.itl_attainment - itl[0]):+.1f}",
+                )
     except KeyboardInterrupt:
         print("interrupted: nothing written", file=sys.stderr)
         return 130

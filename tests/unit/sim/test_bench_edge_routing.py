@@ -1,0 +1,63 @@
+"""``benchmarks/bench_edge_routing.py`` as a user runs it: a point the simulator refuses stops the run before
+anything is simulated, in one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_edge_routing
+
+    return bench_edge_routing
+
+
+def run_main(bench: ModuleType, args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(sys, "argv", ["bench_edge_routing.py", *args])
+    code: int = bench.main()
+    return code
+
+
+def test_a_refused_later_point_stops_before_any_simulation(
+    bench: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_simulation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("simulated before every point's workload was built")
+
+    monkeypatch.setattr(bench, "run_policy", no_simulation)
+    points = "llama-3.1-8b/lmsys@100,llama-3.1-8b/lmsys@100000"
+    code = run_main(bench, ["--points", points, "--seeds", "0"], monkeypatch)
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err == (
+        "error: 100000 req/s for 60 s is 6e+06 requests; at most 1,000,000 per run (each is generated up "
+        "front and kept in memory): lower the rate or the duration\n"
+    )
+    assert captured.out == ""
+
+
+def test_every_point_and_seed_is_a_row(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "edge.json"
+    points = "llama-3.1-8b/lmsys@5,llama-3.1-8b/sharegpt@4"
+    code = run_main(
+        bench, ["--points", points, "--seeds", "0,1", "--duration", "2", "--json", str(out)], monkeypatch
+    )
+    assert code == 0, capsys.readouterr().err
+    (table,) = json.loads(out.read_text())["tables"]
+    assert [row[:2] for row in table["rows"]] == [
+        ["llama-3.1-8b/lmsys 5", "0"],
+        ["llama-3.1-8b/lmsys 5", "1"],
+        ["llama-3.1-8b/sharegpt 4", "0"],
+        ["llama-3.1-8b/sharegpt 4", "1"],
+    ]
