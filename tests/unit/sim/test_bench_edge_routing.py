@@ -61,3 +61,50 @@ def test_every_point_and_seed_is_a_row(
         ["llama-3.1-8b/sharegpt 4", "0"],
         ["llama-3.1-8b/sharegpt 4", "1"],
     ]
+
+
+def test_each_phase_alone_keeps_ours_routes_and_pins_the_other_phase(bench: ModuleType) -> None:
+    setup = bench.setup_for("llama-3.1-8b", "sglang", 0)
+    static_max = bench.static_specs(setup)[0]
+    ours = bench.parse_policy(bench.OURS)
+    prefill_alone = bench.one_phase_ours(ours, static_max, "prefill")
+    decode_alone = bench.one_phase_ours(ours, static_max, "decode")
+    for spec in (prefill_alone, decode_alone):
+        assert (spec.prefill_route, spec.decode_route) == (ours.prefill_route, ours.decode_route)
+    assert (prefill_alone.prefill_clock, prefill_alone.prefill_options) == (
+        ours.prefill_clock,
+        ours.prefill_options,
+    )
+    assert (prefill_alone.decode_clock, prefill_alone.decode_options) == (
+        "static",
+        {"static_clock_mhz": 1410},
+    )
+    assert (decode_alone.decode_clock, decode_alone.decode_options) == (
+        ours.decode_clock,
+        ours.decode_options,
+    )
+    assert (decode_alone.prefill_clock, decode_alone.prefill_options) == (
+        "static",
+        {"static_clock_mhz": 1410},
+    )
+
+
+def test_the_phase_split_cells_hold_attainment_and_its_difference(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "edge.json"
+    code = run_main(
+        bench,
+        ["--points", "llama-3.1-8b/lmsys@5", "--seeds", "0", "--duration", "2", "--json", str(out)],
+        monkeypatch,
+    )
+    assert code == 0, capsys.readouterr().err
+    (table,) = json.loads(out.read_text())["tables"]
+    columns = table["columns"]
+    (row,) = table["rows"]
+    same_routes = float(row[columns.index("1410 energy-ttft/ecoroute")].split("/")[1])
+    for column in ("prefill clocks", "decode clocks"):
+        cell = row[columns.index(column)]
+        attainment, difference = cell.split(" ")
+        itl = float(attainment.split("/")[1])
+        assert float(difference.strip("()")) == pytest.approx(itl - same_routes, abs=0.11)
