@@ -27,8 +27,7 @@ import sys
 from typing import Literal
 
 from bench_paper_reproduction import HEADLINE_MARGIN, OURS, PANELS, setup_for, static_specs
-from bench_report import add_json_option, emit, json_path_problem
-from rich.progress import Progress
+from bench_report import add_json_option, emit, json_path_problem, progress_bar
 from rich.table import Table
 
 from voltana.core.errors import VoltanaError
@@ -184,7 +183,7 @@ def main() -> int:
     runs = len(points) * len(seeds) * (len(ROUTE_PAIRS) + 3)
     try:
         workloads = build_workloads(points, seeds, args.duration)
-        with Progress(transient=True) as bar:
+        with progress_bar() as bar:
             task = bar.add_task("simulating", total=runs)
             for model, workload_name, rate, seed, workload in workloads:
                 setup = with_margin(setup_for(model, args.engine, seed), HEADLINE_MARGIN)

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench_report import progress_bar
 from rich.console import Console
-from rich.progress import Progress
 
 from voltana.core.config import VoltanaConfig
 from voltana.core.policies import UnknownPolicyError, route_policy
@@ -506,7 +506,7 @@ def main() -> int:
     # Workers ignore Ctrl-C: the main process stops them (below) and says so in one line.
     pool = ProcessPoolExecutor(jobs, initializer=_ignore_interrupts) if jobs > 1 else None
     try:
-        with Progress(console=console, transient=True) as bar:
+        with progress_bar(console) as bar:
             task = bar.add_task("simulating", total=total)
             pending: dict[tuple[int, float], Future[RatePoint]] = {}
             if pool is not None:  # every point submitted up front; the bar advances as each one finishes

@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from bench_report import progress_bar
 from rich.console import Console
-from rich.progress import Progress
 
 from voltana.core.config import VoltanaConfig
 from voltana.hardware.simulated import performance_model
@@ -99,7 +99,7 @@ def main() -> int:
     clocks = allowed_clocks_mhz(config, model)
     console = Console(width=160)
     total = plan_runs(POLICIES, 1, len(clocks)) * len(rates)
-    with Progress(console=console, transient=True) as bar:
+    with progress_bar(console) as bar:
         task = bar.add_task("simulating", total=total)
         points = run_sweep(
             setup,

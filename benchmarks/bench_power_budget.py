@@ -19,8 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench_report import add_json_option, emit
-from rich.progress import Progress
+from bench_report import add_json_option, emit, progress_bar
 
 from voltana.core.config import VoltanaConfig
 from voltana.hardware.simulated import performance_model
@@ -63,7 +62,7 @@ def main() -> int:
     clocks = allowed_clocks_mhz(config, perf)
     peak_w = cluster_peak_power_w(setup.cluster, clocks[-1], mean_decode_context(workload))
     budgets = parse_budgets(args.budgets, peak_w)
-    with Progress(transient=True) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("simulating", total=len(REFERENCES) + len(budgets) * len(BUDGET_POLICIES))
         runs = run_budget_sweep(
             setup,

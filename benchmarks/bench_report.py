@@ -18,9 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from voltana import __version__
+
+
+def progress_bar(console: Console | None = None) -> Progress:
+    """The benchmarks' transient progress bar on ``console`` (default: stdout); off where the console is not
+    an interactive terminal (a pipe, a log, CI), where it draws nothing and rich would end it with a blank
+    line."""
+    console = console if console is not None else Console()
+    return Progress(console=console, transient=True, disable=not console.is_interactive)
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:

@@ -108,3 +108,17 @@ def test_the_phase_split_cells_hold_attainment_and_its_difference(
         attainment, difference = cell.split(" ")
         itl = float(attainment.split("/")[1])
         assert float(difference.strip("()")) == pytest.approx(itl - same_routes, abs=0.11)
+
+
+def test_off_a_terminal_no_blank_line_comes_before_the_table(
+    bench: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # rich ends a progress bar on a non-interactive console with a blank line; there is no bar there now.
+    code = run_main(
+        bench, ["--points", "llama-3.1-8b/lmsys@5", "--seeds", "0", "--duration", "2"], monkeypatch
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out.strip(), "the table is printed"
+    assert not captured.out.startswith("\n")
+    assert captured.err == ""
