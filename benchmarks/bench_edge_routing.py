@@ -57,36 +57,44 @@ ONE_PHASE: tuple[Literal["prefill", "decode"], ...] = ("prefill", "decode")
 
 
 def parse_points(text: str) -> list[tuple[str, str, float]]:
-    """``model/workload@rate,...`` -> points; raises ``ValueError`` (one line) for a bad or unknown one."""
+    """``model/workload@rate,...`` -> points, each once, in order (spaces around ``/`` and ``@`` allowed);
+    raises ``ValueError`` (one line) for a bad or unknown one."""
     known = {(p.model, p.workload) for p in PANELS}
     if not text.strip():
         raise ValueError("--points is empty; give model/workload@rate,... or omit it for the defaults")
-    points = []
+    points: list[tuple[str, str, float]] = []
     for item in text.split(","):
-        panel, _, rate = item.strip().partition("@")
-        model, _, workload = panel.partition("/")
+        panel, at, rate = (part.strip() for part in item.partition("@"))
+        model, _, workload = (part.strip() for part in panel.partition("/"))
+        panel = f"{model}/{workload}"
         if (model, workload) not in known:
             names = ", ".join(f"{m}/{w}" for m, w in sorted(known))
             raise ValueError(f"--points: unknown panel {panel!r} (one of: {names})")
+        if not at or not rate:
+            raise ValueError(f"--points: {item.strip()!r} needs a rate, e.g. {panel}@105")
         try:
             rate_rps = float(rate)
         except ValueError:
-            raise ValueError(f"--points: {item.strip()!r} needs a rate, e.g. {panel}@105") from None
+            raise ValueError(
+                f"--points: the rate {rate!r} of {item.strip()!r} is not a number (req/s)"
+            ) from None
         if not 0.0 < rate_rps < float("inf"):
             raise ValueError(f"--points: the rate of {item.strip()!r} must be a positive number of req/s")
-        points.append((model, workload, rate_rps))
+        point = (model, workload, rate_rps)
+        if point not in points:  # a point given twice runs once (its rows would be the same)
+            points.append(point)
     return points
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``0,1`` -> seeds; raises ``ValueError`` (one line)."""
+    """``0,1`` -> seeds, each once, in order; raises ``ValueError`` (one line)."""
     try:
         seeds = [int(s) for s in text.split(",")]
     except ValueError:
         raise ValueError(f"--seeds must be comma-separated whole numbers, got {text!r}") from None
     if any(s < 0 for s in seeds):
         raise ValueError(f"--seeds must be >= 0, got {text!r}")
-    return seeds
+    return list(dict.fromkeys(seeds))  # a seed given twice runs once
 
 
 def build_workloads(
@@ -222,7 +230,7 @@ def main() -> int:
     except VoltanaError as exc:  # a workload or setup the simulator refuses (e.g. too many requests)
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    emit(table, benchmark="bench_edge_routing", json_path=args.json, width=300)
+    emit(table, benchmark="bench_edge_routing", json_path=args.json, width=340)
     return 0
 
 

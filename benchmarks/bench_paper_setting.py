@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench_report import progress_bar
+from bench_report import json_file_path, progress_bar
 from rich.console import Console
 
 from voltana.core.config import VoltanaConfig
@@ -67,7 +67,7 @@ def main() -> int:
     parser.add_argument("--rates", default="2,5,10,15,20,25", help="request rates (req/s)")
     parser.add_argument("--window", type=float, default=120.0, help="seconds of arrivals per rate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="also write all results as JSON")
+    parser.add_argument("--json", type=json_file_path, default=None, help="also write all results as JSON")
     parser.add_argument(
         "--compare-prefill-route",
         default=None,

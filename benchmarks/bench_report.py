@@ -32,9 +32,19 @@ def progress_bar(console: Console | None = None) -> Progress:
     return Progress(console=console, transient=True, disable=not console.is_interactive)
 
 
+def json_file_path(text: str) -> Path:
+    """``--json``'s argument as a path; raises ``argparse.ArgumentTypeError`` for an empty one or one that
+    ends in a path separator (``Path`` drops the separator: ``out/`` would be written as a file ``out``)."""
+    if not text.strip() or text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file path (give e.g. out.json)")
+    return Path(text)
+
+
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     """``--json PATH``: also write the tables and the machine as JSON."""
-    parser.add_argument("--json", type=Path, default=None, help="also write the tables as JSON (docs)")
+    parser.add_argument(
+        "--json", type=json_file_path, default=None, help="also write the tables as JSON (docs)"
+    )
 
 
 def json_path_problem(path: Path | None) -> str | None:

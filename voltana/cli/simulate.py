@@ -158,7 +158,7 @@ def simulate(
         kv_bytes_per_token,
     )
     from voltana.sim.sweep import plan_runs, run_sweep
-    from voltana.sim.synthetic import CONV_RATE_RPS, synthetic_workload
+    from voltana.sim.synthetic import CONV_RATE_RPS, check_request_count, synthetic_workload
     from voltana.sim.workload import Workload, WorkloadError, load_workload
 
     loaded = cli_state(ctx).loaded()
@@ -199,7 +199,7 @@ def simulate(
             "slo": config.slo.model_copy(update=slo_update),
         }
     )
-    names, repeats = _policy_names(DEFAULT_POLICIES if policies is None else policies)
+    names = _policy_names(DEFAULT_POLICIES if policies is None else policies)
     try:
         if plot is not None:
             plot = plot_path(plot)
@@ -229,6 +229,9 @@ def simulate(
                 replayed = trace.at_rate(r) if rescale else trace
                 return replayed.truncated(duration) if duration is not None else replayed
 
+        if workload in (SYNTHETIC, *DATASET_WORKLOADS):
+            for r in sweep_rates[1:]:  # a rate refused later in the sweep stops it before anything runs
+                check_request_count(r, span_s)
         probe = workload_at(sweep_rates[0])
         # The run's workload as a whole (each point names its own, with a trace's scale factor at its rate).
         if workload in (SYNTHETIC, *DATASET_WORKLOADS):
@@ -266,6 +269,7 @@ def simulate(
             )
             return
         _check_policies(names, config.policy.prefill_route)
+        names, repeats = _distinct_policies(names, config.policy.prefill_route)
         timeline_policy = _timeline_policy(names) if plot else None
         if timeline_rate is not None and timeline_rate not in sweep_rates:
             known = ", ".join(f"{r:g}" for r in sweep_rates)
@@ -490,32 +494,52 @@ def _run_power_budget(
         out.print(f"plot written to {plot}", highlight=False)
 
 
-def _policy_names(text: str) -> tuple[list[str], list[str]]:
-    """``--policies`` as (the names to run, the repeats dropped). Each name is ``clock[+decode_route]``
-    without the spaces around it and around ``+``, as :func:`voltana.sim.runner.parse_policy` reads it, so
-    that ``ecofreq + ecoroute`` and ``ecofreq+ecoroute`` are one policy; a policy given twice runs once, where
-    it first appears. Raises typer.Exit (one line, status 2) when no name is given."""
-    names: list[str] = []
-    repeats: list[str] = []
+def _policy_names(text: str) -> list[str]:
+    """``--policies`` as names, each ``clock[+decode_route]`` without the spaces around it and around ``+``,
+    as :func:`voltana.sim.runner.parse_policy` reads it. Raises typer.Exit (one line, status 2) when no name
+    is given."""
+    names = []
     for part in text.split(","):
-        if not part.strip():
-            continue
-        clock, plus, route = (piece.strip() for piece in part.partition("+"))
-        name = f"{clock}{plus}{route}"
-        if name not in names:
-            names.append(name)
-        elif name not in repeats:
-            repeats.append(name)
+        if part.strip():
+            clock, plus, route = (piece.strip() for piece in part.partition("+"))
+            names.append(f"{clock}{plus}{route}")
     if not names:
         raise _fail("--policies is empty")
-    return names, repeats
+    return names
+
+
+def _distinct_policies(names: list[str], prefill_route: str) -> tuple[list[str], list[str]]:
+    """(the names to run, the repeats dropped): a policy given twice runs once, where it first appears. Two
+    names are the same policy when they give the same clocks and routes (:func:`configured_policy`:
+    ``static-max+round-robin`` is ``static-max``, whose default decode route it names); a repeat is listed as
+    given, followed by ``(as NAME)`` when it is spelt differently. ``names`` have passed
+    :func:`_check_policies`."""
+    from voltana.sim.runner import ORACLE, configured_policy
+
+    kept: dict[tuple[str, ...], str] = {}
+    repeats: list[str] = []
+    for name in names:
+        if name == ORACLE:
+            key: tuple[str, ...] = (ORACLE,)
+        else:
+            spec = configured_policy(name, prefill_route)
+            key = (spec.prefill_clock, spec.decode_clock, spec.prefill_route, spec.decode_route)
+        if key not in kept:
+            kept[key] = name
+            continue
+        first = kept[key]
+        repeat = name if name == first else f"{name} (as {first})"
+        if repeat not in repeats:
+            repeats.append(repeat)
+    return list(kept.values()), repeats
 
 
 def _note_repeats(repeats: list[str]) -> None:
     """One line on stderr naming the policies ``--policies`` gave more than once (each runs once)."""
     if repeats:
         err_console.print(
-            f"note: --policies names {escape(', '.join(repeats))} more than once: each runs once",
+            f"note: --policies gives the same policy more than once: {escape(', '.join(repeats))}; each "
+            "runs once",
             highlight=False,
             soft_wrap=True,
         )

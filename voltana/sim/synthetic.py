@@ -70,6 +70,23 @@ def synthetic_workload(
     return Workload(name, times, prompts, outputs)
 
 
+def check_request_count(rate_rps: float, duration_s: float) -> float:
+    """The expected number of requests of ``rate_rps`` (req/s) for ``duration_s`` (s). Raises
+    :class:`WorkloadError` (one line) for a rate or duration that is not positive, or for more than
+    :data:`MAX_REQUESTS` requests: cheap, so a sweep can check every rate before it simulates any."""
+    if not rate_rps > 0:
+        raise WorkloadError(f"request rate must be positive, got {rate_rps}")
+    if not duration_s > 0:
+        raise WorkloadError(f"duration must be positive, got {duration_s}")
+    expected = rate_rps * duration_s
+    if expected > MAX_REQUESTS:
+        raise WorkloadError(
+            f"{rate_rps:g} req/s for {duration_s:g} s is {expected:.3g} requests; at most {MAX_REQUESTS:,} "
+            "per run (each is generated up front and kept in memory): lower the rate or the duration"
+        )
+    return expected
+
+
 def arrival_times(
     rng: np.random.Generator,
     rate_rps: float,
@@ -83,16 +100,7 @@ def arrival_times(
     ``burst_cv`` (same mean). Raises :class:`WorkloadError` for a bad rate, duration or process name, or
     for more than :data:`MAX_REQUESTS` expected arrivals.
     """
-    if not rate_rps > 0:
-        raise WorkloadError(f"request rate must be positive, got {rate_rps}")
-    if not duration_s > 0:
-        raise WorkloadError(f"duration must be positive, got {duration_s}")
-    expected = rate_rps * duration_s
-    if expected > MAX_REQUESTS:
-        raise WorkloadError(
-            f"{rate_rps:g} req/s for {duration_s:g} s is {expected:.3g} requests; at most {MAX_REQUESTS:,} "
-            "per run (each is generated up front and kept in memory): lower the rate or the duration"
-        )
+    expected = check_request_count(rate_rps, duration_s)
     n_draw = int(expected + 6 * np.sqrt(expected * max(1.0, burst_cv**2)) + 16)
     mean_gap_s = 1.0 / rate_rps
     if arrivals == "poisson":

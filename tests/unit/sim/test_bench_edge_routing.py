@@ -122,3 +122,41 @@ def test_off_a_terminal_no_blank_line_comes_before_the_table(
     assert captured.out.strip(), "the table is printed"
     assert not captured.out.startswith("\n")
     assert captured.err == ""
+
+
+def test_points_allow_spaces_and_run_once_each(bench: ModuleType) -> None:
+    assert bench.parse_points(" llama-3.1-8b / lmsys @ 105 , llama-3.1-8b/lmsys@105.0") == [
+        ("llama-3.1-8b", "lmsys", 105.0)
+    ]
+    assert bench.parse_seeds("1,0,1") == [1, 0]
+
+
+@pytest.mark.parametrize(
+    ("points", "message"),
+    [
+        ("llama-3.1-8b/lmsys", "'llama-3.1-8b/lmsys' needs a rate, e.g. llama-3.1-8b/lmsys@105"),
+        ("llama-3.1-8b/lmsys@", "'llama-3.1-8b/lmsys@' needs a rate, e.g. llama-3.1-8b/lmsys@105"),
+        (
+            "llama-3.1-8b/lmsys@105 req/s",
+            "the rate '105 req/s' of 'llama-3.1-8b/lmsys@105 req/s' is not a number (req/s)",
+        ),
+    ],
+)
+def test_a_missing_or_bad_rate_says_which(bench: ModuleType, points: str, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        bench.parse_points(points)
+    assert str(caught.value) == f"--points: {message}"
+
+
+@pytest.mark.parametrize("path", ["out/", ""])
+def test_json_that_names_no_file_is_refused_before_running(
+    bench: ModuleType, path: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_simulation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("simulated with a --json that names no file")
+
+    monkeypatch.setattr(bench, "run_policy", no_simulation)
+    with pytest.raises(SystemExit) as stopped:
+        run_main(bench, ["--points", "llama-3.1-8b/lmsys@5", "--json", path], monkeypatch)
+    assert stopped.value.code == 2
+    assert f"argument --json: {path!r} is not a file path (give e.g. out.json)" in capsys.readouterr().err

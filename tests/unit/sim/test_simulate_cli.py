@@ -325,7 +325,8 @@ def test_a_run_on_a_pipe_writes_nothing_to_stderr() -> None:
     assert result.stderr == ""
 
 
-# A policy named twice in --policies (spaces around the name and '+' do not make it another) runs once.
+# A policy named twice in --policies runs once: spaces around the name and '+' do not make it another, nor
+# naming the decode route it has by default.
 
 
 @pytest.mark.parametrize(
@@ -336,6 +337,11 @@ def test_a_run_on_a_pipe_writes_nothing_to_stderr() -> None:
             "ecofreq+ecoroute, ecofreq + ecoroute,static-max, static-max ,ecofreq+ecoroute",
             ["ecofreq+ecoroute", "static-max"],
             "ecofreq+ecoroute, static-max",
+        ),
+        (
+            "static-max,ecofreq,static-max+round-robin,ecofreq+ecoroute,ecofreq+ecoroute-paper",
+            ["static-max", "ecofreq", "ecofreq+ecoroute-paper"],
+            "static-max+round-robin (as static-max), ecofreq+ecoroute (as ecofreq)",
         ),
     ],
 )
@@ -351,13 +357,54 @@ def test_a_repeated_policy_runs_once_with_a_note(
     assert code == 0, err
     (point,) = json.loads(out)["points"]
     assert [r["policy"] for r in point["results"]] == ran
-    assert err == f"note: --policies names {note} more than once: each runs once\n"
+    assert err == f"note: --policies gives the same policy more than once: {note}; each runs once\n"
 
 
-def test_a_spaced_policy_name_gets_its_clock_timeline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_a_rate_refused_later_in_a_sweep_stops_it_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The plot's timeline policy is the normalised name the runs carry (it was 'not recorded')."""
+    import voltana.sim.sweep
+
+    def no_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("simulated before every rate was checked")
+
+    monkeypatch.setattr(voltana.sim.sweep, "run_sweep", no_run)
+    args = [
+        "--workload",
+        "lmsys",
+        "--rates",
+        "5,1e7",
+        "--duration",
+        "5",
+        "--policies",
+        "static-max,static-max",
+    ]
+    code, out, err = run_in_process(args, monkeypatch, capsys)
+    assert (code, out) == (2, "")
+    assert err == (
+        "error: 1e+07 req/s for 5 s is 5e+07 requests; at most 1,000,000 per run (each is generated up front "
+        "and kept in memory): lower the rate or the duration\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("policies", "timeline"),
+    [
+        ("static-max, ecofreq + ecoroute", "ecofreq+ecoroute"),
+        (
+            "static-max,ecofreq,ecofreq+ecoroute",
+            "ecofreq",
+        ),  # the last name is ecofreq's repeat: it runs as that
+    ],
+)
+def test_a_spaced_or_repeated_policy_name_gets_its_clock_timeline(
+    policies: str,
+    timeline: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The plot's timeline policy is the name a run carries (it was 'not recorded')."""
     from voltana.sim import plot as plot_module
 
     shown: list[str] = []
@@ -375,11 +422,11 @@ def test_a_spaced_policy_name_gets_its_clock_timeline(
         "--rate",
         "2",
         "--policies",
-        "static-max, ecofreq + ecoroute",
+        policies,
         "--plot",
         str(plot),
     ]
     code, out, err = run_in_process(args, monkeypatch, capsys)
     assert code == 0, err
-    assert "clock timeline of ecofreq+ecoroute at 2 req/s" in out.strip().splitlines()[-1]
-    assert shown and shown[0].startswith("clock timeline: ecofreq+ecoroute at 2 req/s")
+    assert f"clock timeline of {timeline} at 2 req/s" in out.strip().splitlines()[-1]
+    assert shown and shown[0].startswith(f"clock timeline: {timeline} at 2 req/s")
