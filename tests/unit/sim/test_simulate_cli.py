@@ -266,9 +266,9 @@ def test_plot_without_extension_prints_the_file_written(
     )
 
 
-def test_oracle_alone_plots_the_timeline_of_static_max(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def timeline_titles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The titles of the clock timelines the plot draws (the real drawing, observed)."""
     from voltana.sim import plot as plot_module
 
     shown: list[str] = []
@@ -279,12 +279,7 @@ def test_oracle_alone_plots_the_timeline_of_static_max(
         shown.append(ax.get_title())  # type: ignore[attr-defined]
 
     monkeypatch.setattr(plot_module, "_timeline", spy)
-    plot = tmp_path / "oracle.png"
-    args = ["--duration", "3", "--rate", "2", "--policies", "oracle", "--plot", str(plot)]
-    code, out, err = run_in_process(args, monkeypatch, capsys)
-    assert code == 0, err
-    assert "clock timeline of static-max at 2 req/s" in out.strip().splitlines()[-1]
-    assert shown and shown[0].startswith("clock timeline: static-max at 2 req/s")
+    return shown
 
 
 def test_a_directory_as_workload_says_so(
@@ -391,42 +386,23 @@ def test_a_rate_refused_later_in_a_sweep_stops_it_before_anything_runs(
     ("policies", "timeline"),
     [
         ("static-max, ecofreq + ecoroute", "ecofreq+ecoroute"),
-        (
-            "static-max,ecofreq,ecofreq+ecoroute",
-            "ecofreq",
-        ),  # the last name is ecofreq's repeat: it runs as that
+        # The last name is ecofreq's repeat: it runs as ecofreq.
+        ("static-max,ecofreq,ecofreq+ecoroute", "ecofreq"),
+        # The oracle alone: the timeline of static max, the reference it is compared with.
+        ("oracle", "static-max"),
     ],
 )
-def test_a_spaced_or_repeated_policy_name_gets_its_clock_timeline(
+def test_the_plot_draws_the_clock_timeline_of_a_policy_that_ran(
     policies: str,
     timeline: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    timeline_titles: list[str],
 ) -> None:
-    """The plot's timeline policy is the name a run carries (it was 'not recorded')."""
-    from voltana.sim import plot as plot_module
-
-    shown: list[str] = []
-    real_timeline = plot_module._timeline
-
-    def spy(fig: object, ax: object, point: object, policy: str | None, *rest: object) -> None:
-        real_timeline(fig, ax, point, policy, *rest)  # type: ignore[arg-type]
-        shown.append(ax.get_title())  # type: ignore[attr-defined]
-
-    monkeypatch.setattr(plot_module, "_timeline", spy)
-    plot = tmp_path / "spaced.png"
-    args = [
-        "--duration",
-        "3",
-        "--rate",
-        "2",
-        "--policies",
-        policies,
-        "--plot",
-        str(plot),
-    ]
+    """The plot's timeline policy is the name a run carries (it was 'not recorded' for a spaced name)."""
+    args = ["--duration", "3", "--rate", "2", "--policies", policies, "--plot", str(tmp_path / "p.png")]
     code, out, err = run_in_process(args, monkeypatch, capsys)
     assert code == 0, err
     assert f"clock timeline of {timeline} at 2 req/s" in out.strip().splitlines()[-1]
-    assert shown and shown[0].startswith(f"clock timeline: {timeline} at 2 req/s")
+    assert timeline_titles and timeline_titles[0].startswith(f"clock timeline: {timeline} at 2 req/s")
