@@ -27,7 +27,7 @@ import sys
 from typing import Literal
 
 from bench_paper_reproduction import HEADLINE_MARGIN, OURS, PANELS, setup_for, static_specs
-from bench_report import add_json_option, emit, json_path_problem, progress_bar
+from bench_report import add_json_option, emit, progress_bar
 from rich.table import Table
 
 from voltana.core.errors import VoltanaError
@@ -64,6 +64,8 @@ def parse_points(text: str) -> list[tuple[str, str, float]]:
         raise ValueError("--points is empty; give model/workload@rate,... or omit it for the defaults")
     points: list[tuple[str, str, float]] = []
     for item in text.split(","):
+        if not item.strip():
+            raise ValueError(f"--points: an empty item in {text!r}; give model/workload@rate,...")
         panel, at, rate = (part.strip() for part in item.partition("@"))
         model, _, workload = (part.strip() for part in panel.partition("/"))
         panel = f"{model}/{workload}"
@@ -157,10 +159,6 @@ def main() -> int:
         seeds = parse_seeds(args.seeds)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    problem = json_path_problem(args.json)
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
         return 2
     if not 0.0 < args.duration < float("inf"):
         print(

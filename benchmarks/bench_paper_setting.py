@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -62,10 +63,33 @@ def route_table(points: list[SweepPoint], other: list[SweepPoint], default_route
     return "\n".join(lines)
 
 
+def positive_number(text: str, unit: str) -> float:
+    """``text`` as a positive finite number of ``unit``; raises ``argparse.ArgumentTypeError`` (one line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text.strip()!r} is not a number of {unit}") from None
+    if not 0.0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text.strip()!r}: give a positive number of {unit}")
+    return value
+
+
+def request_rates(text: str) -> list[float]:
+    """``--rates`` as request rates (req/s), each once, in order (see :func:`positive_number`)."""
+    return list(dict.fromkeys(positive_number(item, "req/s") for item in text.split(",")))
+
+
+def seconds(text: str) -> float:
+    """``--window`` (s), see :func:`positive_number`."""
+    return positive_number(text, "seconds")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rates", default="2,5,10,15,20,25", help="request rates (req/s)")
-    parser.add_argument("--window", type=float, default=120.0, help="seconds of arrivals per rate")
+    parser.add_argument(
+        "--rates", type=request_rates, default="2,5,10,15,20,25", help="request rates (req/s)"
+    )
+    parser.add_argument("--window", type=seconds, default=120.0, help="seconds of arrivals per rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=json_file_path, default=None, help="also write all results as JSON")
     parser.add_argument(
@@ -74,7 +98,7 @@ def main() -> int:
         help="also run ecofreq+ecoroute with this prefill route (e.g. energy-ttft), print both routes",
     )
     args = parser.parse_args()
-    rates = [float(r) for r in args.rates.split(",")]
+    rates: list[float] = args.rates
     model = performance_model("a100-80gb", "llama-3.1-8b")
     config = VoltanaConfig(clocks={"min_mhz": PAPER_MIN_CLOCK_MHZ}, slo={"ttft_s": 0.8, "itl_s": 0.05})
     setup = SimulationSetup(

@@ -56,12 +56,16 @@ def main() -> int:
         get_plugin_manager().hook,
         args.seed,
     )
-    workload = dataset_workload(
-        "sharegpt", args.rate, args.duration, args.seed, "poisson", tokenizer_for_model(MODEL)
-    )
-    clocks = allowed_clocks_mhz(config, perf)
-    peak_w = cluster_peak_power_w(setup.cluster, clocks[-1], mean_decode_context(workload))
-    budgets = parse_budgets(args.budgets, peak_w)
+    try:  # the user's rate, duration and budgets: a mistake is one line
+        workload = dataset_workload(
+            "sharegpt", args.rate, args.duration, args.seed, "poisson", tokenizer_for_model(MODEL)
+        )
+        clocks = allowed_clocks_mhz(config, perf)
+        peak_w = cluster_peak_power_w(setup.cluster, clocks[-1], mean_decode_context(workload))
+        budgets = parse_budgets(args.budgets, peak_w)
+    except ValueError as exc:  # WorkloadError is one too
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     with progress_bar() as bar:
         task = bar.add_task("simulating", total=len(REFERENCES) + len(budgets) * len(BUDGET_POLICIES))
         runs = run_budget_sweep(

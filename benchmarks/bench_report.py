@@ -33,11 +33,23 @@ def progress_bar(console: Console | None = None) -> Progress:
 
 
 def json_file_path(text: str) -> Path:
-    """``--json``'s argument as a path; raises ``argparse.ArgumentTypeError`` for an empty one or one that
-    ends in a path separator (``Path`` drops the separator: ``out/`` would be written as a file ``out``)."""
-    if not text.strip() or text.endswith(("/", os.sep)):
+    """``--json``'s argument as a file path that can be written, checked before a long run rather than after
+    it. Raises ``argparse.ArgumentTypeError`` (one line) for a path that names no file (empty, ending in a
+    separator, ``.`` or ``..``: ``Path`` drops those, so ``out/`` or ``out/.`` would be written as a file
+    ``out``), an existing directory, a missing parent directory, or one that cannot be written."""
+    path = Path(text)
+    if not text.strip() or text.endswith(("/", os.sep)) or text.rsplit("/", 1)[-1] in (".", ".."):
         raise argparse.ArgumentTypeError(f"{text!r} is not a file path (give e.g. out.json)")
-    return Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file path")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: {str(parent)!r} is a file, not a directory")
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: no such directory {str(parent)!r}")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{text!r}: not writable")
+    return path
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:
@@ -45,20 +57,6 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", type=json_file_path, default=None, help="also write the tables as JSON (docs)"
     )
-
-
-def json_path_problem(path: Path | None) -> str | None:
-    """Why ``--json PATH`` cannot be written (one line), or None: checked before a long run, not after it."""
-    if path is None:
-        return None
-    if path.is_dir() or not path.name:
-        return f"--json {str(path)!r} is a directory; give a file path"
-    parent = path.parent
-    if not parent.is_dir():
-        return f"--json {str(path)!r}: no such directory {str(parent)!r}"
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        return f"--json {str(path)!r}: not writable"
-    return None
 
 
 def json_path_only(description: str | None) -> Path | None:

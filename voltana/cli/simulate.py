@@ -39,7 +39,7 @@ def _parse_rates(text: str) -> list[float]:
         raise _fail(f"--rates must be comma-separated numbers (req/s), got {text!r}") from None
     if not rates or any(not (r > 0 and math.isfinite(r)) for r in rates):
         raise _fail(f"--rates must be positive request rates (req/s), got {text!r}")
-    return rates
+    return list(dict.fromkeys(rates))  # a rate given twice runs once
 
 
 def _check_run_options(rate: float | None, rates: str | None, duration: float | None, seed: int) -> None:
@@ -200,6 +200,7 @@ def simulate(
         }
     )
     names = _policy_names(DEFAULT_POLICIES if policies is None else policies)
+    repeats: list[str] = []
     try:
         if plot is not None:
             plot = plot_path(plot)
@@ -230,7 +231,7 @@ def simulate(
                 return replayed.truncated(duration) if duration is not None else replayed
 
         if workload in (SYNTHETIC, *DATASET_WORKLOADS):
-            for r in sweep_rates[1:]:  # a rate refused later in the sweep stops it before anything runs
+            for r in sweep_rates:  # a rate refused later in the sweep stops it before anything runs
                 check_request_count(r, span_s)
         probe = workload_at(sweep_rates[0])
         # The run's workload as a whole (each point names its own, with a trace's scale factor at its rate).
@@ -276,7 +277,6 @@ def simulate(
             raise _fail(
                 f"--timeline-rate {timeline_rate:g} is not one of the simulated rates ({known} req/s)"
             )
-        _note_repeats(repeats)  # after the checks: a refused run stays one line
         total = plan_runs(names, 1, len(allowed)) * len(sweep_rates)
         with _progress(as_json) as bar:
             task = bar.add_task("simulating", total=total)
@@ -299,6 +299,7 @@ def simulate(
                 )  # fmt: skip
     except (WorkloadError, SimulationError, UnknownProfileError, EngineConfigError) as exc:
         raise _fail(str(exc)) from None
+    _note_repeats(repeats)  # after the runs: a refused run stays one line
     meta = {
         "gpu": gpu,
         "model": model,
@@ -509,29 +510,35 @@ def _policy_names(text: str) -> list[str]:
 
 
 def _distinct_policies(names: list[str], prefill_route: str) -> tuple[list[str], list[str]]:
-    """(the names to run, the repeats dropped): a policy given twice runs once, where it first appears. Two
-    names are the same policy when they give the same clocks and routes (:func:`configured_policy`:
-    ``static-max+round-robin`` is ``static-max``, whose default decode route it names); a repeat is listed as
-    given, followed by ``(as NAME)`` when it is spelt differently. ``names`` have passed
+    """(the names to run, the repeats dropped). Two names are the same policy when they give the same clocks
+    and routes (:func:`configured_policy`): ``static-max+round-robin`` is ``static-max``, whose default
+    decode route it names. Each policy runs once, where it first appears, under the first name given for it,
+    or its clock policy's bare name where that is among them (the name the savings and the oracle look up).
+    The others are listed as given, followed by ``(as NAME)`` when spelt differently. ``names`` have passed
     :func:`_check_policies`."""
     from voltana.sim.runner import ORACLE, configured_policy
 
-    kept: dict[tuple[str, ...], str] = {}
-    repeats: list[str] = []
+    groups: dict[tuple[str, ...], list[str]] = {}
     for name in names:
         if name == ORACLE:
             key: tuple[str, ...] = (ORACLE,)
         else:
             spec = configured_policy(name, prefill_route)
             key = (spec.prefill_clock, spec.decode_clock, spec.prefill_route, spec.decode_route)
-        if key not in kept:
-            kept[key] = name
-            continue
-        first = kept[key]
-        repeat = name if name == first else f"{name} (as {first})"
-        if repeat not in repeats:
-            repeats.append(repeat)
-    return list(kept.values()), repeats
+        groups.setdefault(key, []).append(name)
+    kept: list[str] = []
+    repeats: list[str] = []
+    for key, given in groups.items():
+        bare = key[0]
+        chosen = bare if bare in given else given[0]
+        kept.append(chosen)
+        others = list(given)
+        others.remove(chosen)
+        for name in others:
+            repeat = name if name == chosen else f"{name} (as {chosen})"
+            if repeat not in repeats:
+                repeats.append(repeat)
+    return kept, repeats
 
 
 def _note_repeats(repeats: list[str]) -> None:

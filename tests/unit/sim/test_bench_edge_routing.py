@@ -128,6 +128,10 @@ def test_points_allow_spaces_and_run_once_each(bench: ModuleType) -> None:
         ("llama-3.1-8b/lmsys", "'llama-3.1-8b/lmsys' needs a rate, e.g. llama-3.1-8b/lmsys@105"),
         ("llama-3.1-8b/lmsys@", "'llama-3.1-8b/lmsys@' needs a rate, e.g. llama-3.1-8b/lmsys@105"),
         (
+            "llama-3.1-8b/sharegpt@70,",
+            "an empty item in 'llama-3.1-8b/sharegpt@70,'; give model/workload@rate,...",
+        ),
+        (
             "llama-3.1-8b/lmsys@105 req/s",
             "the rate '105 req/s' of 'llama-3.1-8b/lmsys@105 req/s' is not a number (req/s)",
         ),

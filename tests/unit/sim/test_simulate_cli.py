@@ -338,6 +338,12 @@ def test_a_run_on_a_pipe_writes_nothing_to_stderr() -> None:
             ["static-max", "ecofreq", "ecofreq+ecoroute-paper"],
             "static-max+round-robin (as static-max), ecofreq+ecoroute (as ecofreq)",
         ),
+        # The bare name, which the savings and the oracle look up, runs even when given second.
+        (
+            "static-max+round-robin,ecofreq+ecoroute,static-max,oracle",
+            ["static-max", "ecofreq+ecoroute", "oracle"],
+            "static-max+round-robin (as static-max)",
+        ),
     ],
 )
 def test_a_repeated_policy_runs_once_with_a_note(
@@ -351,8 +357,35 @@ def test_a_repeated_policy_runs_once_with_a_note(
     code, out, err = run_in_process(args, monkeypatch, capsys)
     assert code == 0, err
     (point,) = json.loads(out)["points"]
-    assert [r["policy"] for r in point["results"]] == ran
+    assert [r["policy"].split(" (")[0] for r in point["results"]] == ran  # the oracle's name adds its clocks
     assert err == f"note: --policies gives the same policy more than once: {note}; each runs once\n"
+    savings = {r["policy"]: r["saving_vs_static_max"] for r in point["results"]}
+    assert all(saving is not None for name, saving in savings.items() if name != "static-max")
+
+
+def test_the_note_on_repeats_waits_for_the_run_so_a_refused_run_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--duration", "3", "--rate", "2", "--policies", "static-max,static-max", "--max-model-len", "50"]
+    code, out, err = run_in_process(args, monkeypatch, capsys)
+    assert (code, out) == (2, "")
+    assert len(err.splitlines()) == 1 and err.startswith("error: the engine refuses all"), err
+
+
+def test_rates_are_checked_in_order_and_run_once_each(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_in_process(
+        ["--workload", "lmsys", "--rates", "5,6", "--duration", "1e9", "--policies", "static-max"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 2 and err.startswith("error: 5 req/s for 1e+09 s"), err
+    code, out, err = run_in_process(
+        ["--rates", "2,2.0", "--duration", "3", "--policies", "static-max", "--json"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    assert [p["rate_rps"] for p in json.loads(out)["points"]] == [2.0]
 
 
 def test_a_rate_refused_later_in_a_sweep_stops_it_before_anything_runs(

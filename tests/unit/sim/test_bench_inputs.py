@@ -1,0 +1,103 @@
+"""The benchmarks' own inputs as a user gives them: a mistake is one line and exit 2, before anything runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
+
+
+def load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = __import__(name)
+    assert isinstance(module, ModuleType)
+    return module
+
+
+def run_main(module: ModuleType, args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", *args])
+    try:
+        code: int = module.main()
+    except SystemExit as stopped:  # argparse's refusal
+        return int(stopped.code or 0)
+    return code
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("out/", "'out/' is not a file path (give e.g. out.json)"),
+        ("out/.", "'out/.' is not a file path (give e.g. out.json)"),
+        (".", "'.' is not a file path (give e.g. out.json)"),
+        ("", "'' is not a file path (give e.g. out.json)"),
+        ("nosuch/x.json", "'nosuch/x.json': no such directory 'nosuch'"),
+    ],
+)
+def test_json_that_names_no_writable_file_is_refused(
+    text: str, message: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import argparse
+
+    monkeypatch.chdir(tmp_path)
+    bench_report = load("bench_report", monkeypatch)
+    with pytest.raises(argparse.ArgumentTypeError) as caught:
+        bench_report.json_file_path(text)
+    assert str(caught.value) == message
+
+
+def test_json_under_a_file_or_at_a_directory_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import argparse
+
+    bench_report = load("bench_report", monkeypatch)
+    (tmp_path / "notes.md").write_text("x")
+    with pytest.raises(argparse.ArgumentTypeError, match="is a file, not a directory"):
+        bench_report.json_file_path(str(tmp_path / "notes.md" / "x.json"))
+    with pytest.raises(argparse.ArgumentTypeError, match="is a directory; give a file path"):
+        bench_report.json_file_path(str(tmp_path))
+    assert bench_report.json_file_path(str(tmp_path / "out.json")) == tmp_path / "out.json"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rates", "20,abc"], "argument --rates: 'abc' is not a number of req/s"),
+        (["--rates", "0"], "argument --rates: '0': give a positive number of req/s"),
+        (["--window", "0"], "argument --window: '0': give a positive number of seconds"),
+        (["--json", "out/."], "argument --json: 'out/.' is not a file path (give e.g. out.json)"),
+    ],
+)
+def test_paper_setting_refuses_bad_input_before_running(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = load("bench_paper_setting", monkeypatch)
+    monkeypatch.setattr(bench, "run_sweep", lambda *a, **k: pytest.fail("ran with a bad input"))
+    assert run_main(bench, args, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"bench_paper_setting.py: error: {message}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate", "-1"], "error: request rate must be positive, got -1.0"),
+        (
+            ["--budgets", "abc"],
+            "error: power budgets are watts or percentages of the max-clock peak, e.g. '60%,75%,900'; "
+            "got 'abc'",
+        ),
+    ],
+)
+def test_power_budget_refuses_bad_input_in_one_line(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = load("bench_power_budget", monkeypatch)
+    monkeypatch.setattr(bench, "run_budget_sweep", lambda *a, **k: pytest.fail("ran with a bad input"))
+    assert run_main(bench, [*args, "--duration", "5"], monkeypatch) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"{message}\n"
