@@ -31,6 +31,18 @@ def test_version() -> None:
     assert result.stdout.strip() == f"voltana {voltana.__version__}"
 
 
+def test_python_dash_m_voltana_is_the_same_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "voltana", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.strip() == f"voltana {voltana.__version__}"
+
+
 def test_doctor_reports_and_exits_zero_without_gpu() -> None:
     result = run_cli("doctor")
     assert result.returncode == 0, result.stderr
