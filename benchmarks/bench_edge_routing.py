@@ -66,10 +66,13 @@ def parse_points(text: str) -> list[tuple[str, str, float]]:
     for item in text.split(","):
         if not item.strip():
             raise ValueError(f"--points: an empty item in {text!r}; give model/workload@rate,...")
-        panel, at, rate = (part.strip() for part in item.partition("@"))
-        model, _, workload = (part.strip() for part in panel.partition("/"))
+        given, at, rate = (part.strip() for part in item.partition("@"))
+        model, _, workload = (part.strip() for part in given.partition("/"))
         panel = f"{model}/{workload}"
         if (model, workload) not in known:
+            if not model and not workload:
+                raise ValueError(f"--points: {item.strip()!r} needs a panel, e.g. llama-3.1-8b/lmsys@105")
+            panel = given
             names = ", ".join(f"{m}/{w}" for m, w in sorted(known))
             raise ValueError(f"--points: unknown panel {panel!r} (one of: {names})")
         if not at or not rate:

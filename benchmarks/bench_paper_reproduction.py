@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_report import json_file_path, progress_bar
+from bench_report import output_file_path, progress_bar
 from rich.console import Console
 
 from voltana.core.config import VoltanaConfig
@@ -442,8 +442,8 @@ def main() -> int:
         help="prefill route of ecofreq+ecoroute (default: its own, energy-ttft; e.g. predicted-ttft)",
     )
     parser.add_argument("--jobs", default="1", help="rates simulated at once in worker processes (default 1)")
-    parser.add_argument("--json", type=json_file_path, default=None, help="write all results as JSON")
-    parser.add_argument("--plot", type=Path, default=None, help="write the grid as a PNG")
+    parser.add_argument("--json", type=output_file_path, default=None, help="write all results as JSON")
+    parser.add_argument("--plot", type=output_file_path, default=None, help="write the grid as a PNG")
     args = parser.parse_args()
     try:
         margins = tuple(

@@ -19,7 +19,7 @@ import math
 import sys
 from pathlib import Path
 
-from bench_report import json_file_path, progress_bar
+from bench_report import output_file_path, progress_bar
 from rich.console import Console
 
 from voltana.core.config import VoltanaConfig
@@ -91,7 +91,7 @@ def main() -> int:
     )
     parser.add_argument("--window", type=seconds, default=120.0, help="seconds of arrivals per rate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=json_file_path, default=None, help="also write all results as JSON")
+    parser.add_argument("--json", type=output_file_path, default=None, help="also write all results as JSON")
     parser.add_argument(
         "--compare-prefill-route",
         default=None,

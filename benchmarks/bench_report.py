@@ -32,22 +32,27 @@ def progress_bar(console: Console | None = None) -> Progress:
     return Progress(console=console, transient=True, disable=not console.is_interactive)
 
 
-def json_file_path(text: str) -> Path:
-    """``--json``'s argument as a file path that can be written, checked before a long run rather than after
-    it. Raises ``argparse.ArgumentTypeError`` (one line) for a path that names no file (empty, ending in a
-    separator, ``.`` or ``..``: ``Path`` drops those, so ``out/`` or ``out/.`` would be written as a file
-    ``out``), an existing directory, a missing parent directory, or one that cannot be written."""
+def output_file_path(text: str) -> Path:
+    """An output file's path (``--json``, ``--plot``) that can be written, checked before a long run rather
+    than after it. Raises ``argparse.ArgumentTypeError`` (one line) for a path that names no file (empty,
+    ending in a separator, ``.`` or ``..``: ``Path`` drops those, so ``out/`` or ``out/.`` would be written
+    as a file ``out``), an existing directory, a missing or non-directory parent, one that cannot be written
+    or one the system refuses (e.g. a name too long)."""
     path = Path(text)
     if not text.strip() or text.endswith(("/", os.sep)) or text.rsplit("/", 1)[-1] in (".", ".."):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a file path (give e.g. out.json)")
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file path")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file path (give a file name)")
     parent = path.parent
-    if parent.exists() and not parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r}: {str(parent)!r} is a file, not a directory")
-    if not parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r}: no such directory {str(parent)!r}")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    try:
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file path")
+        if parent.exists() and not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r}: {str(parent)!r} is a file, not a directory")
+        if not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r}: no such directory {str(parent)!r}")
+        writable = os.access(parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+    except OSError as exc:  # e.g. ENAMETOOLONG from the checks themselves
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc.strerror or exc}") from None
+    if not writable:
         raise argparse.ArgumentTypeError(f"{text!r}: not writable")
     return path
 
@@ -55,7 +60,7 @@ def json_file_path(text: str) -> Path:
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     """``--json PATH``: also write the tables and the machine as JSON."""
     parser.add_argument(
-        "--json", type=json_file_path, default=None, help="also write the tables as JSON (docs)"
+        "--json", type=output_file_path, default=None, help="also write the tables as JSON (docs)"
     )
 
 

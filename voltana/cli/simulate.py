@@ -299,7 +299,6 @@ def simulate(
                 )  # fmt: skip
     except (WorkloadError, SimulationError, UnknownProfileError, EngineConfigError) as exc:
         raise _fail(str(exc)) from None
-    _note_repeats(repeats)  # after the runs: a refused run stays one line
     meta = {
         "gpu": gpu,
         "model": model,
@@ -333,6 +332,7 @@ def simulate(
         )
     if as_json:
         print(json.dumps(sweep_json(points, meta), indent=2))
+        _note_repeats(repeats)  # after the results: a refused run stays one line
         return
     # Piped output (logs, CI) gets a fixed width so that the tables are not cut at 80 columns.
     out = console if console.is_terminal else Console(width=120)
@@ -362,6 +362,7 @@ def simulate(
             highlight=False,
             soft_wrap=True,
         )
+    _note_repeats(repeats)
 
 
 def _progress(quiet: bool) -> Progress:
@@ -512,28 +513,40 @@ def _policy_names(text: str) -> list[str]:
 def _distinct_policies(names: list[str], prefill_route: str) -> tuple[list[str], list[str]]:
     """(the names to run, the repeats dropped). Two names are the same policy when they give the same clocks
     and routes (:func:`configured_policy`): ``static-max+round-robin`` is ``static-max``, whose default
-    decode route it names. Each policy runs once, where it first appears, under the first name given for it,
-    or its clock policy's bare name where that is among them (the name the savings and the oracle look up).
-    The others are listed as given, followed by ``(as NAME)`` when spelt differently. ``names`` have passed
-    :func:`_check_policies`."""
-    from voltana.sim.runner import ORACLE, configured_policy
+    decode route it names. Each policy runs once, where it first appears, under its bare clock name when the
+    route is that policy's default and the bare name is among those given or is a reference
+    (:data:`REFERENCE_POLICIES`: the savings and the oracle look them up by that name), else under the first
+    name given. The others are listed as given, followed by ``(as NAME)`` when spelt differently. ``names``
+    have passed :func:`_check_policies`."""
+    from voltana.sim.runner import (
+        DEFAULT_ROUTES,
+        FALLBACK_ROUTES,
+        ORACLE,
+        REFERENCE_POLICIES,
+        configured_policy,
+    )
 
     groups: dict[tuple[str, ...], list[str]] = {}
+    bare_names: dict[tuple[str, ...], str | None] = {}
     for name in names:
         if name == ORACLE:
             key: tuple[str, ...] = (ORACLE,)
+            bare: str | None = ORACLE
         else:
             spec = configured_policy(name, prefill_route)
             key = (spec.prefill_clock, spec.decode_clock, spec.prefill_route, spec.decode_route)
+            default_decode = DEFAULT_ROUTES.get(spec.decode_clock, FALLBACK_ROUTES)[1]
+            bare = spec.decode_clock if spec.decode_route == default_decode else None
         groups.setdefault(key, []).append(name)
+        bare_names[key] = bare
     kept: list[str] = []
     repeats: list[str] = []
     for key, given in groups.items():
-        bare = key[0]
-        chosen = bare if bare in given else given[0]
+        bare = bare_names[key]
+        chosen = bare if bare is not None and (bare in given or bare in REFERENCE_POLICIES) else given[0]
         kept.append(chosen)
         others = list(given)
-        others.remove(chosen)
+        others.remove(chosen if chosen in others else others[0])  # the one that runs
         for name in others:
             repeat = name if name == chosen else f"{name} (as {chosen})"
             if repeat not in repeats:

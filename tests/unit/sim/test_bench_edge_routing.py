@@ -127,6 +127,8 @@ def test_points_allow_spaces_and_run_once_each(bench: ModuleType) -> None:
     [
         ("llama-3.1-8b/lmsys", "'llama-3.1-8b/lmsys' needs a rate, e.g. llama-3.1-8b/lmsys@105"),
         ("llama-3.1-8b/lmsys@", "'llama-3.1-8b/lmsys@' needs a rate, e.g. llama-3.1-8b/lmsys@105"),
+        ("@70", "'@70' needs a panel, e.g. llama-3.1-8b/lmsys@105"),
+        ("/ @70", "'/ @70' needs a panel, e.g. llama-3.1-8b/lmsys@105"),
         (
             "llama-3.1-8b/sharegpt@70,",
             "an empty item in 'llama-3.1-8b/sharegpt@70,'; give model/workload@rate,...",
@@ -154,4 +156,4 @@ def test_json_that_names_no_file_is_refused_before_running(
     with pytest.raises(SystemExit) as stopped:
         run_main(bench, ["--points", "llama-3.1-8b/lmsys@5", "--json", path], monkeypatch)
     assert stopped.value.code == 2
-    assert f"argument --json: {path!r} is not a file path (give e.g. out.json)" in capsys.readouterr().err
+    assert f"argument --json: {path!r} is not a file path (give a file name)" in capsys.readouterr().err

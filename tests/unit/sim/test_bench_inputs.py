@@ -30,14 +30,15 @@ def run_main(module: ModuleType, args: list[str], monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("out/", "'out/' is not a file path (give e.g. out.json)"),
-        ("out/.", "'out/.' is not a file path (give e.g. out.json)"),
-        (".", "'.' is not a file path (give e.g. out.json)"),
-        ("", "'' is not a file path (give e.g. out.json)"),
+        ("out/", "'out/' is not a file path (give a file name)"),
+        ("out/.", "'out/.' is not a file path (give a file name)"),
+        (".", "'.' is not a file path (give a file name)"),
+        ("", "'' is not a file path (give a file name)"),
         ("nosuch/x.json", "'nosuch/x.json': no such directory 'nosuch'"),
+        ("a" * 300 + ".json", f"{'a' * 300 + '.json'!r}: File name too long"),
     ],
 )
-def test_json_that_names_no_writable_file_is_refused(
+def test_an_output_path_that_names_no_writable_file_is_refused(
     text: str, message: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     import argparse
@@ -45,11 +46,11 @@ def test_json_that_names_no_writable_file_is_refused(
     monkeypatch.chdir(tmp_path)
     bench_report = load("bench_report", monkeypatch)
     with pytest.raises(argparse.ArgumentTypeError) as caught:
-        bench_report.json_file_path(text)
+        bench_report.output_file_path(text)
     assert str(caught.value) == message
 
 
-def test_json_under_a_file_or_at_a_directory_is_refused(
+def test_an_output_path_under_a_file_or_at_a_directory_is_refused(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     import argparse
@@ -57,10 +58,10 @@ def test_json_under_a_file_or_at_a_directory_is_refused(
     bench_report = load("bench_report", monkeypatch)
     (tmp_path / "notes.md").write_text("x")
     with pytest.raises(argparse.ArgumentTypeError, match="is a file, not a directory"):
-        bench_report.json_file_path(str(tmp_path / "notes.md" / "x.json"))
+        bench_report.output_file_path(str(tmp_path / "notes.md" / "x.json"))
     with pytest.raises(argparse.ArgumentTypeError, match="is a directory; give a file path"):
-        bench_report.json_file_path(str(tmp_path))
-    assert bench_report.json_file_path(str(tmp_path / "out.json")) == tmp_path / "out.json"
+        bench_report.output_file_path(str(tmp_path))
+    assert bench_report.output_file_path(str(tmp_path / "out.json")) == tmp_path / "out.json"
 
 
 @pytest.mark.parametrize(
@@ -69,7 +70,7 @@ def test_json_under_a_file_or_at_a_directory_is_refused(
         (["--rates", "20,abc"], "argument --rates: 'abc' is not a number of req/s"),
         (["--rates", "0"], "argument --rates: '0': give a positive number of req/s"),
         (["--window", "0"], "argument --window: '0': give a positive number of seconds"),
-        (["--json", "out/."], "argument --json: 'out/.' is not a file path (give e.g. out.json)"),
+        (["--json", "out/."], "argument --json: 'out/.' is not a file path (give a file name)"),
     ],
 )
 def test_paper_setting_refuses_bad_input_before_running(
@@ -101,3 +102,15 @@ def test_power_budget_refuses_bad_input_in_one_line(
     assert run_main(bench, [*args, "--duration", "5"], monkeypatch) == 2
     captured = capsys.readouterr()
     assert captured.err == f"{message}\n"
+
+
+def test_power_budget_checks_its_plot_path_before_running(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = load("bench_power_budget", monkeypatch)
+    monkeypatch.setattr(bench, "run_budget_sweep", lambda *a, **k: pytest.fail("ran with a bad --plot"))
+    assert run_main(bench, ["--plot", "nodir/p.png"], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "bench_power_budget.py: error: argument --plot: 'nodir/p.png': no such directory 'nodir'"
+    )

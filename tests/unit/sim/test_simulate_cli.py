@@ -338,10 +338,16 @@ def test_a_run_on_a_pipe_writes_nothing_to_stderr() -> None:
             ["static-max", "ecofreq", "ecofreq+ecoroute-paper"],
             "static-max+round-robin (as static-max), ecofreq+ecoroute (as ecofreq)",
         ),
-        # The bare name, which the savings and the oracle look up, runs even when given second.
+        # The bare name, which the savings and the oracle look up, runs even when given second, and a
+        # reference runs under its bare name even when it is not given.
         (
             "static-max+round-robin,ecofreq+ecoroute,static-max,oracle",
             ["static-max", "ecofreq+ecoroute", "oracle"],
+            "static-max+round-robin (as static-max)",
+        ),
+        (
+            "oracle,static-max+round-robin,ecofreq,static-max+round-robin",
+            ["static-max", "ecofreq", "oracle"],  # the oracle's row comes last
             "static-max+round-robin (as static-max)",
         ),
     ],
