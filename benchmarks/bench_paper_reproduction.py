@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_report import output_file_path, progress_bar
+from bench_report import output_file_path, plot_file_path, progress_bar
 from rich.console import Console
 
 from voltana.core.config import VoltanaConfig
@@ -443,7 +443,7 @@ def main() -> int:
     )
     parser.add_argument("--jobs", default="1", help="rates simulated at once in worker processes (default 1)")
     parser.add_argument("--json", type=output_file_path, default=None, help="write all results as JSON")
-    parser.add_argument("--plot", type=output_file_path, default=None, help="write the grid as a PNG")
+    parser.add_argument("--plot", type=plot_file_path, default=None, help="write the grid as a PNG")
     args = parser.parse_args()
     try:
         margins = tuple(

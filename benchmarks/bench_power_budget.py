@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench_report import add_json_option, emit, output_file_path, progress_bar
+from bench_report import add_json_option, emit, plot_file_path, progress_bar
 
 from voltana.core.config import VoltanaConfig
 from voltana.hardware.simulated import performance_model
@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of arrivals")
     parser.add_argument("--budgets", default="60%,75%,90%", help="watts or shares of the max-clock peak")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", type=output_file_path, default=None, help="write the figure (PNG)")
+    parser.add_argument("--plot", type=plot_file_path, default=None, help="write the figure (PNG)")
     add_json_option(parser)
     args = parser.parse_args()
     perf = performance_model("a100-80gb", MODEL)

@@ -22,6 +22,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from voltana import __version__
+from voltana.core.files import OutputPathError, output_file
 
 
 def progress_bar(console: Console | None = None) -> Progress:
@@ -33,28 +34,23 @@ def progress_bar(console: Console | None = None) -> Progress:
 
 
 def output_file_path(text: str) -> Path:
-    """An output file's path (``--json``, ``--plot``) that can be written, checked before a long run rather
-    than after it. Raises ``argparse.ArgumentTypeError`` (one line) for a path that names no file (empty,
-    ending in a separator, ``.`` or ``..``: ``Path`` drops those, so ``out/`` or ``out/.`` would be written
-    as a file ``out``), an existing directory, a missing or non-directory parent, one that cannot be written
-    or one the system refuses (e.g. a name too long)."""
-    path = Path(text)
-    if not text.strip() or text.endswith(("/", os.sep)) or text.rsplit("/", 1)[-1] in (".", ".."):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a file path (give a file name)")
-    parent = path.parent
+    """An output file's path (``--json``) as an argparse type: :func:`voltana.core.files.output_file`, whose
+    one-line refusal becomes ``argparse.ArgumentTypeError`` (checked before a long run, not after it)."""
     try:
-        if path.is_dir():
-            raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file path")
-        if parent.exists() and not parent.is_dir():
-            raise argparse.ArgumentTypeError(f"{text!r}: {str(parent)!r} is a file, not a directory")
-        if not parent.is_dir():
-            raise argparse.ArgumentTypeError(f"{text!r}: no such directory {str(parent)!r}")
-        writable = os.access(parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
-    except OSError as exc:  # e.g. ENAMETOOLONG from the checks themselves
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc.strerror or exc}") from None
-    if not writable:
-        raise argparse.ArgumentTypeError(f"{text!r}: not writable")
-    return path
+        return output_file(text)
+    except OutputPathError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def plot_file_path(text: str) -> Path:
+    """``--plot``'s path as an argparse type: :func:`voltana.sim.plot.plot_path` (a writable file matplotlib
+    can write; ``.png`` added without an extension), refusing in one line like :func:`output_file_path`."""
+    from voltana.sim.plot import plot_path
+
+    try:
+        return plot_path(text)
+    except OutputPathError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:

@@ -109,7 +109,7 @@ def simulate(
         typer.Option(help="Longest request (prompt + output tokens) accepted (default: model context)."),
     ] = None,
     plot: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             help="Write a PNG: energy and SLO attainment per policy (vs rate for a sweep), clock timeline."
         ),
@@ -142,6 +142,7 @@ def simulate(
 ) -> None:
     """Simulate a P/D cluster under several clock/routing policies and compare energy and SLO attainment."""
     # the simulator is imported when the command runs: `voltana --help` stays fast (pyproject: PLC0415)
+    from voltana.core.files import OutputPathError
     from voltana.hardware.errors import UnknownProfileError
     from voltana.hardware.simulated import performance_model
     from voltana.sim.cluster import ClusterSpec
@@ -202,8 +203,10 @@ def simulate(
     names = _policy_names(DEFAULT_POLICIES if policies is None else policies)
     repeats: list[str] = []
     try:
-        if plot is not None:
-            plot = plot_path(plot)
+        plot_file = plot_path(plot) if plot is not None else None
+    except OutputPathError as exc:
+        raise _fail(f"--plot {exc}") from None
+    try:
         if workload == SYNTHETIC:
             span_s = duration if duration is not None else 300.0
             sweep_rates = _parse_rates(rates) if rates else [rate if rate is not None else CONV_RATE_RPS]
@@ -266,12 +269,19 @@ def simulate(
                 f"{setup.slo.ttft_s * 1e3:g} ms / ITL {setup.slo.itl_s * 1e3:g} ms"
             )
             _run_power_budget(
-                setup, probe, allowed, power_budget, power_budgets, plot=plot, as_json=as_json, title=title
+                setup,
+                probe,
+                allowed,
+                power_budget,
+                power_budgets,
+                plot=plot_file,
+                as_json=as_json,
+                title=title,
             )
             return
         _check_policies(names, config.policy.prefill_route)
         names, repeats = _distinct_policies(names, config.policy.prefill_route)
-        timeline_policy = _timeline_policy(names) if plot else None
+        timeline_policy = _timeline_policy(names) if plot_file else None
         if timeline_rate is not None and timeline_rate not in sweep_rates:
             known = ", ".join(f"{r:g}" for r in sweep_rates)
             raise _fail(
@@ -317,7 +327,7 @@ def simulate(
         },
     }
     shown_rate = None
-    if plot is not None:
+    if plot_file is not None:
         workload_label = (
             f"synthetic {arrivals} arrivals, {span_s:g} s"
             if workload == SYNTHETIC
@@ -328,7 +338,7 @@ def simulate(
             f"SLO TTFT {setup.slo.ttft_s * 1e3:g} ms / ITL {setup.slo.itl_s * 1e3:g} ms"
         )
         shown_rate = plot_sweep(
-            points, plot, timeline_policy, title, timeline_rate, (allowed[0], allowed[-1])
+            points, plot_file, timeline_policy, title, timeline_rate, (allowed[0], allowed[-1])
         )
     if as_json:
         print(json.dumps(sweep_json(points, meta), indent=2))
@@ -354,11 +364,12 @@ def simulate(
         if refused:
             out.print(refused)
     out.print("[dim]saving: energy vs static-max; SLO att.: share of requests meeting TTFT and mean ITL.[/]")
-    if plot is not None:
+    if plot_file is not None:
         shown = next(p for p in points if p.rate_rps == shown_rate)
         why = timeline_reason(shown, chosen_by_default=timeline_rate is None)
         out.print(
-            f"plot written to {plot} (clock timeline of {timeline_policy} at {shown_rate:g} req/s: {why})",
+            f"plot written to {plot_file} (clock timeline of {timeline_policy} at {shown_rate:g} req/s: "
+            f"{why})",
             highlight=False,
             soft_wrap=True,
         )

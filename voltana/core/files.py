@@ -6,6 +6,46 @@ import os
 import threading
 from pathlib import Path
 
+from voltana.core.errors import VoltanaError
+
+
+class OutputPathError(VoltanaError, ValueError):
+    """An output file path (``--json``, ``--plot``) that cannot be written; ``str()`` is one line without
+    the option's name, which the caller adds."""
+
+
+def output_file(text: str) -> Path:
+    """``text`` as the path of an output file that can be written, checked before a long run rather than
+    after it. Raises :class:`OutputPathError` for a path that names no file (empty, ending in a separator,
+    ``.`` or ``..``: ``Path`` drops those, so ``out/`` or ``out/.`` would be written as a file ``out``), an
+    existing directory, a missing or non-directory parent, one that cannot be written, or one the system
+    refuses (e.g. a name too long)."""
+    if (
+        not text.strip()
+        or text.endswith(("/", os.sep))
+        or text.replace(os.sep, "/").rsplit("/", 1)[-1]
+        in (
+            ".",
+            "..",
+        )
+    ):
+        raise OutputPathError(f"{text!r} is not a file path (give a file name)")
+    path = Path(text)
+    parent = path.parent
+    try:
+        if path.is_dir():
+            raise OutputPathError(f"{text!r} is a directory; give a file path")
+        if parent.exists() and not parent.is_dir():
+            raise OutputPathError(f"{text!r}: {str(parent)!r} is a file, not a directory")
+        if not parent.is_dir():
+            raise OutputPathError(f"{text!r}: no such directory {str(parent)!r}")
+        writable = os.access(parent, os.W_OK | os.X_OK) and (not path.exists() or os.access(path, os.W_OK))
+    except OSError as exc:  # e.g. ENAMETOOLONG from the checks themselves
+        raise OutputPathError(f"{text!r}: {exc.strerror or exc}") from None
+    if not writable:
+        raise OutputPathError(f"{text!r}: not writable")
+    return path
+
 
 def write_text_atomically(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8): written beside it under a name private to this process and

@@ -15,12 +15,12 @@ three panels:
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from voltana.core.files import OutputPathError, output_file
 from voltana.sim.metrics import PolicyResult
 from voltana.sim.report import point_title
 from voltana.sim.runner import SimulationError
@@ -55,29 +55,24 @@ def default_timeline_rate(points: Sequence[SweepPoint], timeline_policy: str | N
     return max(served) if served else min(p.rate_rps for p in points)
 
 
-def plot_path(path: Path) -> Path:
+def plot_path(text: str) -> Path:
     """The file ``--plot`` will write, checked before any simulation runs.
 
-    ``path`` with ``.png`` added when it has no extension (matplotlib would add it silently). Raises
-    :class:`~voltana.sim.runner.SimulationError` (one line) for a directory, an extension matplotlib cannot
-    write (:meth:`FigureCanvasBase.get_supported_filetypes`), a missing or unwritable directory.
+    ``text`` as a path (:func:`voltana.core.files.output_file`), with ``.png`` added when it has no extension
+    (matplotlib would add it silently). Raises :class:`~voltana.core.files.OutputPathError` (one line) for a
+    path that names no file, a directory, a missing, non-directory or unwritable parent, or an extension
+    matplotlib cannot write (:meth:`FigureCanvasBase.get_supported_filetypes`).
     """
     from matplotlib.backend_bases import FigureCanvasBase
 
-    if path.is_dir():
-        raise SimulationError(f"--plot {path} is a directory; give a file, e.g. {path / 'simulate.png'}")
+    path = output_file(text)
     if not path.suffix:
-        path = path.with_name(path.name + ".png")
+        path = output_file(str(path.with_name(path.name + ".png")))
     supported = FigureCanvasBase.get_supported_filetypes()
     extension = path.suffix[1:].lower()
     if extension not in supported:
         known = ", ".join(f".{name}" for name in sorted(supported))
-        raise SimulationError(f"--plot {path}: cannot write .{extension} files; use one of {known}")
-    folder = path.parent
-    if not folder.is_dir():
-        raise SimulationError(f"--plot {path}: directory {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise SimulationError(f"--plot {path}: not writable")
+        raise OutputPathError(f"{text!r}: cannot write .{extension} files; use one of {known}")
     return path
 
 

@@ -104,13 +104,18 @@ def test_power_budget_refuses_bad_input_in_one_line(
     assert captured.err == f"{message}\n"
 
 
+@pytest.mark.parametrize(
+    ("plot", "message"),
+    [
+        ("nodir/p.png", "'nodir/p.png': no such directory 'nodir'"),
+        ("out.txt", "'out.txt': cannot write .txt files; use one of "),
+    ],
+)
 def test_power_budget_checks_its_plot_path_before_running(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    plot: str, message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bench = load("bench_power_budget", monkeypatch)
     monkeypatch.setattr(bench, "run_budget_sweep", lambda *a, **k: pytest.fail("ran with a bad --plot"))
-    assert run_main(bench, ["--plot", "nodir/p.png"], monkeypatch) == 2
+    assert run_main(bench, ["--plot", plot], monkeypatch) == 2
     err = capsys.readouterr().err
-    assert err.splitlines()[-1] == (
-        "bench_power_budget.py: error: argument --plot: 'nodir/p.png': no such directory 'nodir'"
-    )
+    assert err.splitlines()[-1].startswith(f"bench_power_budget.py: error: argument --plot: {message}")

@@ -223,9 +223,13 @@ def test_a_trace_without_rate_is_replayed_as_recorded(
 @pytest.mark.parametrize(
     ("plot_name", "message"),
     [
-        ("missing/out.png", "directory {tmp}/missing does not exist"),
+        ("missing/out.png", "--plot '{tmp}/missing/out.png': no such directory '{tmp}/missing'"),
         ("out.txt", "cannot write .txt files; use one of"),
-        ("adir", "--plot {tmp}/adir is a directory"),
+        ("adir", "--plot '{tmp}/adir' is a directory; give a file path"),
+        ("adir/", "--plot '{tmp}/adir/' is not a file path (give a file name)"),
+        ("out/.", "--plot '{tmp}/out/.' is not a file path (give a file name)"),
+        ("afile/x.png", "--plot '{tmp}/afile/x.png': '{tmp}/afile' is a file, not a directory"),
+        ("a" * 300 + ".png", "File name too long"),
     ],
 )
 def test_a_bad_plot_path_is_one_line_before_simulating(
@@ -238,12 +242,13 @@ def test_a_bad_plot_path_is_one_line_before_simulating(
     import voltana.sim.sweep
 
     (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("")
 
     def no_simulation(*args: object, **kwargs: object) -> None:
         raise AssertionError("simulated before checking --plot")
 
     monkeypatch.setattr(voltana.sim.sweep, "run_sweep", no_simulation)
-    args = ["--duration", "5", "--policies", "static-max", "--plot", str(tmp_path / plot_name)]
+    args = ["--duration", "5", "--policies", "static-max", "--plot", f"{tmp_path}/{plot_name}"]  # as typed
     code, _, err = run_in_process(args, monkeypatch, capsys)
     assert message.format(tmp=tmp_path) in one_error_line(code, err)
     assert not (tmp_path / "adir.png").exists()
