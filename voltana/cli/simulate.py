@@ -111,7 +111,8 @@ def simulate(
     plot: Annotated[
         str | None,
         typer.Option(
-            help="Write a PNG: energy and SLO attainment per policy (vs rate for a sweep), clock timeline."
+            help="Write a plot (PNG, or the format its extension names): energy and SLO attainment per "
+            "policy (vs rate for a sweep), clock timeline."
         ),
     ] = None,
     timeline_rate: Annotated[

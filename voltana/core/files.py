@@ -18,8 +18,8 @@ def output_file(text: str) -> Path:
     """``text`` as the path of an output file that can be written, checked before a long run rather than
     after it. Raises :class:`OutputPathError` for a path that names no file (empty, ending in a separator,
     ``.`` or ``..``: ``Path`` drops those, so ``out/`` or ``out/.`` would be written as a file ``out``), an
-    existing directory, a missing or non-directory parent, one that cannot be written, or one the system
-    refuses (e.g. a name too long)."""
+    existing directory, a link to a missing place, a missing or non-directory parent, one that cannot be
+    written, or one the system refuses (e.g. a name too long)."""
     if (
         not text.strip()
         or text.endswith(("/", os.sep))
@@ -33,6 +33,8 @@ def output_file(text: str) -> Path:
     path = Path(text)
     parent = path.parent
     try:
+        if path.is_symlink() and not path.exists():
+            raise OutputPathError(f"{text!r} is a link to a missing place; give a file path")
         if path.is_dir():
             raise OutputPathError(f"{text!r} is a directory; give a file path")
         if parent.exists() and not parent.is_dir():

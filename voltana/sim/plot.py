@@ -16,6 +16,7 @@ three panels:
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,14 +62,19 @@ def plot_path(text: str) -> Path:
     ``text`` as a path (:func:`voltana.core.files.output_file`), with ``.png`` added when it has no extension
     (matplotlib would add it silently). Raises :class:`~voltana.core.files.OutputPathError` (one line) for a
     path that names no file, a directory, a missing, non-directory or unwritable parent, or an extension
-    matplotlib cannot write (:meth:`FigureCanvasBase.get_supported_filetypes`).
+    matplotlib cannot write (:meth:`FigureCanvasBase.get_supported_filetypes`; ``.pgf`` only where its LaTeX
+    engine, ``rcParams["pgf.texsystem"]``, is installed).
     """
+    import matplotlib
     from matplotlib.backend_bases import FigureCanvasBase
 
     path = output_file(text)
     if not path.suffix:
         path = output_file(str(path.with_name(path.name + ".png")))
-    supported = FigureCanvasBase.get_supported_filetypes()
+    supported = set(FigureCanvasBase.get_supported_filetypes())
+    texsystem = str(matplotlib.rcParams["pgf.texsystem"])
+    if shutil.which(texsystem) is None:  # matplotlib lists .pgf, but writing it runs this LaTeX engine
+        supported.discard("pgf")
     extension = path.suffix[1:].lower()
     if extension not in supported:
         known = ", ".join(f".{name}" for name in sorted(supported))

@@ -230,6 +230,7 @@ def test_a_trace_without_rate_is_replayed_as_recorded(
         ("out/.", "--plot '{tmp}/out/.' is not a file path (give a file name)"),
         ("afile/x.png", "--plot '{tmp}/afile/x.png': '{tmp}/afile' is a file, not a directory"),
         ("a" * 300 + ".png", "File name too long"),
+        ("dangling.png", "--plot '{tmp}/dangling.png' is a link to a missing place; give a file path"),
     ],
 )
 def test_a_bad_plot_path_is_one_line_before_simulating(
@@ -243,6 +244,7 @@ def test_a_bad_plot_path_is_one_line_before_simulating(
 
     (tmp_path / "adir").mkdir()
     (tmp_path / "afile").write_text("")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere" / "x.png")
 
     def no_simulation(*args: object, **kwargs: object) -> None:
         raise AssertionError("simulated before checking --plot")
@@ -252,6 +254,23 @@ def test_a_bad_plot_path_is_one_line_before_simulating(
     code, _, err = run_in_process(args, monkeypatch, capsys)
     assert message.format(tmp=tmp_path) in one_error_line(code, err)
     assert not (tmp_path / "adir.png").exists()
+
+
+def test_pgf_is_refused_where_its_latex_engine_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    import voltana.sim.plot
+
+    real_which = shutil.which
+    monkeypatch.setattr(
+        voltana.sim.plot.shutil, "which", lambda name: None if "tex" in name else real_which(name)
+    )
+    args = ["--duration", "5", "--policies", "static-max", "--plot", f"{tmp_path}/x.pgf"]
+    code, _, err = run_in_process(args, monkeypatch, capsys)
+    line = one_error_line(code, err)
+    assert "cannot write .pgf files; use one of" in line and ".png" in line
 
 
 def test_plot_without_extension_prints_the_file_written(
