@@ -30,6 +30,9 @@ LAYERS: dict[str, int] = {
 LAYER_NAMES = ("core", "hardware", "plugins", "router/sim/emulator/profiler", "adapters/integrations", "cli")
 ROOT_MODULE_RANK = 0
 """``voltana/__init__.py`` (the version) sits with core: everything may import it."""
+ENTRY_MODULE = "__main__"
+"""``voltana/__main__.py`` (``python -m voltana``) is an entry point like the console script: it ranks with
+cli and is the one module beside ``voltana/__init__.py``."""
 
 PACKAGE_ROOT = Path(voltana.__file__).parent
 
@@ -66,6 +69,8 @@ def _rank(module: str) -> int | None:
         return None
     if len(parts) == 1 or parts[1] == "__version__":
         return ROOT_MODULE_RANK
+    if parts[1] == ENTRY_MODULE:
+        return LAYERS["cli"]
     if parts[1] not in LAYERS:
         raise AssertionError(f"{module}: package voltana.{parts[1]} has no layer; add it to LAYERS")
     return LAYERS[parts[1]]
@@ -95,7 +100,7 @@ def test_every_import_points_down_the_layers() -> None:
 
 def test_every_package_has_a_layer() -> None:
     packages = {p.name for p in PACKAGE_ROOT.iterdir() if (p / "__init__.py").exists()}
-    modules = {p.stem for p in PACKAGE_ROOT.glob("*.py")} - {"__init__"}
+    modules = {p.stem for p in PACKAGE_ROOT.glob("*.py")} - {"__init__", ENTRY_MODULE}
     assert modules == set(), "modules beside voltana/__init__.py belong in a layer's package"
     assert packages == set(LAYERS)
 
