@@ -68,13 +68,12 @@ def parse_points(text: str) -> list[tuple[str, str, float]]:
             raise ValueError(f"--points: an empty item in {text!r}; give model/workload@rate,...")
         given, at, rate = (part.strip() for part in item.partition("@"))
         model, _, workload = (part.strip() for part in given.partition("/"))
-        panel = f"{model}/{workload}"
+        if not model and not workload:
+            raise ValueError(f"--points: {item.strip()!r} needs a panel, e.g. llama-3.1-8b/lmsys@105")
         if (model, workload) not in known:
-            if not model and not workload:
-                raise ValueError(f"--points: {item.strip()!r} needs a panel, e.g. llama-3.1-8b/lmsys@105")
-            panel = given
             names = ", ".join(f"{m}/{w}" for m, w in sorted(known))
-            raise ValueError(f"--points: unknown panel {panel!r} (one of: {names})")
+            raise ValueError(f"--points: unknown panel {given!r} (one of: {names})")
+        panel = f"{model}/{workload}"
         if not at or not rate:
             raise ValueError(f"--points: {item.strip()!r} needs a rate, e.g. {panel}@105")
         try:
@@ -190,6 +189,7 @@ def main() -> int:
     for header in ("point", "seed", *columns, *tail):
         table.add_column(header, justify="left" if header == "point" else "right")
     runs = len(points) * len(seeds) * (len(ROUTE_PAIRS) + 3)
+    ours_spec = parse_policy(OURS)
     try:
         workloads = build_workloads(points, seeds, args.duration)
         with progress_bar() as bar:
@@ -205,7 +205,6 @@ def main() -> int:
                     results.append(run_policy(setup, spec, workload, rate))
                     bar.advance(task)
                 bar.update(task, description=f"{label}: {OURS}")
-                ours_spec = parse_policy(OURS)
                 ours = run_policy(setup, ours_spec, workload, rate)
                 bar.advance(task)
                 one_phase = []

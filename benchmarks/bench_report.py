@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,24 +33,26 @@ def progress_bar(console: Console | None = None) -> Progress:
     return Progress(console=console, transient=True, disable=not console.is_interactive)
 
 
-def output_file_path(text: str) -> Path:
-    """An output file's path (``--json``) as an argparse type: :func:`voltana.core.files.output_file`, whose
-    one-line refusal becomes ``argparse.ArgumentTypeError`` (checked before a long run, not after it)."""
+def _argument_path(check: Callable[[str], Path], text: str) -> Path:
+    """``check(text)``, its one-line :class:`OutputPathError` turned into ``argparse.ArgumentTypeError`` (so
+    the path is refused while the arguments are read, before a long run)."""
     try:
-        return output_file(text)
+        return check(text)
     except OutputPathError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def output_file_path(text: str) -> Path:
+    """An output file's path (``--json``) as an argparse type: :func:`voltana.core.files.output_file`."""
+    return _argument_path(output_file, text)
 
 
 def plot_file_path(text: str) -> Path:
     """``--plot``'s path as an argparse type: :func:`voltana.sim.plot.plot_path` (a writable file matplotlib
-    can write; ``.png`` added without an extension), refusing in one line like :func:`output_file_path`."""
+    can write; ``.png`` added without an extension)."""
     from voltana.sim.plot import plot_path
 
-    try:
-        return plot_path(text)
-    except OutputPathError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return _argument_path(plot_path, text)
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:

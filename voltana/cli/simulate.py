@@ -538,24 +538,19 @@ def _distinct_policies(names: list[str], prefill_route: str) -> tuple[list[str],
         configured_policy,
     )
 
-    groups: dict[tuple[str, ...], list[str]] = {}
-    bare_names: dict[tuple[str, ...], str | None] = {}
+    groups: dict[tuple[str, ...], list[str]] = {}  # (prefill clock, decode clock, routes) -> names given
     for name in names:
         if name == ORACLE:
-            key: tuple[str, ...] = (ORACLE,)
-            bare: str | None = ORACLE
+            key: tuple[str, ...] = (ORACLE, ORACLE, "", "")
         else:
             spec = configured_policy(name, prefill_route)
             key = (spec.prefill_clock, spec.decode_clock, spec.prefill_route, spec.decode_route)
-            default_decode = DEFAULT_ROUTES.get(spec.decode_clock, FALLBACK_ROUTES)[1]
-            bare = spec.decode_clock if spec.decode_route == default_decode else None
         groups.setdefault(key, []).append(name)
-        bare_names[key] = bare
     kept: list[str] = []
     repeats: list[str] = []
-    for key, given in groups.items():
-        bare = bare_names[key]
-        chosen = bare if bare is not None and (bare in given or bare in REFERENCE_POLICIES) else given[0]
+    for (_, clock, _, decode_route), given in groups.items():
+        bare = clock == ORACLE or decode_route == DEFAULT_ROUTES.get(clock, FALLBACK_ROUTES)[1]
+        chosen = clock if bare and (clock in given or clock in REFERENCE_POLICIES) else given[0]
         kept.append(chosen)
         others = list(given)
         others.remove(chosen if chosen in others else others[0])  # the one that runs

@@ -20,15 +20,8 @@ def output_file(text: str) -> Path:
     ``.`` or ``..``: ``Path`` drops those, so ``out/`` or ``out/.`` would be written as a file ``out``), an
     existing directory, a link to a missing place, a missing or non-directory parent, one that cannot be
     written, or one the system refuses (e.g. a name too long)."""
-    if (
-        not text.strip()
-        or text.endswith(("/", os.sep))
-        or text.replace(os.sep, "/").rsplit("/", 1)[-1]
-        in (
-            ".",
-            "..",
-        )
-    ):
+    last = text.replace(os.sep, "/").rsplit("/", 1)[-1]  # "" when text ends in a separator
+    if not text.strip() or last in ("", ".", ".."):
         raise OutputPathError(f"{text!r} is not a file path (give a file name)")
     path = Path(text)
     parent = path.parent
