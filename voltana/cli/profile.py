@@ -138,6 +138,8 @@ def _check_paths(err: Console, output: Path, plot: Path | None) -> None:
             _fail(err, f"{flag} {path} is a directory; give a file name (e.g. {path / 'profile.json'})")
         if not path.parent.is_dir():
             _fail(err, f"{flag} {path}: directory {path.parent} does not exist")
+    if plot is not None:
+        require_extra("voltana profile --plot", "plot", ("matplotlib",))
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
         _fail(
             err,

@@ -130,10 +130,11 @@ def simulate(
         str | None, typer.Option("--ray", help="Run the simulations as tasks on the Ray cluster at ADDRESS.")
     ] = None,
     power_budget: Annotated[
-        float | None,
+        str | None,
         typer.Option(
-            help="Cluster power budget (W): compare the coordinator, static per-GPU power caps and static "
-            "clocks at it (clocks default to the GPU's whole range)."
+            help="Cluster power budget, watts or a share of the max-clock peak (e.g. 700 or 60%): compare "
+            "the coordinator, static per-GPU power caps and static clocks at it (clocks default to the GPU's "
+            "whole range)."
         ),
     ] = None,
     power_budgets: Annotated[
@@ -143,6 +144,7 @@ def simulate(
 ) -> None:
     """Simulate a P/D cluster under several clock/routing policies and compare energy and SLO attainment."""
     # the simulator is imported when the command runs: `voltana --help` stays fast (pyproject: PLC0415)
+    from voltana.core.extras import require_extra
     from voltana.core.files import OutputPathError
     from voltana.hardware.errors import UnknownProfileError
     from voltana.hardware.simulated import performance_model
@@ -203,6 +205,8 @@ def simulate(
     )
     names = _policy_names(DEFAULT_POLICIES if policies is None else policies)
     repeats: list[str] = []
+    if plot is not None:
+        require_extra("voltana simulate --plot", "plot", ("matplotlib",))
     try:
         plot_file = plot_path(plot) if plot is not None else None
     except OutputPathError as exc:
@@ -327,7 +331,7 @@ def simulate(
             "kv_capacity_tokens": limits.kv_capacity_tokens,
         },
     }
-    shown_rate = None
+    plot_line = ""
     if plot_file is not None:
         workload_label = (
             f"synthetic {arrivals} arrivals, {span_s:g} s"
@@ -341,8 +345,16 @@ def simulate(
         shown_rate = plot_sweep(
             points, plot_file, timeline_policy, title, timeline_rate, (allowed[0], allowed[-1])
         )
+        shown = next(p for p in points if p.rate_rps == shown_rate)
+        why = timeline_reason(shown, chosen_by_default=timeline_rate is None)
+        plot_line = (
+            f"plot written to {plot_file} (clock timeline of {timeline_policy} at {shown_rate:g} "
+            f"req/s: {why})"
+        )
     if as_json:
         print(json.dumps(sweep_json(points, meta), indent=2))
+        if plot_line:  # stdout stays JSON
+            err_console.print(plot_line, highlight=False, soft_wrap=True)
         _note_repeats(repeats)  # after the results: a refused run stays one line
         return
     # Piped output (logs, CI) gets a fixed width so that the tables are not cut at 80 columns.
@@ -365,15 +377,8 @@ def simulate(
         if refused:
             out.print(refused)
     out.print("[dim]saving: energy vs static-max; SLO att.: share of requests meeting TTFT and mean ITL.[/]")
-    if plot_file is not None:
-        shown = next(p for p in points if p.rate_rps == shown_rate)
-        why = timeline_reason(shown, chosen_by_default=timeline_rate is None)
-        out.print(
-            f"plot written to {plot_file} (clock timeline of {timeline_policy} at {shown_rate:g} req/s: "
-            f"{why})",
-            highlight=False,
-            soft_wrap=True,
-        )
+    if plot_line:
+        out.print(plot_line, highlight=False, soft_wrap=True)
     _note_repeats(repeats)
 
 
@@ -393,7 +398,7 @@ def _progress(quiet: bool) -> Progress:
 
 
 def _check_budget_options(
-    power_budget: float | None,
+    power_budget: str | None,
     power_budgets: str | None,
     policies: str | None,
     rates: str | None,
@@ -401,15 +406,17 @@ def _check_budget_options(
     ray_address: str | None,
 ) -> None:
     """One line for a power-budget run the command cannot honour."""
-    from voltana.sim.power_budget_report import check_budget_w
+    from voltana.sim.power_budget_report import parse_budgets
 
     if power_budget is not None and power_budgets is not None:
         raise _fail("give --power-budget or --power-budgets, not both")
-    if power_budget is not None and not (power_budget > 0 and math.isfinite(power_budget)):
-        raise _fail(f"--power-budget must be a positive number of watts, got {power_budget:g}")
     if power_budget is not None:
-        try:
-            check_budget_w(power_budget, f"{power_budget:g}")
+        if "," in power_budget:
+            raise _fail(
+                f"--power-budget takes one budget, got {power_budget!r}: give several with --power-budgets"
+            )
+        try:  # syntax, share range, a plausible wattage (the peak is known once the run is set up)
+            parse_budgets(power_budget, 1.0)
         except ValueError as exc:
             raise _fail(f"--power-budget: {exc}") from None
     if policies is not None:
@@ -427,7 +434,7 @@ def _run_power_budget(
     setup: Any,
     workload: Any,
     allowed: tuple[int, ...],
-    power_budget: float | None,
+    power_budget: str | None,
     power_budgets: str | None,
     *,
     plot: Path | None,
@@ -451,14 +458,15 @@ def _run_power_budget(
 
     cluster_config = setup.config.cluster
     peak_w = cluster_peak_power_w(setup.cluster, allowed[-1], mean_decode_context(workload))
+    flag, given = (
+        ("--power-budget", power_budget) if power_budget is not None else ("--power-budgets", power_budgets)
+    )
     try:
-        budgets = (
-            [(float(power_budget), power_budget / peak_w)]
-            if power_budget is not None
-            else parse_budgets(power_budgets or "", peak_w)
-        )
+        budgets = parse_budgets(given or "", peak_w)
     except ValueError as exc:
-        raise _fail(f"--power-budgets: {exc}") from None
+        raise _fail(f"{flag}: {exc}") from None
+    if power_budget is not None:  # one budget: its share of the peak is shown, in watts as given
+        budgets = [(budget_w, budget_w / peak_w if share is None else share) for budget_w, share in budgets]
     for budget_w, _ in budgets:
         if budget_w > peak_w:
             err_console.print(
@@ -498,6 +506,8 @@ def _run_power_budget(
             "burst_utilization": cluster_config.burst_utilization,
         }
         print(json.dumps(budget_json(runs, meta), indent=2))
+        if plot is not None:  # stdout stays JSON
+            err_console.print(f"plot written to {plot}", highlight=False, soft_wrap=True)
         return
     out = console if console.is_terminal else Console(width=140)
     out.print(f"[bold]{escape(title)}[/], clocks {allowed[0]}..{allowed[-1]} MHz", highlight=False)

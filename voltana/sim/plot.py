@@ -69,8 +69,8 @@ def plot_path(text: str) -> Path:
     from matplotlib.backend_bases import FigureCanvasBase
 
     path = output_file(text)
-    if not path.suffix:
-        path = output_file(str(path.with_name(path.name + ".png")))
+    if not path.suffix:  # ('x.' has none either: it becomes x.png, not x..png)
+        path = output_file(str(path.with_name((path.name.rstrip(".") or path.name) + ".png")))
     supported = set(FigureCanvasBase.get_supported_filetypes())
     texsystem = str(matplotlib.rcParams["pgf.texsystem"])
     if shutil.which(texsystem) is None:  # matplotlib lists .pgf, but writing it runs this LaTeX engine

@@ -11,8 +11,10 @@ from voltana.core.profile import load_profile
 from voltana.core.types import Phase
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, first_on_path: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOLTANA_")}
+    if first_on_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(first_on_path), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "voltana.cli", *args],
         capture_output=True,
@@ -57,6 +59,26 @@ def test_unknown_gpu_model_or_clock_is_one_line(tmp_path: Path) -> None:
         assert expected in lines[0]
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "p.json").exists()
+
+
+def test_plot_without_matplotlib_names_the_extra_in_one_line(tmp_path: Path) -> None:
+    # A matplotlib that cannot be imported, first on the path: as an install without the [plot] extra.
+    shadow = tmp_path / "shadow" / "matplotlib"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
+    result = run_cli(
+        "profile",
+        "-o",
+        str(tmp_path / "p.json"),
+        "--plot",
+        str(tmp_path / "p.png"),
+        first_on_path=shadow.parent,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "voltana profile --plot needs matplotlib" in lines[0] and "voltana[plot]" in lines[0]
+    assert not (tmp_path / "p.json").exists()  # refused before profiling
 
 
 def test_profile_on_a_pipe_writes_nothing_to_stderr(tmp_path: Path) -> None:

@@ -220,9 +220,17 @@ def test_simulate_power_budgets_json_and_errors() -> None:
     table = run_cli(*args, "--power-budget", "700")
     assert table.returncode == 0, table.stderr
     assert "ecofreq+coordinator" in table.stdout and "> budget" in table.stdout
+    share = run_cli(*args, "--power-budget", "60%", "--json")  # one budget, as a share: as --power-budgets
+    assert share.returncode == 0, share.stderr
+    assert [r for r in json.loads(share.stdout)["runs"] if r["budget_w"] is not None] == [
+        r for r in data["runs"] if r["budget_w"] is not None
+    ]
     for extra, words in (
         (("--power-budgets", "lots"), "power budgets are watts or percentages"),
-        (("--power-budget", "-3"), "--power-budget must be a positive number of watts"),
+        (("--power-budget", "-3"), "--power-budget: a power budget must be a positive number of watts"),
+        (("--power-budget", "60%,70%"), "--power-budget takes one budget"),
+        (("--power-budget", "150%"), "--power-budget: a share of the max-clock peak must be above 0%"),
+        (("--power-budget", "lots"), "--power-budget: power budgets are watts or percentages"),
         (("--power-budget", "700", "--power-budgets", "60%"), "not both"),
         (("--power-budget", "0.6"), "write 60% for a share"),
         (("--power-budgets", "60%,,90%"), "empty item"),

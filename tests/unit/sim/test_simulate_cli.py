@@ -290,6 +290,42 @@ def test_plot_without_extension_prints_the_file_written(
     )
 
 
+@pytest.mark.parametrize("typed", ["figure.", "figure.."])
+def test_a_trailing_dot_is_no_extension_and_json_mode_says_where_the_plot_went(
+    typed: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--duration", "5", "--rate", "2", "--policies", "static-max", "--json"]
+    code, out, err = run_in_process([*args, "--plot", str(tmp_path / typed)], monkeypatch, capsys)
+    assert code == 0, err
+    written = tmp_path / "figure.png"  # not figure..png
+    assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png"]
+    json.loads(out)  # stdout stays machine-readable; the file written is told on stderr
+    assert err.strip().splitlines()[-1] == (
+        f"plot written to {written} (clock timeline of static-max at 2 req/s: "
+        "highest rate where static-max meets the SLO for >= 90%)"
+    )
+
+
+def test_plot_without_matplotlib_names_the_extra_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import voltana.sim.sweep
+
+    def no_simulation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("simulated without the plot's library")
+
+    monkeypatch.setattr(voltana.sim.sweep, "run_sweep", no_simulation)
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an install without the [plot] extra imports
+    args = ["--duration", "5", "--policies", "static-max", "--plot", str(tmp_path / "x.png")]
+    code, _, err = run_in_process(args, monkeypatch, capsys)
+    line = one_error_line(code, err)
+    assert "voltana simulate --plot needs matplotlib" in line and "pip install 'voltana[plot]'" in line
+    assert not (tmp_path / "x.png").exists()
+
+
 @pytest.fixture
 def timeline_titles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The titles of the clock timelines the plot draws (the real drawing, observed)."""
