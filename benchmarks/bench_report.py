@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from voltana import __version__
-from voltana.core.files import OutputPathError, output_file
+from voltana.core.errors import VoltanaError
+from voltana.core.files import output_file, plot_file
 
 
 def progress_bar(console: Console | None = None) -> Progress:
@@ -34,11 +36,12 @@ def progress_bar(console: Console | None = None) -> Progress:
 
 
 def _argument_path(check: Callable[[str], Path], text: str) -> Path:
-    """``check(text)``, its one-line :class:`OutputPathError` turned into ``argparse.ArgumentTypeError`` (so
-    the path is refused while the arguments are read, before a long run)."""
+    """``check(text)``, its one-line error (:class:`OutputPathError`, or a missing extra) turned into
+    ``argparse.ArgumentTypeError`` (so the path is refused while the arguments are read, before a long
+    run)."""
     try:
         return check(text)
-    except OutputPathError as exc:
+    except VoltanaError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -48,11 +51,10 @@ def output_file_path(text: str) -> Path:
 
 
 def plot_file_path(text: str) -> Path:
-    """``--plot``'s path as an argparse type: :func:`voltana.sim.plot.plot_path` (a writable file matplotlib
-    can write; ``.png`` added without an extension)."""
-    from voltana.sim.plot import plot_path
-
-    return _argument_path(plot_path, text)
+    """``--plot``'s path as an argparse type: :func:`voltana.core.files.plot_file` (a writable file matplotlib
+    can write; ``.png`` added without an extension; matplotlib missing is one line too)."""
+    command = f"{Path(sys.argv[0]).name} --plot"
+    return _argument_path(lambda path: plot_file(path, command), text)
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:

@@ -61,7 +61,9 @@ def profile_command(
         str | None,
         typer.Option("--clocks", help="Comma-separated clocks, MHz (default: the engines' allowed clocks)."),
     ] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Profile file to write.")] = DEFAULT_OUTPUT,
+    output_text: Annotated[str, typer.Option("--output", "-o", help="Profile file to write.")] = str(
+        DEFAULT_OUTPUT
+    ),
     budget_minutes: Annotated[
         float | None,
         typer.Option("--budget-minutes", min=0.1, help="Bound the run; a coarser grid if short."),
@@ -69,8 +71,11 @@ def profile_command(
     restart: Annotated[
         bool, typer.Option("--restart", help="Ignore a checkpoint of an earlier run.")
     ] = False,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Also write latency/energy vs clock (PNG).")
+    plot_text: Annotated[
+        str | None,
+        typer.Option(
+            "--plot", help="Also write latency/energy vs clock (PNG, or the format its extension names)."
+        ),
     ] = None,
     load_url: Annotated[
         str | None,
@@ -99,7 +104,7 @@ def profile_command(
     """Fit EcoPred's latency and energy models per clock on live engines (or the simulated GPU); write the
     profile that engine.predictor_profile loads."""
     err = Console(stderr=True)
-    _check_paths(err, output, plot)
+    output, plot = _check_paths(err, output_text, plot_text)
     if engine:
         if simulated:
             _fail(err, "--engine and --simulated exclude each other")
@@ -126,25 +131,20 @@ def _fail(err: Console, message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _check_paths(err: Console, output: Path, plot: Path | None) -> None:
-    """Before any work: ``-o`` and ``--plot`` name files in existing directories (and --plot a known image
-    type); a mistake is one line, never a traceback after the run, never a file beside a directory."""
-    from voltana.profiler.plot import PLOT_SUFFIXES
+def _check_paths(err: Console, output: str, plot: str | None) -> tuple[Path, Path | None]:
+    """Before any work: ``-o`` and ``--plot`` as the files they will write
+    (:func:`voltana.core.files.output_file`, :func:`~voltana.core.files.plot_file`); a mistake is one line,
+    never a traceback after the run, never a file beside a directory."""
+    from voltana.core.files import OutputPathError, output_file, plot_file
 
-    for flag, path in (("-o", output), ("--plot", plot)):
-        if path is None:
-            continue
-        if path.is_dir() or str(path).endswith(("/", "\\")) or not path.name:
-            _fail(err, f"{flag} {path} is a directory; give a file name (e.g. {path / 'profile.json'})")
-        if not path.parent.is_dir():
-            _fail(err, f"{flag} {path}: directory {path.parent} does not exist")
-    if plot is not None:
-        require_extra("voltana profile --plot", "plot", ("matplotlib",))
-    if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
-        _fail(
-            err,
-            f"--plot {plot}: unknown image type {plot.suffix or '(none)'}; use {', '.join(PLOT_SUFFIXES)}",
-        )
+    flag = "-o"
+    try:
+        output_path = output_file(output)
+        flag = "--plot"
+        plot_path = plot_file(plot, "voltana profile --plot") if plot is not None else None
+    except OutputPathError as exc:
+        _fail(err, f"{flag} {exc}")
+    return output_path, plot_path
 
 
 class Terminated(KeyboardInterrupt):

@@ -144,14 +144,14 @@ def simulate(
 ) -> None:
     """Simulate a P/D cluster under several clock/routing policies and compare energy and SLO attainment."""
     # the simulator is imported when the command runs: `voltana --help` stays fast (pyproject: PLC0415)
-    from voltana.core.extras import require_extra
     from voltana.core.files import OutputPathError
+    from voltana.core.files import plot_file as checked_plot_file
     from voltana.hardware.errors import UnknownProfileError
     from voltana.hardware.simulated import performance_model
     from voltana.sim.cluster import ClusterSpec
     from voltana.sim.datasets import DATASET_WORKLOADS, dataset_workload, tokenizer_for_model
     from voltana.sim.engine import EngineConfigError
-    from voltana.sim.plot import plot_path, plot_sweep, timeline_reason
+    from voltana.sim.plot import plot_sweep, timeline_reason
     from voltana.sim.report import point_title, policy_table, rejected_line, residency_table, sweep_json
     from voltana.sim.runner import (
         PAPER_MIN_CLOCK_MHZ,
@@ -205,10 +205,8 @@ def simulate(
     )
     names = _policy_names(DEFAULT_POLICIES if policies is None else policies)
     repeats: list[str] = []
-    if plot is not None:
-        require_extra("voltana simulate --plot", "plot", ("matplotlib",))
     try:
-        plot_file = plot_path(plot) if plot is not None else None
+        plot_file = checked_plot_file(plot, "voltana simulate --plot") if plot is not None else None
     except OutputPathError as exc:
         raise _fail(f"--plot {exc}") from None
     try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
 
 from voltana.core.errors import VoltanaError
+from voltana.core.extras import require_extra
 
 
 class OutputPathError(VoltanaError, ValueError):
@@ -39,6 +41,35 @@ def output_file(text: str) -> Path:
         raise OutputPathError(f"{text!r}: {exc.strerror or exc}") from None
     if not writable:
         raise OutputPathError(f"{text!r}: not writable")
+    return path
+
+
+def plot_file(text: str, command: str) -> Path:
+    """``text`` as the file a ``--plot`` option will write, checked before any long run.
+
+    ``text`` as a path (:func:`output_file`), with ``.png`` added when it has no extension (matplotlib
+    would add it silently; ``figure.`` becomes ``figure.png``). Raises
+    :class:`~voltana.core.extras.MissingExtraError` naming ``command`` (e.g. ``voltana simulate --plot``)
+    when matplotlib, the ``plot`` extra, is missing, and :class:`OutputPathError` (one line) for a path
+    :func:`output_file` refuses or an extension matplotlib cannot write
+    (:meth:`FigureCanvasBase.get_supported_filetypes`; ``.pgf`` only where its LaTeX engine,
+    ``rcParams["pgf.texsystem"]``, is installed).
+    """
+    require_extra(command, "plot", ("matplotlib",))
+    import matplotlib
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = output_file(text)
+    if not path.suffix:  # ('x.' has none either: it becomes x.png, not x..png)
+        path = output_file(str(path.with_name((path.name.rstrip(".") or path.name) + ".png")))
+    supported = set(FigureCanvasBase.get_supported_filetypes())
+    texsystem = str(matplotlib.rcParams["pgf.texsystem"])
+    if shutil.which(texsystem) is None:  # matplotlib lists .pgf, but writing it runs this LaTeX engine
+        supported.discard("pgf")
+    extension = path.suffix[1:].lower()
+    if extension not in supported:
+        known = ", ".join(f".{name}" for name in sorted(supported))
+        raise OutputPathError(f"{text!r}: cannot write .{extension} files; use one of {known}")
     return path
 
 

@@ -10,8 +10,6 @@ from voltana.core.profile import Profile
 from voltana.core.types import Phase
 from voltana.profiler.fit import predict
 
-PLOT_SUFFIXES = (".png", ".svg", ".pdf")
-"""File types ``--plot`` writes (matplotlib picks the format from the suffix)."""
 SHAPE_FRACTIONS = (0.05, 0.3, 1.0)
 """Shapes drawn per phase: these fractions of the largest profiled batch (tokens, or requests)."""
 

@@ -16,12 +16,10 @@ three panels:
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from voltana.core.files import OutputPathError, output_file
 from voltana.sim.metrics import PolicyResult
 from voltana.sim.report import point_title
 from voltana.sim.runner import SimulationError
@@ -54,32 +52,6 @@ def default_timeline_rate(points: Sequence[SweepPoint], timeline_policy: str | N
         and r.slo_attainment >= TIMELINE_ATTAINMENT
     ]
     return max(served) if served else min(p.rate_rps for p in points)
-
-
-def plot_path(text: str) -> Path:
-    """The file ``--plot`` will write, checked before any simulation runs.
-
-    ``text`` as a path (:func:`voltana.core.files.output_file`), with ``.png`` added when it has no extension
-    (matplotlib would add it silently). Raises :class:`~voltana.core.files.OutputPathError` (one line) for a
-    path that names no file, a directory, a missing, non-directory or unwritable parent, or an extension
-    matplotlib cannot write (:meth:`FigureCanvasBase.get_supported_filetypes`; ``.pgf`` only where its LaTeX
-    engine, ``rcParams["pgf.texsystem"]``, is installed).
-    """
-    import matplotlib
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    path = output_file(text)
-    if not path.suffix:  # ('x.' has none either: it becomes x.png, not x..png)
-        path = output_file(str(path.with_name((path.name.rstrip(".") or path.name) + ".png")))
-    supported = set(FigureCanvasBase.get_supported_filetypes())
-    texsystem = str(matplotlib.rcParams["pgf.texsystem"])
-    if shutil.which(texsystem) is None:  # matplotlib lists .pgf, but writing it runs this LaTeX engine
-        supported.discard("pgf")
-    extension = path.suffix[1:].lower()
-    if extension not in supported:
-        known = ", ".join(f".{name}" for name in sorted(supported))
-        raise OutputPathError(f"{text!r}: cannot write .{extension} files; use one of {known}")
-    return path
 
 
 def timeline_reason(point: SweepPoint, chosen_by_default: bool) -> str:

@@ -112,9 +112,10 @@ def test_bad_paths_and_clocks_fail_in_one_line_before_any_load(tmp_path: Path) -
     (tmp_path / "adir").mkdir()
     cases = {
         ("-o", str(tmp_path / "adir")): "is a directory",
-        ("-o", str(tmp_path / "missing" / "p.json")): "does not exist",
-        ("--plot", str(tmp_path / "missing" / "u.png")): "does not exist",
-        ("--plot", str(tmp_path / "u.bmp")): "unknown image type",
+        ("-o", str(tmp_path / "missing" / "p.json")): "no such directory",
+        ("-o", f"{tmp_path}/newdir/"): "is not a file path",  # was written as a file 'newdir'
+        ("--plot", str(tmp_path / "missing" / "u.png")): "no such directory",
+        ("--plot", str(tmp_path / "u.bmp")): "cannot write .bmp files; use one of",
         ("--clocks", ""): "--clocks is empty",
     }
     with running_emulator({"VOLTANA_ENGINE__CLOCK_TOKEN": TOKEN}) as emu:

@@ -119,3 +119,19 @@ def test_power_budget_checks_its_plot_path_before_running(
     assert run_main(bench, ["--plot", plot], monkeypatch) == 2
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith(f"bench_power_budget.py: error: argument --plot: {message}")
+
+
+def test_a_plot_without_matplotlib_is_one_line_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = load("bench_power_budget", monkeypatch)
+    monkeypatch.setattr(bench, "run_budget_sweep", lambda *a, **k: pytest.fail("ran without matplotlib"))
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # an install without the [plot] extra
+    assert run_main(bench, ["--plot", "p.png"], monkeypatch) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == (
+        "bench_power_budget.py: error: argument --plot: bench_power_budget.py --plot needs matplotlib, which "
+        "the core install leaves out: pip install 'voltana[plot]'"
+    )

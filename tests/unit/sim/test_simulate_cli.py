@@ -261,11 +261,11 @@ def test_pgf_is_refused_where_its_latex_engine_is_missing(
 ) -> None:
     import shutil
 
-    import voltana.sim.plot
+    import voltana.core.files
 
     real_which = shutil.which
     monkeypatch.setattr(
-        voltana.sim.plot.shutil, "which", lambda name: None if "tex" in name else real_which(name)
+        voltana.core.files.shutil, "which", lambda name: None if "tex" in name else real_which(name)
     )
     args = ["--duration", "5", "--policies", "static-max", "--plot", f"{tmp_path}/x.pgf"]
     code, _, err = run_in_process(args, monkeypatch, capsys)
