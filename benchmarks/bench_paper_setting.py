@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
-from bench_report import output_file_path, progress_bar
+from bench_report import output_file_path, positive_number, progress_bar, seconds
 from rich.console import Console
 
 from voltana.core.config import VoltanaConfig
@@ -63,25 +62,9 @@ def route_table(points: list[SweepPoint], other: list[SweepPoint], default_route
     return "\n".join(lines)
 
 
-def positive_number(text: str, unit: str) -> float:
-    """``text`` as a positive finite number of ``unit``; raises ``argparse.ArgumentTypeError`` (one line)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text.strip()!r} is not a number of {unit}") from None
-    if not 0.0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"{text.strip()!r}: give a positive number of {unit}")
-    return value
-
-
 def request_rates(text: str) -> list[float]:
     """``--rates`` as request rates (req/s), each once, in order (see :func:`positive_number`)."""
     return list(dict.fromkeys(positive_number(item, "req/s") for item in text.split(",")))
-
-
-def seconds(text: str) -> float:
-    """``--window`` (s), see :func:`positive_number`."""
-    return positive_number(text, "seconds")
 
 
 def main() -> int:

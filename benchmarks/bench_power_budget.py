@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench_report import add_json_option, emit, plot_file_path, progress_bar
+from bench_report import add_json_option, emit, plot_file_path, progress_bar, request_rate, seconds
 
 from voltana.core.config import VoltanaConfig
 from voltana.hardware.simulated import performance_model
@@ -40,8 +40,8 @@ REFERENCES = ("static-max", "ecofreq+ecoroute")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rate", type=float, default=70.0, help="ShareGPT request rate (req/s)")
-    parser.add_argument("--duration", type=float, default=120.0, help="seconds of arrivals")
+    parser.add_argument("--rate", type=request_rate, default=70.0, help="ShareGPT request rate (req/s)")
+    parser.add_argument("--duration", type=seconds, default=120.0, help="seconds of arrivals")
     parser.add_argument("--budgets", default="60%,75%,90%", help="watts or shares of the max-clock peak")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", type=plot_file_path, default=None, help="write the figure (PNG)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -33,6 +34,27 @@ def progress_bar(console: Console | None = None) -> Progress:
     line."""
     console = console if console is not None else Console()
     return Progress(console=console, transient=True, disable=not console.is_interactive)
+
+
+def positive_number(text: str, unit: str) -> float:
+    """``text`` as a positive finite number of ``unit``; raises ``argparse.ArgumentTypeError`` (one line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text.strip()!r} is not a number of {unit}") from None
+    if not 0.0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text.strip()!r}: give a positive number of {unit}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A duration (``--duration``, ``--window``; s) as an argparse type: :func:`positive_number`."""
+    return positive_number(text, "seconds")
+
+
+def request_rate(text: str) -> float:
+    """A request rate (``--rate``; req/s) as an argparse type: :func:`positive_number`."""
+    return positive_number(text, "req/s")
 
 
 def _argument_path(check: Callable[[str], Path], text: str) -> Path:

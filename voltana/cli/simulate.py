@@ -517,14 +517,12 @@ def _run_power_budget(
 
 
 def _policy_names(text: str) -> list[str]:
-    """``--policies`` as names, each ``clock[+decode_route]`` without the spaces around it and around ``+``,
-    as :func:`voltana.sim.runner.parse_policy` reads it. Raises typer.Exit (one line, status 2) when no name
+    """``--policies`` as names, each ``clock[+decode_route]`` without the spaces around it and around ``+``
+    (:func:`voltana.sim.runner.split_policy`). Raises typer.Exit (one line, status 2) when no name
     is given."""
-    names = []
-    for part in text.split(","):
-        if part.strip():
-            clock, plus, route = (piece.strip() for piece in part.partition("+"))
-            names.append(f"{clock}{plus}{route}")
+    from voltana.sim.runner import split_policy
+
+    names = ["".join(split_policy(part)) for part in text.split(",") if part.strip()]
     if not names:
         raise _fail("--policies is empty")
     return names

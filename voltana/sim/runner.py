@@ -71,9 +71,16 @@ class PolicySpec:
         return self.decode_clock, self.decode_options
 
 
+def split_policy(text: str) -> tuple[str, str, str]:
+    """``clock[+decode_route]`` -> ``(clock, "+" or "", decode_route)``, each without the spaces around it
+    (the one reading of a policy name: ``--policies``, benchmarks, config)."""
+    clock, plus, route = text.partition("+")
+    return clock.strip(), plus, route.strip()
+
+
 def parse_policy(text: str, prefill_route: str | None = None) -> PolicySpec:
     """``clock[+decode_route]`` -> a spec with default routes for the clock policy."""
-    clock, sep, decode = (part.strip() for part in text.partition("+"))
+    clock, sep, decode = split_policy(text)
     if not clock:
         raise SimulationError(f"empty policy name in {text!r}; expected <clock policy>[+<decode route>]")
     if sep and not decode:
@@ -94,7 +101,7 @@ def configured_policy(text: str, prefill_route: str | None = None) -> PolicySpec
     """:func:`parse_policy` where ``prefill_route`` (a config's ``policy.prefill_route``, or a benchmark's
     choice for ours) replaces the default prefill route of every policy but the references
     (:data:`REFERENCE_POLICIES` keep theirs, so that a comparison's baselines do not move with it)."""
-    clock = text.partition("+")[0].strip()
+    clock = split_policy(text)[0]
     return parse_policy(text, None if clock in REFERENCE_POLICIES else prefill_route)
 
 
@@ -178,7 +185,7 @@ def check_policies(
             raise SimulationError(f"policy.prefill_route: {exc}") from None
     specs = []
     for name in names:
-        clock, plus, _ = (part.strip() for part in name.partition("+"))
+        clock, plus, _ = split_policy(name)
         if oracle and clock == ORACLE:
             if not plus:
                 continue

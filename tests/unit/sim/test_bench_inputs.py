@@ -86,7 +86,10 @@ def test_paper_setting_refuses_bad_input_before_running(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--rate", "-1"], "error: request rate must be positive, got -1.0"),
+        (
+            ["--rate", "-1"],
+            "bench_power_budget.py: error: argument --rate: '-1': give a positive number of req/s",
+        ),
         (
             ["--budgets", "abc"],
             "error: power budgets are watts or percentages of the max-clock peak, e.g. '60%,75%,900'; "
@@ -100,8 +103,25 @@ def test_power_budget_refuses_bad_input_in_one_line(
     bench = load("bench_power_budget", monkeypatch)
     monkeypatch.setattr(bench, "run_budget_sweep", lambda *a, **k: pytest.fail("ran with a bad input"))
     assert run_main(bench, [*args, "--duration", "5"], monkeypatch) == 2
-    captured = capsys.readouterr()
-    assert captured.err == f"{message}\n"
+    assert capsys.readouterr().err.splitlines()[-1] == message
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("bench_paper_reproduction", ["--duration", "0"]),
+        ("bench_edge_routing", ["--duration", "-5"]),
+        ("bench_power_budget", ["--duration", "inf"]),
+        ("bench_paper_setting", ["--window", "nan"]),
+    ],
+)
+def test_every_benchmark_reads_a_duration_with_one_check(
+    name: str, args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = load(name, monkeypatch)
+    assert run_main(bench, args, monkeypatch) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == f"{name}.py: error: argument {args[0]}: {args[1]!r}: give a positive number of seconds"
 
 
 @pytest.mark.parametrize(
