@@ -14,7 +14,8 @@ prefill clock moves when requests reach decode, so the two costs need not add up
 Run: ``python benchmarks/bench_edge_routing.py [--points llama-3.1-8b/lmsys@105,...] [--seeds 0,1]
 [--duration 60] [--json out.json]`` (defaults: Llama-3.1-8B ShareGPT 70 and 75, LMSYS 100 and 105 req/s,
 the edge of what 1410 MHz carries in ``bench_paper_reproduction.py``'s full grid; seeds 0 and 1; 60 s;
-9 simulations per point and seed, a few CPU minutes in all). Same setup as that benchmark (A100-80GB, 2P+2D,
+10 simulations per point and seed, one of them static max on 4x the arrivals, about 10 CPU minutes in
+all). Same setup as that benchmark (A100-80GB, 2P+2D,
 SGLang's caps, SLO TTFT 800 ms / ITL 50 ms, margin 0.1 for ours). Every point's workload is built for every
 seed before anything is simulated, so a point the simulator refuses (too many requests) is one line at once.
 """
@@ -52,6 +53,10 @@ ROUTE_PAIRS = (
     ("energy-ttft", "ecoroute"),  # ours'
 )
 """(prefill route, decode route) pairs run at 1410 MHz; the first is static max, the last ours' routes."""
+LONG_FACTOR = 4.0
+"""Static max also runs on ``LONG_FACTOR`` x ``--duration`` seconds of arrivals (same rate and seed): a point
+it carries within the SLOs over ``--duration`` but not over the longer run is a lasting overload that the
+short run hides (the decode backlog grows without bound; the issue's 90% line is met only by the window)."""
 ONE_PHASE: tuple[Literal["prefill", "decode"], ...] = ("prefill", "decode")
 """The phases ours runs EcoFreq on alone (ours' routes, the other phase at 1410 MHz), in the table's order."""
 
@@ -103,11 +108,12 @@ def parse_seeds(text: str) -> list[int]:
 
 def build_workloads(
     points: list[tuple[str, str, float]], seeds: list[int], duration_s: float
-) -> list[tuple[str, str, float, int, Workload]]:
-    """(model, workload name, rate in req/s, seed, workload) for every point and seed, ``duration_s`` seconds
-    of Poisson arrivals each, all built before anything is simulated: a point the simulator refuses (too
-    many requests, a missing dataset) stops the run at once instead of after the earlier points' minutes.
-    Raises :class:`VoltanaError` (one line) for the first refused one."""
+) -> list[tuple[str, str, float, int, Workload, Workload]]:
+    """(model, workload name, rate in req/s, seed, workload, long workload) for every point and seed:
+    ``duration_s`` and ``LONG_FACTOR x duration_s`` seconds of Poisson arrivals, all built before anything is
+    simulated: a point the simulator refuses (too many requests, a missing dataset) stops the run at once
+    instead of after the earlier points' minutes. Raises :class:`VoltanaError` (one line) for the first
+    refused one."""
     return [
         (
             model,
@@ -115,6 +121,9 @@ def build_workloads(
             rate,
             seed,
             dataset_workload(name, rate, duration_s, seed, tokenizer=tokenizer_for_model(model)),
+            dataset_workload(
+                name, rate, LONG_FACTOR * duration_s, seed, tokenizer=tokenizer_for_model(model)
+            ),
         )
         for model, name, rate in points
         for seed in seeds
@@ -167,6 +176,7 @@ def main() -> int:
         return 2
 
     columns = [f"1410 {p}/{d}" for p, d in ROUTE_PAIRS]
+    long_s = LONG_FACTOR * args.duration
     table = Table(
         title=f"TTFT/ITL attainment (%) at 1410 MHz per pair of routes; ours at margin {HEADLINE_MARGIN}",
         caption=(
@@ -176,20 +186,22 @@ def main() -> int:
             "attainment minus 1410 MHz with ours' routes (what our clocks cost); 'prefill clocks' and "
             "'decode clocks': EcoFreq on that phase alone (ours' routes, the other phase at 1410 MHz), in "
             "brackets its ITL attainment minus 1410 MHz with ours' routes; "
-            "'ours - static max': the issue's check (>= -0.5)."
+            f"'ours - static max': the issue's check (>= -0.5); 'static max, {long_s:g} s': static max "
+            f"on {LONG_FACTOR:g}x the arrivals (same rate and seed), what the cluster sustains: below 90% "
+            "there, a point static max carries over the short run is a lasting overload the window hides."
         ),
     )
     tail = ("routes spread", OURS, "ours - same routes")
-    tail += ("prefill clocks", "decode clocks", "ours - static max")
+    tail += ("prefill clocks", "decode clocks", "ours - static max", f"static max, {long_s:g} s")
     for header in ("point", "seed", *columns, *tail):
         table.add_column(header, justify="left" if header == "point" else "right")
-    runs = len(points) * len(seeds) * (len(ROUTE_PAIRS) + 3)
+    runs = len(points) * len(seeds) * (len(ROUTE_PAIRS) + 4)
     ours_spec = parse_policy(OURS)
     try:
         workloads = build_workloads(points, seeds, args.duration)
         with progress_bar() as bar:
             task = bar.add_task("simulating", total=runs)
-            for model, workload_name, rate, seed, workload in workloads:
+            for model, workload_name, rate, seed, workload, long_workload in workloads:
                 setup = with_margin(setup_for(model, args.engine, seed), HEADLINE_MARGIN)
                 static_max = static_specs(setup)[0]
                 label = f"{model}/{workload_name} {rate:g} req/s, seed {seed}"
@@ -208,6 +220,9 @@ def main() -> int:
                     spec = one_phase_ours(ours_spec, static_max, phase)
                     one_phase.append(run_policy(setup, spec, workload, rate))
                     bar.advance(task)
+                bar.update(task, description=f"{label}: static max over {long_s:g} s")
+                sustained = run_policy(setup, static_max, long_workload, rate)
+                bar.advance(task)
                 itl = [r.itl_attainment for r in results]
                 table.add_row(
                     f"{model}/{workload_name} {rate:g}",
@@ -218,6 +233,7 @@ def main() -> int:
                     f"{100 * (ours.itl_attainment - itl[-1]):+.1f}",
                     *(f"{pct(r)} ({100 * (r.itl_attainment - itl[-1]):+.1f})" for r in one_phase),
                     f"{100 * (ours.itl_attainment - itl[0]):+.1f}",
+                    pct(sustained),
                 )
     except KeyboardInterrupt:
         print("interrupted: nothing written", file=sys.stderr)
@@ -225,7 +241,7 @@ def main() -> int:
     except VoltanaError as exc:  # a workload or setup the simulator refuses (e.g. too many requests)
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    emit(table, benchmark="bench_edge_routing", json_path=args.json, width=340)
+    emit(table, benchmark="bench_edge_routing", json_path=args.json, width=370)
     return 0
 
 

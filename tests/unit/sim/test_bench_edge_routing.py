@@ -157,3 +157,31 @@ def test_json_that_names_no_file_is_refused_before_running(
         run_main(bench, ["--points", "llama-3.1-8b/lmsys@5", "--json", path], monkeypatch)
     assert stopped.value.code == 2
     assert f"argument --json: {path!r} is not a file path (give a file name)" in capsys.readouterr().err
+
+
+def test_static_max_also_runs_on_four_times_the_arrivals(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs: list[tuple[str, float]] = []
+    real_run = bench.run_policy
+
+    def spy(setup: object, spec: object, workload: object, rate: float) -> object:
+        runs.append((spec.name, float(workload.arrival_s[-1])))  # type: ignore[attr-defined]
+        return real_run(setup, spec, workload, rate)
+
+    monkeypatch.setattr(bench, "run_policy", spy)
+    out = tmp_path / "edge.json"
+    code = run_main(
+        bench,
+        ["--points", "llama-3.1-8b/lmsys@5", "--seeds", "0", "--duration", "2", "--json", str(out)],
+        monkeypatch,
+    )
+    assert code == 0, capsys.readouterr().err
+    (table,) = json.loads(out.read_text())["tables"]
+    (row,) = table["rows"]
+    assert table["columns"][-1] == "static max, 8 s"
+    long_runs = [last_s for name, last_s in runs if last_s > 2.0]
+    assert len(long_runs) == 1 and 6.0 < long_runs[0] <= 8.0  # one run, on the 8 s of arrivals
+    assert [name for name, last_s in runs if last_s > 2.0] == ["static-max"]
+    ttft, itl = (float(x) for x in row[-1].split("/"))
+    assert 0.0 <= ttft <= 100.0 and 0.0 <= itl <= 100.0
