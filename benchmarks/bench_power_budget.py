@@ -61,9 +61,13 @@ def main() -> int:
         )
         clocks = allowed_clocks_mhz(config, perf)
         peak_w = cluster_peak_power_w(setup.cluster, clocks[-1], mean_decode_context(workload))
-        budgets = parse_budgets(args.budgets, peak_w)
     except ValueError as exc:  # WorkloadError is one too
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        budgets = parse_budgets(args.budgets, peak_w)
+    except ValueError as exc:
+        print(f"error: --budgets: {exc}", file=sys.stderr)
         return 2
     with progress_bar() as bar:
         task = bar.add_task("simulating", total=len(REFERENCES) + len(budgets) * len(BUDGET_POLICIES))
@@ -77,7 +81,7 @@ def main() -> int:
         )
     title = (
         f"{perf.name}, 2P+2D, {workload.name}, SLO TTFT 800 ms / ITL 50 ms, clocks {clocks[0]}..{clocks[-1]} "
-        f"MHz, {len(workload)} requests"
+        f"MHz, {len(workload)} request{'s' if len(workload) != 1 else ''}"
     )
     table = budget_table(runs, setup.slo, peak_w)
     table.title = f"{title}\n{table.title}"

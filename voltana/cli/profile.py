@@ -9,6 +9,7 @@ named). The engine profiler lives in :mod:`voltana.profiler` and is imported whe
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,8 @@ from voltana.core.extras import require_extra
 from voltana.core.hookspecs import hookimpl
 
 DEFAULT_OUTPUT = Path("voltana-profile.json")
+DEFAULT_GPU, DEFAULT_MODEL = "a100-80gb", "llama-3.1-8b"
+"""What ``voltana profile`` simulates without ``--simulated``/``--gpu``/``--model``."""
 PLAIN_PROGRESS_EVERY_S = 60.0
 """Longest gap between plain progress lines when stderr is not a terminal."""
 T = TypeVar("T")
@@ -53,9 +56,11 @@ def profile_command(
         typer.Option("--simulated", metavar="GPU MODEL", help="Profile the simulated GPU and model instead."),
     ] = None,
     gpu: Annotated[
-        str, typer.Option("--gpu", help="Simulated GPU type (same as --simulated's GPU).")
-    ] = "a100-80gb",
-    model: Annotated[str, typer.Option("--model", help="Simulated model shape.")] = "llama-3.1-8b",
+        str | None, typer.Option("--gpu", help="Simulated GPU type (default a100-80gb; or --simulated).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Simulated model shape (default llama-3.1-8b).")
+    ] = None,
     tp: Annotated[int | None, typer.Option("--tp", help="Simulated tensor-parallel degree.")] = None,
     clocks: Annotated[
         str | None,
@@ -106,8 +111,8 @@ def profile_command(
     err = Console(stderr=True)
     output, plot = _check_paths(err, output_text, plot_text)
     if engine:
-        if simulated:
-            _fail(err, "--engine and --simulated exclude each other")
+        if simulated or gpu is not None or model is not None:
+            _fail(err, "--engine profiles the engines' GPU: drop --simulated/--gpu/--model")
         require_extra("voltana profile --engine", modules=("aiohttp",))  # the HTTP client: router extra
         token_secret = cli_state(ctx).loaded().config.engine.clock_token
         token = token_secret.get_secret_value() if token_secret else None
@@ -122,8 +127,10 @@ def profile_command(
     if passive:
         _fail(err, "--passive needs --engine URL")
     if simulated:
+        if gpu is not None or model is not None:
+            _fail(err, "give --simulated GPU MODEL or --gpu/--model, not both")
         gpu, model = simulated
-    _profile_simulated(err, gpu, model, tp, clocks, output, plot)
+    _profile_simulated(err, gpu or DEFAULT_GPU, model or DEFAULT_MODEL, tp, clocks, output, plot)
 
 
 def _fail(err: Console, message: str) -> NoReturn:
@@ -144,6 +151,8 @@ def _check_paths(err: Console, output: str, plot: str | None) -> tuple[Path, Pat
         plot_path = plot_file(plot, "voltana profile --plot") if plot is not None else None
     except OutputPathError as exc:
         _fail(err, f"{flag} {exc}")
+    if plot_path is not None and os.path.realpath(plot_path) == os.path.realpath(output_path):
+        _fail(err, f"--plot {plot!r} is the file -o writes: give the plot a file of its own")
     return output_path, plot_path
 
 

@@ -414,7 +414,7 @@ def _check_budget_options(
                 f"--power-budget takes one budget, got {power_budget!r}: give several with --power-budgets"
             )
         try:  # syntax, share range, a plausible wattage (the peak is known once the run is set up)
-            parse_budgets(power_budget, 1.0)
+            parse_budgets(power_budget, None)
         except ValueError as exc:
             raise _fail(f"--power-budget: {exc}") from None
     if policies is not None:
@@ -519,13 +519,15 @@ def _run_power_budget(
 def _policy_names(text: str) -> list[str]:
     """``--policies`` as names, each ``clock[+decode_route]`` without the spaces around it and around ``+``
     (:func:`voltana.sim.runner.split_policy`). Raises typer.Exit (one line, status 2) when no name
-    is given."""
+    is given or an item is empty."""
     from voltana.sim.runner import split_policy
 
-    names = ["".join(split_policy(part)) for part in text.split(",") if part.strip()]
-    if not names:
+    if not text.strip():
         raise _fail("--policies is empty")
-    return names
+    parts = text.split(",")
+    if not all(part.strip() for part in parts):
+        raise _fail(f"--policies: an empty item in {text!r}; give names separated by single commas")
+    return ["".join(split_policy(part)) for part in parts]
 
 
 def _distinct_policies(names: list[str], prefill_route: str) -> tuple[list[str], list[str]]:

@@ -20,7 +20,8 @@ def output_file(text: str) -> Path:
     """``text`` as the path of an output file that can be written, checked before a long run rather than
     after it. Raises :class:`OutputPathError` for a path that names no file (empty, ending in a separator,
     ``.`` or ``..``: ``Path`` drops those, so ``out/`` or ``out/.`` would be written as a file ``out``), an
-    existing directory, a link to a missing place, a missing or non-directory parent, one that cannot be
+    existing directory, an existing file that is not a regular one (``/dev/null``, a named pipe: a save
+    renames over it), a link to a missing place, a missing or non-directory parent, one that cannot be
     written, or one the system refuses (e.g. a name too long)."""
     last = text.replace(os.sep, "/").rsplit("/", 1)[-1]  # "" when text ends in a separator
     if not text.strip() or last in ("", ".", ".."):
@@ -32,6 +33,8 @@ def output_file(text: str) -> Path:
             raise OutputPathError(f"{text!r} is a link to a missing place; give a file path")
         if path.is_dir():
             raise OutputPathError(f"{text!r} is a directory; give a file path")
+        if path.exists() and not path.is_file():  # a device, a pipe, a socket: writing would replace it
+            raise OutputPathError(f"{text!r} is not a regular file; give a file path")
         if parent.exists() and not parent.is_dir():
             raise OutputPathError(f"{text!r}: {str(parent)!r} is a file, not a directory")
         if not parent.is_dir():
@@ -60,13 +63,18 @@ def plot_file(text: str, command: str) -> Path:
     from matplotlib.backend_bases import FigureCanvasBase
 
     path = output_file(text)
-    if not path.suffix:  # ('x.' has none either: it becomes x.png, not x..png)
-        path = output_file(str(path.with_name((path.name.rstrip(".") or path.name) + ".png")))
+    # The extension as matplotlib reads it (os.path.splitext: '....png' has none, 'figure.' an empty one);
+    # without one it would write NAME.rstrip('.') + '.png', which is then the file named here.
+    if not os.path.splitext(path.name)[1][1:]:
+        stem = path.name.rstrip(".")
+        if not stem:
+            raise OutputPathError(f"{text!r} is not a file path (give a file name)")
+        path = output_file(str(path.with_name(stem + ".png")))
     supported = set(FigureCanvasBase.get_supported_filetypes())
     texsystem = str(matplotlib.rcParams["pgf.texsystem"])
     if shutil.which(texsystem) is None:  # matplotlib lists .pgf, but writing it runs this LaTeX engine
         supported.discard("pgf")
-    extension = path.suffix[1:].lower()
+    extension = os.path.splitext(path.name)[1][1:].lower()
     if extension not in supported:
         known = ", ".join(f".{name}" for name in sorted(supported))
         raise OutputPathError(f"{text!r}: cannot write .{extension} files; use one of {known}")
@@ -77,7 +85,9 @@ def write_text_atomically(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8): written beside it under a name private to this process and
     thread, then renamed into place, so a concurrent reader sees the old file or the new one and an
     interrupted or failed write (Ctrl-C, a full disk) leaves the old one, never a truncated file; the
-    temporary is removed on failure. Raises ``OSError``."""
+    temporary is removed on failure. A symbolic link is written through: its target is replaced, the link
+    kept. Raises ``OSError``."""
+    path = Path(os.path.realpath(path))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")

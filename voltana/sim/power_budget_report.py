@@ -31,11 +31,13 @@ def check_budget_w(value: float, given: str) -> None:
         )
 
 
-def parse_budgets(text: str, peak_w: float) -> list[tuple[float, float | None]]:
+def parse_budgets(text: str, peak_w: float | None) -> list[tuple[float, float | None]]:
     """``60%,75%,900`` -> ``[(0.6 * peak_w, 0.6), (0.75 * peak_w, 0.75), (900.0, None)]`` (W, share of peak).
 
-    Raises ValueError (one line) for an empty list or an empty item, a non-number, a budget in watts below
-    :data:`MIN_BUDGET_W`, a share outside (0%, 100%], or the same budget twice.
+    Raises ValueError (one line) for an empty list or an empty item, a non-number, a budget below
+    :data:`MIN_BUDGET_W` (in watts, or as a share of ``peak_w``), a share outside (0%, 100%], or the same
+    budget twice. ``peak_w`` None (not known yet): every check but the share's watts; a share's value is then
+    the share itself.
     """
     parts = [p.strip() for p in text.split(",")]
     if not any(parts):
@@ -47,18 +49,23 @@ def parse_budgets(text: str, peak_w: float) -> list[tuple[float, float | None]]:
         try:
             if part.endswith("%"):
                 share = float(part[:-1]) / 100.0
-                value, shown = share * peak_w, share
+                value, shown = share * (1.0 if peak_w is None else peak_w), share
             else:
                 value, shown = float(part), None
         except ValueError:
             raise ValueError(
-                f"power budgets are watts or percentages of the max-clock peak, e.g. '60%,75%,900'; "
+                "a power budget is watts or a percentage of the max-clock peak (e.g. 900 or 60%); "
                 f"got {part!r}"
             ) from None
         if shown is not None:
             if not (0 < shown <= 1):
                 raise ValueError(
                     f"a share of the max-clock peak must be above 0% and at most 100%, got {part!r}"
+                )
+            if peak_w is not None and value < MIN_BUDGET_W:
+                raise ValueError(
+                    f"{part!r} of the max-clock peak ({peak_w:.0f} W) is {value:.1f} W, "
+                    f"below {MIN_BUDGET_W:g} W"
                 )
         else:
             check_budget_w(value, part)
@@ -71,7 +78,7 @@ def parse_budgets(text: str, peak_w: float) -> list[tuple[float, float | None]]:
 def _budget_label(run: BudgetRun) -> str:
     if run.budget_w is None:
         return "none"
-    share = f" ({run.budget_share:.0%})" if run.budget_share is not None else ""
+    share = f" ({100 * run.budget_share:.3g}%)" if run.budget_share is not None else ""
     return f"{run.budget_w:.0f} W{share}"
 
 

@@ -87,6 +87,8 @@ def parse_policy(text: str, prefill_route: str | None = None) -> PolicySpec:
         raise SimulationError(
             f"empty decode route after '+' in {text!r}; expected <clock policy>+<decode route>"
         )
+    if "+" in decode:
+        raise SimulationError(f"more than one '+' in {text!r}; expected <clock policy>+<decode route>")
     default_prefill, default_decode = DEFAULT_ROUTES.get(clock, FALLBACK_ROUTES)
     return PolicySpec(
         name=f"{clock}+{decode}" if sep else clock,

@@ -89,3 +89,22 @@ def test_profile_on_a_pipe_writes_nothing_to_stderr(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+def test_outputs_and_simulated_choices_that_would_lose_or_ignore_something_are_one_line(
+    tmp_path: Path,
+) -> None:
+    cases = (
+        (("-o", os.devnull), "is not a regular file"),  # was replaced by a regular file holding the profile
+        (("-o", str(tmp_path / "same.png"), "--plot", str(tmp_path / "same.png")), "is the file -o writes"),
+        (("--simulated", "a100-80gb", "llama-3.1-8b", "--gpu", "h100-80gb"), "not both"),
+        (("--engine", "http://127.0.0.1:9", "--model", "qwen3-32b"), "drop --simulated/--gpu/--model"),
+    )
+    for args, reason in cases:
+        extra = () if "-o" in args else ("-o", str(tmp_path / "p.json"))
+        result = run_cli("profile", *args, *extra)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and reason in lines[0], (args, lines)
+    assert Path(os.devnull).is_char_device()
+    assert list(tmp_path.iterdir()) == []  # nothing written

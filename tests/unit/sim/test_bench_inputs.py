@@ -92,8 +92,8 @@ def test_paper_setting_refuses_bad_input_before_running(
         ),
         (
             ["--budgets", "abc"],
-            "error: power budgets are watts or percentages of the max-clock peak, e.g. '60%,75%,900'; "
-            "got 'abc'",
+            "error: --budgets: a power budget is watts or a percentage of the max-clock peak (e.g. 900 or "
+            "60%); got 'abc'",
         ),
     ],
 )

@@ -226,11 +226,15 @@ def test_simulate_power_budgets_json_and_errors() -> None:
         r for r in data["runs"] if r["budget_w"] is not None
     ]
     for extra, words in (
-        (("--power-budgets", "lots"), "power budgets are watts or percentages"),
+        (("--power-budgets", "lots"), "a power budget is watts or a percentage of the max-clock peak"),
+        (("--power-budget", "0.1%"), "--power-budget: '0.1%' of the max-clock peak ("),
         (("--power-budget", "-3"), "--power-budget: a power budget must be a positive number of watts"),
         (("--power-budget", "60%,70%"), "--power-budget takes one budget"),
         (("--power-budget", "150%"), "--power-budget: a share of the max-clock peak must be above 0%"),
-        (("--power-budget", "lots"), "--power-budget: power budgets are watts or percentages"),
+        (
+            ("--power-budget", "lots"),
+            "--power-budget: a power budget is watts or a percentage of the max-clock peak (e.g. 900 or 60%)",
+        ),
         (("--power-budget", "700", "--power-budgets", "60%"), "not both"),
         (("--power-budget", "0.6"), "write 60% for a share"),
         (("--power-budgets", "60%,,90%"), "empty item"),

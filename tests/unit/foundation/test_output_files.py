@@ -1,0 +1,66 @@
+"""``voltana.core.files``: the one check of an output path (``--json``, ``-o``, ``--plot``) and the atomic
+write, against what a user types and what the file system holds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from voltana.core.files import OutputPathError, output_file, plot_file, write_text_atomically
+
+
+def test_a_file_that_is_not_regular_is_refused_not_replaced(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for text in (os.devnull, str(fifo)):
+        with pytest.raises(OutputPathError, match="is not a regular file; give a file path"):
+            output_file(text)
+    assert not fifo.is_file() and fifo.exists()  # still the pipe
+    with pytest.raises(OutputPathError, match="is not a regular file"):
+        plot_file(str(fifo), "voltana simulate --plot")
+
+
+def test_a_link_to_a_regular_file_is_written_through(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "p.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    assert output_file(str(link)) == link
+    write_text_atomically(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["p.json"]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    ("typed", "written"),
+    [
+        ("figure", "figure.png"),
+        ("figure.", "figure.png"),
+        ("figure..", "figure.png"),
+        ("....png", "....png.png"),  # matplotlib's own reading (os.path.splitext): no extension
+        ("..png", "..png.png"),
+        ("x.SVG", "x.SVG"),
+    ],
+)
+def test_the_plot_file_is_the_one_matplotlib_writes(typed: str, written: str, tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = plot_file(str(tmp_path / typed), "voltana simulate --plot")
+    assert path == tmp_path / written
+    fig = plt.figure()
+    fig.savefig(path)  # as the plots save: the path given, format from its extension
+    plt.close(fig)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [written]
+
+
+@pytest.mark.parametrize("typed", ["...", "..", "."])
+def test_a_plot_name_of_dots_only_is_refused(typed: str, tmp_path: Path) -> None:
+    with pytest.raises(OutputPathError, match="is not a file path"):
+        plot_file(f"{tmp_path}/{typed}", "voltana simulate --plot")  # as typed: Path would drop '.'
+    assert list(tmp_path.iterdir()) == []
