@@ -37,7 +37,7 @@ def per_call_us(step: Callable[[int], None]) -> list[float]:
 
 
 def main() -> None:
-    json_path = json_path_only(__doc__.splitlines()[0] if __doc__ else None)
+    json_path = json_path_only(__doc__)
     group = open_simulated(driver_latency_s=0.002)  # a real clock change takes milliseconds
     clocks = group.supported_clocks_mhz()[-28:]  # the paper's 1005..1410 MHz range
     perf = performance_model()

@@ -73,7 +73,7 @@ def decode_snapshot(batch: int) -> BatchSnapshot:
 
 
 def main() -> None:
-    json_path = json_path_only(__doc__.splitlines()[0] if __doc__ else None)
+    json_path = json_path_only(__doc__)
     model = performance_model("a100-80gb", "llama-3.1-8b")
     pm = make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False)
     config = VoltanaConfig()

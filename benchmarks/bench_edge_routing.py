@@ -22,13 +22,12 @@ seed before anything is simulated, so a point the simulator refuses (too many re
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from typing import Literal
 
 from bench_paper_reproduction import HEADLINE_MARGIN, OURS, PANELS, setup_for, static_specs
-from bench_report import add_json_option, emit, progress_bar, seconds
+from bench_report import add_json_option, argument_parser, emit, progress_bar, seconds
 from rich.table import Table
 
 from voltana.core.errors import VoltanaError
@@ -36,7 +35,7 @@ from voltana.sim.datasets import dataset_workload, tokenizer_for_model
 from voltana.sim.frontier import with_margin
 from voltana.sim.metrics import PolicyResult
 from voltana.sim.runner import PolicySpec, parse_policy, run_policy
-from voltana.sim.workload import Workload
+from voltana.sim.workload import Workload, WorkloadError
 
 DEFAULT_POINTS = (
     ("llama-3.1-8b", "sharegpt", 70.0),
@@ -114,20 +113,19 @@ def build_workloads(
     simulated: a point the simulator refuses (too many requests, a missing dataset) stops the run at once
     instead of after the earlier points' minutes. Raises :class:`VoltanaError` (one line) for the first
     refused one."""
-    return [
-        (
-            model,
-            name,
-            rate,
-            seed,
-            dataset_workload(name, rate, duration_s, seed, tokenizer=tokenizer_for_model(model)),
-            dataset_workload(
-                name, rate, LONG_FACTOR * duration_s, seed, tokenizer=tokenizer_for_model(model)
-            ),
-        )
-        for model, name, rate in points
-        for seed in seeds
-    ]
+    built = []
+    for model, name, rate in points:
+        for seed in seeds:
+            tokenizer = tokenizer_for_model(model)
+            workload = dataset_workload(name, rate, duration_s, seed, tokenizer=tokenizer)
+            try:
+                long_workload = dataset_workload(
+                    name, rate, LONG_FACTOR * duration_s, seed, tokenizer=tokenizer
+                )
+            except VoltanaError as exc:
+                raise WorkloadError(f"{exc} (static max's second run: {LONG_FACTOR:g}x --duration)") from None
+            built.append((model, name, rate, seed, workload, long_workload))
+    return built
 
 
 def routed(spec: PolicySpec, prefill_route: str, decode_route: str) -> PolicySpec:
@@ -158,7 +156,7 @@ def pct(r: PolicyResult) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--points", default=None, help="model/workload@rate,... (default: the Llama edge)")
     parser.add_argument("--seeds", default="0,1", help="workload seeds (default 0,1)")
     parser.add_argument("--duration", type=seconds, default=60.0, help="seconds of arrivals (default 60)")

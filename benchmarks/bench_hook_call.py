@@ -96,7 +96,7 @@ def paired_median_us(
 
 
 def main() -> None:
-    json_path = json_path_only(__doc__.splitlines()[0] if __doc__ else None)
+    json_path = json_path_only(__doc__)
     pm = make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False)
     registered = {p.name: p.choose for p in policies_of(pm.hook) if p.kind == "clock"}
     old_hook = old_broadcast(registered)

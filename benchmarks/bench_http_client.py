@@ -16,7 +16,6 @@ that decides), wall time per request and throughput; then their ratios httpx / a
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import aiohttp
 import httpx
-from bench_report import add_json_option, emit
+from bench_report import add_json_option, argument_parser, emit
 from bench_router import wait_http
 from rich.table import Table
 
@@ -152,7 +151,7 @@ def round_runner(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--requests", type=int, default=1000, help="requests per round and client")
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--events", type=int, default=16, help="streamed decode events per request")

@@ -19,7 +19,6 @@ simulates N rates at once in worker processes, with the same results).
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -30,7 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_report import output_file_path, plot_file_path, progress_bar, seconds
+from bench_report import (
+    argument_parser,
+    check_distinct_outputs,
+    output_file_path,
+    plot_file_path,
+    progress_bar,
+    seconds,
+)
 from rich.console import Console
 
 from voltana.core.config import VoltanaConfig
@@ -427,7 +433,7 @@ def point_json(p: RatePoint) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="3 rates per panel, margins 0 and 0.1, 30 s")
     parser.add_argument("--duration", type=seconds, default=None, help="seconds of arrivals (default 60)")
     parser.add_argument(
@@ -445,6 +451,7 @@ def main() -> int:
     parser.add_argument("--json", type=output_file_path, default=None, help="write all results as JSON")
     parser.add_argument("--plot", type=plot_file_path, default=None, help="write the grid as a PNG")
     args = parser.parse_args()
+    check_distinct_outputs(parser, args.json, args.plot)
     try:
         margins = tuple(
             float(m) for m in (args.margins or ("0,0.1" if args.quick else "0,0.1,0.2,0.3")).split(",")

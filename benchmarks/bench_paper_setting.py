@@ -13,12 +13,11 @@ requests and prints both routes side by side (energy, TTFT and ITL attainment).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from bench_report import output_file_path, positive_number, progress_bar, seconds
+from bench_report import argument_parser, output_file_path, positive_number, progress_bar, seconds
 from rich.console import Console
 
 from voltana.core.config import VoltanaConfig
@@ -68,7 +67,7 @@ def request_rates(text: str) -> list[float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argument_parser(__doc__)
     parser.add_argument(
         "--rates", type=request_rates, default="2,5,10,15,20,25", help="request rates (req/s)"
     )

@@ -15,10 +15,18 @@ the repository; the docs' figure and table come from those two files).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from bench_report import add_json_option, emit, plot_file_path, progress_bar, request_rate, seconds
+from bench_report import (
+    add_json_option,
+    argument_parser,
+    check_distinct_outputs,
+    emit,
+    plot_file_path,
+    progress_bar,
+    request_rate,
+    seconds,
+)
 
 from voltana.core.config import VoltanaConfig
 from voltana.hardware.simulated import performance_model
@@ -39,7 +47,7 @@ REFERENCES = ("static-max", "ecofreq+ecoroute")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argument_parser(__doc__)
     parser.add_argument("--rate", type=request_rate, default=70.0, help="ShareGPT request rate (req/s)")
     parser.add_argument("--duration", type=seconds, default=120.0, help="seconds of arrivals")
     parser.add_argument("--budgets", default="60%,75%,90%", help="watts or shares of the max-clock peak")
@@ -47,6 +55,7 @@ def main() -> int:
     parser.add_argument("--plot", type=plot_file_path, default=None, help="write the figure (PNG)")
     add_json_option(parser)
     args = parser.parse_args()
+    check_distinct_outputs(parser, args.json, args.plot)
     perf = performance_model("a100-80gb", MODEL)
     config = VoltanaConfig(slo={"ttft_s": 0.8, "itl_s": 0.05})
     setup = SimulationSetup(

@@ -19,7 +19,6 @@ Medians in microseconds; the ``ray / http`` column is the ratio measured in this
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -28,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench_report import argument_parser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -112,7 +113,7 @@ async def ray_decision_us(router: Any, replicas: list[StandInReplica], decisions
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--decisions", type=int, default=20000)
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
     args = parser.parse_args()

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.progress import Progress
@@ -34,6 +34,21 @@ def progress_bar(console: Console | None = None) -> Progress:
     line."""
     console = console if console is not None else Console()
     return Progress(console=console, transient=True, disable=not console.is_interactive)
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse with a refused argument as one line (``prog: error: ...``, exit status 2) rather than the
+    usage block followed by that line; ``--help`` shows the usage as always."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def argument_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's parser: its module docstring's first paragraph as the ``--help`` description (whole
+    sentences, not a first line cut mid-sentence) and every refused argument as one line."""
+    first = (doc or "").strip().split("\n\n", 1)[0]
+    return _OneLineErrors(description=" ".join(first.split()) or None)
 
 
 def positive_number(text: str, unit: str) -> float:
@@ -79,6 +94,17 @@ def plot_file_path(text: str) -> Path:
     return _argument_path(lambda path: plot_file(path, command), text)
 
 
+def check_distinct_outputs(
+    parser: argparse.ArgumentParser, json_path: Path | None, plot_path: Path | None
+) -> None:
+    """``parser.error`` (one line) when ``--json`` and ``--plot`` name the same file: the plot, written
+    last, would replace the results."""
+    if json_path is None or plot_path is None:
+        return
+    if os.path.realpath(json_path) == os.path.realpath(plot_path):
+        parser.error(f"--plot {str(plot_path)!r} is the file --json writes: give each its own file")
+
+
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     """``--json PATH``: also write the tables and the machine as JSON."""
     parser.add_argument(
@@ -86,9 +112,9 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def json_path_only(description: str | None) -> Path | None:
-    """For a benchmark without other options: parse ``--json`` alone."""
-    parser = argparse.ArgumentParser(description=description)
+def json_path_only(doc: str | None) -> Path | None:
+    """For a benchmark without other options: parse ``--json`` alone (``doc``: the module docstring)."""
+    parser = argument_parser(doc)
     add_json_option(parser)
     path: Path | None = parser.parse_args().json
     return path

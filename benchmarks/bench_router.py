@@ -15,7 +15,6 @@ Three processes: the emulated engines (``voltana emulate``), the router (``volta
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+from bench_report import argument_parser
 
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import Phase, RouteRequest, Slo
@@ -216,7 +216,7 @@ def decision_cost_us(policy: str, decisions: int = 20000, clock_aware: bool = Fa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--latency-samples", type=int, default=300)

@@ -14,7 +14,6 @@ The ratio column divides the median runtime cost by the simulated A100's decode 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_report import add_json_option, emit
+from bench_report import add_json_option, argument_parser, emit
 from rich.table import Table
 
 from voltana.adapters.runtime import InstanceRuntime
@@ -85,7 +84,7 @@ def measure_batch(batch_size: int, iterations: int, lifetime: int) -> BatchTimin
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--iterations", type=int, default=2000, help="timed iterations per batch size")
     parser.add_argument("--batches", default="1,32,256", help="comma-separated decode batch sizes")
     parser.add_argument("--lifetime", type=int, default=128, help="decode steps per request")

@@ -13,7 +13,6 @@ column divides voltana's added time by the iteration's GPU time from the calibra
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -21,6 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bench_report import argument_parser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,7 +38,7 @@ def _time_per_iteration_us(step: Callable[[], None], iterations: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--iterations", type=int, default=300, help="iterations per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating hooked/plain rounds per row")
     args = parser.parse_args()

@@ -27,7 +27,6 @@ rest is the simulator's own event loop, batching and snapshots). Exit status 1 w
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_report import add_json_option, emit
+from bench_report import add_json_option, argument_parser, emit
 from rich.table import Table
 
 from voltana.core.config import VoltanaConfig
@@ -154,7 +153,7 @@ def breakdown(setup: SimulationSetup, policy: str, workload: Workload) -> dict[s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--workload", choices=("azure", "mooncake-like", "all"), default="all")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--requests", type=int, default=None, help="only the first N requests")

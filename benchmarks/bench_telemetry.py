@@ -99,7 +99,7 @@ def loopback_otlp_receiver() -> Iterator[str]:
 
 
 def main() -> None:
-    json_path = json_path_only(__doc__.splitlines()[0] if __doc__ else None)
+    json_path = json_path_only(__doc__)
     pm = make_plugin_manager(DEFAULT_PLUGINS, load_entry_points=False)
     hook = pm.hook
     records = iteration_records()

@@ -21,7 +21,6 @@ cores).
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import statistics
@@ -34,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_report import add_json_option, emit  # noqa: E402
+from bench_report import add_json_option, argument_parser, emit  # noqa: E402
 
 
 def _engine_env() -> None:
@@ -115,7 +114,7 @@ MODES = ("detached", "sync-publish", "thread-publish")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=6, help="rounds per mode (rotating)")
     parser.add_argument("--requests", type=int, default=16, help="concurrent prompts per round (one batch)")
     parser.add_argument("--max-tokens", type=int, default=128, help="generated tokens per prompt")

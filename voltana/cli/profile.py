@@ -111,8 +111,8 @@ def profile_command(
     err = Console(stderr=True)
     output, plot = _check_paths(err, output_text, plot_text)
     if engine:
-        if simulated or gpu is not None or model is not None:
-            _fail(err, "--engine profiles the engines' GPU: drop --simulated/--gpu/--model")
+        if simulated or gpu is not None or model is not None or tp is not None:
+            _fail(err, "--engine profiles the engines' GPU: drop --simulated/--gpu/--model/--tp")
         require_extra("voltana profile --engine", modules=("aiohttp",))  # the HTTP client: router extra
         token_secret = cli_state(ctx).loaded().config.engine.clock_token
         token = token_secret.get_secret_value() if token_secret else None
@@ -130,7 +130,9 @@ def profile_command(
         if gpu is not None or model is not None:
             _fail(err, "give --simulated GPU MODEL or --gpu/--model, not both")
         gpu, model = simulated
-    _profile_simulated(err, gpu or DEFAULT_GPU, model or DEFAULT_MODEL, tp, clocks, output, plot)
+    gpu = DEFAULT_GPU if gpu is None else gpu  # (an empty name is the user's: refused as unknown)
+    model = DEFAULT_MODEL if model is None else model
+    _profile_simulated(err, gpu, model, tp, clocks, output, plot)
 
 
 def _fail(err: Console, message: str) -> NoReturn:
@@ -152,7 +154,7 @@ def _check_paths(err: Console, output: str, plot: str | None) -> tuple[Path, Pat
     except OutputPathError as exc:
         _fail(err, f"{flag} {exc}")
     if plot_path is not None and os.path.realpath(plot_path) == os.path.realpath(output_path):
-        _fail(err, f"--plot {plot!r} is the file -o writes: give the plot a file of its own")
+        _fail(err, f"--plot {str(plot_path)!r} is the file -o writes: give the plot a file of its own")
     return output_path, plot_path
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import stat
 import threading
 from pathlib import Path
 
@@ -86,11 +88,14 @@ def write_text_atomically(path: Path, text: str) -> None:
     thread, then renamed into place, so a concurrent reader sees the old file or the new one and an
     interrupted or failed write (Ctrl-C, a full disk) leaves the old one, never a truncated file; the
     temporary is removed on failure. A symbolic link is written through: its target is replaced, the link
-    kept. Raises ``OSError``."""
+    kept; a replaced file keeps its permission bits (a hard link to it is not updated). Raises
+    ``OSError``."""
     path = Path(os.path.realpath(path))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
+        with contextlib.suppress(FileNotFoundError):  # the file replaced keeps its permissions
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -98,7 +98,10 @@ def test_outputs_and_simulated_choices_that_would_lose_or_ignore_something_are_o
         (("-o", os.devnull), "is not a regular file"),  # was replaced by a regular file holding the profile
         (("-o", str(tmp_path / "same.png"), "--plot", str(tmp_path / "same.png")), "is the file -o writes"),
         (("--simulated", "a100-80gb", "llama-3.1-8b", "--gpu", "h100-80gb"), "not both"),
-        (("--engine", "http://127.0.0.1:9", "--model", "qwen3-32b"), "drop --simulated/--gpu/--model"),
+        (("--engine", "http://127.0.0.1:9", "--model", "qwen3-32b"), "drop --simulated/--gpu/--model/--tp"),
+        (("--engine", "http://127.0.0.1:9", "--tp", "2"), "drop --simulated/--gpu/--model/--tp"),
+        (("--gpu", ""), "unknown simulated GPU ''"),  # an empty name is not the default
+        (("--model", ""), "unknown simulated model ''"),
     )
     for args, reason in cases:
         extra = () if "-o" in args else ("-o", str(tmp_path / "p.json"))

@@ -34,6 +34,14 @@ def test_a_link_to_a_regular_file_is_written_through(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["p.json"]  # no temporary left
 
 
+def test_a_replaced_file_keeps_its_permissions(tmp_path: Path) -> None:
+    private = tmp_path / "p.json"
+    private.write_text("old")
+    private.chmod(0o600)
+    write_text_atomically(private, "new")
+    assert private.read_text() == "new" and (private.stat().st_mode & 0o777) == 0o600
+
+
 @pytest.mark.parametrize(
     ("typed", "written"),
     [

@@ -155,3 +155,36 @@ def test_a_plot_without_matplotlib_is_one_line_naming_the_extra(
         "bench_power_budget.py: error: argument --plot: bench_power_budget.py --plot needs matplotlib, which "
         "the core install leaves out: pip install 'voltana[plot]'"
     )
+
+
+def test_a_refused_argument_is_one_line_without_the_usage_block(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = load("bench_edge_routing", monkeypatch)
+    assert run_main(bench, ["--duration", "0"], monkeypatch) == 2
+    assert capsys.readouterr().err == (
+        "bench_edge_routing.py: error: argument --duration: '0': give a positive number of seconds\n"
+    )
+
+
+def test_help_gives_the_docstring_first_paragraph_whole(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = load("bench_power_budget", monkeypatch)
+    assert run_main(bench, ["--help"], monkeypatch) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    first = " ".join((bench.__doc__ or "").strip().split("\n\n", 1)[0].split())
+    assert first.endswith(".") and first in out  # whole sentences, not the first line cut mid-sentence
+
+
+@pytest.mark.parametrize("name", ["bench_power_budget", "bench_paper_reproduction"])
+def test_json_and_plot_on_one_file_are_refused_before_running(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = load(name, monkeypatch)
+    same = str(tmp_path / "same.png")
+    assert run_main(bench, ["--json", same, "--plot", same], monkeypatch) == 2
+    assert capsys.readouterr().err == (
+        f"{name}.py: error: --plot {same!r} is the file --json writes: give each its own file\n"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -220,6 +220,9 @@ def test_simulate_power_budgets_json_and_errors() -> None:
     table = run_cli(*args, "--power-budget", "700")
     assert table.returncode == 0, table.stderr
     assert "ecofreq+coordinator" in table.stdout and "> budget" in table.stdout
+    labelled = run_cli(*args, "--power-budget", "60.25%")
+    assert labelled.returncode == 0, labelled.stderr
+    assert "(60.25%)" in labelled.stdout  # the share as given, not rounded to 60%
     share = run_cli(*args, "--power-budget", "60%", "--json")  # one budget, as a share: as --power-budgets
     assert share.returncode == 0, share.stderr
     assert [r for r in json.loads(share.stdout)["runs"] if r["budget_w"] is not None] == [
