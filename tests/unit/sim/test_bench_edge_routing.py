@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,22 @@ def run_main(bench: ModuleType, args: list[str], monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(sys, "argv", ["bench_edge_routing.py", *args])
     code: int = bench.main()
     return code
+
+
+def one_point_table(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> dict[str, Any]:
+    """The JSON table of one tiny point (LMSYS 5 req/s, seed 0, 2 s of arrivals)."""
+    out = tmp_path / "edge.json"
+    code = run_main(
+        bench,
+        ["--points", "llama-3.1-8b/lmsys@5", "--seeds", "0", "--duration", "2", "--json", str(out)],
+        monkeypatch,
+    )
+    assert code == 0, capsys.readouterr().err
+    (table,) = json.loads(out.read_text())["tables"]
+    assert isinstance(table, dict)
+    return table
 
 
 def test_a_refused_later_point_stops_before_any_simulation(
@@ -83,14 +100,7 @@ def test_each_phase_alone_keeps_ours_routes_and_pins_the_other_phase(bench: Modu
 def test_the_phase_split_cells_hold_attainment_and_its_difference(
     bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "edge.json"
-    code = run_main(
-        bench,
-        ["--points", "llama-3.1-8b/lmsys@5", "--seeds", "0", "--duration", "2", "--json", str(out)],
-        monkeypatch,
-    )
-    assert code == 0, capsys.readouterr().err
-    (table,) = json.loads(out.read_text())["tables"]
+    table = one_point_table(bench, tmp_path, monkeypatch, capsys)
     columns = table["columns"]
     (row,) = table["rows"]
     same_routes = float(row[columns.index("1410 energy-ttft/ecoroute")].split("/")[1])
@@ -170,14 +180,7 @@ def test_static_max_also_runs_on_four_times_the_arrivals(
         return real_run(setup, spec, workload, rate)
 
     monkeypatch.setattr(bench, "run_policy", spy)
-    out = tmp_path / "edge.json"
-    code = run_main(
-        bench,
-        ["--points", "llama-3.1-8b/lmsys@5", "--seeds", "0", "--duration", "2", "--json", str(out)],
-        monkeypatch,
-    )
-    assert code == 0, capsys.readouterr().err
-    (table,) = json.loads(out.read_text())["tables"]
+    table = one_point_table(bench, tmp_path, monkeypatch, capsys)
     (row,) = table["rows"]
     assert table["columns"][-1] == "static max, 8 s"
     long_runs = [last_s for name, last_s in runs if last_s > 2.0]
