@@ -78,7 +78,7 @@ def parse_budgets(text: str, peak_w: float | None) -> list[tuple[float, float | 
 def _budget_label(run: BudgetRun) -> str:
     if run.budget_w is None:
         return "none"
-    share = f" ({100 * run.budget_share:g}%)" if run.budget_share is not None else ""
+    share = f" ({100 * run.budget_share:.4g}%)" if run.budget_share is not None else ""
     return f"{run.budget_w:.0f} W{share}"
 
 
