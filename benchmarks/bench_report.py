@@ -25,7 +25,7 @@ from rich.table import Table
 
 from voltana import __version__
 from voltana.core.errors import VoltanaError
-from voltana.core.files import output_file, plot_file
+from voltana.core.files import output_file, plot_file, same_file
 
 
 def progress_bar(console: Console | None = None) -> Progress:
@@ -101,7 +101,7 @@ def check_distinct_outputs(
     last, would replace the results."""
     if json_path is None or plot_path is None:
         return
-    if os.path.realpath(json_path) == os.path.realpath(plot_path):
+    if same_file(json_path, plot_path):
         parser.error(f"--plot {str(plot_path)!r} is the file --json writes: give each its own file")
 
 

@@ -9,7 +9,6 @@ named). The engine profiler lives in :mod:`voltana.profiler` and is imported whe
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -144,7 +143,7 @@ def _check_paths(err: Console, output: str, plot: str | None) -> tuple[Path, Pat
     """Before any work: ``-o`` and ``--plot`` as the files they will write
     (:func:`voltana.core.files.output_file`, :func:`~voltana.core.files.plot_file`); a mistake is one line,
     never a traceback after the run, never a file beside a directory."""
-    from voltana.core.files import OutputPathError, output_file, plot_file
+    from voltana.core.files import OutputPathError, output_file, plot_file, same_file
 
     flag = "-o"
     try:
@@ -153,7 +152,7 @@ def _check_paths(err: Console, output: str, plot: str | None) -> tuple[Path, Pat
         plot_path = plot_file(plot, "voltana profile --plot") if plot is not None else None
     except OutputPathError as exc:
         _fail(err, f"{flag} {exc}")
-    if plot_path is not None and os.path.realpath(plot_path) == os.path.realpath(output_path):
+    if plot_path is not None and same_file(plot_path, output_path):
         _fail(err, f"--plot {str(plot_path)!r} is the file -o writes: give the plot a file of its own")
     return output_path, plot_path
 

@@ -49,6 +49,12 @@ def output_file(text: str) -> Path:
     return path
 
 
+def same_file(first: Path, second: Path) -> bool:
+    """Whether two output paths name one file (links followed): the one written last would replace the
+    other's content (``-o``/``--json`` and ``--plot`` given the same file)."""
+    return os.path.realpath(first) == os.path.realpath(second)
+
+
 def plot_file(text: str, command: str) -> Path:
     """``text`` as the file a ``--plot`` option will write, checked before any long run.
 
