@@ -32,6 +32,7 @@ Nothing here raises on odd input (non-finite or backwards times only skip the de
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
 
 from voltana.core.types import BatchSnapshot
@@ -65,9 +66,9 @@ class DecodeDemand:
         "last_gap_s",
         "last_update_s",
         "lengths",
+        "ordered",
         "present",
         "running",
-        "short_cache",
         "started_s",
         "tokens",
         "waiting_since_s",
@@ -93,7 +94,7 @@ class DecodeDemand:
         # running id -> when it was first seen here (waiting or running)
         self.started_s: dict[str, float] = {}
         self.lengths: deque[int] = deque(maxlen=LENGTH_SAMPLES)
-        self.short_cache: float | None = None
+        self.ordered: list[int] = []  # ``lengths`` kept sorted (one insertion per departure, not a sort)
 
     @property
     def rate_rps(self) -> float:
@@ -115,12 +116,10 @@ class DecodeDemand:
     def short_decode_tokens(self) -> float | None:
         """The ``SHORT_OUTPUT_QUANTILE`` of the measured decoded lengths (tokens, >= 1), or None before
         ``MIN_DEPARTURES`` requests have left."""
-        if len(self.lengths) < MIN_DEPARTURES:
+        ordered = self.ordered
+        if len(ordered) < MIN_DEPARTURES:
             return None
-        if self.short_cache is None:
-            ordered = sorted(self.lengths)
-            self.short_cache = float(max(ordered[int(SHORT_OUTPUT_QUANTILE * (len(ordered) - 1))], 1))
-        return self.short_cache
+        return float(max(ordered[int(SHORT_OUTPUT_QUANTILE * (len(ordered) - 1))], 1))
 
     def update(self, snapshot: BatchSnapshot) -> None:
         """Account for the requests of ``snapshot`` (called once per decode decision)."""
@@ -182,12 +181,15 @@ class DecodeDemand:
         left = self.running - running
         if left:
             lengths = self.lengths
+            ordered = self.ordered
             # In id order: a set's order follows string hashes, which differ per process (PYTHONHASHSEED),
             # and which of one iteration's departures the bounded sample evicts first must not.
             for rid in sorted(left):
                 started.pop(rid, None)
                 start = joined.pop(rid, None)
                 if start is not None:
+                    if len(lengths) == lengths.maxlen:  # the oldest sample leaves the sorted copy too
+                        del ordered[bisect_left(ordered, lengths[0])]
                     lengths.append(now - start)
-            self.short_cache = None
+                    insort(ordered, now - start)
         self.running = running

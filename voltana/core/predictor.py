@@ -21,6 +21,9 @@ from voltana.core.profile import Profile, Target
 from voltana.core.rls import AdaptationSettings, ClockwiseRls
 from voltana.core.types import BatchSnapshot, Phase
 
+_SIZE_TABLE_LIMIT = 4096
+"""Batch sizes up to this have their segment tabled (decode segment ends are capture sizes, <= 1024)."""
+
 SEEN_RANGE_SLACK = 1.25
 """A batch up to this factor beyond the largest profiled or observed features still counts as seen."""
 
@@ -71,7 +74,12 @@ class ClockTable:
         self.max_x0 = float(max_x0)
         self.max_x1 = float(max_x1)
         self._index = {c: i for i, c in enumerate(clocks)}
-        self._last_segment = len(self.segment_ends) - 1
+        self._last_segment = last = len(self.segment_ends) - 1
+        # segment_of(size) for the integer sizes a batch-size search probes (a list lookup, not a bisect).
+        self._segment_by_size = [
+            min(_bisect_left(self.segment_ends, size), last)
+            for size in range(min(self.segment_ends[-1], _SIZE_TABLE_LIMIT) + 1)
+        ]
 
     @classmethod
     def from_profile(
@@ -125,6 +133,35 @@ class ClockTable:
             return d * (g0 * r0 * x0 + g1 * r1 * (x0 * x1_per_x0) + g2 * r2)
 
         return predict
+
+    def largest_batch(self, clock_index: int, x1_per_x0: float, top: int, bound: float) -> int:
+        """The largest batch size in ``[0, top]`` whose prediction at grid clock ``clock_index`` (the batch
+        reading ``x1_per_x0`` KV tokens per request, as :meth:`batch_curve`) is within ``bound``; 0 when not
+        even one request fits. A binary search, as the prediction grows with the batch within a segment.
+
+        Evaluates exactly the floats of ``batch_curve(clock_index, x1_per_x0)`` at each probed size, inline:
+        the decode load rule runs it for every clock it checks, every iteration.
+        """
+        ends, last, rows = self.segment_ends, self._last_segment, self.model.rows
+        by_size = self._segment_by_size
+        tabled = len(by_size)
+        d = self.model.drift
+        g0, g1, g2 = self.model.gains
+        lo, hi = 0, top
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            x0 = float(mid)
+            if mid < tabled:
+                segment = by_size[mid]
+            else:
+                segment = _bisect_left(ends, x0)
+                segment = last if last < segment else segment
+            r0, r1, r2 = rows[segment][clock_index]
+            if d * (g0 * r0 * x0 + g1 * r1 * (x0 * x1_per_x0) + g2 * r2) <= bound:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     def value_at(self, x0: float, x1: float, clock_mhz: int) -> float:
         """Prediction at any clock: grid clocks directly, others interpolated linearly in 1/f."""

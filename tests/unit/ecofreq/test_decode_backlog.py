@@ -187,6 +187,34 @@ def test_decode_demand_measures_each_requests_length_and_a_low_quantile() -> Non
     assert short is not None and mean is not None and short < 0.1 * mean
 
 
+def test_the_low_quantile_follows_the_bounded_sample_past_evictions() -> None:
+    """More departures than ``LENGTH_SAMPLES``: the oldest lengths leave the sample, and the quantile is that
+    of the most recent ``LENGTH_SAMPLES`` lengths (a sorted copy is kept per departure, not re-sorted)."""
+    demand = DecodeDemand(window_s=2.0)
+    total = 3 * LENGTH_SAMPLES
+    lengths = [1 + (13 * i) % 97 + (i // LENGTH_SAMPLES) * 40 for i in range(total)]  # later lengths longer
+    live: list[tuple[str, int]] = []
+    step = 0
+    while step < total or live:
+        live = [(rid, left - 1) for rid, left in live if left > 1]
+        if step < total:
+            live.append((f"r{step:05d}", lengths[step]))
+        demand.update(decode_step(step * 0.01, [rid for rid, _ in live]))
+        step += 1
+        if step in (LENGTH_SAMPLES // 2, total // 2):  # the quantile is read part way, as EcoFreq reads it
+            recent = sorted(demand.lengths)
+            assert demand.short_decode_tokens == float(
+                max(recent[int(SHORT_OUTPUT_QUANTILE * (len(recent) - 1))], 1)
+            )
+    demand.update(decode_step(step * 0.01, []))
+    # Requests leave in order of (step joined + length, id): the sample holds the last LENGTH_SAMPLES to go.
+    departures = sorted(range(total), key=lambda i: (i + lengths[i], f"r{i:05d}"))
+    recent = sorted(lengths[i] for i in departures[-LENGTH_SAMPLES:])
+    assert sorted(demand.lengths) == recent
+    assert demand.short_decode_tokens == float(recent[int(SHORT_OUTPUT_QUANTILE * (LENGTH_SAMPLES - 1))])
+    assert demand.short_decode_tokens >= 81.0  # the last third's lengths (the first third's go down to 1)
+
+
 def test_a_lasting_overload_ends_time_sharing() -> None:
     """A load 1.2x what even the max clock carries: no faster clock can drain the backlog a slower one
     builds. For less than one load window (10 s) of that, the excess may be the estimate's own averaging and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 from ecofreq_helpers import a100, default_clocks, predictors
@@ -183,3 +184,38 @@ def test_batch_curve_gives_the_predictions_of_predict() -> None:
             for size in (0.0, 1.0, 3.0, 17.0, 255.0, 512.0, 2000.0):
                 expected = model.predict(predictor.segment_of(size), k, size, size * per_request_kv)
                 assert curve(size) == expected
+
+
+def test_largest_batch_is_the_binary_search_over_batch_curve() -> None:
+    """The decode load rule's largest in-bound batch: the binary search over ``batch_curve``'s floats (the
+    same sizes probed, the same answer), at every clock, for caps within and beyond the capture sizes, after
+    the model has moved away from its seed."""
+    predictor, _ = predictors(Phase.DECODE)
+    clocks = default_clocks()
+    for i in range(200):
+        x0 = float(1 + (i * 37) % 300)
+        predictor.observe(
+            x0, x0 * 9000.0, clocks[i % len(clocks)], predictor.value_at(x0, x0 * 9000.0, clocks[-1]) * 1.2
+        )
+
+    def reference(curve: Callable[[float], float], top: int, bound: float) -> int:
+        lo, hi = 0, top
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if curve(float(mid)) <= bound:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    answers = set()
+    for k in range(len(clocks)):
+        for per_request_kv in (0.0, 1234.5, 60_000.0):
+            curve = predictor.batch_curve(k, per_request_kv)
+            for top in (0, 1, 7, 256, 512, 5000, 20_000):
+                for bound in (1e-4, 0.02, 0.045, 0.2, 5.0):
+                    answer = predictor.largest_batch(k, per_request_kv, top, bound)
+                    assert answer == reference(curve, top, bound)
+                    answers.add(answer)
+    # The cases reach every kind of answer: none, within the tabled sizes and beyond the last capture size.
+    assert 0 in answers and max(answers) > 512 and len(answers) > 10

@@ -504,7 +504,7 @@ def _load_checker(
     fastest = len(predictor.clocks_mhz) - 1
     fastest_curve = predictor.batch_curve(fastest, per_request_kv)
     pace_s = _debt_pace_s(snapshot, st, demand, fastest_curve(slots), output, spread)
-    fastest_lo = _largest_batch(fastest_curve, top, bound)
+    fastest_lo = predictor.largest_batch(fastest, per_request_kv, top, bound)
     if fastest_lo and fastest_lo / fastest_curve(float(fastest_lo)) >= load_tps:
         st.overloaded_since_s = math.nan  # the max clock carries the load
     elif math.isnan(st.overloaded_since_s):
@@ -516,7 +516,7 @@ def _load_checker(
             itl_s, lo = fastest_curve, fastest_lo
         else:
             itl_s = predictor.batch_curve(k, per_request_kv)  # ITL (s) of a batch of a size at clock k
-            lo = _largest_batch(itl_s, top, bound)
+            lo = predictor.largest_batch(k, per_request_kv, top, bound)
         if lo == 0:
             return False
         step_s = itl_s(slots)
@@ -544,19 +544,6 @@ def _load_checker(
         return True
 
     return carries
-
-
-def _largest_batch(itl_s: Callable[[float], float], top: int, bound_s: float) -> int:
-    """The largest batch size in ``[0, top]`` whose ITL (``itl_s``, s, growing with the batch) is within
-    ``bound_s`` (binary search; 0 when not even one request fits)."""
-    lo, hi = 0, top
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if itl_s(float(mid)) <= bound_s:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 def _debt_pace_s(
