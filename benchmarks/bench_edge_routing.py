@@ -32,6 +32,7 @@ from rich.table import Table
 
 from voltana.core.errors import VoltanaError
 from voltana.sim.datasets import dataset_workload, tokenizer_for_model
+from voltana.sim.engine import ENGINES
 from voltana.sim.frontier import with_margin
 from voltana.sim.metrics import PolicyResult
 from voltana.sim.runner import PolicySpec, parse_policy, run_policy
@@ -160,18 +161,16 @@ def main() -> int:
     parser.add_argument("--points", default=None, help="model/workload@rate,... (default: the Llama edge)")
     parser.add_argument("--seeds", default="0,1", help="workload seeds (default 0,1)")
     parser.add_argument("--duration", type=seconds, default=60.0, help="seconds of arrivals (default 60)")
-    parser.add_argument("--engine", default="sglang", help="engine defaults (default sglang, as the paper)")
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="sglang", help="engine defaults (default sglang, as the paper)"
+    )
     add_json_option(parser)
     args = parser.parse_args()
     try:
         points = parse_points(args.points) if args.points is not None else list(DEFAULT_POINTS)
         seeds = parse_seeds(args.seeds)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.engine not in ("sglang", "vllm"):
-        print(f"error: --engine must be sglang or vllm, got {args.engine!r}", file=sys.stderr)
-        return 2
+        parser.error(str(exc))
 
     columns = [f"1410 {p}/{d}" for p, d in ROUTE_PAIRS]
     long_s = LONG_FACTOR * args.duration
@@ -237,8 +236,7 @@ def main() -> int:
         print("interrupted: nothing written", file=sys.stderr)
         return 130
     except VoltanaError as exc:  # a workload or setup the simulator refuses (e.g. too many requests)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        parser.error(str(exc))
     emit(table, benchmark="bench_edge_routing", json_path=args.json, width=370)
     return 0
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import aiohttp
 import httpx
-from bench_report import add_json_option, argument_parser, emit
+from bench_report import add_json_option, argument_parser, count, emit
 from bench_router import wait_http
 from rich.table import Table
 
@@ -152,10 +152,10 @@ def round_runner(
 
 def main() -> None:
     parser = argument_parser(__doc__)
-    parser.add_argument("--requests", type=int, default=1000, help="requests per round and client")
-    parser.add_argument("--concurrency", type=int, default=256)
-    parser.add_argument("--events", type=int, default=16, help="streamed decode events per request")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per client (alternating)")
+    parser.add_argument("--requests", type=count, default=1000, help="requests per round and client")
+    parser.add_argument("--concurrency", type=count, default=256)
+    parser.add_argument("--events", type=count, default=16, help="streamed decode events per request")
+    parser.add_argument("--rounds", type=count, default=3, help="rounds per client (alternating)")
     add_json_option(parser)
     args = parser.parse_args()
 

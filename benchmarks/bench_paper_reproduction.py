@@ -35,16 +35,19 @@ from bench_report import (
     output_file_path,
     plot_file_path,
     progress_bar,
+    random_seed,
+    route_name,
     seconds,
+    write_output,
 )
 from rich.console import Console
 
 from voltana.core.config import VoltanaConfig
-from voltana.core.policies import UnknownPolicyError, route_policy
 from voltana.hardware.simulated import performance_model
 from voltana.plugins import get_plugin_manager
 from voltana.sim.cluster import ClusterSpec
 from voltana.sim.datasets import dataset_workload, tokenizer_for_model
+from voltana.sim.engine import ENGINES
 from voltana.sim.frontier import ATTAINMENT_TOLERANCE, FrontierPoint, compare_at_floor, with_margin
 from voltana.sim.limit import gap_closed, run_with_limit
 from voltana.sim.metrics import PolicyResult
@@ -57,7 +60,8 @@ from voltana.sim.runner import (
     run_policy,
     static_spec,
 )
-from voltana.sim.workload import Workload
+from voltana.sim.synthetic import check_request_count
+from voltana.sim.workload import Workload, WorkloadError
 
 OURS, PAPER = "ecofreq+ecoroute", "voltana-paper"
 HEADLINE_MARGIN = 0.1
@@ -440,10 +444,13 @@ def main() -> int:
         "--margins", default=None, help="safety margins of the frontier (default 0,0.1,0.2,0.3)"
     )
     parser.add_argument("--panels", default=None, help="e.g. llama-3.1-8b/sharegpt,qwen3-32b/lmsys")
-    parser.add_argument("--engine", default="sglang", help="engine defaults (the paper ran SGLang)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="sglang", help="engine defaults (the paper ran SGLang)"
+    )
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument(
         "--prefill-route",
+        type=route_name,
         default=None,
         help="prefill route of ecofreq+ecoroute (default: its own, energy-ttft; e.g. predicted-ttft)",
     )
@@ -457,24 +464,13 @@ def main() -> int:
             float(m) for m in (args.margins or ("0,0.1" if args.quick else "0,0.1,0.2,0.3")).split(",")
         )
     except ValueError:
-        print(f"error: --margins must be comma-separated numbers, got {args.margins!r}", file=sys.stderr)
-        return 2
+        parser.error(f"--margins must be comma-separated numbers, got {args.margins!r}")
     if not all(0.0 <= m < 1.0 for m in margins):
-        print(f"error: --margins must each be in [0, 1), got {args.margins!r}", file=sys.stderr)
-        return 2
+        parser.error(f"--margins must each be in [0, 1), got {args.margins!r}")
     most_jobs = (os.cpu_count() or 1) * 4
-    jobs = int(args.jobs) if args.jobs.strip().isdigit() else 0
+    jobs = int(args.jobs) if args.jobs.strip().isdecimal() else 0
     if not 1 <= jobs <= most_jobs:
-        print(
-            f"error: --jobs must be a whole number from 1 to {most_jobs}, got {args.jobs!r}", file=sys.stderr
-        )
-        return 2
-    if args.prefill_route is not None:
-        try:
-            route_policy(get_plugin_manager().hook, args.prefill_route)
-        except UnknownPolicyError as exc:
-            print(f"error: --prefill-route: {exc}", file=sys.stderr)
-            return 2
+        parser.error(f"--jobs must be a whole number from 1 to {most_jobs}, got {args.jobs!r}")
     duration = args.duration if args.duration is not None else (30.0 if args.quick else 60.0)
     ours_route = args.prefill_route or parse_policy(OURS).prefill_route
     chosen = list(PANELS)
@@ -483,8 +479,7 @@ def main() -> int:
         chosen = [p for p in PANELS if f"{p.model}/{p.workload}" in wanted]
         if not chosen:
             known = ", ".join(f"{p.model}/{p.workload}" for p in PANELS)
-            print(f"error: --panels matches none of: {known}", file=sys.stderr)
-            return 2
+            parser.error(f"--panels matches none of: {known}")
 
     def rates_of(panel: Panel) -> tuple[float, ...]:
         rates = tuple(float(r) for r in panel.rates)
@@ -492,6 +487,11 @@ def main() -> int:
             return tuple(sorted({rates[0], rates[len(rates) // 2], rates[-1]}))
         return rates
 
+    try:  # a --duration too long for a panel's top rate: one line now, not a traceback after earlier panels
+        for panel in chosen:
+            check_request_count(max(rates_of(panel)), duration)
+    except WorkloadError as exc:
+        parser.error(str(exc))
     per_rate = 2 + 2 * len(set(margins) | {HEADLINE_MARGIN})
     total = per_rate * sum(len(rates_of(p)) for p in chosen)
     console = Console(width=200)
@@ -577,7 +577,7 @@ def main() -> int:
             "checks": checks,
             "failed": failed,
         }
-        args.json.write_text(json.dumps(payload, indent=2))
+        write_output(args.json, json.dumps(payload, indent=2))
     if args.plot is not None:
         plot_grid(args.plot, results)
     return 0 if not failed else 1

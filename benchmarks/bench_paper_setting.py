@@ -17,7 +17,16 @@ import json
 import sys
 from pathlib import Path
 
-from bench_report import argument_parser, output_file_path, positive_number, progress_bar, seconds
+from bench_report import (
+    argument_parser,
+    output_file_path,
+    positive_number,
+    progress_bar,
+    random_seed,
+    route_name,
+    seconds,
+    write_output,
+)
 from rich.console import Console
 
 from voltana.core.config import VoltanaConfig
@@ -72,10 +81,11 @@ def main() -> int:
         "--rates", type=request_rates, default="2,5,10,15,20,25", help="request rates (req/s)"
     )
     parser.add_argument("--window", type=seconds, default=120.0, help="seconds of arrivals per rate")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--json", type=output_file_path, default=None, help="also write all results as JSON")
     parser.add_argument(
         "--compare-prefill-route",
+        type=route_name,
         default=None,
         help="also run ecofreq+ecoroute with this prefill route (e.g. energy-ttft), print both routes",
     )
@@ -158,7 +168,7 @@ def main() -> int:
             "source": source,
             "window_s": args.window,
         }
-        args.json.write_text(json.dumps(sweep_json(points, meta), indent=2))
+        write_output(args.json, json.dumps(sweep_json(points, meta), indent=2))
     return 0 if all_ok else 1
 
 

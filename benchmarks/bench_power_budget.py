@@ -24,6 +24,7 @@ from bench_report import (
     emit,
     plot_file_path,
     progress_bar,
+    random_seed,
     request_rate,
     seconds,
 )
@@ -51,7 +52,7 @@ def main() -> int:
     parser.add_argument("--rate", type=request_rate, default=70.0, help="ShareGPT request rate (req/s)")
     parser.add_argument("--duration", type=seconds, default=120.0, help="seconds of arrivals")
     parser.add_argument("--budgets", default="60%,75%,90%", help="watts or shares of the max-clock peak")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--plot", type=plot_file_path, default=None, help="write the figure (PNG)")
     add_json_option(parser)
     args = parser.parse_args()
@@ -71,13 +72,11 @@ def main() -> int:
         clocks = allowed_clocks_mhz(config, perf)
         peak_w = cluster_peak_power_w(setup.cluster, clocks[-1], mean_decode_context(workload))
     except ValueError as exc:  # WorkloadError is one too
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        parser.error(str(exc))
     try:
         budgets = parse_budgets(args.budgets, peak_w)
     except ValueError as exc:
-        print(f"error: --budgets: {exc}", file=sys.stderr)
-        return 2
+        parser.error(f"--budgets: {exc}")
     with progress_bar() as bar:
         task = bar.add_task("simulating", total=len(REFERENCES) + len(budgets) * len(BUDGET_POLICIES))
         runs = run_budget_sweep(

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_report import argument_parser
+from bench_report import argument_parser, count
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -114,7 +114,7 @@ async def ray_decision_us(router: Any, replicas: list[StandInReplica], decisions
 
 def main() -> None:
     parser = argument_parser(__doc__)
-    parser.add_argument("--decisions", type=int, default=20000)
+    parser.add_argument("--decisions", type=count, default=20000)
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
     args = parser.parse_args()
 

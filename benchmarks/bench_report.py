@@ -36,6 +36,11 @@ def progress_bar(console: Console | None = None) -> Progress:
     return Progress(console=console, transient=True, disable=not console.is_interactive)
 
 
+def script_name() -> str:
+    """The running benchmark's file name (``bench_x.py``), argparse's ``prog``: what its errors start with."""
+    return Path(sys.argv[0]).name
+
+
 class _OneLineErrors(argparse.ArgumentParser):
     """argparse with a refused argument as one line (``prog: error: ...``, exit status 2) rather than the
     usage block followed by that line; ``--help`` shows the usage as always."""
@@ -72,6 +77,53 @@ def request_rate(text: str) -> float:
     return positive_number(text, "req/s")
 
 
+def whole_number(text: str, least: int) -> int:
+    """``text`` as a whole number of at least ``least``; raises ``argparse.ArgumentTypeError`` (one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text.strip()!r} is not a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text.strip()!r}: give a whole number >= {least}")
+    return value
+
+
+def count(text: str) -> int:
+    """A count (``--requests``, ``--rounds``, ``--iterations``, ``--concurrency``, ...) as an argparse type: a
+    whole number >= 1 (:func:`whole_number`); 0 or fewer would leave nothing to measure, or hang."""
+    return whole_number(text, 1)
+
+
+def counts(text: str) -> list[int]:
+    """A comma-separated list of counts (``--batches``) as an argparse type: each one a :func:`count`."""
+    return [count(item) for item in text.split(",")]
+
+
+def count_or_zero(text: str) -> int:
+    """A count that may be zero (``--cpu-hogs``) as an argparse type: a whole number >= 0."""
+    return whole_number(text, 0)
+
+
+def random_seed(text: str) -> int:
+    """A random seed (``--seed``) as an argparse type: a whole number >= 0, as numpy's generators take."""
+    return whole_number(text, 0)
+
+
+def route_name(text: str) -> str:
+    """A routing policy's name (``--prefill-route``) as an argparse type: looked up among the registered ones
+    (:func:`voltana.core.policies.route_policy`; spaces around it dropped), so a name no plugin registers is
+    refused in one line before a long run rather than with a traceback once the run reaches it."""
+    from voltana.core.policies import route_policy  # here: keeps the config model out of every start-up
+    from voltana.plugins import get_plugin_manager
+
+    name = text.strip()
+    try:
+        route_policy(get_plugin_manager().hook, name)
+    except VoltanaError as exc:  # UnknownPolicyError: lists the registered routes
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
 def _argument_path(check: Callable[[str], Path], text: str) -> Path:
     """``check(text)``, its one-line error (:class:`OutputPathError`, or a missing extra) turned into
     ``argparse.ArgumentTypeError`` (so the path is refused while the arguments are read, before a long
@@ -90,7 +142,7 @@ def output_file_path(text: str) -> Path:
 def plot_file_path(text: str) -> Path:
     """``--plot``'s path as an argparse type: :func:`voltana.core.files.plot_file` (a writable file matplotlib
     can write; ``.png`` added without an extension; matplotlib missing is one line too)."""
-    command = f"{Path(sys.argv[0]).name} --plot"
+    command = f"{script_name()} --plot"
     return _argument_path(lambda path: plot_file(path, command), text)
 
 
@@ -167,8 +219,14 @@ def emit(
         console.print(table)
     if json_path is not None:
         payload = {"benchmark": benchmark, "machine": machine(), "tables": [table_json(t) for t in tables]}
-        try:
-            json_path.write_text(json.dumps(payload, indent=2) + "\n")
-        except OSError as exc:  # the tables are printed above: say what failed in one line
-            raise SystemExit(f"error: cannot write {json_path}: {exc.strerror or exc}") from None
+        write_output(json_path, json.dumps(payload, indent=2) + "\n")
         console.print(f"wrote {json_path}")
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` at the end of a run (``--json``); a failure is one line naming the script
+    (``NAME.py: error: cannot write ...``, exit status 1) rather than a traceback after the results."""
+    try:
+        path.write_text(text)
+    except OSError as exc:  # the results are printed above: say what failed in one line
+        raise SystemExit(f"{script_name()}: error: cannot write {path}: {exc.strerror or exc}") from None

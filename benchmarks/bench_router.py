@@ -29,7 +29,7 @@ from pathlib import Path
 
 import aiohttp
 import httpx
-from bench_report import argument_parser
+from bench_report import argument_parser, count
 
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import Phase, RouteRequest, Slo
@@ -217,11 +217,11 @@ def decision_cost_us(policy: str, decisions: int = 20000, clock_aware: bool = Fa
 
 def main() -> None:
     parser = argument_parser(__doc__)
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=256)
-    parser.add_argument("--latency-samples", type=int, default=300)
-    parser.add_argument("--prefill", type=int, default=4)
-    parser.add_argument("--decode", type=int, default=16)
+    parser.add_argument("--requests", type=count, default=2000)
+    parser.add_argument("--concurrency", type=count, default=256)
+    parser.add_argument("--latency-samples", type=count, default=300)
+    parser.add_argument("--prefill", type=count, default=4)
+    parser.add_argument("--decode", type=count, default=16)
     args = parser.parse_args()
 
     n_instances = args.prefill + args.decode

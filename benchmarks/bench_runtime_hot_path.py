@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_report import add_json_option, argument_parser, emit
+from bench_report import add_json_option, argument_parser, count, counts, emit
 from rich.table import Table
 
 from voltana.adapters.runtime import InstanceRuntime
@@ -85,9 +85,11 @@ def measure_batch(batch_size: int, iterations: int, lifetime: int) -> BatchTimin
 
 def main() -> None:
     parser = argument_parser(__doc__)
-    parser.add_argument("--iterations", type=int, default=2000, help="timed iterations per batch size")
-    parser.add_argument("--batches", default="1,32,256", help="comma-separated decode batch sizes")
-    parser.add_argument("--lifetime", type=int, default=128, help="decode steps per request")
+    parser.add_argument("--iterations", type=count, default=2000, help="timed iterations per batch size")
+    parser.add_argument(
+        "--batches", type=counts, default="1,32,256", help="comma-separated decode batch sizes"
+    )
+    parser.add_argument("--lifetime", type=count, default=128, help="decode steps per request")
     add_json_option(parser)
     args = parser.parse_args()
     model = performance_model("a100-80gb", "llama-3.1-8b")
@@ -102,7 +104,7 @@ def main() -> None:
         "runtime/A100",
     ):
         table.add_column(column, justify="right")
-    for batch_size in (int(b) for b in args.batches.split(",")):
+    for batch_size in args.batches:
         timings = measure_batch(batch_size, args.iterations, args.lifetime)
         context = int(timings.mean_context_tokens)
         gpu_s = model.cost(Phase.DECODE, batch_size, batch_size, context, model.max_clock_mhz).latency_s

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_report import argument_parser
+from bench_report import argument_parser, count
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,8 +39,8 @@ def _time_per_iteration_us(step: Callable[[], None], iterations: int) -> float:
 
 def main() -> None:
     parser = argument_parser(__doc__)
-    parser.add_argument("--iterations", type=int, default=300, help="iterations per round")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating hooked/plain rounds per row")
+    parser.add_argument("--iterations", type=count, default=300, help="iterations per round")
+    parser.add_argument("--rounds", type=count, default=5, help="alternating hooked/plain rounds per row")
     args = parser.parse_args()
     os.environ.update({"VOLTANA_ENABLED": "1", "VOLTANA_HARDWARE__VENDOR": "simulated"})
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_report import add_json_option, argument_parser, emit
+from bench_report import add_json_option, argument_parser, count, emit
 from rich.table import Table
 
 from voltana.core.config import VoltanaConfig
@@ -156,7 +156,7 @@ def main() -> int:
     parser = argument_parser(__doc__)
     parser.add_argument("--workload", choices=("azure", "mooncake-like", "all"), default="all")
     parser.add_argument("--policies", default=",".join(POLICIES))
-    parser.add_argument("--requests", type=int, default=None, help="only the first N requests")
+    parser.add_argument("--requests", type=count, default=None, help="only the first N requests")
     parser.add_argument(
         "--breakdown",
         action="store_true",
@@ -164,18 +164,13 @@ def main() -> int:
     )
     add_json_option(parser)
     args = parser.parse_args()
-    if args.requests is not None and args.requests < 1:
-        print(f"error: --requests must be at least 1, got {args.requests}", file=sys.stderr)
-        return 2
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
     try:  # every name looked up before the first hour runs
         check_policies(get_plugin_manager().hook, names, oracle=False)  # the oracle is not timed here
     except VoltanaError as exc:
-        print(f"error: --policies: {exc}", file=sys.stderr)
-        return 2
+        parser.error(f"--policies: {exc}")
     if not names:
-        print("error: --policies names no policy", file=sys.stderr)
-        return 2
+        parser.error("--policies names no policy")
     workloads: dict[str, Workload] = {}
     if args.workload in ("azure", "all"):
         if TRACE.is_file():

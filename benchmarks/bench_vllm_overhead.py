@@ -33,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_report import add_json_option, argument_parser, emit  # noqa: E402
+from bench_report import add_json_option, argument_parser, count, count_or_zero, emit  # noqa: E402
 
 
 def _engine_env() -> None:
@@ -115,15 +115,15 @@ MODES = ("detached", "sync-publish", "thread-publish")
 
 def main() -> int:
     parser = argument_parser(__doc__)
-    parser.add_argument("--rounds", type=int, default=6, help="rounds per mode (rotating)")
-    parser.add_argument("--requests", type=int, default=16, help="concurrent prompts per round (one batch)")
-    parser.add_argument("--max-tokens", type=int, default=128, help="generated tokens per prompt")
-    parser.add_argument("--cpu-hogs", type=int, default=0, help="busy-looping processes during the run")
+    parser.add_argument("--rounds", type=count, default=6, help="rounds per mode (rotating)")
+    parser.add_argument("--requests", type=count, default=16, help="concurrent prompts per round (one batch)")
+    parser.add_argument("--max-tokens", type=count, default=128, help="generated tokens per prompt")
+    parser.add_argument(
+        "--cpu-hogs", type=count_or_zero, default=0, help="busy-looping processes during the run"
+    )
     parser.add_argument("--model-dir", type=Path, default=None, help="tiny model dir (built if absent)")
     add_json_option(parser)
     args = parser.parse_args()
-    if min(args.rounds, args.requests, args.max_tokens) < 1 or args.cpu_hogs < 0:
-        parser.error("--rounds, --requests and --max-tokens must be >= 1, --cpu-hogs >= 0")
 
     _engine_env()
     from rich.progress import track

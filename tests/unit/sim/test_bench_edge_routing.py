@@ -54,12 +54,13 @@ def test_a_refused_later_point_stops_before_any_simulation(
 
     monkeypatch.setattr(bench, "run_policy", no_simulation)
     points = "llama-3.1-8b/lmsys@100,llama-3.1-8b/lmsys@100000"
-    code = run_main(bench, ["--points", points, "--seeds", "0"], monkeypatch)
+    with pytest.raises(SystemExit) as stopped:
+        run_main(bench, ["--points", points, "--seeds", "0"], monkeypatch)
     captured = capsys.readouterr()
-    assert code == 2
+    assert stopped.value.code == 2
     assert captured.err == (
-        "error: 100000 req/s for 60 s is 6e+06 requests; at most 1,000,000 per run (each is generated up "
-        "front and kept in memory): lower the rate or the duration\n"
+        "bench_edge_routing.py: error: 100000 req/s for 60 s is 6e+06 requests; at most 1,000,000 per run "
+        "(each is generated up front and kept in memory): lower the rate or the duration\n"
     )
     assert captured.out == ""
 

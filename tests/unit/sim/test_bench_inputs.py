@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -92,8 +93,8 @@ def test_paper_setting_refuses_bad_input_before_running(
         ),
         (
             ["--budgets", "abc"],
-            "error: --budgets: a power budget is watts or a percentage of the max-clock peak (e.g. 900 or "
-            "60%); got 'abc'",
+            "bench_power_budget.py: error: --budgets: a power budget is watts or a percentage of the "
+            "max-clock peak (e.g. 900 or 60%); got 'abc'",
         ),
     ],
 )
@@ -188,3 +189,228 @@ def test_json_and_plot_on_one_file_are_refused_before_running(
         f"{name}.py: error: --plot {same!r} is the file --json writes: give each its own file\n"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def refused(
+    name: str,
+    args: list[str],
+    work: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> str:
+    """Run benchmark ``name`` with ``args`` where each function in ``work`` (what would start the benchmark's
+    work) fails the test; assert exit status 2 and return what went to stderr."""
+    bench = load(name, monkeypatch)
+    for function in work:
+        monkeypatch.setattr(bench, function, lambda *a, **k: pytest.fail(f"{name} started its work"))
+    assert run_main(bench, args, monkeypatch) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return captured.err
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "work", "message"),
+    [
+        (
+            "bench_edge_routing",
+            ["--points", "llama-3.1-8b/lmsys"],
+            ["build_workloads"],
+            "--points: 'llama-3.1-8b/lmsys' needs a rate, e.g. llama-3.1-8b/lmsys@105",
+        ),
+        ("bench_edge_routing", ["--seeds", "0,-1"], ["build_workloads"], "--seeds must be >= 0, got '0,-1'"),
+        (
+            "bench_paper_reproduction",
+            ["--margins", "0,1"],
+            ["simulate_point"],
+            "--margins must each be in [0, 1), got '0,1'",
+        ),
+        (
+            "bench_paper_reproduction",
+            ["--jobs", "0"],
+            ["simulate_point"],
+            "--jobs must be a whole number from 1 to ",
+        ),
+        ("bench_paper_reproduction", ["--panels", "nope"], ["simulate_point"], "--panels matches none of: "),
+        (
+            "bench_paper_reproduction",
+            ["--duration", "9000"],
+            ["simulate_point"],
+            "130 req/s for 9000 s is 1.17e+06 requests; at most 1,000,000 per run",
+        ),
+        (
+            "bench_power_budget",
+            ["--budgets", "60%,", "--duration", "5"],
+            ["run_budget_sweep"],
+            "--budgets: empty item in '60%,': write budgets as e.g. '60%,75%,900'",
+        ),
+        (
+            "bench_sim_speed",
+            ["--policies", "nope"],
+            ["run_policy"],
+            "--policies: unknown clock policy 'nope'",
+        ),
+        ("bench_sim_speed", ["--policies", ","], ["run_policy"], "--policies names no policy"),
+    ],
+)
+def test_a_refusal_after_reading_the_arguments_names_the_script(
+    name: str,
+    args: list[str],
+    work: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    err = refused(name, args, work, monkeypatch, capsys)
+    assert len(err.splitlines()) == 1 and err.endswith("\n")
+    assert err.startswith(f"{name}.py: error: {message}")
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "work", "message"),
+    [
+        (
+            "bench_paper_reproduction",
+            ["--engine", "bogus"],
+            ["setup_for", "simulate_point"],
+            "argument --engine: invalid choice: 'bogus'",
+        ),
+        (
+            "bench_edge_routing",
+            ["--engine", "bogus"],
+            ["setup_for", "build_workloads"],
+            "argument --engine: invalid choice: 'bogus'",
+        ),
+        (
+            "bench_paper_reproduction",
+            ["--prefill-route", "bogus"],
+            ["setup_for", "simulate_point"],
+            "argument --prefill-route: unknown routing policy 'bogus'; registered: ",
+        ),
+        (
+            "bench_paper_setting",
+            ["--compare-prefill-route", "bogus"],
+            ["run_sweep"],
+            "argument --compare-prefill-route: unknown routing policy 'bogus'; registered: ",
+        ),
+        (
+            "bench_paper_setting",
+            ["--compare-prefill-route", ""],
+            ["run_sweep"],
+            "argument --compare-prefill-route: unknown routing policy ''; registered: ",
+        ),
+    ],
+)
+def test_an_unknown_engine_or_route_is_refused_before_any_work(
+    name: str,
+    args: list[str],
+    work: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    err = refused(name, args, work, monkeypatch, capsys)
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"{name}.py: error: {message}")
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("bench_paper_reproduction", ["--engine", "bogus"]),
+        ("bench_paper_setting", ["--compare-prefill-route", "bogus"]),
+    ],
+)
+def test_an_unknown_engine_or_route_is_one_line_at_once_from_the_command_line(
+    name: str, args: list[str]
+) -> None:
+    """The script as a user runs it: refused while the arguments are read (the benchmark itself takes
+    minutes: the timeout would stop it), one line, no traceback."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith(f"{name}.py: error: argument {args[0]}: ")
+    assert "bogus" in done.stderr
+
+
+COUNT_OPTIONS = [
+    ("bench_runtime_hot_path", ["measure_batch"], ["--iterations", "--lifetime", "--batches"]),
+    (
+        "bench_http_client",
+        ["free_port", "wait_http"],
+        ["--requests", "--concurrency", "--events", "--rounds"],
+    ),
+    (
+        "bench_router",
+        ["free_port_block", "wait_http"],
+        ["--requests", "--concurrency", "--latency-samples", "--prefill", "--decode"],
+    ),
+]
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+@pytest.mark.parametrize(
+    ("name", "work", "option"),
+    [(name, work, option) for name, work, options in COUNT_OPTIONS for option in options],
+)
+def test_a_count_of_zero_or_less_is_refused_before_any_work(
+    name: str,
+    work: list[str],
+    option: str,
+    value: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    err = refused(name, [option, value], work, monkeypatch, capsys)
+    assert err == f"{name}.py: error: argument {option}: {value!r}: give a whole number >= 1\n"
+
+
+def test_every_batch_size_is_a_count(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = refused("bench_runtime_hot_path", ["--batches", "1,x"], ["measure_batch"], monkeypatch, capsys)
+    assert err == "bench_runtime_hot_path.py: error: argument --batches: 'x' is not a whole number\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0", "'0': give a whole number >= 1"),
+        ("-3", "'-3': give a whole number >= 1"),
+        ("1.5", "'1.5' is not a whole number"),
+        ("1e3", "'1e3' is not a whole number"),
+        ("", "'' is not a whole number"),
+    ],
+)
+def test_a_count_is_a_whole_number_of_at_least_one(
+    text: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    bench_report = load("bench_report", monkeypatch)
+    with pytest.raises(argparse.ArgumentTypeError) as caught:
+        bench_report.count(text)
+    assert str(caught.value) == message
+    assert bench_report.count(" 7 ") == 7
+    assert bench_report.count_or_zero("0") == 0
+    assert bench_report.random_seed("0") == 0
+
+
+def test_a_file_that_cannot_be_written_at_the_end_names_the_script(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from rich.table import Table
+
+    bench_report = load("bench_report", monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["bench_x.py"])
+    gone = tmp_path / "gone" / "out.json"  # checked when the arguments were read, removed since
+    with pytest.raises(SystemExit) as stopped:
+        bench_report.emit(Table(), benchmark="bench_x", json_path=gone)
+    assert stopped.value.code == f"bench_x.py: error: cannot write {gone}: No such file or directory"
