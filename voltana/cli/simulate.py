@@ -590,10 +590,16 @@ def _timeline_policy(names: list[str]) -> str:
 
 def _check_policies(names: list[str], prefill_route: str) -> None:
     """Every policy named in ``--policies`` and the config's ``policy.prefill_route`` are registered (one
-    line, the core's wording; :func:`voltana.sim.runner.check_policies`)."""
-    from voltana.sim.runner import check_policies
+    line, the core's wording, prefixed by the option or setting at fault;
+    :func:`voltana.sim.runner.check_policies`)."""
+    from voltana.sim.runner import SimulationError, check_policies
 
-    check_policies(get_plugin_manager().hook, names, prefill_route)
+    hook = get_plugin_manager().hook
+    check_policies(hook, [], prefill_route)  # its refusal says policy.prefill_route itself
+    try:
+        check_policies(hook, names, prefill_route)
+    except SimulationError as exc:
+        raise SimulationError(f"--policies: {exc}") from None
 
 
 @hookimpl

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -24,14 +25,15 @@ def output_file(text: str) -> Path:
     ``.`` or ``..``: ``Path`` drops those, so ``out/`` or ``out/.`` would be written as a file ``out``), an
     existing directory, an existing file that is not a regular one (``/dev/null``, a named pipe: a save
     renames over it), a link to a missing place, a missing or non-directory parent, one that cannot be
-    written, or one the system refuses (e.g. a name too long)."""
-    last = text.replace(os.sep, "/").rsplit("/", 1)[-1]  # "" when text ends in a separator
-    if not text.strip() or last in ("", ".", ".."):
-        raise OutputPathError(f"{text!r} is not a file path (give a file name)")
+    written, or one the system refuses (e.g. a name too long); a link to a missing place or one that
+    loops."""
+    _check_file_name(text)
     path = Path(text)
     parent = path.parent
     try:
         if path.is_symlink() and not path.exists():
+            if _loops(path):
+                raise OutputPathError(f"{text!r} is a link that leads back to itself; give a file path")
             raise OutputPathError(f"{text!r} is a link to a missing place; give a file path")
         if path.is_dir():
             raise OutputPathError(f"{text!r} is a directory; give a file path")
@@ -49,10 +51,33 @@ def output_file(text: str) -> Path:
     return path
 
 
+def _check_file_name(text: str) -> None:
+    """Raise :class:`OutputPathError` when ``text`` names no file: empty, ending in a separator, ``.`` or
+    ``..`` (``Path`` drops those, so ``out/`` or ``out/.`` would be written as a file ``out``)."""
+    last = text.replace(os.sep, "/").rsplit("/", 1)[-1]  # "" when text ends in a separator
+    if not text.strip() or last in ("", ".", ".."):
+        raise OutputPathError(f"{text!r} is not a file path (give a file name)")
+
+
+def _loops(path: Path) -> bool:
+    """Whether following the link ``path`` never ends (``ELOOP``)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
 def same_file(first: Path, second: Path) -> bool:
-    """Whether two output paths name one file (links followed): the one written last would replace the
-    other's content (``-o``/``--json`` and ``--plot`` given the same file)."""
-    return os.path.realpath(first) == os.path.realpath(second)
+    """Whether two output paths name one file (symbolic links followed; two hard links to one existing file
+    are one file too): the one written last would replace the other's content (``-o``/``--json`` and
+    ``--plot`` given the same file)."""
+    if os.path.realpath(first) == os.path.realpath(second):
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist yet: different names of different files
+        return False
 
 
 def plot_file(text: str, command: str) -> Path:
@@ -70,14 +95,17 @@ def plot_file(text: str, command: str) -> Path:
     import matplotlib
     from matplotlib.backend_bases import FigureCanvasBase
 
-    path = output_file(text)
+    _check_file_name(text)
+    path = Path(text)
     # The extension as matplotlib reads it (os.path.splitext: '....png' has none, 'figure.' an empty one);
-    # without one it would write NAME.rstrip('.') + '.png', which is then the file named here.
+    # without one it would write NAME.rstrip('.') + '.png': that file is the one checked (a directory or
+    # a pipe named NAME is no obstacle), and named in any refusal.
     if not os.path.splitext(path.name)[1][1:]:
         stem = path.name.rstrip(".")
         if not stem:
             raise OutputPathError(f"{text!r} is not a file path (give a file name)")
-        path = output_file(str(path.with_name(stem + ".png")))
+        path = path.with_name(stem + ".png")
+    path = output_file(str(path))
     supported = set(FigureCanvasBase.get_supported_filetypes())
     texsystem = str(matplotlib.rcParams["pgf.texsystem"])
     if shutil.which(texsystem) is None:  # matplotlib lists .pgf, but writing it runs this LaTeX engine

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from voltana.core.files import OutputPathError, output_file, plot_file, write_text_atomically
+from voltana.core.files import OutputPathError, output_file, plot_file, same_file, write_text_atomically
 
 
 def test_a_file_that_is_not_regular_is_refused_not_replaced(tmp_path: Path) -> None:
-    fifo = tmp_path / "pipe"
+    fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     for text in (os.devnull, str(fifo)):
         with pytest.raises(OutputPathError, match="is not a regular file; give a file path"):
@@ -72,3 +72,37 @@ def test_a_plot_name_of_dots_only_is_refused(typed: str, tmp_path: Path) -> None
     with pytest.raises(OutputPathError, match="is not a file path"):
         plot_file(f"{tmp_path}/{typed}", "voltana simulate --plot")  # as typed: Path would drop '.'
     assert list(tmp_path.iterdir()) == []
+
+
+def test_two_hard_links_to_one_file_are_the_same_file(tmp_path: Path) -> None:
+    """``--json X --plot Y`` with X and Y hard links to one file: the plot would replace the results."""
+    first = tmp_path / "results.json"
+    first.write_text("{}")
+    second = tmp_path / "figure.png"
+    os.link(first, second)
+    assert same_file(first, second) and same_file(second, first)
+    assert not same_file(first, tmp_path / "other.png")  # a file not there yet is another file
+    assert not same_file(tmp_path / "a.json", tmp_path / "b.png")
+
+
+def test_a_link_that_loops_is_named_so(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop)
+    with pytest.raises(OutputPathError, match="is a link that leads back to itself"):
+        output_file(str(loop))
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "gone" / "x.json")
+    with pytest.raises(OutputPathError, match="is a link to a missing place"):
+        output_file(str(dangling))
+
+
+def test_a_plot_name_without_extension_is_checked_as_the_file_written(tmp_path: Path) -> None:
+    """``--plot results`` writes ``results.png``: a directory or a pipe named ``results`` is no obstacle,
+    while a directory named ``results.png`` is."""
+    (tmp_path / "results").mkdir()
+    os.mkfifo(tmp_path / "pipe")
+    assert plot_file(str(tmp_path / "results"), "voltana simulate --plot") == tmp_path / "results.png"
+    assert plot_file(str(tmp_path / "pipe"), "voltana simulate --plot") == tmp_path / "pipe.png"
+    (tmp_path / "taken.png").mkdir()
+    with pytest.raises(OutputPathError, match=r"taken\.png' is a directory"):
+        plot_file(str(tmp_path / "taken"), "voltana simulate --plot")

@@ -88,10 +88,10 @@ def test_table_output_on_a_trace(tmp_path: Path) -> None:
         (["--model", "gpt-17"], "unknown simulated model"),
         (["--itl", "0.0005"], "impossible SLOs: ITL"),
         (["--ttft", "0.001"], "impossible SLOs: TTFT"),
-        (["--policies", "warp-speed"], "unknown clock policy 'warp-speed'; registered: "),
-        (["--policies", "ecofreq+teleport"], "unknown routing policy 'teleport'; registered: "),
-        (["--policies", "static-max+"], "empty decode route after '+' in 'static-max+'"),
-        (["--policies", "static-max + + ecoroute"], "more than one '+' in 'static-max++ ecoroute'"),
+        (["--policies", "warp-speed"], "--policies: unknown clock policy 'warp-speed'; registered: "),
+        (["--policies", "ecofreq+teleport"], "--policies: unknown routing policy 'teleport'; registered: "),
+        (["--policies", "static-max+"], "--policies: empty decode route after '+' in 'static-max+'"),
+        (["--policies", "static-max + + ecoroute"], "--policies: more than one '+' in 'static-max++"),
         (["--policies", "static-max,,ecofreq"], "--policies: an empty item in 'static-max,,ecofreq'"),
         (["--policies", "static-max,"], "--policies: an empty item in 'static-max,'"),
         (["--rates", "fast"], "--rates must be"),
@@ -228,7 +228,8 @@ def test_a_trace_without_rate_is_replayed_as_recorded(
     [
         ("missing/out.png", "--plot '{tmp}/missing/out.png': no such directory '{tmp}/missing'"),
         ("out.txt", "cannot write .txt files; use one of"),
-        ("adir", "--plot '{tmp}/adir' is a directory; give a file path"),
+        ("adir.png", "--plot '{tmp}/adir.png' is a directory; give a file path"),
+        ("taken", "--plot '{tmp}/taken.png' is a directory; give a file path"),  # the file it would write
         ("adir/", "--plot '{tmp}/adir/' is not a file path (give a file name)"),
         ("out/.", "--plot '{tmp}/out/.' is not a file path (give a file name)"),
         ("afile/x.png", "--plot '{tmp}/afile/x.png': '{tmp}/afile' is a file, not a directory"),
@@ -246,8 +247,11 @@ def test_a_bad_plot_path_is_one_line_before_simulating(
     import voltana.sim.sweep
 
     (tmp_path / "adir").mkdir()
+    (tmp_path / "adir.png").mkdir()
+    (tmp_path / "taken.png").mkdir()
     (tmp_path / "afile").write_text("")
     (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere" / "x.png")
+    before = sorted(tmp_path.iterdir())
 
     def no_simulation(*args: object, **kwargs: object) -> None:
         raise AssertionError("simulated before checking --plot")
@@ -256,7 +260,7 @@ def test_a_bad_plot_path_is_one_line_before_simulating(
     args = ["--duration", "5", "--policies", "static-max", "--plot", f"{tmp_path}/{plot_name}"]  # as typed
     code, _, err = run_in_process(args, monkeypatch, capsys)
     assert message.format(tmp=tmp_path) in one_error_line(code, err)
-    assert not (tmp_path / "adir.png").exists()
+    assert sorted(tmp_path.iterdir()) == before  # nothing written
 
 
 def test_pgf_is_refused_where_its_latex_engine_is_missing(
