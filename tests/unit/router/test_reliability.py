@@ -48,7 +48,9 @@ def test_killed_decode_mid_stream_ends_with_clear_error_then_ejected_and_readmit
             pass
     assert "failed mid-stream" in str(failure.value)
     assert first.choices[0].text
-    assert not registry.by_id[victim_id].admitted  # ejected
+    # Ejected (counted, not read from ``admitted``: on a loaded machine the 1 s quarantine can end, and the
+    # probes re-admit the instance, before this line runs).
+    assert registry.by_id[victim_id].ejections == 1
     # Everything still works on the survivor, and non-streamed requests never see the dead one.
     with httpx.Client(trust_env=False, timeout=10) as c:
         for i in range(5):
