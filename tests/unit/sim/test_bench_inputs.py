@@ -251,24 +251,7 @@ def refused(
             "--policies: unknown clock policy 'nope'",
         ),
         ("bench_sim_speed", ["--policies", ","], ["run_policy"], "--policies names no policy"),
-    ],
-)
-def test_a_refusal_after_reading_the_arguments_names_the_script(
-    name: str,
-    args: list[str],
-    work: list[str],
-    message: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    err = refused(name, args, work, monkeypatch, capsys)
-    assert len(err.splitlines()) == 1 and err.endswith("\n")
-    assert err.startswith(f"{name}.py: error: {message}")
-
-
-@pytest.mark.parametrize(
-    ("name", "args", "work", "message"),
-    [
+        # An unknown engine or route: refused while the arguments are read, before any work.
         (
             "bench_paper_reproduction",
             ["--engine", "bogus"],
@@ -301,7 +284,7 @@ def test_a_refusal_after_reading_the_arguments_names_the_script(
         ),
     ],
 )
-def test_an_unknown_engine_or_route_is_refused_before_any_work(
+def test_a_refusal_after_reading_the_arguments_names_the_script(
     name: str,
     args: list[str],
     work: list[str],
@@ -310,7 +293,7 @@ def test_an_unknown_engine_or_route_is_refused_before_any_work(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     err = refused(name, args, work, monkeypatch, capsys)
-    assert len(err.splitlines()) == 1
+    assert len(err.splitlines()) == 1 and err.endswith("\n")
     assert err.startswith(f"{name}.py: error: {message}")
 
 
