@@ -220,7 +220,7 @@ def emit(
     if json_path is not None:
         payload = {"benchmark": benchmark, "machine": machine(), "tables": [table_json(t) for t in tables]}
         write_output(json_path, json.dumps(payload, indent=2) + "\n")
-        console.print(f"wrote {json_path}")
+        console.print(f"wrote {json_path}", markup=False)
 
 
 def write_output(path: Path, text: str) -> None:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -135,7 +136,7 @@ def profile_command(
 
 
 def _fail(err: Console, message: str) -> NoReturn:
-    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
     raise typer.Exit(2)
 
 
@@ -324,12 +325,12 @@ def _quality_table(console: Console, quality: Any) -> None:
 def _written(console: Console, path: Path | None, plot: Path | None) -> None:
     if path is None:
         return
-    console.print(f"wrote {path}", highlight=False)
+    console.print(f"wrote {path}", highlight=False, markup=False)
     if plot is not None:
         from voltana.core.profile import load_profile
         from voltana.profiler.plot import plot_profile
 
-        console.print(f"wrote {plot_profile(load_profile(path), plot)}", highlight=False)
+        console.print(f"wrote {plot_profile(load_profile(path), plot)}", highlight=False, markup=False)
     console.print(
         f'next step: set engine.predictor_profile = "{path.resolve()}" in the engines\' voltana config '
         f"(or VOLTANA_ENGINE__PREDICTOR_PROFILE={path.resolve()}) and restart them",
@@ -403,11 +404,14 @@ def _profile_simulated(
         path = save_profile(profile, output)
     except OSError as exc:
         _fail(err, f"cannot write {output}: {exc.strerror}")
-    Console().print(f"wrote {path} ({perf.name}, clocks {chosen[0]}..{chosen[-1]} MHz, {len(chosen)} levels)")
+    Console().print(
+        f"wrote {path} ({perf.name}, clocks {chosen[0]}..{chosen[-1]} MHz, {len(chosen)} levels)",
+        markup=False,
+    )
     if plot is not None:
         from voltana.profiler.plot import plot_profile
 
-        Console().print(f"wrote {plot_profile(profile, plot)}", highlight=False)
+        Console().print(f"wrote {plot_profile(profile, plot)}", highlight=False, markup=False)
 
 
 def _parse_int_list(raw: str) -> tuple[int, ...]:

@@ -352,7 +352,7 @@ def simulate(
     if as_json:
         print(json.dumps(sweep_json(points, meta), indent=2))
         if plot_line:  # stdout stays JSON
-            err_console.print(plot_line, highlight=False, soft_wrap=True)
+            err_console.print(plot_line, highlight=False, soft_wrap=True, markup=False)
         _note_repeats(repeats)  # after the results: a refused run stays one line
         return
     # Piped output (logs, CI) gets a fixed width so that the tables are not cut at 80 columns.
@@ -376,7 +376,7 @@ def simulate(
             out.print(refused)
     out.print("[dim]saving: energy vs static-max; SLO att.: share of requests meeting TTFT and mean ITL.[/]")
     if plot_line:
-        out.print(plot_line, highlight=False, soft_wrap=True)
+        out.print(plot_line, highlight=False, soft_wrap=True, markup=False)
     _note_repeats(repeats)
 
 
@@ -505,7 +505,7 @@ def _run_power_budget(
         }
         print(json.dumps(budget_json(runs, meta), indent=2))
         if plot is not None:  # stdout stays JSON
-            err_console.print(f"plot written to {plot}", highlight=False, soft_wrap=True)
+            err_console.print(f"plot written to {plot}", highlight=False, soft_wrap=True, markup=False)
         return
     out = console if console.is_terminal else Console(width=140)
     out.print(f"[bold]{escape(title)}[/], clocks {allowed[0]}..{allowed[-1]} MHz", highlight=False)
@@ -513,7 +513,7 @@ def _run_power_budget(
     for line in coordinator_holds(runs):
         out.print(line, highlight=False)
     if plot is not None:
-        out.print(f"plot written to {plot}", highlight=False)
+        out.print(f"plot written to {plot}", highlight=False, markup=False)
 
 
 def _policy_names(text: str) -> list[str]:

@@ -111,3 +111,17 @@ def test_outputs_and_simulated_choices_that_would_lose_or_ignore_something_are_o
         assert len(lines) == 1 and reason in lines[0], (args, lines)
     assert Path(os.devnull).is_char_device()
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_path_with_brackets_is_named_as_given(tmp_path: Path) -> None:
+    """Paths are printed as text, not read as console markup: ``[red]`` stays in the name, ``[/x]`` is no
+    markup error (it was a traceback)."""
+    out = tmp_path / "[red]p.json"
+    result = run_cli("profile", "--gpu", "h100-80gb", "--clocks", "1005,1410", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out} " in result.stdout and out.exists()
+    missing = tmp_path / "nodir" / "[/x].json"
+    refused = run_cli("profile", "--gpu", "h100-80gb", "-o", str(missing))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(missing) in lines[0]
