@@ -142,7 +142,7 @@ class ClockTable:
         Evaluates exactly the floats of ``batch_curve(clock_index, x1_per_x0)`` at each probed size, inline:
         the decode load rule runs it for every clock it checks, every iteration.
         """
-        ends, last, rows = self.segment_ends, self._last_segment, self.model.rows
+        rows = self.model.rows
         by_size = self._segment_by_size
         tabled = len(by_size)
         d = self.model.drift
@@ -151,11 +151,7 @@ class ClockTable:
         while lo < hi:
             mid = (lo + hi + 1) // 2
             x0 = float(mid)
-            if mid < tabled:
-                segment = by_size[mid]
-            else:
-                segment = _bisect_left(ends, x0)
-                segment = last if last < segment else segment
+            segment = by_size[mid] if mid < tabled else self.segment_of(x0)
             r0, r1, r2 = rows[segment][clock_index]
             if d * (g0 * r0 * x0 + g1 * r1 * (x0 * x1_per_x0) + g2 * r2) <= bound:
                 lo = mid
