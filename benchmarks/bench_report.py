@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import platform
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -107,6 +110,29 @@ def count_or_zero(text: str) -> int:
 def random_seed(text: str) -> int:
     """A random seed (``--seed``) as an argparse type: a whole number >= 0, as numpy's generators take."""
     return whole_number(text, 0)
+
+
+def worker_count(text: str) -> int:
+    """``--jobs`` as an argparse type: a whole number from 1 to 4x the machine's cores (more workers than that
+    only add memory and switching; the results do not depend on it)."""
+    most = (os.cpu_count() or 1) * 4
+    value = int(text) if text.strip().isdecimal() else 0
+    if not 1 <= value <= most:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {most}, got {text!r}")
+    return value
+
+
+def ignore_interrupts() -> None:
+    """A worker process's initializer: Ctrl-C goes to the main process alone, which stops the workers with
+    :func:`stop_workers` and says so in one line (a worker's own KeyboardInterrupt prints a traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop_workers(pool: ProcessPoolExecutor) -> None:
+    """After Ctrl-C: cancel what has not started and end the running workers now, not after their point."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in multiprocessing.active_children():
+        worker.terminate()
 
 
 def route_name(text: str) -> str:
@@ -210,15 +236,23 @@ def table_json(table: Table) -> dict[str, Any]:
 
 
 def emit(
-    tables: Table | Sequence[Table], *, benchmark: str, json_path: Path | None, width: int | None = None
+    tables: Table | Sequence[Table],
+    *,
+    benchmark: str,
+    json_path: Path | None,
+    width: int | None = None,
+    details: dict[str, Any] | None = None,
 ) -> None:
-    """Print the tables; with ``json_path``, also write them with :func:`machine` as JSON."""
+    """Print the tables; with ``json_path``, also write them with :func:`machine` as JSON (and ``details``,
+    the raw numbers behind the tables, under that key when given)."""
     tables = [tables] if isinstance(tables, Table) else list(tables)
     console = Console(width=width) if width else Console()
     for table in tables:
         console.print(table)
     if json_path is not None:
         payload = {"benchmark": benchmark, "machine": machine(), "tables": [table_json(t) for t in tables]}
+        if details is not None:
+            payload["details"] = details
         write_output(json_path, json.dumps(payload, indent=2) + "\n")
         console.print(f"wrote {json_path}", markup=False)
 

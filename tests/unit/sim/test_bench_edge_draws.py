@@ -1,0 +1,134 @@
+"""``benchmarks/bench_edge_draws.py``: the grid's two checks read on the means of several arrival draws."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+
+from voltana.sim.frontier import FrontierPoint
+
+BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_edge_draws
+
+    return bench_edge_draws
+
+
+def run_main(bench: ModuleType, args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(sys, "argv", ["bench_edge_draws.py", *args])
+    code: int = bench.main()
+    return code
+
+
+def attainment(ttft: float, itl: float) -> SimpleNamespace:
+    return SimpleNamespace(ttft_attainment=ttft, itl_attainment=itl)
+
+
+def draw(
+    bench: ModuleType,
+    static_itl: float,
+    ours_itl: float,
+    ours: list[FrontierPoint],
+    paper: list[FrontierPoint],
+) -> Any:
+    """A stand-in for one draw's RatePoint: only what the checks read."""
+    return SimpleNamespace(
+        static_max=attainment(1.0, static_itl),
+        ours=attainment(1.0, ours_itl),
+        frontiers={bench.OURS: ours, bench.PAPER: paper},
+    )
+
+
+def at(policy: str, margin: float, saving: float, itl: float) -> FrontierPoint:
+    return FrontierPoint(policy, margin, saving, itl, 1.0, itl, 1.0 - saving)
+
+
+def test_a_draw_that_misses_alone_does_not_fail_the_mean_check(bench: ModuleType) -> None:
+    # Ours loses 1 point on one draw and gains 0.6 on another: the one-draw check fails once, the means hold.
+    ours, paper = [at(bench.OURS, 0.1, 0.3, 1.0)], [at(bench.PAPER, 0.1, 0.3, 1.0)]
+    draws = [draw(bench, 0.97, 0.96, ours, paper), draw(bench, 0.95, 0.956, ours, paper)]
+    check = bench.attainment_check(draws)
+    assert check.single_draws_pass == 1
+    assert check.itl_diff[0] == pytest.approx(-0.2)
+    assert check.holds
+    assert check.static_max_itl == pytest.approx(96.0) and check.carried_draws == 2
+    worse = bench.attainment_check([draw(bench, 0.97, 0.96, ours, paper)] * 2)
+    assert not worse.holds and worse.single_draws_pass == 0
+
+
+def test_the_saving_check_compares_best_margins_of_the_mean_frontiers(bench: ModuleType) -> None:
+    # The paper's margin 0.1 keeps the SLO on draw 0 only (it wins that draw's one-draw check); on the means
+    # only its margin 0.3 reaches the floor, and ours' margin 0.1 saves more than that.
+    ours = [at(bench.OURS, 0.1, 0.28, 0.999), at(bench.OURS, 0.3, 0.23, 1.0)]
+    paper_0 = [at(bench.PAPER, 0.1, 0.326, 0.998), at(bench.PAPER, 0.3, 0.25, 1.0)]
+    paper_1 = [at(bench.PAPER, 0.1, 0.33, 0.88), at(bench.PAPER, 0.3, 0.22, 1.0)]
+    check = bench.saving_check(
+        [draw(bench, 1.0, 0.999, ours, paper_0), draw(bench, 1.0, 0.999, ours, paper_1)]
+    )
+    assert check.itl_floor == pytest.approx(99.5)
+    assert (check.ours.margin, check.paper.margin) == (0.1, 0.3)
+    assert check.paper.saving == pytest.approx(0.235)
+    assert check.saving_diff[0] == pytest.approx(100 * (0.28 - 0.235))
+    assert check.single_draws_pass == 1 and check.holds
+    never = bench.saving_check([draw(bench, 1.0, 0.9, [at(bench.OURS, 0.1, 0.3, 0.9)], paper_0)])
+    assert never.ours is None and not never.holds and never.saving_diff is None
+
+
+def test_each_draw_is_the_grid_point_at_that_seed_in_one_process_or_two(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tables = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"draws{jobs}.json"
+        args = ["--points", "llama-3.1-8b/lmsys@5", "--draws", "2", "--duration", "2", "--jobs", jobs]
+        code = run_main(bench, [*args, "--json", str(out)], monkeypatch)
+        assert code in (0, 1), capsys.readouterr().err
+        payload = json.loads(out.read_text())
+        tables.append(payload["tables"])
+    assert tables[0] == tables[1]
+    (seeds,) = payload["details"]["draws"].values()
+    assert [d["seed"] for d in seeds] == [0, 1]
+    grid_point = bench.simulate_point(bench.PANELS[1], 5.0, "sglang", 1, 2.0, bench.DEFAULT_MARGINS, None)
+    assert seeds[1]["ours"]["itl"] == grid_point.ours.itl_attainment
+    assert seeds[1]["frontiers"][bench.PAPER] == [vars(f) for f in grid_point.frontiers[bench.PAPER]]
+    att_table, save_table = tables[0]
+    assert [row[0] for row in att_table["rows"]] == ["llama-3.1-8b/lmsys 5"]
+    assert att_table["rows"][0][-3:-1] == ["2/2", "2/2"]
+    assert save_table["columns"][-1] == "check" and save_table["rows"][0][0] == "llama-3.1-8b/lmsys 5"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--draws", "0"], "argument --draws: '0': give a whole number >= 1"),
+        (["--jobs", "0"], "argument --jobs: must be a whole number from 1 to "),
+        (["--points", "llama-3.1-8b/nope@5"], "--points: unknown panel 'llama-3.1-8b/nope'"),
+        (["--points", "llama-3.1-8b/lmsys@100000"], "100000 req/s for 60 s is 6e+06 requests"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_simulation(
+    bench: ModuleType,
+    args: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def no_simulation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("simulated before the arguments were checked")
+
+    monkeypatch.setattr(bench, "simulate_point", no_simulation)
+    with pytest.raises(SystemExit) as stopped:
+        run_main(bench, args, monkeypatch)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert err.startswith("bench_edge_draws.py: error: ") and message in err
+    assert err.count("\n") == 1
