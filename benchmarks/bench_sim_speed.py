@@ -3,26 +3,30 @@
 Workloads:
 - ``azure``: the Azure conversation trace (first hour), shipped as
   ``tests/data/traces/AzureLLMInferenceTrace_conv.csv``; target <= 20 s per policy (>= 180x real time).
-- ``mooncake-like``: a synthetic stand-in for the Mooncake conversation trace (kvcache-ai/Mooncake
-  ``FAST25-release/traces/conversation_trace.jsonl``, not available here), shaped after its published
-  statistics: 12,031 requests over 3,537 s (3.4 req/s, bursty), prompts mean 12,035 / median 6,900 tokens
-  (log-normal through both, capped at 126,000), outputs mean 343 (log-normal, CV 1), bursty gamma
-  arrivals (CV 3). No prefix caching is modelled (the real trace reuses ~40% of prompt blocks), so 2P+2D
-  runs overloaded: a worst case for queue handling. Issue 18's target: >= 200x real time.
+- ``mooncake``: the Mooncake conversation trace itself (kvcache-ai/Mooncake
+  ``FAST25-release/traces/conversation_trace.jsonl``, Apache-2.0, not shipped: give its path with
+  ``--mooncake-trace``): 12,031 requests over 3,537 s, prompts up to 126,195 tokens. Its ``hash_ids`` are
+  not read (no prefix caching is modelled), so 2P+2D runs overloaded. Issue 18's target: >= 200x real time.
+- ``mooncake-like``: a synthetic stand-in for that trace when the file is not at hand, shaped after its
+  published statistics: 12,031 requests over 3,537 s (3.4 req/s, bursty), prompts mean 12,035 / median 6,900
+  tokens (log-normal through both, capped at 126,000), outputs mean 343 (log-normal, CV 1), bursty gamma
+  arrivals (CV 3). No prefix caching is modelled (the real trace reuses ~40% of prompt blocks), so 2P+2D runs
+  overloaded: a worst case for queue handling. Issue 18's target: >= 200x real time.
 
-Run: ``.venv/bin/python benchmarks/bench_sim_speed.py [--workload azure|mooncake-like|all]
-[--policies static-max,...] [--requests N] [--breakdown] [--json docs/benchmarks/bench_sim_speed.json]`` from
-the repository root. Every iteration goes through the real controller (``decide`` and ``observe``: policy
-hook, predictor updates, observers). CPU time is printed too: on a shared machine wall time includes waiting
-for a core. ``x real time`` is simulated span (until the last request finishes: the time the cluster would
-really take) / CPU time; ``x arrivals`` divides the arrival window alone (shorter when the cluster is
-overloaded and drains a backlog after it). ``target met`` says per run whether ``x real time`` reaches the
-workload's target, and a verdict line per run follows the table. ``CPU/iter vs static-max`` compares each
-policy's CPU per iteration with static max's in the same run (the machine's load cancels out of that ratio).
-Other processes on the cores inflate CPU time too (shared caches): the table's caption gives the load average.
-``--breakdown`` runs each simulation a second time with timers around the controller's ``decide`` and
-``observe`` and the GPU model's ``cost``, and adds where the time went (shares of that run's wall time; the
-rest is the simulator's own event loop, batching and snapshots). Exit status 1 when a run misses its target.
+Run: ``.venv/bin/python benchmarks/bench_sim_speed.py [--workload azure|mooncake|mooncake-like|all]
+[--mooncake-trace conversation_trace.jsonl] [--policies static-max,...] [--requests N] [--breakdown] [--json
+docs/benchmarks/bench_sim_speed.json]`` from the repository root. Every iteration goes through the real
+controller (``decide`` and ``observe``: policy hook, predictor updates, observers). CPU time is printed too:
+on a shared machine wall time includes waiting for a core. ``x real time`` is simulated span (until the last
+request finishes: the time the cluster would really take) / CPU time; ``x arrivals`` divides the arrival
+window alone (shorter when the cluster is overloaded and drains a backlog after it). ``target met`` says per
+run whether ``x real time`` reaches the workload's target, and a verdict line per run follows the table.
+``CPU/iter vs static-max`` compares each policy's CPU per iteration with static max's in the same run (the
+machine's load cancels out of that ratio). Other processes on the cores inflate CPU time too (shared caches):
+the table's caption gives the load average. ``--breakdown`` runs each simulation a second time with timers
+around the controller's ``decide`` and ``observe`` and the GPU model's ``cost``, and adds where the time went
+(shares of that run's wall time; the rest is the simulator's own event loop, batching and snapshots). Exit
+status 1 when a run misses its target.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ from voltana.sim.synthetic import arrival_times
 from voltana.sim.workload import Workload, load_workload
 
 TRACE = Path(__file__).resolve().parents[1] / "tests" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
-TARGETS_X = {"azure": 180.0, "mooncake-like": 200.0}
+TARGETS_X = {"azure": 180.0, "mooncake": 200.0, "mooncake-like": 200.0}
 POLICIES = DEFAULT_POLICIES  # voltana simulate's defaults
 
 # Mooncake conversation trace, published statistics (see module docstring).
@@ -92,6 +96,11 @@ def mooncake_like(seed: int = 0, requests: int | None = None) -> Workload:
     return Workload(
         "mooncake-like", times[:keep], prompts[:keep].astype(np.int64), outputs[:keep].astype(np.int64)
     )
+
+
+def first(workload: Workload, requests: int) -> Workload:
+    """The first ``requests`` requests of ``workload`` (those arriving up to the last one's time)."""
+    return workload.truncated(float(workload.arrival_s[min(len(workload), requests) - 1]))
 
 
 class _Timed:
@@ -154,7 +163,18 @@ def breakdown(setup: SimulationSetup, policy: str, workload: Workload) -> dict[s
 
 def main() -> int:
     parser = argument_parser(__doc__)
-    parser.add_argument("--workload", choices=("azure", "mooncake-like", "all"), default="all")
+    parser.add_argument(
+        "--workload",
+        choices=("azure", "mooncake", "mooncake-like", "all"),
+        default="all",
+        help="all: azure, mooncake-like, and mooncake when --mooncake-trace is given (default)",
+    )
+    parser.add_argument(
+        "--mooncake-trace",
+        type=Path,
+        default=None,
+        help="Mooncake's conversation_trace.jsonl (kvcache-ai/Mooncake, FAST25-release/traces)",
+    )
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--requests", type=count, default=None, help="only the first N requests")
     parser.add_argument(
@@ -171,15 +191,22 @@ def main() -> int:
         parser.error(f"--policies: {exc}")
     if not names:
         parser.error("--policies names no policy")
+    if args.workload == "mooncake" and args.mooncake_trace is None:
+        parser.error(
+            "--workload mooncake needs --mooncake-trace PATH (kvcache-ai/Mooncake's "
+            "FAST25-release/traces/conversation_trace.jsonl)"
+        )
     workloads: dict[str, Workload] = {}
+    if args.mooncake_trace is not None and args.workload in ("mooncake", "all"):
+        try:  # read before any run: a bad file is one line now, not after the Azure hour
+            trace = load_workload(args.mooncake_trace)
+        except VoltanaError as exc:
+            parser.error(f"--mooncake-trace: {exc}")
+        workloads["mooncake"] = trace if args.requests is None else first(trace, args.requests)
     if args.workload in ("azure", "all"):
         if TRACE.is_file():
-            trace = load_workload(TRACE).truncated(3600.0)
-            workloads["azure"] = (
-                trace
-                if args.requests is None
-                else trace.truncated(float(trace.arrival_s[min(len(trace), args.requests) - 1]))
-            )
+            azure = load_workload(TRACE).truncated(3600.0)
+            workloads["azure"] = azure if args.requests is None else first(azure, args.requests)
         else:
             print(f"azure: trace not found: {TRACE}", file=sys.stderr)
     if args.workload in ("mooncake-like", "all"):
@@ -270,8 +297,8 @@ def main() -> int:
     load = os.getloadavg()[0]
     table.caption = (
         "x real time: simulated s (until the last request finishes) / CPU s, what the targets are checked on "
-        "(azure >= 180x, mooncake-like >= 200x); x arrivals: the arrival window alone / CPU s (an overloaded "
-        "cluster runs past it while its backlog drains); "
+        "(azure >= 180x, mooncake and mooncake-like >= 200x); x arrivals: the arrival window alone / CPU s "
+        "(an overloaded cluster runs past it while its backlog drains); "
         f"load average {load:.1f} on {os.cpu_count()} CPUs (other processes inflate CPU time)\n"
         + "\n".join(verdicts)
     )

@@ -10,6 +10,11 @@ File formats (detected by extension and header):
 - Generic CSV with header ``arrival_s,input_tokens,output_tokens``.
 - JSON Lines with objects ``{"arrival_s": ..., "input_tokens": ..., "output_tokens": ...}``; token counts
   must be JSON integers (``12``, not ``12.5``, ``12.0`` or ``"12"``).
+- Mooncake's traces (JSON Lines, kvcache-ai/Mooncake ``FAST25-release/README.md``): objects
+  ``{"timestamp": ..., "input_length": ..., "output_length": ..., "hash_ids": [...]}`` with ``timestamp`` the
+  arrival in milliseconds. ``hash_ids`` (the 512-token prefix blocks a request shares with earlier ones) is
+  not read: the simulator does not model prefix caching, so every prompt is prefilled whole. The first line
+  decides which of the two JSON Lines formats a file is in; every line must then be in it.
 
 Token counts are whole numbers from 1 to :data:`MAX_TOKENS` in every format; anything else is rejected
 with its line number, never rounded. Files may start with a UTF-8 byte order mark (as spreadsheet exports
@@ -34,6 +39,10 @@ from voltana.core.errors import VoltanaError
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 GENERIC_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
+MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
+"""Keys of Mooncake's trace lines: arrival in ms, prompt and output tokens (module docstring)."""
+_JSONL_SECONDS_PER_UNIT = {GENERIC_COLUMNS: 1.0, MOONCAKE_KEYS: 1e-3}
+"""Each JSON Lines format's keys -> seconds per unit of its arrival key (s for ours, ms for Mooncake's)."""
 
 
 MAX_TOKENS = 2**31 - 1
@@ -173,17 +182,21 @@ def _float_or_none(text: str) -> float | None:
         return None
 
 
-def _arrival_seconds(value: object, where: str, in_json: bool = False) -> float:
-    """``arrival_s`` from a CSV cell or a JSON number: finite seconds, else one-line error."""
+def _arrival_seconds(
+    value: object, where: str, in_json: bool = False, key: str = "arrival_s", seconds_per_unit: float = 1.0
+) -> float:
+    """An arrival from a CSV cell or a JSON number (``key``, in units of ``seconds_per_unit`` s): finite
+    seconds, else one-line error."""
+    unit = "seconds" if seconds_per_unit == 1.0 else "milliseconds"
     if value is None or value == "":
-        raise WorkloadError(f"{where}: missing arrival_s")
+        raise WorkloadError(f"{where}: missing {key}")
     allowed = (int, float) if in_json else (str,)
     if isinstance(value, bool) or not isinstance(value, allowed):
-        raise WorkloadError(f"{where}: arrival_s must be a number of seconds, got {json.dumps(value)}")
-    seconds = _float_or_none(value) if isinstance(value, str) else float(value)
-    if seconds is None or not math.isfinite(seconds):
-        raise WorkloadError(f"{where}: bad arrival_s {value!r} (a finite number of seconds)")
-    return seconds
+        raise WorkloadError(f"{where}: {key} must be a number of {unit}, got {json.dumps(value)}")
+    number = _float_or_none(value) if isinstance(value, str) else float(value)
+    if number is None or not math.isfinite(number):
+        raise WorkloadError(f"{where}: bad {key} {value!r} (a finite number of {unit})")
+    return number * seconds_per_unit
 
 
 def _csv_header(reader: csv.DictReader[str]) -> tuple[str, ...]:
@@ -232,6 +245,7 @@ def _read_csv(path: Path) -> Workload:
 
 
 def _read_jsonl(path: Path) -> Workload:
+    keys: tuple[str, str, str] | None = None
     arrivals: list[float] = []
     inputs: list[int] = []
     outputs: list[int] = []
@@ -246,16 +260,22 @@ def _read_jsonl(path: Path) -> Workload:
                 raise WorkloadError(f"{where}: not valid JSON") from None
             if not isinstance(obj, dict):
                 raise WorkloadError(
-                    f"{where}: each line must be a JSON object with {', '.join(GENERIC_COLUMNS)}"
+                    f"{where}: each line must be a JSON object with {', '.join(GENERIC_COLUMNS)} "
+                    f"(or Mooncake's {', '.join(MOONCAKE_KEYS)})"
                 )
-            missing = [key for key in GENERIC_COLUMNS if key not in obj]
+            if keys is None:  # the first line decides the format
+                mooncake = MOONCAKE_KEYS[0] in obj and GENERIC_COLUMNS[0] not in obj
+                keys = MOONCAKE_KEYS if mooncake else GENERIC_COLUMNS
+            missing = [key for key in keys if key not in obj]
             if missing:
-                raise WorkloadError(
-                    f"{where}: missing {', '.join(missing)} (each line needs {', '.join(GENERIC_COLUMNS)})"
-                )
-            arrivals.append(_arrival_seconds(obj["arrival_s"], where, in_json=True))
-            inputs.append(_token_count(obj["input_tokens"], "input_tokens", where, in_json=True))
-            outputs.append(_token_count(obj["output_tokens"], "output_tokens", where, in_json=True))
+                kind = "Mooncake's format, as the first line" if keys == MOONCAKE_KEYS else "each line"
+                raise WorkloadError(f"{where}: missing {', '.join(missing)} ({kind} needs {', '.join(keys)})")
+            arrival, prompt, output = keys
+            arrivals.append(
+                _arrival_seconds(obj[arrival], where, True, arrival, _JSONL_SECONDS_PER_UNIT[keys])
+            )
+            inputs.append(_token_count(obj[prompt], prompt, where, in_json=True))
+            outputs.append(_token_count(obj[output], output, where, in_json=True))
     if not arrivals:
         raise WorkloadError(f"{path}: no requests in the file")
     return from_columns(path.name, arrivals, inputs, outputs)

@@ -49,6 +49,45 @@ def test_generic_csv_and_jsonl_agree(tmp_path: Path) -> None:
     assert a.input_tokens.tolist() == b.input_tokens.tolist() == [100, 50]
 
 
+def test_mooncake_traces_are_read_with_millisecond_timestamps(tmp_path: Path) -> None:
+    # Lines shaped as Mooncake's FAST'25 conversation trace (kvcache-ai/Mooncake, FAST25-release/traces).
+    path = write(
+        tmp_path,
+        "conversation_trace.jsonl",
+        '{"timestamp": 0, "input_length": 6758, "output_length": 500, "hash_ids": [0, 1, 2]}\n'
+        '{"timestamp": 3000, "input_length": 87169, "output_length": 402, "hash_ids": [0, 245]}\n'
+        '{"timestamp": 5999, "input_length": 1053, "output_length": 26, "hash_ids": [0, 773, 774]}\n',
+    )
+    workload = load_workload(path)
+    assert workload.arrival_s.tolist() == pytest.approx([0.0, 3.0, 5.999])
+    assert workload.input_tokens.tolist() == [6758, 87169, 1053]
+    assert workload.output_tokens.tolist() == [500, 402, 26]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '{"timestamp": 0, "input_length": 5, "output_length": 2}\n{"arrival_s": 1, "input_tokens": 3}\n',
+            "m.jsonl:2: missing timestamp, input_length, output_length (Mooncake's format, as the first line",
+        ),
+        (
+            '{"timestamp": "0", "input_length": 5, "output_length": 2}\n',
+            'm.jsonl:1: timestamp must be a number of milliseconds, got "0"',
+        ),
+        (
+            '{"timestamp": 0, "input_length": 5.5, "output_length": 2}\n',
+            "m.jsonl:1: input_length must be a JSON integer, got 5.5",
+        ),
+        ("[1]\n", "or Mooncake's timestamp, input_length, output_length"),
+    ],
+)
+def test_a_bad_mooncake_line_is_one_line_naming_its_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(WorkloadError) as refused:
+        load_workload(write(tmp_path, "m.jsonl", text))
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
