@@ -32,6 +32,7 @@ from typing import Any
 from bench_report import (
     argument_parser,
     check_distinct_outputs,
+    list_items,
     output_file_path,
     plot_file_path,
     progress_bar,
@@ -459,10 +460,14 @@ def main() -> int:
     parser.add_argument("--plot", type=plot_file_path, default=None, help="write the grid as a PNG")
     args = parser.parse_args()
     check_distinct_outputs(parser, args.json, args.plot)
+    given_margins = args.margins if args.margins is not None else ("0,0.1" if args.quick else "0,0.1,0.2,0.3")
+    try:  # an empty list or item is refused (an empty --margins ran the defaults, --panels all six panels)
+        margin_items = list_items(given_margins, "--margins", "margins in [0, 1) (e.g. 0,0.1)")
+        wanted = list_items(args.panels, "--panels", "model/workload,...") if args.panels is not None else []
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
-        margins = tuple(
-            float(m) for m in (args.margins or ("0,0.1" if args.quick else "0,0.1,0.2,0.3")).split(",")
-        )
+        margins = tuple(float(m) for m in margin_items)
     except ValueError:
         parser.error(f"--margins must be comma-separated numbers, got {args.margins!r}")
     if not all(0.0 <= m < 1.0 for m in margins):
@@ -473,13 +478,11 @@ def main() -> int:
         parser.error(f"--jobs must be a whole number from 1 to {most_jobs}, got {args.jobs!r}")
     duration = args.duration if args.duration is not None else (30.0 if args.quick else 60.0)
     ours_route = args.prefill_route or parse_policy(OURS).prefill_route
-    chosen = list(PANELS)
-    if args.panels:
-        wanted = {w.strip() for w in args.panels.split(",")}
-        chosen = [p for p in PANELS if f"{p.model}/{p.workload}" in wanted]
-        if not chosen:
-            known = ", ".join(f"{p.model}/{p.workload}" for p in PANELS)
-            parser.error(f"--panels matches none of: {known}")
+    names = [f"{p.model}/{p.workload}" for p in PANELS]
+    unknown = next((name for name in wanted if name not in names), None)
+    if unknown is not None:  # one unknown name among known ones is refused too (it was dropped)
+        parser.error(f"--panels: unknown panel {unknown!r} (one of: {', '.join(names)})")
+    chosen = [p for p, name in zip(PANELS, names, strict=True) if not wanted or name in wanted]
 
     def rates_of(panel: Panel) -> tuple[float, ...]:
         rates = tuple(float(r) for r in panel.rates)

@@ -109,6 +109,19 @@ def random_seed(text: str) -> int:
     return whole_number(text, 0)
 
 
+def list_items(text: str, option: str, form: str) -> list[str]:
+    """A comma-separated option's items (``--points``, ``--panels``, ``--margins``, ``--policies``), the
+    spaces around each one dropped; raises ``ValueError`` (one line) for an empty list or an empty item
+    (``a,,b``, ``a,``), which would otherwise be dropped or read as the defaults without a word. ``form``:
+    what the option takes, for the message (e.g. ``model/workload@rate,...``)."""
+    if not text.strip():
+        raise ValueError(f"{option} is empty; give {form} or omit it for the defaults")
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise ValueError(f"{option}: an empty item in {text!r}; give {form}")
+    return items
+
+
 def route_name(text: str) -> str:
     """A routing policy's name (``--prefill-route``) as an argparse type: looked up among the registered ones
     (:func:`voltana.core.policies.route_policy`; spaces around it dropped), so a name no plugin registers is

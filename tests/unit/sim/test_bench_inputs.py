@@ -231,7 +231,50 @@ def refused(
             ["simulate_point"],
             "--jobs must be a whole number from 1 to ",
         ),
-        ("bench_paper_reproduction", ["--panels", "nope"], ["simulate_point"], "--panels matches none of: "),
+        (
+            "bench_paper_reproduction",
+            ["--panels", "nope"],
+            ["simulate_point"],
+            "--panels: unknown panel 'nope' (one of: llama-3.1-8b/sharegpt, llama-3.1-8b/lmsys, ",
+        ),
+        # An empty list or item, or one unknown panel among known ones: refused (all six panels ran, the
+        # unknown one was dropped, the default margins used, without a word).
+        (
+            "bench_paper_reproduction",
+            ["--panels", "llama-3.1-8b/sharegpt,bogus"],
+            ["simulate_point"],
+            "--panels: unknown panel 'bogus' (one of: llama-3.1-8b/sharegpt, ",
+        ),
+        (
+            "bench_paper_reproduction",
+            ["--panels", ""],
+            ["simulate_point"],
+            "--panels is empty; give model/workload,... or omit it for the defaults",
+        ),
+        (
+            "bench_paper_reproduction",
+            ["--panels", "llama-3.1-8b/sharegpt,"],
+            ["simulate_point"],
+            "--panels: an empty item in 'llama-3.1-8b/sharegpt,'; give model/workload,...",
+        ),
+        (
+            "bench_paper_reproduction",
+            ["--margins", ""],
+            ["simulate_point"],
+            "--margins is empty; give margins in [0, 1) (e.g. 0,0.1) or omit it for the defaults",
+        ),
+        (
+            "bench_paper_reproduction",
+            ["--margins", " "],
+            ["simulate_point"],
+            "--margins is empty; give margins in [0, 1) (e.g. 0,0.1) or omit it for the defaults",
+        ),
+        (
+            "bench_paper_reproduction",
+            ["--margins", "0,,0.1"],
+            ["simulate_point"],
+            "--margins: an empty item in '0,,0.1'; give margins in [0, 1) (e.g. 0,0.1)",
+        ),
         (
             "bench_paper_reproduction",
             ["--duration", "9000"],
