@@ -293,7 +293,31 @@ def refused(
             ["run_policy"],
             "--policies: unknown clock policy 'nope'",
         ),
-        ("bench_sim_speed", ["--policies", ","], ["run_policy"], "--policies names no policy"),
+        # An empty list or item is refused as `voltana simulate --policies` refuses it (it was dropped).
+        (
+            "bench_sim_speed",
+            ["--policies", ","],
+            ["run_policy"],
+            "--policies: an empty item in ','; give names separated by single commas",
+        ),
+        (
+            "bench_sim_speed",
+            ["--policies", "static-max,,static-min"],
+            ["run_policy"],
+            "--policies: an empty item in 'static-max,,static-min'; give names separated by single commas",
+        ),
+        (
+            "bench_sim_speed",
+            ["--policies", "static-max,"],
+            ["run_policy"],
+            "--policies: an empty item in 'static-max,'; give names separated by single commas",
+        ),
+        (
+            "bench_sim_speed",
+            ["--policies", " "],
+            ["run_policy"],
+            "--policies is empty; give names separated by single commas or omit it for the defaults",
+        ),
         # An unknown engine or route: refused while the arguments are read, before any work.
         (
             "bench_paper_reproduction",
