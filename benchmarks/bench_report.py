@@ -77,31 +77,75 @@ def request_rate(text: str) -> float:
     return positive_number(text, "req/s")
 
 
-def whole_number(text: str, least: int) -> int:
-    """``text`` as a whole number of at least ``least``; raises ``argparse.ArgumentTypeError`` (one line)."""
+MOST_INSTANCES = 64
+"""Engine instances one option starts (``bench_router.py --prefill``, ``--decode``): a server on a port
+each."""
+MOST_CONCURRENCY = 4096
+"""Requests in flight at once (``--concurrency``): an open connection each (two file descriptors on
+loopback)."""
+MOST_REQUESTS = 1_000_000
+"""Requests of one load run (``--requests``, ``--latency-samples``), the simulator's bound per run too."""
+MOST_BATCH = 1024
+"""Requests in one batch (``--batches``, ``bench_vllm_overhead.py --requests``)."""
+MOST_PROCESSES = 64
+"""Helper processes a benchmark starts (``--cpu-hogs``)."""
+
+
+def whole_number(text: str, least: int, most: int | None = None) -> int:
+    """``text`` as a whole number of at least ``least`` and, if given, at most ``most``; raises
+    ``argparse.ArgumentTypeError`` (one line)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text.strip()!r} is not a whole number") from None
+    if most is not None and not least <= value <= most:
+        raise argparse.ArgumentTypeError(f"{text.strip()!r}: give a whole number from {least} to {most}")
     if value < least:
         raise argparse.ArgumentTypeError(f"{text.strip()!r}: give a whole number >= {least}")
     return value
 
 
-def count(text: str) -> int:
-    """A count (``--requests``, ``--rounds``, ``--iterations``, ``--concurrency``, ...) as an argparse type: a
-    whole number >= 1 (:func:`whole_number`); 0 or fewer would leave nothing to measure, or hang."""
-    return whole_number(text, 1)
+def count(text: str, most: int | None = None) -> int:
+    """A count (``--rounds``, ``--iterations``, ...) as an argparse type: a whole number >= 1
+    (:func:`whole_number`; 0 or fewer would leave nothing to measure, or hang) and at most ``most``. A count
+    that only sets how long a benchmark runs has no upper bound; one that sizes something real has: see
+    the typed counts below."""
+    return whole_number(text, 1, most)
 
 
-def counts(text: str) -> list[int]:
-    """A comma-separated list of counts (``--batches``) as an argparse type: each one a :func:`count`."""
-    return [count(item) for item in text.split(",")]
+def counts(text: str, most: int | None = None) -> list[int]:
+    """A comma-separated list of counts: each one a :func:`count` of at most ``most``."""
+    return [count(item, most) for item in text.split(",")]
 
 
-def count_or_zero(text: str) -> int:
-    """A count that may be zero (``--cpu-hogs``) as an argparse type: a whole number >= 0."""
-    return whole_number(text, 0)
+def instance_count(text: str) -> int:
+    """Engine instances (``--prefill``, ``--decode``): a count of at most :data:`MOST_INSTANCES`."""
+    return count(text, MOST_INSTANCES)
+
+
+def concurrency(text: str) -> int:
+    """Requests in flight at once (``--concurrency``): a count of at most :data:`MOST_CONCURRENCY`."""
+    return count(text, MOST_CONCURRENCY)
+
+
+def request_count(text: str) -> int:
+    """Requests of a run (``--requests``, ``--latency-samples``): a count of at most :data:`MOST_REQUESTS`."""
+    return count(text, MOST_REQUESTS)
+
+
+def batch_size(text: str) -> int:
+    """Requests in one batch (``bench_vllm_overhead.py --requests``): a count, at most :data:`MOST_BATCH`."""
+    return count(text, MOST_BATCH)
+
+
+def batch_sizes(text: str) -> list[int]:
+    """Comma-separated batch sizes (``--batches``): each one a :func:`batch_size`."""
+    return counts(text, MOST_BATCH)
+
+
+def process_count(text: str) -> int:
+    """Helper processes (``--cpu-hogs``): a whole number from 0 to :data:`MOST_PROCESSES`."""
+    return whole_number(text, 0, MOST_PROCESSES)
 
 
 def random_seed(text: str) -> int:

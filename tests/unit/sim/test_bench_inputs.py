@@ -390,36 +390,83 @@ def test_an_unknown_engine_or_route_is_one_line_at_once_from_the_command_line(
     assert "bogus" in done.stderr
 
 
-COUNT_OPTIONS = [
-    ("bench_runtime_hot_path", ["measure_batch"], ["--iterations", "--lifetime", "--batches"]),
+COUNT_OPTIONS = [  # (benchmark, what starts its work, {option: its upper bound, None: none})
+    (
+        "bench_runtime_hot_path",
+        ["measure_batch"],
+        {"--iterations": None, "--lifetime": None, "--batches": 1024},
+    ),
     (
         "bench_http_client",
         ["free_port", "wait_http"],
-        ["--requests", "--concurrency", "--events", "--rounds"],
+        {"--requests": 1_000_000, "--concurrency": 4096, "--events": None, "--rounds": None},
     ),
     (
         "bench_router",
         ["free_port_block", "wait_http"],
-        ["--requests", "--concurrency", "--latency-samples", "--prefill", "--decode"],
+        {
+            "--requests": 1_000_000,
+            "--concurrency": 4096,
+            "--latency-samples": 1_000_000,
+            "--prefill": 64,
+            "--decode": 64,
+        },
+    ),
+    (
+        "bench_vllm_overhead",
+        ["_engine_env"],
+        {"--rounds": None, "--requests": 1024, "--max-tokens": None},
     ),
 ]
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])
 @pytest.mark.parametrize(
-    ("name", "work", "option"),
-    [(name, work, option) for name, work, options in COUNT_OPTIONS for option in options],
+    ("name", "work", "option", "most"),
+    [(name, work, option, most) for name, work, options in COUNT_OPTIONS for option, most in options.items()],
 )
 def test_a_count_of_zero_or_less_is_refused_before_any_work(
     name: str,
     work: list[str],
     option: str,
+    most: int | None,
     value: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     err = refused(name, [option, value], work, monkeypatch, capsys)
-    assert err == f"{name}.py: error: argument {option}: {value!r}: give a whole number >= 1\n"
+    wanted = ">= 1" if most is None else f"from 1 to {most}"
+    assert err == f"{name}.py: error: argument {option}: {value!r}: give a whole number {wanted}\n"
+
+
+@pytest.mark.parametrize("past", [1, 99999999999])
+@pytest.mark.parametrize(
+    ("name", "work", "option", "most"),
+    [
+        (name, work, option, most)
+        for name, work, options in COUNT_OPTIONS
+        for option, most in options.items()
+        if most is not None
+    ]
+    + [("bench_vllm_overhead", ["_engine_env"], "--cpu-hogs", 64)],
+)
+def test_a_count_that_sizes_something_real_has_an_upper_bound(
+    name: str,
+    work: list[str],
+    option: str,
+    most: int,
+    past: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Instances, ports, connections, requests, a batch, processes: a count past its bound is one line
+    before any work (`bench_router.py --prefill 99999999999` looked for that many free ports)."""
+    value = str(most + past)
+    err = refused(name, [option, value], work, monkeypatch, capsys)
+    least = 0 if option == "--cpu-hogs" else 1
+    assert (
+        err == f"{name}.py: error: argument {option}: {value!r}: give a whole number from {least} to {most}\n"
+    )
 
 
 def test_every_batch_size_is_a_count(
@@ -427,6 +474,10 @@ def test_every_batch_size_is_a_count(
 ) -> None:
     err = refused("bench_runtime_hot_path", ["--batches", "1,x"], ["measure_batch"], monkeypatch, capsys)
     assert err == "bench_runtime_hot_path.py: error: argument --batches: 'x' is not a whole number\n"
+    err = refused("bench_runtime_hot_path", ["--batches", "1,1025"], ["measure_batch"], monkeypatch, capsys)
+    assert err == (
+        "bench_runtime_hot_path.py: error: argument --batches: '1025': give a whole number from 1 to 1024\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -449,7 +500,7 @@ def test_a_count_is_a_whole_number_of_at_least_one(
         bench_report.count(text)
     assert str(caught.value) == message
     assert bench_report.count(" 7 ") == 7
-    assert bench_report.count_or_zero("0") == 0
+    assert bench_report.process_count("0") == 0
     assert bench_report.random_seed("0") == 0
 
 
