@@ -8,6 +8,7 @@ cells are the strings the terminal shows.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -164,6 +165,14 @@ def list_items(text: str, option: str, form: str) -> list[str]:
     if not all(items):
         raise ValueError(f"{option}: an empty item in {text!r}; give {form}")
     return items
+
+
+def require_library(parser: argparse.ArgumentParser, module: str, install: str) -> None:
+    """``parser.error`` (one line, exit status 2) when ``module``, a library the benchmark needs that the
+    base environment leaves out (``sglang``, ``ray``), is not installed in the running Python: its name and
+    ``install`` (how to get it), before any work, rather than a ``ModuleNotFoundError`` traceback."""
+    if importlib.util.find_spec(module) is None:
+        parser.error(f"{module} is not installed in this Python ({sys.executable}): {install}")
 
 
 def route_name(text: str) -> str:

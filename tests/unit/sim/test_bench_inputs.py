@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -388,6 +389,64 @@ def test_an_unknown_engine_or_route_is_one_line_at_once_from_the_command_line(
     assert len(done.stderr.splitlines()) == 1
     assert done.stderr.startswith(f"{name}.py: error: argument {args[0]}: ")
     assert "bogus" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "library", "install"),
+    [
+        (
+            "bench_sglang_hook",
+            "sglang",
+            "run this benchmark with .venv-sglang/bin/python (make env-sglang builds it) or pip install "
+            "'voltana[sglang]'",
+        ),
+        (
+            "bench_ray_router",
+            "ray",
+            "run this benchmark with .venv-ray/bin/python (make env-ray builds it) or pip install "
+            "'voltana[ray]'",
+        ),
+    ],
+)
+def test_a_benchmark_whose_library_is_missing_says_which_and_how_to_install_it(
+    name: str, library: str, install: str
+) -> None:
+    """The script as a user runs it in the base environment, which leaves SGLang and Ray out (each has its
+    own): one line and exit status 2 before any work (was a ModuleNotFoundError traceback)."""
+    if importlib.util.find_spec(library) is not None:
+        pytest.skip(f"{library} is installed in this environment")
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"{name}.py: error: {library} is not installed in this Python ({sys.executable}): {install}\n"
+    )
+
+
+def test_ray_installed_but_not_importable_is_one_line_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ray beside PyPI's amdsmi without ROCm (the dev extras): `import ray` raises KeyError, which
+    voltana.sim.ray_runner.import_ray turns into one line; the benchmark adds the repository's way round."""
+    from voltana.sim import ray_runner
+
+    def broken() -> None:
+        raise ray_runner.RayUnavailableError("Ray cannot be imported (KeyError: 'libamd_smi.so'): ...")
+
+    monkeypatch.setattr(ray_runner, "import_ray", broken)
+    bench = load("bench_ray_router", monkeypatch)
+    monkeypatch.setattr(bench, "require_library", lambda *args: None)  # installed
+    monkeypatch.setattr(bench, "stand_in_replicas", lambda *a, **k: pytest.fail("ran without Ray"))
+    assert run_main(bench, [], monkeypatch) == 2
+    assert capsys.readouterr().err == (
+        "bench_ray_router.py: error: Ray cannot be imported (KeyError: 'libamd_smi.so'): ...; or put "
+        "tests/support/ray_site on PYTHONPATH\n"
+    )
 
 
 COUNT_OPTIONS = [  # (benchmark, what starts its work, {option: its upper bound, None: none})
