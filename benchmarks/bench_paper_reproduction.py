@@ -40,6 +40,7 @@ from bench_report import (
     route_name,
     seconds,
     write_output,
+    write_plot,
 )
 from rich.console import Console
 
@@ -421,8 +422,10 @@ def plot_grid(path: Path, panels: list[tuple[Panel, list[RatePoint]]]) -> None:
     axes[0][0].legend(fontsize=7)
     axes[2][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    finally:  # closed when the file cannot be written too (bench_report.write_plot says so in one line)
+        plt.close(fig)
 
 
 def point_json(p: RatePoint) -> dict[str, Any]:
@@ -582,7 +585,7 @@ def main() -> int:
         }
         write_output(args.json, json.dumps(payload, indent=2))
     if args.plot is not None:
-        plot_grid(args.plot, results)
+        write_plot(lambda path: plot_grid(path, results), args.plot)
     return 0 if not failed else 1
 
 

@@ -295,4 +295,19 @@ def write_output(path: Path, text: str) -> None:
     try:
         path.write_text(text)
     except OSError as exc:  # the results are printed above: say what failed in one line
-        raise SystemExit(f"{script_name()}: error: cannot write {path}: {exc.strerror or exc}") from None
+        raise _cannot_write(path, exc) from None
+
+
+def write_plot(draw: Callable[[Path], object], path: Path) -> None:
+    """``draw(path)``: the ``--plot`` figure, drawn once the results are printed (and ``--json`` written); a
+    file that cannot be written (its directory removed during the run, a full disk) is one line as for
+    :func:`write_output`, exit status 1, rather than a traceback."""
+    try:
+        draw(path)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+
+
+def _cannot_write(path: Path, exc: OSError) -> SystemExit:
+    """``NAME.py: error: cannot write PATH: reason`` as the exit (status 1) of a run whose output failed."""
+    return SystemExit(f"{script_name()}: error: cannot write {path}: {exc.strerror or exc}")

@@ -574,3 +574,54 @@ def test_a_file_that_cannot_be_written_at_the_end_names_the_script(
     with pytest.raises(SystemExit) as stopped:
         bench_report.emit(Table(), benchmark="bench_x", json_path=gone)
     assert stopped.value.code == f"bench_x.py: error: cannot write {gone}: No such file or directory"
+
+
+@pytest.mark.parametrize(
+    ("name", "function", "args", "table"),
+    [
+        (
+            "bench_power_budget",
+            "plot_budget",
+            ["--duration", "3", "--rate", "5", "--budgets", "60%"],
+            "ecofreq+coordinator",
+        ),
+        (
+            "bench_paper_reproduction",
+            "plot_grid",
+            ["--quick", "--panels", "qwen3-32b/sharegpt", "--duration", "1", "--margins", "0.1"],
+            "### qwen3-32b / sharegpt",
+        ),
+    ],
+)
+def test_a_plot_that_cannot_be_written_at_the_end_is_one_line_after_the_results(
+    name: str,
+    function: str,
+    args: list[str],
+    table: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The plot's directory removed during the run (after --plot was checked): the table is printed and
+    --json written, then one line naming the script, exit status 1 (was a FileNotFoundError traceback)."""
+    import json
+    import shutil
+
+    bench = load(name, monkeypatch)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    plot, results = gone / "p.png", tmp_path / "results.json"
+    real = getattr(bench, function)
+
+    def vanished_first(*args: object, **kwargs: object) -> object:
+        shutil.rmtree(gone)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, function, vanished_first)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *args, "--json", str(results), "--plot", str(plot)])
+    with pytest.raises(SystemExit) as stopped:
+        bench.main()
+    assert stopped.value.code == f"{name}.py: error: cannot write {plot}: No such file or directory"
+    assert json.loads(results.read_text())  # the results, whole
+    assert table in capsys.readouterr().out
+    assert not gone.exists()
