@@ -27,7 +27,7 @@ import sys
 from typing import Literal
 
 from bench_paper_reproduction import HEADLINE_MARGIN, OURS, PANELS, setup_for, static_specs
-from bench_report import add_json_option, argument_parser, emit, progress_bar, seconds
+from bench_report import add_json_option, argument_parser, emit, list_items, progress_bar, seconds
 from rich.table import Table
 
 from voltana.core.errors import VoltanaError
@@ -65,30 +65,24 @@ def parse_points(text: str) -> list[tuple[str, str, float]]:
     """``model/workload@rate,...`` -> points, each once, in order (spaces around ``/`` and ``@`` allowed);
     raises ``ValueError`` (one line) for a bad or unknown one."""
     known = {(p.model, p.workload) for p in PANELS}
-    if not text.strip():
-        raise ValueError("--points is empty; give model/workload@rate,... or omit it for the defaults")
     points: list[tuple[str, str, float]] = []
-    for item in text.split(","):
-        if not item.strip():
-            raise ValueError(f"--points: an empty item in {text!r}; give model/workload@rate,...")
+    for item in list_items(text, "--points", "model/workload@rate,..."):
         given, at, rate = (part.strip() for part in item.partition("@"))
         model, _, workload = (part.strip() for part in given.partition("/"))
         if not model and not workload:
-            raise ValueError(f"--points: {item.strip()!r} needs a panel, e.g. llama-3.1-8b/lmsys@105")
+            raise ValueError(f"--points: {item!r} needs a panel, e.g. llama-3.1-8b/lmsys@105")
         if (model, workload) not in known:
             names = ", ".join(f"{m}/{w}" for m, w in sorted(known))
             raise ValueError(f"--points: unknown panel {given!r} (one of: {names})")
         panel = f"{model}/{workload}"
         if not at or not rate:
-            raise ValueError(f"--points: {item.strip()!r} needs a rate, e.g. {panel}@105")
+            raise ValueError(f"--points: {item!r} needs a rate, e.g. {panel}@105")
         try:
             rate_rps = float(rate)
         except ValueError:
-            raise ValueError(
-                f"--points: the rate {rate!r} of {item.strip()!r} is not a number (req/s)"
-            ) from None
+            raise ValueError(f"--points: the rate {rate!r} of {item!r} is not a number (req/s)") from None
         if not 0.0 < rate_rps < float("inf"):
-            raise ValueError(f"--points: the rate of {item.strip()!r} must be a positive number of req/s")
+            raise ValueError(f"--points: the rate of {item!r} must be a positive number of req/s")
         point = (model, workload, rate_rps)
         if point not in points:  # a point given twice runs once (its rows would be the same)
             points.append(point)

@@ -29,7 +29,16 @@ from pathlib import Path
 
 import aiohttp
 import httpx
-from bench_report import add_json_option, argument_parser, count, emit
+from bench_report import (
+    MOST_CONCURRENCY,
+    MOST_REQUESTS,
+    add_json_option,
+    argument_parser,
+    concurrency,
+    count,
+    emit,
+    request_count,
+)
 from bench_router import wait_http
 from rich.table import Table
 
@@ -152,8 +161,13 @@ def round_runner(
 
 def main() -> None:
     parser = argument_parser(__doc__)
-    parser.add_argument("--requests", type=count, default=1000, help="requests per round and client")
-    parser.add_argument("--concurrency", type=count, default=256)
+    parser.add_argument(
+        "--requests",
+        type=request_count,
+        default=1000,
+        help=f"requests per round and client (1 to {MOST_REQUESTS:,})",
+    )
+    parser.add_argument("--concurrency", type=concurrency, default=256, help=f"1 to {MOST_CONCURRENCY}")
     parser.add_argument("--events", type=count, default=16, help="streamed decode events per request")
     parser.add_argument("--rounds", type=count, default=3, help="rounds per client (alternating)")
     add_json_option(parser)

@@ -20,9 +20,6 @@ simulates N rates at once in worker processes, with the same results).
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-import signal
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -32,13 +29,18 @@ from typing import Any
 from bench_report import (
     argument_parser,
     check_distinct_outputs,
+    ignore_interrupts,
+    list_items,
     output_file_path,
     plot_file_path,
     progress_bar,
     random_seed,
     route_name,
     seconds,
+    stop_workers,
+    worker_count,
     write_output,
+    write_plot,
 )
 from rich.console import Console
 
@@ -171,10 +173,6 @@ def run_rate(
             tick(f"{policy} m={margin:g}")
     limit_j = min(r.limit_j for r in runs)
     return RatePoint(rate, static_max, static_min, headline[PAPER], headline[OURS], limit_j, frontiers)
-
-
-def _ignore_interrupts() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def simulate_point(
@@ -420,8 +418,10 @@ def plot_grid(path: Path, panels: list[tuple[Panel, list[RatePoint]]]) -> None:
     axes[0][0].legend(fontsize=7)
     axes[2][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    finally:  # closed when the file cannot be written too (bench_report.write_plot says so in one line)
+        plt.close(fig)
 
 
 def point_json(p: RatePoint) -> dict[str, Any]:
@@ -454,32 +454,33 @@ def main() -> int:
         default=None,
         help="prefill route of ecofreq+ecoroute (default: its own, energy-ttft; e.g. predicted-ttft)",
     )
-    parser.add_argument("--jobs", default="1", help="rates simulated at once in worker processes (default 1)")
+    parser.add_argument(
+        "--jobs", type=worker_count, default=1, help="rates simulated at once in worker processes (default 1)"
+    )
     parser.add_argument("--json", type=output_file_path, default=None, help="write all results as JSON")
     parser.add_argument("--plot", type=plot_file_path, default=None, help="write the grid as a PNG")
     args = parser.parse_args()
     check_distinct_outputs(parser, args.json, args.plot)
+    given_margins = args.margins if args.margins is not None else ("0,0.1" if args.quick else "0,0.1,0.2,0.3")
+    try:  # an empty list or item is refused (an empty --margins ran the defaults, --panels all six panels)
+        margin_items = list_items(given_margins, "--margins", "margins in [0, 1) (e.g. 0,0.1)")
+        wanted = list_items(args.panels, "--panels", "model/workload,...") if args.panels is not None else []
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
-        margins = tuple(
-            float(m) for m in (args.margins or ("0,0.1" if args.quick else "0,0.1,0.2,0.3")).split(",")
-        )
+        margins = tuple(float(m) for m in margin_items)
     except ValueError:
         parser.error(f"--margins must be comma-separated numbers, got {args.margins!r}")
     if not all(0.0 <= m < 1.0 for m in margins):
         parser.error(f"--margins must each be in [0, 1), got {args.margins!r}")
-    most_jobs = (os.cpu_count() or 1) * 4
-    jobs = int(args.jobs) if args.jobs.strip().isdecimal() else 0
-    if not 1 <= jobs <= most_jobs:
-        parser.error(f"--jobs must be a whole number from 1 to {most_jobs}, got {args.jobs!r}")
+    jobs = args.jobs
     duration = args.duration if args.duration is not None else (30.0 if args.quick else 60.0)
     ours_route = args.prefill_route or parse_policy(OURS).prefill_route
-    chosen = list(PANELS)
-    if args.panels:
-        wanted = {w.strip() for w in args.panels.split(",")}
-        chosen = [p for p in PANELS if f"{p.model}/{p.workload}" in wanted]
-        if not chosen:
-            known = ", ".join(f"{p.model}/{p.workload}" for p in PANELS)
-            parser.error(f"--panels matches none of: {known}")
+    names = [f"{p.model}/{p.workload}" for p in PANELS]
+    unknown = next((name for name in wanted if name not in names), None)
+    if unknown is not None:  # one unknown name among known ones is refused too (it was dropped)
+        parser.error(f"--panels: unknown panel {unknown!r} (one of: {', '.join(names)})")
+    chosen = [p for p, name in zip(PANELS, names, strict=True) if not wanted or name in wanted]
 
     def rates_of(panel: Panel) -> tuple[float, ...]:
         rates = tuple(float(r) for r in panel.rates)
@@ -506,7 +507,7 @@ def main() -> int:
     checks: list[str] = []
     point_args = (args.engine, args.seed, duration, margins, args.prefill_route)
     # Workers ignore Ctrl-C: the main process stops them (below) and says so in one line.
-    pool = ProcessPoolExecutor(jobs, initializer=_ignore_interrupts) if jobs > 1 else None
+    pool = ProcessPoolExecutor(jobs, initializer=ignore_interrupts) if jobs > 1 else None
     try:
         with progress_bar(console) as bar:
             task = bar.add_task("simulating", total=total)
@@ -551,9 +552,7 @@ def main() -> int:
                 failed += report_panel(console, panel, points, checks, ratio_lines, setup)
     except KeyboardInterrupt:
         if pool is not None:  # stop the running points now rather than wait for them
-            pool.shutdown(wait=False, cancel_futures=True)
-            for worker in multiprocessing.active_children():
-                worker.terminate()
+            stop_workers(pool)
         print("interrupted: nothing written", file=sys.stderr)
         return 130
     finally:  # a finished run leaves no workers behind
@@ -579,7 +578,7 @@ def main() -> int:
         }
         write_output(args.json, json.dumps(payload, indent=2))
     if args.plot is not None:
-        plot_grid(args.plot, results)
+        write_plot(lambda path: plot_grid(path, results), args.plot)
     return 0 if not failed else 1
 
 

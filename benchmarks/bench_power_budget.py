@@ -27,6 +27,7 @@ from bench_report import (
     random_seed,
     request_rate,
     seconds,
+    write_plot,
 )
 
 from voltana.core.config import VoltanaConfig
@@ -97,7 +98,7 @@ def main() -> int:
     table.caption = f"{table.caption}\n" + "\n".join(verdicts)
     emit(table, benchmark="bench_power_budget", json_path=args.json, width=150)
     if args.plot is not None:
-        plot_budget(runs, args.plot, title)
+        write_plot(lambda path: plot_budget(runs, path, title), args.plot)
         print(f"wrote {args.plot}")
     return 0 if all(line.endswith("holds") for line in verdicts) else 1
 

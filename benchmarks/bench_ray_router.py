@@ -1,7 +1,8 @@
 """Cost of one routing decision inside Ray Serve's request router, next to the HTTP router's, in one run.
 
-Run: ``.venv/bin/python benchmarks/bench_ray_router.py [--decisions 20000] [--json]``. In the dev environment
-(PyPI ``amdsmi`` without ROCm, which breaks ``import ray``) prefix ``PYTHONPATH=tests/support/ray_site``.
+Run: ``.venv-ray/bin/python benchmarks/bench_ray_router.py [--decisions 20000] [--json]`` (``make env-ray``
+builds ``.venv-ray``: the base ``.venv`` has no Ray). Beside PyPI's ``amdsmi`` without ROCm (the dev extras),
+which breaks ``import ray``, prefix ``PYTHONPATH=tests/support/ray_site``.
 
 The same 16 decode candidates with the same load, every built-in decode policy (the registered policy
 looked up once by name):
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_report import argument_parser, count
+from bench_report import argument_parser, count, require_library
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -117,6 +118,17 @@ def main() -> None:
     parser.add_argument("--decisions", type=count, default=20000)
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
     args = parser.parse_args()
+    require_library(
+        parser,
+        "ray",
+        "run this benchmark with .venv-ray/bin/python (make env-ray builds it) or pip install 'voltana[ray]'",
+    )
+    from voltana.sim.ray_runner import RayUnavailableError, import_ray
+
+    try:  # installed, but `import ray` fails beside a ROCm-less amdsmi: one line too
+        import_ray()
+    except RayUnavailableError as exc:
+        parser.error(f"{exc}; or put tests/support/ray_site on PYTHONPATH")
 
     from voltana.integrations.ray_serve.routing import VoltanaDecodeRouter
 

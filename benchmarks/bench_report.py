@@ -8,6 +8,7 @@ cells are the strings the terminal shows.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import multiprocessing
@@ -80,31 +81,75 @@ def request_rate(text: str) -> float:
     return positive_number(text, "req/s")
 
 
-def whole_number(text: str, least: int) -> int:
-    """``text`` as a whole number of at least ``least``; raises ``argparse.ArgumentTypeError`` (one line)."""
+MOST_INSTANCES = 64
+"""Engine instances one option starts (``bench_router.py --prefill``, ``--decode``): a server on a port
+each."""
+MOST_CONCURRENCY = 4096
+"""Requests in flight at once (``--concurrency``): an open connection each (two file descriptors on
+loopback)."""
+MOST_REQUESTS = 1_000_000
+"""Requests of one load run (``--requests``, ``--latency-samples``), the simulator's bound per run too."""
+MOST_BATCH = 1024
+"""Requests in one batch (``--batches``, ``bench_vllm_overhead.py --requests``)."""
+MOST_PROCESSES = 64
+"""Helper processes a benchmark starts (``--cpu-hogs``)."""
+
+
+def whole_number(text: str, least: int, most: int | None = None) -> int:
+    """``text`` as a whole number of at least ``least`` and, if given, at most ``most``; raises
+    ``argparse.ArgumentTypeError`` (one line)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text.strip()!r} is not a whole number") from None
+    if most is not None and not least <= value <= most:
+        raise argparse.ArgumentTypeError(f"{text.strip()!r}: give a whole number from {least} to {most}")
     if value < least:
         raise argparse.ArgumentTypeError(f"{text.strip()!r}: give a whole number >= {least}")
     return value
 
 
-def count(text: str) -> int:
-    """A count (``--requests``, ``--rounds``, ``--iterations``, ``--concurrency``, ...) as an argparse type: a
-    whole number >= 1 (:func:`whole_number`); 0 or fewer would leave nothing to measure, or hang."""
-    return whole_number(text, 1)
+def count(text: str, most: int | None = None) -> int:
+    """A count (``--rounds``, ``--iterations``, ...) as an argparse type: a whole number >= 1
+    (:func:`whole_number`; 0 or fewer would leave nothing to measure, or hang) and at most ``most``. A count
+    that only sets how long a benchmark runs has no upper bound; one that sizes something real has: see
+    the typed counts below."""
+    return whole_number(text, 1, most)
 
 
-def counts(text: str) -> list[int]:
-    """A comma-separated list of counts (``--batches``) as an argparse type: each one a :func:`count`."""
-    return [count(item) for item in text.split(",")]
+def counts(text: str, most: int | None = None) -> list[int]:
+    """A comma-separated list of counts: each one a :func:`count` of at most ``most``."""
+    return [count(item, most) for item in text.split(",")]
 
 
-def count_or_zero(text: str) -> int:
-    """A count that may be zero (``--cpu-hogs``) as an argparse type: a whole number >= 0."""
-    return whole_number(text, 0)
+def instance_count(text: str) -> int:
+    """Engine instances (``--prefill``, ``--decode``): a count of at most :data:`MOST_INSTANCES`."""
+    return count(text, MOST_INSTANCES)
+
+
+def concurrency(text: str) -> int:
+    """Requests in flight at once (``--concurrency``): a count of at most :data:`MOST_CONCURRENCY`."""
+    return count(text, MOST_CONCURRENCY)
+
+
+def request_count(text: str) -> int:
+    """Requests of a run (``--requests``, ``--latency-samples``): a count of at most :data:`MOST_REQUESTS`."""
+    return count(text, MOST_REQUESTS)
+
+
+def batch_size(text: str) -> int:
+    """Requests in one batch (``bench_vllm_overhead.py --requests``): a count, at most :data:`MOST_BATCH`."""
+    return count(text, MOST_BATCH)
+
+
+def batch_sizes(text: str) -> list[int]:
+    """Comma-separated batch sizes (``--batches``): each one a :func:`batch_size`."""
+    return counts(text, MOST_BATCH)
+
+
+def process_count(text: str) -> int:
+    """Helper processes (``--cpu-hogs``): a whole number from 0 to :data:`MOST_PROCESSES`."""
+    return whole_number(text, 0, MOST_PROCESSES)
 
 
 def random_seed(text: str) -> int:
@@ -115,11 +160,7 @@ def random_seed(text: str) -> int:
 def worker_count(text: str) -> int:
     """``--jobs`` as an argparse type: a whole number from 1 to 4x the machine's cores (more workers than that
     only add memory and switching; the results do not depend on it)."""
-    most = (os.cpu_count() or 1) * 4
-    value = int(text) if text.strip().isdecimal() else 0
-    if not 1 <= value <= most:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {most}, got {text!r}")
-    return value
+    return whole_number(text, 1, (os.cpu_count() or 1) * 4)
 
 
 def ignore_interrupts() -> None:
@@ -133,6 +174,27 @@ def stop_workers(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     for worker in multiprocessing.active_children():
         worker.terminate()
+
+
+def list_items(text: str, option: str, form: str) -> list[str]:
+    """A comma-separated option's items (``--points``, ``--panels``, ``--margins``, ``--policies``), the
+    spaces around each one dropped; raises ``ValueError`` (one line) for an empty list or an empty item
+    (``a,,b``, ``a,``), which would otherwise be dropped or read as the defaults without a word. ``form``:
+    what the option takes, for the message (e.g. ``model/workload@rate,...``)."""
+    if not text.strip():
+        raise ValueError(f"{option} is empty; give {form} or omit it for the defaults")
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise ValueError(f"{option}: an empty item in {text!r}; give {form}")
+    return items
+
+
+def require_library(parser: argparse.ArgumentParser, module: str, install: str) -> None:
+    """``parser.error`` (one line, exit status 2) when ``module``, a library the benchmark needs that the
+    base environment leaves out (``sglang``, ``ray``), is not installed in the running Python: its name and
+    ``install`` (how to get it), before any work, rather than a ``ModuleNotFoundError`` traceback."""
+    if importlib.util.find_spec(module) is None:
+        parser.error(f"{module} is not installed in this Python ({sys.executable}): {install}")
 
 
 def route_name(text: str) -> str:
@@ -263,4 +325,19 @@ def write_output(path: Path, text: str) -> None:
     try:
         path.write_text(text)
     except OSError as exc:  # the results are printed above: say what failed in one line
-        raise SystemExit(f"{script_name()}: error: cannot write {path}: {exc.strerror or exc}") from None
+        raise _cannot_write(path, exc) from None
+
+
+def write_plot(draw: Callable[[Path], object], path: Path) -> None:
+    """``draw(path)``: the ``--plot`` figure, drawn once the results are printed (and ``--json`` written); a
+    file that cannot be written (its directory removed during the run, a full disk) is one line as for
+    :func:`write_output`, exit status 1, rather than a traceback."""
+    try:
+        draw(path)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+
+
+def _cannot_write(path: Path, exc: OSError) -> SystemExit:
+    """``NAME.py: error: cannot write PATH: reason`` as the exit (status 1) of a run whose output failed."""
+    return SystemExit(f"{script_name()}: error: cannot write {path}: {exc.strerror or exc}")

@@ -29,7 +29,15 @@ from pathlib import Path
 
 import aiohttp
 import httpx
-from bench_report import argument_parser, count
+from bench_report import (
+    MOST_CONCURRENCY,
+    MOST_INSTANCES,
+    MOST_REQUESTS,
+    argument_parser,
+    concurrency,
+    instance_count,
+    request_count,
+)
 
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import Phase, RouteRequest, Slo
@@ -217,11 +225,11 @@ def decision_cost_us(policy: str, decisions: int = 20000, clock_aware: bool = Fa
 
 def main() -> None:
     parser = argument_parser(__doc__)
-    parser.add_argument("--requests", type=count, default=2000)
-    parser.add_argument("--concurrency", type=count, default=256)
-    parser.add_argument("--latency-samples", type=count, default=300)
-    parser.add_argument("--prefill", type=count, default=4)
-    parser.add_argument("--decode", type=count, default=16)
+    parser.add_argument("--requests", type=request_count, default=2000, help=f"1 to {MOST_REQUESTS:,}")
+    parser.add_argument("--concurrency", type=concurrency, default=256, help=f"1 to {MOST_CONCURRENCY}")
+    parser.add_argument("--latency-samples", type=request_count, default=300, help=f"1 to {MOST_REQUESTS:,}")
+    parser.add_argument("--prefill", type=instance_count, default=4, help=f"1 to {MOST_INSTANCES}")
+    parser.add_argument("--decode", type=instance_count, default=16, help=f"1 to {MOST_INSTANCES}")
     args = parser.parse_args()
 
     n_instances = args.prefill + args.decode

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_report import add_json_option, argument_parser, count, counts, emit
+from bench_report import MOST_BATCH, add_json_option, argument_parser, batch_sizes, count, emit
 from rich.table import Table
 
 from voltana.adapters.runtime import InstanceRuntime
@@ -87,7 +87,10 @@ def main() -> None:
     parser = argument_parser(__doc__)
     parser.add_argument("--iterations", type=count, default=2000, help="timed iterations per batch size")
     parser.add_argument(
-        "--batches", type=counts, default="1,32,256", help="comma-separated decode batch sizes"
+        "--batches",
+        type=batch_sizes,
+        default="1,32,256",
+        help=f"comma-separated decode batch sizes (1 to {MOST_BATCH})",
     )
     parser.add_argument("--lifetime", type=count, default=128, help="decode steps per request")
     add_json_option(parser)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_report import argument_parser, count
+from bench_report import argument_parser, count, require_library
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,6 +42,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=count, default=300, help="iterations per round")
     parser.add_argument("--rounds", type=count, default=5, help="alternating hooked/plain rounds per row")
     args = parser.parse_args()
+    require_library(
+        parser,
+        "sglang",
+        "run this benchmark with .venv-sglang/bin/python (make env-sglang builds it) or pip install "
+        "'voltana[sglang]'",
+    )
     os.environ.update({"VOLTANA_ENABLED": "1", "VOLTANA_HARDWARE__VENDOR": "simulated"})
 
     from sglang.srt.disaggregation.utils import DisaggregationMode

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_report import add_json_option, argument_parser, count, emit
+from bench_report import add_json_option, argument_parser, count, emit, list_items
 from rich.table import Table
 
 from voltana.core.config import VoltanaConfig
@@ -184,13 +184,14 @@ def main() -> int:
     )
     add_json_option(parser)
     args = parser.parse_args()
-    names = [p.strip() for p in args.policies.split(",") if p.strip()]
+    try:  # an empty list or item is refused, as `voltana simulate --policies` refuses it (was dropped)
+        names = list_items(args.policies, "--policies", "names separated by single commas")
+    except ValueError as exc:
+        parser.error(str(exc))
     try:  # every name looked up before the first hour runs
         check_policies(get_plugin_manager().hook, names, oracle=False)  # the oracle is not timed here
     except VoltanaError as exc:
         parser.error(f"--policies: {exc}")
-    if not names:
-        parser.error("--policies names no policy")
     if args.workload == "mooncake" and args.mooncake_trace is None:
         parser.error(
             "--workload mooncake needs --mooncake-trace PATH (kvcache-ai/Mooncake's "

@@ -33,7 +33,16 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_report import add_json_option, argument_parser, count, count_or_zero, emit  # noqa: E402
+from bench_report import (  # noqa: E402
+    MOST_BATCH,
+    MOST_PROCESSES,
+    add_json_option,
+    argument_parser,
+    batch_size,
+    count,
+    emit,
+    process_count,
+)
 
 
 def _engine_env() -> None:
@@ -116,10 +125,18 @@ MODES = ("detached", "sync-publish", "thread-publish")
 def main() -> int:
     parser = argument_parser(__doc__)
     parser.add_argument("--rounds", type=count, default=6, help="rounds per mode (rotating)")
-    parser.add_argument("--requests", type=count, default=16, help="concurrent prompts per round (one batch)")
+    parser.add_argument(
+        "--requests",
+        type=batch_size,
+        default=16,
+        help=f"concurrent prompts per round (one batch; 1 to {MOST_BATCH})",
+    )
     parser.add_argument("--max-tokens", type=count, default=128, help="generated tokens per prompt")
     parser.add_argument(
-        "--cpu-hogs", type=count_or_zero, default=0, help="busy-looping processes during the run"
+        "--cpu-hogs",
+        type=process_count,
+        default=0,
+        help=f"busy-looping processes during the run (0 to {MOST_PROCESSES})",
     )
     parser.add_argument("--model-dir", type=Path, default=None, help="tiny model dir (built if absent)")
     add_json_option(parser)

@@ -329,8 +329,33 @@ def simulate(
             "kv_capacity_tokens": limits.kv_capacity_tokens,
         },
     }
-    plot_line = ""
-    if plot_file is not None:
+    # Piped output (logs, CI) gets a fixed width so that the tables are not cut at 80 columns.
+    out = console if console.is_terminal else Console(width=120)
+    if as_json:
+        print(json.dumps(sweep_json(points, meta), indent=2))
+    else:
+        out.print(
+            f"[bold]{perf.name}[/]: {prefill}P+{decode}D, SLO TTFT {setup.slo.ttft_s * 1e3:g} ms / "
+            f"ITL {setup.slo.itl_s * 1e3:g} ms, clocks {allowed[0]}..{allowed[-1]} MHz, workload {workload}"
+        )
+        out.print(
+            f"decode engine {limits.engine}: at most {limits.max_running} running requests, max_model_len "
+            f"{limits.max_model_len}, KV cache {limits.kv_capacity_tokens} tokens per instance"
+        )
+        for point in points:
+            out.print(f"\n[bold]{point_title(point)}[/]", highlight=False)
+            out.print(policy_table(point, setup.slo, None))
+            if point.overload is not None:
+                out.print(f"[bold yellow]{point.overload.describe()}[/]", highlight=False)
+            out.print(residency_table(point))
+            refused = rejected_line(point)
+            if refused:
+                out.print(refused)
+        out.print(
+            "[dim]saving: energy vs static-max; SLO att.: share of requests meeting TTFT and mean ITL.[/]"
+        )
+    plot_failure = ""
+    if plot_file is not None:  # after the results: a plot that cannot be written loses none of them
         workload_label = (
             f"synthetic {arrivals} arrivals, {span_s:g} s"
             if workload == SYNTHETIC
@@ -340,44 +365,31 @@ def simulate(
             f"{gpu} / {model} TP{perf.tp}, {prefill}P+{decode}D, {workload_label}, "
             f"SLO TTFT {setup.slo.ttft_s * 1e3:g} ms / ITL {setup.slo.itl_s * 1e3:g} ms"
         )
-        shown_rate = plot_sweep(
-            points, plot_file, timeline_policy, title, timeline_rate, (allowed[0], allowed[-1])
-        )
-        shown = next(p for p in points if p.rate_rps == shown_rate)
-        why = timeline_reason(shown, chosen_by_default=timeline_rate is None)
-        plot_line = (
-            f"plot written to {plot_file} (clock timeline of {timeline_policy} at {shown_rate:g} "
-            f"req/s: {why})"
-        )
-    if as_json:
-        print(json.dumps(sweep_json(points, meta), indent=2))
-        if plot_line:  # stdout stays JSON
-            err_console.print(plot_line, highlight=False, soft_wrap=True, markup=False)
-        _note_repeats(repeats)  # after the results: a refused run stays one line
-        return
-    # Piped output (logs, CI) gets a fixed width so that the tables are not cut at 80 columns.
-    out = console if console.is_terminal else Console(width=120)
-    out.print(
-        f"[bold]{perf.name}[/]: {prefill}P+{decode}D, SLO TTFT {setup.slo.ttft_s * 1e3:g} ms / "
-        f"ITL {setup.slo.itl_s * 1e3:g} ms, clocks {allowed[0]}..{allowed[-1]} MHz, workload {workload}"
-    )
-    out.print(
-        f"decode engine {limits.engine}: at most {limits.max_running} running requests, max_model_len "
-        f"{limits.max_model_len}, KV cache {limits.kv_capacity_tokens} tokens per instance"
-    )
-    for point in points:
-        out.print(f"\n[bold]{point_title(point)}[/]", highlight=False)
-        out.print(policy_table(point, setup.slo, None))
-        if point.overload is not None:
-            out.print(f"[bold yellow]{point.overload.describe()}[/]", highlight=False)
-        out.print(residency_table(point))
-        refused = rejected_line(point)
-        if refused:
-            out.print(refused)
-    out.print("[dim]saving: energy vs static-max; SLO att.: share of requests meeting TTFT and mean ITL.[/]")
-    if plot_line:
-        out.print(plot_line, highlight=False, soft_wrap=True, markup=False)
-    _note_repeats(repeats)
+        try:
+            shown_rate = plot_sweep(
+                points, plot_file, timeline_policy, title, timeline_rate, (allowed[0], allowed[-1])
+            )
+        except OSError as exc:
+            plot_failure = _plot_failure(plot_file, exc)
+        else:
+            shown = next(p for p in points if p.rate_rps == shown_rate)
+            why = timeline_reason(shown, chosen_by_default=timeline_rate is None)
+            (err_console if as_json else out).print(  # with --json, stdout stays JSON
+                f"plot written to {plot_file} (clock timeline of {timeline_policy} at {shown_rate:g} "
+                f"req/s: {why})",
+                highlight=False,
+                soft_wrap=True,
+                markup=False,
+            )
+    _note_repeats(repeats)  # after the results: a refused run stays one line
+    if plot_failure:
+        raise _fail(plot_failure)
+
+
+def _plot_failure(path: Path, exc: OSError) -> str:
+    """The line for a plot that cannot be written at the end of a run (its directory removed since the
+    check, a full disk), said after the results, which are printed whatever becomes of the plot."""
+    return f"cannot write the plot {path}: {exc.strerror or exc}"
 
 
 def _progress(quiet: bool) -> Progress:
@@ -492,8 +504,6 @@ def _run_power_budget(
             clocks_mhz=allowed,
             on_run=on_run,
         )
-    if plot is not None:
-        plot_budget(runs, plot, title)
     if as_json:
         meta = {
             "title": title,
@@ -504,16 +514,21 @@ def _run_power_budget(
             "burst_utilization": cluster_config.burst_utilization,
         }
         print(json.dumps(budget_json(runs, meta), indent=2))
-        if plot is not None:  # stdout stays JSON
-            err_console.print(f"plot written to {plot}", highlight=False, soft_wrap=True, markup=False)
-        return
     out = console if console.is_terminal else Console(width=140)
-    out.print(f"[bold]{escape(title)}[/], clocks {allowed[0]}..{allowed[-1]} MHz", highlight=False)
-    out.print(budget_table(runs, setup.slo, peak_w))
-    for line in coordinator_holds(runs):
-        out.print(line, highlight=False)
-    if plot is not None:
-        out.print(f"plot written to {plot}", highlight=False, markup=False)
+    if not as_json:
+        out.print(f"[bold]{escape(title)}[/], clocks {allowed[0]}..{allowed[-1]} MHz", highlight=False)
+        out.print(budget_table(runs, setup.slo, peak_w))
+        for line in coordinator_holds(runs):
+            out.print(line, highlight=False)
+    if plot is not None:  # after the results: a plot that cannot be written loses none of them
+        try:
+            plot_budget(runs, plot, title)
+        except OSError as exc:
+            raise _fail(_plot_failure(plot, exc)) from None
+        # with --json, stdout stays JSON
+        (err_console if as_json else out).print(
+            f"plot written to {plot}", highlight=False, soft_wrap=True, markup=False
+        )
 
 
 def _policy_names(text: str) -> list[str]:

@@ -83,8 +83,10 @@ def plot_sweep(
     import matplotlib.pyplot as plt
 
     fig, rate = sweep_figure(points, timeline_policy, title, timeline_rate_rps, clock_range_mhz)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    finally:  # closed when the file cannot be written too (OSError: the caller says so in one line)
+        plt.close(fig)
     return rate
 
 

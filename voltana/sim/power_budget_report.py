@@ -155,8 +155,10 @@ def plot_budget(runs: Sequence[BudgetRun], path: Path, title: str) -> None:
         )
         ax_power.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    finally:  # closed when the file cannot be written too (OSError: the caller says so in one line)
+        plt.close(fig)
 
 
 def coordinator_holds(runs: Sequence[BudgetRun], max_over_share: float = 0.01) -> list[str]:

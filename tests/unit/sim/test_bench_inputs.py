@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -229,9 +230,52 @@ def refused(
             "bench_paper_reproduction",
             ["--jobs", "0"],
             ["simulate_point"],
-            "--jobs must be a whole number from 1 to ",
+            "argument --jobs: '0': give a whole number from 1 to ",
         ),
-        ("bench_paper_reproduction", ["--panels", "nope"], ["simulate_point"], "--panels matches none of: "),
+        (
+            "bench_paper_reproduction",
+            ["--panels", "nope"],
+            ["simulate_point"],
+            "--panels: unknown panel 'nope' (one of: llama-3.1-8b/sharegpt, llama-3.1-8b/lmsys, ",
+        ),
+        # An empty list or item, or one unknown panel among known ones: refused (all six panels ran, the
+        # unknown one was dropped, the default margins used, without a word).
+        (
+            "bench_paper_reproduction",
+            ["--panels", "llama-3.1-8b/sharegpt,bogus"],
+            ["simulate_point"],
+            "--panels: unknown panel 'bogus' (one of: llama-3.1-8b/sharegpt, ",
+        ),
+        (
+            "bench_paper_reproduction",
+            ["--panels", ""],
+            ["simulate_point"],
+            "--panels is empty; give model/workload,... or omit it for the defaults",
+        ),
+        (
+            "bench_paper_reproduction",
+            ["--panels", "llama-3.1-8b/sharegpt,"],
+            ["simulate_point"],
+            "--panels: an empty item in 'llama-3.1-8b/sharegpt,'; give model/workload,...",
+        ),
+        (
+            "bench_paper_reproduction",
+            ["--margins", ""],
+            ["simulate_point"],
+            "--margins is empty; give margins in [0, 1) (e.g. 0,0.1) or omit it for the defaults",
+        ),
+        (
+            "bench_paper_reproduction",
+            ["--margins", " "],
+            ["simulate_point"],
+            "--margins is empty; give margins in [0, 1) (e.g. 0,0.1) or omit it for the defaults",
+        ),
+        (
+            "bench_paper_reproduction",
+            ["--margins", "0,,0.1"],
+            ["simulate_point"],
+            "--margins: an empty item in '0,,0.1'; give margins in [0, 1) (e.g. 0,0.1)",
+        ),
         (
             "bench_paper_reproduction",
             ["--duration", "9000"],
@@ -250,7 +294,31 @@ def refused(
             ["run_policy"],
             "--policies: unknown clock policy 'nope'",
         ),
-        ("bench_sim_speed", ["--policies", ","], ["run_policy"], "--policies names no policy"),
+        # An empty list or item is refused as `voltana simulate --policies` refuses it (it was dropped).
+        (
+            "bench_sim_speed",
+            ["--policies", ","],
+            ["run_policy"],
+            "--policies: an empty item in ','; give names separated by single commas",
+        ),
+        (
+            "bench_sim_speed",
+            ["--policies", "static-max,,static-min"],
+            ["run_policy"],
+            "--policies: an empty item in 'static-max,,static-min'; give names separated by single commas",
+        ),
+        (
+            "bench_sim_speed",
+            ["--policies", "static-max,"],
+            ["run_policy"],
+            "--policies: an empty item in 'static-max,'; give names separated by single commas",
+        ),
+        (
+            "bench_sim_speed",
+            ["--policies", " "],
+            ["run_policy"],
+            "--policies is empty; give names separated by single commas or omit it for the defaults",
+        ),
         # An unknown engine or route: refused while the arguments are read, before any work.
         (
             "bench_paper_reproduction",
@@ -323,36 +391,141 @@ def test_an_unknown_engine_or_route_is_one_line_at_once_from_the_command_line(
     assert "bogus" in done.stderr
 
 
-COUNT_OPTIONS = [
-    ("bench_runtime_hot_path", ["measure_batch"], ["--iterations", "--lifetime", "--batches"]),
+@pytest.mark.parametrize(
+    ("name", "library", "install"),
+    [
+        (
+            "bench_sglang_hook",
+            "sglang",
+            "run this benchmark with .venv-sglang/bin/python (make env-sglang builds it) or pip install "
+            "'voltana[sglang]'",
+        ),
+        (
+            "bench_ray_router",
+            "ray",
+            "run this benchmark with .venv-ray/bin/python (make env-ray builds it) or pip install "
+            "'voltana[ray]'",
+        ),
+    ],
+)
+def test_a_benchmark_whose_library_is_missing_says_which_and_how_to_install_it(
+    name: str, library: str, install: str
+) -> None:
+    """The script as a user runs it in the base environment, which leaves SGLang and Ray out (each has its
+    own): one line and exit status 2 before any work (was a ModuleNotFoundError traceback)."""
+    if importlib.util.find_spec(library) is not None:
+        pytest.skip(f"{library} is installed in this environment")
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"{name}.py: error: {library} is not installed in this Python ({sys.executable}): {install}\n"
+    )
+
+
+def test_ray_installed_but_not_importable_is_one_line_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ray beside PyPI's amdsmi without ROCm (the dev extras): `import ray` raises KeyError, which
+    voltana.sim.ray_runner.import_ray turns into one line; the benchmark adds the repository's way round."""
+    from voltana.sim import ray_runner
+
+    def broken() -> None:
+        raise ray_runner.RayUnavailableError("Ray cannot be imported (KeyError: 'libamd_smi.so'): ...")
+
+    monkeypatch.setattr(ray_runner, "import_ray", broken)
+    bench = load("bench_ray_router", monkeypatch)
+    monkeypatch.setattr(bench, "require_library", lambda *args: None)  # installed
+    monkeypatch.setattr(bench, "stand_in_replicas", lambda *a, **k: pytest.fail("ran without Ray"))
+    assert run_main(bench, [], monkeypatch) == 2
+    assert capsys.readouterr().err == (
+        "bench_ray_router.py: error: Ray cannot be imported (KeyError: 'libamd_smi.so'): ...; or put "
+        "tests/support/ray_site on PYTHONPATH\n"
+    )
+
+
+COUNT_OPTIONS = [  # (benchmark, what starts its work, {option: its upper bound, None: none})
+    (
+        "bench_runtime_hot_path",
+        ["measure_batch"],
+        {"--iterations": None, "--lifetime": None, "--batches": 1024},
+    ),
     (
         "bench_http_client",
         ["free_port", "wait_http"],
-        ["--requests", "--concurrency", "--events", "--rounds"],
+        {"--requests": 1_000_000, "--concurrency": 4096, "--events": None, "--rounds": None},
     ),
     (
         "bench_router",
         ["free_port_block", "wait_http"],
-        ["--requests", "--concurrency", "--latency-samples", "--prefill", "--decode"],
+        {
+            "--requests": 1_000_000,
+            "--concurrency": 4096,
+            "--latency-samples": 1_000_000,
+            "--prefill": 64,
+            "--decode": 64,
+        },
+    ),
+    (
+        "bench_vllm_overhead",
+        ["_engine_env"],
+        {"--rounds": None, "--requests": 1024, "--max-tokens": None},
     ),
 ]
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])
 @pytest.mark.parametrize(
-    ("name", "work", "option"),
-    [(name, work, option) for name, work, options in COUNT_OPTIONS for option in options],
+    ("name", "work", "option", "most"),
+    [(name, work, option, most) for name, work, options in COUNT_OPTIONS for option, most in options.items()],
 )
 def test_a_count_of_zero_or_less_is_refused_before_any_work(
     name: str,
     work: list[str],
     option: str,
+    most: int | None,
     value: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     err = refused(name, [option, value], work, monkeypatch, capsys)
-    assert err == f"{name}.py: error: argument {option}: {value!r}: give a whole number >= 1\n"
+    wanted = ">= 1" if most is None else f"from 1 to {most}"
+    assert err == f"{name}.py: error: argument {option}: {value!r}: give a whole number {wanted}\n"
+
+
+@pytest.mark.parametrize("past", [1, 99999999999])
+@pytest.mark.parametrize(
+    ("name", "work", "option", "most"),
+    [
+        (name, work, option, most)
+        for name, work, options in COUNT_OPTIONS
+        for option, most in options.items()
+        if most is not None
+    ]
+    + [("bench_vllm_overhead", ["_engine_env"], "--cpu-hogs", 64)],
+)
+def test_a_count_that_sizes_something_real_has_an_upper_bound(
+    name: str,
+    work: list[str],
+    option: str,
+    most: int,
+    past: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Instances, ports, connections, requests, a batch, processes: a count past its bound is one line
+    before any work (`bench_router.py --prefill 99999999999` looked for that many free ports)."""
+    value = str(most + past)
+    err = refused(name, [option, value], work, monkeypatch, capsys)
+    least = 0 if option == "--cpu-hogs" else 1
+    assert (
+        err == f"{name}.py: error: argument {option}: {value!r}: give a whole number from {least} to {most}\n"
+    )
 
 
 def test_every_batch_size_is_a_count(
@@ -360,6 +533,10 @@ def test_every_batch_size_is_a_count(
 ) -> None:
     err = refused("bench_runtime_hot_path", ["--batches", "1,x"], ["measure_batch"], monkeypatch, capsys)
     assert err == "bench_runtime_hot_path.py: error: argument --batches: 'x' is not a whole number\n"
+    err = refused("bench_runtime_hot_path", ["--batches", "1,1025"], ["measure_batch"], monkeypatch, capsys)
+    assert err == (
+        "bench_runtime_hot_path.py: error: argument --batches: '1025': give a whole number from 1 to 1024\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -382,7 +559,7 @@ def test_a_count_is_a_whole_number_of_at_least_one(
         bench_report.count(text)
     assert str(caught.value) == message
     assert bench_report.count(" 7 ") == 7
-    assert bench_report.count_or_zero("0") == 0
+    assert bench_report.process_count("0") == 0
     assert bench_report.random_seed("0") == 0
 
 
@@ -397,3 +574,54 @@ def test_a_file_that_cannot_be_written_at_the_end_names_the_script(
     with pytest.raises(SystemExit) as stopped:
         bench_report.emit(Table(), benchmark="bench_x", json_path=gone)
     assert stopped.value.code == f"bench_x.py: error: cannot write {gone}: No such file or directory"
+
+
+@pytest.mark.parametrize(
+    ("name", "function", "args", "table"),
+    [
+        (
+            "bench_power_budget",
+            "plot_budget",
+            ["--duration", "3", "--rate", "5", "--budgets", "60%"],
+            "ecofreq+coordinator",
+        ),
+        (
+            "bench_paper_reproduction",
+            "plot_grid",
+            ["--quick", "--panels", "qwen3-32b/sharegpt", "--duration", "1", "--margins", "0.1"],
+            "### qwen3-32b / sharegpt",
+        ),
+    ],
+)
+def test_a_plot_that_cannot_be_written_at_the_end_is_one_line_after_the_results(
+    name: str,
+    function: str,
+    args: list[str],
+    table: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The plot's directory removed during the run (after --plot was checked): the table is printed and
+    --json written, then one line naming the script, exit status 1 (was a FileNotFoundError traceback)."""
+    import json
+    import shutil
+
+    bench = load(name, monkeypatch)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    plot, results = gone / "p.png", tmp_path / "results.json"
+    real = getattr(bench, function)
+
+    def vanished_first(*args: object, **kwargs: object) -> object:
+        shutil.rmtree(gone)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, function, vanished_first)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *args, "--json", str(results), "--plot", str(plot)])
+    with pytest.raises(SystemExit) as stopped:
+        bench.main()
+    assert stopped.value.code == f"{name}.py: error: cannot write {plot}: No such file or directory"
+    assert json.loads(results.read_text())  # the results, whole
+    assert table in capsys.readouterr().out
+    assert not gone.exists()

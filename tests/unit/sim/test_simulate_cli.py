@@ -333,6 +333,51 @@ def test_plot_without_matplotlib_names_the_extra_in_one_line(
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+@pytest.mark.parametrize(
+    ("module", "function", "mode"),
+    [
+        ("voltana.sim.plot", "plot_sweep", ["--policies", "static-max"]),
+        ("voltana.sim.power_budget_report", "plot_budget", ["--power-budget", "60%"]),
+    ],
+)
+def test_a_plot_that_cannot_be_written_after_the_run_keeps_the_results(
+    module: str,
+    function: str,
+    mode: list[str],
+    as_json: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The plot's directory removed during the run (after --plot was checked): the results are printed all
+    the same, then the failure in one line, exit status 2 (was a FileNotFoundError traceback, and the plot
+    came before the tables, so a long sweep's results were lost)."""
+    import importlib
+    import shutil
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    plot = gone / "p.png"
+    plotting = importlib.import_module(module)
+    real = getattr(plotting, function)
+
+    def vanished_first(*args: object, **kwargs: object) -> object:
+        shutil.rmtree(gone)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plotting, function, vanished_first)
+    args = ["--duration", "5", "--rate", "2", *mode, "--plot", str(plot), *(["--json"] if as_json else [])]
+    code, out, err = run_in_process(args, monkeypatch, capsys)
+    assert one_error_line(code, err) == f"error: cannot write the plot {plot}: No such file or directory"
+    if as_json:
+        assert json.loads(out)  # the results, whole
+    else:
+        assert "static-max" in out and "SLO att." in out  # the tables
+        assert "plot written" not in out
+    assert not gone.exists()
+
+
 @pytest.fixture
 def timeline_titles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The titles of the clock timelines the plot draws (the real drawing, observed)."""
