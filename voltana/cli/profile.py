@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -33,6 +33,9 @@ from rich.table import Table
 from voltana.cli.state import cli_state
 from voltana.core.extras import require_extra
 from voltana.core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from voltana.core.profile import Profile
 
 DEFAULT_OUTPUT = Path("voltana-profile.json")
 DEFAULT_GPU, DEFAULT_MODEL = "a100-80gb", "llama-3.1-8b"
@@ -326,17 +329,32 @@ def _written(console: Console, path: Path | None, plot: Path | None) -> None:
     if path is None:
         return
     console.print(f"wrote {path}", highlight=False, markup=False)
+    failure = None
     if plot is not None:
         from voltana.core.profile import load_profile
-        from voltana.profiler.plot import plot_profile
 
-        console.print(f"wrote {plot_profile(load_profile(path), plot)}", highlight=False, markup=False)
+        failure = _write_plot(console, load_profile(path), plot)
     console.print(
         f'next step: set engine.predictor_profile = "{path.resolve()}" in the engines\' voltana config '
         f"(or VOLTANA_ENGINE__PREDICTOR_PROFILE={path.resolve()}) and restart them",
         highlight=False,
         soft_wrap=True,
     )
+    if failure is not None:  # after the profile and the next step: a lost plot loses neither
+        _fail(Console(stderr=True), failure)
+
+
+def _write_plot(console: Console, profile: Profile, plot: Path) -> str | None:
+    """Draw ``profile`` to ``plot`` and say so; the one line to fail with when it cannot be written
+    (:func:`voltana.core.files.cannot_write_plot`), else None."""
+    from voltana.core.files import cannot_write_plot
+    from voltana.profiler.plot import plot_profile
+
+    try:
+        console.print(f"wrote {plot_profile(profile, plot)}", highlight=False, markup=False)
+    except OSError as exc:
+        return cannot_write_plot(plot, exc)
+    return None
 
 
 def _profile_passive(
@@ -377,7 +395,7 @@ def _profile_passive(
 def _profile_simulated(
     err: Console, gpu: str, model: str, tp: int | None, clocks: str | None, output: Path, plot: Path | None
 ) -> None:
-    from voltana.core.profile import Profile, save_profile
+    from voltana.core.profile import save_profile
     from voltana.hardware.errors import UnknownProfileError
     from voltana.hardware.simulated import performance_model
     from voltana.plugins.ecofreq.factory import default_profile_clocks, grid_size, profile_from_model
@@ -409,9 +427,9 @@ def _profile_simulated(
         markup=False,
     )
     if plot is not None:
-        from voltana.profiler.plot import plot_profile
-
-        Console().print(f"wrote {plot_profile(profile, plot)}", highlight=False, markup=False)
+        failure = _write_plot(Console(), profile, plot)
+        if failure is not None:  # the profile is saved already
+            _fail(err, failure)
 
 
 def _parse_int_list(raw: str) -> tuple[int, ...]:

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from voltana.cli.state import cli_state, validate_policy_names
+from voltana.core.files import cannot_write_plot
 from voltana.core.hookspecs import hookimpl
 from voltana.plugins import get_plugin_manager
 
@@ -370,7 +371,7 @@ def simulate(
                 points, plot_file, timeline_policy, title, timeline_rate, (allowed[0], allowed[-1])
             )
         except OSError as exc:
-            plot_failure = _plot_failure(plot_file, exc)
+            plot_failure = cannot_write_plot(plot_file, exc)
         else:
             shown = next(p for p in points if p.rate_rps == shown_rate)
             why = timeline_reason(shown, chosen_by_default=timeline_rate is None)
@@ -384,12 +385,6 @@ def simulate(
     _note_repeats(repeats)  # after the results: a refused run stays one line
     if plot_failure:
         raise _fail(plot_failure)
-
-
-def _plot_failure(path: Path, exc: OSError) -> str:
-    """The line for a plot that cannot be written at the end of a run (its directory removed since the
-    check, a full disk), said after the results, which are printed whatever becomes of the plot."""
-    return f"cannot write the plot {path}: {exc.strerror or exc}"
 
 
 def _progress(quiet: bool) -> Progress:
@@ -524,7 +519,7 @@ def _run_power_budget(
         try:
             plot_budget(runs, plot, title)
         except OSError as exc:
-            raise _fail(_plot_failure(plot, exc)) from None
+            raise _fail(cannot_write_plot(plot, exc)) from None
         # with --json, stdout stays JSON
         (err_console if as_json else out).print(
             f"plot written to {plot}", highlight=False, soft_wrap=True, markup=False

@@ -117,6 +117,13 @@ def plot_file(text: str, command: str) -> Path:
     return path
 
 
+def cannot_write_plot(path: Path, exc: OSError) -> str:
+    """The one line for a plot that cannot be written at the end of a run (its directory removed since the
+    check, a full disk). Commands say it after their results, which are printed or saved whatever becomes of
+    the plot, and then exit with status 2."""
+    return f"cannot write the plot {path}: {exc.strerror or exc}"
+
+
 def write_text_atomically(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8): written beside it under a name private to this process and
     thread, then renamed into place, so a concurrent reader sees the old file or the new one and an

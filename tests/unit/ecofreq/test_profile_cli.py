@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from voltana.core.profile import load_profile
 from voltana.core.types import Phase
@@ -125,3 +129,33 @@ def test_a_path_with_brackets_is_named_as_given(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     lines = [line for line in refused.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and str(missing) in lines[0]
+
+
+def test_a_plot_that_cannot_be_written_at_the_end_keeps_the_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The plot's directory removed after ``--plot`` was checked: the profile is saved and said, then the
+    failure in one line, exit status 2 (was a FileNotFoundError traceback)."""
+    from voltana.cli import main
+    from voltana.profiler import plot as plotting
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    plot, out = gone / "p.png", tmp_path / "p.json"
+    real = plotting.plot_profile
+
+    def vanished_first(*args: Any, **kwargs: Any) -> Path:
+        shutil.rmtree(gone)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plotting, "plot_profile", vanished_first)
+    monkeypatch.setattr(
+        sys, "argv", ["voltana", "profile", "--clocks", "1005,1410", "-o", str(out), "--plot", str(plot)]
+    )
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    captured = capsys.readouterr()
+    assert stopped.value.code == 2, captured.err
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert lines == [f"error: cannot write the plot {plot}: No such file or directory"]
+    assert f"wrote {out}" in captured.out and load_profile(out).clocks_mhz == (1005, 1410)
