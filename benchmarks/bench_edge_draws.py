@@ -22,13 +22,23 @@ fails on the means.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from bench_edge_routing import parse_points
-from bench_paper_reproduction import HEADLINE_MARGIN, OURS, PANELS, PAPER, RatePoint, simulate_point
+from bench_paper_reproduction import (
+    HEADLINE_MARGIN,
+    OURS,
+    PANELS,
+    PAPER,
+    Panel,
+    RatePoint,
+    setup_for,
+    simulate_point,
+)
 from bench_report import (
     add_json_option,
     argument_parser,
@@ -43,6 +53,7 @@ from bench_report import (
 from rich.table import Table
 
 from voltana.core.errors import VoltanaError
+from voltana.sim.datasets import dataset_workload, tokenizer_for_model
 from voltana.sim.engine import ENGINES
 from voltana.sim.frontier import (
     ATTAINMENT_TOLERANCE,
@@ -51,7 +62,10 @@ from voltana.sim.frontier import (
     best_at,
     mean_frontier,
     paired_interval,
+    with_margin,
 )
+from voltana.sim.metrics import PolicyResult
+from voltana.sim.runner import PolicySpec, parse_policy, run_policy
 from voltana.sim.synthetic import check_request_count
 from voltana.sim.workload import WorkloadError
 
@@ -184,9 +198,67 @@ def best(point: FrontierPoint | None) -> str:
     )
 
 
+def crossed_specs() -> dict[str, tuple[PolicySpec, dict[str, Any]]]:
+    """What ours' gap to the paper's rule is made of (``--crossed``), name -> (policy, ``policy.options``
+    over the config's): each clock rule with the other's routes, and ours with its decode load rule off
+    (``decode_window_s`` 0: the next iteration's ITL only, as the paper's rule checks)."""
+    ours, paper = parse_policy(OURS), parse_policy(PAPER)
+    return {
+        "paper clocks, ours' routes": (
+            dataclasses.replace(
+                paper, name="paper clocks, ours' routes", prefill_route=ours.prefill_route,
+                decode_route=ours.decode_route,
+            ),
+            {},
+        ),
+        "ours' clocks, paper routes": (
+            dataclasses.replace(
+                ours, name="ours' clocks, paper routes", prefill_route=paper.prefill_route,
+                decode_route=paper.decode_route,
+            ),
+            {},
+        ),
+        "ours, no decode load rule": (ours, {"decode_window_s": 0.0}),
+    }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One point at one seed: the grid's runs, and the ``--crossed`` runs at margin 0.1 (name -> result;
+    empty without the option)."""
+
+    point: RatePoint
+    crossed: dict[str, PolicyResult]
+
+
+def simulate_draw(
+    panel: Panel, rate: float, engine: str, seed: int, duration_s: float, crossed: bool
+) -> Draw:
+    """The grid's point at ``seed`` (:func:`simulate_point`) and, with ``crossed``, :func:`crossed_specs` on
+    the same requests at margin 0.1: what a ``--jobs`` worker runs."""
+    point = simulate_point(panel, rate, engine, seed, duration_s, DEFAULT_MARGINS, None)
+    runs: dict[str, PolicyResult] = {}
+    if crossed:
+        setup = with_margin(setup_for(panel.model, engine, seed), HEADLINE_MARGIN)
+        workload = dataset_workload(
+            panel.workload, rate, duration_s, seed, tokenizer=tokenizer_for_model(panel.model)
+        )
+        for name, (spec, options) in crossed_specs().items():
+            policy = setup.config.policy
+            merged = policy.model_copy(update={"options": {**policy.options, **options}})
+            config = setup.config.model_copy(update={"policy": merged})
+            runs[name] = run_policy(dataclasses.replace(setup, config=config), spec, workload, rate)
+    return Draw(point, runs)
+
+
 def simulate_draws(
-    points: list[tuple[str, str, float]], draws: int, engine: str, duration_s: float, jobs: int
-) -> dict[tuple[str, str, float], list[RatePoint]]:
+    points: list[tuple[str, str, float]],
+    draws: int,
+    engine: str,
+    duration_s: float,
+    jobs: int,
+    crossed: bool = False,
+) -> dict[tuple[str, str, float], list[Draw]]:
     """Every point at seeds ``0..draws-1`` (``jobs`` worker processes when > 1; same results), with a progress
     bar; ``KeyboardInterrupt`` propagates after the workers are stopped."""
     panels = {(p.model, p.workload): p for p in PANELS}
@@ -195,27 +267,19 @@ def simulate_draws(
     try:
         with progress_bar() as bar:
             task = bar.add_task("simulating", total=len(runs))
-            futures: list[Future[RatePoint]] = []
-            done: list[RatePoint] = []
+            futures: list[Future[Draw]] = []
+            done: list[Draw] = []
             for (model, workload, rate), seed in runs:
-                point_args = (
-                    panels[(model, workload)],
-                    rate,
-                    engine,
-                    seed,
-                    duration_s,
-                    DEFAULT_MARGINS,
-                    None,
-                )
+                draw_args = (panels[(model, workload)], rate, engine, seed, duration_s, crossed)
                 label = f"{model}/{workload} {rate:g} req/s, seed {seed}"
                 if pool is None:
                     bar.update(task, description=label)
-                    done.append(simulate_point(*point_args))
+                    done.append(simulate_draw(*draw_args))
                     bar.advance(task)
                     continue
-                future = pool.submit(simulate_point, *point_args)
+                future = pool.submit(simulate_draw, *draw_args)
 
-                def advance(_: Future[RatePoint], label: str = label) -> None:
+                def advance(_: Future[Draw], label: str = label) -> None:
                     bar.update(task, advance=1, description=f"{label} done")
 
                 future.add_done_callback(advance)
@@ -228,20 +292,55 @@ def simulate_draws(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    results: dict[tuple[str, str, float], list[RatePoint]] = {point: [] for point in points}
+    results: dict[tuple[str, str, float], list[Draw]] = {point: [] for point in points}
     for (point, _), result in zip(runs, done, strict=True):
         results[point].append(result)
     return results
 
 
-def draw_json(seed: int, d: RatePoint) -> dict[str, Any]:
-    """One draw's numbers behind the tables: attainments and every frontier point."""
+def draw_json(seed: int, draw: Draw) -> dict[str, Any]:
+    """One draw's numbers behind the tables: attainments, every frontier point and the crossed runs."""
+    d = draw.point
     return {
         "seed": seed,
         "static_max": {"ttft": d.static_max.ttft_attainment, "itl": d.static_max.itl_attainment},
         "ours": {"ttft": d.ours.ttft_attainment, "itl": d.ours.itl_attainment},
         "frontiers": {k: [vars(f) for f in v] for k, v in d.frontiers.items()},
+        "crossed": {
+            name: FrontierPoint.of(name, HEADLINE_MARGIN, r, d.static_max.energy_j).__dict__
+            for name, r in draw.crossed.items()
+        },
     }
+
+
+def crossed_table(draws: dict[tuple[str, str, float], list[Draw]], n: int) -> Table:
+    """``--crossed``: mean saving and ITL attainment at margin 0.1 of both policies and the crossed runs."""
+    names = list(crossed_specs())
+    table = Table(
+        title=f"What ours' gap is made of, margin {HEADLINE_MARGIN:g}, mean over {n} draws: saving % / ITL %",
+        caption=(
+            "Saving vs static max on the same requests and ITL attainment, each averaged over the draws. "
+            "'paper clocks, ours' routes': the paper's clock rule with ecofreq+ecoroute's prefill and decode "
+            "routes; 'ours' clocks, paper routes': the converse; 'ours, no decode load rule': "
+            "ecofreq+ecoroute with decode_window_s 0 (the next iteration's ITL only)."
+        ),
+    )
+    for header in ("point", "static max ITL %", PAPER, OURS, *names):
+        table.add_column(header, justify="left" if header == "point" else "right")
+    for (model, workload, rate), point_draws in draws.items():
+        cells = [f"{model}/{workload} {rate:g}"]
+        cells.append(f"{sum(100 * d.point.static_max.itl_attainment for d in point_draws) / n:.1f}")
+        for pick in (
+            lambda d: d.point.paper,
+            lambda d: d.point.ours,
+            *(lambda d, name=name: d.crossed[name] for name in names),
+        ):
+            results = [(pick(d), d.point.static_max.energy_j) for d in point_draws]
+            saving = sum(100 * (1 - r.energy_j / e) for r, e in results) / n
+            itl = sum(100 * r.itl_attainment for r, _ in results) / n
+            cells.append(f"{saving:.1f} / {itl:.1f}")
+        table.add_row(*cells)
+    return table
 
 
 def main() -> int:
@@ -255,6 +354,11 @@ def main() -> int:
     parser.add_argument(
         "--jobs", type=worker_count, default=1, help="draws simulated at once in worker processes (default 1)"
     )
+    parser.add_argument(
+        "--crossed",
+        action="store_true",
+        help="also run each clock rule with the other's routes, and ours without its decode load rule",
+    )
     add_json_option(parser)
     args = parser.parse_args()
     try:
@@ -264,7 +368,7 @@ def main() -> int:
     except (ValueError, WorkloadError) as exc:
         parser.error(str(exc))
     try:
-        draws = simulate_draws(points, args.draws, args.engine, args.duration, args.jobs)
+        draws = simulate_draws(points, args.draws, args.engine, args.duration, args.jobs, args.crossed)
     except KeyboardInterrupt:
         print("interrupted: nothing written", file=sys.stderr)
         return 130
@@ -303,7 +407,8 @@ def main() -> int:
     failed: list[str] = []
     for (model, workload, rate), point_draws in draws.items():
         name = f"{model}/{workload} {rate:g}"
-        a, s = attainment_check(point_draws), saving_check(point_draws)
+        grid_points = [d.point for d in point_draws]
+        a, s = attainment_check(grid_points), saving_check(grid_points)
         att_table.add_row(
             name,
             f"{a.static_max_ttft:.1f}/{a.static_max_itl:.1f}",
@@ -331,8 +436,9 @@ def main() -> int:
         f"{model}/{workload}@{rate:g}": [draw_json(seed, d) for seed, d in enumerate(point_draws)]
         for (model, workload, rate), point_draws in draws.items()
     }
+    tables = [att_table, save_table] + ([crossed_table(draws, n)] if args.crossed else [])
     emit(
-        [att_table, save_table],
+        tables,
         benchmark="bench_edge_draws",
         json_path=args.json,
         width=220,

@@ -132,3 +132,44 @@ def test_bad_input_is_one_line_before_any_simulation(
     assert stopped.value.code == 2
     assert err.startswith("bench_edge_draws.py: error: ") and message in err
     assert err.count("\n") == 1
+
+
+def test_crossed_specs_swap_the_routes_and_turn_the_load_rule_off(bench: ModuleType) -> None:
+    ours, paper = bench.parse_policy(bench.OURS), bench.parse_policy(bench.PAPER)
+    specs = bench.crossed_specs()
+    paper_clocks, _ = specs["paper clocks, ours' routes"]
+    ours_clocks, _ = specs["ours' clocks, paper routes"]
+    no_load_rule, options = specs["ours, no decode load rule"]
+    assert (paper_clocks.decode_clock, paper_clocks.prefill_route, paper_clocks.decode_route) == (
+        paper.decode_clock,
+        ours.prefill_route,
+        ours.decode_route,
+    )
+    assert (ours_clocks.decode_clock, ours_clocks.prefill_route, ours_clocks.decode_route) == (
+        ours.decode_clock,
+        paper.prefill_route,
+        paper.decode_route,
+    )
+    assert no_load_rule == ours and options == {"decode_window_s": 0.0}
+
+
+def test_the_crossed_table_averages_each_run_over_the_draws(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "crossed.json"
+    args = ["--points", "llama-3.1-8b/lmsys@5", "--draws", "2", "--duration", "2", "--crossed"]
+    code = run_main(bench, [*args, "--json", str(out)], monkeypatch)
+    assert code in (0, 1), capsys.readouterr().err
+    payload = json.loads(out.read_text())
+    *_, crossed = payload["tables"]
+    assert crossed["columns"][2:] == [bench.PAPER, bench.OURS, *bench.crossed_specs()]
+    (row,) = crossed["rows"]
+    draws = payload["details"]["draws"]["llama-3.1-8b/lmsys@5"]
+    for column, name in enumerate(bench.crossed_specs(), start=4):
+        saving = sum(100 * d["crossed"][name]["saving"] for d in draws) / 2
+        itl = sum(100 * d["crossed"][name]["itl_attainment"] for d in draws) / 2
+        assert row[column] == f"{saving:.1f} / {itl:.1f}"
+    without = run_main(bench, [*args[:-1], "--json", str(tmp_path / "plain.json")], monkeypatch)
+    assert without in (0, 1)
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    assert len(plain["tables"]) == 2 and plain["details"]["draws"]["llama-3.1-8b/lmsys@5"][0]["crossed"] == {}
