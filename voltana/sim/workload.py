@@ -193,9 +193,13 @@ def _arrival_seconds(
     allowed = (int, float) if in_json else (str,)
     if isinstance(value, bool) or not isinstance(value, allowed):
         raise WorkloadError(f"{where}: {key} must be a number of {unit}, got {json.dumps(value)}")
-    number = _float_or_none(value) if isinstance(value, str) else float(value)
+    try:
+        number = _float_or_none(value) if isinstance(value, str) else float(value)
+    except OverflowError:  # a JSON integer too large for a float (hundreds of digits)
+        number = math.inf
     if number is None or not math.isfinite(number):
-        raise WorkloadError(f"{where}: bad {key} {value!r} (a finite number of {unit})")
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise WorkloadError(f"{where}: bad {key} {shown} (a finite number of {unit})")
     return number * seconds_per_unit
 
 
@@ -246,6 +250,7 @@ def _read_csv(path: Path) -> Workload:
 
 def _read_jsonl(path: Path) -> Workload:
     keys: tuple[str, str, str] | None = None
+    first_line = 0
     arrivals: list[float] = []
     inputs: list[int] = []
     outputs: list[int] = []
@@ -266,10 +271,18 @@ def _read_jsonl(path: Path) -> Workload:
             if keys is None:  # the first line decides the format
                 mooncake = MOONCAKE_KEYS[0] in obj and GENERIC_COLUMNS[0] not in obj
                 keys = MOONCAKE_KEYS if mooncake else GENERIC_COLUMNS
+                first_line = line_no
             missing = [key for key in keys if key not in obj]
             if missing:
-                kind = "Mooncake's format, as the first line" if keys == MOONCAKE_KEYS else "each line"
-                raise WorkloadError(f"{where}: missing {', '.join(missing)} ({kind} needs {', '.join(keys)})")
+                if line_no == first_line:
+                    raise WorkloadError(
+                        f"{where}: missing {', '.join(missing)} (each line needs {', '.join(keys)})"
+                    )
+                kind = "Mooncake's format" if keys == MOONCAKE_KEYS else f"the {'/'.join(keys)} format"
+                raise WorkloadError(
+                    f"{where}: missing {', '.join(missing)} (the file's first line is in {kind}: every line "
+                    f"needs {', '.join(keys)})"
+                )
             arrival, prompt, output = keys
             arrivals.append(
                 _arrival_seconds(obj[arrival], where, True, arrival, _JSONL_SECONDS_PER_UNIT[keys])

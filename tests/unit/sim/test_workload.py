@@ -69,7 +69,22 @@ def test_mooncake_traces_are_read_with_millisecond_timestamps(tmp_path: Path) ->
     [
         (
             '{"timestamp": 0, "input_length": 5, "output_length": 2}\n{"arrival_s": 1, "input_tokens": 3}\n',
-            "m.jsonl:2: missing timestamp, input_length, output_length (Mooncake's format, as the first line",
+            "m.jsonl:2: missing timestamp, input_length, output_length (the file's first line is in "
+            "Mooncake's format: every line needs timestamp, input_length, output_length)",
+        ),
+        (
+            '{"arrival_s": 0, "input_tokens": 5, "output_tokens": 2}\n{"timestamp": 1, "input_length": 3}\n',
+            "m.jsonl:2: missing arrival_s, input_tokens, output_tokens (the file's first line is in the "
+            "arrival_s/input_tokens/output_tokens format",
+        ),
+        (
+            '{"timestamp": 1' + "0" * 400 + ', "input_length": 5, "output_length": 2}\n',
+            "m.jsonl:1: bad timestamp 1000000000000000000000000000000000000... "
+            "(a finite number of milliseconds)",
+        ),
+        (
+            '{"arrival_s": 1' + "0" * 400 + ', "input_tokens": 5, "output_tokens": 2}\n',
+            "m.jsonl:1: bad arrival_s 1000000000000000000000000000000000000... (a finite number of seconds)",
         ),
         (
             '{"timestamp": "0", "input_length": 5, "output_length": 2}\n',
@@ -82,7 +97,7 @@ def test_mooncake_traces_are_read_with_millisecond_timestamps(tmp_path: Path) ->
         ("[1]\n", "or Mooncake's timestamp, input_length, output_length"),
     ],
 )
-def test_a_bad_mooncake_line_is_one_line_naming_its_key(tmp_path: Path, text: str, message: str) -> None:
+def test_a_bad_json_lines_line_is_one_line_naming_its_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(WorkloadError) as refused:
         load_workload(write(tmp_path, "m.jsonl", text))
     assert message in str(refused.value) and "\n" not in str(refused.value)
