@@ -109,7 +109,7 @@ def test_each_draw_is_the_grid_point_at_that_seed_in_one_process_or_two(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--draws", "0"], "argument --draws: '0': give a whole number >= 1"),
+        (["--draws", "1"], "argument --draws: '1': give a whole number >= 2"),
         (["--jobs", "0"], "argument --jobs: '0': give a whole number from 1 to "),
         (["--points", "llama-3.1-8b/nope@5"], "--points: unknown panel 'llama-3.1-8b/nope'"),
         (["--points", "llama-3.1-8b/lmsys@100000"], "100000 req/s for 60 s is 6e+06 requests"),
