@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -12,21 +11,12 @@ import pytest
 
 from voltana.sim.frontier import FrontierPoint
 
-BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
+from .test_bench_inputs import load, run_main
 
 
 @pytest.fixture
 def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import bench_edge_draws
-
-    return bench_edge_draws
-
-
-def run_main(bench: ModuleType, args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setattr(sys, "argv", ["bench_edge_draws.py", *args])
-    code: int = bench.main()
-    return code
+    return load("bench_edge_draws", monkeypatch)
 
 
 def attainment(ttft: float, itl: float) -> SimpleNamespace:
@@ -104,34 +94,6 @@ def test_each_draw_is_the_grid_point_at_that_seed_in_one_process_or_two(
     assert [row[0] for row in att_table["rows"]] == ["llama-3.1-8b/lmsys 5"]
     assert att_table["rows"][0][-3:-1] == ["2/2", "2/2"]
     assert save_table["columns"][-1] == "check" and save_table["rows"][0][0] == "llama-3.1-8b/lmsys 5"
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--draws", "1"], "argument --draws: '1': give a whole number >= 2"),
-        (["--jobs", "0"], "argument --jobs: '0': give a whole number from 1 to "),
-        (["--points", "llama-3.1-8b/nope@5"], "--points: unknown panel 'llama-3.1-8b/nope'"),
-        (["--points", "llama-3.1-8b/lmsys@100000"], "100000 req/s for 60 s is 6e+06 requests"),
-    ],
-)
-def test_bad_input_is_one_line_before_any_simulation(
-    bench: ModuleType,
-    args: list[str],
-    message: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    def no_simulation(*args: object, **kwargs: object) -> None:
-        raise AssertionError("simulated before the arguments were checked")
-
-    monkeypatch.setattr(bench, "simulate_point", no_simulation)
-    with pytest.raises(SystemExit) as stopped:
-        run_main(bench, args, monkeypatch)
-    err = capsys.readouterr().err
-    assert stopped.value.code == 2
-    assert err.startswith("bench_edge_draws.py: error: ") and message in err
-    assert err.count("\n") == 1
 
 
 def test_crossed_specs_swap_the_routes_and_turn_the_load_rule_off(bench: ModuleType) -> None:

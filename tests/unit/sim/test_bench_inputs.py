@@ -350,6 +350,42 @@ def refused(
             ["run_sweep"],
             "argument --compare-prefill-route: unknown routing policy ''; registered: ",
         ),
+        (
+            "bench_edge_draws",
+            ["--draws", "1"],
+            ["simulate_point"],
+            "argument --draws: '1': give a whole number >= 2",
+        ),
+        (
+            "bench_edge_draws",
+            ["--jobs", "0"],
+            ["simulate_point"],
+            "argument --jobs: '0': give a whole number from 1 to ",
+        ),
+        (
+            "bench_edge_draws",
+            ["--points", "llama-3.1-8b/nope@5"],
+            ["simulate_point"],
+            "--points: unknown panel 'llama-3.1-8b/nope'",
+        ),
+        (
+            "bench_edge_draws",
+            ["--points", "llama-3.1-8b/lmsys@100000"],
+            ["simulate_point"],
+            "100000 req/s for 60 s is 6e+06 requests",
+        ),
+        (
+            "bench_sim_speed",
+            ["--workload", "mooncake"],
+            ["run_policy"],
+            "--workload mooncake needs --mooncake-trace PATH",
+        ),
+        (
+            "bench_sim_speed",
+            ["--mooncake-trace", "missing.jsonl"],
+            ["run_policy"],
+            "--mooncake-trace: workload file not found: missing.jsonl",
+        ),
     ],
 )
 def test_a_refusal_after_reading_the_arguments_names_the_script(

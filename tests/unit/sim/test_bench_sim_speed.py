@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
+from .test_bench_inputs import load, run_main
+
 # Three lines as Mooncake's FAST'25 conversation trace has them (kvcache-ai/Mooncake, FAST25-release/traces).
 MOONCAKE_LINES = (
     '{"timestamp": 0, "input_length": 6758, "output_length": 50, "hash_ids": [0, 1, 2]}\n'
@@ -20,16 +20,7 @@ MOONCAKE_LINES = (
 
 @pytest.fixture
 def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import bench_sim_speed
-
-    return bench_sim_speed
-
-
-def run_main(bench: ModuleType, args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setattr(sys, "argv", ["bench_sim_speed.py", *args])
-    code: int = bench.main()
-    return code
+    return load("bench_sim_speed", monkeypatch)
 
 
 def test_the_mooncake_trace_runs_as_its_own_workload(
@@ -46,28 +37,3 @@ def test_the_mooncake_trace_runs_as_its_own_workload(
     assert row[:3] == ["mooncake", "static-max", "3"]
     assert row[table["columns"].index("arrivals s")] == "6"  # the last arrival at 5,999 ms
     assert row[table["columns"].index("target")] == ">= 200x"
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--workload", "mooncake"], "--workload mooncake needs --mooncake-trace PATH"),
-        (["--mooncake-trace", "missing.jsonl"], "--mooncake-trace: workload file not found: missing.jsonl"),
-    ],
-)
-def test_a_missing_mooncake_trace_is_one_line_before_any_run(
-    bench: ModuleType,
-    args: list[str],
-    message: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    def no_run(*args: object, **kwargs: object) -> None:
-        raise AssertionError("simulated before the trace was read")
-
-    monkeypatch.setattr(bench, "run_policy", no_run)
-    with pytest.raises(SystemExit) as stopped:
-        run_main(bench, args, monkeypatch)
-    err = capsys.readouterr().err
-    assert stopped.value.code == 2
-    assert err.startswith("bench_sim_speed.py: error: ") and message in err and err.count("\n") == 1
