@@ -175,7 +175,11 @@ def main() -> int:
         default=None,
         help="Mooncake's conversation_trace.jsonl (kvcache-ai/Mooncake, FAST25-release/traces)",
     )
-    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument(
+        "--policies",
+        default=",".join(POLICIES),
+        help=f"comma-separated policies to time (default: voltana simulate's, {','.join(POLICIES)})",
+    )
     parser.add_argument("--requests", type=count, default=None, help="only the first N requests")
     parser.add_argument(
         "--breakdown",

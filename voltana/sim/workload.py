@@ -239,6 +239,11 @@ def _read_csv(path: Path) -> Workload:
         else:
             # ascii(): a header that differs only by an invisible character must not print identical.
             shown = ",".join(ascii(name)[1:-1] for name in header) or "(empty)"
+            if shown.startswith("{"):  # a JSON object per line under another extension
+                raise WorkloadError(
+                    f"{path}: lines look like JSON, read as CSV by the file's extension; "
+                    "name a JSON Lines file *.jsonl or *.ndjson"
+                )
             raise WorkloadError(
                 f"{path}: unknown CSV header {shown}; expected "
                 f"{','.join(AZURE_COLUMNS)} (Azure trace) or {','.join(GENERIC_COLUMNS)}"

@@ -107,6 +107,11 @@ def test_a_bad_json_lines_line_is_one_line_naming_its_key(tmp_path: Path, text: 
     ("name", "text", "message"),
     [
         ("h.csv", "a,b,c\n1,2,3\n", "unknown CSV header"),
+        (
+            "trace.json",
+            '{"timestamp": 0, "input_length": 5, "output_length": 2}\n',
+            "trace.json: lines look like JSON, read as CSV by the file's extension; name a JSON Lines file",
+        ),
         ("n.csv", "arrival_s,input_tokens,output_tokens\n0,abc,3\n", "is not a number"),
         ("t.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\nyesterday,1,2\n", "bad TIMESTAMP"),
         ("z.csv", "arrival_s,input_tokens,output_tokens\n0,0,3\n", "z.csv:2: input_tokens 0 must be >= 1"),
