@@ -325,7 +325,8 @@ def check_slo_feasible(model: Any, slo: Slo, workload: Workload) -> None:
     """Raise :class:`SimulationError` when no clock can meet the SLOs even for a lone request.
 
     ITL: a decode iteration of one request with the workload's median context at the max clock. TTFT: the
-    prefill of the workload's median prompt alone at the max clock.
+    prefill of the workload's median prompt alone at the max clock. ``workload`` is what is simulated (a
+    ``--duration`` window of a trace has its own median), and the TTFT message says how many requests.
     """
     top = model.supported_clocks_mhz[-1]
     prompt = max(1, int(sorted(workload.input_tokens)[len(workload) // 2]))
@@ -338,6 +339,7 @@ def check_slo_feasible(model: Any, slo: Slo, workload: Workload) -> None:
     prefill_s = model.cost(Phase.PREFILL, 1, prompt, 0, top).latency_s
     if prefill_s > slo.ttft_s:
         raise SimulationError(
-            f"impossible SLOs: TTFT {slo.ttft_s * 1e3:g} ms is below the prefill of the median prompt "
-            f"({prompt} tokens: {prefill_s * 1e3:.1f} ms at {top} MHz) on {model.name}"
+            f"impossible SLOs: TTFT {slo.ttft_s * 1e3:g} ms is below the prefill of the median prompt of the "
+            f"{len(workload)} requests simulated ({prompt} tokens: {prefill_s * 1e3:.1f} ms at {top} MHz) on "
+            f"{model.name}"
         )

@@ -184,6 +184,7 @@ def test_table_reports_the_window_and_each_rates_scale_factor(
     assert second["num_requests"] == 200 and second["offered_rate_rps"] == pytest.approx(2.0)
     code, out, err = run_in_process(args, monkeypatch, capsys)
     assert code == 0, err
+    assert "static-max" in out  # the whole trace's median prompt is 10 tokens
     assert "2.44 req/s: 63 requests in 25.4 s of arrivals (gap.csv x1.22111; sweep rate 1 req/s)" in out
     assert "2 req/s: 200 requests in 99.5 s of arrivals (gap.csv x2.44221; sweep rate 2 req/s)" in out
 
@@ -215,6 +216,7 @@ def test_a_trace_without_rate_is_replayed_as_recorded(
     args = ["--workload", str(trace), "--policies", "static-max", "--json"]
     code, out, err = run_in_process(args, monkeypatch, capsys)
     assert code == 0, err
+    assert "static-max" in out  # the whole trace's median prompt is 10 tokens
     data = json.loads(out)
     (point,) = data["points"]
     assert point["workload"] == "own.csv"  # no scale factor: x1
@@ -287,6 +289,7 @@ def test_plot_without_extension_prints_the_file_written(
     args = ["--duration", "5", "--rate", "2", "--policies", "static-max", "--plot", str(plot)]
     code, out, err = run_in_process(args, monkeypatch, capsys)
     assert code == 0, err
+    assert "static-max" in out  # the whole trace's median prompt is 10 tokens
     written = tmp_path / "figure.png"
     assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     last = out.strip().splitlines()[-1]
@@ -474,6 +477,7 @@ def test_a_repeated_policy_runs_once_with_a_note(
     args = ["--duration", "3", "--rate", "2", "--policies", policies, "--json"]
     code, out, err = run_in_process(args, monkeypatch, capsys)
     assert code == 0, err
+    assert "static-max" in out  # the whole trace's median prompt is 10 tokens
     (point,) = json.loads(out)["points"]
     assert [r["policy"].split(" (")[0] for r in point["results"]] == ran  # the oracle's name adds its clocks
     assert err == f"note: --policies gives the same policy more than once: {note}; each runs once\n"
@@ -555,5 +559,26 @@ def test_the_plot_draws_the_clock_timeline_of_a_policy_that_ran(
     args = ["--duration", "3", "--rate", "2", "--policies", policies, "--plot", str(tmp_path / "p.png")]
     code, out, err = run_in_process(args, monkeypatch, capsys)
     assert code == 0, err
+    assert "static-max" in out  # the whole trace's median prompt is 10 tokens
     assert f"clock timeline of {timeline} at 2 req/s" in out.strip().splitlines()[-1]
     assert timeline_titles and timeline_titles[0].startswith(f"clock timeline: {timeline} at 2 req/s")
+
+
+def test_an_impossible_ttft_in_a_window_names_the_requests_it_was_checked_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The TTFT check reads the median prompt of what is simulated: a ``--duration`` window of long prompts
+    is refused where the whole trace runs, and the line says how many requests it was checked on."""
+    rows = "".join(f"{0.1 * i:.1f},8000,5\n" for i in range(3)) + "".join(f"{5 + i},10,5\n" for i in range(5))
+    trace = tmp_path / "window.csv"
+    trace.write_text("arrival_s,input_tokens,output_tokens\n" + rows)
+    args = ["--workload", str(trace), "--ttft", "0.3", "--policies", "static-max"]
+    code, _, err = run_in_process([*args, "--duration", "1"], monkeypatch, capsys)
+    line = one_error_line(code, err)
+    assert line.startswith(
+        "error: impossible SLOs: TTFT 300 ms is below the prefill of the median prompt of the 3"
+    )
+    assert "requests simulated (8000 tokens: " in line
+    code, out, err = run_in_process(args, monkeypatch, capsys)
+    assert code == 0, err
+    assert "static-max" in out  # the whole trace's median prompt is 10 tokens
