@@ -38,6 +38,7 @@ from bench_paper_reproduction import (
     RatePoint,
     setup_for,
     simulate_point,
+    slo_safe,
 )
 from bench_report import (
     add_json_option,
@@ -58,8 +59,10 @@ from voltana.sim.engine import ENGINES
 from voltana.sim.frontier import (
     ATTAINMENT_TOLERANCE,
     DEFAULT_MARGINS,
+    EqualAttainment,
     FrontierPoint,
     best_at,
+    compare_at_floor,
     mean_frontier,
     paired_interval,
     with_margin,
@@ -109,34 +112,43 @@ class AttainmentCheck:
 
 @dataclass(frozen=True)
 class SavingCheck:
-    """Both policies' best margin on the mean frontiers at static max's mean attainment minus 0.5 points."""
+    """Both policies' best margin on the mean frontiers at static max's mean attainment minus 0.5 points
+    (``at_floor``: floors as fractions), the paired saving difference there, and the one-draw passes."""
 
-    ttft_floor: float
-    itl_floor: float
-    ours: FrontierPoint | None
-    paper: FrontierPoint | None
+    at_floor: EqualAttainment
     saving_diff: tuple[float, float, float] | None
     single_draws_pass: int
 
     @property
+    def ttft_floor(self) -> float:
+        """The TTFT floor in points (%)."""
+        return 100 * self.at_floor.ttft_floor
+
+    @property
+    def itl_floor(self) -> float:
+        """The ITL floor in points (%)."""
+        return 100 * self.at_floor.itl_floor
+
+    @property
+    def ours(self) -> FrontierPoint | None:
+        return self.at_floor.ours
+
+    @property
+    def paper(self) -> FrontierPoint | None:
+        return self.at_floor.theirs
+
+    @property
     def holds(self) -> bool:
         """Ours reaches the floor and saves at least as much as voltana-paper there on average."""
-        if self.ours is None:
-            return False
-        return self.paper is None or self.ours.saving >= self.paper.saving - 1e-12
+        return self.at_floor.ours_wins
 
 
 def attainment_check(draws: list[RatePoint]) -> AttainmentCheck:
     """:class:`AttainmentCheck` of one point's draws (same point, one seed each)."""
-    bar = ATTAINMENT_TOLERANCE + 1e-12
     n = len(draws)
     ttft = [100 * (d.ours.ttft_attainment - d.static_max.ttft_attainment) for d in draws]
     itl = [100 * (d.ours.itl_attainment - d.static_max.itl_attainment) for d in draws]
-    passed = sum(
-        d.ours.ttft_attainment >= d.static_max.ttft_attainment - bar
-        and d.ours.itl_attainment >= d.static_max.itl_attainment - bar
-        for d in draws
-    )
+    passed = sum(slo_safe(d) for d in draws)  # the grid's one-draw check
     carried = sum(min(d.static_max.ttft_attainment, d.static_max.itl_attainment) >= CARRIED for d in draws)
     return AttainmentCheck(
         sum(100 * d.static_max.ttft_attainment for d in draws) / n,
@@ -170,16 +182,10 @@ def saving_check(draws: list[RatePoint]) -> SavingCheck:
                 for d in draws
             ]
         )
-    passed = 0
-    for d in draws:  # the grid's one-draw check: each draw's own floors and best margins
-        t_floor = d.static_max.ttft_attainment - ATTAINMENT_TOLERANCE
-        i_floor = d.static_max.itl_attainment - ATTAINMENT_TOLERANCE
-        mine, theirs = (
-            best_at(d.frontiers[OURS], t_floor, i_floor),
-            best_at(d.frontiers[PAPER], t_floor, i_floor),
-        )
-        passed += mine is not None and (theirs is None or mine.saving >= theirs.saving - 1e-12)
-    return SavingCheck(100 * ttft_floor, 100 * itl_floor, ours, paper, diff, passed)
+    passed = sum(  # the grid's one-draw check: each draw's own floors and best margins
+        compare_at_floor(d.frontiers[OURS], d.frontiers[PAPER], d.static_max).ours_wins for d in draws
+    )
+    return SavingCheck(EqualAttainment(ttft_floor, itl_floor, ours, paper), diff, passed)
 
 
 def draw_count(text: str) -> int:
