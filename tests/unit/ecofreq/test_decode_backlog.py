@@ -23,6 +23,7 @@ from voltana.core.types import (
 )
 from voltana.hardware.simulated import performance_model
 from voltana.plugins import get_plugin_manager
+from voltana.plugins.ecofreq import OVERLOAD_BREAK_SHARE
 from voltana.sim.cluster import ClusterSpec
 from voltana.sim.metrics import PolicyResult
 from voltana.sim.runner import PAPER_MIN_CLOCK_MHZ, SimulationSetup, parse_policy, run_policy
@@ -92,11 +93,13 @@ def time_sharing_case(
     load: float = TS_LOAD,
     of_clock: int = 0,
     duration_s: float = 60.0,
+    short_context_every: int = 0,
 ) -> tuple[ClockDecision, float, float]:
     """A decode instance fed a steady stream (``TS_OUTPUT`` tokens per request, arrivals at ``load`` x the
     capacity of clock index ``of_clock``, the lowest by default) for ``duration_s`` with ``batch`` requests
-    in flight (iteration time set by Little's law). Returns the last decision, that clock's capacity
-    (tokens/s) and the measured load (tokens/s)."""
+    in flight (iteration time set by Little's law). Every ``short_context_every``-th iteration (0: none) its
+    requests hold a third of ``TS_KV_TOKENS`` each, which raises every clock's capacity for that iteration.
+    Returns the last decision, that clock's capacity (tokens/s) and the measured load (tokens/s)."""
     ctl = controller(Phase.DECODE, clocks=TS_CLOCKS, options={"decode_window_s": decode_window_s})
     bound_s = SLO.itl_s * 0.9
 
@@ -110,8 +113,12 @@ def time_sharing_case(
     live = {f"s{i}": 1 + (i * TS_OUTPUT) // batch for i in range(batch)}  # a steady population, every age
     arrived, now_s, next_arrival_s = 0, 0.0, 0.0
     decision = None
+    iteration = 0
     while now_s < duration_s:
-        scheduled = [ScheduledRequest(rid, 1, TS_KV_TOKENS, 0.0) for rid in live]
+        iteration += 1
+        short = short_context_every and iteration % short_context_every == 0
+        context = TS_KV_TOKENS // 3 if short else TS_KV_TOKENS
+        scheduled = [ScheduledRequest(rid, 1, context, 0.0) for rid in live]
         decision = ctl.decide(BatchSnapshot.build(Phase.DECODE, scheduled, now_s=now_s))
         live = {rid: left - 1 for rid, left in live.items() if left > 1}
         now_s += step_s
@@ -225,3 +232,21 @@ def test_a_lasting_overload_ends_time_sharing() -> None:
     lasting, _, measured_tps = time_sharing_case(10.0, 40, load=1.2, of_clock=-1, duration_s=30.0)
     assert measured_tps > 1.1 * max_capacity_tps  # the max clock does not carry the measured load
     assert lasting.clock_mhz == TS_CLOCKS[-1]
+
+
+def test_single_iterations_the_max_clock_carries_do_not_break_a_lasting_overload() -> None:
+    """The same overload (1.2x what the max clock carries), but every 20th iteration's requests hold a
+    third of the context, so for that one iteration the max clock's capacity estimate is above the load: the
+    estimates cross back and forth as at the edge of capacity (Llama-3.1-8B LMSYS 100 req/s). Counting each
+    such iteration as a break, the overload never lasted a window and the lowest clock was time-shared for
+    the whole 30 s; a break must now last a tenth of the window (``OVERLOAD_BREAK_SHARE``), so the max clock
+    runs. Were the short-context iterations a real break (every iteration), the lowest clock would be kept."""
+    step_s = 40 / (1.2 * time_sharing_case(10.0, 40, load=1.2, of_clock=-1, duration_s=1.0)[1])
+    assert 20 * step_s < OVERLOAD_BREAK_SHARE * 10.0  # each carried spell is shorter than a break
+    crossing, max_capacity_tps, measured_tps = time_sharing_case(
+        10.0, 40, load=1.2, of_clock=-1, duration_s=30.0, short_context_every=20
+    )
+    assert measured_tps > 1.1 * max_capacity_tps
+    assert crossing.clock_mhz == TS_CLOCKS[-1]
+    carried, _, _ = time_sharing_case(10.0, 40, load=1.2, of_clock=-1, duration_s=30.0, short_context_every=1)
+    assert carried.clock_mhz == TS_CLOCKS[0]
