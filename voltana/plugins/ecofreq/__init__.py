@@ -378,15 +378,21 @@ def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
     else:
         check = _decode_checker(snapshot, st, predictor, latency)
 
-    order = sorted(range(len(clocks)), key=energy.__getitem__)
-    queue_blocked = False
-    chosen = -1
-    for k in order:
-        verdict = check(k)
-        if verdict == 0:
-            chosen = k
-            break
-        queue_blocked = queue_blocked or verdict == 2
+    # Hot path: the least-energy clock is checked first and is usually feasible, so the clocks are ranked
+    # only when it is not. ``index(min())`` is the first of equal energies, as the stable sort ranks them.
+    cheapest = energy.index(min(energy))
+    verdict = check(cheapest)
+    queue_blocked = verdict == 2
+    chosen = cheapest if verdict == 0 else -1
+    if chosen < 0:
+        for k in sorted(range(len(clocks)), key=energy.__getitem__):
+            if k == cheapest:
+                continue
+            verdict = check(k)
+            if verdict == 0:
+                chosen = k
+                break
+            queue_blocked = queue_blocked or verdict == 2
     if chosen < 0:
         return _hold(
             st, top, snapshot.now_s, _decision(clocks, top, DecisionReason.INFEASIBLE, latency, report)
@@ -396,7 +402,7 @@ def _choose(snapshot: BatchSnapshot, ctx: ClockContext) -> ClockDecision:
         small_gain = energy[held] - energy[chosen] <= abs(energy[held]) * opts.hysteresis
         if dwelling or small_gain:
             return _decision(clocks, held, DecisionReason.HYSTERESIS, latency, report)
-    if chosen == order[0]:
+    if chosen == cheapest:
         reason = DecisionReason.ENERGY_OPTIMAL
     else:
         reason = DecisionReason.QUEUE_BOUND if queue_blocked else DecisionReason.SLO_BOUND
