@@ -134,13 +134,20 @@ class ClockTable:
 
         return predict
 
-    def largest_batch(self, clock_index: int, x1_per_x0: float, top: int, bound: float) -> int:
+    def largest_batch(
+        self, clock_index: int, x1_per_x0: float, top: int, bound: float, enough_tps: float = math.inf
+    ) -> int:
         """The largest batch size in ``[0, top]`` whose prediction at grid clock ``clock_index`` (the batch
         reading ``x1_per_x0`` KV tokens per request, as :meth:`batch_curve`) is within ``bound``; 0 when not
         even one request fits. A binary search, as the prediction grows with the batch within a segment.
 
         Evaluates exactly the floats of ``batch_curve(clock_index, x1_per_x0)`` at each probed size, inline:
         the decode load rule runs it for every clock it checks, every iteration.
+
+        ``enough_tps``: the search stops at the first size ``b`` it finds within the bound with
+        ``b / bound >= enough_tps`` and returns ``b``, for a caller that only asks whether the largest batch
+        ``lo`` carries ``enough_tps`` (tokens/s): ``lo >= b`` and ``prediction(lo) <= bound``, so
+        ``lo / prediction(lo) >= b / bound`` (one probe instead of a dozen under a light load).
         """
         rows = self.model.rows
         by_size = self._segment_by_size
@@ -155,6 +162,8 @@ class ClockTable:
             r0, r1, r2 = rows[segment][clock_index]
             if d * (g0 * r0 * x0 + g1 * r1 * (x0 * x1_per_x0) + g2 * r2) <= bound:
                 lo = mid
+                if x0 / bound >= enough_tps:
+                    break
             else:
                 hi = mid - 1
         return lo

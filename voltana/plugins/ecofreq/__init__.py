@@ -523,8 +523,12 @@ def _load_checker(
     fastest = len(predictor.clocks_mhz) - 1
     fastest_curve = predictor.batch_curve(fastest, per_request_kv)
     pace_s = _debt_pace_s(snapshot, st, demand, fastest_curve(slots), output, spread)
-    fastest_lo = predictor.largest_batch(fastest, per_request_kv, top, bound)
-    if fastest_lo and fastest_lo / fastest_curve(float(fastest_lo)) >= load_tps:
+    # A batch ``lo`` within the bound carries the load when ``lo / ITL(lo) >= load_tps``, which holds at once
+    # when ``lo / bound >= load_tps`` (ITL(lo) <= bound): then largest_batch stops at such an ``lo``.
+    fastest_lo = predictor.largest_batch(fastest, per_request_kv, top, bound, load_tps)
+    if fastest_lo and (
+        fastest_lo / bound >= load_tps or fastest_lo / fastest_curve(float(fastest_lo)) >= load_tps
+    ):
         # The max clock carries the load: a break in an overload once that has held for a while (a lone
         # iteration is the estimate's own noise at the edge of capacity, see OVERLOAD_BREAK_SHARE).
         if math.isnan(st.carried_since_s):
@@ -542,14 +546,14 @@ def _load_checker(
             itl_s, lo = fastest_curve, fastest_lo
         else:
             itl_s = predictor.batch_curve(k, per_request_kv)  # ITL (s) of a batch of a size at clock k
-            lo = predictor.largest_batch(k, per_request_kv, top, bound)
+            lo = predictor.largest_batch(k, per_request_kv, top, bound, load_tps)
         if lo == 0:
             return False
         step_s = itl_s(slots)
         if step_s > pace_s:  # too slow to bring a request that fell behind back within the bound
             return False
         free_rps = slots / (output * step_s)  # a slot frees when a running request finishes
-        if lo / itl_s(float(lo)) < load_tps:
+        if lo / bound < load_tps and lo / itl_s(float(lo)) < load_tps:  # as the max clock's check
             if lasting_overload:  # no faster clock drains what this one would build
                 return False
             # The clock does not carry the load in steady state: time-share it with a faster one while
