@@ -20,7 +20,7 @@ from typing import Any
 
 from voltana.core.contexts import ALL_MODELS, ClockContext, ModelKind
 from voltana.core.policies import clock_policy
-from voltana.core.predictor import EnergyPredictor, LatencyPredictor
+from voltana.core.predictor import EnergyPredictor, LatencyPredictor, features
 from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason, IterationRecord, Phase, Slo
 
 logger = logging.getLogger(__name__)
@@ -175,19 +175,18 @@ class FrequencyController:
         self.ctx.state[APPLIED_CLOCK_KEY] = record.applied_clock_mhz
         try:
             learns = self.learns
-            if learns and record.snapshot.requests and record.latency_s > 0.0:
+            snapshot = record.snapshot
+            if learns and snapshot.requests and record.latency_s > 0.0:
+                # Hot path: the features once for both models (their observe_iteration, spelt out).
+                x0, x1 = features(snapshot)
                 if "latency" in learns:
-                    self.predictor.observe_iteration(
-                        record.snapshot, record.applied_clock_mhz, record.latency_s
-                    )
+                    self.predictor.observe(x0, x1, record.applied_clock_mhz, record.latency_s)
                 if (
                     "energy" in learns
                     and isinstance(self.power_model, EnergyPredictor)
                     and record.energy_j is not None
                 ):
-                    self.power_model.observe_iteration(
-                        record.snapshot, record.applied_clock_mhz, record.energy_j
-                    )
+                    self.power_model.observe(x0, x1, record.applied_clock_mhz, record.energy_j)
             self.hook.voltana_iteration_finished(record=record)
         except Exception:
             if not self._observer_failed:

@@ -114,7 +114,9 @@ class ClockTable:
 
     def values(self, x0: float, x1: float) -> list[float]:
         """Predictions at every grid clock (ascending clocks)."""
-        return self.model.predict_all(self.segment_of(x0), x0, x1)
+        segment = _bisect_left(self.segment_ends, x0)  # segment_of(x0), inlined (twice per decision)
+        last = self._last_segment
+        return self.model.predict_all(last if last < segment else segment, x0, x1)
 
     def batch_curve(self, clock_index: int, x1_per_x0: float) -> Callable[[float], float]:
         """``x0 -> prediction(x0, x0 * x1_per_x0)`` at grid clock ``clock_index``: a decode batch of ``x0``
@@ -192,9 +194,11 @@ class ClockTable:
         segment = _bisect_left(self.segment_ends, x0)  # segment_of(x0), inlined (every iteration)
         last = self._last_segment
         accepted = self.model.update(last if last < segment else segment, index, x0, x1, measured)
-        if accepted:
-            self.max_x0 = max(self.max_x0, x0)
-            self.max_x1 = max(self.max_x1, x1)
+        if accepted:  # max() spelt out (as it compares, NaN included), without its call
+            if x0 > self.max_x0:  # noqa: PLR1730
+                self.max_x0 = x0
+            if x1 > self.max_x1:  # noqa: PLR1730
+                self.max_x1 = x1
         return accepted
 
     def covers(self, x0: float, x1: float) -> bool:
