@@ -162,14 +162,14 @@ class BatchSnapshot:
         )
 
 
-def _slot_setters(cls: type, *names: str) -> tuple[Any, ...]:
+def slot_setters(cls: type, *names: str) -> tuple[Any, ...]:
     """The slots' own setters of a frozen slotted dataclass, for a hand-written ``__init__`` on the hot path
     (about half the cost of the ``object.__setattr__`` calls of the generated one; the instances stay frozen,
     hashable and comparable: tests/unit/foundation/test_scheduled_request_fast_init.py)."""
     return tuple(vars(cls)[name].__set__ for name in names)
 
 
-_snapshot_set = _slot_setters(
+_snapshot_set = slot_setters(
     BatchSnapshot,
     "phase",
     "requests",
@@ -226,7 +226,7 @@ class ClockDecision:
         _decision_set[4](self, predicted_energy_j)
 
 
-_decision_set = _slot_setters(
+_decision_set = slot_setters(
     ClockDecision, "clock_mhz", "reason", "policy", "predicted_latency_s", "predicted_energy_j"
 )
 
@@ -322,7 +322,7 @@ class IterationRecord:
         _record_set[7](self, counter_energy_j)
 
 
-_record_set = _slot_setters(
+_record_set = slot_setters(
     IterationRecord,
     "snapshot",
     "decision",

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voltana.core.files import write_text_atomically
-from voltana.core.types import Phase
+from voltana.core.types import Phase, slot_setters
 from voltana.hardware.device import DeviceCapabilities, EnergySource, GpuDevice, GpuGroup, PowerLimits
 from voltana.hardware.errors import InvalidArgumentError, UnknownProfileError
 from voltana.hardware.profiles import (
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class IterationCost:
     """Cost of one iteration on one instance (all its TP GPUs).
 
@@ -68,6 +68,17 @@ class IterationCost:
     energy_j: float
     avg_power_w: float
     effective_clock_mhz: int
+
+    def __init__(
+        self, latency_s: float, energy_j: float, avg_power_w: float, effective_clock_mhz: int
+    ) -> None:
+        _cost_set[0](self, latency_s)  # one per simulated iteration: slot setters, as in ScheduledRequest
+        _cost_set[1](self, energy_j)
+        _cost_set[2](self, avg_power_w)
+        _cost_set[3](self, effective_clock_mhz)
+
+
+_cost_set = slot_setters(IterationCost, "latency_s", "energy_j", "avg_power_w", "effective_clock_mhz")
 
 
 def voltage_ratio(gpu: GpuSpec, clock_mhz: float) -> float:

@@ -1,5 +1,5 @@
 """The hand-written __init__ of the per-iteration types (ScheduledRequest, BatchSnapshot, ClockDecision,
-IterationRecord: a hot-path speed-up) keeps every dataclass behaviour."""
+IterationRecord, the simulator's IterationCost: a hot-path speed-up) keeps every dataclass behaviour."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from voltana.core.types import (
     Phase,
     ScheduledRequest,
 )
+from voltana.hardware.simulated import IterationCost
 
 
 def test_fields_equality_hash_and_repr_are_the_dataclass_ones() -> None:
@@ -55,13 +56,15 @@ _HOT_PATH_TYPES = {
     BatchSnapshot: _SNAPSHOT,
     ClockDecision: _DECISION,
     IterationRecord: IterationRecord(_SNAPSHOT, _DECISION, 1410, 2.0, 0.02, 3.5, EnergySource.SIMULATED, 4.0),
+    IterationCost: IterationCost(0.02, 3.5, 175.0, 1410),
 }
 
 
 @pytest.mark.parametrize("cls", list(_HOT_PATH_TYPES), ids=lambda cls: cls.__name__)
 def test_the_other_hand_written_inits_are_the_dataclass_ones(cls: type) -> None:
-    """BatchSnapshot, ClockDecision and IterationRecord (one of each per iteration) set their slots directly
-    too: same parameters (names, order, defaults) as the fields, and every dataclass behaviour."""
+    """BatchSnapshot, ClockDecision, IterationRecord and IterationCost (one of each per iteration) set their
+    slots directly too: same parameters (names, order, defaults) as the fields, and every dataclass
+    behaviour."""
     params = list(inspect.signature(cls).parameters.values())
     fields = dataclasses.fields(cls)
     assert [p.name for p in params] == [f.name for f in fields]
