@@ -53,7 +53,8 @@ LENGTH_SAMPLES = 512
 class DecodeDemand:
     """Measured decode load of one instance (see module docstring).
 
-    Invariants: the weighted sums are >= 0; ``present`` holds the ids running or waiting at the last update.
+    Invariants: the weighted sums are >= 0; ``present`` holds the ids running or waiting at the last update,
+    ``running`` the set of ``running_ids``, those running.
     """
 
     __slots__ = (
@@ -69,6 +70,7 @@ class DecodeDemand:
         "ordered",
         "present",
         "running",
+        "running_ids",
         "started_s",
         "tokens",
         "waiting_since_s",
@@ -90,6 +92,7 @@ class DecodeDemand:
         self.waiting_since_s: dict[str, float] = {}
         self.iteration = 0
         self.running: set[str] = set()
+        self.running_ids: list[str] = []  # the running ids at the last update, in batch order
         self.joined: dict[str, int] = {}  # running id -> iteration it joined the batch
         # running id -> when it was first seen here (waiting or running)
         self.started_s: dict[str, float] = {}
@@ -139,10 +142,17 @@ class DecodeDemand:
         # The previous iteration's batch produced one token per request.
         self.tokens += self.last_batch
         self.last_batch = len(snapshot.requests)
-        running = {r.request_id for r in snapshot.requests}
         self.iteration += 1
-        if running != self.running:
-            self._note_lengths(running, now_s)
+        # Hot path: the batch's ids in order; the same list as at the last update (most iterations) is the
+        # same set, so the set is built and compared only when the list differs.
+        ids = [r.request_id for r in snapshot.requests]
+        if ids == self.running_ids:
+            running = self.running
+        else:
+            running = set(ids)
+            if running != self.running:
+                self._note_lengths(running, now_s)
+            self.running_ids = ids
         current = running  # (sets here are replaced, never changed in place: sharing one is safe)
         waiting = snapshot.waiting
         if waiting:
@@ -154,7 +164,7 @@ class DecodeDemand:
         elif self.waiting_since_s:
             self.waiting_since_s = {}
         previous = self.present
-        if current != previous:
+        if current is not previous and current != previous:
             self.arrivals += len(current - previous)
             self.departures += len(previous - current)
             self.present = current
