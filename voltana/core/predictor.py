@@ -15,6 +15,7 @@ import bisect
 import math
 from bisect import bisect_left as _bisect_left
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Self
 
 from voltana.core.profile import Profile, Target
@@ -118,33 +119,32 @@ class ClockTable:
         last = self._last_segment
         return self.model.predict_all(last if last < segment else segment, x0, x1)
 
+    def batch_value(self, clock_index: int, x1_per_x0: float, x0: float) -> float:
+        """The prediction at grid clock ``clock_index`` for a decode batch of ``x0`` alike requests reading
+        ``x1_per_x0`` KV tokens each: the same float as ``model.predict(segment_of(x0), clock_index, x0,
+        x0 * x1_per_x0)``."""
+        segment = _bisect_left(self.segment_ends, x0)  # segment_of(x0), inlined (every decode decision)
+        last = self._last_segment
+        model = self.model
+        g0, g1, g2 = model.gains
+        r0, r1, r2 = model.rows[last if last < segment else segment][clock_index]
+        return model.drift * (g0 * r0 * x0 + g1 * r1 * (x0 * x1_per_x0) + g2 * r2)
+
     def batch_curve(self, clock_index: int, x1_per_x0: float) -> Callable[[float], float]:
-        """``x0 -> prediction(x0, x0 * x1_per_x0)`` at grid clock ``clock_index``: a decode batch of ``x0``
-        alike requests reading ``x1_per_x0`` KV tokens each, for searches over batch sizes.
-
-        The same floats as ``model.predict(segment_of(x0), clock_index, x0, x0 * x1_per_x0)`` with the model's
-        drift and gains read once: valid until the next :meth:`observe`.
-        """
-        ends, last, rows = self.segment_ends, self._last_segment, self.model.rows
-        d = self.model.drift
-        g0, g1, g2 = self.model.gains
-
-        def predict(x0: float) -> float:
-            segment = _bisect_left(ends, x0)
-            r0, r1, r2 = rows[last if last < segment else segment][clock_index]
-            return d * (g0 * r0 * x0 + g1 * r1 * (x0 * x1_per_x0) + g2 * r2)
-
-        return predict
+        """``x0 -> batch_value(clock_index, x1_per_x0, x0)``: the predictions for a decode batch of any size
+        at grid clock ``clock_index``, for searches over batch sizes (a ``functools.partial``: cheap to make
+        where it is read once or not at all)."""
+        return partial(self.batch_value, clock_index, x1_per_x0)
 
     def largest_batch(
         self, clock_index: int, x1_per_x0: float, top: int, bound: float, enough_tps: float = math.inf
     ) -> int:
         """The largest batch size in ``[0, top]`` whose prediction at grid clock ``clock_index`` (the batch
-        reading ``x1_per_x0`` KV tokens per request, as :meth:`batch_curve`) is within ``bound``; 0 when not
+        reading ``x1_per_x0`` KV tokens per request, as :meth:`batch_value`) is within ``bound``; 0 when not
         even one request fits. A binary search, as the prediction grows with the batch within a segment.
 
-        Evaluates exactly the floats of ``batch_curve(clock_index, x1_per_x0)`` at each probed size, inline:
-        the decode load rule runs it for every clock it checks, every iteration.
+        Evaluates exactly the floats of ``batch_value(clock_index, x1_per_x0, size)`` at each probed size,
+        inline: the decode load rule runs it for every clock it checks, every iteration.
 
         ``enough_tps``: the search stops at the first size ``b`` it finds within the bound with
         ``b / bound >= enough_tps`` and returns ``b``, for a caller that only asks whether the largest batch

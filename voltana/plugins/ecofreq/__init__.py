@@ -500,7 +500,8 @@ def _load_checker(
         return (lambda k: False) if waiting else None
     opts = st.opts
     bound = st.bound_s
-    load_tps = demand.rate_rps * output  # the margin is in the ITL bound: not counted twice
+    arrival_rps = demand.rate_rps
+    load_tps = arrival_rps * output  # the margin is in the ITL bound: not counted twice
     cap = float(opts.max_running_requests) if opts.max_running_requests > 0 else math.inf
     if waiting and batch:
         cap = min(cap, float(batch))  # requests wait: the instance runs all it may (slots or KV)
@@ -512,17 +513,16 @@ def _load_checker(
         per_request_kv = sum([q.prompt_tokens for q in waiting]) / len(waiting) + 0.5 * output
     now_s = snapshot.now_s
     since = demand.waiting_since_s
-    waited = [now_s - since.get(q.request_id, now_s) for q in waiting]
+    waited = [now_s - since.get(q.request_id, now_s) for q in waiting] if waiting else []
     slots = float(max(batch, 1))
     top = int(cap)
-    arrival_rps = demand.rate_rps
     # A waiting request's wait is spread over its own gaps: checked for a short output (see DecodeDemand).
     short = demand.short_decode_tokens
     spread = max(short if short is not None else output - 1.0, 1.0)
 
     fastest = len(predictor.clocks_mhz) - 1
     fastest_curve = predictor.batch_curve(fastest, per_request_kv)
-    pace_s = _debt_pace_s(snapshot, st, demand, fastest_curve(slots), output, spread)
+    pace_s = _debt_pace_s(snapshot, st, demand, fastest_curve, slots, output, spread)
     # A batch ``lo`` within the bound carries the load when ``lo / ITL(lo) >= load_tps``, which holds at once
     # when ``lo / bound >= load_tps`` (ITL(lo) <= bound): then largest_batch stops at such an ``lo``.
     fastest_lo = predictor.largest_batch(fastest, per_request_kv, top, bound, load_tps)
@@ -580,15 +580,16 @@ def _debt_pace_s(
     snapshot: BatchSnapshot,
     st: EcoFreqState,
     demand: DecodeDemand,
-    fastest_itl_s: float,
+    fastest_curve: Callable[[float], float],
+    slots: float,
     output: float,
     short: float,
 ) -> float:
     """The slowest ITL (s) that brings every running request that fell behind the ITL bound (its mean ITL
     so far, its wait for admission included, above it: after an overload or a wait) back within it over its
     expected remaining tokens (the mean output less what it ran, at least ``short``), among those the max
-    clock (``fastest_itl_s``) can still bring back; ``inf`` when none. A request's ITL is the mean of its
-    gaps: one that ran slow needs faster gaps after, not just gaps within the bound.
+    clock (ITL ``fastest_curve(slots)``, read only then) can still bring back; ``inf`` when none. A request's
+    ITL is the mean of its gaps: one that ran slow needs faster gaps after, not just gaps within the bound.
 
     Scans the batch only while a request may be behind: for a request's life (``output`` iterations at the
     bound) after the last decision with requests waiting or after an iteration measured above the bound."""
@@ -598,6 +599,7 @@ def _debt_pace_s(
         st.debt_until_s = now_s + output * bound
     if not now_s < st.debt_until_s:
         return math.inf
+    fastest_itl_s = fastest_curve(slots)
     pace = math.inf
     for request in snapshot.requests:
         so_far = demand.itl_so_far(request.request_id, now_s)
