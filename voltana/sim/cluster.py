@@ -577,8 +577,12 @@ class ClusterSimulation:
             running.append(request)
 
     def _start_decode(self, inst: _DecodeInstance) -> None:
-        if inst.admit:
+        admit = inst.admit
+        waiting: tuple[QueuedRequest, ...] = ()
+        if admit:  # (usually empty: then the snapshot's waiting tuple is too, with no second look)
             self._admit(inst)
+            if admit:
+                waiting = admit.queued()
         running = inst.running
         if not running:
             return
@@ -589,7 +593,7 @@ class ClusterSimulation:
         snapshot = BatchSnapshot(
             Phase.DECODE,
             scheduled,
-            inst.admit.queued() if inst.admit else (),
+            waiting,
             self.now_s,
             batch_size,
             kv_tokens,

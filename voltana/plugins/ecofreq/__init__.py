@@ -189,7 +189,8 @@ def predictor_trusted(predictor: ClockTable, opts: EcoFreqOptions, x0: float, x1
     """False when the predictor's recent error is too high or (x0, x1) lies beyond what it has seen."""
     if not predictor.covers(x0, x1):
         return False
-    return predictor.num_observations < opts.min_observations or not predictor.recent_mape() > opts.mape_limit
+    model = predictor.model  # (its counts and MAPE, without the predictor's delegating calls: every decision)
+    return model.num_observations < opts.min_observations or not model.recent_mape() > opts.mape_limit
 
 
 def queue_groups(
@@ -521,13 +522,18 @@ def _load_checker(
     spread = max(short if short is not None else output - 1.0, 1.0)
 
     fastest = len(predictor.clocks_mhz) - 1
-    fastest_curve = predictor.batch_curve(fastest, per_request_kv)
-    pace_s = _debt_pace_s(snapshot, st, demand, fastest_curve, slots, output, spread)
+    itl_s = predictor.batch_value  # (clock index, KV tokens per request, batch size) -> predicted ITL (s)
+    pace_s = (
+        _debt_pace_s(snapshot, st, demand, itl_s(fastest, per_request_kv, slots), output, spread)
+        if _may_be_behind(snapshot, st, demand, output)
+        else math.inf
+    )
     # A batch ``lo`` within the bound carries the load when ``lo / ITL(lo) >= load_tps``, which holds at once
     # when ``lo / bound >= load_tps`` (ITL(lo) <= bound): then largest_batch stops at such an ``lo``.
     fastest_lo = predictor.largest_batch(fastest, per_request_kv, top, bound, load_tps)
     if fastest_lo and (
-        fastest_lo / bound >= load_tps or fastest_lo / fastest_curve(float(fastest_lo)) >= load_tps
+        fastest_lo / bound >= load_tps
+        or fastest_lo / itl_s(fastest, per_request_kv, float(fastest_lo)) >= load_tps
     ):
         # The max clock carries the load: a break in an overload once that has held for a while (a lone
         # iteration is the estimate's own noise at the edge of capacity, see OVERLOAD_BREAK_SHARE).
@@ -542,18 +548,15 @@ def _load_checker(
     lasting_overload = now_s - st.overloaded_since_s >= demand.window_s  # False while NaN
 
     def carries(k: int) -> bool:
-        if k == fastest:  # its curve and largest in-bound batch are those the overload check computed
-            itl_s, lo = fastest_curve, fastest_lo
-        else:
-            itl_s = predictor.batch_curve(k, per_request_kv)  # ITL (s) of a batch of a size at clock k
-            lo = predictor.largest_batch(k, per_request_kv, top, bound, load_tps)
+        # The max clock's largest in-bound batch is the one the overload check found.
+        lo = fastest_lo if k == fastest else predictor.largest_batch(k, per_request_kv, top, bound, load_tps)
         if lo == 0:
             return False
-        step_s = itl_s(slots)
+        step_s = itl_s(k, per_request_kv, slots)
         if step_s > pace_s:  # too slow to bring a request that fell behind back within the bound
             return False
         free_rps = slots / (output * step_s)  # a slot frees when a running request finishes
-        if lo / bound < load_tps and lo / itl_s(float(lo)) < load_tps:  # as the max clock's check
+        if lo / bound < load_tps and lo / itl_s(k, per_request_kv, float(lo)) < load_tps:  # as above
             if lasting_overload:  # no faster clock drains what this one would build
                 return False
             # The clock does not carry the load in steady state: time-share it with a faster one while
@@ -576,30 +579,33 @@ def _load_checker(
     return carries
 
 
+def _may_be_behind(snapshot: BatchSnapshot, st: EcoFreqState, demand: DecodeDemand, output: float) -> bool:
+    """Whether a running request may have fallen behind the ITL bound: for a request's life (``output``
+    iterations at the bound) after the last decision with requests waiting or after an iteration measured
+    above the bound. Only then does :func:`_debt_pace_s` scan the batch."""
+    bound = st.bound_s
+    now_s = snapshot.now_s
+    if snapshot.waiting or demand.last_gap_s > bound:
+        st.debt_until_s = now_s + output * bound
+    return now_s < st.debt_until_s
+
+
 def _debt_pace_s(
     snapshot: BatchSnapshot,
     st: EcoFreqState,
     demand: DecodeDemand,
-    fastest_curve: Callable[[float], float],
-    slots: float,
+    fastest_itl_s: float,
     output: float,
     short: float,
 ) -> float:
     """The slowest ITL (s) that brings every running request that fell behind the ITL bound (its mean ITL
     so far, its wait for admission included, above it: after an overload or a wait) back within it over its
     expected remaining tokens (the mean output less what it ran, at least ``short``), among those the max
-    clock (ITL ``fastest_curve(slots)``, read only then) can still bring back; ``inf`` when none. A request's
-    ITL is the mean of its gaps: one that ran slow needs faster gaps after, not just gaps within the bound.
-
-    Scans the batch only while a request may be behind: for a request's life (``output`` iterations at the
-    bound) after the last decision with requests waiting or after an iteration measured above the bound."""
+    clock (``fastest_itl_s``) can still bring back; ``inf`` when none. A request's ITL is the mean of its
+    gaps: one that ran slow needs faster gaps after, not just gaps within the bound. Called while
+    :func:`_may_be_behind`."""
     bound = st.bound_s
     now_s = snapshot.now_s
-    if snapshot.waiting or demand.last_gap_s > bound:
-        st.debt_until_s = now_s + output * bound
-    if not now_s < st.debt_until_s:
-        return math.inf
-    fastest_itl_s = fastest_curve(slots)
     pace = math.inf
     for request in snapshot.requests:
         so_far = demand.itl_so_far(request.request_id, now_s)
