@@ -517,14 +517,13 @@ def _load_checker(
     waited = [now_s - since.get(q.request_id, now_s) for q in waiting] if waiting else []
     slots = float(max(batch, 1))
     top = int(cap)
-    # A waiting request's wait is spread over its own gaps: checked for a short output (see DecodeDemand).
-    short = demand.short_decode_tokens
-    spread = max(short if short is not None else output - 1.0, 1.0)
 
     fastest = len(predictor.clocks_mhz) - 1
     itl_s = predictor.batch_value  # (clock index, KV tokens per request, batch size) -> predicted ITL (s)
     pace_s = (
-        _debt_pace_s(snapshot, st, demand, itl_s(fastest, per_request_kv, slots), output, spread)
+        _debt_pace_s(
+            snapshot, st, demand, itl_s(fastest, per_request_kv, slots), output, _spread(demand, output)
+        )
         if _may_be_behind(snapshot, st, demand, output)
         else math.inf
     )
@@ -568,15 +567,24 @@ def _load_checker(
             # last of them, at that position in the queue, must still meet the ITL bound with its wait
             # spread over a short output. Past that, a faster clock drains the backlog.
             excess = max(slots, arrival_rps * output * step_s) + len(waited) - lo
-            if excess > 0.0 and (lo < top or step_s + excess / free_rps / spread > bound):
+            if excess > 0.0 and (lo < top or step_s + excess / free_rps / _spread(demand, output) > bound):
                 return False
         if waited:
+            spread = _spread(demand, output)
             for position, already_s in enumerate(waited, start=1):
                 if step_s + (already_s + position / free_rps) / spread > bound:
                     return False
         return True
 
     return carries
+
+
+def _spread(demand: DecodeDemand, output: float) -> float:
+    """The gaps (tokens, >= 1) a waiting request's wait is spread over: its own, checked for a short output
+    (``DecodeDemand.short_decode_tokens``; before any departure the mean output less prefill's token). Read
+    where a queue, a backlog or a request behind the bound is checked, not at every decision."""
+    short = demand.short_decode_tokens
+    return max(short if short is not None else output - 1.0, 1.0)
 
 
 def _may_be_behind(snapshot: BatchSnapshot, st: EcoFreqState, demand: DecodeDemand, output: float) -> bool:
