@@ -22,7 +22,7 @@ from voltana.core.types import (
     ScheduledRequest,
 )
 from voltana.hardware.simulated import performance_model
-from voltana.plugins import get_plugin_manager
+from voltana.plugins import ecofreq, get_plugin_manager
 from voltana.plugins.ecofreq import OVERLOAD_BREAK_SHARE
 from voltana.sim.cluster import ClusterSpec
 from voltana.sim.metrics import PolicyResult
@@ -250,3 +250,50 @@ def test_single_iterations_the_max_clock_carries_do_not_break_a_lasting_overload
     assert crossing.clock_mhz == TS_CLOCKS[-1]
     carried, _, _ = time_sharing_case(10.0, 40, load=1.2, of_clock=-1, duration_s=30.0, short_context_every=1)
     assert carried.clock_mhz == TS_CLOCKS[0]
+
+
+def test_decisions_that_skip_the_load_check_are_a_gap_in_a_carried_spell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lasting overload (1.2x the max clock's capacity), then one iteration where the max clock carries, a
+    second of decisions that never check the load (predictor untrusted), and another carried iteration: two
+    carried iterations a second apart are not a spell without a gap, so the overload holds and the max clock
+    keeps running (before, the spell ran through the untrusted decisions and the lowest clock came back)."""
+    ctl = controller(Phase.DECODE, clocks=TS_CLOCKS, options={"decode_window_s": 10.0})
+    bound_s = SLO.itl_s * 0.9
+
+    def max_clock_itl_s(b: int) -> float:
+        return ctl.predictor.values(float(b), float(b * TS_KV_TOKENS))[-1]
+
+    b_max = max(b for b in range(1, int(ctl.predictor.max_x0) + 1) if max_clock_itl_s(b) <= bound_s)
+    rate_rps = 1.2 * b_max / max_clock_itl_s(b_max) / TS_OUTPUT
+    step_s = 40 / (rate_rps * TS_OUTPUT)
+    live = {f"s{i}": 1 + (i * TS_OUTPUT) // 40 for i in range(40)}
+    clock = {"now_s": 0.0, "next_s": 0.0, "arrived": 0}
+    trusted = ecofreq.predictor_trusted
+
+    def step(context: int, untrusted: bool = False) -> ClockDecision:
+        monkeypatch.setattr(ecofreq, "predictor_trusted", (lambda *_: False) if untrusted else trusted)
+        scheduled = [ScheduledRequest(rid, 1, context, 0.0) for rid in live]
+        decision = ctl.decide(BatchSnapshot.build(Phase.DECODE, scheduled, now_s=clock["now_s"]))
+        for rid, left in list(live.items()):
+            if left > 1:
+                live[rid] = left - 1
+            else:
+                del live[rid]
+        clock["now_s"] += step_s
+        while clock["next_s"] <= clock["now_s"]:
+            live[f"a{clock['arrived']}"] = TS_OUTPUT
+            clock["arrived"] += 1
+            clock["next_s"] += 1.0 / rate_rps
+        return decision
+
+    while clock["now_s"] < 15.0:
+        decision = step(TS_KV_TOKENS)
+    assert decision.clock_mhz == TS_CLOCKS[-1]  # a lasting overload
+    step(TS_KV_TOKENS // 3)  # the max clock carries this one
+    gap_end_s = clock["now_s"] + 1.0
+    while clock["now_s"] < gap_end_s:
+        step(TS_KV_TOKENS, untrusted=True)
+    step(TS_KV_TOKENS // 3)  # and this one, a second later
+    assert step(TS_KV_TOKENS).clock_mhz == TS_CLOCKS[-1]
