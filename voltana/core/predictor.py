@@ -14,8 +14,7 @@ from __future__ import annotations
 import bisect
 import math
 from bisect import bisect_left as _bisect_left
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 from typing import Self
 
 from voltana.core.profile import Profile, Target
@@ -129,12 +128,6 @@ class ClockTable:
         g0, g1, g2 = model.gains
         r0, r1, r2 = model.rows[last if last < segment else segment][clock_index]
         return model.drift * (g0 * r0 * x0 + g1 * r1 * (x0 * x1_per_x0) + g2 * r2)
-
-    def batch_curve(self, clock_index: int, x1_per_x0: float) -> Callable[[float], float]:
-        """``x0 -> batch_value(clock_index, x1_per_x0, x0)``: the predictions for a decode batch of any size
-        at grid clock ``clock_index``, for searches over batch sizes (a ``functools.partial``: cheap to make
-        where it is read once or not at all)."""
-        return partial(self.batch_value, clock_index, x1_per_x0)
 
     def largest_batch(
         self, clock_index: int, x1_per_x0: float, top: int, bound: float, enough_tps: float = math.inf

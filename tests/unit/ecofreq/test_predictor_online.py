@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 from ecofreq_helpers import a100, default_clocks, predictors
@@ -167,8 +168,8 @@ def test_pathological_samples_never_raise_or_poison_the_model(x0: float, x1: flo
     assert model.predict(0, 0, 100.0, 100.0) == pytest.approx(2.0 * sane, rel=0.05)
 
 
-def test_batch_curve_gives_the_predictions_of_predict() -> None:
-    """The decode load rule's batch-size search uses ``batch_curve``: the very floats of ``predict``, in every
+def test_batch_value_gives_the_predictions_of_predict() -> None:
+    """The decode load rule's batch-size search uses ``batch_value``: the very floats of ``predict``, in every
     segment (capture sizes) and at every clock, after the model has moved away from its seed."""
     predictor, _ = predictors(Phase.DECODE)
     clocks = default_clocks()
@@ -180,16 +181,16 @@ def test_batch_curve_gives_the_predictions_of_predict() -> None:
     model = predictor.model
     for k in range(len(clocks)):
         for per_request_kv in (0.0, 1234.5, 60_000.0):
-            curve = predictor.batch_curve(k, per_request_kv)
             for size in (0.0, 1.0, 3.0, 17.0, 255.0, 512.0, 2000.0):
                 expected = model.predict(predictor.segment_of(size), k, size, size * per_request_kv)
-                assert curve(size) == expected
+                assert predictor.batch_value(k, per_request_kv, size) == expected
 
 
-def test_largest_batch_is_the_binary_search_over_batch_curve() -> None:
-    """The decode load rule's largest in-bound batch: the binary search over ``batch_curve``'s floats (the
+def test_largest_batch_is_the_binary_search_over_batch_value() -> None:
+    """The decode load rule's largest in-bound batch: the binary search over ``batch_value``'s floats (the
     same sizes probed, the same answer), at every clock, for caps within and beyond the capture sizes, after
-    the model has moved away from its seed."""
+    the model has moved away from its seed. With ``enough_tps`` it may stop at a smaller batch, but only one
+    that settles the same question: whether the largest batch carries ``enough_tps`` tokens/s."""
     predictor, _ = predictors(Phase.DECODE)
     clocks = default_clocks()
     for i in range(200):
@@ -211,11 +212,17 @@ def test_largest_batch_is_the_binary_search_over_batch_curve() -> None:
     answers = set()
     for k in range(len(clocks)):
         for per_request_kv in (0.0, 1234.5, 60_000.0):
-            curve = predictor.batch_curve(k, per_request_kv)
+            curve = partial(predictor.batch_value, k, per_request_kv)
             for top in (0, 1, 7, 256, 512, 5000, 20_000):
                 for bound in (1e-4, 0.02, 0.045, 0.2, 5.0):
                     answer = predictor.largest_batch(k, per_request_kv, top, bound)
                     assert answer == reference(curve, top, bound)
                     answers.add(answer)
+                    for enough_tps in (0.0, 10.0, 1e3, 1e4, 1e5, math.inf):
+                        early = predictor.largest_batch(k, per_request_kv, top, bound, enough_tps)
+                        assert (early == 0) == (answer == 0) and early <= answer
+                        if early < answer:  # stopped early: only at a batch that already carries it
+                            assert early / bound >= enough_tps
+                            assert answer / curve(float(answer)) >= enough_tps
     # The cases reach every kind of answer: none, within the tabled sizes and beyond the last capture size.
     assert 0 in answers and max(answers) > 512 and len(answers) > 10

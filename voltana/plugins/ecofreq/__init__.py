@@ -531,13 +531,15 @@ def _load_checker(
         if _may_be_behind(snapshot, st, demand, output)
         else math.inf
     )
-    # A batch ``lo`` within the bound carries the load when ``lo / ITL(lo) >= load_tps``, which holds at once
-    # when ``lo / bound >= load_tps`` (ITL(lo) <= bound): then largest_batch stops at such an ``lo``.
+
+    def carried(k: int, lo: int) -> bool:
+        """Whether clock ``k``'s largest in-bound batch ``lo`` (> 0) carries the load: ``lo / ITL(lo) >=
+        load_tps``, which holds at once when ``lo / bound >= load_tps`` (ITL(lo) <= bound); largest_batch
+        stops at such an ``lo``."""
+        return lo / bound >= load_tps or lo / itl_s(k, per_request_kv, float(lo)) >= load_tps
+
     fastest_lo = predictor.largest_batch(fastest, per_request_kv, top, bound, load_tps)
-    if fastest_lo and (
-        fastest_lo / bound >= load_tps
-        or fastest_lo / itl_s(fastest, per_request_kv, float(fastest_lo)) >= load_tps
-    ):
+    if fastest_lo and carried(fastest, fastest_lo):
         # The max clock carries the load: a break in an overload once that has held for a while (a lone
         # iteration is the estimate's own noise at the edge of capacity, see OVERLOAD_BREAK_SHARE).
         if math.isnan(st.carried_since_s):
@@ -559,7 +561,7 @@ def _load_checker(
         if step_s > pace_s:  # too slow to bring a request that fell behind back within the bound
             return False
         free_rps = slots / (output * step_s)  # a slot frees when a running request finishes
-        if lo / bound < load_tps and lo / itl_s(k, per_request_kv, float(lo)) < load_tps:  # as above
+        if not carried(k, lo):
             if lasting_overload:  # no faster clock drains what this one would build
                 return False
             # The clock does not carry the load in steady state: time-share it with a faster one while
@@ -594,7 +596,8 @@ def _spread(demand: DecodeDemand, output: float) -> float:
 def _may_be_behind(snapshot: BatchSnapshot, st: EcoFreqState, demand: DecodeDemand, output: float) -> bool:
     """Whether a running request may have fallen behind the ITL bound: for a request's life (``output``
     iterations at the bound) after the last decision with requests waiting or after an iteration measured
-    above the bound. Only then does :func:`_debt_pace_s` scan the batch."""
+    above the bound, which this decision extends (``st.debt_until_s``). Only then does :func:`_debt_pace_s`
+    scan the batch."""
     bound = st.bound_s
     now_s = snapshot.now_s
     if snapshot.waiting or demand.last_gap_s > bound:
