@@ -328,7 +328,7 @@ def _quality_table(console: Console, quality: Any) -> None:
 def _written(console: Console, path: Path | None, plot: Path | None) -> None:
     if path is None:
         return
-    console.print(f"wrote {path}", highlight=False, markup=False)
+    console.print(f"wrote {path}", highlight=False, markup=False, soft_wrap=True)
     failure = None
     if plot is not None:
         from voltana.core.profile import load_profile
@@ -351,7 +351,7 @@ def _write_plot(console: Console, profile: Profile, plot: Path) -> str | None:
     from voltana.profiler.plot import plot_profile
 
     try:
-        console.print(f"wrote {plot_profile(profile, plot)}", highlight=False, markup=False)
+        console.print(f"wrote {plot_profile(profile, plot)}", highlight=False, markup=False, soft_wrap=True)
     except OSError as exc:
         return cannot_write_plot(plot, exc)
     return None
@@ -425,6 +425,7 @@ def _profile_simulated(
     Console().print(
         f"wrote {path} ({perf.name}, clocks {chosen[0]}..{chosen[-1]} MHz, {len(chosen)} levels)",
         markup=False,
+        soft_wrap=True,  # a path is not broken across lines (copying it, or a long temporary directory)
     )
     if plot is not None:
         failure = _write_plot(Console(), profile, plot)
