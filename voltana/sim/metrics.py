@@ -5,7 +5,8 @@ Definitions (also in docs/guides/simulate.md):
 - ITL of a request: its mean inter-token gap, ``(finish - first token) / (output_tokens - 1)`` (often called
   TPOT); the gap before the first decoded token includes the KV transfer and decode admission wait.
   Requests with a single output token have no ITL and meet the ITL objective trivially.
-- ITL percentiles in the tables are over every inter-token gap of every request (token-weighted).
+- ITL percentiles (the tables' ITL column, JSON ``itl``) are over the requests' mean ITLs, the quantity the
+  ITL objective is checked on, for the requests with more than one output token.
 - Admission wait of a request: from its KV cache's arrival at a decode instance until it joins the running
   batch (the engine's running-request cap or KV cache was full). It is part of the request's mean ITL (a
   user sees it as a stall before the second token); ``decode_itl`` is the mean ITL without it, so a backlog
@@ -54,6 +55,8 @@ class PolicyResult:
     joules_per_token: float
     ttft: LatencySummary
     itl: LatencySummary
+    """Per-request mean ITL (s), the KV transfer and admission wait included (what the ITL SLO is checked
+    on), over the requests with more than one output token."""
     slo_attainment: float
     ttft_attainment: float
     itl_attainment: float
@@ -105,7 +108,7 @@ def _summary(values: Sequence[float] | np.ndarray, weights: Sequence[int] | None
 
 
 def request_latencies(outcome: ClusterOutcome) -> tuple[np.ndarray, np.ndarray]:
-    """Per-request TTFT and mean ITL (s); ITL is 0 for single-token outputs."""
+    """Per-request TTFT and mean ITL (s); ITL is 0 for single-token outputs (they meet the ITL objective)."""
     reqs = outcome.requests
     ttft = np.fromiter((r.first_token_s - r.arrival_s for r in reqs), np.float64, len(reqs))
     itl = np.fromiter(
@@ -134,6 +137,7 @@ def admission_waits(outcome: ClusterOutcome) -> tuple[np.ndarray, np.ndarray]:
 def summarize(policy: str, rate_rps: float, outcome: ClusterOutcome, slo: Slo) -> PolicyResult:
     """The table row of one run (``saving_vs_static_max`` is filled in by the caller with the baseline)."""
     ttft, itl = request_latencies(outcome)
+    decoded = np.fromiter((r.output_tokens > 1 for r in outcome.requests), np.bool_, len(outcome.requests))
     meets_ttft = ttft <= slo.ttft_s + 1e-12
     meets_itl = itl <= slo.itl_s + 1e-12
     energy = {Phase.PREFILL: 0.0, Phase.DECODE: 0.0}
@@ -167,7 +171,7 @@ def summarize(policy: str, rate_rps: float, outcome: ClusterOutcome, slo: Slo) -
         decode_energy_j=energy[Phase.DECODE],
         joules_per_token=total_j / max(1, output_tokens),
         ttft=_summary(ttft),
-        itl=_summary(outcome.decode_gap_s, outcome.decode_gap_count),
+        itl=_summary(itl[decoded]),
         slo_attainment=float(np.mean(meets_ttft & meets_itl)),
         ttft_attainment=float(np.mean(meets_ttft)),
         itl_attainment=float(np.mean(meets_itl)),

@@ -34,6 +34,22 @@ def test_attainment_needs_both_ttft_and_mean_itl() -> None:
     assert result.itl_attainment == pytest.approx(0.75)
 
 
+def test_itl_percentiles_are_over_the_requests_mean_itl() -> None:
+    """The table's ITL p50/p90/p99 summarize what the ITL SLO is checked on: each request's mean ITL (its
+    admission wait included), not the iterations' gaps (the outcome's one gap of 10 ms here)."""
+    slo = Slo(ttft_s=0.5, itl_s=0.05)
+    requests = [
+        finished(0.0, 0.4, 0.4 + 0.04 * 10, 11),
+        finished(0.0, 0.4, 0.4 + 0.06 * 10, 11),  # e.g. a long wait for decode admission
+        finished(0.0, 0.3, 0.3, 1),  # single token: no ITL, not counted
+    ]
+    result = summarize("p", 1.0, outcome(requests), slo)
+    assert result.itl.p50_s == pytest.approx(0.05)
+    assert result.itl.p99_s == pytest.approx(0.0598)
+    # The median request misses the SLO exactly when the median mean ITL is above it.
+    assert result.itl_attainment == pytest.approx(2 / 3)
+
+
 def test_energy_adds_idle_power_over_the_span() -> None:
     stats = InstanceStats(
         "p0", Phase.PREFILL, busy_s=2.0, busy_energy_j=600.0, clock_busy_s={1005: 1.5, 1410: 0.5}
