@@ -251,14 +251,12 @@ class _DecodeInstance(_Instance):
 
 @dataclass
 class ClusterOutcome:
-    """What one simulation produced: the requests (with times), instance stats, decode ITL samples."""
+    """What one simulation produced: the requests (with times) and instance stats."""
 
     requests: list[SimRequest]
     instances: list[InstanceStats]
     span_s: float
     idle_power_w: float
-    decode_gap_s: list[float]
-    decode_gap_count: list[int]
     rejected_over_context: list[SimRequest] = field(default_factory=list)
     """Refused at arrival: prompt + output over the engine's ``max_model_len`` (not in ``requests``)."""
     rejected_over_kv: list[SimRequest] = field(default_factory=list)
@@ -341,8 +339,6 @@ class ClusterSimulation:
         self.events: list[tuple[float, int, int, Any, Any]] = []
         self.seq = 0
         self.now_s = 0.0
-        self.gap_s: list[float] = []
-        self.gap_count: list[int] = []
         self.requests: list[SimRequest] = []
         self.rejected_over_context: list[SimRequest] = []
         self.rejected_over_kv: list[SimRequest] = []
@@ -400,8 +396,6 @@ class ClusterSimulation:
             instances=[i.stats for i in (*self.prefill, *self.decode)],
             span_s=span_s,
             idle_power_w=float(self.model.idle_power_w()),
-            decode_gap_s=self.gap_s,
-            decode_gap_count=self.gap_count,
             rejected_over_context=self.rejected_over_context,
             rejected_over_kv=self.rejected_over_kv,
             limits=self.limits,
@@ -608,22 +602,13 @@ class ClusterSimulation:
         inst.controller.observe(record)
         now_s = self.now_s
         running = inst.running
-        continuing = len(running)
         finished = False
         for request in running:
-            if request.generated == 1:
-                # This request's first decoded token: its gap includes KV transfer and admission waits.
-                self.gap_s.append(now_s - request.first_token_s)
-                self.gap_count.append(1)
-                continuing -= 1
             request.generated += 1
             request.context_tokens += 1
             if request.generated >= request.output_tokens:
                 request.finish_s = now_s
                 finished = True
-        if continuing:
-            self.gap_s.append(record.latency_s)
-            self.gap_count.append(continuing)
         inst.kv_sum += len(running)
         if finished:
             keep = []

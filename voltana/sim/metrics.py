@@ -82,28 +82,10 @@ class PolicyResult:
         return data
 
 
-def weighted_percentiles(
-    values: Sequence[float] | np.ndarray, weights: Sequence[int], levels: Sequence[float]
-) -> list[float]:
-    """Percentiles (levels in %) of ``values`` each repeated ``weights`` times (lower interpolation)."""
-    if not values:
-        return [float("nan")] * len(levels)
-    v = np.asarray(values, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
-    order = np.argsort(v, kind="stable")
-    v, w = v[order], w[order]
-    cumulative = np.cumsum(w)
-    total = cumulative[-1]
-    return [float(v[min(len(v) - 1, int(np.searchsorted(cumulative, q / 100.0 * total)))]) for q in levels]
-
-
-def _summary(values: Sequence[float] | np.ndarray, weights: Sequence[int] | None = None) -> LatencySummary:
-    if weights is None:
-        if len(values) == 0:
-            return LatencySummary(float("nan"), float("nan"), float("nan"))
-        p50, p90, p99 = (float(x) for x in np.percentile(np.asarray(values), [50, 90, 99]))
-    else:
-        p50, p90, p99 = weighted_percentiles(values, weights, (50, 90, 99))
+def _summary(values: Sequence[float] | np.ndarray) -> LatencySummary:
+    if len(values) == 0:
+        return LatencySummary(float("nan"), float("nan"), float("nan"))
+    p50, p90, p99 = (float(x) for x in np.percentile(np.asarray(values), [50, 90, 99]))
     return LatencySummary(p50, p90, p99)
 
 
