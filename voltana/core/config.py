@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, get_origin
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -25,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -68,6 +70,26 @@ def options_error_line(exc: ValidationError) -> str:
     else:
         wanted = kinds.get(kind, error["msg"].lower())
     return f"policy.options.{key} must be {wanted}, got {error['input']!r}"
+
+
+def _refuse_bool(error_type: str) -> BeforeValidator:
+    """A validator that refuses ``true``/``false`` where a number is wanted: pydantic's lax number types read
+    them as 1 and 0 (``decode_window_s = true`` was 1.0 s). ``error_type`` is the pydantic error type that
+    :func:`options_error_line` turns into what was wanted."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise PydanticCustomError(error_type, "a number is wanted, not true or false")
+        return value
+
+    return BeforeValidator(check)
+
+
+OptionFloat = Annotated[float, _refuse_bool("float_type")]
+"""A number in ``policy.options``: ints and numeric strings (environment variables) are read as floats,
+``true``/``false`` are refused."""
+OptionInt = Annotated[int, _refuse_bool("int_type")]
+"""A whole number in ``policy.options``: numeric strings are read, ``true``/``false`` are refused."""
 
 
 class _Section(BaseModel):

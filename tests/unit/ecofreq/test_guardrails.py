@@ -85,6 +85,9 @@ def test_small_energy_gains_do_not_move_the_clock() -> None:
         ({"plan_for_newcomer": "maybe"}, "plan_for_newcomer must be true or false, got 'maybe'"),
         ({"idle_power_w": float("nan")}, "idle_power_w must be a finite number"),
         ({"decode_window_s": -1}, "decode_window_s must be >= 0"),
+        # pydantic's lax numbers read true/false as 1/0: a bool is refused, not 1.0 s.
+        ({"decode_window_s": True}, "policy.options.decode_window_s must be a number, got True"),
+        ({"min_observations": False}, "min_observations must be a whole number, got False"),
     ],
 )
 def test_bad_options_are_one_line_config_errors(options: dict[str, object], message: str) -> None:
@@ -108,6 +111,24 @@ def test_bad_options_in_a_config_are_one_line_for_simulate(
     )
     assert code == 2
     assert lines == ["error: policy.options.hysteresis must be a number, got 'lots'"]
+
+
+def test_a_bool_option_in_a_config_is_one_line_for_simulate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines = simulate_with_config(
+        tmp_path, monkeypatch, capsys, "[policy.options]\ndecode_window_s = true\n", "ecofreq+ecoroute"
+    )
+    assert code == 2
+    assert lines == ["error: policy.options.decode_window_s must be a number, got True"]
+
+
+def test_numbers_arrive_as_ints_or_strings() -> None:
+    """An int is a number; a ``VOLTANA_POLICY__OPTIONS__*`` variable arrives as a string."""
+    options = {"decode_window_s": 5, "arrival_window_s": "1.5", "min_observations": "7"}
+    opts = EcoFreqOptions.from_mapping(options)
+    assert (opts.decode_window_s, opts.arrival_window_s, opts.min_observations) == (5.0, 1.5, 7)
+    assert isinstance(opts.decode_window_s, float)
 
 
 def test_options_ignore_other_policies_keys() -> None:

@@ -26,6 +26,9 @@ from voltana.router.app import build_router_app
                                       "got 'zigzag'"),
         ({"ecoroute_energy": "yes"}, "policy.options.ecoroute_energy must be true or false, got 'yes'"),
         ({"idle_power_w": float("nan")}, "policy.options.idle_power_w must be a finite number, got nan"),
+        ({"idle_power_w": True}, "policy.options.idle_power_w must be a number, got True"),
+        ({"ecoroute_pack_limit": True}, "policy.options.ecoroute_pack_limit must be a whole number, "
+                                        "got True"),
     ],
 )  # fmt: skip
 def test_a_bad_routing_knob_is_one_line(options: dict[str, object], line: str) -> None:
