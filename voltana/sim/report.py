@@ -12,8 +12,11 @@ from voltana.core.types import Slo
 from voltana.sim.metrics import PolicyResult
 from voltana.sim.sweep import SweepPoint
 
+RESIDENCY_TOP = 3
+"""Clocks per phase in the residency table: the most used ones (``--json`` has every clock)."""
 
-def residency_text(shares: dict[int, float], top: int = 3) -> str:
+
+def residency_text(shares: dict[int, float], top: int = RESIDENCY_TOP) -> str:
     """The ``top`` clocks by busy-time share, e.g. ``1005:71% 1050:20% 1410:9%``."""
     best = sorted(shares.items(), key=lambda item: -item[1])[:top]
     return " ".join(f"{clock}:{share:.0%}" for clock, share in sorted(best))
@@ -80,13 +83,14 @@ def _saving_text(point: SweepPoint, result: PolicyResult) -> str:
 
 
 def residency_table(point: SweepPoint) -> Table:
-    """Clock residency per policy and phase: the most used clocks by share of busy time."""
+    """Clock residency per policy and phase: the :data:`RESIDENCY_TOP` most used clocks by share of busy
+    time (the headers say so: the shares shown need not add up to 100%)."""
     table = Table(
         title=f"clock residency (MHz: share of busy time) at {point.rate_rps:g} req/s", title_justify="left"
     )
     table.add_column("policy", no_wrap=True)
-    table.add_column("prefill")
-    table.add_column("decode")
+    table.add_column(f"prefill\ntop {RESIDENCY_TOP} clocks")
+    table.add_column(f"decode\ntop {RESIDENCY_TOP} clocks")
     for r in point.results:
         table.add_row(
             r.policy,

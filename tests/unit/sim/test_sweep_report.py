@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from rich.console import Console
 
 from voltana.hardware.simulated import PerformanceModel
-from voltana.sim.report import comparison_markdown, policy_table, sweep_json
+from voltana.sim.metrics import LatencySummary, PolicyResult
+from voltana.sim.report import comparison_markdown, policy_table, residency_table, sweep_json
 from voltana.sim.runner import SimulationSetup
-from voltana.sim.sweep import OVERLOAD_ATTAINMENT, run_sweep
+from voltana.sim.sweep import OVERLOAD_ATTAINMENT, SweepPoint, run_sweep
 from voltana.sim.synthetic import synthetic_workload
 from voltana.sim.workload import Workload
 
@@ -19,6 +22,18 @@ def render(table: object) -> str:
     console = Console(width=200, record=True)
     console.print(table)
     return console.export_text()
+
+
+def result(policy: str, **changes: Any) -> PolicyResult:
+    """A hand-made table row (no simulation): 100 requests at 1 req/s, every one meeting the SLO."""
+    latency = LatencySummary(0.01, 0.02, 0.03)
+    row: dict[str, Any] = {
+        "policy": policy, "rate_rps": 1.0, "num_requests": 100, "output_tokens": 1000, "span_s": 100.0,
+        "energy_j": 1e4, "prefill_energy_j": 4e3, "decode_energy_j": 6e3, "joules_per_token": 10.0,
+        "ttft": latency, "itl": latency, "slo_attainment": 1.0, "ttft_attainment": 1.0, "itl_attainment": 1.0,
+        "clock_residency": {}, "iterations": 10,
+    }  # fmt: skip
+    return PolicyResult(**{**row, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +68,11 @@ def test_overloaded_rate_is_flagged_and_prints_no_savings(one_pair: SimulationSe
     data = sweep_json([calm, busy], {})
     assert data["points"][0]["overload"] is None
     assert data["points"][1]["overload"]["slo_attainment"] == base.slo_attainment
+
+
+def test_the_residency_headers_say_only_the_top_three_clocks_show() -> None:
+    shares = {1005: 0.4, 1065: 0.3, 1125: 0.2, 1410: 0.1}
+    point = SweepPoint(5.0, (result("ecofreq", clock_residency={"prefill": shares, "decode": shares}),))
+    text = render(residency_table(point))
+    assert text.count("top 3 clocks") == 2
+    assert "1005:40% 1065:30% 1125:20%" in text and "1410" not in text
