@@ -153,7 +153,14 @@ def simulate(
     from voltana.sim.datasets import DATASET_WORKLOADS, dataset_workload, tokenizer_for_model
     from voltana.sim.engine import EngineConfigError
     from voltana.sim.plot import plot_sweep, timeline_reason
-    from voltana.sim.report import point_title, policy_table, rejected_line, residency_table, sweep_json
+    from voltana.sim.report import (
+        point_title,
+        policy_table,
+        rate_text,
+        rejected_line,
+        residency_table,
+        sweep_json,
+    )
     from voltana.sim.runner import (
         PAPER_MIN_CLOCK_MHZ,
         SimulationError,
@@ -296,7 +303,7 @@ def simulate(
             task = bar.add_task("simulating", total=total)
 
             def on_run(label: str, r: float) -> None:
-                bar.update(task, advance=1, description=f"{label} @ {r:g} req/s")
+                bar.update(task, advance=1, description=f"{label} @ {rate_text(r)} req/s")
 
             if workers is not None or ray_address is not None:
                 from voltana.sim.ray_runner import run_sweep_on_ray
@@ -376,8 +383,8 @@ def simulate(
             shown = next(p for p in points if p.rate_rps == shown_rate)
             why = timeline_reason(shown, chosen_by_default=timeline_rate is None)
             (err_console if as_json else out).print(  # with --json, stdout stays JSON
-                f"plot written to {plot_file} (clock timeline of {timeline_policy} at {shown_rate:g} "
-                f"req/s: {why})",
+                f"plot written to {plot_file} (clock timeline of {timeline_policy} at "
+                f"{rate_text(shown_rate)} req/s: {why})",
                 highlight=False,
                 soft_wrap=True,
                 markup=False,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from voltana.sim.metrics import PolicyResult
-from voltana.sim.report import point_title
+from voltana.sim.report import point_title, rate_text
 from voltana.sim.runner import SimulationError
 from voltana.sim.sweep import BASELINE, SweepPoint
 
@@ -252,6 +252,6 @@ def _timeline(
     bar.set_label("SM clock (MHz)")
     why = timeline_reason(point, chosen_by_default)
     ax.set_title(
-        f"clock timeline: {shown.policy} at {point.rate_rps:g} req/s ({why}); one row per instance",
+        f"clock timeline: {shown.policy} at {rate_text(point.rate_rps)} req/s ({why}); one row per instance",
         fontsize=9,
     )

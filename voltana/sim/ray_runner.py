@@ -18,6 +18,7 @@ from typing import Any
 
 from voltana.plugins import get_plugin_manager
 from voltana.sim.metrics import PolicyResult
+from voltana.sim.report import rate_text
 from voltana.sim.runner import ORACLE, SimulationError, SimulationSetup
 from voltana.sim.sweep import BASELINE, SweepPoint, plan_runs, run_sweep, sweep_point
 from voltana.sim.workload import Workload
@@ -119,7 +120,7 @@ def run_sweep_on_ray(
                 done[unit] = ray.get(ready[0])
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if isinstance(exc.cause, Exception) else exc
-                raise SimulationError(f"{unit[1]} @ {unit[0]:g} req/s failed: {cause}") from None
+                raise SimulationError(f"{unit[1]} @ {rate_text(unit[0])} req/s failed: {cause}") from None
             if on_run is not None:
                 runs = plan_runs([unit[1]], oracle_stride, num_clocks)
                 for _ in range(runs):

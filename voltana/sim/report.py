@@ -22,6 +22,13 @@ def residency_text(shares: dict[int, float], top: int = RESIDENCY_TOP) -> str:
     return " ".join(f"{clock}:{share:.0%}" for clock, share in sorted(best))
 
 
+def rate_text(rate_rps: float) -> str:
+    """A request rate as the tables and messages print it: three significant digits, whole from 100 up
+    (``3.4``, ``25``, ``12.5``, ``130``); a trace replayed at its own mean rate has one like 3.40119 req/s.
+    ``--json`` keeps every rate exact."""
+    return f"{rate_rps:.0f}" if rate_rps >= 100 else f"{rate_rps:.3g}"
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.0f}" if seconds >= 0.01 else f"{seconds * 1e3:.1f}"
 
@@ -34,11 +41,12 @@ def point_title(point: SweepPoint) -> str:
     """
     name = point.workload.split(" (")[0] or "workload"
     offered = point.offered_rate_rps
-    rate = "single arrival" if offered is None else f"{offered:.3g} req/s"
+    rate = "single arrival" if offered is None else f"{rate_text(offered)} req/s"
     span_s = point.arrival_span_s
     span = f"{span_s:.3g}" if span_s < 100 else f"{span_s:.0f}"
     requests = f"{point.num_requests} request{'' if point.num_requests == 1 else 's'}"
-    return f"{rate}: {requests} in {span} s of arrivals ({name}; sweep rate {point.rate_rps:g} req/s)"
+    sweep = rate_text(point.rate_rps)
+    return f"{rate}: {requests} in {span} s of arrivals ({name}; sweep rate {sweep} req/s)"
 
 
 def policy_table(point: SweepPoint, slo: Slo, title: str | None = "") -> Table:
@@ -48,7 +56,7 @@ def policy_table(point: SweepPoint, slo: Slo, title: str | None = "") -> Table:
     misses the SLO for most requests, so an energy difference there says nothing about a clock policy.
     ``title``: "" for ``<rate> req/s``, None for none (the caller prints its own heading).
     """
-    default = f"{point.rate_rps:g} req/s"
+    default = f"{rate_text(point.rate_rps)} req/s"
     table = Table(title=default if title == "" else title, title_justify="left")
     table.add_column("policy", no_wrap=True)
     for column in (
@@ -86,7 +94,8 @@ def residency_table(point: SweepPoint) -> Table:
     """Clock residency per policy and phase: the :data:`RESIDENCY_TOP` most used clocks by share of busy
     time (the headers say so: the shares shown need not add up to 100%)."""
     table = Table(
-        title=f"clock residency (MHz: share of busy time) at {point.rate_rps:g} req/s", title_justify="left"
+        title=f"clock residency (MHz: share of busy time) at {rate_text(point.rate_rps)} req/s",
+        title_justify="left",
     )
     table.add_column("policy", no_wrap=True)
     table.add_column(f"prefill\ntop {RESIDENCY_TOP} clocks")
@@ -125,7 +134,7 @@ def comparison_markdown(points: Sequence[SweepPoint]) -> str:
         cells = []
         for r in point.results:
             cells.append(f"{_saving_text(point, r)} / {r.slo_attainment:.1%}")
-        lines.append(f"| {point.rate_rps:g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {rate_text(point.rate_rps)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -7,9 +7,17 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from voltana.core.types import Slo
 from voltana.hardware.simulated import PerformanceModel
 from voltana.sim.metrics import LatencySummary, PolicyResult
-from voltana.sim.report import comparison_markdown, policy_table, residency_table, sweep_json
+from voltana.sim.report import (
+    comparison_markdown,
+    point_title,
+    policy_table,
+    rate_text,
+    residency_table,
+    sweep_json,
+)
 from voltana.sim.runner import SimulationSetup
 from voltana.sim.sweep import OVERLOAD_ATTAINMENT, SweepPoint, run_sweep
 from voltana.sim.synthetic import synthetic_workload
@@ -76,3 +84,22 @@ def test_the_residency_headers_say_only_the_top_three_clocks_show() -> None:
     text = render(residency_table(point))
     assert text.count("top 3 clocks") == 2
     assert "1005:40% 1065:30% 1125:20%" in text and "1410" not in text
+
+
+@pytest.mark.parametrize(
+    ("rate_rps", "text"),
+    [(3.40119, "3.4"), (5.53, "5.53"), (25.0, "25"), (12.5, "12.5"), (0.5, "0.5"), (130.4, "130")],
+)
+def test_rates_print_with_three_significant_digits(rate_rps: float, text: str) -> None:
+    assert rate_text(rate_rps) == text
+
+
+def test_a_trace_at_its_own_rate_prints_its_rate_rounded_everywhere() -> None:
+    """Without ``--rate`` a trace runs at its own mean rate, a float such as 3.40119 req/s."""
+    point = SweepPoint(3.40119, (result("static-max"),), "trace.csv (x1)", 35, 10.0)
+    title = point_title(point)
+    assert title == "3.4 req/s: 35 requests in 10 s of arrivals (trace.csv; sweep rate 3.4 req/s)"
+    tables = render(policy_table(point, Slo(0.8, 0.05))) + render(residency_table(point))
+    assert tables.count("3.4 req/s") == 2  # both titles
+    assert comparison_markdown([point]).splitlines()[-1].startswith("| 3.4 |")
+    assert "3.40119" not in title + tables + comparison_markdown([point])
