@@ -160,6 +160,7 @@ def simulate(
         rejected_line,
         residency_table,
         sweep_json,
+        unchecked_overload_line,
     )
     from voltana.sim.runner import (
         PAPER_MIN_CLOCK_MHZ,
@@ -355,6 +356,8 @@ def simulate(
             out.print(policy_table(point, setup.slo, None))
             if point.overload is not None:
                 out.print(f"[bold yellow]{point.overload.describe()}[/]", highlight=False)
+            elif hint := unchecked_overload_line(point):
+                out.print(f"[yellow]{hint}[/]", highlight=False)
             out.print(residency_table(point))
             refused = rejected_line(point)
             if refused:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from voltana.core.types import Slo
 from voltana.sim.metrics import PolicyResult
-from voltana.sim.sweep import SweepPoint
+from voltana.sim.sweep import BASELINE, OVERLOAD_ATTAINMENT, SweepPoint
 
 RESIDENCY_TOP = 3
 """Clocks per phase in the residency table: the most used ones (``--json`` has every clock)."""
@@ -107,6 +107,25 @@ def residency_table(point: SweepPoint) -> Table:
             residency_text(r.clock_residency.get("decode", {})),
         )
     return table
+
+
+def unchecked_overload_line(point: SweepPoint) -> str:
+    """One line when static max did not run and every policy met the SLO for fewer than
+    :data:`~voltana.sim.sweep.OVERLOAD_ATTAINMENT` of the requests, else ''.
+
+    The overload check needs static max (:func:`~voltana.sim.sweep.find_overload`): without it these results
+    cannot tell a cluster that is short at any clock from policies whose clocks are too low, so the line
+    says the cluster may be overloaded and how to find out.
+    """
+    if point.overload is not None or not point.results or find(point, BASELINE) is not None:
+        return ""
+    best = max(point.results, key=lambda r: r.slo_attainment)
+    if best.slo_attainment >= OVERLOAD_ATTAINMENT:
+        return ""
+    return (
+        f"every policy meets the SLO for under {OVERLOAD_ATTAINMENT:.0%} of requests (best: {best.policy}, "
+        f"{best.slo_attainment:.1%}): the cluster may be overloaded; add {BASELINE} to --policies to check"
+    )
 
 
 def rejected_line(point: SweepPoint) -> str:

@@ -17,6 +17,7 @@ from voltana.sim.report import (
     rate_text,
     residency_table,
     sweep_json,
+    unchecked_overload_line,
 )
 from voltana.sim.runner import SimulationSetup
 from voltana.sim.sweep import OVERLOAD_ATTAINMENT, SweepPoint, run_sweep
@@ -103,3 +104,18 @@ def test_a_trace_at_its_own_rate_prints_its_rate_rounded_everywhere() -> None:
     assert tables.count("3.4 req/s") == 2  # both titles
     assert comparison_markdown([point]).splitlines()[-1].startswith("| 3.4 |")
     assert "3.40119" not in title + tables + comparison_markdown([point])
+
+
+def test_without_static_max_a_rate_every_policy_misses_gets_a_hint() -> None:
+    """The overload check needs static max; without it, low attainment everywhere says only "may be"."""
+    missed = (result("static-min", slo_attainment=0.034), result("ecofreq+ecoroute", slo_attainment=0.057))
+    line = unchecked_overload_line(SweepPoint(30.0, missed))
+    assert line == (
+        "every policy meets the SLO for under 50% of requests (best: ecofreq+ecoroute, 5.7%): the cluster "
+        "may be overloaded; add static-max to --policies to check"
+    )
+    # One policy serves most requests: no hint. Static max ran: the overload check speaks instead.
+    assert unchecked_overload_line(SweepPoint(30.0, (*missed, result("ecofreq", slo_attainment=0.6)))) == ""
+    assert (
+        unchecked_overload_line(SweepPoint(30.0, (result("static-max", slo_attainment=0.1), *missed))) == ""
+    )
