@@ -72,24 +72,26 @@ def options_error_line(exc: ValidationError) -> str:
     return f"policy.options.{key} must be {wanted}, got {error['input']!r}"
 
 
-def _refuse_bool(error_type: str) -> BeforeValidator:
+def _refuse_bool(error_type: str, wanted: str) -> BeforeValidator:
     """A validator that refuses ``true``/``false`` where a number is wanted: pydantic's lax number types read
-    them as 1 and 0 (``decode_window_s = true`` was 1.0 s). ``error_type`` is the pydantic error type that
-    :func:`options_error_line` turns into what was wanted."""
+    them as 1 and 0 (``itl_s = true`` was 1.0 s). ``error_type`` is the pydantic error type that
+    :func:`options_error_line` turns into what was wanted; the message is pydantic's own for that type, which
+    :func:`load_config`'s error line shows."""
 
     def check(value: Any) -> Any:
         if isinstance(value, bool):
-            raise PydanticCustomError(error_type, "a number is wanted, not true or false")
+            raise PydanticCustomError(error_type, f"Input should be {wanted}, not true or false")
         return value
 
     return BeforeValidator(check)
 
 
-OptionFloat = Annotated[float, _refuse_bool("float_type")]
-"""A number in ``policy.options``: ints and numeric strings (environment variables) are read as floats,
-``true``/``false`` are refused."""
-OptionInt = Annotated[int, _refuse_bool("int_type")]
-"""A whole number in ``policy.options``: numeric strings are read, ``true``/``false`` are refused."""
+ConfigFloat = Annotated[float, _refuse_bool("float_type", "a valid number")]
+"""A number setting (the config's sections, ``policy.options``): ints and numeric strings (environment
+variables) are read as floats, ``true``/``false`` are refused."""
+ConfigInt = Annotated[int, _refuse_bool("int_type", "a valid integer")]
+"""A whole-number setting: numeric strings (environment variables) are read, ``true``/``false`` are
+refused."""
 
 
 class _Section(BaseModel):

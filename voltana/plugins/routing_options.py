@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from voltana.core.config import ConfigError, OptionFloat, OptionInt, PolicyConfig, options_error_line
+from voltana.core.config import ConfigError, ConfigFloat, ConfigInt, PolicyConfig, options_error_line
 from voltana.core.types import DEFAULT_PREFILL_TOKEN_BUDGET
 from voltana.plugins.ecoroute import DEFAULT_HEADROOM, PAPER_TILE_REQUESTS
 from voltana.plugins.routing import MIN_JOIN_SAVING
@@ -23,19 +23,19 @@ from voltana.plugins.routing import MIN_JOIN_SAVING
 class RoutingOptions:
     """The routing policies' knobs (``energy-ttft``, ``ecoroute``; see docs/concepts/policies.md)."""
 
-    min_join_saving: OptionFloat = Field(default=MIN_JOIN_SAVING, ge=0.0, lt=1.0, allow_inf_nan=False)
+    min_join_saving: ConfigFloat = Field(default=MIN_JOIN_SAVING, ge=0.0, lt=1.0, allow_inf_nan=False)
     """``energy-ttft``: least share of a prompt's energy alone that joining a busy instance must save."""
-    ecoroute_headroom: OptionFloat = Field(default=DEFAULT_HEADROOM, ge=0.0, lt=1.0, allow_inf_nan=False)
+    ecoroute_headroom: ConfigFloat = Field(default=DEFAULT_HEADROOM, ge=0.0, lt=1.0, allow_inf_nan=False)
     """``ecoroute``: share of an instance's running cap kept free while another instance has room."""
-    ecoroute_pack_limit: OptionInt = Field(default=PAPER_TILE_REQUESTS, ge=1)
+    ecoroute_pack_limit: ConfigInt = Field(default=PAPER_TILE_REQUESTS, ge=1)
     """``ecoroute``: most requests consolidated on one instance while another has room."""
     ecoroute_fill: Literal["pack", "spread"] = "pack"
     """``ecoroute`` tie-break: ``pack`` (the busier instance first) or ``spread``."""
     ecoroute_energy: StrictBool = True
     """``ecoroute``: rank by the energy model's marginal energy (else by the lowest clock needed)."""
-    prefill_token_budget: OptionInt = Field(default=DEFAULT_PREFILL_TOKEN_BUDGET, ge=1)
+    prefill_token_budget: ConfigInt = Field(default=DEFAULT_PREFILL_TOKEN_BUDGET, ge=1)
     """Tokens per prefill iteration the engine schedules (the prefill routes' TTFT predictions)."""
-    idle_power_w: OptionFloat = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    idle_power_w: ConfigFloat = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     """Power an instance draws when not computing (W); marginal energies are counted above it."""
 
     @classmethod

@@ -59,7 +59,7 @@ from pydantic import ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from voltana.core.arrivals import ArrivalRate
-from voltana.core.config import ConfigError, OptionFloat, OptionInt, options_error_line
+from voltana.core.config import ConfigError, ConfigFloat, ConfigInt, options_error_line
 from voltana.core.contexts import ClockContext, PolicyInfo
 from voltana.core.decode_demand import DecodeDemand
 from voltana.core.hookspecs import hookimpl
@@ -92,31 +92,31 @@ class EcoFreqOptions:
     from the config with :meth:`from_mapping`, which turns a bad value into one
     :class:`~voltana.core.config.ConfigError` line."""
 
-    safety_margin: OptionFloat = Field(default=0.1, ge=0.0, lt=1.0)
+    safety_margin: ConfigFloat = Field(default=0.1, ge=0.0, lt=1.0)
     """Share of the SLO kept in reserve (``policy.safety_margin``)."""
-    mape_limit: OptionFloat = Field(default=0.15, ge=0.0)
+    mape_limit: ConfigFloat = Field(default=0.15, ge=0.0)
     """Recent predictor MAPE (fraction) above which the max clock is used."""
-    min_observations: OptionInt = Field(default=16, ge=0)
+    min_observations: ConfigInt = Field(default=16, ge=0)
     """Observations before the MAPE guardrail applies (a seeded predictor is trusted until then)."""
-    min_dwell_s: OptionFloat = Field(default=0.05, ge=0.0)
+    min_dwell_s: ConfigFloat = Field(default=0.05, ge=0.0)
     """After a change, energy-motivated moves wait this long (s)."""
-    hysteresis: OptionFloat = Field(default=0.03, ge=0.0)
+    hysteresis: ConfigFloat = Field(default=0.03, ge=0.0)
     """Relative predicted-energy saving needed to leave the current (feasible) clock."""
-    clock_change_latency_s: OptionFloat = Field(default=0.001, ge=0.0)
+    clock_change_latency_s: ConfigFloat = Field(default=0.001, ge=0.0)
     """Predicted latency cost of changing the clock for one iteration (s)."""
-    prefill_token_budget: OptionInt = Field(default=DEFAULT_PREFILL_TOKEN_BUDGET, ge=1)
+    prefill_token_budget: ConfigInt = Field(default=DEFAULT_PREFILL_TOKEN_BUDGET, ge=1)
     """Tokens per prefill iteration the engine schedules (vLLM/SGLang chunked-prefill budget)."""
     plan_for_newcomer: StrictBool = True
     """Prefill: also plan for one prompt of the recent mean size arriving now, behind the queue."""
-    idle_power_w: OptionFloat = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    idle_power_w: ConfigFloat = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     """Power the instance draws when not computing (W, all its GPUs); the objective is energy above it."""
-    arrival_window_s: OptionFloat = Field(default=2.0, ge=0.0, allow_inf_nan=False)
+    arrival_window_s: ConfigFloat = Field(default=2.0, ge=0.0, allow_inf_nan=False)
     """Prefill: time constant of the arrival-rate estimate (s); 0 turns arrival awareness off."""
-    decode_window_s: OptionFloat = Field(default=10.0, ge=0.0, allow_inf_nan=False)
+    decode_window_s: ConfigFloat = Field(default=10.0, ge=0.0, allow_inf_nan=False)
     """Decode: time constant of the measured load (requests/s; the output estimate averages over 5x it, s);
     0 turns the load and admission-queue constraints off (the next iteration's ITL only). Long, as the clock
     must carry the mean load: the admission queue answers bursts at once."""
-    max_running_requests: OptionInt = Field(default=0, ge=0)
+    max_running_requests: ConfigInt = Field(default=0, ge=0)
     """Decode: the engine's running-request cap (vLLM ``max_num_seqs``, SGLang ``max_running_requests``);
     0: unknown, measured as the running batch while requests wait for admission."""
 
