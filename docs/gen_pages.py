@@ -13,8 +13,11 @@ hook appears.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
+import operator
+import types
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +36,21 @@ from voltana.core.policies import policies_of
 from voltana.plugins import DEFAULT_PLUGINS
 
 
+def _plain(annotation: Any) -> Any:
+    """``annotation`` without ``Annotated`` validators (``ConfigFloat | None`` reads ``float | None``)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _plain(args[0])
+    if not args or origin is typing.Literal:
+        return annotation
+    plain = tuple(_plain(arg) for arg in args)
+    if origin in (typing.Union, types.UnionType):
+        return functools.reduce(operator.or_, plain)
+    return origin[plain]
+
+
 def _type_name(annotation: Any) -> str:
+    annotation = _plain(annotation)
     text = (
         str(annotation) if typing.get_origin(annotation) else getattr(annotation, "__name__", str(annotation))
     )

@@ -103,14 +103,16 @@ class HardwareConfig(_Section):
     """Which GPUs an instance drives and how."""
 
     vendor: Vendor = "auto"
-    device_indices: list[int] = Field(default_factory=list, description="empty: all visible to the process")
+    device_indices: list[ConfigInt] = Field(
+        default_factory=list, description="empty: all visible to the process"
+    )
     simulated_gpu: str = "a100-80gb"
     simulated_model: str = "llama-3.1-8b"
     clockd_socket: str | None = Field(
         None, description="Unix socket of `voltana clockd`: clocks are locked through it (no CAP_SYS_ADMIN)"
     )
     restore_clocks_on_exit: bool = True
-    power_limit_w: float | None = Field(
+    power_limit_w: ConfigFloat | None = Field(
         None,
         gt=0,
         description="static per-GPU power limit (W) set at start, checked against the GPU's accepted range; "
@@ -120,7 +122,7 @@ class HardwareConfig(_Section):
         True,
         description="engine paths start a watchdog process that resets the clocks if the engine is killed",
     )
-    energy_sample_period_s: float | None = Field(
+    energy_sample_period_s: ConfigFloat | None = Field(
         None, gt=0, description="energy counter sampling period (s); empty: the device's refresh period"
     )
 
@@ -128,16 +130,16 @@ class HardwareConfig(_Section):
 class SloConfig(_Section):
     """Latency objectives per phase (s)."""
 
-    ttft_s: float = Field(0.8, gt=0)
-    itl_s: float = Field(0.05, gt=0)
+    ttft_s: ConfigFloat = Field(0.8, gt=0)
+    itl_s: ConfigFloat = Field(0.05, gt=0)
 
 
 class ClockConfig(_Section):
     """Allowed SM clocks: an explicit set, or a range of the device's supported clocks (MHz)."""
 
-    allowed_mhz: list[int] = Field(default_factory=list)
-    min_mhz: int | None = Field(None, gt=0)
-    max_mhz: int | None = Field(None, gt=0)
+    allowed_mhz: list[ConfigInt] = Field(default_factory=list)
+    min_mhz: ConfigInt | None = Field(None, gt=0)
+    max_mhz: ConfigInt | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> ClockConfig:
@@ -159,7 +161,7 @@ class PolicyConfig(_Section):
     clock: PolicyName = "ecofreq"
     prefill_route: PolicyName = "energy-ttft"
     decode_route: PolicyName = "ecoroute"
-    safety_margin: float = Field(0.1, ge=0, lt=1, description="share of the SLO kept in reserve")
+    safety_margin: ConfigFloat = Field(0.1, ge=0, lt=1, description="share of the SLO kept in reserve")
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -171,10 +173,14 @@ class TelemetryConfig(_Section):
     protocol: Literal["http", "grpc"] = "http"
     service_name: str = "voltana"
     resource_attributes: dict[str, str] = Field(default_factory=dict)
-    export_interval_s: float = Field(10.0, gt=0, description="how often metrics are pushed (background)")
-    export_timeout_s: float = Field(5.0, gt=0, description="bound on one export attempt, retries included")
+    export_interval_s: ConfigFloat = Field(
+        10.0, gt=0, description="how often metrics are pushed (background)"
+    )
+    export_timeout_s: ConfigFloat = Field(
+        5.0, gt=0, description="bound on one export attempt, retries included"
+    )
     prometheus: bool = Field(False, description="keep metrics for Prometheus text exposition")
-    prometheus_port: int | None = Field(
+    prometheus_port: ConfigInt | None = Field(
         None, ge=1, le=65535, description="serve /metrics on 127.0.0.1:port from this process"
     )
 
@@ -183,31 +189,37 @@ class RouterConfig(_Section):
     """The P/D proxy: where it listens and which instances it fronts."""
 
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    port: ConfigInt = Field(8000, ge=1, le=65535)
     backend: Literal["vllm", "sglang"] = "vllm"
     prefill: list[str] = Field(default_factory=list)
     decode: list[str] = Field(default_factory=list)
     admin_token: SecretStr | None = None
-    poll_interval_s: float = Field(0.5, gt=0)
-    request_timeout_s: float = Field(600.0, gt=0)
-    connect_timeout_s: float = Field(2.0, gt=0)
-    stale_after_s: float = Field(2.0, gt=0, description="polled instance state older than this is ignored")
-    eject_after_failures: int = Field(
+    poll_interval_s: ConfigFloat = Field(0.5, gt=0)
+    request_timeout_s: ConfigFloat = Field(600.0, gt=0)
+    connect_timeout_s: ConfigFloat = Field(2.0, gt=0)
+    stale_after_s: ConfigFloat = Field(
+        2.0, gt=0, description="polled instance state older than this is ignored"
+    )
+    eject_after_failures: ConfigInt = Field(
         3, ge=1, description="consecutive failures before an instance is ejected"
     )
-    readmit_after_successes: int = Field(2, ge=1, description="healthy probes before re-admission")
-    max_inflight_per_instance: int = Field(256, ge=1, description="admission limit; beyond it: 429")
-    max_tokens_limit: int = Field(
+    readmit_after_successes: ConfigInt = Field(2, ge=1, description="healthy probes before re-admission")
+    max_inflight_per_instance: ConfigInt = Field(256, ge=1, description="admission limit; beyond it: 429")
+    max_tokens_limit: ConfigInt = Field(
         32768, ge=1, description="cap on max_tokens when the model's length is unknown"
     )
-    max_retries: int = Field(
+    max_retries: ConfigInt = Field(
         2, ge=0, description="extra attempts of a failed prefill/decode on other instances"
     )
-    drain_timeout_s: float = Field(30.0, ge=0, description="SIGTERM: time in-flight requests get to finish")
-    bootstrap_port: int = Field(8998, ge=1, le=65535, description="SGLang prefill bootstrap port default")
+    drain_timeout_s: ConfigFloat = Field(
+        30.0, ge=0, description="SIGTERM: time in-flight requests get to finish"
+    )
+    bootstrap_port: ConfigInt = Field(
+        8998, ge=1, le=65535, description="SGLang prefill bootstrap port default"
+    )
     kv_transfer_params: bool = Field(True, description="vLLM: exchange kv_transfer_params (NIXL-style)")
     served_models: list[str] = Field(default_factory=list, description="empty: learned from /v1/models")
-    pool_idle_timeout_s: float = Field(
+    pool_idle_timeout_s: ConfigFloat = Field(
         2.0,
         gt=0,
         description="idle engine connections are closed after this (at most 2x: aiohttp's sweep); keep it "
@@ -232,7 +244,7 @@ class EngineConfig(_Section):
     clock_token: SecretStr | None = Field(
         None, description="bearer token of POST /voltana/clock (unset: pinning is off, 403)"
     )
-    iteration_buffer: int = Field(
+    iteration_buffer: ConfigInt = Field(
         4096, ge=16, le=1_000_000, description="iterations kept for GET /voltana/iterations (ring buffer)"
     )
 
@@ -240,20 +252,20 @@ class EngineConfig(_Section):
 class ClusterConfig(_Section):
     """Cluster-wide settings: the power budget the router's coordinator shares among instances."""
 
-    power_budget_w: float | None = Field(
+    power_budget_w: ConfigFloat | None = Field(
         None, gt=0, description="cap on the cluster's GPU power (W); empty: no budget, no ceilings"
     )
-    budget_period_s: float = Field(
+    budget_period_s: ConfigFloat = Field(
         1.0,
         ge=0.1,
         le=20.0,
         description="how often clock ceilings are recomputed (s), 0.1 to 20: a ceiling's lease is "
         "min(60 s, 3 periods), so a longer period would let ceilings lapse between recomputations",
     )
-    budget_margin: float = Field(
+    budget_margin: ConfigFloat = Field(
         0.05, ge=0, lt=1, description="share of the budget kept in reserve for prediction error"
     )
-    burst_utilization: float = Field(
+    burst_utilization: ConfigFloat = Field(
         0.5,
         ge=0,
         le=1,

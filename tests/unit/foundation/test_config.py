@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from voltana.core.config import ConfigError, effective_items, load_config
+from tests.support.cli import simulate_with_config
+from voltana.core.config import ConfigError, VoltanaConfig, effective_items, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -190,3 +194,90 @@ def test_spaces_around_a_policy_name_are_dropped(tmp_path: Path) -> None:
     path = tmp_path / "voltana.toml"
     path.write_text('[policy]\nclock = " static-max "\n')
     assert load_config(path).config.policy.clock == "static-max"
+
+
+def _number_keys() -> Iterator[tuple[str, str, bool, str]]:
+    """(section, key, is a list, pydantic's word for the type) for every number setting of every section
+    (plain, optional or a list of numbers)."""
+
+    def numbers_in(annotation: object) -> set[object]:
+        if annotation in (int, float):
+            return {annotation}
+        return set().union(*(numbers_in(arg) for arg in typing.get_args(annotation)))
+
+    for section, field in VoltanaConfig.model_fields.items():
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            for key, sub in model.model_fields.items():
+                found = numbers_in(sub.annotation)
+                if found:
+                    is_list = typing.get_origin(sub.annotation) is list
+                    yield section, key, is_list, "integer" if found == {int} else "number"
+
+
+NUMBER_KEYS = list(_number_keys())
+
+
+def test_the_number_settings_are_found() -> None:
+    keys = {f"{section}.{key}" for section, key, _, _ in NUMBER_KEYS}
+    assert {"slo.itl_s", "policy.safety_margin", "clocks.allowed_mhz", "clocks.min_mhz", "router.port",
+            "hardware.power_limit_w", "cluster.budget_margin", "engine.iteration_buffer"} <= keys  # fmt: skip
+    assert not keys & {"enabled", "hardware.watchdog", "router.host"}
+
+
+@pytest.mark.parametrize(("section", "key", "is_list", "wanted"), NUMBER_KEYS)
+@pytest.mark.parametrize("flag", ["true", "false"])
+def test_true_or_false_for_a_number_is_a_config_error(
+    tmp_path: Path, section: str, key: str, is_list: bool, wanted: str, flag: str
+) -> None:
+    """pydantic's lax numbers read a bool as 1 or 0: ``slo.itl_s = true`` was a 1 s ITL SLO, silently."""
+    value = f"[{flag}]" if is_list else flag
+    path = write(tmp_path, f"[{section}]\n{key} = {value}\n")
+    dotted = f"{section}.{key}.0" if is_list else f"{section}.{key}"
+    line = (
+        rf"^invalid config: {dotted} = {flag.capitalize()} \(from file .*\): "
+        rf"Input should be a valid {wanted}, not true or false$"
+    )
+    with pytest.raises(ConfigError, match=line):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown", "wanted"),
+    [
+        ("[slo]\nitl_s = true\n", "slo.itl_s = True", "number"),
+        ("[policy]\nsafety_margin = false\n", "policy.safety_margin = False", "number"),
+        ("[clocks]\nallowed_mhz = [1005, true]\n", "clocks.allowed_mhz.1 = True", "integer"),
+        ("[clocks]\nmin_mhz = true\n", "clocks.min_mhz = True", "integer"),
+    ],
+)
+def test_a_bool_number_is_one_line_for_simulate(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    shown: str,
+    wanted: str,
+) -> None:
+    code, lines = simulate_with_config(tmp_path, monkeypatch, capsys, text, "ecofreq+ecoroute")
+    assert code == 2
+    source = tmp_path / "config.toml"
+    line = f"{shown} (from file {source}): Input should be a valid {wanted}, not true or false"
+    assert lines == ["error: invalid config: " + line]
+
+
+def test_ints_and_numeric_env_strings_still_pass_for_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        tmp_path, "[slo]\nitl_s = 1\n[clocks]\nallowed_mhz = [1005, 1410]\n[cluster]\npower_budget_w = 900\n"
+    )
+    monkeypatch.setenv("VOLTANA_ROUTER__PORT", "9000")
+    monkeypatch.setenv("VOLTANA_HARDWARE__POWER_LIMIT_W", "250")
+    monkeypatch.setenv("VOLTANA_CLOCKS__MIN_MHZ", "900")
+    monkeypatch.setenv("VOLTANA_POLICY__SAFETY_MARGIN", "0.2")
+    config = load_config(path).config
+    assert config.slo.itl_s == 1.0 and isinstance(config.slo.itl_s, float)
+    assert config.clocks.allowed_mhz == [1005, 1410] and config.clocks.min_mhz == 900
+    assert config.cluster.power_budget_w == 900.0 and config.hardware.power_limit_w == 250.0
+    assert (config.router.port, config.policy.safety_margin) == (9000, 0.2)
