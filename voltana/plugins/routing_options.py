@@ -7,6 +7,7 @@ instead of a ``ValueError`` from inside a routing decision. Unknown keys belong 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -53,7 +54,13 @@ _ADAPTER = TypeAdapter(RoutingOptions)
 
 def route_options(policy: PolicyConfig) -> dict[str, Any]:
     """The options every routing context starts from: ``safety_margin`` and ``policy.options``, the routing
-    knobs checked (:class:`RoutingOptions`; raises ``ConfigError``). Used by the HTTP router, the Ray Serve
-    request routers and the simulator alike."""
-    RoutingOptions.from_mapping(policy.options)
-    return {"safety_margin": policy.safety_margin, **policy.options}
+    knobs checked (:class:`RoutingOptions`; raises ``ConfigError``) and given as read (a
+    ``VOLTANA_POLICY__OPTIONS__*`` variable arrives as a string: ``"5.0"`` is the pack limit 5, which the
+    routes' ``int()`` could not read). Used by the HTTP router, the Ray Serve request routers and the
+    simulator alike."""
+    checked = RoutingOptions.from_mapping(policy.options)
+    read = {key: getattr(checked, key) for key in policy.options if key in _KNOBS}
+    return {"safety_margin": policy.safety_margin, **policy.options, **read}
+
+
+_KNOBS = frozenset(field.name for field in dataclasses.fields(RoutingOptions))

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.cli import simulate_with_config
-from voltana.core.config import ConfigError, PolicyConfig, VoltanaConfig
+from voltana.cli import main
+from voltana.core.config import ConfigError, PolicyConfig, VoltanaConfig, load_config
 from voltana.plugins import get_plugin_manager
 from voltana.plugins.routing import MIN_JOIN_SAVING
 from voltana.plugins.routing_options import RoutingOptions, route_options
@@ -41,6 +43,35 @@ def test_good_knobs_pass_through_with_the_safety_margin() -> None:
     policy = PolicyConfig(safety_margin=0.2, options={"min_join_saving": 0.1, "static_clock_mhz": 1200})
     assert route_options(policy) == {"safety_margin": 0.2, "min_join_saving": 0.1, "static_clock_mhz": 1200}
     assert RoutingOptions.from_mapping({}).min_join_saving == MIN_JOIN_SAVING
+
+
+def test_the_routes_get_knobs_from_the_environment_as_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``VOLTANA_POLICY__OPTIONS__*`` variable arrives as a string: ``"5.0"`` passed the check as 5 but
+    reached the routes as ``"5.0"``, whose ``int()`` raised in the first routing decision. Other policies'
+    keys are left as they came."""
+    monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__ECOROUTE_PACK_LIMIT", "5.0")
+    monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__PREFILL_TOKEN_BUDGET", "4096.0")
+    monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__MIN_JOIN_SAVING", "0.1")
+    monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__STATIC_CLOCK_MHZ", "1200")
+    options = route_options(load_config().config.policy)
+    assert options == {"safety_margin": 0.1, "ecoroute_pack_limit": 5, "prefill_token_budget": 4096,
+                       "min_join_saving": 0.1, "static_clock_mhz": "1200"}  # fmt: skip
+    assert isinstance(options["ecoroute_pack_limit"], int) and isinstance(options["min_join_saving"], float)
+
+
+def test_simulate_runs_with_routing_knobs_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__ECOROUTE_PACK_LIMIT", "5.0")
+    monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__PREFILL_TOKEN_BUDGET", "4096.0")
+    monkeypatch.setattr(sys, "argv", ["voltana", "simulate", "--duration", "5", "--rates", "3",
+                                      "--policies", "ecofreq+ecoroute", "--json"])  # fmt: skip
+    code: int | str | None = 0
+    try:
+        main()
+    except SystemExit as exited:
+        code = exited.code
+    assert not code, capsys.readouterr().err
 
 
 def test_simulate_with_a_bad_routing_knob_exits_with_one_line(
