@@ -21,7 +21,9 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictBool,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -92,6 +94,28 @@ variables) are read as floats, ``true``/``false`` are refused."""
 ConfigInt = Annotated[int, _refuse_bool("int_type", "a valid integer")]
 """A whole-number setting: numeric strings (environment variables) are read, ``true``/``false`` are
 refused."""
+
+_BOOL_WORDS = TypeAdapter(bool)
+
+
+def _bool_from_text(value: Any) -> Any:
+    """A string as pydantic reads a bool from an environment variable (``true``/``false``, ``1``/``0``,
+    ``yes``/``no``, ``on``/``off``, any case: ``VOLTANA_ENABLED=1``); a number is refused, not read as 1 or 0.
+    Anything else is left to :data:`ConfigBool`'s strict check."""
+    if isinstance(value, str):
+        try:
+            return _BOOL_WORDS.validate_python(value)
+        except ValidationError:
+            return value  # the strict check refuses it: `must be true or false, got 'maybe'`
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise PydanticCustomError("bool_type", "Input should be a valid boolean, not a number")
+    return value
+
+
+ConfigBool = Annotated[StrictBool, BeforeValidator(_bool_from_text)]
+"""A true/false setting: ``true``/``false`` in TOML; the text of an environment variable, which always
+arrives as a string (``VOLTANA_POLICY__OPTIONS__PLAN_FOR_NEWCOMER=false``), as pydantic reads a bool; a
+number (``1``, ``0``) is refused."""
 
 
 class _Section(BaseModel):

@@ -11,10 +11,17 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from voltana.core.config import ConfigError, ConfigFloat, ConfigInt, PolicyConfig, options_error_line
+from voltana.core.config import (
+    ConfigBool,
+    ConfigError,
+    ConfigFloat,
+    ConfigInt,
+    PolicyConfig,
+    options_error_line,
+)
 from voltana.core.types import DEFAULT_PREFILL_TOKEN_BUDGET
 from voltana.plugins.ecoroute import DEFAULT_HEADROOM, PAPER_TILE_REQUESTS
 from voltana.plugins.routing import MIN_JOIN_SAVING
@@ -32,7 +39,7 @@ class RoutingOptions:
     """``ecoroute``: most requests consolidated on one instance while another has room."""
     ecoroute_fill: Literal["pack", "spread"] = "pack"
     """``ecoroute`` tie-break: ``pack`` (the busier instance first) or ``spread``."""
-    ecoroute_energy: StrictBool = True
+    ecoroute_energy: ConfigBool = True
     """``ecoroute``: rank by the energy model's marginal energy (else by the lowest clock needed)."""
     prefill_token_budget: ConfigInt = Field(default=DEFAULT_PREFILL_TOKEN_BUDGET, ge=1)
     """Tokens per prefill iteration the engine schedules (the prefill routes' TTFT predictions)."""

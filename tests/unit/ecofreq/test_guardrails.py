@@ -11,7 +11,7 @@ from ecofreq_helpers import a100, controller, decode_snapshot, default_clocks
 from pydantic import TypeAdapter
 
 from tests.support.cli import simulate_with_config
-from voltana.core.config import ConfigError
+from voltana.core.config import ConfigError, load_config
 from voltana.core.types import DecisionReason, Phase
 from voltana.plugins.ecofreq import EcoFreqOptions
 
@@ -83,6 +83,9 @@ def test_small_energy_gains_do_not_move_the_clock() -> None:
         ({"prefill_token_budget": "8k"}, "prefill_token_budget must be a whole number, got '8k'"),
         ({"min_observations": 2.5}, "min_observations must be a whole number, got 2.5"),
         ({"plan_for_newcomer": "maybe"}, "plan_for_newcomer must be true or false, got 'maybe'"),
+        # a number is not true or false (TOML `plan_for_newcomer = 0`), nor is a list of one
+        ({"plan_for_newcomer": 0}, "policy.options.plan_for_newcomer must be true or false, got 0"),
+        ({"plan_for_newcomer": [True]}, "plan_for_newcomer must be true or false, got \\[True\\]"),
         ({"idle_power_w": float("nan")}, "idle_power_w must be a finite number"),
         ({"decode_window_s": -1}, "decode_window_s must be >= 0"),
         # pydantic's lax numbers read true/false as 1/0: a bool is refused, not 1.0 s.
@@ -129,6 +132,21 @@ def test_numbers_arrive_as_ints_or_strings() -> None:
     opts = EcoFreqOptions.from_mapping(options)
     assert (opts.decode_window_s, opts.arrival_window_s, opts.min_observations) == (5.0, 1.5, 7)
     assert isinstance(opts.decode_window_s, float)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("false", False), ("FALSE", False), ("0", False), ("no", False), ("True", True), ("1", True)],
+)
+def test_a_bool_option_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, text: str, expected: bool
+) -> None:
+    """A ``VOLTANA_POLICY__OPTIONS__*`` variable arrives as a string: read as ``VOLTANA_ENABLED`` is (it was
+    refused: ``plan_for_newcomer must be true or false, got 'false'``)."""
+    monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__PLAN_FOR_NEWCOMER", text)
+    options = load_config().config.policy.options
+    assert options == {"plan_for_newcomer": text}
+    assert EcoFreqOptions.from_mapping(options).plan_for_newcomer is expected
 
 
 def test_options_ignore_other_policies_keys() -> None:

@@ -26,7 +26,9 @@ from voltana.router.app import build_router_app
         ({"ecoroute_pack_limit": 0}, "policy.options.ecoroute_pack_limit must be >= 1, got 0"),
         ({"ecoroute_fill": "zigzag"}, "policy.options.ecoroute_fill must be one of 'pack' or 'spread', "
                                       "got 'zigzag'"),
-        ({"ecoroute_energy": "yes"}, "policy.options.ecoroute_energy must be true or false, got 'yes'"),
+        ({"ecoroute_energy": "sometimes"}, "policy.options.ecoroute_energy must be true or false, "
+                                           "got 'sometimes'"),
+        ({"ecoroute_energy": 1}, "policy.options.ecoroute_energy must be true or false, got 1"),
         ({"idle_power_w": float("nan")}, "policy.options.idle_power_w must be a finite number, got nan"),
         ({"idle_power_w": True}, "policy.options.idle_power_w must be a number, got True"),
         ({"ecoroute_pack_limit": True}, "policy.options.ecoroute_pack_limit must be a whole number, "
@@ -64,6 +66,8 @@ def test_simulate_runs_with_routing_knobs_from_the_environment(
 ) -> None:
     monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__ECOROUTE_PACK_LIMIT", "5.0")
     monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__PREFILL_TOKEN_BUDGET", "4096.0")
+    monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__ECOROUTE_ENERGY", "false")
+    monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__PLAN_FOR_NEWCOMER", "False")
     monkeypatch.setattr(sys, "argv", ["voltana", "simulate", "--duration", "5", "--rates", "3",
                                       "--policies", "ecofreq+ecoroute", "--json"])  # fmt: skip
     code: int | str | None = 0
@@ -72,6 +76,18 @@ def test_simulate_runs_with_routing_knobs_from_the_environment(
     except SystemExit as exited:
         code = exited.code
     assert not code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("false", False), ("False", False), ("0", False), ("TRUE", True)]
+)
+def test_ecoroute_energy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, text: str, expected: bool
+) -> None:
+    """``VOLTANA_POLICY__OPTIONS__ECOROUTE_ENERGY=false`` arrives as the string 'false': it was refused
+    (``must be true or false, got 'false'``). The routes get the bool, not the (truthy) text."""
+    monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__ECOROUTE_ENERGY", text)
+    assert route_options(load_config().config.policy)["ecoroute_energy"] is expected
 
 
 def test_simulate_with_a_bad_routing_knob_exits_with_one_line(

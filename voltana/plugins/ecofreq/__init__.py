@@ -55,11 +55,11 @@ from itertools import accumulate
 from operator import mul
 from typing import Any
 
-from pydantic import ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from voltana.core.arrivals import ArrivalRate
-from voltana.core.config import ConfigError, ConfigFloat, ConfigInt, options_error_line
+from voltana.core.config import ConfigBool, ConfigError, ConfigFloat, ConfigInt, options_error_line
 from voltana.core.contexts import ClockContext, PolicyInfo
 from voltana.core.decode_demand import DecodeDemand
 from voltana.core.hookspecs import hookimpl
@@ -106,7 +106,7 @@ class EcoFreqOptions:
     """Predicted latency cost of changing the clock for one iteration (s)."""
     prefill_token_budget: ConfigInt = Field(default=DEFAULT_PREFILL_TOKEN_BUDGET, ge=1)
     """Tokens per prefill iteration the engine schedules (vLLM/SGLang chunked-prefill budget)."""
-    plan_for_newcomer: StrictBool = True
+    plan_for_newcomer: ConfigBool = True
     """Prefill: also plan for one prompt of the recent mean size arriving now, behind the queue."""
     idle_power_w: ConfigFloat = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     """Power the instance draws when not computing (W, all its GPUs); the objective is energy above it."""
