@@ -101,12 +101,15 @@ _BOOL_WORDS = TypeAdapter(bool)
 def _bool_from_text(value: Any) -> Any:
     """A string as pydantic reads a bool from an environment variable (``true``/``false``, ``1``/``0``,
     ``yes``/``no``, ``on``/``off``, any case: ``VOLTANA_ENABLED=1``); a number is refused, not read as 1 or 0.
-    Anything else is left to :data:`ConfigBool`'s strict check."""
+    Anything else is left to :data:`ConfigBool`'s strict check. The errors are of type ``bool_type``, which
+    :func:`options_error_line` shows as ``must be true or false``."""
     if isinstance(value, str):
         try:
             return _BOOL_WORDS.validate_python(value)
         except ValidationError:
-            return value  # the strict check refuses it: `must be true or false, got 'maybe'`
+            raise PydanticCustomError(
+                "bool_type", "Input should be a valid boolean, unable to interpret input"
+            ) from None
     if isinstance(value, int | float) and not isinstance(value, bool):
         raise PydanticCustomError("bool_type", "Input should be a valid boolean, not a number")
     return value
@@ -135,14 +138,14 @@ class HardwareConfig(_Section):
     clockd_socket: str | None = Field(
         None, description="Unix socket of `voltana clockd`: clocks are locked through it (no CAP_SYS_ADMIN)"
     )
-    restore_clocks_on_exit: bool = True
+    restore_clocks_on_exit: ConfigBool = True
     power_limit_w: ConfigFloat | None = Field(
         None,
         gt=0,
         description="static per-GPU power limit (W) set at start, checked against the GPU's accepted range; "
         "the default limit is restored on exit (with restore_clocks_on_exit); empty: leave it to the driver",
     )
-    watchdog: bool = Field(
+    watchdog: ConfigBool = Field(
         True,
         description="engine paths start a watchdog process that resets the clocks if the engine is killed",
     )
@@ -203,7 +206,7 @@ class TelemetryConfig(_Section):
     export_timeout_s: ConfigFloat = Field(
         5.0, gt=0, description="bound on one export attempt, retries included"
     )
-    prometheus: bool = Field(False, description="keep metrics for Prometheus text exposition")
+    prometheus: ConfigBool = Field(False, description="keep metrics for Prometheus text exposition")
     prometheus_port: ConfigInt | None = Field(
         None, ge=1, le=65535, description="serve /metrics on 127.0.0.1:port from this process"
     )
@@ -241,7 +244,7 @@ class RouterConfig(_Section):
     bootstrap_port: ConfigInt = Field(
         8998, ge=1, le=65535, description="SGLang prefill bootstrap port default"
     )
-    kv_transfer_params: bool = Field(True, description="vLLM: exchange kv_transfer_params (NIXL-style)")
+    kv_transfer_params: ConfigBool = Field(True, description="vLLM: exchange kv_transfer_params (NIXL-style)")
     served_models: list[str] = Field(default_factory=list, description="empty: learned from /v1/models")
     pool_idle_timeout_s: ConfigFloat = Field(
         2.0,
@@ -254,7 +257,7 @@ class RouterConfig(_Section):
         description="the model's tokenizer.json (or its directory): completions text prompts are counted "
         "exactly and requests that cannot fit the model are refused before any engine call",
     )
-    report_energy: bool = Field(
+    report_energy: ConfigBool = Field(
         False, description="add usage.voltana_energy (joules per phase, from the engines) to final answers"
     )
 
@@ -321,7 +324,7 @@ class VoltanaConfig(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True, case_sensitive=False
     )
 
-    enabled: bool = False
+    enabled: ConfigBool = False
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
     slo: SloConfig = Field(default_factory=SloConfig)
     clocks: ClockConfig = Field(default_factory=ClockConfig)

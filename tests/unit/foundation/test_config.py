@@ -281,3 +281,58 @@ def test_ints_and_numeric_env_strings_still_pass_for_numbers(
     assert config.clocks.allowed_mhz == [1005, 1410] and config.clocks.min_mhz == 900
     assert config.cluster.power_budget_w == 900.0 and config.hardware.power_limit_w == 250.0
     assert (config.router.port, config.policy.safety_margin) == (9000, 0.2)
+
+
+def _bool_keys() -> Iterator[str]:
+    """Every true/false setting, top level and in the sections."""
+    for name, field in VoltanaConfig.model_fields.items():
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            yield from (f"{name}.{key}" for key, sub in model.model_fields.items() if sub.annotation is bool)
+        elif model is bool:
+            yield name
+
+
+BOOL_KEYS = list(_bool_keys())
+
+
+def test_the_bool_settings_are_found() -> None:
+    assert {"enabled", "hardware.watchdog", "router.report_energy", "telemetry.prometheus"} <= set(BOOL_KEYS)
+
+
+@pytest.mark.parametrize("key", BOOL_KEYS)
+@pytest.mark.parametrize("number", ["1", "0"])
+def test_a_number_for_a_bool_setting_is_a_config_error(tmp_path: Path, key: str, number: str) -> None:
+    """As in ``policy.options`` (``plan_for_newcomer = 0`` is refused): pydantic's lax bool read 1 and 0."""
+    section, _, name = key.rpartition(".")
+    path = write(tmp_path, (f"[{section}]\n" if section else "") + f"{name} = {number}\n")
+    line = (
+        rf"^invalid config: {key} = {number} \(from file .*\): Input should be a valid boolean, not a number$"
+    )
+    with pytest.raises(ConfigError, match=line):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1", True), ("0", False), ("true", True), ("FALSE", False), ("yes", True), ("Off", False)],
+)
+def test_bool_settings_from_the_environment_take_pydantics_words(
+    monkeypatch: pytest.MonkeyPatch, text: str, expected: bool
+) -> None:
+    """Environment variables arrive as text: ``VOLTANA_ENABLED=1`` is the documented way to enable voltana."""
+    monkeypatch.setenv("VOLTANA_ENABLED", text)
+    monkeypatch.setenv("VOLTANA_HARDWARE__WATCHDOG", text)
+    config = load_config().config
+    assert config.enabled is expected and config.hardware.watchdog is expected
+
+
+def test_a_word_that_is_not_a_bool_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOLTANA_ROUTER__REPORT_ENERGY", "maybe")
+    line = (
+        "invalid config: router.report_energy = 'maybe' (from env VOLTANA_ROUTER__REPORT_ENERGY): "
+        "Input should be a valid boolean, unable to interpret input"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert str(info.value) == line
