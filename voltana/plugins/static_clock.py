@@ -2,18 +2,49 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from voltana.core.config import ConfigError, ConfigInt, options_error_line
 from voltana.core.contexts import NO_MODELS, ClockContext, PolicyInfo
 from voltana.core.hookspecs import hookimpl
 from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason
 
 STATIC_POLICIES = ("static-max", "static-min", "static")
+_STATE_KEY = "static"
+
+
+@dataclass(frozen=True, slots=True, config=ConfigDict(extra="ignore", use_attribute_docstrings=True))
+class StaticClockOptions:
+    """The ``static`` policy's knob in ``policy.options`` (other keys belong to other policies)."""
+
+    static_clock_mhz: ConfigInt | None = Field(default=None, gt=0)
+    """The clock to pin (MHz): the allowed clock nearest it (ties: the higher); unset: the max clock."""
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> StaticClockOptions:
+        """The knob of ``options``; raises :class:`~voltana.core.config.ConfigError` (one line naming the
+        key, what it must be and what it got: ``VOLTANA_POLICY__OPTIONS__STATIC_CLOCK_MHZ=1200.0`` is read
+        as 1200, ``true`` or ``1200.5`` is refused)."""
+        try:
+            return _ADAPTER.validate_python(dict(options))
+        except ValidationError as exc:
+            raise ConfigError(options_error_line(exc)) from None
+
+
+_ADAPTER = TypeAdapter(StaticClockOptions)
 
 
 def nearest_clock_mhz(ctx: ClockContext) -> int:
-    """The allowed clock nearest ``options.static_clock_mhz`` (ties: the higher; unset: the max clock)."""
-    target = int(ctx.options.get("static_clock_mhz", ctx.max_clock_mhz))
+    """The allowed clock nearest ``options.static_clock_mhz`` (ties: the higher; unset: the max clock), the
+    knob read once per instance (:class:`StaticClockOptions`; raises ``ConfigError``)."""
+    target = ctx.state.get(_STATE_KEY)
+    if target is None:
+        target = StaticClockOptions.from_mapping(ctx.options).static_clock_mhz or ctx.max_clock_mhz
+        ctx.state[_STATE_KEY] = target
     return min(ctx.allowed_clocks_mhz, key=lambda f: (abs(f - target), -f))
 
 

@@ -139,14 +139,22 @@ def with_clock_policy(config: VoltanaConfig, policy: str, options: Mapping[str, 
     return config.model_copy(update={"policy": new_policy})
 
 
-def pinned_clock_options(spec: PolicySpec, phase: Phase, clocks_mhz: tuple[int, ...]) -> dict[str, Any]:
-    """Routing options for a phase whose clock a static policy pins: routers must not assume a step-up."""
+def pinned_clock_options(
+    spec: PolicySpec,
+    phase: Phase,
+    clocks_mhz: tuple[int, ...],
+    config_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Routing options for a phase whose clock a static policy pins: routers must not assume a step-up.
+    ``config_options``: ``policy.options``, under the spec's own (as :func:`with_clock_policy` gives the
+    controllers: ``static`` pins the config's ``static_clock_mhz``). Raises ``ConfigError`` for a bad one."""
 
     policy, options = spec.clock_policy(phase)
     if policy not in STATIC_POLICIES:
         return {}
+    merged = {**(config_options or {}), **options}
     placeholder_slo = Slo(1.0, 1.0)  # static clocks do not depend on the SLO
-    pinned = static_clock_mhz(ClockContext(policy, "", phase, clocks_mhz, placeholder_slo, options=options))
+    pinned = static_clock_mhz(ClockContext(policy, "", phase, clocks_mhz, placeholder_slo, options=merged))
     return {"allowed_clocks_mhz": (pinned,), "max_clock_mhz": pinned}
 
 
@@ -269,8 +277,8 @@ def run_policy(
         spec.prefill_route,
         spec.decode_route,
         options,
-        pinned_clock_options(spec, Phase.PREFILL, clocks),
-        pinned_clock_options(spec, Phase.DECODE, clocks),
+        pinned_clock_options(spec, Phase.PREFILL, clocks, setup.config.policy.options),
+        pinned_clock_options(spec, Phase.DECODE, clocks, setup.config.policy.options),
     )
     predictors: dict[str, Any] = {}
     power_models: dict[str, Any] = {}

@@ -19,6 +19,7 @@ from voltana.core.types import Phase, Slo
 from voltana.hardware.simulated import PerformanceModel
 from voltana.plugins.ecofreq import POLICY_NAME as ECOFREQ_POLICY
 from voltana.plugins.ecofreq import EcoFreqOptions
+from voltana.plugins.static_clock import StaticClockOptions
 
 PREFILL_SEGMENT_ENDS: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 """Prefill token-count segments: the roofline bends below ~256 tokens and attention grows beyond ~4k."""
@@ -195,6 +196,8 @@ def build_controller(
     clocks = resolve_allowed_clocks(config.clocks, supported)
     if config.policy.clock == ECOFREQ_POLICY:
         EcoFreqOptions.from_mapping(config.policy.options)  # a bad knob is a one-line error now, not later
+    elif config.policy.clock == "static":  # (a bad clock would fail in every decision: the max clock)
+        StaticClockOptions.from_mapping(config.policy.options)
     if profile is None:
         if model is None:
             raise ValueError("no predictor seed: set engine.predictor_profile (see `voltana profile`)")
