@@ -31,6 +31,10 @@ from voltana.plugins.routing import MIN_JOIN_SAVING
 class RoutingOptions:
     """The routing policies' knobs (``energy-ttft``, ``ecoroute``; see docs/concepts/policies.md)."""
 
+    safety_margin: ConfigFloat = Field(default=0.1, ge=0.0, lt=1.0, allow_inf_nan=False)
+    """Not a knob of its own: the routes, like the clock policies, keep ``policy.safety_margin`` of the SLO in
+    reserve, which :func:`route_options` passes. A ``policy.options.safety_margin`` is checked as
+    :class:`~voltana.plugins.ecofreq.EcoFreqOptions` checks it, then overridden."""
     min_join_saving: ConfigFloat = Field(default=MIN_JOIN_SAVING, ge=0.0, lt=1.0, allow_inf_nan=False)
     """``energy-ttft``: least share of a prompt's energy alone that joining a busy instance must save."""
     ecoroute_headroom: ConfigFloat = Field(default=DEFAULT_HEADROOM, ge=0.0, lt=1.0, allow_inf_nan=False)
@@ -60,14 +64,14 @@ _ADAPTER = TypeAdapter(RoutingOptions)
 
 
 def route_options(policy: PolicyConfig) -> dict[str, Any]:
-    """The options every routing context starts from: ``safety_margin`` and ``policy.options``, the routing
-    knobs checked (:class:`RoutingOptions`; raises ``ConfigError``) and given as read (a
-    ``VOLTANA_POLICY__OPTIONS__*`` variable arrives as a string: ``"5.0"`` is the pack limit 5, which the
-    routes' ``int()`` could not read). Used by the HTTP router, the Ray Serve request routers and the
-    simulator alike."""
+    """The options every routing context starts from: ``policy.options``, the routing knobs checked
+    (:class:`RoutingOptions`; raises ``ConfigError``) and given as read (a ``VOLTANA_POLICY__OPTIONS__*``
+    variable arrives as a string: ``"5.0"`` is the pack limit 5, which the routes' ``int()`` could not read),
+    and ``safety_margin``: ``policy.safety_margin``, whatever ``policy.options`` says, as the clock
+    controllers take it. Used by the HTTP router, the Ray Serve request routers and the simulator alike."""
     checked = RoutingOptions.from_mapping(policy.options)
     read = {key: getattr(checked, key) for key in policy.options if key in _KNOBS}
-    return {"safety_margin": policy.safety_margin, **policy.options, **read}
+    return {**policy.options, **read, "safety_margin": policy.safety_margin}
 
 
 _KNOBS = frozenset(field.name for field in dataclasses.fields(RoutingOptions))

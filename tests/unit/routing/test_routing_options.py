@@ -47,6 +47,43 @@ def test_good_knobs_pass_through_with_the_safety_margin() -> None:
     assert RoutingOptions.from_mapping({}).min_join_saving == MIN_JOIN_SAVING
 
 
+@pytest.mark.parametrize("given", [0.3, "0.3", 0.0])
+def test_the_routes_take_policy_safety_margin_as_the_clocks_do(given: object) -> None:
+    """``policy.safety_margin`` is the setting: the controllers pass it over ``policy.options``, and the
+    routes took ``policy.options.safety_margin`` over it instead."""
+    policy = PolicyConfig(safety_margin=0.2, options={"safety_margin": given})
+    assert route_options(policy)["safety_margin"] == 0.2
+
+
+@pytest.mark.parametrize(
+    ("given", "line"),
+    [
+        ("abc", "policy.options.safety_margin must be a number, got 'abc'"),
+        (1.5, "policy.options.safety_margin must be in [0, 1), got 1.5"),
+        (True, "policy.options.safety_margin must be a number, got True"),
+    ],
+)
+def test_a_bad_options_safety_margin_is_one_line_for_the_routes(given: object, line: str) -> None:
+    """EcoFreq checks ``policy.options.safety_margin``; with another clock policy it reached the routes'
+    ``float()`` unchecked (a traceback at the first decode request)."""
+    with pytest.raises(ConfigError) as raised:
+        route_options(PolicyConfig(options={"safety_margin": given}))
+    assert str(raised.value) == line
+
+
+def test_simulate_with_a_bad_options_safety_margin_exits_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__SAFETY_MARGIN", "abc")
+    monkeypatch.setattr(sys, "argv", ["voltana", "simulate", "--duration", "5", "--rates", "4",
+                                      "--policies", "static-max+ecoroute"])  # fmt: skip
+    with pytest.raises(SystemExit) as exited:
+        main()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exited.value.code == 2
+    assert lines == ["error: policy.options.safety_margin must be a number, got 'abc'"]
+
+
 def test_the_routes_get_knobs_from_the_environment_as_read(monkeypatch: pytest.MonkeyPatch) -> None:
     """A ``VOLTANA_POLICY__OPTIONS__*`` variable arrives as a string: ``"5.0"`` passed the check as 5 but
     reached the routes as ``"5.0"``, whose ``int()`` raised in the first routing decision. Other policies'
