@@ -68,10 +68,20 @@ def route_options(policy: PolicyConfig) -> dict[str, Any]:
     (:class:`RoutingOptions`; raises ``ConfigError``) and given as read (a ``VOLTANA_POLICY__OPTIONS__*``
     variable arrives as a string: ``"5.0"`` is the pack limit 5, which the routes' ``int()`` could not read),
     and ``safety_margin``: ``policy.safety_margin``, whatever ``policy.options`` says, as the clock
-    controllers take it. Used by the HTTP router, the Ray Serve request routers and the simulator alike."""
+    controllers take it. :data:`INTERNAL_ROUTE_OPTIONS` in ``policy.options`` are a ``ConfigError``. Used by
+    the HTTP router, the Ray Serve request routers and the simulator alike."""
+    for key, setting in INTERNAL_ROUTE_OPTIONS.items():
+        if key in policy.options:
+            raise ConfigError(
+                f"policy.options.{key} is not an option: the routes get the clock controllers' clocks "
+                f"(set {setting}), got {policy.options[key]!r}"
+            )
     checked = RoutingOptions.from_mapping(policy.options)
     read = {key: getattr(checked, key) for key in policy.options if key in _KNOBS}
     return {**policy.options, **read, "safety_margin": policy.safety_margin}
 
 
+INTERNAL_ROUTE_OPTIONS = {"allowed_clocks_mhz": "clocks.allowed_mhz", "max_clock_mhz": "clocks.max_mhz"}
+"""Route options the router and the simulator set themselves from the clocks in use (the setting that
+chooses them): in ``policy.options`` they would replace the clocks the routes predict with."""
 _KNOBS = frozenset(field.name for field in dataclasses.fields(RoutingOptions))

@@ -46,7 +46,7 @@ def route_context(
     ``voltana.plugins.ecoroute``). Used by the HTTP router and the Ray Serve request routers alike."""
     merged = dict(options or {})
     if predictors is not None:
-        merged.setdefault("allowed_clocks_mhz", predictors.clocks_mhz)
+        merged["allowed_clocks_mhz"] = predictors.clocks_mhz  # the engines' clocks, never an option's
         merged.setdefault("idle_power_w", predictors.idle_power_w)
     ctx = RouteContext(policy, phase, slo, rng=rng, options=merged)
     if predictors is not None:

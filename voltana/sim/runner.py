@@ -268,10 +268,10 @@ def run_policy(
         controllers[instance_id] = controller
         return controller
 
-    options = {
+    options = {  # the clocks last: they are the controllers', not an option (route_options refuses them)
+        **route_options(setup.config.policy),
         "allowed_clocks_mhz": clocks,
         "max_clock_mhz": clocks[-1],
-        **route_options(setup.config.policy),
     }
     routing = RoutingSpec(
         spec.prefill_route,

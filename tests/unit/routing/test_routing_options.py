@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 
@@ -82,6 +83,44 @@ def test_simulate_with_a_bad_options_safety_margin_exits_with_one_line(
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert exited.value.code == 2
     assert lines == ["error: policy.options.safety_margin must be a number, got 'abc'"]
+
+
+@pytest.mark.parametrize(("key", "setting"), [("allowed_clocks_mhz", "clocks.allowed_mhz"),
+                                            ("max_clock_mhz", "clocks.max_mhz")])  # fmt: skip
+def test_the_clocks_the_routes_predict_with_are_not_options(key: str, setting: str) -> None:
+    """The simulator put ``policy.options`` over the clocks it gives the routes: ``allowed_clocks_mhz =
+    "abc"`` was a traceback from the first routing decision, a list of clocks replaced the controllers'."""
+    with pytest.raises(ConfigError) as raised:
+        route_options(PolicyConfig(options={key: "abc"}))
+    assert str(raised.value) == (
+        f"policy.options.{key} is not an option: the routes get the clock controllers' clocks "
+        f"(set {setting}), got 'abc'"
+    )
+
+
+def test_simulate_with_clocks_in_policy_options_exits_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines = simulate_with_config(
+        tmp_path, monkeypatch, capsys, '[policy]\noptions = { allowed_clocks_mhz = "abc" }\n', "ecofreq"
+    )
+    assert code == 2
+    assert lines == ["error: policy.options.allowed_clocks_mhz is not an option: the routes get the clock "
+                     "controllers' clocks (set clocks.allowed_mhz), got 'abc'"]  # fmt: skip
+
+
+def test_the_router_gives_the_routes_its_predictors_clocks() -> None:
+    """``route_context`` (the HTTP router, the Ray Serve request routers) gives the routes the predictors'
+    clocks over any in the options (it set them only where the options had none)."""
+    from voltana.core.types import Phase, Slo
+    from voltana.router.choice import route_context
+    from voltana.router.predictors import route_predictors
+
+    seeded = route_predictors(VoltanaConfig(hardware={"vendor": "simulated"}, clocks={"min_mhz": 1005}))
+    assert seeded is not None
+    ctx = route_context("ecoroute", Phase.DECODE, Slo(0.8, 0.05), random.Random(0),
+                        {"allowed_clocks_mhz": (1, 2)}, seeded)  # fmt: skip
+    assert ctx.options["allowed_clocks_mhz"] == seeded.clocks_mhz
 
 
 def test_the_routes_get_knobs_from_the_environment_as_read(monkeypatch: pytest.MonkeyPatch) -> None:
