@@ -304,7 +304,7 @@ def simulate(
             task = bar.add_task("simulating", total=total)
 
             def on_run(label: str, r: float) -> None:
-                bar.update(task, advance=1, description=f"{label} @ {rate_text(r)} req/s")
+                bar.update(task, advance=1, description=f"{label} @ {rate_text(r, sweep_rates)} req/s")
 
             if workers is not None or ray_address is not None:
                 from voltana.sim.ray_runner import run_sweep_on_ray
@@ -352,13 +352,13 @@ def simulate(
             f"{limits.max_model_len}, KV cache {limits.kv_capacity_tokens} tokens per instance"
         )
         for point in points:
-            out.print(f"\n[bold]{point_title(point)}[/]", highlight=False)
-            out.print(policy_table(point, setup.slo, None))
+            out.print(f"\n[bold]{point_title(point, sweep_rates)}[/]", highlight=False)
+            out.print(policy_table(point, setup.slo, None, sweep_rates))
             if point.overload is not None:
                 out.print(f"[bold yellow]{point.overload.describe()}[/]", highlight=False)
             elif hint := unchecked_overload_line(point):
                 out.print(f"[yellow]{hint}[/]", highlight=False)
-            out.print(residency_table(point))
+            out.print(residency_table(point, sweep_rates))
             refused = rejected_line(point)
             if refused:
                 out.print(refused)
@@ -387,7 +387,7 @@ def simulate(
             why = timeline_reason(shown, chosen_by_default=timeline_rate is None)
             (err_console if as_json else out).print(  # with --json, stdout stays JSON
                 f"plot written to {plot_file} (clock timeline of {timeline_policy} at "
-                f"{rate_text(shown_rate)} req/s: {why})",
+                f"{rate_text(shown_rate, sweep_rates)} req/s: {why})",
                 highlight=False,
                 soft_wrap=True,
                 markup=False,

@@ -112,9 +112,10 @@ def sweep_figure(
     rate = (
         timeline_rate_rps if timeline_rate_rps is not None else default_timeline_rate(points, timeline_policy)
     )
+    rates = [p.rate_rps for p in points]
     shown_point = next((p for p in points if p.rate_rps == rate), None)
     if shown_point is None:
-        known = ", ".join(f"{p.rate_rps:g}" for p in points)
+        known = ", ".join(rate_text(r, rates) for r in rates)
         raise SimulationError(f"timeline rate {rate:g} req/s is not one of the simulated rates ({known})")
     fig, (ax_energy, ax_slo, ax_clock) = plt.subplots(
         3, 1, figsize=(9, 11), constrained_layout=True, gridspec_kw={"height_ratios": (1, 1, 1.2)}
@@ -125,7 +126,7 @@ def sweep_figure(
         _bars(ax_energy, ax_slo, points[0])
     else:
         _rate_lines(ax_energy, ax_slo, points)
-    _timeline(fig, ax_clock, shown_point, timeline_policy, timeline_rate_rps is None, clock_range_mhz)
+    _timeline(fig, ax_clock, shown_point, timeline_policy, timeline_rate_rps is None, clock_range_mhz, rates)
     return fig, rate
 
 
@@ -215,6 +216,7 @@ def _timeline(
     policy: str | None,
     chosen_by_default: bool,
     clock_range_mhz: tuple[int, int] | None,
+    rates: Sequence[float] = (),
 ) -> None:
     import matplotlib
     from matplotlib import cm, colors
@@ -251,7 +253,8 @@ def _timeline(
     bar = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01)
     bar.set_label("SM clock (MHz)")
     why = timeline_reason(point, chosen_by_default)
+    rate = rate_text(point.rate_rps, rates)
     ax.set_title(
-        f"clock timeline: {shown.policy} at {rate_text(point.rate_rps)} req/s ({why}); one row per instance",
+        f"clock timeline: {shown.policy} at {rate} req/s ({why}); one row per instance",
         fontsize=9,
     )

@@ -120,7 +120,9 @@ def run_sweep_on_ray(
                 done[unit] = ray.get(ready[0])
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if isinstance(exc.cause, Exception) else exc
-                raise SimulationError(f"{unit[1]} @ {rate_text(unit[0])} req/s failed: {cause}") from None
+                raise SimulationError(
+                    f"{unit[1]} @ {rate_text(unit[0], rates_rps)} req/s failed: {cause}"
+                ) from None
             if on_run is not None:
                 runs = plan_runs([unit[1]], oracle_stride, num_clocks)
                 for _ in range(runs):

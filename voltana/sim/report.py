@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -22,22 +22,46 @@ def residency_text(shares: dict[int, float], top: int = RESIDENCY_TOP) -> str:
     return " ".join(f"{clock}:{share:.0%}" for clock, share in sorted(best))
 
 
-def rate_text(rate_rps: float) -> str:
+RATE_DIGITS = 3
+"""Significant digits of a printed rate, unless a sweep needs more to tell its rates apart."""
+
+
+def _rate_at(rate_rps: float, digits: int) -> str:
+    """``rate_rps`` with ``digits`` significant digits, never in exponent form (``130``, not ``1.3e+02``)."""
+    if rate_rps >= 100:
+        return f"{rate_rps:.{max(0, digits - len(f'{rate_rps:.0f}'))}f}"
+    return f"{rate_rps:.{digits}g}"
+
+
+def rate_digits(rates: Iterable[float]) -> int:
+    """The fewest significant digits (at least :data:`RATE_DIGITS`) at which the distinct ``rates`` of one
+    sweep print distinctly (``--rates 3.331,3.334``: 4)."""
+    distinct = set(rates)
+    digits = RATE_DIGITS
+    while digits < 17 and len({_rate_at(rate, digits) for rate in distinct}) < len(distinct):
+        digits += 1
+    return digits
+
+
+def rate_text(rate_rps: float, rates: Iterable[float] = ()) -> str:
     """A request rate as the tables and messages print it: three significant digits, whole from 100 up
     (``3.4``, ``25``, ``12.5``, ``130``); a trace replayed at its own mean rate has one like 3.40119 req/s.
-    ``--json`` keeps every rate exact."""
-    return f"{rate_rps:.0f}" if rate_rps >= 100 else f"{rate_rps:.3g}"
+    ``rates``: every rate of the sweep ``rate_rps`` belongs to, which all print with as many digits as it
+    takes to tell them apart (:func:`rate_digits`: 3.331 and 3.334 req/s are not both ``3.33``). ``--json``
+    keeps every rate exact."""
+    return _rate_at(rate_rps, rate_digits([rate_rps, *rates]))
 
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.0f}" if seconds >= 0.01 else f"{seconds * 1e3:.1f}"
 
 
-def point_title(point: SweepPoint) -> str:
+def point_title(point: SweepPoint, rates: Iterable[float] = ()) -> str:
     """What was simulated at ``point``: the requests' own rate and count, the workload, the sweep rate.
 
     E.g. ``2.44 req/s: 63 requests in 25.4 s of arrivals (gap.csv x1.22111; sweep rate 1 req/s)``: with
-    ``--duration`` a window of a rescaled trace has its own rate, not the whole trace's mean.
+    ``--duration`` a window of a rescaled trace has its own rate, not the whole trace's mean. ``rates``: the
+    sweep's rates (:func:`rate_text`).
     """
     name = point.workload.split(" (")[0] or "workload"
     offered = point.offered_rate_rps
@@ -45,18 +69,19 @@ def point_title(point: SweepPoint) -> str:
     span_s = point.arrival_span_s
     span = f"{span_s:.3g}" if span_s < 100 else f"{span_s:.0f}"
     requests = f"{point.num_requests} request{'' if point.num_requests == 1 else 's'}"
-    sweep = rate_text(point.rate_rps)
+    sweep = rate_text(point.rate_rps, rates)
     return f"{rate}: {requests} in {span} s of arrivals ({name}; sweep rate {sweep} req/s)"
 
 
-def policy_table(point: SweepPoint, slo: Slo, title: str | None = "") -> Table:
+def policy_table(point: SweepPoint, slo: Slo, title: str | None = "", rates: Iterable[float] = ()) -> Table:
     """One row per policy: energy, saving, TTFT/ITL p50/p90/p99 (ms), SLO attainment.
 
     At an overloaded rate (``point.overload``) the saving column reads ``n/a (overload)``: static max itself
     misses the SLO for most requests, so an energy difference there says nothing about a clock policy.
-    ``title``: "" for ``<rate> req/s``, None for none (the caller prints its own heading).
+    ``title``: "" for ``<rate> req/s``, None for none (the caller prints its own heading). ``rates``: the
+    sweep's rates (:func:`rate_text`).
     """
-    default = f"{rate_text(point.rate_rps)} req/s"
+    default = f"{rate_text(point.rate_rps, rates)} req/s"
     table = Table(title=default if title == "" else title, title_justify="left")
     table.add_column("policy", no_wrap=True)
     for column in (
@@ -90,11 +115,12 @@ def _saving_text(point: SweepPoint, result: PolicyResult) -> str:
     return "-" if result.saving_vs_static_max is None else f"{result.saving_vs_static_max:+.1%}"
 
 
-def residency_table(point: SweepPoint) -> Table:
+def residency_table(point: SweepPoint, rates: Iterable[float] = ()) -> Table:
     """Clock residency per policy and phase: the :data:`RESIDENCY_TOP` most used clocks by share of busy
-    time (the headers say so: the shares shown need not add up to 100%)."""
+    time (the headers say so: the shares shown need not add up to 100%). ``rates``: the sweep's rates
+    (:func:`rate_text`)."""
     table = Table(
-        title=f"clock residency (MHz: share of busy time) at {rate_text(point.rate_rps)} req/s",
+        title=f"clock residency (MHz: share of busy time) at {rate_text(point.rate_rps, rates)} req/s",
         title_justify="left",
     )
     table.add_column("policy", no_wrap=True)
@@ -149,11 +175,12 @@ def comparison_markdown(points: Sequence[SweepPoint]) -> str:
         "| req/s | " + " | ".join(policies) + " |",
         "|---:|" + "---:|" * len(policies),
     ]
+    rates = [point.rate_rps for point in points]
     for point in points:
         cells = []
         for r in point.results:
             cells.append(f"{_saving_text(point, r)} / {r.slo_attainment:.1%}")
-        lines.append(f"| {rate_text(point.rate_rps)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {rate_text(point.rate_rps, rates)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -582,3 +582,15 @@ def test_an_impossible_ttft_in_a_window_names_the_requests_it_was_checked_on(
     code, out, err = run_in_process(args, monkeypatch, capsys)
     assert code == 0, err
     assert "static-max" in out  # the whole trace's median prompt is 10 tokens
+
+
+def test_close_rates_of_a_sweep_print_distinctly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both tables of ``--rates 3.331,3.334`` were headed ``sweep rate 3.33 req/s``."""
+    code, out, err = run_in_process(
+        ["--rates", "3.331,3.334", "--duration", "3", "--policies", "static-max"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    assert "sweep rate 3.331 req/s" in out and "sweep rate 3.334 req/s" in out
+    assert "3.33 req/s" not in out

@@ -14,6 +14,7 @@ from voltana.sim.report import (
     comparison_markdown,
     point_title,
     policy_table,
+    rate_digits,
     rate_text,
     residency_table,
     sweep_json,
@@ -104,6 +105,23 @@ def test_a_trace_at_its_own_rate_prints_its_rate_rounded_everywhere() -> None:
     assert tables.count("3.4 req/s") == 2  # both titles
     assert comparison_markdown([point]).splitlines()[-1].startswith("| 3.4 |")
     assert "3.40119" not in title + tables + comparison_markdown([point])
+
+
+def test_the_rates_of_one_sweep_print_distinctly() -> None:
+    """``--rates 3.331,3.334`` printed two tables both titled ``sweep rate 3.33 req/s``."""
+    rates = (3.331, 3.334, 5.0)
+    assert [rate_text(r, rates) for r in rates] == ["3.331", "3.334", "5"]
+    assert rate_digits(rates) == 4 and rate_digits([3.4, 5.53]) == 3 and rate_digits([]) == 3
+    assert [rate_text(r, (130.4, 130.2)) for r in (130.4, 130.2)] == ["130.4", "130.2"]
+    assert rate_text(3.40119, [3.40119]) == "3.4"  # a rate is not told apart from itself
+    points = [SweepPoint(r, (result("static-max"),), "synthetic", 35, 10.0) for r in rates[:2]]
+    titles = [point_title(p, rates) for p in points]
+    assert "sweep rate 3.331 req/s" in titles[0] and "sweep rate 3.334 req/s" in titles[1]
+    tables = [render(policy_table(p, Slo(0.8, 0.05), "", rates)) + render(residency_table(p, rates))
+              for p in points]  # fmt: skip
+    assert tables[0].count("3.331 req/s") == 2 and tables[1].count("3.334 req/s") == 2
+    rows = comparison_markdown(points).splitlines()[-2:]
+    assert rows[0].startswith("| 3.331 |") and rows[1].startswith("| 3.334 |")
 
 
 def test_without_static_max_a_rate_every_policy_misses_gets_a_hint() -> None:
