@@ -119,8 +119,9 @@ def simulate(
     timeline_rate: Annotated[
         float | None,
         typer.Option(
-            help="Rate (req/s, one of the simulated rates) of the plot's clock timeline "
-            "(default: the highest rate where static-max meets the SLO for >= 90% of requests)."
+            help="Rate (req/s, one of the simulated rates, as given or as the tables print it) of the "
+            "plot's clock timeline (default: the highest rate where static-max meets the SLO for >= 90% of "
+            "requests)."
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")] = False,
@@ -154,6 +155,7 @@ def simulate(
     from voltana.sim.engine import EngineConfigError
     from voltana.sim.plot import plot_sweep, timeline_reason
     from voltana.sim.report import (
+        named_rate,
         point_title,
         policy_table,
         rate_text,
@@ -294,11 +296,8 @@ def simulate(
         _check_policies(names, config.policy.prefill_route)
         names, repeats = _distinct_policies(names, config.policy.prefill_route)
         timeline_policy = _timeline_policy(names) if plot_file else None
-        if timeline_rate is not None and timeline_rate not in sweep_rates:
-            known = ", ".join(f"{r:g}" for r in sweep_rates)
-            raise _fail(
-                f"--timeline-rate {timeline_rate:g} is not one of the simulated rates ({known} req/s)"
-            )
+        if timeline_rate is not None:  # a rate as the tables print it names the rate simulated
+            timeline_rate = named_rate(timeline_rate, sweep_rates)
         total = plan_runs(names, 1, len(allowed)) * len(sweep_rates)
         with _progress(as_json) as bar:
             task = bar.add_task("simulating", total=total)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from voltana.core.types import Slo
 from voltana.sim.metrics import PolicyResult
+from voltana.sim.runner import SimulationError
 from voltana.sim.sweep import BASELINE, OVERLOAD_ATTAINMENT, SweepPoint
 
 RESIDENCY_TOP = 3
@@ -50,6 +51,28 @@ def rate_text(rate_rps: float, rates: Iterable[float] = ()) -> str:
     takes to tell them apart (:func:`rate_digits`: 3.331 and 3.334 req/s are not both ``3.33``). ``--json``
     keeps every rate exact."""
     return _rate_at(rate_rps, rate_digits([rate_rps, *rates]))
+
+
+def named_rate(given: float, rates: Sequence[float], option: str = "--timeline-rate") -> float:
+    """The rate of the sweep ``rates`` that ``given`` (``option``'s value) names: the one it equals, else the
+    one that prints as ``given`` rounds (:func:`rate_text`: the ``3.4`` shown for a trace replayed at its own
+    3.40119 req/s), else the one that prints so with three significant digits. Raises
+    :class:`~voltana.sim.runner.SimulationError` (one line) where it names none or several (``3.33`` where
+    3.331 and 3.334 req/s ran)."""
+    if given in rates:
+        return given
+    for digits in dict.fromkeys((rate_digits(rates), RATE_DIGITS)):
+        printed = _rate_at(given, digits)
+        matches = [rate for rate in rates if _rate_at(rate, digits) == printed]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            several = ", ".join(rate_text(rate, rates) for rate in matches)
+            raise SimulationError(
+                f"{option} {given:g} matches several simulated rates ({several} req/s): give one as printed"
+            )
+    known = ", ".join(rate_text(rate, rates) for rate in rates)
+    raise SimulationError(f"{option} {given:g} is not one of the simulated rates ({known} req/s)")
 
 
 def _ms(seconds: float) -> str:

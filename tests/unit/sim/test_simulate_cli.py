@@ -594,3 +594,29 @@ def test_close_rates_of_a_sweep_print_distinctly(
     assert code == 0, err
     assert "sweep rate 3.331 req/s" in out and "sweep rate 3.334 req/s" in out
     assert "3.33 req/s" not in out
+
+
+def test_the_timeline_rate_is_named_as_the_tables_print_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trace replayed at its own mean rate (30 arrivals 0.3 s apart: 3.33333 req/s) is shown as 3.33;
+    ``--timeline-rate 3.33`` was refused, listing 3.33333."""
+    pytest.importorskip("matplotlib")
+    trace = tmp_path / "own.csv"
+    rows = "".join(f"{i * 0.3},{200 + 10 * i},{20 + i}\n" for i in range(30))
+    trace.write_text("arrival_s,input_tokens,output_tokens\n" + rows)
+    plot = tmp_path / "out.png"
+    args = [
+        "--workload",
+        str(trace),
+        "--policies",
+        "static-max",
+        "--timeline-rate",
+        "3.33",
+        "--plot",
+        str(plot),
+    ]
+    code, out, err = run_in_process(args, monkeypatch, capsys)
+    assert code == 0, err
+    assert "sweep rate 3.33 req/s" in out and "at 3.33 req/s: --timeline-rate" in out
+    assert plot.exists()

@@ -12,6 +12,7 @@ from voltana.hardware.simulated import PerformanceModel
 from voltana.sim.metrics import LatencySummary, PolicyResult
 from voltana.sim.report import (
     comparison_markdown,
+    named_rate,
     point_title,
     policy_table,
     rate_digits,
@@ -20,7 +21,7 @@ from voltana.sim.report import (
     sweep_json,
     unchecked_overload_line,
 )
-from voltana.sim.runner import SimulationSetup
+from voltana.sim.runner import SimulationError, SimulationSetup
 from voltana.sim.sweep import OVERLOAD_ATTAINMENT, SweepPoint, run_sweep
 from voltana.sim.synthetic import synthetic_workload
 from voltana.sim.workload import Workload
@@ -122,6 +123,25 @@ def test_the_rates_of_one_sweep_print_distinctly() -> None:
     assert tables[0].count("3.331 req/s") == 2 and tables[1].count("3.334 req/s") == 2
     rows = comparison_markdown(points).splitlines()[-2:]
     assert rows[0].startswith("| 3.331 |") and rows[1].startswith("| 3.334 |")
+
+
+def test_a_rate_as_printed_names_the_simulated_rate() -> None:
+    """``--timeline-rate`` took only the exact float: a trace at its own mean rate (3.40119 req/s, printed
+    3.4) could not practically be named."""
+    assert named_rate(3.4, [3.40119]) == 3.40119
+    assert named_rate(3.401, [2.0, 3.40119]) == 3.40119
+    assert named_rate(3.33, [10 / 3, 5.0]) == 10 / 3
+    assert named_rate(2.0, [2.0, 4.0]) == 2.0
+    assert named_rate(3.34, [3.331, 3.334, 3.3412]) == 3.3412  # printed 3.341, but alone at 3 digits
+    assert named_rate(130, [130.4, 200.0]) == 130.4
+    with pytest.raises(SimulationError) as several:
+        named_rate(3.33, [3.331, 3.334])
+    assert str(several.value) == (
+        "--timeline-rate 3.33 matches several simulated rates (3.331, 3.334 req/s): give one as printed"
+    )
+    with pytest.raises(SimulationError) as none:
+        named_rate(3.0, [10 / 3, 4.0])
+    assert str(none.value) == "--timeline-rate 3 is not one of the simulated rates (3.33, 4 req/s)"
 
 
 def test_without_static_max_a_rate_every_policy_misses_gets_a_hint() -> None:
