@@ -19,7 +19,6 @@ simulates N rates at once in worker processes, with the same results).
 
 from __future__ import annotations
 
-import json
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from voltana.sim.engine import ENGINES
 from voltana.sim.frontier import ATTAINMENT_TOLERANCE, FrontierPoint, compare_at_floor, with_margin
 from voltana.sim.limit import gap_closed, run_with_limit
 from voltana.sim.metrics import PolicyResult
+from voltana.sim.report import json_text
 from voltana.sim.runner import (
     PAPER_MIN_CLOCK_MHZ,
     PolicySpec,
@@ -582,7 +582,7 @@ def main() -> int:
             "checks": checks,
             "failed": failed,
         }
-        write_output(args.json, json.dumps(payload, indent=2))
+        write_output(args.json, json_text(payload))
     if args.plot is not None:
         write_plot(lambda path: plot_grid(path, results), args.plot)
     return 0 if not failed else 1

@@ -13,7 +13,6 @@ requests and prints both routes side by side (energy, TTFT and ITL attainment).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from voltana.core.config import VoltanaConfig
 from voltana.hardware.simulated import performance_model
 from voltana.plugins import get_plugin_manager
 from voltana.sim.cluster import ClusterSpec
-from voltana.sim.report import comparison_markdown, find, sweep_json
+from voltana.sim.report import comparison_markdown, find, json_text, sweep_json
 from voltana.sim.runner import (
     PAPER_MIN_CLOCK_MHZ,
     SimulationSetup,
@@ -168,7 +167,7 @@ def main() -> int:
             "source": source,
             "window_s": args.window,
         }
-        write_output(args.json, json.dumps(sweep_json(points, meta), indent=2))
+        write_output(args.json, json_text(sweep_json(points, meta)))
     return 0 if all_ok else 1
 
 

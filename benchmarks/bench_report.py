@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import multiprocessing
 import os
@@ -30,6 +29,7 @@ from rich.table import Table
 from voltana import __version__
 from voltana.core.errors import VoltanaError
 from voltana.core.files import output_file, plot_file, same_file
+from voltana.sim.report import json_text
 
 
 def progress_bar(console: Console | None = None) -> Progress:
@@ -315,7 +315,7 @@ def emit(
         payload = {"benchmark": benchmark, "machine": machine(), "tables": [table_json(t) for t in tables]}
         if details is not None:
             payload["details"] = details
-        write_output(json_path, json.dumps(payload, indent=2) + "\n")
+        write_output(json_path, json_text(payload) + "\n")
         console.print(f"wrote {json_path}", markup=False)
 
 

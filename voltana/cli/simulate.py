@@ -6,7 +6,6 @@ command runs, so ``voltana --help`` stays fast.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Annotated, Any
@@ -155,6 +154,7 @@ def simulate(
     from voltana.sim.engine import EngineConfigError
     from voltana.sim.plot import plot_sweep, timeline_reason
     from voltana.sim.report import (
+        json_text,
         named_rate,
         point_title,
         policy_table,
@@ -340,7 +340,7 @@ def simulate(
     # Piped output (logs, CI) gets a fixed width so that the tables are not cut at 80 columns.
     out = console if console.is_terminal else Console(width=120)
     if as_json:
-        print(json.dumps(sweep_json(points, meta), indent=2))
+        print(json_text(sweep_json(points, meta)))
     else:
         out.print(
             f"[bold]{perf.name}[/]: {prefill}P+{decode}D, SLO TTFT {setup.slo.ttft_s * 1e3:g} ms / "
@@ -469,6 +469,7 @@ def _run_power_budget(
         parse_budgets,
         plot_budget,
     )
+    from voltana.sim.report import json_text
 
     cluster_config = setup.config.cluster
     peak_w = cluster_peak_power_w(setup.cluster, allowed[-1], mean_decode_context(workload))
@@ -517,7 +518,7 @@ def _run_power_budget(
             "budget_margin": cluster_config.budget_margin,
             "burst_utilization": cluster_config.burst_utilization,
         }
-        print(json.dumps(budget_json(runs, meta), indent=2))
+        print(json_text(budget_json(runs, meta)))
     out = console if console.is_terminal else Console(width=140)
     if not as_json:
         out.print(f"[bold]{escape(title)}[/], clocks {allowed[0]}..{allowed[-1]} MHz", highlight=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -76,6 +78,10 @@ def named_rate(given: float, rates: Sequence[float], option: str = "--timeline-r
 
 
 def _ms(seconds: float) -> str:
+    """Milliseconds as the tables print them; ``-`` for no value (NaN: no ITL where every request has one
+    output token)."""
+    if not math.isfinite(seconds):
+        return "-"
     return f"{seconds * 1e3:.0f}" if seconds >= 0.01 else f"{seconds * 1e3:.1f}"
 
 
@@ -205,6 +211,25 @@ def comparison_markdown(points: Sequence[SweepPoint]) -> str:
             cells.append(f"{_saving_text(point, r)} / {r.slo_attainment:.1%}")
         lines.append(f"| {rate_text(point.rate_rps, rates)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` (dicts, lists, tuples, scalars) with every non-finite float replaced by None: JSON has no
+    NaN or infinity (``json.dumps`` writes ``NaN``, which strict parsers refuse), and a percentile over no
+    samples (the ITL of requests with one output token each) is NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(item) for item in value]
+    return value
+
+
+def json_text(data: Any) -> str:
+    """``data`` as the JSON that ``--json`` prints and the benchmarks write: indented, non-finite numbers as
+    ``null`` (:func:`finite_json`)."""
+    return json.dumps(finite_json(data), indent=2, allow_nan=False)
 
 
 def sweep_json(points: Sequence[SweepPoint], meta: dict[str, Any]) -> dict[str, Any]:

@@ -620,3 +620,24 @@ def test_the_timeline_rate_is_named_as_the_tables_print_it(
     assert code == 0, err
     assert "sweep rate 3.33 req/s" in out and "at 3.33 req/s: --timeline-rate" in out
     assert plot.exists()
+
+
+def test_json_of_requests_without_itl_is_strict_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every request with one output token: no ITL at all. ``--json`` printed ``"p50_s": NaN``."""
+    trace = tmp_path / "one.csv"
+    rows = "".join(f"{i * 0.3},{200 + 10 * i},1\n" for i in range(30))
+    trace.write_text("arrival_s,input_tokens,output_tokens\n" + rows)
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in the JSON output")
+
+    args = ["--workload", str(trace), "--policies", "static-max", "--json"]
+    code, out, err = run_in_process(args, monkeypatch, capsys)
+    assert code == 0, err
+    (result,) = json.loads(out, parse_constant=refuse)["points"][0]["results"]
+    assert result["itl"] == {"p50_s": None, "p90_s": None, "p99_s": None}
+    code, out, err = run_in_process(args[:-1], monkeypatch, capsys)
+    assert code == 0, err
+    assert "nan" not in out and "-/-/-" in out

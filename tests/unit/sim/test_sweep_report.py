@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 import pytest
@@ -12,6 +14,8 @@ from voltana.hardware.simulated import PerformanceModel
 from voltana.sim.metrics import LatencySummary, PolicyResult
 from voltana.sim.report import (
     comparison_markdown,
+    finite_json,
+    json_text,
     named_rate,
     point_title,
     policy_table,
@@ -142,6 +146,23 @@ def test_a_rate_as_printed_names_the_simulated_rate() -> None:
     with pytest.raises(SimulationError) as none:
         named_rate(3.0, [10 / 3, 4.0])
     assert str(none.value) == "--timeline-rate 3 is not one of the simulated rates (3.33, 4 req/s)"
+
+
+def test_no_itl_is_null_in_json_and_a_dash_in_the_table() -> None:
+    """Requests with one output token each have no ITL (NaN percentiles): ``--json`` printed ``NaN``, which
+    strict JSON parsers refuse, and the table ``nan/nan/nan``."""
+    nan = float("nan")
+    point = SweepPoint(1.0, (result("static-max", itl=LatencySummary(nan, nan, nan)),), "one.csv", 100, 99.0)
+    data = json.loads(json_text(sweep_json([point], {"inf": math.inf})), parse_constant=_refuse)
+    assert data["points"][0]["results"][0]["itl"] == {"p50_s": None, "p90_s": None, "p99_s": None}
+    assert data["inf"] is None
+    assert finite_json({"a": (1.0, -math.inf), "b": [nan, 2, "x"]}) == {"a": [1.0, None], "b": [None, 2, "x"]}
+    table = render(policy_table(point, Slo(0.8, 0.05)))
+    assert "nan" not in table and "-/-/-" in table
+
+
+def _refuse(constant: str) -> None:
+    raise AssertionError(f"{constant} in JSON output")
 
 
 def test_without_static_max_a_rate_every_policy_misses_gets_a_hint() -> None:
