@@ -52,7 +52,7 @@ from voltana.sim.engine import ENGINES
 from voltana.sim.frontier import ATTAINMENT_TOLERANCE, FrontierPoint, compare_at_floor, with_margin
 from voltana.sim.limit import gap_closed, run_with_limit
 from voltana.sim.metrics import PolicyResult
-from voltana.sim.report import json_text
+from voltana.sim.report import json_text, rate_text
 from voltana.sim.runner import (
     PAPER_MIN_CLOCK_MHZ,
     PolicySpec,
@@ -227,11 +227,12 @@ def panel_table(panel: Panel, points: list[RatePoint]) -> list[str]:
         "| TTFT/ITL % 1410 | 1005 | paper | ours | gap closed paper / ours | ours wait p90 s |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    rates = [p.rate_rps for p in points]
     for p in points:
         e_max, e_min = p.static_max.energy_j, p.static_min.energy_j
         closed = [gap_closed(e_max, r.energy_j, p.limit_j) for r in (p.paper, p.ours)]
         lines.append(
-            f"| {p.rate_rps:g} | {e_max / 1e5:.3f} | {e_min / 1e5:.3f} ({e_min / e_max:.2f}) "
+            f"| {rate_text(p.rate_rps, rates)} | {e_max / 1e5:.3f} | {e_min / 1e5:.3f} ({e_min / e_max:.2f}) "
             f"| {energy_cell(p.paper, e_max, e_min)} | {energy_cell(p.ours, e_max, e_min)} "
             f"| {p.limit_j / 1e5:.3f} | {att(p.static_max)} | {att(p.static_min)} "
             f"| {att(p.paper)} | {att(p.ours)} | {closed[0]:.0%} / {closed[1]:.0%} "
@@ -260,6 +261,7 @@ def frontier_rows(panel: Panel, points: list[RatePoint]) -> tuple[list[str], lis
         "|---:|---:|---:|---:|:---|:---|:---|",
     ]
     failed: list[str] = []
+    rates = [p.rate_rps for p in points]
     for p in points:
         verdict = compare_at_floor(p.frontiers[OURS], p.frontiers[PAPER], p.static_max)
 
@@ -278,7 +280,7 @@ def frontier_rows(panel: Panel, points: list[RatePoint]) -> tuple[list[str], lis
         if not verdict.ours_wins:
             failed.append(f"{where}: ours saves less than voltana-paper at equal attainment")
         lines.append(
-            f"| {p.rate_rps:g} | {fmt_pct(verdict.ttft_floor)}/{fmt_pct(verdict.itl_floor)} "
+            f"| {rate_text(p.rate_rps, rates)} | {fmt_pct(verdict.ttft_floor)}/{fmt_pct(verdict.itl_floor)} "
             f"| {best(verdict.theirs)} | {best(verdict.ours)} | {'yes' if verdict.ours_wins else 'NO'} "
             f"| {'yes' if safe else 'NO'} | {cloud(p.frontiers[PAPER])} / {cloud(p.frontiers[OURS])} |"
         )

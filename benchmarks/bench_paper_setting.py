@@ -32,7 +32,7 @@ from voltana.core.config import VoltanaConfig
 from voltana.hardware.simulated import performance_model
 from voltana.plugins import get_plugin_manager
 from voltana.sim.cluster import ClusterSpec
-from voltana.sim.report import comparison_markdown, find, json_text, sweep_json
+from voltana.sim.report import comparison_markdown, find, json_text, rate_text, sweep_json
 from voltana.sim.runner import (
     PAPER_MIN_CLOCK_MHZ,
     SimulationSetup,
@@ -58,11 +58,12 @@ def route_table(points: list[SweepPoint], other: list[SweepPoint], default_route
         f"| req/s | {default_route} | {route} | energy change |",
         "|---:|---:|---:|---:|",
     ]
+    rates = [point.rate_rps for point in points]
     for point, alt in zip(points, other, strict=True):
         a, b = find(point, OURS), find(alt, OURS)
         assert a and b
         lines.append(
-            f"| {point.rate_rps:g} | {a.energy_j:,.0f} J, {100 * a.ttft_attainment:.2f} / "
+            f"| {rate_text(point.rate_rps, rates)} | {a.energy_j:,.0f} J, {100 * a.ttft_attainment:.2f} / "
             f"{100 * a.itl_attainment:.2f} | {b.energy_j:,.0f} J, {100 * b.ttft_attainment:.2f} / "
             f"{100 * b.itl_attainment:.2f} | {b.energy_j / a.energy_j - 1:+.2%} |"
         )
@@ -139,7 +140,8 @@ def main() -> int:
         oracle = find(point, "oracle")
         assert ours and paper and base and oracle
         if point.overload is not None:  # static max misses the SLO for most requests: no saving to judge
-            lines.append(f"| {point.rate_rps:g} | n/a | n/a | n/a | overload: {point.overload.describe()} |")
+            rate = rate_text(point.rate_rps, rates)
+            lines.append(f"| {rate} | n/a | n/a | n/a | overload: {point.overload.describe()} |")
             continue
         s_ours, s_paper = ours.saving_vs_static_max or 0.0, paper.saving_vs_static_max or 0.0
         s_oracle = oracle.saving_vs_static_max or 0.0
@@ -151,7 +153,7 @@ def main() -> int:
         oracle_clocks = oracle.policy.split("(")[1].rstrip(")")
         verdict = "met" if ok else "MISSED"
         lines.append(
-            f"| {point.rate_rps:g} | {s_ours - s_paper:+.1%} | {slo_gap:+.1%} "
+            f"| {rate_text(point.rate_rps, rates)} | {s_ours - s_paper:+.1%} | {slo_gap:+.1%} "
             f"| {s_ours - s_oracle:+.1%} ({oracle_clocks}) | {verdict} |"
         )
     console.print("\n".join(lines), markup=False, highlight=False)

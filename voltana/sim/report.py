@@ -170,17 +170,21 @@ def unchecked_overload_line(point: SweepPoint) -> str:
 
     The overload check needs static max (:func:`~voltana.sim.sweep.find_overload`): without it these results
     cannot tell a cluster that is short at any clock from policies whose clocks are too low, so the line
-    says the cluster may be overloaded and how to find out.
+    says the cluster may be overloaded and how to find out. With one policy the line names it.
     """
     if point.overload is not None or not point.results or find(point, BASELINE) is not None:
         return ""
     best = max(point.results, key=lambda r: r.slo_attainment)
     if best.slo_attainment >= OVERLOAD_ATTAINMENT:
         return ""
-    return (
-        f"every policy meets the SLO for under {OVERLOAD_ATTAINMENT:.0%} of requests (best: {best.policy}, "
-        f"{best.slo_attainment:.1%}): the cluster may be overloaded; add {BASELINE} to --policies to check"
-    )
+    if len(point.results) == 1:
+        who = f"{best.policy} meets the SLO for only {best.slo_attainment:.1%} of requests"
+    else:
+        who = (
+            f"every policy meets the SLO for under {OVERLOAD_ATTAINMENT:.0%} of requests "
+            f"(best: {best.policy}, {best.slo_attainment:.1%})"
+        )
+    return f"{who}: the cluster may be overloaded; add {BASELINE} to --policies to check"
 
 
 def rejected_line(point: SweepPoint) -> str:

@@ -641,3 +641,25 @@ def test_json_of_requests_without_itl_is_strict_json(
     code, out, err = run_in_process(args[:-1], monkeypatch, capsys)
     assert code == 0, err
     assert "nan" not in out and "-/-/-" in out
+
+
+def test_with_json_the_overload_hint_goes_to_stderr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--json`` dropped the hint that static max is needed to check an overload."""
+    args = ["--rate", "40", "--duration", "5", "--prefill", "1", "--decode", "1", "--policies", "static-min"]
+    code, out, err = run_in_process([*args, "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    json.loads(out)
+    assert err.startswith("note: at 40 req/s, static-min meets the SLO for only "), err
+    assert "add static-max to --policies to check" in err
+
+
+def test_the_power_budget_heading_prints_the_rate_as_the_tables_do(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_in_process(
+        ["--rate", "3.333333", "--duration", "3", "--power-budget", "70%"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    assert "(poisson, 3.33 req/s, 3 s, seed 0)" in out and "3.33333" not in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -178,3 +179,21 @@ def test_without_static_max_a_rate_every_policy_misses_gets_a_hint() -> None:
     assert (
         unchecked_overload_line(SweepPoint(30.0, (result("static-max", slo_attainment=0.1), *missed))) == ""
     )
+
+
+def test_the_hint_names_the_one_policy_that_ran() -> None:
+    """With one policy the hint said "every policy"."""
+    line = unchecked_overload_line(SweepPoint(30.0, (result("static-min", slo_attainment=0.029),)))
+    assert line == (
+        "static-min meets the SLO for only 2.9% of requests: the cluster may be overloaded; add static-max "
+        "to --policies to check"
+    )
+
+
+def test_the_benchmarks_markdown_rows_print_rates_as_simulate_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench_paper_setting's rows used ``:g`` (``3.33333``, two close rates alike at three digits)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[3] / "benchmarks"))
+    bench = __import__("bench_paper_setting")
+    points = [SweepPoint(r, (result("ecofreq+ecoroute"),)) for r in (10 / 3, 3.334)]
+    rows = bench.route_table(points, points, "energy-ttft", "predicted-ttft").splitlines()[-2:]
+    assert rows[0].startswith("| 3.333 |") and rows[1].startswith("| 3.334 |")
