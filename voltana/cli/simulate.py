@@ -278,11 +278,8 @@ def simulate(
         limits = setup.cluster.limits()
         check_slo_feasible(perf, setup.slo, probe)
         if budget_mode:
-            # The workload's name gives its rate as :g (3.33333); the heading prints it as the tables do.
-            rate_rps = sweep_rates[0]
-            shown_name = probe.name.replace(f"{rate_rps:g} req/s", f"{rate_text(rate_rps)} req/s")
             title = (
-                f"{gpu} / {model} TP{perf.tp}, {prefill}P+{decode}D, {shown_name}, SLO TTFT "
+                f"{gpu} / {model} TP{perf.tp}, {prefill}P+{decode}D, {probe.name}, SLO TTFT "
                 f"{setup.slo.ttft_s * 1e3:g} ms / ITL {setup.slo.itl_s * 1e3:g} ms"
             )
             _run_power_budget(

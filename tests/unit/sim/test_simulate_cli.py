@@ -653,13 +653,3 @@ def test_with_json_the_overload_hint_goes_to_stderr(
     json.loads(out)
     assert err.startswith("note: at 40 req/s, static-min meets the SLO for only "), err
     assert "add static-max to --policies to check" in err
-
-
-def test_the_power_budget_heading_prints_the_rate_as_the_tables_do(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, err = run_in_process(
-        ["--rate", "3.333333", "--duration", "3", "--power-budget", "70%"], monkeypatch, capsys
-    )
-    assert code == 0, err
-    assert "(poisson, 3.33 req/s, 3 s, seed 0)" in out and "3.33333" not in out
