@@ -37,3 +37,17 @@ def simulate_with_config(
     with pytest.raises(SystemExit) as exited:
         main()
     return exited.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def simulate_in_process(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    """``voltana simulate <args>`` in-process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["voltana", "simulate", *args])
+    code: int | str | None = 0
+    try:
+        main()
+    except SystemExit as exited:
+        code = exited.code
+    captured = capsys.readouterr()
+    return int(code or 0), captured.out, captured.err

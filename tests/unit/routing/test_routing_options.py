@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.cli import simulate_with_config
-from voltana.cli import main
+from tests.support.cli import simulate_in_process, simulate_with_config
 from voltana.core.config import ConfigError, PolicyConfig, VoltanaConfig, load_config
 from voltana.plugins import get_plugin_manager
 from voltana.plugins.routing import MIN_JOIN_SAVING
@@ -76,12 +74,11 @@ def test_simulate_with_a_bad_options_safety_margin_exits_with_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__SAFETY_MARGIN", "abc")
-    monkeypatch.setattr(sys, "argv", ["voltana", "simulate", "--duration", "5", "--rates", "4",
-                                      "--policies", "static-max+ecoroute"])  # fmt: skip
-    with pytest.raises(SystemExit) as exited:
-        main()
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert exited.value.code == 2
+    code, _, err = simulate_in_process(
+        ["--duration", "5", "--rates", "4", "--policies", "static-max+ecoroute"], monkeypatch, capsys
+    )
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
     assert lines == ["error: policy.options.safety_margin must be a number, got 'abc'"]
 
 
@@ -144,14 +141,10 @@ def test_simulate_runs_with_routing_knobs_from_the_environment(
     monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__PREFILL_TOKEN_BUDGET", "4096.0")
     monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__ECOROUTE_ENERGY", "false")
     monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__PLAN_FOR_NEWCOMER", "False")
-    monkeypatch.setattr(sys, "argv", ["voltana", "simulate", "--duration", "5", "--rates", "3",
-                                      "--policies", "ecofreq+ecoroute", "--json"])  # fmt: skip
-    code: int | str | None = 0
-    try:
-        main()
-    except SystemExit as exited:
-        code = exited.code
-    assert not code, capsys.readouterr().err
+    code, _, err = simulate_in_process(
+        ["--duration", "5", "--rates", "3", "--policies", "ecofreq+ecoroute", "--json"], monkeypatch, capsys
+    )
+    assert not code, err
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import simulate_in_process
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOLTANA_")}
@@ -22,21 +24,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=300,
         check=False,
     )
-
-
-def run_in_process(
-    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str, str]:
-    from voltana.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["voltana", "simulate", *args])
-    code: int | str | None = 0
-    try:
-        main()
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return int(code or 0), captured.out, captured.err
 
 
 def one_error_line(code: int, err: str) -> str:
@@ -113,7 +100,7 @@ def test_bad_input_is_one_line(
     args: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The console-script entry point in-process (the subprocess path is covered by the trace test below)."""
-    code, _, err = run_in_process(["--duration", "5", *args], monkeypatch, capsys)
+    code, _, err = simulate_in_process(["--duration", "5", *args], monkeypatch, capsys)
     assert message in one_error_line(code, err)
 
 
@@ -160,7 +147,7 @@ def test_options_a_trace_run_cannot_honour_are_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     workload = ["--workload", str(gap_trace(tmp_path)), "--policies", "static-max"]
-    code, _, err = run_in_process([*workload, *args], monkeypatch, capsys)
+    code, _, err = simulate_in_process([*workload, *args], monkeypatch, capsys)
     assert message in one_error_line(code, err)
 
 
@@ -169,7 +156,7 @@ def test_table_reports_the_window_and_each_rates_scale_factor(
 ) -> None:
     trace = str(gap_trace(tmp_path))
     args = ["--workload", trace, "--rates", "1,2", "--duration", "102", "--policies", "static-max"]
-    code, out, err = run_in_process([*args, "--json"], monkeypatch, capsys)
+    code, out, err = simulate_in_process([*args, "--json"], monkeypatch, capsys)
     assert code == 0, err
     data = json.loads(out)
     assert data["workload"] == "gap.csv"  # the trace itself, not the first rate's rescaled replay
@@ -182,7 +169,7 @@ def test_table_reports_the_window_and_each_rates_scale_factor(
     assert first["offered_rate_rps"] == pytest.approx(62 / (31 / factor))
     assert first["workload"] == "gap.csv x1.22111" and second["workload"] == "gap.csv x2.44221"
     assert second["num_requests"] == 200 and second["offered_rate_rps"] == pytest.approx(2.0)
-    code, out, err = run_in_process(args, monkeypatch, capsys)
+    code, out, err = simulate_in_process(args, monkeypatch, capsys)
     assert code == 0, err
     assert "static-max" in out  # the whole trace's median prompt is 10 tokens
     assert "2.44 req/s: 63 requests in 25.4 s of arrivals (gap.csv x1.22111; sweep rate 1 req/s)" in out
@@ -214,7 +201,7 @@ def test_a_trace_without_rate_is_replayed_as_recorded(
     rows = "".join(f"{t},{200 + 10 * i},{20 + i}\n" for i, t in enumerate(arrivals))
     trace.write_text("arrival_s,input_tokens,output_tokens\n" + rows)
     args = ["--workload", str(trace), "--policies", "static-max", "--json"]
-    code, out, err = run_in_process(args, monkeypatch, capsys)
+    code, out, err = simulate_in_process(args, monkeypatch, capsys)
     assert code == 0, err
     assert "static-max" in out  # the whole trace's median prompt is 10 tokens
     data = json.loads(out)
@@ -260,7 +247,7 @@ def test_a_bad_plot_path_is_one_line_before_simulating(
 
     monkeypatch.setattr(voltana.sim.sweep, "run_sweep", no_simulation)
     args = ["--duration", "5", "--policies", "static-max", "--plot", f"{tmp_path}/{plot_name}"]  # as typed
-    code, _, err = run_in_process(args, monkeypatch, capsys)
+    code, _, err = simulate_in_process(args, monkeypatch, capsys)
     assert message.format(tmp=tmp_path) in one_error_line(code, err)
     assert sorted(tmp_path.iterdir()) == before  # nothing written
 
@@ -277,7 +264,7 @@ def test_pgf_is_refused_where_its_latex_engine_is_missing(
         voltana.core.files.shutil, "which", lambda name: None if "tex" in name else real_which(name)
     )
     args = ["--duration", "5", "--policies", "static-max", "--plot", f"{tmp_path}/x.pgf"]
-    code, _, err = run_in_process(args, monkeypatch, capsys)
+    code, _, err = simulate_in_process(args, monkeypatch, capsys)
     line = one_error_line(code, err)
     assert "cannot write .pgf files; use one of" in line and ".png" in line
 
@@ -287,7 +274,7 @@ def test_plot_without_extension_prints_the_file_written(
 ) -> None:
     plot = tmp_path / "figure"
     args = ["--duration", "5", "--rate", "2", "--policies", "static-max", "--plot", str(plot)]
-    code, out, err = run_in_process(args, monkeypatch, capsys)
+    code, out, err = simulate_in_process(args, monkeypatch, capsys)
     assert code == 0, err
     assert "static-max" in out  # the whole trace's median prompt is 10 tokens
     written = tmp_path / "figure.png"
@@ -305,7 +292,7 @@ def test_a_trailing_dot_is_no_extension_and_json_mode_says_where_the_plot_went(
     typed: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["--duration", "5", "--rate", "2", "--policies", "static-max", "--json"]
-    code, out, err = run_in_process([*args, "--plot", str(tmp_path / typed)], monkeypatch, capsys)
+    code, out, err = simulate_in_process([*args, "--plot", str(tmp_path / typed)], monkeypatch, capsys)
     assert code == 0, err
     written = tmp_path / "figure.png"  # not figure..png
     assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -330,7 +317,7 @@ def test_plot_without_matplotlib_names_the_extra_in_one_line(
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an install without the [plot] extra imports
     args = ["--duration", "5", "--policies", "static-max", "--plot", str(tmp_path / "x.png")]
-    code, _, err = run_in_process(args, monkeypatch, capsys)
+    code, _, err = simulate_in_process(args, monkeypatch, capsys)
     line = one_error_line(code, err)
     assert "voltana simulate --plot needs matplotlib" in line and "pip install 'voltana[plot]'" in line
     assert not (tmp_path / "x.png").exists()
@@ -371,7 +358,7 @@ def test_a_plot_that_cannot_be_written_after_the_run_keeps_the_results(
 
     monkeypatch.setattr(plotting, function, vanished_first)
     args = ["--duration", "5", "--rate", "2", *mode, "--plot", str(plot), *(["--json"] if as_json else [])]
-    code, out, err = run_in_process(args, monkeypatch, capsys)
+    code, out, err = simulate_in_process(args, monkeypatch, capsys)
     assert one_error_line(code, err) == f"error: cannot write the plot {plot}: No such file or directory"
     if as_json:
         assert json.loads(out)  # the results, whole
@@ -400,7 +387,7 @@ def timeline_titles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_a_directory_as_workload_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run_in_process(["--workload", str(tmp_path)], monkeypatch, capsys)
+    code, _, err = simulate_in_process(["--workload", str(tmp_path)], monkeypatch, capsys)
     assert f"{tmp_path} is a directory, not a workload file" in one_error_line(code, err)
 
 
@@ -409,7 +396,7 @@ def test_one_request_is_singular(
 ) -> None:
     trace = tmp_path / "one.csv"
     trace.write_text("arrival_s,input_tokens,output_tokens\n0,100,10\n")
-    code, out, err = run_in_process(
+    code, out, err = simulate_in_process(
         ["--workload", str(trace), "--policies", "static-max"], monkeypatch, capsys
     )
     assert code == 0, err
@@ -475,7 +462,7 @@ def test_a_repeated_policy_runs_once_with_a_note(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     args = ["--duration", "3", "--rate", "2", "--policies", policies, "--json"]
-    code, out, err = run_in_process(args, monkeypatch, capsys)
+    code, out, err = simulate_in_process(args, monkeypatch, capsys)
     assert code == 0, err
     assert "static-max" in out  # the whole trace's median prompt is 10 tokens
     (point,) = json.loads(out)["points"]
@@ -489,7 +476,7 @@ def test_the_note_on_repeats_waits_for_the_run_so_a_refused_run_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["--duration", "3", "--rate", "2", "--policies", "static-max,static-max", "--max-model-len", "50"]
-    code, out, err = run_in_process(args, monkeypatch, capsys)
+    code, out, err = simulate_in_process(args, monkeypatch, capsys)
     assert (code, out) == (2, "")
     assert len(err.splitlines()) == 1 and err.startswith("error: the engine refuses all"), err
 
@@ -497,13 +484,13 @@ def test_the_note_on_repeats_waits_for_the_run_so_a_refused_run_is_one_line(
 def test_rates_are_checked_in_order_and_run_once_each(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run_in_process(
+    code, _, err = simulate_in_process(
         ["--workload", "lmsys", "--rates", "5,6", "--duration", "1e9", "--policies", "static-max"],
         monkeypatch,
         capsys,
     )
     assert code == 2 and err.startswith("error: 5 req/s for 1e+09 s"), err
-    code, out, err = run_in_process(
+    code, out, err = simulate_in_process(
         ["--rates", "2,2.0", "--duration", "3", "--policies", "static-max", "--json"], monkeypatch, capsys
     )
     assert code == 0, err
@@ -529,7 +516,7 @@ def test_a_rate_refused_later_in_a_sweep_stops_it_before_anything_runs(
         "--policies",
         "static-max,static-max",
     ]
-    code, out, err = run_in_process(args, monkeypatch, capsys)
+    code, out, err = simulate_in_process(args, monkeypatch, capsys)
     assert (code, out) == (2, "")
     assert err == (
         "error: 1e+07 req/s for 5 s is 5e+07 requests; at most 1,000,000 per run (each is generated up front "
@@ -557,7 +544,7 @@ def test_the_plot_draws_the_clock_timeline_of_a_policy_that_ran(
 ) -> None:
     """The plot's timeline policy is the name a run carries (it was 'not recorded' for a spaced name)."""
     args = ["--duration", "3", "--rate", "2", "--policies", policies, "--plot", str(tmp_path / "p.png")]
-    code, out, err = run_in_process(args, monkeypatch, capsys)
+    code, out, err = simulate_in_process(args, monkeypatch, capsys)
     assert code == 0, err
     assert "static-max" in out  # the whole trace's median prompt is 10 tokens
     assert f"clock timeline of {timeline} at 2 req/s" in out.strip().splitlines()[-1]
@@ -573,13 +560,13 @@ def test_an_impossible_ttft_in_a_window_names_the_requests_it_was_checked_on(
     trace = tmp_path / "window.csv"
     trace.write_text("arrival_s,input_tokens,output_tokens\n" + rows)
     args = ["--workload", str(trace), "--ttft", "0.3", "--policies", "static-max"]
-    code, _, err = run_in_process([*args, "--duration", "1"], monkeypatch, capsys)
+    code, _, err = simulate_in_process([*args, "--duration", "1"], monkeypatch, capsys)
     line = one_error_line(code, err)
     assert line.startswith(
         "error: impossible SLOs: TTFT 300 ms is below the prefill of the median prompt of the 3"
     )
     assert "requests simulated (8000 tokens: " in line
-    code, out, err = run_in_process(args, monkeypatch, capsys)
+    code, out, err = simulate_in_process(args, monkeypatch, capsys)
     assert code == 0, err
     assert "static-max" in out  # the whole trace's median prompt is 10 tokens
 
@@ -588,7 +575,7 @@ def test_close_rates_of_a_sweep_print_distinctly(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Both tables of ``--rates 3.331,3.334`` were headed ``sweep rate 3.33 req/s``."""
-    code, out, err = run_in_process(
+    code, out, err = simulate_in_process(
         ["--rates", "3.331,3.334", "--duration", "3", "--policies", "static-max"], monkeypatch, capsys
     )
     assert code == 0, err
@@ -616,7 +603,7 @@ def test_the_timeline_rate_is_named_as_the_tables_print_it(
         "--plot",
         str(plot),
     ]
-    code, out, err = run_in_process(args, monkeypatch, capsys)
+    code, out, err = simulate_in_process(args, monkeypatch, capsys)
     assert code == 0, err
     assert "sweep rate 3.33 req/s" in out and "at 3.33 req/s: --timeline-rate" in out
     assert plot.exists()
@@ -634,11 +621,11 @@ def test_json_of_requests_without_itl_is_strict_json(
         raise AssertionError(f"{constant} in the JSON output")
 
     args = ["--workload", str(trace), "--policies", "static-max", "--json"]
-    code, out, err = run_in_process(args, monkeypatch, capsys)
+    code, out, err = simulate_in_process(args, monkeypatch, capsys)
     assert code == 0, err
     (result,) = json.loads(out, parse_constant=refuse)["points"][0]["results"]
     assert result["itl"] == {"p50_s": None, "p90_s": None, "p99_s": None}
-    code, out, err = run_in_process(args[:-1], monkeypatch, capsys)
+    code, out, err = simulate_in_process(args[:-1], monkeypatch, capsys)
     assert code == 0, err
     assert "nan" not in out and "-/-/-" in out
 
@@ -648,7 +635,7 @@ def test_with_json_the_overload_hint_goes_to_stderr(
 ) -> None:
     """``--json`` dropped the hint that static max is needed to check an overload."""
     args = ["--rate", "40", "--duration", "5", "--prefill", "1", "--decode", "1", "--policies", "static-min"]
-    code, out, err = run_in_process([*args, "--json"], monkeypatch, capsys)
+    code, out, err = simulate_in_process([*args, "--json"], monkeypatch, capsys)
     assert code == 0, err
     json.loads(out)
     assert err.startswith("note: at 40 req/s, static-min meets the SLO for only "), err

@@ -4,13 +4,11 @@ policies' knobs: one line and exit 2, never a failing policy that falls back to 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.cli import simulate_with_config
-from voltana.cli import main
+from tests.support.cli import simulate_in_process, simulate_with_config
 from voltana.core.config import ConfigError, VoltanaConfig
 from voltana.core.types import Phase
 from voltana.hardware.simulated import performance_model
@@ -73,16 +71,11 @@ def test_simulate_pins_a_static_clock_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("VOLTANA_POLICY__OPTIONS__STATIC_CLOCK_MHZ", "1200.0")
-    monkeypatch.setattr(sys, "argv", ["voltana", "simulate", "--duration", "3", "--rate", "4",
-                                      "--policies", "static", "--json"])  # fmt: skip
-    code: int | str | None = 0
-    try:
-        main()
-    except SystemExit as exited:
-        code = exited.code
-    captured = capsys.readouterr()
-    assert not code, captured.err
-    assert "failed" not in captured.err
-    (result,) = json.loads(captured.out)["points"][0]["results"]
+    code, out, err = simulate_in_process(
+        ["--duration", "3", "--rate", "4", "--policies", "static", "--json"], monkeypatch, capsys
+    )
+    assert not code, err
+    assert "failed" not in err
+    (result,) = json.loads(out)["points"][0]["results"]
     residency = result["clock_residency"]
     assert set(residency["prefill"]) == set(residency["decode"]) == {"1185"}  # the allowed clock nearest
