@@ -52,7 +52,8 @@ from voltana.sim.engine import ENGINES
 from voltana.sim.frontier import ATTAINMENT_TOLERANCE, FrontierPoint, compare_at_floor, with_margin
 from voltana.sim.limit import gap_closed, run_with_limit
 from voltana.sim.metrics import PolicyResult
-from voltana.sim.report import json_text, rate_text
+from voltana.sim.rates import rate_text
+from voltana.sim.report import json_text
 from voltana.sim.runner import (
     PAPER_MIN_CLOCK_MHZ,
     PolicySpec,

@@ -32,7 +32,8 @@ from voltana.core.config import VoltanaConfig
 from voltana.hardware.simulated import performance_model
 from voltana.plugins import get_plugin_manager
 from voltana.sim.cluster import ClusterSpec
-from voltana.sim.report import comparison_markdown, find, json_text, rate_text, sweep_json
+from voltana.sim.rates import rate_text
+from voltana.sim.report import comparison_markdown, find, json_text, sweep_json
 from voltana.sim.runner import (
     PAPER_MIN_CLOCK_MHZ,
     SimulationSetup,

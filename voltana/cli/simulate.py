@@ -153,12 +153,12 @@ def simulate(
     from voltana.sim.datasets import DATASET_WORKLOADS, dataset_workload, tokenizer_for_model
     from voltana.sim.engine import EngineConfigError
     from voltana.sim.plot import plot_sweep, timeline_reason
+    from voltana.sim.rates import rate_text
     from voltana.sim.report import (
         json_text,
         named_rate,
         point_title,
         policy_table,
-        rate_text,
         rejected_line,
         residency_table,
         sweep_json,
@@ -186,7 +186,9 @@ def simulate(
     _check_run_options(rate, rates, duration, seed)
     budget_mode = power_budget is not None or power_budgets is not None
     if budget_mode:
-        _check_budget_options(power_budget, power_budgets, policies, rates, workers, ray_address)
+        _check_budget_options(
+            power_budget, power_budgets, policies, rates, workers, ray_address, timeline_rate
+        )
     elif config.cluster.power_budget_w is not None:
         err_console.print(
             f"note: cluster.power_budget_w = {config.cluster.power_budget_w:g} W (config) is not used by "
@@ -426,6 +428,7 @@ def _check_budget_options(
     rates: str | None,
     workers: int | None,
     ray_address: str | None,
+    timeline_rate: float | None,
 ) -> None:
     """One line for a power-budget run the command cannot honour."""
     from voltana.sim.power_budget_report import parse_budgets
@@ -450,6 +453,8 @@ def _check_budget_options(
         raise _fail("a power-budget run simulates one rate: give --rate, not --rates")
     if workers is not None or ray_address is not None:
         raise _fail("a power-budget run is not distributed over Ray: drop --workers/--ray")
+    if timeline_rate is not None:
+        raise _fail("a power-budget run simulates one rate and plots no clock timeline: drop --timeline-rate")
 
 
 def _run_power_budget(

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from voltana.sim.metrics import PolicyResult
-from voltana.sim.report import point_title, rate_text
+from voltana.sim.rates import rate_text
+from voltana.sim.report import point_title
 from voltana.sim.runner import SimulationError
 from voltana.sim.sweep import BASELINE, SweepPoint
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from voltana.plugins import get_plugin_manager
 from voltana.sim.metrics import PolicyResult
-from voltana.sim.report import rate_text
+from voltana.sim.rates import rate_text
 from voltana.sim.runner import ORACLE, SimulationError, SimulationSetup
 from voltana.sim.sweep import BASELINE, SweepPoint, plan_runs, run_sweep, sweep_point
 from voltana.sim.workload import Workload

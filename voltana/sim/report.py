@@ -12,6 +12,7 @@ from rich.table import Table
 
 from voltana.core.types import Slo
 from voltana.sim.metrics import PolicyResult
+from voltana.sim.rates import RATE_DIGITS, as_given, rate_digits, rate_text, significant
 from voltana.sim.runner import SimulationError
 from voltana.sim.sweep import BASELINE, OVERLOAD_ATTAINMENT, SweepPoint
 
@@ -25,36 +26,6 @@ def residency_text(shares: dict[int, float], top: int = RESIDENCY_TOP) -> str:
     return " ".join(f"{clock}:{share:.0%}" for clock, share in sorted(best))
 
 
-RATE_DIGITS = 3
-"""Significant digits of a printed rate, unless a sweep needs more to tell its rates apart."""
-
-
-def _rate_at(rate_rps: float, digits: int) -> str:
-    """``rate_rps`` with ``digits`` significant digits, never in exponent form (``130``, not ``1.3e+02``)."""
-    if rate_rps >= 100:
-        return f"{rate_rps:.{max(0, digits - len(f'{rate_rps:.0f}'))}f}"
-    return f"{rate_rps:.{digits}g}"
-
-
-def rate_digits(rates: Iterable[float]) -> int:
-    """The fewest significant digits (at least :data:`RATE_DIGITS`) at which the distinct ``rates`` of one
-    sweep print distinctly (``--rates 3.331,3.334``: 4)."""
-    distinct = set(rates)
-    digits = RATE_DIGITS
-    while digits < 17 and len({_rate_at(rate, digits) for rate in distinct}) < len(distinct):
-        digits += 1
-    return digits
-
-
-def rate_text(rate_rps: float, rates: Iterable[float] = ()) -> str:
-    """A request rate as the tables and messages print it: three significant digits, whole from 100 up
-    (``3.4``, ``25``, ``12.5``, ``130``); a trace replayed at its own mean rate has one like 3.40119 req/s.
-    ``rates``: every rate of the sweep ``rate_rps`` belongs to, which all print with as many digits as it
-    takes to tell them apart (:func:`rate_digits`: 3.331 and 3.334 req/s are not both ``3.33``). ``--json``
-    keeps every rate exact."""
-    return _rate_at(rate_rps, rate_digits([rate_rps, *rates]))
-
-
 def named_rate(given: float, rates: Sequence[float], option: str = "--timeline-rate") -> float:
     """The rate of the sweep ``rates`` that ``given`` (``option``'s value) names: the one it equals, else the
     one that prints as ``given`` rounds (:func:`rate_text`: the ``3.4`` shown for a trace replayed at its own
@@ -64,8 +35,10 @@ def named_rate(given: float, rates: Sequence[float], option: str = "--timeline-r
     if given in rates:
         return given
     for digits in dict.fromkeys((rate_digits(rates), RATE_DIGITS)):
-        printed = _rate_at(given, digits)
-        matches = [rate for rate in rates if _rate_at(rate, digits) == printed]
+        printed = significant(given, digits)
+        if digits == RATE_DIGITS < rate_digits(rates) and printed != as_given(given):
+            break  # given with more digits than three (3.332): not what any table printed
+        matches = [rate for rate in rates if significant(rate, digits) == printed]
         if len(matches) == 1:
             return matches[0]
         if matches:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from voltana.core.types import Slo
 from voltana.sim.metrics import PolicyResult
 from voltana.sim.oracle import hindsight_oracle
+from voltana.sim.rates import rate_text, significant
 from voltana.sim.runner import (
     ORACLE,
     PolicySpec,
@@ -46,17 +47,17 @@ class Overload:
         """One line, e.g. ``overloaded: static-max meets the SLO for only 6.1% of requests (TTFT 6.1%, ITL
         100.0%); median TTFT 7.8x the SLO; 9.21 req/s completed of 26.3 arriving; savings not meaningful``."""
         excess = [
-            f"median {what} {ratio:.2g}x the SLO"
+            f"median {what} {significant(ratio, 2)}x the SLO"
             for what, ratio in (("TTFT", self.ttft_p50_over_slo), ("ITL", self.itl_p50_over_slo))
             if ratio > 1
         ]
-        arriving = "" if self.offered_rps is None else f" of {self.offered_rps:.3g} arriving"
+        arriving = "" if self.offered_rps is None else f" of {rate_text(self.offered_rps)} arriving"
         return "; ".join(
             [
                 f"overloaded: {BASELINE} meets the SLO for only {self.slo_attainment:.1%} of requests "
                 f"(TTFT {self.ttft_attainment:.1%}, ITL {self.itl_attainment:.1%})",
                 *excess,
-                f"{self.completed_rps:.3g} req/s completed{arriving}",
+                f"{rate_text(self.completed_rps)} req/s completed{arriving}",
                 "savings not meaningful here",
             ]
         )

@@ -640,3 +640,15 @@ def test_with_json_the_overload_hint_goes_to_stderr(
     json.loads(out)
     assert err.startswith("note: at 40 req/s, static-min meets the SLO for only "), err
     assert "add static-max to --policies to check" in err
+
+
+def test_a_power_budget_run_refuses_a_timeline_rate(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--timeline-rate`` with ``--power-budget`` was silently ignored (a budget run plots no timeline)."""
+    code, _, err = simulate_in_process(
+        ["--rate", "2", "--duration", "3", "--power-budget", "70%", "--timeline-rate", "5"],
+        monkeypatch,
+        capsys,
+    )
+    assert one_error_line(code, err).endswith("plots no clock timeline: drop --timeline-rate")

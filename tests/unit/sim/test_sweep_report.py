@@ -13,6 +13,7 @@ from rich.console import Console
 from voltana.core.types import Slo
 from voltana.hardware.simulated import PerformanceModel
 from voltana.sim.metrics import LatencySummary, PolicyResult
+from voltana.sim.rates import rate_digits, rate_text
 from voltana.sim.report import (
     comparison_markdown,
     finite_json,
@@ -20,8 +21,6 @@ from voltana.sim.report import (
     named_rate,
     point_title,
     policy_table,
-    rate_digits,
-    rate_text,
     residency_table,
     sweep_json,
     unchecked_overload_line,
@@ -96,7 +95,16 @@ def test_the_residency_headers_say_only_the_top_three_clocks_show() -> None:
 
 @pytest.mark.parametrize(
     ("rate_rps", "text"),
-    [(3.40119, "3.4"), (5.53, "5.53"), (25.0, "25"), (12.5, "12.5"), (0.5, "0.5"), (130.4, "130")],
+    [
+        (3.40119, "3.4"),
+        (5.53, "5.53"),
+        (25.0, "25"),
+        (12.5, "12.5"),
+        (0.5, "0.5"),
+        (130.4, "130"),
+        (0.00001234, "0.0000123"),  # was 1.23e-05
+        (123456.7, "123457"),  # was 1.23e+05 in the overload line
+    ],
 )
 def test_rates_print_with_three_significant_digits(rate_rps: float, text: str) -> None:
     assert rate_text(rate_rps) == text
@@ -197,3 +205,22 @@ def test_the_benchmarks_markdown_rows_print_rates_as_simulate_does(monkeypatch: 
     points = [SweepPoint(r, (result("ecofreq+ecoroute"),)) for r in (10 / 3, 3.334)]
     rows = bench.route_table(points, points, "energy-ttft", "predicted-ttft").splitlines()[-2:]
     assert rows[0].startswith("| 3.333 |") and rows[1].startswith("| 3.334 |")
+
+
+def test_a_rate_given_with_more_digits_than_printed_is_not_ambiguous() -> None:
+    """``--timeline-rate 3.332`` where 3.331 and 3.334 ran said it matched both (the three-digit fallback
+    prints all three as 3.33); only a value given as three digits may name a rate that way."""
+    rates = (3.331, 3.334)
+    with pytest.raises(SimulationError, match=r"3\.332 is not one of the simulated rates"):
+        named_rate(3.332, rates)
+    with pytest.raises(SimulationError, match="matches several"):
+        named_rate(3.33, rates)
+    assert named_rate(3.331, rates) == 3.331 and named_rate(3.4, (3.40119, 5.0)) == 3.40119
+
+
+def test_the_overload_line_prints_no_exponents() -> None:
+    """A 1000 req/s trace on a small cluster said ``of 1e+03 arriving``."""
+    from voltana.sim.sweep import Overload
+
+    line = Overload(0.01, 0.02, 0.5, 520.0, 1.5, 3.19, 1000.0).describe()
+    assert "e+" not in line and "of 1000 arriving" in line and "median TTFT 520x the SLO" in line
