@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from tests.support.cli import simulate_in_process
 from voltana.core.config import VoltanaConfig
 from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason, Phase, ScheduledRequest
 from voltana.hardware.simulated import performance_model
@@ -31,7 +32,7 @@ from voltana.sim.runner import SimulationSetup, allowed_clocks_mhz, kv_bytes_per
 from voltana.sim.synthetic import synthetic_workload
 from voltana.sim.workload import Workload
 
-from .test_simulate_cli import run_cli, run_in_process
+from .test_simulate_cli import run_cli
 
 MODEL = performance_model("a100-80gb", "llama-3.1-8b")
 
@@ -253,12 +254,12 @@ def test_simulate_notes_a_budget_above_the_peak_and_an_unused_config_budget(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["--workload", "synthetic", "--rate", "2", "--duration", "5", "--json"]
-    code, out, err = run_in_process([*args, "--power-budget", "100000"], monkeypatch, capsys)
+    code, out, err = simulate_in_process([*args, "--power-budget", "100000"], monkeypatch, capsys)
     assert code == 0, err
     assert "above the cluster's max-clock peak" in err and "does not bind" in err
     json.loads(out)  # the note goes to stderr: --json output stays machine-readable
     monkeypatch.setenv("VOLTANA_CLUSTER__POWER_BUDGET_W", "800")
-    code, out, err = run_in_process([*args, "--policies", "static-max"], monkeypatch, capsys)
+    code, out, err = simulate_in_process([*args, "--policies", "static-max"], monkeypatch, capsys)
     assert code == 0, err
     assert "cluster.power_budget_w = 800 W (config) is not used" in err and "--power-budget 800" in err
     json.loads(out)
