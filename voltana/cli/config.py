@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from voltana.cli.state import cli_state, validate_policy_names
+from voltana.cli.state import cli_state, validate_policy_names, validate_policy_options
 from voltana.core.config import effective_items
 from voltana.core.hookspecs import hookimpl
 
@@ -26,6 +26,7 @@ def config_show(
     """Print the effective configuration and where each value came from."""
     loaded = cli_state(ctx).loaded()
     validate_policy_names(loaded)
+    validate_policy_options(loaded)  # simulate, the router and the engines refuse a bad knob: say so here too
     rows = effective_items(loaded)
     if as_json:
         console.print_json(json.dumps([{"key": k, "value": v, "source": s} for k, v, s in rows]))

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import voltana
 
 
@@ -85,3 +87,35 @@ def test_unknown_policy_is_one_line() -> None:
     assert "static-max" in result.stderr
     # the core's wording (voltana.core.policies.lookup_policy), as the engines and the simulator print it
     assert "unknown clock policy 'turbo'; registered: " in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        (
+            {"VOLTANA_POLICY__OPTIONS__DECODE_WINDOW_S": "soon"},
+            "policy.options.decode_window_s must be a number",
+        ),
+        (
+            {"VOLTANA_POLICY__OPTIONS__ECOROUTE_PACK_LIMIT": "5.5", "VOLTANA_POLICY__CLOCK": "static-max"},
+            "policy.options.ecoroute_pack_limit must be a whole number",
+        ),
+        (
+            {"VOLTANA_POLICY__OPTIONS__STATIC_CLOCK_MHZ": "abc", "VOLTANA_POLICY__CLOCK": "static"},
+            "policy.options.static_clock_mhz must be a whole number",
+        ),
+    ],
+)
+def test_a_bad_policy_option_is_one_line(env: dict[str, str], line: str) -> None:
+    """``config show`` listed a bad knob that ``simulate``, the router and the engines then refused."""
+    result = run_cli("config", "show", env=env)
+    assert result.returncode == 2, result.stdout
+    lines = [text for text in result.stderr.splitlines() if text.strip()]
+    assert len(lines) == 1 and line in lines[0], result.stderr
+
+
+def test_another_policys_option_is_not_checked() -> None:
+    """EcoFreq's knobs are not read when the clock policy is static: ``config show`` does not refuse them."""
+    env = {"VOLTANA_POLICY__OPTIONS__HYSTERESIS": "lots", "VOLTANA_POLICY__CLOCK": "static-max"}
+    result = run_cli("config", "show", env=env)
+    assert result.returncode == 0, result.stderr
