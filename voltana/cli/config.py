@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from voltana.cli.state import cli_state, validate_policy_names, validate_policy_options
-from voltana.core.config import effective_items
+from voltana.cli.state import cli_state, validate_policy_names
+from voltana.core.config import LoadedConfig, effective_items
 from voltana.core.hookspecs import hookimpl
 
 console = Console()
@@ -26,7 +26,7 @@ def config_show(
     """Print the effective configuration and where each value came from."""
     loaded = cli_state(ctx).loaded()
     validate_policy_names(loaded)
-    validate_policy_options(loaded)  # simulate, the router and the engines refuse a bad knob: say so here too
+    _validate_policy_options(loaded)  # simulate, the router and the engines refuse a bad knob
     rows = effective_items(loaded)
     if as_json:
         console.print_json(json.dumps([{"key": k, "value": v, "source": s} for k, v, s in rows]))
@@ -38,6 +38,24 @@ def config_show(
     for key, value, source in rows:
         table.add_row(key, json.dumps(value), source)
     console.print(table)
+
+
+def _validate_policy_options(loaded: LoadedConfig) -> None:
+    """Raise ConfigError (one line) for a bad knob in ``policy.options`` of the configured policies, as the
+    engines, the router and ``simulate`` would at start: the routing knobs always (every route reads them),
+    EcoFreq's when ``policy.clock`` is ``ecofreq``, the static clock's when it is ``static``. The policies'
+    modules load here, when the command runs (``voltana --help`` stays light)."""
+    from voltana.plugins.ecofreq import POLICY_NAME as ECOFREQ
+    from voltana.plugins.ecofreq import EcoFreqOptions
+    from voltana.plugins.routing_options import route_options
+    from voltana.plugins.static_clock import StaticClockOptions
+
+    policy = loaded.config.policy
+    route_options(policy)
+    if policy.clock == ECOFREQ:
+        EcoFreqOptions.from_mapping(policy.options)
+    elif policy.clock == "static":
+        StaticClockOptions.from_mapping(policy.options)
 
 
 @hookimpl

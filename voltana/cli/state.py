@@ -13,10 +13,6 @@ import typer
 from voltana.core.config import ConfigError, LoadedConfig, load_config
 from voltana.core.policies import UnknownPolicyError, lookup_policy, policies_of
 from voltana.plugins import get_plugin_manager
-from voltana.plugins.ecofreq import POLICY_NAME as ECOFREQ
-from voltana.plugins.ecofreq import EcoFreqOptions
-from voltana.plugins.routing_options import route_options
-from voltana.plugins.static_clock import StaticClockOptions
 
 
 class CliState:
@@ -61,15 +57,3 @@ def validate_policy_names(loaded: LoadedConfig) -> None:
             raise ConfigError(
                 f"invalid config: {key} = {name!r} (from {loaded.source_of(key)}): {exc}"
             ) from None
-
-
-def validate_policy_options(loaded: LoadedConfig) -> None:
-    """Raise ConfigError (one line) for a bad knob in ``policy.options`` of the configured policies, as the
-    engines, the router and ``simulate`` would at start: the routing knobs always (every route reads them),
-    EcoFreq's when ``policy.clock`` is ``ecofreq``, the static clock's when it is ``static``."""
-    policy = loaded.config.policy
-    route_options(policy)
-    if policy.clock == ECOFREQ:
-        EcoFreqOptions.from_mapping(policy.options)
-    elif policy.clock == "static":
-        StaticClockOptions.from_mapping(policy.options)
