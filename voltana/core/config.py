@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_origin
 
 from pydantic import (
     BaseModel,
@@ -72,6 +72,19 @@ def options_error_line(exc: ValidationError) -> str:
     else:
         wanted = kinds.get(kind, error["msg"].lower())
     return f"policy.options.{key} must be {wanted}, got {error['input']!r}"
+
+
+_Options = TypeVar("_Options")
+
+
+def read_options(adapter: TypeAdapter[_Options], options: Mapping[str, Any]) -> _Options:
+    """``options`` (``policy.options``) read by a policy's options ``adapter`` (a pydantic dataclass that
+    ignores other policies' keys); raises :class:`ConfigError` naming the first key with a bad value, what it
+    must be and what it got, in one line (:func:`options_error_line`)."""
+    try:
+        return adapter.validate_python(dict(options))
+    except ValidationError as exc:
+        raise ConfigError(options_error_line(exc)) from None
 
 
 def _refuse_bool(error_type: str, wanted: str) -> BeforeValidator:

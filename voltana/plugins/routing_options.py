@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter
 from pydantic.dataclasses import dataclass
 
 from voltana.core.config import (
@@ -20,7 +20,7 @@ from voltana.core.config import (
     ConfigFloat,
     ConfigInt,
     PolicyConfig,
-    options_error_line,
+    read_options,
 )
 from voltana.core.types import DEFAULT_PREFILL_TOKEN_BUDGET
 from voltana.plugins.ecoroute import DEFAULT_HEADROOM, PAPER_TILE_REQUESTS
@@ -54,10 +54,7 @@ class RoutingOptions:
     def from_mapping(cls, options: Mapping[str, Any]) -> RoutingOptions:
         """The routing knobs of ``options``; raises :class:`~voltana.core.config.ConfigError` (one line
         naming the key, what it must be and what it got)."""
-        try:
-            return _ADAPTER.validate_python(dict(options))
-        except ValidationError as exc:
-            raise ConfigError(options_error_line(exc)) from None
+        return read_options(_ADAPTER, options)
 
 
 _ADAPTER = TypeAdapter(RoutingOptions)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter
 from pydantic.dataclasses import dataclass
 
-from voltana.core.config import ConfigError, ConfigInt, options_error_line
+from voltana.core.config import ConfigInt, read_options
 from voltana.core.contexts import NO_MODELS, ClockContext, PolicyInfo
 from voltana.core.hookspecs import hookimpl
 from voltana.core.types import BatchSnapshot, ClockDecision, DecisionReason
@@ -29,10 +29,7 @@ class StaticClockOptions:
         """The knob of ``options``; raises :class:`~voltana.core.config.ConfigError` (one line naming the
         key, what it must be and what it got: ``VOLTANA_POLICY__OPTIONS__STATIC_CLOCK_MHZ=1200.0`` is read
         as 1200, ``true`` or ``1200.5`` is refused)."""
-        try:
-            return _ADAPTER.validate_python(dict(options))
-        except ValidationError as exc:
-            raise ConfigError(options_error_line(exc)) from None
+        return read_options(_ADAPTER, options)
 
 
 _ADAPTER = TypeAdapter(StaticClockOptions)

@@ -55,11 +55,11 @@ from itertools import accumulate
 from operator import mul
 from typing import Any
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter
 from pydantic.dataclasses import dataclass
 
 from voltana.core.arrivals import ArrivalRate
-from voltana.core.config import ConfigBool, ConfigError, ConfigFloat, ConfigInt, options_error_line
+from voltana.core.config import ConfigBool, ConfigFloat, ConfigInt, read_options
 from voltana.core.contexts import ClockContext, PolicyInfo
 from voltana.core.decode_demand import DecodeDemand
 from voltana.core.hookspecs import hookimpl
@@ -124,10 +124,7 @@ class EcoFreqOptions:
     def from_mapping(cls, options: Mapping[str, Any]) -> EcoFreqOptions:
         """Options from ``policy.options``; raises :class:`~voltana.core.config.ConfigError` (a ValueError)
         naming the first key with a bad value, what it must be and what it got, in one line."""
-        try:
-            return _OPTIONS_ADAPTER.validate_python(dict(options))
-        except ValidationError as exc:
-            raise ConfigError(options_error_line(exc)) from None
+        return read_options(_OPTIONS_ADAPTER, options)
 
 
 _OPTIONS_ADAPTER = TypeAdapter(EcoFreqOptions)
