@@ -43,19 +43,13 @@ def config_show(
 def _validate_policy_options(loaded: LoadedConfig) -> None:
     """Raise ConfigError (one line) for a bad knob in ``policy.options`` of the configured policies, as the
     engines, the router and ``simulate`` would at start: the routing knobs always (every route reads them),
-    EcoFreq's when ``policy.clock`` is ``ecofreq``, the static clock's when it is ``static``. The policies'
-    modules load here, when the command runs (``voltana --help`` stays light)."""
-    from voltana.plugins.ecofreq import POLICY_NAME as ECOFREQ
-    from voltana.plugins.ecofreq import EcoFreqOptions
+    the clock policy's (:func:`~voltana.plugins.ecofreq.factory.check_clock_options`, which the controllers
+    run). The policies' modules load here, when the command runs (``voltana --help`` stays light)."""
+    from voltana.plugins.ecofreq.factory import check_clock_options
     from voltana.plugins.routing_options import route_options
-    from voltana.plugins.static_clock import StaticClockOptions
 
-    policy = loaded.config.policy
-    route_options(policy)
-    if policy.clock == ECOFREQ:
-        EcoFreqOptions.from_mapping(policy.options)
-    elif policy.clock == "static":
-        StaticClockOptions.from_mapping(policy.options)
+    route_options(loaded.config.policy)
+    check_clock_options(loaded.config.policy)
 
 
 @hookimpl

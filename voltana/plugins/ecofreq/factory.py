@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from voltana.core.config import ClockConfig, VoltanaConfig
+from voltana.core.config import ClockConfig, PolicyConfig, VoltanaConfig
 from voltana.core.contexts import ALL_MODELS, ModelKind
 from voltana.core.controller import FrequencyController
 from voltana.core.predictor import EnergyPredictor, LatencyPredictor, prefill_attention_work
@@ -165,6 +165,16 @@ def seeded_predictors(
     )
 
 
+def check_clock_options(policy: PolicyConfig) -> None:
+    """Raise :class:`~voltana.core.config.ConfigError` (one line) for a bad knob of ``policy.clock`` in
+    ``policy.options``: EcoFreq's, or the static clock's (whose bad clock would otherwise fail in every
+    decision and fall back to the max clock). Other policies' knobs are not read, so not checked."""
+    if policy.clock == ECOFREQ_POLICY:
+        EcoFreqOptions.from_mapping(policy.options)
+    elif policy.clock == "static":
+        StaticClockOptions.from_mapping(policy.options)
+
+
 def build_controller(
     config: VoltanaConfig,
     phase: Phase,
@@ -194,10 +204,7 @@ def build_controller(
             "no supported clocks: give the device's clocks, a simulated GPU or a predictor profile"
         )
     clocks = resolve_allowed_clocks(config.clocks, supported)
-    if config.policy.clock == ECOFREQ_POLICY:
-        EcoFreqOptions.from_mapping(config.policy.options)  # a bad knob is a one-line error now, not later
-    elif config.policy.clock == "static":  # (a bad clock would fail in every decision: the max clock)
-        StaticClockOptions.from_mapping(config.policy.options)
+    check_clock_options(config.policy)  # a bad knob is a one-line error now, not later
     if profile is None:
         if model is None:
             raise ValueError("no predictor seed: set engine.predictor_profile (see `voltana profile`)")
