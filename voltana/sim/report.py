@@ -34,9 +34,10 @@ def named_rate(given: float, rates: Sequence[float], option: str = "--timeline-r
     3.331 and 3.334 req/s ran)."""
     if given in rates:
         return given
-    for digits in dict.fromkeys((rate_digits(rates), RATE_DIGITS)):
+    sweep_digits = rate_digits(rates)
+    for digits in dict.fromkeys((sweep_digits, RATE_DIGITS)):
         printed = significant(given, digits)
-        if digits == RATE_DIGITS < rate_digits(rates) and printed != as_given(given):
+        if digits == RATE_DIGITS < sweep_digits and printed != as_given(given):
             break  # given with more digits than three (3.332): not what any table printed
         matches = [rate for rate in rates if significant(rate, digits) == printed]
         if len(matches) == 1:
